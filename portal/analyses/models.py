@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+from portal.clinical.models import Scan
+
+ARTIFACT_KINDS = ("mask", "overlay", "gradcam", "seg_gradcam")
+
+
+def artifact_path(analysis: Analysis, filename: str) -> str:
+    # The file name passed in is the artifact kind ("overlay.png"), set by the service.
+    return str(
+        PurePosixPath("analyses", str(analysis.pk), PurePosixPath(filename).name)
+    )
+
+
+class Analysis(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    class Label(models.TextChoices):
+        NORMAL = "normal"
+        BENIGN = "benign"
+        MALIGNANT = "malignant"
+
+    scan = models.ForeignKey(Scan, on_delete=models.PROTECT, related_name="analyses")
+    model_version = models.CharField(max_length=64)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    error = models.TextField(blank=True)
+
+    label = models.CharField(max_length=16, choices=Label.choices, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    probabilities = models.JSONField(null=True, blank=True)
+    lesion_area_fraction = models.FloatField(null=True, blank=True)
+    bbox = models.JSONField(null=True, blank=True)
+
+    mask = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
+    overlay = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
+    gradcam = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
+    seg_gradcam = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
+
+    class Meta:
+        ordering = (
+            "-queued_at",
+            "-id",
+        )
+        verbose_name_plural = "analyses"
+        constraints = (
+            models.UniqueConstraint(
+                fields=("scan", "model_version"), name="analysis_one_per_scan_and_model"
+            ),
+        )
+        indexes = (
+            models.Index(fields=("status", "queued_at"), name="analysis_status_queued"),
+        )
+
+    def __str__(self) -> str:
+        return f"Analysis {self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status == self.Status.FAILED
+
+    def artifact_names(self) -> dict[str, str]:
+        return {
+            kind: getattr(self, kind).name
+            for kind in ARTIFACT_KINDS
+            if getattr(self, kind)
+        }
+
+    def to_status_dict(self) -> dict[str, Any]:
+        """What the study page's poller needs; artifact URLs are added by the view."""
+        return {
+            "id": self.pk,
+            "scan_id": self.scan_id,
+            "status": self.status,
+            "model_version": self.model_version,
+            "attempts": self.attempts,
+            "error": self.error,
+            "label": self.label,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+            "lesion_area_fraction": self.lesion_area_fraction,
+            "bbox": self.bbox,
+            "finished": self.is_finished,
+        }

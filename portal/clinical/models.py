@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import uuid
+from pathlib import PurePosixPath
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+# Storage names use ids and a random uuid only: never patient data, never the
+# uploaded file name (kept in a column instead).
+FORMAT_EXTENSIONS = {
+    "PNG": "png",
+    "JPEG": "jpg",
+    "BMP": "bmp",
+    "TIFF": "tif",
+    "DICOM": "dcm",
+}
+
+
+class Patient(models.Model):
+    identifier = models.CharField("hospital identifier", max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    birth_date = models.DateField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ("identifier",)
+
+    def __str__(self) -> str:
+        return f"{self.identifier} {self.name}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("clinical:patient_detail", args=[self.pk])
+
+
+class Study(models.Model):
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="studies"
+    )
+    accession_number = models.CharField(max_length=64, blank=True)
+    study_date = models.DateField(default=timezone.localdate)
+    description = models.CharField(max_length=255, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = (
+            "-study_date",
+            "-id",
+        )
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return f"Study {self.pk} ({self.study_date:%Y-%m-%d})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("clinical:study_detail", args=[self.pk])
+
+
+def scan_original_path(scan: Scan, filename: str) -> str:
+    extension = FORMAT_EXTENSIONS.get(scan.format, "bin")
+    return str(PurePosixPath("scans", str(scan.study_id), f"{scan.uuid}.{extension}"))
+
+
+class Scan(models.Model):
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="scans")
+    original = models.FileField(upload_to=scan_original_path, max_length=255)
+    original_filename = models.CharField(max_length=255)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    format = models.CharField(max_length=16)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    uploaded_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = (
+            "uploaded_at",
+            "id",
+        )
+
+    def __str__(self) -> str:
+        return f"Scan {self.pk}"
