@@ -1,0 +1,85 @@
+# Two commands matter: `make run` (a working portal on a bare machine) and `make test`.
+# Everything runs from the project's own .venv, built from the pinned requirements.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Rebuilt whenever a requirements file changes; the venv itself is kept.
+VENV_STAMP := $(VENV)/.requirements.stamp
+HOST ?= 127.0.0.1
+PORT ?= 8000
+N ?= 100
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help venv run migrate redis redis-stop admin test lint format bench bench-ml \
+	bench-pipeline train evaluate clean
+
+help:
+	@echo "make run       set up .venv, migrate, start Redis if needed, create an admin,"
+	@echo "               serve the portal on http://$(HOST):$(PORT)/ with one worker (Ctrl-C stops)"
+	@echo "make test      run the whole test suite"
+	@echo "make lint      ruff check and format check"
+	@echo "make bench     ml throughput, then portal -> Redis -> worker throughput (N=$(N))"
+	@echo "make train     python -m ml train \$$ARGS;  make evaluate: python -m ml evaluate \$$ARGS"
+	@echo "make redis-stop  stop a Redis that make run started"
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# The embedded development defaults: DEBUG on; with no DATABASE_URL or STORAGE_BACKEND
+# set, the settings use SQLite and media files under var/.
+run migrate redis admin bench-pipeline: export DEBUG ?= 1
+
+var/media:
+	mkdir -p $@
+
+migrate: venv | var/media
+	$(PY) manage.py migrate --noinput
+
+redis: venv | var/media
+	$(PY) scripts/ensure_redis.py
+
+redis-stop:
+	$(PY) scripts/ensure_redis.py --stop
+
+admin: migrate
+	$(PY) scripts/ensure_admin.py
+
+run: migrate redis admin
+	$(PY) scripts/run_dev.py --host $(HOST) --port $(PORT)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: bench-ml bench-pipeline
+
+bench-ml: venv
+	$(PY) -m ml bench $(ARGS)
+
+bench-pipeline: migrate redis
+	$(PY) manage.py bench_pipeline --n $(N)
+
+train: venv
+	$(PY) -m ml train $(ARGS)
+
+evaluate: venv
+	$(PY) -m ml evaluate $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
