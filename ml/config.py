@@ -1,0 +1,30 @@
+"""Constants shared by training, evaluation and inference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
+IMAGE_SIZE = 256
+MODEL_NAME = "busnet-lite0"
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+DEFAULT_WEIGHTS_DIR = PACKAGE_DIR / "weights"
+DEFAULT_SPLIT_PATH = PACKAGE_DIR / "splits" / "busi.json"
+
+
+def busi_dir() -> Path:
+    """The BUSI dataset root: ``$BUSI_DIR`` or ``../shared/data/busi`` beside the repository."""
+    return Path(os.environ.get("BUSI_DIR", REPO_DIR.parent / "shared" / "data" / "busi"))
+
+
+def imagenet_weights_path() -> Path:
+    default = REPO_DIR.parent / "shared" / "weights" / "efficientnet_lite0_imagenet"
+    root = Path(os.environ.get("LITE0_WEIGHTS_DIR", default))
+    return root / "efficientnet_lite0_imagenet.npz"
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("ML_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR))

@@ -1,0 +1,110 @@
+"""Classification, calibration and segmentation measures, with bootstrap intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from ml.config import CLASSES
+
+NORMAL, BENIGN, MALIGNANT = (CLASSES.index(name) for name in ("normal", "benign", "malignant"))
+LESION_FALSE_POSITIVE_AREA = 0.01
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = np.asarray(logits, np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def recalls(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    out = np.full(len(CLASSES), np.nan)
+    for c in range(len(CLASSES)):
+        selected = labels == c
+        if selected.any():
+            out[c] = float((predicted[selected] == c).mean())
+    return out
+
+
+def malignant_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    positives = labels == MALIGNANT
+    if positives.all() or not positives.any():
+        return float("nan")
+    return float(roc_auc_score(positives, probabilities[:, MALIGNANT]))
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
+    """Top-label ECE with equal-width confidence bins (Guo et al., 2017)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def dice_per_image(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Dice per image; an image where both masks are empty scores 1."""
+    truth = truth.reshape(len(truth), -1).astype(bool)
+    predicted = predicted.reshape(len(predicted), -1).astype(bool)
+    intersection = (truth & predicted).sum(1)
+    total = truth.sum(1) + predicted.sum(1)
+    return np.where(total == 0, 1.0, 2.0 * intersection / np.maximum(total, 1))
+
+
+def summary(labels: np.ndarray, probabilities: np.ndarray, truth_masks: np.ndarray, predicted_masks: np.ndarray) -> dict:
+    predicted = probabilities.argmax(axis=1)
+    recall = recalls(labels, predicted)
+    lesion = labels != NORMAL
+    dice = dice_per_image(truth_masks, predicted_masks)
+    area = predicted_masks.reshape(len(predicted_masks), -1).mean(1)
+    normal = labels == NORMAL
+    return {
+        "n": int(len(labels)),
+        "accuracy": float((predicted == labels).mean()),
+        "recall_normal": float(recall[NORMAL]),
+        "recall_benign": float(recall[BENIGN]),
+        "recall_malignant": float(recall[MALIGNANT]),
+        "mean_recall_benign_malignant": float(np.nanmean(recall[[BENIGN, MALIGNANT]])),
+        "balanced_accuracy": float(np.nanmean(recall)),
+        "auc_malignant_vs_rest": malignant_auc(labels, probabilities),
+        "ece": expected_calibration_error(labels, probabilities),
+        "dice_lesion_mean": float(dice[lesion].mean()) if lesion.any() else float("nan"),
+        "normal_with_lesion_over_1pct": float((area[normal] > LESION_FALSE_POSITIVE_AREA).mean())
+        if normal.any()
+        else float("nan"),
+    }
+
+
+def bootstrap_intervals(
+    statistic: Callable[[np.ndarray], dict], n: int, *, rounds: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95% percentile intervals of every key of ``statistic(indices)`` over resampled cases."""
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for key, value in statistic(rng.integers(0, n, n)).items():
+            samples.setdefault(key, []).append(value)
+    return {
+        key: (float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5)))
+        for key, values in samples.items()
+        if key != "n"
+    }
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising validation negative log-likelihood (Guo et al., 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        probabilities = softmax(logits, float(np.exp(log_t)))
+        return float(-np.log(probabilities[np.arange(len(labels)), labels] + 1e-12).mean())
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))

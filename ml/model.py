@@ -1,0 +1,56 @@
+"""BUSNet: one EfficientNet-Lite0 encoder shared by a classification head and a U-Net decoder.
+
+The encoder runs once per image for both tasks. The decoder follows U-Net (Ronneberger et
+al., MICCAI 2015): upsample, concatenate the encoder's skip features, convolve; it stops at
+half resolution and the logits are upsampled bilinearly, which costs little Dice and saves
+the most expensive convolutions.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from ml.backbone import SKIP_BLOCKS, block_output_name, build_efficientnet_lite0
+from ml.config import CLASSES, IMAGE_SIZE
+
+# Decoder stages from stride 16 up to stride 2: (skip block, filters, convolutions).
+DECODER_STAGES: tuple[tuple[int, int, int], ...] = ((10, 96, 2), (4, 64, 2), (2, 32, 1), (0, 24, 1))
+CLASS_GRADCAM_LAYER = "head_relu"
+SEG_GRADCAM_LAYER = "decoder1_conv2_relu"  # the stride-8 decoder stage
+CLASS_OUTPUT = "class_logits"
+SEG_OUTPUT = "seg_logits"
+
+
+def _conv_bn_relu(x, filters: int, name: str):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_busnet(image_size: int = IMAGE_SIZE, *, dropout: float = 0.3) -> keras.Model:
+    """Outputs: ``class_logits`` (B, 3) and ``seg_logits`` (B, H, W, 1), both before activation."""
+    encoder = build_efficientnet_lite0((image_size, image_size, 3), include_top=False)
+    inputs = encoder.input
+    skips = {block: encoder.get_layer(block_output_name(block)).output for block in SKIP_BLOCKS}
+
+    features = encoder.get_layer("head_relu").output
+    pooled = layers.GlobalAveragePooling2D(name="class_pool")(features)
+    pooled = layers.Dropout(dropout, name="class_dropout")(pooled)
+    class_logits = layers.Dense(len(CLASSES), name=CLASS_OUTPUT)(pooled)
+
+    x = skips[SKIP_BLOCKS[-1]]
+    for stage, (skip_block, filters, convs) in enumerate(DECODER_STAGES):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"decoder{stage}_up")(x)
+        x = layers.Concatenate(name=f"decoder{stage}_concat")([x, skips[skip_block]])
+        for conv in range(convs):
+            x = _conv_bn_relu(x, filters, f"decoder{stage}_conv{conv + 1}")
+    x = layers.Conv2D(1, 1, name="seg_head")(x)
+    seg_logits = layers.UpSampling2D(2, interpolation="bilinear", name=SEG_OUTPUT)(x)
+    return keras.Model(inputs, {CLASS_OUTPUT: class_logits, SEG_OUTPUT: seg_logits}, name="busnet")
+
+
+def encoder_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers that came from EfficientNet-Lite0 (stem, blocks and head conv)."""
+    prefixes = ("stem_", "block", "head_")
+    return [layer for layer in model.layers if layer.name.startswith(prefixes)]

@@ -1,0 +1,90 @@
+"""Saving and loading BUSNet weights: a float16 numpy archive plus ``model.json``.
+
+The version string is the model name plus the first 12 hex digits of the archive's sha256,
+so a result can always be traced to the exact bytes that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+WEIGHTS_FILE = "weights.npz"
+META_FILE = "model.json"
+
+
+class ModelLoadError(RuntimeError):
+    """The weights are missing, unreadable or do not fit the network."""
+
+
+@dataclass
+class ModelMeta:
+    name: str
+    version: str
+    image_size: int
+    classes: list[str]
+    temperature: float = 1.0
+    seg_threshold: float = 0.5
+    weights_sha256: str = ""
+    training: dict = field(default_factory=dict)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(model, out_dir: Path, meta: ModelMeta) -> ModelMeta:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {variable.path: np.asarray(variable.numpy(), dtype=np.float16) for variable in model.weights}
+    weights_path = out_dir / WEIGHTS_FILE
+    np.savez_compressed(weights_path, **arrays)
+    meta.weights_sha256 = sha256_of(weights_path)
+    meta.version = f"{meta.name}-{meta.weights_sha256[:12]}"
+    (out_dir / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    return meta
+
+
+def read_meta(weights_dir: Path) -> ModelMeta:
+    meta_path = Path(weights_dir) / META_FILE
+    try:
+        payload = json.loads(meta_path.read_text())
+        return ModelMeta(**payload)
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"model description not found: {meta_path}") from exc
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ModelLoadError(f"model description {meta_path} is corrupt: {exc}") from exc
+
+
+def load_into(model, weights_dir: Path, *, verify_checksum: bool = True) -> ModelMeta:
+    """Assign saved weights to ``model`` (built by the same code); raise ModelLoadError on any mismatch."""
+    meta = read_meta(weights_dir)
+    weights_path = Path(weights_dir) / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise ModelLoadError(f"weights file not found: {weights_path}")
+    if verify_checksum and meta.weights_sha256 and sha256_of(weights_path) != meta.weights_sha256:
+        raise ModelLoadError(f"weights file {weights_path} does not match the sha256 in {META_FILE}")
+    try:
+        with np.load(weights_path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except Exception as exc:  # zip and pickle errors vary; all mean an unreadable file
+        raise ModelLoadError(f"weights file {weights_path} is unreadable: {exc}") from exc
+    expected = {variable.path for variable in model.weights}
+    if set(arrays) != expected:
+        missing = sorted(expected - set(arrays))[:3]
+        extra = sorted(set(arrays) - expected)[:3]
+        raise ModelLoadError(f"weights do not fit the network: missing {missing}, unexpected {extra}")
+    for variable in model.weights:
+        value = arrays[variable.path]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ModelLoadError(f"{variable.path}: saved shape {value.shape}, network {tuple(variable.shape)}")
+        variable.assign(value.astype(np.float32))
+    return meta
