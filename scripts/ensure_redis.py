@@ -30,7 +30,9 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
-def ping(host: str, port: int, password: str | None = None, timeout: float = 1.0) -> bool:
+def ping(
+    host: str, port: int, password: str | None = None, timeout: float = 1.0
+) -> bool:
     """True when a Redis server answers PING at host:port.
 
     Speaks RESP over a plain socket so this works before any package is installed.
@@ -49,7 +51,9 @@ def ping(host: str, port: int, password: str | None = None, timeout: float = 1.0
 
 def _command(*parts: str) -> bytes:
     encoded = [part.encode() for part in parts]
-    return b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in encoded)
+    return b"*%d\r\n" % len(encoded) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(p), p) for p in encoded
+    )
 
 
 def _read_line(conn: socket.socket) -> bytes:
@@ -91,20 +95,30 @@ def start(host: str, port: int, pidfile: Path, wait_s: float) -> None:
     logfile = var_dir / f"redis-{port}.log"
     command = [
         redis_server_binary(),
-        "--bind", host,
-        "--port", str(port),
-        "--save", "",
-        "--appendonly", "no",
-        "--daemonize", "yes",
-        "--pidfile", str(pidfile.resolve()),
-        "--logfile", str(logfile.resolve()),
-        "--dir", str(var_dir.resolve()),
-    ]  # fmt: skip
+        "--bind",
+        host,
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(pidfile.resolve()),
+        "--logfile",
+        str(logfile.resolve()),
+        "--dir",
+        str(var_dir.resolve()),
+    ]
     subprocess.run(command, check=True, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if ping(host, port):
-            print(f"ensure_redis: started redis-server on {host}:{port} (pidfile {pidfile})")
+            print(
+                f"ensure_redis: started redis-server on {host}:{port} (pidfile {pidfile})"
+            )
             return
         time.sleep(0.1)
     raise SystemExit(
@@ -125,16 +139,26 @@ def stop(pidfile: Path, wait_s: float) -> bool:
         pidfile.unlink(missing_ok=True)
         return False
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
             break
         time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
     pidfile.unlink(missing_ok=True)
     return True
+
+
+def _alive(pid: int) -> bool:
+    # A daemon's exit is reaped by init; where nothing reaps, a zombie counts as stopped.
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def parse_url(url: str) -> tuple[str, int, str | None]:
@@ -153,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where the started server's pid goes (default var/redis-PORT.pid)",
     )
-    parser.add_argument("--stop", action="store_true", help="stop the server started here")
-    parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for it")
+    parser.add_argument(
+        "--stop", action="store_true", help="stop the server started here"
+    )
+    parser.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to wait for it"
+    )
     args = parser.parse_args(argv)
 
     host, port, password = parse_url(args.url)

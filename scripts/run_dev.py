@@ -35,7 +35,10 @@ def stop_all(children: dict[str, subprocess.Popen]) -> None:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print(f"run_dev: {name} did not stop in {STOP_GRACE_S:.0f}s; killing it", flush=True)
+            print(
+                f"run_dev: {name} did not stop in {STOP_GRACE_S:.0f}s; killing it",
+                flush=True,
+            )
             _signal_group(child, signal.SIGKILL)
             child.wait()
         # Reap what the child left in its group (runserver's reloaded child, pool processes).
@@ -56,13 +59,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     python = sys.executable
-    queues = ",".join(dict.fromkeys([os.environ.get("CELERY_INFERENCE_QUEUE") or "inference", "celery"]))
+    queues = ",".join(
+        dict.fromkeys(
+            [os.environ.get("CELERY_INFERENCE_QUEUE") or "inference", "celery"]
+        )
+    )
     children = {
         "worker": start(
             "worker",
-            [python, "-m", "celery", "-A", "workers", "worker", "-Q", queues,
-             "--concurrency", "1", "--prefetch-multiplier", "1", "-l", "info"],
-        ),  # fmt: skip
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-Q",
+                queues,
+                "--concurrency",
+                "1",
+                "--prefetch-multiplier",
+                "1",
+                "-l",
+                "info",
+            ],
+        ),
         "portal": start(
             "portal", [python, "manage.py", "runserver", f"{args.host}:{args.port}"]
         ),
@@ -72,13 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
-    print(f"\n  Portal: http://{args.host}:{args.port}/   (Ctrl-C stops portal and worker)\n", flush=True)
+    print(
+        f"\n  Portal: http://{args.host}:{args.port}/   (Ctrl-C stops portal and worker)\n",
+        flush=True,
+    )
     try:
         while True:
             for name, child in children.items():
                 code = child.poll()
                 if code is not None:
-                    print(f"run_dev: {name} exited with status {code}; stopping the rest", flush=True)
+                    print(
+                        f"run_dev: {name} exited with status {code}; stopping the rest",
+                        flush=True,
+                    )
                     stop_all(children)
                     return code or 1
             time.sleep(0.5)
