@@ -2,8 +2,9 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import portal.analyses.models
 from django.db import migrations, models
+
+import portal.analyses.models
 
 
 class Migration(migrations.Migration):

@@ -1,0 +1,226 @@
+"""Writes to analyses. The Analysis row is the job; Redis only carries its id.
+
+Status changes are compare-and-set updates on the row, so a redelivered or duplicate
+message, a reconciler and a user pressing Retry can race without doing work twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from portal.analyses.modelinfo import current_model_version
+from portal.analyses.models import ARTIFACT_KINDS, Analysis
+from portal.clinical.models import Scan
+
+logger = logging.getLogger(__name__)
+
+Status = Analysis.Status
+
+
+def enqueue_analysis(analysis_id: int, *, countdown: float | None = None) -> None:
+    # Imported here: the portal sends by task object but must not load workers at import.
+    from workers.tasks import analyze_scan
+
+    analyze_scan.apply_async(args=[analysis_id], countdown=countdown)
+
+
+def _enqueue_on_commit(analysis_id: int) -> None:
+    transaction.on_commit(lambda: enqueue_analysis(analysis_id))
+
+
+@transaction.atomic
+def analysis_create(*, scan: Scan, model_version: str | None = None) -> Analysis:
+    analysis = Analysis.objects.create(
+        scan=scan, model_version=model_version or current_model_version()
+    )
+    _enqueue_on_commit(analysis.pk)
+    return analysis
+
+
+@transaction.atomic
+def analysis_retry(*, analysis: Analysis) -> Analysis:
+    """Run a failed analysis again: the same row for the same model, else a new row.
+
+    A new model version gets its own row so that the failed one stays on record.
+    """
+    version = current_model_version()
+    if version != analysis.model_version:
+        existing = Analysis.objects.filter(
+            scan_id=analysis.scan_id, model_version=version
+        ).first()
+        if existing is not None:
+            if existing.can_retry:
+                return analysis_retry(analysis=existing)
+            return existing
+        return analysis_create(scan=analysis.scan, model_version=version)
+    updated = Analysis.objects.filter(pk=analysis.pk, status=Status.FAILED).update(
+        status=Status.QUEUED,
+        attempts=0,
+        queued_at=timezone.now(),
+        started_at=None,
+        finished_at=None,
+        worker="",
+        error="",
+    )
+    if updated:
+        _enqueue_on_commit(analysis.pk)
+    analysis.refresh_from_db()
+    return analysis
+
+
+def analysis_claim(*, analysis_id: int, worker: str) -> bool:
+    """Take a queued analysis for this worker; False if someone else has it or it is done."""
+    updated = Analysis.objects.filter(pk=analysis_id, status=Status.QUEUED).update(
+        status=Status.RUNNING,
+        started_at=timezone.now(),
+        finished_at=None,
+        worker=worker[:255],
+        attempts=F("attempts") + 1,
+        error="",
+    )
+    return updated == 1
+
+
+def analysis_claim_waiting(
+    *, model_version: str, worker: str, limit: int, exclude: list[int] | None = None
+) -> list[int]:
+    """Claim up to `limit` more queued analyses (oldest first) to run in the same batch.
+
+    Their own messages then find them claimed and do nothing.
+    """
+    if limit <= 0:
+        return []
+    candidates = (
+        Analysis.objects.filter(status=Status.QUEUED, model_version=model_version)
+        .exclude(pk__in=exclude or [])
+        .order_by("queued_at", "pk")
+        .values_list("pk", flat=True)[: limit * 2]
+    )
+    claimed: list[int] = []
+    for analysis_id in candidates:
+        if len(claimed) >= limit:
+            break
+        if analysis_claim(analysis_id=analysis_id, worker=worker):
+            claimed.append(analysis_id)
+    return claimed
+
+
+def _artifact_file_name(kind: str) -> str:
+    return f"{kind}.png"
+
+
+@transaction.atomic
+def analysis_record_success(
+    *, analysis_id: int, result: dict[str, Any], artifacts: dict[str, bytes]
+) -> bool:
+    """Store artifacts and results of a running analysis; False if it is no longer ours."""
+    analysis = Analysis.objects.select_for_update().get(pk=analysis_id)
+    if analysis.status != Status.RUNNING:
+        logger.warning(
+            "analysis %s is %s, not recording its result", analysis_id, analysis.status
+        )
+        return False
+    for kind in ARTIFACT_KINDS:
+        content = artifacts.get(kind)
+        if content is None:
+            continue
+        field = getattr(analysis, kind)
+        if field:
+            field.delete(save=False)
+        field.save(_artifact_file_name(kind), ContentFile(content), save=False)
+    probabilities = {str(k): float(v) for k, v in dict(result["probabilities"]).items()}
+    bbox = result.get("bbox")
+    analysis.status = Status.SUCCEEDED
+    analysis.finished_at = timezone.now()
+    analysis.error = ""
+    analysis.label = str(result["label"])
+    analysis.confidence = float(result["confidence"])
+    analysis.probabilities = probabilities
+    analysis.lesion_area_fraction = float(result["lesion_area_fraction"])
+    analysis.bbox = [int(v) for v in bbox] if bbox is not None else None
+    analysis.save()
+    return True
+
+
+def analysis_record_failure(*, analysis_id: int, error: str) -> bool:
+    """Mark a running analysis failed with a reason a person can read."""
+    updated = Analysis.objects.filter(pk=analysis_id, status=Status.RUNNING).update(
+        status=Status.FAILED, finished_at=timezone.now(), error=error[:4000]
+    )
+    return updated == 1
+
+
+def analysis_release(*, analysis_id: int, error: str) -> bool:
+    """Give a running analysis back to the queue after a transient error.
+
+    Returns True if it was requeued (the caller sends a new message), False if it has
+    used up its attempts and is now failed.
+    """
+    max_attempts = settings.ANALYSIS_MAX_ATTEMPTS
+    running = Analysis.objects.filter(pk=analysis_id, status=Status.RUNNING)
+    if running.filter(attempts__lt=max_attempts).update(
+        status=Status.QUEUED,
+        queued_at=timezone.now(),
+        started_at=None,
+        worker="",
+        error=error,
+    ):
+        return True
+    running.update(
+        status=Status.FAILED,
+        finished_at=timezone.now(),
+        error=f"gave up after {max_attempts} attempts; last error: {error}"[:4000],
+    )
+    return False
+
+
+def retry_countdown(attempts: int) -> int:
+    """Exponential backoff in seconds for the next attempt: 5, 10, 20, ... at most 5 min."""
+    return min(300, 5 * 2 ** max(0, attempts - 1))
+
+
+def analyses_reconcile(*, now: datetime | None = None) -> dict[str, int]:
+    """Rescue rows left behind by a lost message or a dead worker.
+
+    A row running for longer than the hard time limit has lost its worker: it goes back
+    to the queue (or fails once out of attempts). A row queued for longer than the broker
+    visibility timeout may have lost its message: it is sent again (duplicates are harmless).
+    """
+    now = now or timezone.now()
+    hard_limit = settings.CELERY_TASK_TIME_LIMIT
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    counts = {"requeued": 0, "failed": 0, "resent": 0}
+
+    stale_running = Analysis.objects.filter(
+        status=Status.RUNNING, started_at__lt=now - timedelta(seconds=hard_limit * 1.5)
+    ).values_list("pk", flat=True)
+    for analysis_id in stale_running:
+        if analysis_release(
+            analysis_id=analysis_id, error="the worker running it was lost"
+        ):
+            counts["requeued"] += 1
+            enqueue_analysis(analysis_id)
+        else:
+            counts["failed"] += 1
+
+    stale_queued = Analysis.objects.filter(
+        Q(status=Status.QUEUED), queued_at__lt=now - timedelta(seconds=visibility)
+    ).values_list("pk", flat=True)
+    for analysis_id in stale_queued:
+        # Bumping queued_at first keeps the next sweep from sending it again right away.
+        if Analysis.objects.filter(pk=analysis_id, status=Status.QUEUED).update(
+            queued_at=now
+        ):
+            counts["resent"] += 1
+            enqueue_analysis(analysis_id)
+    if any(counts.values()):
+        logger.info("reconciled analyses: %s", counts)
+    return counts

@@ -1,0 +1,73 @@
+"""Writes to patients, studies and scans (keyword-only, typed, atomic)."""
+
+from __future__ import annotations
+
+import datetime
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.db import transaction
+
+from portal.analyses.services import analysis_create
+from portal.clinical.models import FORMAT_EXTENSIONS, Patient, Scan, Study
+from portal.clinical.uploads import ValidatedUpload
+
+
+@transaction.atomic
+def patient_create(
+    *, identifier: str, name: str, birth_date: datetime.date | None = None
+) -> Patient:
+    patient = Patient(
+        identifier=identifier.strip(), name=name.strip(), birth_date=birth_date
+    )
+    patient.full_clean()
+    patient.save()
+    return patient
+
+
+@transaction.atomic
+def study_create(
+    *,
+    patient: Patient,
+    created_by: AbstractBaseUser,
+    study_date: datetime.date | None = None,
+    accession_number: str = "",
+    description: str = "",
+) -> Study:
+    study = Study(
+        patient=patient,
+        created_by=created_by,
+        accession_number=accession_number.strip(),
+        description=description.strip(),
+    )
+    if study_date is not None:
+        study.study_date = study_date
+    study.full_clean()
+    study.save()
+    return study
+
+
+@transaction.atomic
+def scan_create(
+    *,
+    study: Study,
+    upload: ValidatedUpload,
+    uploaded_by: AbstractBaseUser,
+    model_version: str,
+) -> Scan:
+    """Store a validated upload and queue its analysis (sent once the transaction commits)."""
+    scan = Scan(
+        study=study,
+        original_filename=upload.original_filename,
+        sha256=upload.sha256,
+        width=upload.image.width,
+        height=upload.image.height,
+        format=upload.image.format,
+        uploaded_by=uploaded_by,
+    )
+    extension = FORMAT_EXTENSIONS.get(upload.image.format, "bin")
+    # upload_to derives the stored name from ids; this name only carries the extension.
+    scan.original.save(f"original.{extension}", ContentFile(upload.content), save=False)
+    scan.save()
+    analysis_create(scan=scan, model_version=model_version)
+    return scan

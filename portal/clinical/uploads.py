@@ -1,0 +1,68 @@
+"""Upload validation: a file is accepted only if it really decodes within the limits."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+
+from ml.decode import DecodedImage, DecodeError, decode_image
+
+logger = logging.getLogger(__name__)
+
+
+class UploadRejected(ValueError):
+    """str() is the reason shown next to the file name."""
+
+
+@dataclass(frozen=True)
+class ValidatedUpload:
+    original_filename: str
+    content: bytes
+    sha256: str
+    image: DecodedImage
+
+
+def _human_bytes(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def validate_upload(
+    uploaded: UploadedFile,
+    *,
+    max_bytes: int | None = None,
+    max_pixels: int | None = None,
+) -> ValidatedUpload:
+    max_bytes = max_bytes or settings.UPLOAD_MAX_BYTES
+    max_pixels = max_pixels or settings.UPLOAD_MAX_PIXELS
+    if uploaded.size is not None and uploaded.size > max_bytes:
+        raise UploadRejected(
+            f"file is {_human_bytes(uploaded.size)}, larger than the {_human_bytes(max_bytes)} limit"
+        )
+    uploaded.seek(0)
+    content = uploaded.read(max_bytes + 1)
+    if len(content) > max_bytes:
+        raise UploadRejected(f"file is larger than the {_human_bytes(max_bytes)} limit")
+    if not content:
+        raise UploadRejected("file is empty")
+    try:
+        image = decode_image(content, max_pixels=max_pixels)
+    except DecodeError as exc:
+        raise UploadRejected(str(exc)) from None
+    except Exception:
+        # A decoder bug must not take the whole upload down; the file is still refused.
+        logger.exception("unexpected error while decoding an upload")
+        raise UploadRejected("file could not be read as an image") from None
+    return ValidatedUpload(
+        original_filename=(uploaded.name or "upload")[:255],
+        content=content,
+        sha256=hashlib.sha256(content).hexdigest(),
+        image=image,
+    )

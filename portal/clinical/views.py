@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
+from portal.analyses.selectors import study_status as study_status_entries
+from portal.clinical import selectors, services
+from portal.clinical.forms import PatientForm, ScanUploadForm, StudyForm
+from portal.clinical.models import Patient, Scan, Study
+from portal.clinical.uploads import UploadRejected, validate_upload
+from portal.storage_views import stream_from_storage
+
+logger = logging.getLogger(__name__)
+
+
+def patient_list(request: HttpRequest) -> HttpResponse:
+    search = request.GET.get("q", "").strip()
+    form = PatientForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        patient = services.patient_create(**form.cleaned_data)
+        messages.success(request, f"Patient {patient.identifier} created.")
+        return redirect(patient)
+    return render(
+        request,
+        "clinical/patient_list.html",
+        {
+            "patients": selectors.patient_list(search=search),
+            "form": form,
+            "search": search,
+        },
+    )
+
+
+def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    patient = get_object_or_404(Patient, pk=pk)
+    form = StudyForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        study = services.study_create(
+            patient=patient, created_by=request.user, **form.cleaned_data
+        )
+        messages.success(request, "Study created. Upload its images below.")
+        return redirect(study)
+    return render(
+        request,
+        "clinical/patient_detail.html",
+        {
+            "patient": patient,
+            "studies": selectors.patient_studies(patient=patient),
+            "form": form,
+        },
+    )
+
+
+def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    study = get_object_or_404(Study.objects.select_related("patient"), pk=pk)
+    return render(
+        request,
+        "clinical/study_detail.html",
+        {
+            "study": study,
+            "patient": study.patient,
+            "entries": study_status_entries(study=study),
+            "form": ScanUploadForm(),
+            "rejections": request.session.pop(f"rejections-{study.pk}", []),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    filename: str
+    reason: str
+
+
+@require_POST
+def study_upload(request: HttpRequest, pk: int) -> HttpResponse:
+    """Store every file that decodes; list the others with the reason they were refused."""
+    study = get_object_or_404(Study, pk=pk)
+    files = request.FILES.getlist("files")
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    if not files:
+        return _upload_response(
+            request, study, [], [], "Choose at least one file.", wants_json
+        )
+    try:
+        model_version = current_model_version()
+    except ModelVersionUnavailable as exc:
+        logger.error("upload refused: %s", exc)
+        return _upload_response(
+            request, study, [], [], f"Uploads are paused: {exc}", wants_json, status=503
+        )
+    accepted: list[Scan] = []
+    rejected: list[Rejection] = []
+    for uploaded in files:
+        try:
+            upload = validate_upload(uploaded)
+        except UploadRejected as exc:
+            rejected.append(Rejection(uploaded.name or "(no name)", str(exc)))
+            continue
+        accepted.append(
+            services.scan_create(
+                study=study,
+                upload=upload,
+                uploaded_by=request.user,
+                model_version=model_version,
+            )
+        )
+    logger.info(
+        "study %s: %d scans accepted, %d rejected",
+        study.pk,
+        len(accepted),
+        len(rejected),
+    )
+    return _upload_response(request, study, accepted, rejected, None, wants_json)
+
+
+def _upload_response(
+    request: HttpRequest,
+    study: Study,
+    accepted: list[Scan],
+    rejected: list[Rejection],
+    error: str | None,
+    wants_json: bool,
+    status: int | None = None,
+) -> HttpResponse:
+    if wants_json:
+        body = {
+            "accepted": [
+                {"scan_id": s.pk, "filename": s.original_filename} for s in accepted
+            ],
+            "rejected": [
+                {"filename": r.filename, "reason": r.reason} for r in rejected
+            ],
+            "error": error,
+        }
+        return JsonResponse(body, status=status or (400 if error else 200))
+    if error:
+        messages.error(request, error)
+    if accepted:
+        messages.success(
+            request, f"{len(accepted)} image(s) uploaded and queued for analysis."
+        )
+    if rejected:
+        request.session[f"rejections-{study.pk}"] = [
+            {"filename": r.filename, "reason": r.reason} for r in rejected
+        ]
+    return redirect(study)
+
+
+@never_cache
+@require_GET
+def study_status(request: HttpRequest, pk: int) -> JsonResponse:
+    study = get_object_or_404(Study, pk=pk)
+    return JsonResponse(
+        {"study_id": study.pk, "scans": study_status_entries(study=study)}
+    )
+
+
+@require_GET
+def scan_original(request: HttpRequest, pk: int) -> StreamingHttpResponse:
+    scan = get_object_or_404(Scan, pk=pk)
+    return stream_from_storage(scan.original.name, download_name=f"scan-{scan.pk}")

@@ -1,0 +1,84 @@
+"""Shared test set-up: settings defaults for tests, a temporary MEDIA_ROOT, users."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Read by pytest-django when it configures Django (in pytest_configure, after this file).
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production")
+
+from django.conf import settings as django_settings
+
+# Touching a setting loads them, which tells pytest-django to call django.setup().
+django_settings.INSTALLED_APPS  # noqa: B018
+
+TEST_MODEL_VERSION = "test-model-1"
+
+
+@pytest.fixture
+def media_root(settings: Any, tmp_path: Path) -> Path:
+    """A fresh local storage per test (never var/media)."""
+    root = tmp_path / "media"
+    root.mkdir()
+    settings.MEDIA_ROOT = root
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(root)},
+        },
+    }
+    return root
+
+
+@pytest.fixture
+def weights_dir(settings: Any, tmp_path: Path) -> Path:
+    """A weights directory whose model.json names TEST_MODEL_VERSION (no real weights)."""
+    directory = tmp_path / "weights"
+    directory.mkdir()
+    (directory / "model.json").write_text(json.dumps({"version": TEST_MODEL_VERSION}))
+    settings.ML_WEIGHTS_DIR = directory
+    return directory
+
+
+def png_bytes(width: int = 64, height: int = 48, *, mode: str = "L") -> bytes:
+    from PIL import Image
+
+    image = Image.new(
+        mode, (width, height), color=128 if mode == "L" else (120, 130, 140)
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def make_png():
+    return png_bytes
+
+
+@pytest.fixture
+def user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(
+        username="sonographer", password="pw-123456!"
+    )
+
+
+@pytest.fixture
+def staff_user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_superuser(
+        username="admin", password="pw-123456!", email="admin@example.org"
+    )
+
+
+@pytest.fixture
+def logged_in_client(client: Any, user: Any) -> Any:
+    client.force_login(user)
+    return client

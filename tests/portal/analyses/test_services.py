@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+
+from portal.analyses import services
+from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
+from portal.analyses.models import Analysis
+from portal.clinical.services import scan_create
+from portal.clinical.uploads import validate_upload
+
+pytestmark = pytest.mark.django_db
+Status = Analysis.Status
+TEST_MODEL_VERSION = "test-model-1"
+
+
+@pytest.fixture
+def analysis(study, user, make_png):
+    upload = validate_upload(SimpleUploadedFile("a.png", make_png()))
+    scan = scan_create(
+        study=study, upload=upload, uploaded_by=user, model_version=TEST_MODEL_VERSION
+    )
+    return scan.analyses.get()
+
+
+def test_model_version_comes_from_model_json(weights_dir):
+    assert current_model_version() == TEST_MODEL_VERSION
+    (weights_dir / "model.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ModelVersionUnavailable, match="version"):
+        current_model_version()
+    (weights_dir / "model.json").unlink()
+    with pytest.raises(ModelVersionUnavailable, match="does not exist"):
+        current_model_version()
+
+
+def test_claim_is_a_compare_and_set(analysis):
+    assert services.analysis_claim(analysis_id=analysis.pk, worker="w1")
+    assert not services.analysis_claim(analysis_id=analysis.pk, worker="w2")
+    analysis.refresh_from_db()
+    assert (analysis.status, analysis.worker, analysis.attempts) == (
+        Status.RUNNING,
+        "w1",
+        1,
+    )
+    assert analysis.started_at is not None
+
+
+def test_one_analysis_per_scan_and_model_version(analysis):
+    from django.db import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        Analysis.objects.create(
+            scan=analysis.scan, model_version=analysis.model_version
+        )
+
+
+def test_claim_waiting_takes_oldest_queued_of_the_same_model(
+    study, user, make_png, analysis
+):
+    others = [
+        scan_create(
+            study=study,
+            upload=validate_upload(SimpleUploadedFile(f"{i}.png", make_png())),
+            uploaded_by=user,
+            model_version=TEST_MODEL_VERSION,
+        ).analyses.get()
+        for i in range(3)
+    ]
+    other_model = Analysis.objects.create(scan=others[0].scan, model_version="old")
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    claimed = services.analysis_claim_waiting(
+        model_version=TEST_MODEL_VERSION, worker="w", limit=2, exclude=[analysis.pk]
+    )
+    assert claimed == [others[0].pk, others[1].pk]
+    other_model.refresh_from_db()
+    assert other_model.status == Status.QUEUED
+
+
+def test_record_success_stores_results_and_artifacts(analysis):
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    recorded = services.analysis_record_success(
+        analysis_id=analysis.pk,
+        result={
+            "label": "benign",
+            "probabilities": {"normal": 0.1, "benign": 0.7, "malignant": 0.2},
+            "confidence": 0.7,
+            "lesion_area_fraction": 0.05,
+            "bbox": (1, 2, 30, 40),
+        },
+        artifacts={"mask": b"m", "overlay": b"o", "gradcam": b"g", "seg_gradcam": b"s"},
+    )
+    assert recorded
+    analysis.refresh_from_db()
+    assert analysis.status == Status.SUCCEEDED
+    assert analysis.bbox == [1, 2, 30, 40]
+    assert analysis.overlay.name == f"analyses/{analysis.pk}/overlay.png"
+    assert analysis.overlay.read() == b"o"
+
+
+def test_record_success_does_nothing_for_a_row_that_is_not_running(analysis):
+    assert not services.analysis_record_success(
+        analysis_id=analysis.pk, result={}, artifacts={}
+    )
+
+
+def test_release_requeues_until_attempts_run_out(analysis, settings):
+    settings.ANALYSIS_MAX_ATTEMPTS = 2
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    assert services.analysis_release(analysis_id=analysis.pk, error="disk full")
+    analysis.refresh_from_db()
+    assert (analysis.status, analysis.error) == (Status.QUEUED, "disk full")
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    assert not services.analysis_release(analysis_id=analysis.pk, error="disk full")
+    analysis.refresh_from_db()
+    assert analysis.status == Status.FAILED
+    assert "gave up after 2 attempts" in analysis.error
+
+
+def test_retry_requeues_a_failed_analysis_of_the_current_model(
+    analysis, django_capture_on_commit_callbacks, enqueued
+):
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    services.analysis_record_failure(analysis_id=analysis.pk, error="bad")
+    enqueued.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        retried = services.analysis_retry(analysis=analysis)
+    assert retried.pk == analysis.pk
+    assert (retried.status, retried.error, retried.attempts) == (Status.QUEUED, "", 0)
+    assert enqueued == [(analysis.pk, None)]
+
+
+def test_retry_with_a_new_model_keeps_the_old_analysis(analysis, weights_dir):
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    services.analysis_record_failure(analysis_id=analysis.pk, error="bad")
+    (weights_dir / "model.json").write_text(json.dumps({"version": "test-model-2"}))
+    retried = services.analysis_retry(analysis=analysis)
+    assert retried.pk != analysis.pk
+    assert retried.model_version == "test-model-2"
+    analysis.refresh_from_db()
+    assert analysis.status == Status.FAILED
+
+
+def test_retry_of_a_running_analysis_does_nothing(analysis, enqueued):
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    enqueued.clear()
+    services.analysis_retry(analysis=analysis)
+    analysis.refresh_from_db()
+    assert analysis.status == Status.RUNNING
+    assert enqueued == []
+
+
+def test_reconcile_requeues_lost_running_rows_and_resends_old_queued_ones(
+    analysis, study, user, make_png, settings, enqueued
+):
+    services.analysis_claim(analysis_id=analysis.pk, worker="dead")
+    long_ago = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT * 3)
+    Analysis.objects.filter(pk=analysis.pk).update(started_at=long_ago)
+    waiting = scan_create(
+        study=study,
+        upload=validate_upload(SimpleUploadedFile("b.png", make_png())),
+        uploaded_by=user,
+        model_version=TEST_MODEL_VERSION,
+    ).analyses.get()
+    Analysis.objects.filter(pk=waiting.pk).update(queued_at=long_ago)
+    enqueued.clear()
+
+    counts = services.analyses_reconcile()
+
+    assert counts == {"requeued": 1, "failed": 0, "resent": 1}
+    assert sorted(pk for pk, _ in enqueued) == sorted([analysis.pk, waiting.pk])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.QUEUED
+    assert services.analyses_reconcile() == {"requeued": 0, "failed": 0, "resent": 0}
