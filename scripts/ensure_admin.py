@@ -41,9 +41,10 @@ def main() -> int:
     from django.contrib.auth import get_user_model
 
     user_model = get_user_model()
-    if user_model._default_manager.filter(is_superuser=True).exists():
-        hint = f" (password in {PASSWORD_FILE})" if PASSWORD_FILE.exists() else ""
-        print(f"Admin account already exists{hint}.")
+    admin = user_model._default_manager.filter(is_superuser=True).order_by("pk").first()
+    if admin is not None:
+        hint = f", password in {PASSWORD_FILE}" if PASSWORD_FILE.exists() else ""
+        print(f"Admin account exists: login {admin.get_username()}{hint}")
         return 0
 
     password = secrets.token_urlsafe(12)

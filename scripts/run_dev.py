@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    # Set SIGINT explicitly too: a shell that starts us in the background ignores it.
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     print(
         f"\n  Portal: http://{args.host}:{args.port}/   (Ctrl-C stops portal and worker)\n",
