@@ -9,14 +9,14 @@ class PatientForm(forms.ModelForm):
     class Meta:
         model = Patient
         fields = ("identifier", "name", "birth_date")
-        widgets = {"birth_date": forms.DateInput(attrs={"type": "date"})}
+        widgets = {"birth_date": forms.DateInput(attrs={"type": "date"})}  # noqa: RUF012
 
 
 class StudyForm(forms.ModelForm):
     class Meta:
         model = Study
         fields = ("accession_number", "study_date", "description")
-        widgets = {"study_date": forms.DateInput(attrs={"type": "date"})}
+        widgets = {"study_date": forms.DateInput(attrs={"type": "date"})}  # noqa: RUF012
 
 
 class MultipleFileInput(forms.ClearableFileInput):

@@ -58,6 +58,7 @@ def _import_settings(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
             "-c",
             "import portal.settings as s; print(s.STORAGES['default']['BACKEND'])",
         ],
+        check=False,
         cwd=REPO_ROOT,
         env=clean,
         capture_output=True,

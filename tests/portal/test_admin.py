@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from portal.clinical.services import scan_create
+from portal.clinical.uploads import validate_upload
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["clinical/patient", "clinical/study", "clinical/scan", "analyses/analysis"],
+)
+def test_admin_lists_and_searches_domain_models(
+    client, staff_user, study, make_png, model
+):
+    scan_create(
+        study=study,
+        upload=validate_upload(SimpleUploadedFile("a.png", make_png())),
+        uploaded_by=staff_user,
+        model_version="test-model-1",
+    )
+    client.force_login(staff_user)
+    app, name = model.split("/")
+    changelist = reverse(f"admin:{app}_{name}_changelist")
+    assert client.get(changelist).status_code == 200
+    assert client.get(changelist, {"q": "H-0001"}).status_code == 200
+    assert (
+        client.get(reverse(f"admin:{app}_{name}_change", args=[1])).status_code == 200
+    )
+
+
+def test_analysis_results_are_read_only_in_admin(client, staff_user, study, make_png):
+    from portal.analyses.admin import AnalysisAdmin
+
+    for field in (
+        "status",
+        "label",
+        "probabilities",
+        "confidence",
+        "overlay",
+        "model_version",
+    ):
+        assert field in AnalysisAdmin.readonly_fields

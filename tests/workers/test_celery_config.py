@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from workers import app
+from workers.tasks import analyze_scan, reconcile_analyses
+
+
+def test_analysis_task_acks_late_and_requeues_when_the_worker_dies():
+    assert analyze_scan.acks_late is True
+    assert analyze_scan.reject_on_worker_lost is True
+
+
+def test_analysis_task_is_routed_to_the_inference_queue(settings):
+    route = app.amqp.router.route({}, analyze_scan.name, args=(1,), kwargs={})
+    assert route["queue"].name == settings.CELERY_INFERENCE_QUEUE
+    default = app.amqp.router.route({}, reconcile_analyses.name, args=(), kwargs={})
+    assert default["queue"].name == "celery"
+
+
+def test_only_json_and_one_message_at_a_time():
+    conf = app.conf
+    assert conf.task_serializer == "json"
+    assert conf.accept_content == ["json"]
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_soft_time_limit < conf.task_time_limit
+    assert conf.task_time_limit < conf.broker_transport_options["visibility_timeout"]

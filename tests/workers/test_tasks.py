@@ -1,0 +1,273 @@
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import OperationalError
+from PIL import Image
+
+from portal.analyses import services
+from portal.analyses.models import Analysis
+from portal.clinical.services import scan_create
+from portal.clinical.uploads import validate_upload
+from workers import tasks
+
+pytestmark = pytest.mark.django_db
+Status = Analysis.Status
+TEST_MODEL_VERSION = "test-model-1"
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class FakeResult:
+    label: str = "benign"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "probabilities": {"normal": 0.1, "benign": 0.8, "malignant": 0.1},
+            "confidence": 0.8,
+            "lesion_area_fraction": 0.12,
+            "bbox": (2, 3, 10, 12),
+            "model_version": TEST_MODEL_VERSION,
+        }
+
+    def render_artifacts(self, image: np.ndarray) -> dict[str, bytes]:
+        mask = np.zeros(image.shape[:2], dtype=np.uint8)
+        return {
+            kind: _png(mask) for kind in ("mask", "overlay", "gradcam", "seg_gradcam")
+        }
+
+
+@dataclass
+class FakeAnalyzer:
+    """Stands in for ml.inference.Analyzer at the task boundary (unit tests only)."""
+
+    model_version: str = TEST_MODEL_VERSION
+    fail_on_width: int | None = None
+    error: Exception | None = None
+    batches: list[int] = field(default_factory=list)
+
+    def analyze(self, images: list[Any], *, batch_size: int = 8) -> list[FakeResult]:
+        self.batches.append(len(images))
+        if self.error is not None:
+            raise self.error
+        if any(image.width == self.fail_on_width for image in images):
+            raise ValueError("tensor shape mismatch")
+        return [FakeResult() for _ in images]
+
+
+@pytest.fixture
+def analyzer(monkeypatch: pytest.MonkeyPatch) -> FakeAnalyzer:
+    fake = FakeAnalyzer()
+    monkeypatch.setattr(tasks, "get_analyzer", lambda: fake)
+    return fake
+
+
+@pytest.fixture
+def make_analysis(study, user, make_png):
+    def make(width: int = 40, name: str = "scan.png") -> Analysis:
+        upload = validate_upload(SimpleUploadedFile(name, make_png(width, 30)))
+        scan = scan_create(
+            study=study,
+            upload=upload,
+            uploaded_by=user,
+            model_version=TEST_MODEL_VERSION,
+        )
+        return scan.analyses.get()
+
+    return make
+
+
+def test_task_claims_runs_and_stores_results(make_analysis, analyzer):
+    analysis = make_analysis()
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.SUCCEEDED
+    assert (analysis.label, analysis.confidence, analysis.attempts) == (
+        "benign",
+        0.8,
+        1,
+    )
+    assert analysis.probabilities == {"normal": 0.1, "benign": 0.8, "malignant": 0.1}
+    assert analysis.bbox == [2, 3, 10, 12]
+    assert analysis.worker and analysis.started_at <= analysis.finished_at
+    for kind in ("mask", "overlay", "gradcam", "seg_gradcam"):
+        name = getattr(analysis, kind).name
+        assert name == f"analyses/{analysis.pk}/{kind}.png"
+        with default_storage.open(name, "rb") as stored:
+            Image.open(stored).verify()
+
+
+def test_duplicate_message_for_a_finished_analysis_does_nothing(
+    make_analysis, analyzer
+):
+    analysis = make_analysis()
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    finished = Analysis.objects.get(pk=analysis.pk)
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    again = Analysis.objects.get(pk=analysis.pk)
+    assert analyzer.batches == [1]
+    assert (again.attempts, again.finished_at, again.overlay.name) == (
+        finished.attempts,
+        finished.finished_at,
+        finished.overlay.name,
+    )
+
+
+def test_message_for_an_analysis_claimed_elsewhere_does_nothing(
+    make_analysis, analyzer
+):
+    analysis = make_analysis()
+    services.analysis_claim(analysis_id=analysis.pk, worker="other-worker")
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    analysis.refresh_from_db()
+    assert (analysis.status, analysis.worker) == (Status.RUNNING, "other-worker")
+    assert analyzer.batches == []
+
+
+def test_message_for_a_missing_analysis_does_nothing(analyzer):
+    tasks.analyze_scan.apply(args=[987654])
+    assert analyzer.batches == []
+
+
+def test_waiting_analyses_run_in_one_batch(make_analysis, analyzer, settings):
+    settings.ANALYSIS_BATCH_SIZE = 3
+    first, second, third, fourth = (make_analysis(name=f"{i}.png") for i in range(4))
+    tasks.analyze_scan.apply(args=[first.pk])
+    assert analyzer.batches == [3]
+    statuses = dict(Analysis.objects.values_list("pk", "status"))
+    assert [statuses[a.pk] for a in (first, second, third, fourth)] == [
+        Status.SUCCEEDED,
+        Status.SUCCEEDED,
+        Status.SUCCEEDED,
+        Status.QUEUED,
+    ]
+    # The batched rows' own messages arrive later and find nothing to do.
+    tasks.analyze_scan.apply(args=[second.pk])
+    assert analyzer.batches == [3]
+
+
+def test_model_error_fails_only_the_bad_image_with_its_reason(make_analysis, analyzer):
+    good = make_analysis(width=40, name="good.png")
+    bad = make_analysis(width=41, name="bad.png")
+    analyzer.fail_on_width = 41
+    tasks.analyze_scan.apply(args=[good.pk])
+    good.refresh_from_db()
+    bad.refresh_from_db()
+    assert good.status == Status.SUCCEEDED
+    assert bad.status == Status.FAILED
+    assert "tensor shape mismatch" in bad.error
+    assert bad.finished_at is not None
+
+
+def test_model_that_cannot_load_fails_the_analysis_with_the_reason(
+    make_analysis, monkeypatch
+):
+    def broken() -> None:
+        raise RuntimeError("weights file model.weights.h5 is missing")
+
+    monkeypatch.setattr(tasks, "get_analyzer", broken)
+    analysis = make_analysis()
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.FAILED
+    assert "model could not be loaded" in analysis.error
+    assert "model.weights.h5" in analysis.error
+
+
+def test_analysis_for_another_model_version_fails_and_says_why(make_analysis, analyzer):
+    analysis = make_analysis()
+    analyzer.model_version = "test-model-2"
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.FAILED
+    assert "test-model-2" in analysis.error
+
+
+def test_transient_error_requeues_with_backoff(make_analysis, analyzer, enqueued):
+    analysis = make_analysis()
+    analyzer.error = OSError("storage unavailable")
+    enqueued.clear()
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.QUEUED
+    assert "storage unavailable" in analysis.error
+    assert enqueued == [(analysis.pk, services.retry_countdown(1))]
+
+
+def test_transient_errors_stop_after_the_attempt_limit(
+    make_analysis, analyzer, enqueued, settings
+):
+    settings.ANALYSIS_MAX_ATTEMPTS = 2
+    analysis = make_analysis()
+    analyzer.error = OperationalError("server closed the connection")
+    for _ in range(3):
+        tasks.analyze_scan.apply(args=[analysis.pk])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.FAILED
+    assert analysis.attempts == 2
+    assert "gave up after 2 attempts" in analysis.error
+    assert len(analyzer.batches) == 2
+
+
+def test_unreadable_stored_scan_fails_with_reason(make_analysis, analyzer):
+    analysis = make_analysis()
+    with default_storage.open(analysis.scan.original.name, "wb") as stored:
+        stored.write(b"corrupted on disk")
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.FAILED
+    assert "stored scan could not be decoded" in analysis.error
+
+
+def test_unexpected_error_is_recorded_not_left_running(
+    make_analysis, analyzer, monkeypatch
+):
+    analysis = make_analysis()
+
+    def explode(analysis_ids: list[int]) -> None:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(tasks, "_run_batch", explode)
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.FAILED
+    assert "internal error" in analysis.error
+
+
+def test_analyzer_is_loaded_once_per_process(monkeypatch, settings, tmp_path):
+    import sys
+    import types
+
+    from workers import analyzer as analyzer_module
+
+    loads: list[Any] = []
+
+    class CountingAnalyzer:
+        model_version = "x"
+
+        @classmethod
+        def load(cls, weights_dir: Any = None) -> CountingAnalyzer:
+            loads.append(weights_dir)
+            return cls()
+
+    fake_module = types.ModuleType("ml.inference")
+    fake_module.Analyzer = CountingAnalyzer
+    monkeypatch.setitem(sys.modules, "ml.inference", fake_module)
+    monkeypatch.setattr(analyzer_module, "_analyzer", None)
+    settings.ML_WEIGHTS_DIR = tmp_path
+
+    first = analyzer_module.get_analyzer()
+    assert analyzer_module.get_analyzer() is first
+    assert loads == [tmp_path]
