@@ -185,6 +185,13 @@ def test_compose_only_names_are_used_by_compose():
     assert compose_part - interpolated == set()
 
 
+def test_every_name_compose_interpolates_is_in_env_example():
+    settings_part, compose_part = env_example_sections()
+    compose_text = (REPO_ROOT / "docker-compose.yml").read_text()
+    interpolated = {m.group(1) for m in INTERPOLATION.finditer(compose_text)}
+    assert interpolated - settings_part - compose_part == set()
+
+
 def test_dockerfile_installs_the_pinned_tensorflow_for_cpu_or_gpu():
     pin = re.search(
         r"^tensorflow-cpu==(\S+)",
