@@ -1,0 +1,149 @@
+"""The inference API workers call: build an :class:`Analyzer` once, then analyse batches."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ml import render
+from ml.config import CLASSES, weights_dir
+from ml.decode import DecodedImage
+from ml.weights_io import ModelLoadError
+
+__all__ = ["Analyzer", "ImageAnalysis", "ModelLoadError"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageAnalysis:
+    label: str
+    probabilities: dict[str, float]
+    confidence: float
+    lesion_mask: np.ndarray  # (H, W) bool at the input's resolution
+    lesion_area_fraction: float
+    bbox: tuple[int, int, int, int] | None  # x_min, y_min, x_max, y_max; max exclusive
+    gradcam: np.ndarray  # (H, W) float32 in [0, 1]
+    seg_gradcam: np.ndarray  # (H, W) float32 in [0, 1]
+    model_version: str
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "probabilities": dict(self.probabilities),
+            "confidence": self.confidence,
+            "lesion_area_fraction": self.lesion_area_fraction,
+            "bbox": list(self.bbox) if self.bbox else None,
+            "model_version": self.model_version,
+        }
+
+    def render_artifacts(self, image: np.ndarray) -> dict[str, bytes]:
+        """PNG bytes of the mask (0/255), the outline overlay and both heatmap overlays."""
+        image = _as_rgb(image)
+        return {
+            "mask": render.png_bytes(self.lesion_mask.astype(np.uint8) * 255),
+            "overlay": render.png_bytes(render.mask_overlay(image, self.lesion_mask)),
+            "gradcam": render.png_bytes(render.heatmap_overlay(image, self.gradcam)),
+            "seg_gradcam": render.png_bytes(render.heatmap_overlay(image, self.seg_gradcam)),
+        }
+
+
+def _as_rgb(image: np.ndarray | DecodedImage) -> np.ndarray:
+    pixels = image.pixels if isinstance(image, DecodedImage) else np.asarray(image)
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"expected uint8 pixels, got {pixels.dtype}")
+    if pixels.ndim == 2:
+        return np.repeat(pixels[..., None], 3, axis=2)
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        return pixels
+    raise ValueError(f"expected (H, W) or (H, W, 3) pixels, got {pixels.shape}")
+
+
+def _resize_float(values: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows, columns = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
+
+
+class Analyzer:
+    """Loads the network and weights once; :meth:`analyze` is then safe to call repeatedly."""
+
+    def __init__(self, model, explainer, meta) -> None:
+        self._model = model
+        self._explainer = explainer
+        self.meta = meta
+        self.model_version: str = meta.version
+        self.image_size: int = meta.image_size
+        self.temperature: float = meta.temperature
+
+    @classmethod
+    def load(cls, weights: str | Path | None = None) -> Analyzer:
+        from ml import weights_io
+        from ml.explain import Explainer
+        from ml.model import CLASS_GRADCAM_LAYER, SEG_GRADCAM_LAYER, build_busnet
+
+        directory = Path(weights) if weights is not None else weights_dir()
+        started = time.perf_counter()
+        meta = weights_io.read_meta(directory)
+        if list(meta.classes) != list(CLASSES):
+            raise ModelLoadError(f"{directory}: classes {meta.classes} do not match {list(CLASSES)}")
+        model = build_busnet(meta.image_size)
+        weights_io.load_into(model, directory)
+        explainer = Explainer(
+            model, class_layer=CLASS_GRADCAM_LAYER, seg_layer=SEG_GRADCAM_LAYER, seg_threshold=meta.seg_threshold
+        )
+        analyzer = cls(model, explainer, meta)
+        analyzer.analyze([np.zeros((meta.image_size, meta.image_size, 3), np.uint8)])  # trace once, not on a scan
+        logger.info("loaded %s in %.1fs", meta.version, time.perf_counter() - started)
+        return analyzer
+
+    def analyze(
+        self,
+        images: Sequence[np.ndarray | DecodedImage],
+        *,
+        batch_size: int = 8,
+        class_index: Sequence[int] | None = None,
+    ) -> list[ImageAnalysis]:
+        """Analyse images of any size. ``class_index`` picks the class Grad-CAM explains (default: predicted)."""
+        from ml.backbone import preprocess
+        from ml.metrics import softmax
+
+        pixels = [_as_rgb(image) for image in images]
+        results: list[ImageAnalysis] = []
+        for start in range(0, len(pixels), batch_size):
+            chunk = pixels[start : start + batch_size]
+            size = self.image_size
+            batch = np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR)) for p in chunk])
+            chosen = None if class_index is None else list(class_index[start : start + batch_size])
+            explanation = self._explainer(preprocess(batch), chosen)
+            probabilities = softmax(explanation.class_logits, self.temperature)
+            lesion_probability = 1.0 / (1.0 + np.exp(-explanation.seg_logits))
+            for i, image in enumerate(chunk):
+                height, width = image.shape[:2]
+                mask = _resize_float(lesion_probability[i], width, height) >= self.meta.seg_threshold
+                best = int(probabilities[i].argmax())
+                results.append(
+                    ImageAnalysis(
+                        label=CLASSES[best],
+                        probabilities={name: float(probabilities[i, c]) for c, name in enumerate(CLASSES)},
+                        confidence=float(probabilities[i, best]),
+                        lesion_mask=mask,
+                        lesion_area_fraction=float(mask.mean()),
+                        bbox=bounding_box(mask),
+                        gradcam=np.clip(_resize_float(explanation.class_cam[i], width, height), 0, 1),
+                        seg_gradcam=np.clip(_resize_float(explanation.seg_cam[i], width, height), 0, 1),
+                        model_version=self.model_version,
+                    )
+                )
+        return results
