@@ -25,11 +25,15 @@ def test_admin_lists_and_searches_domain_models(
     )
     client.force_login(staff_user)
     app, name = model.split("/")
+    from django.apps import apps
+
+    obj = apps.get_model(app, name).objects.first()
     changelist = reverse(f"admin:{app}_{name}_changelist")
     assert client.get(changelist).status_code == 200
     assert client.get(changelist, {"q": "H-0001"}).status_code == 200
     assert (
-        client.get(reverse(f"admin:{app}_{name}_change", args=[1])).status_code == 200
+        client.get(reverse(f"admin:{app}_{name}_change", args=[obj.pk])).status_code
+        == 200
     )
 
 

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from workers.launch import redis_url_with_db
+
+E2E_REDIS_DB = 15
+
+
+def redis_reachable(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def e2e_broker(settings: Any) -> Any:
+    """A dedicated, flushed Redis database that this process and the worker both use."""
+    from workers import app
+
+    url = redis_url_with_db(settings.REDIS_URL, E2E_REDIS_DB)
+    if not redis_reachable(url):
+        pytest.skip(f"Redis is not reachable at {url} (set REDIS_URL or start Redis)")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    previous = app.conf.broker_url
+    settings.CELERY_BROKER_URL = url
+    _point_celery_at(app, url)
+    yield url
+    _point_celery_at(app, previous)
+    client.flushdb()
+    client.close()
+
+
+def _point_celery_at(app: Any, url: str) -> None:
+    app.conf.broker_url = url
+    # Connections and producers are created lazily and cached: drop them.
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def real_weights_dir() -> Path:
+    directory = Path(settings.ML_WEIGHTS_DIR)
+    if not (directory / "model.json").exists():
+        pytest.skip(f"no trained model at {directory}/model.json (set ML_WEIGHTS_DIR)")
+    return directory
+
+
+@pytest.fixture
+def busi_dir() -> Path:
+    directory = Path(settings.BUSI_DIR)
+    if not (directory / "benign").is_dir() or not (directory / "malignant").is_dir():
+        pytest.skip(f"BUSI dataset not found at {directory} (set BUSI_DIR)")
+    return directory

@@ -1,0 +1,145 @@
+"""Start a real `celery -A workers worker` process pointed at a given database and broker.
+
+Used by the end-to-end tests and the pipeline benchmark, which both need a worker that
+sees the same database (a test database, a benchmark database) as the calling process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_url(settings_dict: Mapping[str, Any]) -> str:
+    """A DATABASE_URL for the database a connection is using right now."""
+    engine = settings_dict["ENGINE"]
+    name = str(settings_dict["NAME"])
+    if engine.endswith("sqlite3"):
+        if name == ":memory:" or name.startswith("file:"):
+            raise ValueError(
+                "an in-memory SQLite database cannot be shared with a worker"
+            )
+        return f"sqlite:///{Path(name).resolve()}"
+    if "postgresql" in engine:
+        user = quote(str(settings_dict.get("USER") or ""), safe="")
+        password = quote(str(settings_dict.get("PASSWORD") or ""), safe="")
+        credentials = (
+            f"{user}:{password}@" if password else (f"{user}@" if user else "")
+        )
+        host = settings_dict.get("HOST") or "127.0.0.1"
+        port = f":{settings_dict['PORT']}" if settings_dict.get("PORT") else ""
+        return f"postgres://{credentials}{host}{port}/{quote(name, safe='')}"
+    raise ValueError(f"no DATABASE_URL form for engine {engine}")
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(
+        (parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment)
+    )
+
+
+def start_worker(
+    *,
+    database: str,
+    broker: str,
+    media_root: Path,
+    log_path: Path,
+    extra_env: Mapping[str, str] | None = None,
+    name: str = "worker",
+) -> subprocess.Popen[bytes]:
+    """The same command as production, pointed at the given database and broker."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+            "DATABASE_URL": database,
+            "REDIS_URL": broker,
+            "MEDIA_ROOT": str(media_root),
+            "ML_WEIGHTS_DIR": str(settings.ML_WEIGHTS_DIR),
+            "CELERY_INFERENCE_QUEUE": settings.CELERY_INFERENCE_QUEUE,
+            "SECRET_KEY": settings.SECRET_KEY,
+            "STORAGE_BACKEND": "local",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra_env or {})
+    queues = ",".join(dict.fromkeys([settings.CELERY_INFERENCE_QUEUE, "celery"]))
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "worker",
+        "-Q",
+        queues,
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "-l",
+        "info",
+        "-n",
+        f"{name}-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    log = open(log_path, "wb")  # noqa: SIM115 - closed by the child's exit, kept for stop_worker
+    logger.info("starting worker: %s", " ".join(command))
+    return subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes], log_path: Path, timeout: float
+) -> None:
+    """Wait for the worker's "ready" line (the model loads in the child before that)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"worker exited with {process.returncode}:\n{tail(log_path)}"
+            )
+        if b" ready." in log_path.read_bytes():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"worker not ready after {timeout:.0f}s:\n{tail(log_path)}")
+
+
+def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
