@@ -143,7 +143,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": str(_sqlite_name.with_name(f"test_{_sqlite_name.name}")),
     }
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # Workers write from several threads: take the write lock when a transaction starts
+    # (so a busy database waits instead of failing) and let readers run beside a writer.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -215,6 +221,11 @@ ANALYSIS_TIME_LIMIT = env_int("ANALYSIS_TIME_LIMIT", 600, minimum=10)
 # Analyses waiting in the queue are claimed together and run as one model batch.
 ANALYSIS_BATCH_SIZE = env_int("ANALYSIS_BATCH_SIZE", 8, minimum=1)
 ANALYSIS_MAX_ATTEMPTS = env_int("ANALYSIS_MAX_ATTEMPTS", 3, minimum=1)
+# Threads that draw and store result images while the model runs the next batch
+# (0: do it inline, in the task's own thread).
+ANALYSIS_RENDER_THREADS = env_int(
+    "ANALYSIS_RENDER_THREADS", min(8, max(1, (os.cpu_count() or 2) - 1)), minimum=0
+)
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_SERIALIZER = "json"

@@ -2,14 +2,18 @@
 
 `analyze_scan` claims its analysis with a compare-and-set update and returns at once if
 the row is no longer queued, so redelivered and duplicate messages do nothing. When more
-analyses are waiting it claims up to ANALYSIS_BATCH_SIZE of them and runs one model batch
-(their own messages then find them claimed).
+analyses are waiting it claims them too, ANALYSIS_BATCH_SIZE at a time, and keeps the
+model busy: while the model runs one batch, a few threads draw and store the results of
+the previous one. It stops claiming more at half the soft time limit, and returns only
+when every claimed analysis is recorded (acks_late then acknowledges the message).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from ml.decode import DecodedImage, DecodeError, decode_image
 from portal.analyses import services
@@ -41,6 +45,8 @@ except ImportError:  # pragma: no cover - botocore ships with django-storages[s3
 
 worker_process_init.connect(preload, weak=False)
 
+_finish_pool: ThreadPoolExecutor | None = None
+
 
 @dataclass
 class _Work:
@@ -59,7 +65,10 @@ def analyze_scan(self: Any, analysis_id: int) -> None:
     if not services.analysis_claim(analysis_id=analysis_id, worker=worker):
         logger.info("analysis %s is not queued; nothing to do", analysis_id)
         return
+    stop_claiming_at = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT * 0.5
+    batch_size = settings.ANALYSIS_BATCH_SIZE
     batch = [analysis_id]
+    finishing: list[Future[None]] = []
     try:
         model_version = Analysis.objects.values_list("model_version", flat=True).get(
             pk=analysis_id
@@ -67,10 +76,16 @@ def analyze_scan(self: Any, analysis_id: int) -> None:
         batch += services.analysis_claim_waiting(
             model_version=model_version,
             worker=worker,
-            limit=settings.ANALYSIS_BATCH_SIZE - 1,
+            limit=batch_size - 1,
             exclude=batch,
         )
-        _run_batch(batch)
+        while batch:
+            finishing += _run_batch(batch)
+            batch = []
+            if time.monotonic() < stop_claiming_at:
+                batch = services.analysis_claim_waiting(
+                    model_version=model_version, worker=worker, limit=batch_size
+                )
     except TRANSIENT_ERRORS as exc:
         logger.warning(
             "transient error on analyses %s; requeueing", batch, exc_info=True
@@ -85,6 +100,9 @@ def analyze_scan(self: Any, analysis_id: int) -> None:
     except Exception as exc:
         logger.exception("analyses %s failed unexpectedly", batch)
         _fail(batch, f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        for future in finishing:
+            future.result()
 
 
 @app.task(name="workers.tasks.reconcile_analyses", ignore_result=True)
@@ -114,13 +132,14 @@ def _load_scan(analysis: Analysis) -> DecodedImage:
     return decode_image(content, max_pixels=settings.UPLOAD_MAX_PIXELS)
 
 
-def _run_batch(analysis_ids: list[int]) -> None:
+def _run_batch(analysis_ids: list[int]) -> list[Future[None]]:
+    """Run the model on claimed analyses; returns the futures that record their results."""
     try:
         analyzer = get_analyzer()
     except Exception as exc:
         logger.exception("model could not be loaded")
         _fail(analysis_ids, f"the model could not be loaded: {exc}")
-        return
+        return []
 
     analyses = Analysis.objects.select_related("scan").in_bulk(analysis_ids)
     work: list[_Work] = []
@@ -143,30 +162,81 @@ def _run_batch(analysis_ids: list[int]) -> None:
                 error=f"the stored scan could not be decoded: {exc}",
             )
 
+    futures = []
     for item, outcome in zip(work, _analyze(analyzer, work), strict=True):
+        futures.append(_submit_finish(item, outcome))
+    return futures
+
+
+def _submit_finish(item: _Work, outcome: Any) -> Future[None]:
+    global _finish_pool
+    threads = settings.ANALYSIS_RENDER_THREADS
+    if threads <= 0:
+        future: Future[None] = Future()
+        _finish(item, outcome)
+        future.set_result(None)
+        return future
+    if _finish_pool is None:
+        _finish_pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="finish"
+        )
+    return _finish_pool.submit(_finish_in_thread, item, outcome)
+
+
+def _finish_in_thread(item: _Work, outcome: Any) -> None:
+    close_old_connections()
+    try:
+        _finish(item, outcome)
+    finally:
+        close_old_connections()
+
+
+def _finish(item: _Work, outcome: Any) -> None:
+    """Draw and store one result, recording success or the reason it failed. Never raises."""
+    analysis_id = item.analysis_id
+    try:
         if isinstance(outcome, Exception):
             services.analysis_record_failure(
-                analysis_id=item.analysis_id,
+                analysis_id=analysis_id,
                 error=f"the model failed on this image: {type(outcome).__name__}: {outcome}",
             )
-            continue
+            return
         try:
             artifacts = outcome.render_artifacts(item.image.pixels)
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:
-            logger.exception(
-                "rendering artifacts of analysis %s failed", item.analysis_id
-            )
+            logger.exception("drawing the results of analysis %s failed", analysis_id)
             services.analysis_record_failure(
-                analysis_id=item.analysis_id,
+                analysis_id=analysis_id,
                 error=f"could not draw the result images: {type(exc).__name__}: {exc}",
             )
-            continue
+            return
         services.analysis_record_success(
-            analysis_id=item.analysis_id, result=outcome.to_dict(), artifacts=artifacts
+            analysis_id=analysis_id, result=outcome.to_dict(), artifacts=artifacts
         )
-        logger.info("analysis %s succeeded", item.analysis_id)
+        logger.info("analysis %s succeeded", analysis_id)
+    except TRANSIENT_ERRORS as exc:
+        logger.warning(
+            "transient error storing analysis %s; requeueing",
+            analysis_id,
+            exc_info=True,
+        )
+        try:
+            _release([analysis_id], f"temporary error: {type(exc).__name__}: {exc}")
+        except Exception:
+            logger.exception(
+                "could not requeue analysis %s; the reconciler will", analysis_id
+            )
+    except Exception as exc:
+        logger.exception("recording analysis %s failed", analysis_id)
+        try:
+            services.analysis_record_failure(
+                analysis_id=analysis_id,
+                error=f"internal error: {type(exc).__name__}: {exc}",
+            )
+        except Exception:
+            logger.exception("could not record the failure of analysis %s", analysis_id)
 
 
 def _analyze(analyzer: Any, work: list[_Work]) -> list[Any]:

@@ -7,8 +7,10 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _isolated(media_root: Path, weights_dir: Path) -> None:
-    """Every portal test gets its own storage and a model.json."""
+def _isolated(media_root: Path, weights_dir: Path, settings: Any) -> None:
+    """Own storage, a model.json, and results recorded inline (the test's DB transaction
+    is not visible to other threads; one test turns the threads on with a real commit)."""
+    settings.ANALYSIS_RENDER_THREADS = 0
 
 
 @pytest.fixture(autouse=True)

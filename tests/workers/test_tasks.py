@@ -141,21 +141,45 @@ def test_message_for_a_missing_analysis_does_nothing(analyzer):
     assert analyzer.batches == []
 
 
-def test_waiting_analyses_run_in_one_batch(make_analysis, analyzer, settings):
+def test_waiting_analyses_are_claimed_and_run_in_batches(
+    make_analysis, analyzer, settings
+):
     settings.ANALYSIS_BATCH_SIZE = 3
-    first, second, third, fourth = (make_analysis(name=f"{i}.png") for i in range(4))
-    tasks.analyze_scan.apply(args=[first.pk])
-    assert analyzer.batches == [3]
-    statuses = dict(Analysis.objects.values_list("pk", "status"))
-    assert [statuses[a.pk] for a in (first, second, third, fourth)] == [
-        Status.SUCCEEDED,
-        Status.SUCCEEDED,
-        Status.SUCCEEDED,
-        Status.QUEUED,
-    ]
+    analyses = [make_analysis(name=f"{i}.png") for i in range(4)]
+    tasks.analyze_scan.apply(args=[analyses[0].pk])
+    assert analyzer.batches == [3, 1]
+    statuses = Analysis.objects.filter(pk__in=[a.pk for a in analyses]).values_list(
+        "status", flat=True
+    )
+    assert set(statuses) == {Status.SUCCEEDED}
     # The batched rows' own messages arrive later and find nothing to do.
-    tasks.analyze_scan.apply(args=[second.pk])
-    assert analyzer.batches == [3]
+    tasks.analyze_scan.apply(args=[analyses[1].pk])
+    assert analyzer.batches == [3, 1]
+
+
+def test_no_more_batches_are_claimed_after_half_the_time_limit(
+    make_analysis, analyzer, settings
+):
+    settings.ANALYSIS_BATCH_SIZE = 1
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 0
+    first, second = make_analysis(name="1.png"), make_analysis(name="2.png")
+    tasks.analyze_scan.apply(args=[first.pk])
+    second.refresh_from_db()
+    assert analyzer.batches == [1]
+    assert second.status == Status.QUEUED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_results_are_recorded_by_finishing_threads(make_analysis, analyzer, settings):
+    settings.ANALYSIS_RENDER_THREADS = 2
+    settings.ANALYSIS_BATCH_SIZE = 2
+    analyses = [make_analysis(name=f"{i}.png") for i in range(5)]
+    tasks.analyze_scan.apply(args=[analyses[0].pk])
+    assert analyzer.batches == [2, 2, 1]
+    for analysis in analyses:
+        analysis.refresh_from_db()
+        assert analysis.status == Status.SUCCEEDED
+        assert analysis.overlay.name == f"analyses/{analysis.pk}/overlay.png"
 
 
 def test_model_error_fails_only_the_bad_image_with_its_reason(make_analysis, analyzer):

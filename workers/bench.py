@@ -1,0 +1,239 @@
+"""Pipeline benchmark: N real images through portal services -> Redis -> a real worker ->
+database, against bare `Analyzer.analyze` on the same images in the same run.
+
+The worker is started and warmed up (model loaded, batch shape traced) before the clock
+starts, and the bare model gets the same warm-up, so the ratio compares steady states.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.db.models import Max, Min
+from django.test.utils import override_settings
+
+from portal.analyses.modelinfo import current_model_version
+from portal.analyses.models import Analysis
+from portal.clinical.models import Patient, Scan, Study
+from portal.clinical.services import patient_create, scan_create, study_create
+from portal.clinical.uploads import validate_upload
+from workers.launch import (
+    database_url,
+    redis_url_with_db,
+    start_worker,
+    stop_worker,
+    tail,
+    wait_until_ready,
+)
+
+logger = logging.getLogger(__name__)
+
+BENCH_REDIS_DB = 14
+CLASS_DIRS = ("benign", "malignant", "normal")
+
+
+@dataclass
+class BenchResult:
+    n: int
+    pipeline_seconds: float
+    pipeline_failed: int
+    upload_seconds: float
+    worker_seconds: float
+    bare_seconds: float
+    bare_with_artifacts_seconds: float
+
+    @property
+    def pipeline_rate(self) -> float:
+        return self.n / self.pipeline_seconds
+
+    @property
+    def bare_rate(self) -> float:
+        return self.n / self.bare_seconds
+
+    @property
+    def bare_with_artifacts_rate(self) -> float:
+        return self.n / self.bare_with_artifacts_seconds
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline_rate / self.bare_rate
+
+
+def busi_images(busi_dir: Path, n: int) -> list[Path]:
+    """N scans (no masks), classes interleaved, repeating the list when N is larger."""
+    per_class = [
+        sorted(p for p in (busi_dir / c).glob("*.png") if "_mask" not in p.name)
+        for c in CLASS_DIRS
+    ]
+    interleaved = [p for group in zip(*per_class, strict=False) for p in group]
+    if not interleaved:
+        raise FileNotFoundError(f"no BUSI images under {busi_dir}")
+    return [interleaved[i % len(interleaved)] for i in range(n)]
+
+
+def _wait_finished(ids: list[int], timeout: float, log_path: Path) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        finished = Analysis.objects.filter(
+            pk__in=ids, status__in=[Analysis.Status.SUCCEEDED, Analysis.Status.FAILED]
+        ).count()
+        if finished == len(ids):
+            return Analysis.objects.filter(
+                pk__in=ids, status=Analysis.Status.FAILED
+            ).count()
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{finished}/{len(ids)} finished after {timeout}s\n{tail(log_path)}"
+            )
+        time.sleep(0.05)
+
+
+def run(
+    *,
+    n: int,
+    timeout: float = 3600,
+    busi_dir: Path | None = None,
+    report: Callable[[str], None] = logger.info,
+) -> BenchResult:
+    busi_dir = Path(busi_dir or settings.BUSI_DIR)
+    paths = busi_images(busi_dir, n)
+    warmup_paths = busi_images(busi_dir, settings.ANALYSIS_BATCH_SIZE)
+    contents = [p.read_bytes() for p in paths]
+    model_version = current_model_version()
+    report(f"model {model_version}; {n} BUSI images from {busi_dir}")
+
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    media_root = work_dir / "media"
+    media_root.mkdir()
+    broker = redis_url_with_db(settings.REDIS_URL, BENCH_REDIS_DB)
+    storages = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(media_root)},
+        },
+    }
+    user, _ = get_user_model().objects.get_or_create(username="bench-pipeline")
+    patient = patient_create(identifier=f"BENCH-{time.time_ns()}", name="Benchmark")
+    study = study_create(
+        patient=patient, created_by=user, description="pipeline benchmark"
+    )
+    log_path = work_dir / "worker.log"
+    worker = None
+    try:
+        with override_settings(
+            STORAGES=storages, MEDIA_ROOT=media_root, CELERY_BROKER_URL=broker
+        ):
+            _point_celery_at(broker)
+            import redis
+
+            redis.Redis.from_url(broker).flushdb()
+            worker = start_worker(
+                database=database_url(connection.settings_dict),
+                broker=broker,
+                media_root=media_root,
+                log_path=log_path,
+                name="bench",
+            )
+            wait_until_ready(worker, log_path, timeout=600)
+            report("worker ready; warming up")
+            warm_ids = _upload(
+                study, user, [p.read_bytes() for p in warmup_paths], model_version
+            )
+            _wait_finished(warm_ids, 600, log_path)
+
+            report(f"pushing {n} images through the pipeline")
+            started = time.perf_counter()
+            ids = _upload(study, user, contents, model_version)
+            upload_seconds = time.perf_counter() - started
+            failed = _wait_finished(ids, timeout, log_path)
+            pipeline_seconds = time.perf_counter() - started
+            span = Analysis.objects.filter(pk__in=ids).aggregate(
+                first=Min("started_at"), last=Max("finished_at")
+            )
+            worker_seconds = (span["last"] - span["first"]).total_seconds()
+            if failed:
+                errors = set(
+                    Analysis.objects.filter(pk__in=ids, status="failed").values_list(
+                        "error", flat=True
+                    )
+                )
+                report(f"{failed} analyses failed: {sorted(errors)[:3]}")
+            stop_worker(worker)
+            worker = None
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        _point_celery_at(settings.CELERY_BROKER_URL)
+        _cleanup(study, patient)
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    report("measuring bare ml throughput on the same images")
+    bare_seconds, with_artifacts_seconds = _bare_ml(contents, warmup_paths)
+    return BenchResult(
+        n=n,
+        pipeline_seconds=pipeline_seconds,
+        pipeline_failed=failed,
+        upload_seconds=upload_seconds,
+        worker_seconds=worker_seconds,
+        bare_seconds=bare_seconds,
+        bare_with_artifacts_seconds=with_artifacts_seconds,
+    )
+
+
+def _upload(
+    study: Study, user: object, contents: list[bytes], model_version: str
+) -> list[int]:
+    ids = []
+    for index, content in enumerate(contents):
+        upload = validate_upload(SimpleUploadedFile(f"bench-{index}.png", content))
+        scan = scan_create(
+            study=study, upload=upload, uploaded_by=user, model_version=model_version
+        )
+        ids.append(scan.analyses.values_list("pk", flat=True).get())
+    return ids
+
+
+def _bare_ml(contents: list[bytes], warmup_paths: list[Path]) -> tuple[float, float]:
+    from ml.decode import decode_image
+    from ml.inference import Analyzer
+
+    analyzer = Analyzer.load(settings.ML_WEIGHTS_DIR)
+    batch_size = settings.ANALYSIS_BATCH_SIZE
+    analyzer.analyze([decode_image(p) for p in warmup_paths], batch_size=batch_size)
+    images = [decode_image(content) for content in contents]
+    started = time.perf_counter()
+    results = analyzer.analyze(images, batch_size=batch_size)
+    bare_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for image, result in zip(images, results, strict=True):
+        result.render_artifacts(image.pixels)
+    return bare_seconds, bare_seconds + time.perf_counter() - started
+
+
+def _point_celery_at(url: str) -> None:
+    from workers import app
+
+    app.conf.broker_url = url
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+
+
+def _cleanup(study: Study, patient: Patient) -> None:
+    scans = Scan.objects.filter(study=study)
+    Analysis.objects.filter(scan__in=scans).delete()
+    scans.delete()
+    study.delete()
+    patient.delete()
