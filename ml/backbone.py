@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import layers
 
 BN_EPSILON = 1e-3
@@ -58,19 +57,33 @@ def _block_specs() -> list[tuple[int, int, int, int, int]]:
     for group in BLOCK_GROUPS:
         for repeat in range(group.repeats):
             stride = group.stride if repeat == 0 else 1
-            specs.append((group.kernel, stride, group.expand, filters_in, group.filters))
+            specs.append(
+                (group.kernel, stride, group.expand, filters_in, group.filters)
+            )
             filters_in = group.filters
     return specs
 
 
-def _mbconv(x, index: int, kernel: int, stride: int, expand: int, filters_in: int, filters_out: int):
+def _mbconv(
+    x,
+    index: int,
+    kernel: int,
+    stride: int,
+    expand: int,
+    filters_in: int,
+    filters_out: int,
+):
     name = f"block{index}"
     inputs = x
     if expand != 1:
-        x = layers.Conv2D(filters_in * expand, 1, use_bias=False, name=f"{name}_expand_conv")(x)
+        x = layers.Conv2D(
+            filters_in * expand, 1, use_bias=False, name=f"{name}_expand_conv"
+        )(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_expand_bn")(x)
         x = layers.ReLU(6.0, name=f"{name}_expand_relu")(x)
-    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
+    x = layers.DepthwiseConv2D(
+        kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv"
+    )(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_dw_bn")(x)
     x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
     x = layers.Conv2D(filters_out, 1, use_bias=False, name=f"{name}_project_conv")(x)
@@ -83,7 +96,11 @@ def _mbconv(x, index: int, kernel: int, stride: int, expand: int, filters_in: in
 def block_output_name(index: int) -> str:
     """Name of the layer whose output is block ``index``'s output."""
     kernel, stride, _, filters_in, filters_out = _block_specs()[index]
-    return f"block{index}_add" if stride == 1 and filters_in == filters_out else f"block{index}_project_bn"
+    return (
+        f"block{index}_add"
+        if stride == 1 and filters_in == filters_out
+        else f"block{index}_project_bn"
+    )
 
 
 def build_efficientnet_lite0(
@@ -104,7 +121,9 @@ def build_efficientnet_lite0(
             raise ValueError(f"input sides must be multiples of 32, got {input_shape}")
 
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.Conv2D(
+        STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv"
+    )(inputs)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     for index, spec in enumerate(_block_specs()):
@@ -120,7 +139,10 @@ def build_efficientnet_lite0(
 
 
 def _bn(archive, prefix: str) -> list[np.ndarray]:
-    return [archive[f"{prefix}.{key}"] for key in ("weight", "bias", "running_mean", "running_var")]
+    return [
+        archive[f"{prefix}.{key}"]
+        for key in ("weight", "bias", "running_mean", "running_var")
+    ]
 
 
 def _conv(weight: np.ndarray) -> np.ndarray:
@@ -148,22 +170,39 @@ def load_imagenet_weights(model: keras.Model, npz_path: str | Path) -> None:
         expected = [tuple(w.shape) for w in layer.get_weights()]
         got = [tuple(v.shape) for v in values]
         if expected != got:
-            raise ValueError(f"{layer_name}: shapes {got} do not match the layer's {expected}")
+            raise ValueError(
+                f"{layer_name}: shapes {got} do not match the layer's {expected}"
+            )
         layer.set_weights(values)
 
     def assign_bn(layer_name: str, prefix: str) -> None:
-        assign(layer_name, [take(f"{prefix}.{k}") for k in ("weight", "bias", "running_mean", "running_var")])
+        assign(
+            layer_name,
+            [
+                take(f"{prefix}.{k}")
+                for k in ("weight", "bias", "running_mean", "running_var")
+            ],
+        )
 
     assign("stem_conv", [_conv(take("_conv_stem.weight"))])
     assign_bn("stem_bn", "_bn0")
     for index, (_, _, expand, _, _) in enumerate(_block_specs()):
         prefix = f"_blocks.{index}"
         if expand != 1:
-            assign(f"block{index}_expand_conv", [_conv(take(f"{prefix}._expand_conv.weight"))])
+            assign(
+                f"block{index}_expand_conv",
+                [_conv(take(f"{prefix}._expand_conv.weight"))],
+            )
             assign_bn(f"block{index}_expand_bn", f"{prefix}._bn0")
-        assign(f"block{index}_dwconv", [take(f"{prefix}._depthwise_conv.weight").transpose(2, 3, 0, 1)])
+        assign(
+            f"block{index}_dwconv",
+            [take(f"{prefix}._depthwise_conv.weight").transpose(2, 3, 0, 1)],
+        )
         assign_bn(f"block{index}_dw_bn", f"{prefix}._bn1")
-        assign(f"block{index}_project_conv", [_conv(take(f"{prefix}._project_conv.weight"))])
+        assign(
+            f"block{index}_project_conv",
+            [_conv(take(f"{prefix}._project_conv.weight"))],
+        )
         assign_bn(f"block{index}_project_bn", f"{prefix}._bn2")
     assign("head_conv", [_conv(take("_conv_head.weight"))])
     assign_bn("head_bn", "_bn1")

@@ -7,7 +7,14 @@ import logging
 import os
 from pathlib import Path
 
-from ml.config import DEFAULT_SPLIT_PATH, IMAGE_SIZE, busi_dir, weights_dir
+from ml.config import (
+    DEFAULT_SPLIT_PATH,
+    IMAGE_SIZE,
+    MODEL_CARD_PATH,
+    REPORT_DIR,
+    busi_dir,
+    weights_dir,
+)
 
 
 def _quiet_tensorflow() -> None:
@@ -25,12 +32,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ml.train import TrainConfig, train
 
     config = TrainConfig(
-        data_dir=args.data, split_path=args.split, out_dir=args.out, image_size=args.image_size,
-        epochs=args.epochs, frozen_epochs=min(args.frozen_epochs, args.epochs), batch_size=args.batch_size,
-        learning_rate=args.lr, patience=args.patience, seed=args.seed, limit=args.limit,
+        data_dir=args.data,
+        split_path=args.split,
+        out_dir=args.out,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        frozen_epochs=min(args.frozen_epochs, args.epochs),
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        limit=args.limit,
     )
     result = train(config)
-    print(f"trained {result['version']} (best epoch {result['best_epoch']}) -> {args.out}")
+    print(
+        f"trained {result['version']} (best epoch {result['best_epoch']}) -> {args.out}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from ml.evaluate import evaluate
+    from ml.model_card import write_model_card
+
+    report = evaluate(
+        args.weights, args.data, args.split, args.out, rounds=args.bootstrap
+    )
+    write_model_card(report, args.out, args.card)
+    print(
+        json.dumps(
+            {"model_version": report["model_version"], **report["metrics"]}, indent=2
+        )
+    )
+    print(f"metrics and plots in {args.out}; model card {args.card}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ml.predict import predict
+
+    failures = predict(
+        args.paths, args.out, weights=args.weights, batch_size=args.batch_size
+    )
+    return 1 if failures else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ml.bench import run
+
+    report = run(args.data, args.weights, images=args.images, repeats=args.repeats)
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value}")
     return 0
 
 
@@ -39,25 +94,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    split = commands.add_parser("split", help="build the group-aware train/val/test split")
+    split = commands.add_parser(
+        "split", help="build the group-aware train/val/test split"
+    )
     split.add_argument("--data", type=Path, default=busi_dir())
     split.add_argument("--out", type=Path, default=DEFAULT_SPLIT_PATH)
     split.add_argument("--seed", type=int, default=20261129)
     split.set_defaults(func=cmd_split)
 
-    train = commands.add_parser("train", help="train BUSNet and write calibrated weights")
+    train = commands.add_parser(
+        "train", help="train BUSNet and write calibrated weights"
+    )
     train.add_argument("--data", type=Path, default=busi_dir())
     train.add_argument("--split", type=Path, default=DEFAULT_SPLIT_PATH)
     train.add_argument("--out", type=Path, default=weights_dir())
     train.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     train.add_argument("--epochs", type=int, default=40)
-    train.add_argument("--frozen-epochs", type=int, default=2)
+    train.add_argument("--frozen-epochs", type=int, default=3)
     train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--lr", type=float, default=5e-4)
+    train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--patience", type=int, default=8)
     train.add_argument("--seed", type=int, default=20261129)
-    train.add_argument("--limit", type=int, default=None, help="images per split (smoke runs)")
+    train.add_argument(
+        "--limit", type=int, default=None, help="images per split (smoke runs)"
+    )
     train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="test-split metrics, plots and the model card"
+    )
+    evaluate.add_argument("--weights", type=Path, default=weights_dir())
+    evaluate.add_argument("--data", type=Path, default=busi_dir())
+    evaluate.add_argument("--split", type=Path, default=DEFAULT_SPLIT_PATH)
+    evaluate.add_argument("--out", type=Path, default=REPORT_DIR)
+    evaluate.add_argument("--card", type=Path, default=MODEL_CARD_PATH)
+    evaluate.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap rounds for 95%% intervals",
+    )
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="analyse image files or folders")
+    predict.add_argument("paths", type=Path, nargs="+", metavar="PATH")
+    predict.add_argument("--out", type=Path, required=True)
+    predict.add_argument("--weights", type=Path, default=None)
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.set_defaults(func=cmd_predict)
+
+    bench = commands.add_parser(
+        "bench", help="time the full analysis against the earlier prototype"
+    )
+    bench.add_argument("--data", type=Path, default=busi_dir())
+    bench.add_argument("--weights", type=Path, default=None)
+    bench.add_argument("--images", type=int, default=32)
+    bench.add_argument("--repeats", type=int, default=2)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -65,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return args.func(args)

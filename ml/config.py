@@ -13,11 +13,15 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 DEFAULT_WEIGHTS_DIR = PACKAGE_DIR / "weights"
 DEFAULT_SPLIT_PATH = PACKAGE_DIR / "splits" / "busi.json"
+REPORT_DIR = PACKAGE_DIR / "reports"
+MODEL_CARD_PATH = PACKAGE_DIR / "MODEL_CARD.md"
 
 
 def busi_dir() -> Path:
     """The BUSI dataset root: ``$BUSI_DIR`` or ``../shared/data/busi`` beside the repository."""
-    return Path(os.environ.get("BUSI_DIR", REPO_DIR.parent / "shared" / "data" / "busi"))
+    return Path(
+        os.environ.get("BUSI_DIR", REPO_DIR.parent / "shared" / "data" / "busi")
+    )
 
 
 def imagenet_weights_path() -> Path:

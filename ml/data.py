@@ -77,13 +77,17 @@ def load_mask(root: Path, record: Record) -> np.ndarray:
     return combined
 
 
-def _thumbnail_features(root: Path, records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
+def _thumbnail_features(
+    root: Path, records: list[Record]
+) -> tuple[np.ndarray, np.ndarray]:
     """Zero-mean unit-norm 48x48 grey thumbnails and 256-bit difference hashes."""
     thumbs, hashes = [], []
     for record in records:
         with Image.open(root / record.path) as image:
             grey = image.convert("L")
-            thumb = np.asarray(grey.resize((THUMB_SIZE, THUMB_SIZE), Image.BILINEAR), dtype=np.float64)
+            thumb = np.asarray(
+                grey.resize((THUMB_SIZE, THUMB_SIZE), Image.BILINEAR), dtype=np.float64
+            )
             small = np.asarray(grey.resize((17, 16), Image.BILINEAR), dtype=np.int16)
         thumb = thumb - thumb.mean()
         thumbs.append(thumb.ravel() / (np.linalg.norm(thumb) + 1e-9))
@@ -125,7 +129,9 @@ def duplicate_groups(root: Path, records: list[Record]) -> list[int]:
     pairs: list[tuple[str, str]] = list(KNOWN_SAME_SCAN)
     if candidates.is_file():
         with candidates.open(newline="") as handle:
-            pairs += [(row["image_a"], row["image_b"]) for row in csv.DictReader(handle)]
+            pairs += [
+                (row["image_a"], row["image_b"]) for row in csv.DictReader(handle)
+            ]
     for a, b in pairs:
         if a in index and b in index:
             groups.union(index[a], index[b])
@@ -145,7 +151,11 @@ def duplicate_groups(root: Path, records: list[Record]) -> list[int]:
 
 
 def make_split(
-    records: list[Record], groups: list[int], *, seed: int = 20261129, test_fraction: float = 0.15,
+    records: list[Record],
+    groups: list[int],
+    *,
+    seed: int = 20261129,
+    test_fraction: float = 0.15,
     val_fraction: float = 0.15,
 ) -> dict[str, list[str]]:
     """Stratified, group-aware train/val/test split.
@@ -160,34 +170,53 @@ def make_split(
         members.setdefault(group, []).append(i)
 
     def group_label(ids: list[int]) -> int:
-        counts = np.bincount([records[i].class_index for i in ids], minlength=len(CLASSES))
+        counts = np.bincount(
+            [records[i].class_index for i in ids], minlength=len(CLASSES)
+        )
         return int(max(range(len(CLASSES)), key=lambda c: (counts[c], c)))
 
     split_names = ("test", "val", "train")
-    fractions = {"test": test_fraction, "val": val_fraction, "train": 1 - test_fraction - val_fraction}
+    fractions = {
+        "test": test_fraction,
+        "val": val_fraction,
+        "train": 1 - test_fraction - val_fraction,
+    }
     split: dict[str, list[str]] = {name: [] for name in split_names}
     for class_index in range(len(CLASSES)):
-        class_groups = [ids for ids in members.values() if group_label(ids) == class_index]
+        class_groups = [
+            ids for ids in members.values() if group_label(ids) == class_index
+        ]
         order = rng.permutation(len(class_groups))
         class_groups = sorted((class_groups[i] for i in order), key=len, reverse=True)
         total = sum(len(ids) for ids in class_groups)
         filled = dict.fromkeys(split_names, 0)
         for ids in class_groups:
             # The split furthest below its target share takes the group.
-            name = min(split_names, key=lambda s: (filled[s] - fractions[s] * total) / max(fractions[s], 1e-9))
+            name = min(
+                split_names,
+                key=lambda s: (
+                    (filled[s] - fractions[s] * total) / max(fractions[s], 1e-9)
+                ),
+            )
             filled[name] += len(ids)
             split[name].extend(records[i].path for i in ids)
     return {name: sorted(split[name]) for name in ("train", "val", "test")}
 
 
-def build_split_file(root: Path, out_path: Path, *, seed: int = 20261129) -> dict[str, list[str]]:
+def build_split_file(
+    root: Path, out_path: Path, *, seed: int = 20261129
+) -> dict[str, list[str]]:
     records = read_manifest(root)
     groups = duplicate_groups(root, records)
     split = make_split(records, groups, seed=seed)
     payload = {
         **split,
         "groups": [
-            sorted(record.path for record, group in zip(records, groups, strict=True) if group == g)
+            sorted(
+                record.path
+                for record, group in zip(records, groups, strict=True)
+                if group == g
+            )
             for g in sorted(set(groups))
             if groups.count(g) > 1
         ],
@@ -197,7 +226,11 @@ def build_split_file(root: Path, out_path: Path, *, seed: int = 20261129) -> dic
     out_path.write_text(json.dumps(payload, indent=1) + "\n")
     logger.info(
         "split written: %s (train %d, val %d, test %d, %d duplicate groups)",
-        out_path, len(split["train"]), len(split["val"]), len(split["test"]), len(payload["groups"]),
+        out_path,
+        len(split["train"]),
+        len(split["val"]),
+        len(split["test"]),
+        len(payload["groups"]),
     )
     return split
 
@@ -213,7 +246,9 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+        (size, size), Image.BILINEAR
+    )
     return np.asarray(resized) >= 128
 
 
@@ -225,7 +260,9 @@ class ArraySet:
     labels: np.ndarray  # (N,) int class index
 
 
-def load_arrays(root: Path, paths: list[str], size: int, cache_dir: Path | None = None) -> ArraySet:
+def load_arrays(
+    root: Path, paths: list[str], size: int, cache_dir: Path | None = None
+) -> ArraySet:
     """Images and combined masks resized to ``size``, cached as one .npz per (size, file list)."""
     import hashlib
 
@@ -237,7 +274,9 @@ def load_arrays(root: Path, paths: list[str], size: int, cache_dir: Path | None 
     cache = cache_dir / f"busi_{size}_{key}.npz" if cache_dir else None
     if cache and cache.is_file():
         with np.load(cache) as archive:
-            return ArraySet(list(paths), archive["images"], archive["masks"], archive["labels"])
+            return ArraySet(
+                list(paths), archive["images"], archive["masks"], archive["labels"]
+            )
     images = np.empty((len(paths), size, size, 3), np.uint8)
     masks = np.empty((len(paths), size, size), bool)
     labels = np.empty(len(paths), np.int64)

@@ -18,8 +18,21 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000
-PIL_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "BMP": "BMP", "TIFF": "TIFF", "MPO": "JPEG"}
-DICOM_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber", "StudyDate")
+PIL_FORMATS = {
+    "PNG": "PNG",
+    "JPEG": "JPEG",
+    "BMP": "BMP",
+    "TIFF": "TIFF",
+    "MPO": "JPEG",
+}
+DICOM_TAGS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "StudyInstanceUID",
+    "AccessionNumber",
+    "StudyDate",
+)
 
 
 class DecodeError(ValueError):
@@ -74,7 +87,9 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     low, high = float(finite.min()), float(finite.max())
     if high <= low:
         return np.zeros(array.shape, np.uint8)
-    return np.clip(np.round((values - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.round((values - low) / (high - low) * 255.0), 0, 255).astype(
+        np.uint8
+    )
 
 
 def to_rgb(array: np.ndarray) -> np.ndarray:
@@ -93,7 +108,9 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width < 1 or height < 1:
         raise DecodeError(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise DecodeError(f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}")
+        raise DecodeError(
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
+        )
 
 
 def _decode_pil(data: bytes, max_pixels: int) -> DecodedImage:
@@ -104,13 +121,17 @@ def _decode_pil(data: bytes, max_pixels: int) -> DecodedImage:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise DecodeError(f"image is too large to decode safely: {exc}") from exc
         except UnidentifiedImageError as exc:
-            raise DecodeError("not a recognised image (expected PNG, JPEG, BMP, TIFF or DICOM)") from exc
+            raise DecodeError(
+                "not a recognised image (expected PNG, JPEG, BMP, TIFF or DICOM)"
+            ) from exc
         except Exception as exc:  # Pillow raises many kinds for corrupt headers
             raise DecodeError(f"unreadable image header: {exc}") from exc
     with image:
         fmt = PIL_FORMATS.get(image.format or "")
         if fmt is None:
-            raise DecodeError(f"{image.format or 'unknown'} images are not accepted (PNG, JPEG, BMP, TIFF or DICOM)")
+            raise DecodeError(
+                f"{image.format or 'unknown'} images are not accepted (PNG, JPEG, BMP, TIFF or DICOM)"
+            )
         _check_size(image.width, image.height, max_pixels)
         frames = getattr(image, "n_frames", 1)
         try:
@@ -118,7 +139,9 @@ def _decode_pil(data: bytes, max_pixels: int) -> DecodedImage:
             mode = image.mode
             if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 array = np.asarray(image)
-                bit_depth = 16 if mode.startswith("I;16") or array.max(initial=0) > 255 else 8
+                bit_depth = (
+                    16 if mode.startswith("I;16") or array.max(initial=0) > 255 else 8
+                )
                 pixels = to_rgb(to_uint8(array))
             else:
                 bit_depth = 8
@@ -127,9 +150,13 @@ def _decode_pil(data: bytes, max_pixels: int) -> DecodedImage:
                 pixels = to_rgb(np.asarray(image))
         except DecodeError:
             raise
-        except Exception as exc:  # truncated data surfaces as OSError, SyntaxError or ValueError
+        except (
+            Exception
+        ) as exc:  # truncated data surfaces as OSError, SyntaxError or ValueError
             raise DecodeError(f"image data is corrupt or truncated: {exc}") from exc
-    return DecodedImage(np.ascontiguousarray(pixels, dtype=np.uint8), fmt, bit_depth, frame_count=frames)
+    return DecodedImage(
+        np.ascontiguousarray(pixels, dtype=np.uint8), fmt, bit_depth, frame_count=frames
+    )
 
 
 def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
@@ -152,7 +179,9 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
     except NotImplementedError as exc:
         syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
-        raise DecodeError(f"DICOM transfer syntax {name} is not supported: {exc}") from exc
+        raise DecodeError(
+            f"DICOM transfer syntax {name} is not supported: {exc}"
+        ) from exc
     except Exception as exc:
         raise DecodeError(f"DICOM pixel data cannot be decoded: {exc}") from exc
     samples = int(dataset.get("SamplesPerPixel", 1))
@@ -182,12 +211,19 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
 def _ultrasound_spacing(dataset) -> tuple[float, float] | None:
     """Ultrasound regions give physical deltas in cm per pixel (units code 3 = cm)."""
     for region in dataset.get("SequenceOfUltrasoundRegions", []) or []:
-        if region.get("PhysicalUnitsXDirection") == 3 and region.get("PhysicalUnitsYDirection") == 3:
-            return float(region.PhysicalDeltaY) * 10.0, float(region.PhysicalDeltaX) * 10.0
+        if (
+            region.get("PhysicalUnitsXDirection") == 3
+            and region.get("PhysicalUnitsYDirection") == 3
+        ):
+            return float(region.PhysicalDeltaY) * 10.0, float(
+                region.PhysicalDeltaX
+            ) * 10.0
     return None
 
 
-def decode_image(source: bytes | str | os.PathLike | BinaryIO, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+def decode_image(
+    source: bytes | str | os.PathLike | BinaryIO, *, max_pixels: int = MAX_PIXELS
+) -> DecodedImage:
     """Decode a scan file. Raises :class:`DecodeError` with a specific reason when it cannot."""
     data = _read_bytes(source)
     if not data:

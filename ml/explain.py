@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 import tensorflow as tf
-
-import keras
 
 
 @dataclass
@@ -26,7 +25,9 @@ class Explanation:
     seg_cam: np.ndarray  # (B, H, W) in [0, 1]
 
 
-def _cam(activations: tf.Tensor, gradients: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+def _cam(
+    activations: tf.Tensor, gradients: tf.Tensor, size: tuple[int, int]
+) -> tf.Tensor:
     weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1, keepdims=True))
     cam = tf.image.resize(cam, size, method="bilinear")[..., 0]
@@ -56,14 +57,24 @@ class Explainer:
             if name not in names:
                 raise ValueError(f"layer {name!r} not found in model {model.name!r}")
         outputs = model.output
-        if not isinstance(outputs, dict) or class_output not in outputs or seg_output not in outputs:
-            raise ValueError(f"model must have dict outputs {class_output!r} and {seg_output!r}")
+        if (
+            not isinstance(outputs, dict)
+            or class_output not in outputs
+            or seg_output not in outputs
+        ):
+            raise ValueError(
+                f"model must have dict outputs {class_output!r} and {seg_output!r}"
+            )
         if not 0.0 < seg_threshold < 1.0:
             raise ValueError(f"seg_threshold must be in (0, 1), got {seg_threshold}")
         self._view = keras.Model(
             model.input,
-            [model.get_layer(class_layer).output, model.get_layer(seg_layer).output,
-             outputs[class_output], outputs[seg_output]],
+            [
+                model.get_layer(class_layer).output,
+                model.get_layer(seg_layer).output,
+                outputs[class_output],
+                outputs[seg_output],
+            ],
         )
         self._seg_logit_threshold = float(np.log(seg_threshold / (1.0 - seg_threshold)))
         self._run = tf.function(self._explain, reduce_retracing=True)
@@ -71,25 +82,51 @@ class Explainer:
     def _explain(self, images: tf.Tensor, class_index: tf.Tensor):
         size = (tf.shape(images)[1], tf.shape(images)[2])
         with tf.GradientTape(persistent=True) as tape:
-            class_features, seg_features, class_logits, seg_logits = self._view(images, training=False)
+            class_features, seg_features, class_logits, seg_logits = self._view(
+                images, training=False
+            )
             predicted = tf.argmax(class_logits, axis=1, output_type=tf.int32)
             chosen = tf.where(class_index < 0, predicted, class_index)
             # Images in a batch are independent (inference mode): summed targets give per-image gradients.
-            class_score = tf.reduce_sum(tf.gather(class_logits, chosen, axis=1, batch_dims=1))
-            region = tf.cast(tf.stop_gradient(seg_logits) >= self._seg_logit_threshold, seg_logits.dtype)
+            class_score = tf.reduce_sum(
+                tf.gather(class_logits, chosen, axis=1, batch_dims=1)
+            )
+            region = tf.cast(
+                tf.stop_gradient(seg_logits) >= self._seg_logit_threshold,
+                seg_logits.dtype,
+            )
             seg_score = tf.reduce_sum(seg_logits * region)
         class_gradients = tape.gradient(class_score, class_features)
         seg_gradients = tape.gradient(seg_score, seg_features)
         del tape
-        return (class_logits, seg_logits[..., 0], _cam(class_features, class_gradients, size),
-                _cam(seg_features, seg_gradients, size))
+        return (
+            class_logits,
+            seg_logits[..., 0],
+            _cam(class_features, class_gradients, size),
+            _cam(seg_features, seg_gradients, size),
+        )
 
-    def __call__(self, images: np.ndarray, class_index: np.ndarray | list[int] | None = None) -> Explanation:
+    def __call__(
+        self, images: np.ndarray, class_index: np.ndarray | list[int] | None = None
+    ) -> Explanation:
         images = tf.convert_to_tensor(images, tf.float32)
         count = int(images.shape[0])
         # -1 means "the predicted class", resolved inside the same forward pass.
-        chosen = np.full(count, -1, np.int32) if class_index is None else np.asarray(class_index, np.int32).reshape(-1)
+        chosen = (
+            np.full(count, -1, np.int32)
+            if class_index is None
+            else np.asarray(class_index, np.int32).reshape(-1)
+        )
         if chosen.shape[0] != count:
-            raise ValueError(f"class_index needs one entry per image ({count}), got {chosen.shape[0]}")
-        class_logits, seg_logits, class_cam, seg_cam = self._run(images, tf.convert_to_tensor(chosen))
-        return Explanation(np.asarray(class_logits), np.asarray(seg_logits), np.asarray(class_cam), np.asarray(seg_cam))
+            raise ValueError(
+                f"class_index needs one entry per image ({count}), got {chosen.shape[0]}"
+            )
+        class_logits, seg_logits, class_cam, seg_cam = self._run(
+            images, tf.convert_to_tensor(chosen)
+        )
+        return Explanation(
+            np.asarray(class_logits),
+            np.asarray(seg_logits),
+            np.asarray(class_cam),
+            np.asarray(seg_cam),
+        )

@@ -32,6 +32,7 @@ class ImageAnalysis:
     gradcam: np.ndarray  # (H, W) float32 in [0, 1]
     seg_gradcam: np.ndarray  # (H, W) float32 in [0, 1]
     model_version: str
+    class_logits: np.ndarray | None = None  # before temperature scaling, for evaluation
 
     def to_dict(self) -> dict:
         return {
@@ -50,7 +51,9 @@ class ImageAnalysis:
             "mask": render.png_bytes(self.lesion_mask.astype(np.uint8) * 255),
             "overlay": render.png_bytes(render.mask_overlay(image, self.lesion_mask)),
             "gradcam": render.png_bytes(render.heatmap_overlay(image, self.gradcam)),
-            "seg_gradcam": render.png_bytes(render.heatmap_overlay(image, self.seg_gradcam)),
+            "seg_gradcam": render.png_bytes(
+                render.heatmap_overlay(image, self.seg_gradcam)
+            ),
         }
 
 
@@ -66,7 +69,11 @@ def _as_rgb(image: np.ndarray | DecodedImage) -> np.ndarray:
 
 
 def _resize_float(values: np.ndarray, width: int, height: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
+    return np.asarray(
+        Image.fromarray(values.astype(np.float32), mode="F").resize(
+            (width, height), Image.BILINEAR
+        )
+    )
 
 
 def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -97,14 +104,21 @@ class Analyzer:
         started = time.perf_counter()
         meta = weights_io.read_meta(directory)
         if list(meta.classes) != list(CLASSES):
-            raise ModelLoadError(f"{directory}: classes {meta.classes} do not match {list(CLASSES)}")
+            raise ModelLoadError(
+                f"{directory}: classes {meta.classes} do not match {list(CLASSES)}"
+            )
         model = build_busnet(meta.image_size)
         weights_io.load_into(model, directory)
         explainer = Explainer(
-            model, class_layer=CLASS_GRADCAM_LAYER, seg_layer=SEG_GRADCAM_LAYER, seg_threshold=meta.seg_threshold
+            model,
+            class_layer=CLASS_GRADCAM_LAYER,
+            seg_layer=SEG_GRADCAM_LAYER,
+            seg_threshold=meta.seg_threshold,
         )
         analyzer = cls(model, explainer, meta)
-        analyzer.analyze([np.zeros((meta.image_size, meta.image_size, 3), np.uint8)])  # trace once, not on a scan
+        analyzer.analyze(
+            [np.zeros((meta.image_size, meta.image_size, 3), np.uint8)]
+        )  # trace once, not on a scan
         logger.info("loaded %s in %.1fs", meta.version, time.perf_counter() - started)
         return analyzer
 
@@ -124,26 +138,46 @@ class Analyzer:
         for start in range(0, len(pixels), batch_size):
             chunk = pixels[start : start + batch_size]
             size = self.image_size
-            batch = np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR)) for p in chunk])
-            chosen = None if class_index is None else list(class_index[start : start + batch_size])
+            batch = np.stack(
+                [
+                    np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR))
+                    for p in chunk
+                ]
+            )
+            chosen = (
+                None
+                if class_index is None
+                else list(class_index[start : start + batch_size])
+            )
             explanation = self._explainer(preprocess(batch), chosen)
             probabilities = softmax(explanation.class_logits, self.temperature)
             lesion_probability = 1.0 / (1.0 + np.exp(-explanation.seg_logits))
             for i, image in enumerate(chunk):
                 height, width = image.shape[:2]
-                mask = _resize_float(lesion_probability[i], width, height) >= self.meta.seg_threshold
+                mask = (
+                    _resize_float(lesion_probability[i], width, height)
+                    >= self.meta.seg_threshold
+                )
                 best = int(probabilities[i].argmax())
                 results.append(
                     ImageAnalysis(
                         label=CLASSES[best],
-                        probabilities={name: float(probabilities[i, c]) for c, name in enumerate(CLASSES)},
+                        probabilities={
+                            name: float(probabilities[i, c])
+                            for c, name in enumerate(CLASSES)
+                        },
                         confidence=float(probabilities[i, best]),
                         lesion_mask=mask,
                         lesion_area_fraction=float(mask.mean()),
                         bbox=bounding_box(mask),
-                        gradcam=np.clip(_resize_float(explanation.class_cam[i], width, height), 0, 1),
-                        seg_gradcam=np.clip(_resize_float(explanation.seg_cam[i], width, height), 0, 1),
+                        gradcam=np.clip(
+                            _resize_float(explanation.class_cam[i], width, height), 0, 1
+                        ),
+                        seg_gradcam=np.clip(
+                            _resize_float(explanation.seg_cam[i], width, height), 0, 1
+                        ),
                         model_version=self.model_version,
+                        class_logits=explanation.class_logits[i],
                     )
                 )
         return results

@@ -9,7 +9,9 @@ from sklearn.metrics import roc_auc_score
 
 from ml.config import CLASSES
 
-NORMAL, BENIGN, MALIGNANT = (CLASSES.index(name) for name in ("normal", "benign", "malignant"))
+NORMAL, BENIGN, MALIGNANT = (
+    CLASSES.index(name) for name in ("normal", "benign", "malignant")
+)
 LESION_FALSE_POSITIVE_AREA = 0.01
 
 
@@ -36,7 +38,9 @@ def malignant_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(roc_auc_score(positives, probabilities[:, MALIGNANT]))
 
 
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
+) -> float:
     """Top-label ECE with equal-width confidence bins (Guo et al., 2017)."""
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == labels
@@ -45,7 +49,9 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
     for low, high in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+            ece += in_bin.mean() * abs(
+                correct[in_bin].mean() - confidence[in_bin].mean()
+            )
     return float(ece)
 
 
@@ -58,7 +64,12 @@ def dice_per_image(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return np.where(total == 0, 1.0, 2.0 * intersection / np.maximum(total, 1))
 
 
-def summary(labels: np.ndarray, probabilities: np.ndarray, truth_masks: np.ndarray, predicted_masks: np.ndarray) -> dict:
+def summary(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    truth_masks: np.ndarray,
+    predicted_masks: np.ndarray,
+) -> dict:
     predicted = probabilities.argmax(axis=1)
     recall = recalls(labels, predicted)
     lesion = labels != NORMAL
@@ -66,7 +77,7 @@ def summary(labels: np.ndarray, probabilities: np.ndarray, truth_masks: np.ndarr
     area = predicted_masks.reshape(len(predicted_masks), -1).mean(1)
     normal = labels == NORMAL
     return {
-        "n": int(len(labels)),
+        "n": len(labels),
         "accuracy": float((predicted == labels).mean()),
         "recall_normal": float(recall[NORMAL]),
         "recall_benign": float(recall[BENIGN]),
@@ -75,15 +86,23 @@ def summary(labels: np.ndarray, probabilities: np.ndarray, truth_masks: np.ndarr
         "balanced_accuracy": float(np.nanmean(recall)),
         "auc_malignant_vs_rest": malignant_auc(labels, probabilities),
         "ece": expected_calibration_error(labels, probabilities),
-        "dice_lesion_mean": float(dice[lesion].mean()) if lesion.any() else float("nan"),
-        "normal_with_lesion_over_1pct": float((area[normal] > LESION_FALSE_POSITIVE_AREA).mean())
+        "dice_lesion_mean": float(dice[lesion].mean())
+        if lesion.any()
+        else float("nan"),
+        "normal_with_lesion_over_1pct": float(
+            (area[normal] > LESION_FALSE_POSITIVE_AREA).mean()
+        )
         if normal.any()
         else float("nan"),
     }
 
 
 def bootstrap_intervals(
-    statistic: Callable[[np.ndarray], dict], n: int, *, rounds: int = 1000, seed: int = 0
+    statistic: Callable[[np.ndarray], dict],
+    n: int,
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
 ) -> dict[str, tuple[float, float]]:
     """95% percentile intervals of every key of ``statistic(indices)`` over resampled cases."""
     rng = np.random.default_rng(seed)
@@ -92,7 +111,10 @@ def bootstrap_intervals(
         for key, value in statistic(rng.integers(0, n, n)).items():
             samples.setdefault(key, []).append(value)
     return {
-        key: (float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5)))
+        key: (
+            float(np.nanpercentile(values, 2.5)),
+            float(np.nanpercentile(values, 97.5)),
+        )
         for key, values in samples.items()
         if key != "n"
     }
@@ -104,7 +126,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     def nll(log_t: float) -> float:
         probabilities = softmax(logits, float(np.exp(log_t)))
-        return float(-np.log(probabilities[np.arange(len(labels)), labels] + 1e-12).mean())
+        return float(
+            -np.log(probabilities[np.arange(len(labels)), labels] + 1e-12).mean()
+        )
 
     result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))

@@ -15,7 +15,12 @@ from ml.backbone import SKIP_BLOCKS, block_output_name, build_efficientnet_lite0
 from ml.config import CLASSES, IMAGE_SIZE
 
 # Decoder stages from stride 16 up to stride 2: (skip block, filters, convolutions).
-DECODER_STAGES: tuple[tuple[int, int, int], ...] = ((10, 96, 2), (4, 64, 2), (2, 32, 1), (0, 24, 1))
+DECODER_STAGES: tuple[tuple[int, int, int], ...] = (
+    (10, 96, 2),
+    (4, 64, 2),
+    (2, 32, 1),
+    (0, 24, 1),
+)
 CLASS_GRADCAM_LAYER = "head_relu"
 SEG_GRADCAM_LAYER = "decoder1_conv2_relu"  # the stride-8 decoder stage
 CLASS_OUTPUT = "class_logits"
@@ -33,7 +38,11 @@ class _Layers:
         self.model = model
 
     def __call__(self, factory, name: str, *args, **kwargs):
-        return self.model.get_layer(name) if self.model is not None else factory(*args, name=name, **kwargs)
+        return (
+            self.model.get_layer(name)
+            if self.model is not None
+            else factory(*args, name=name, **kwargs)
+        )
 
 
 def _class_head(features, make: _Layers, dropout: float = 0.3):
@@ -47,11 +56,20 @@ def _decoder(x, skips: dict, make: _Layers, first_stage: int = 0):
     for stage, (skip_block, filters, convs) in enumerate(DECODER_STAGES):
         if stage < first_stage:
             continue
-        x = make(layers.UpSampling2D, f"decoder{stage}_up", 2, interpolation="bilinear")(x)
+        x = make(
+            layers.UpSampling2D, f"decoder{stage}_up", 2, interpolation="bilinear"
+        )(x)
         x = make(layers.Concatenate, f"decoder{stage}_concat")([x, skips[skip_block]])
         for conv in range(convs):
             name = f"decoder{stage}_conv{conv + 1}"
-            x = make(layers.Conv2D, f"{name}_conv", filters, 3, padding="same", use_bias=False)(x)
+            x = make(
+                layers.Conv2D,
+                f"{name}_conv",
+                filters,
+                3,
+                padding="same",
+                use_bias=False,
+            )(x)
             x = make(layers.BatchNormalization, f"{name}_bn")(x)
             x = make(layers.ReLU, f"{name}_relu")(x)
     x = make(layers.Conv2D, "seg_head", 1, 1)(x)
@@ -62,12 +80,19 @@ def build_busnet(image_size: int = IMAGE_SIZE, *, dropout: float = 0.3) -> keras
     """Outputs: ``class_logits`` (B, 3) and ``seg_logits`` (B, H, W, 1), both before activation."""
     encoder = build_efficientnet_lite0((image_size, image_size, 3), include_top=False)
     inputs = encoder.input
-    skips = {block: encoder.get_layer(block_output_name(block)).output for block in SKIP_BLOCKS}
+    skips = {
+        block: encoder.get_layer(block_output_name(block)).output
+        for block in SKIP_BLOCKS
+    }
 
     make = _Layers()
-    class_logits = _class_head(encoder.get_layer(CLASS_GRADCAM_LAYER).output, make, dropout)
+    class_logits = _class_head(
+        encoder.get_layer(CLASS_GRADCAM_LAYER).output, make, dropout
+    )
     seg_logits = _decoder(skips[SKIP_BLOCKS[-1]], skips, make)
-    return keras.Model(inputs, {CLASS_OUTPUT: class_logits, SEG_OUTPUT: seg_logits}, name="busnet")
+    return keras.Model(
+        inputs, {CLASS_OUTPUT: class_logits, SEG_OUTPUT: seg_logits}, name="busnet"
+    )
 
 
 def encoder_layers(model: keras.Model) -> list[keras.layers.Layer]:

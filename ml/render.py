@@ -8,16 +8,22 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-OUTLINE_COLOUR = np.array([255, 220, 0], np.uint8)  # yellow reads well on grey ultrasound
+OUTLINE_COLOUR = np.array(
+    [255, 220, 0], np.uint8
+)  # yellow reads well on grey ultrasound
 HEATMAP_OPACITY = 0.5
 
 # Piecewise-linear "jet"-like colour map: blue (0) -> cyan -> yellow -> red (1).
 _STOPS = np.array([0.0, 0.35, 0.65, 1.0])
-_COLOURS = np.array([[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]], np.float32)
+_COLOURS = np.array(
+    [[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]], np.float32
+)
 
 
 _LEVELS = np.linspace(0.0, 1.0, 256)
-_COLOUR_LUT = np.stack([np.interp(_LEVELS, _STOPS, _COLOURS[:, c]) for c in range(3)], axis=-1).astype(np.float32)
+_COLOUR_LUT = np.stack(
+    [np.interp(_LEVELS, _STOPS, _COLOURS[:, c]) for c in range(3)], axis=-1
+).astype(np.float32)
 
 
 def _levels(heatmap: np.ndarray) -> np.ndarray:
@@ -29,7 +35,9 @@ def colourise(heatmap: np.ndarray) -> np.ndarray:
     return _COLOUR_LUT[_levels(heatmap)].astype(np.uint8)
 
 
-def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = HEATMAP_OPACITY) -> np.ndarray:
+def heatmap_overlay(
+    image: np.ndarray, heatmap: np.ndarray, opacity: float = HEATMAP_OPACITY
+) -> np.ndarray:
     """Blend the heatmap onto the scan; cold regions stay mostly transparent so anatomy shows."""
     levels = _levels(heatmap)
     alpha = (opacity * np.sqrt(_LEVELS)).astype(np.float32)[levels][..., None]

@@ -44,7 +44,10 @@ def sha256_of(path: Path) -> str:
 def save(model, out_dir: Path, meta: ModelMeta) -> ModelMeta:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    arrays = {variable.path: np.asarray(variable.numpy(), dtype=np.float16) for variable in model.weights}
+    arrays = {
+        variable.path: np.asarray(variable.numpy(), dtype=np.float16)
+        for variable in model.weights
+    }
     weights_path = out_dir / WEIGHTS_FILE
     np.savez_compressed(weights_path, **arrays)
     meta.weights_sha256 = sha256_of(weights_path)
@@ -61,7 +64,9 @@ def read_meta(weights_dir: Path) -> ModelMeta:
     except FileNotFoundError as exc:
         raise ModelLoadError(f"model description not found: {meta_path}") from exc
     except (json.JSONDecodeError, TypeError) as exc:
-        raise ModelLoadError(f"model description {meta_path} is corrupt: {exc}") from exc
+        raise ModelLoadError(
+            f"model description {meta_path} is corrupt: {exc}"
+        ) from exc
 
 
 def load_into(model, weights_dir: Path, *, verify_checksum: bool = True) -> ModelMeta:
@@ -70,21 +75,33 @@ def load_into(model, weights_dir: Path, *, verify_checksum: bool = True) -> Mode
     weights_path = Path(weights_dir) / WEIGHTS_FILE
     if not weights_path.is_file():
         raise ModelLoadError(f"weights file not found: {weights_path}")
-    if verify_checksum and meta.weights_sha256 and sha256_of(weights_path) != meta.weights_sha256:
-        raise ModelLoadError(f"weights file {weights_path} does not match the sha256 in {META_FILE}")
+    if (
+        verify_checksum
+        and meta.weights_sha256
+        and sha256_of(weights_path) != meta.weights_sha256
+    ):
+        raise ModelLoadError(
+            f"weights file {weights_path} does not match the sha256 in {META_FILE}"
+        )
     try:
         with np.load(weights_path) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as exc:  # zip and pickle errors vary; all mean an unreadable file
-        raise ModelLoadError(f"weights file {weights_path} is unreadable: {exc}") from exc
+        raise ModelLoadError(
+            f"weights file {weights_path} is unreadable: {exc}"
+        ) from exc
     expected = {variable.path for variable in model.weights}
     if set(arrays) != expected:
         missing = sorted(expected - set(arrays))[:3]
         extra = sorted(set(arrays) - expected)[:3]
-        raise ModelLoadError(f"weights do not fit the network: missing {missing}, unexpected {extra}")
+        raise ModelLoadError(
+            f"weights do not fit the network: missing {missing}, unexpected {extra}"
+        )
     for variable in model.weights:
         value = arrays[variable.path]
         if tuple(value.shape) != tuple(variable.shape):
-            raise ModelLoadError(f"{variable.path}: saved shape {value.shape}, network {tuple(variable.shape)}")
+            raise ModelLoadError(
+                f"{variable.path}: saved shape {value.shape}, network {tuple(variable.shape)}"
+            )
         variable.assign(value.astype(np.float32))
     return meta

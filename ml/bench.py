@@ -1,0 +1,109 @@
+"""``python -m ml bench``: per-image time of the full analysis, against the earlier prototype.
+
+Full analysis = decode the file, preprocess, classify, segment, both heatmaps, render the
+four PNG overlays. The prototype configuration is EfficientNetB7 at 600x600, classification
+only, with random weights (timing does not depend on the values).
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _sample_files(data_dir: Path, count: int) -> tuple[list[bytes], str]:
+    manifest = data_dir / "MANIFEST.csv"
+    if manifest.is_file():
+        from ml.data import read_manifest
+
+        records = read_manifest(data_dir)
+        step = max(1, len(records) // count)
+        return [
+            (data_dir / r.path).read_bytes() for r in records[::step][:count]
+        ], f"BUSI images from {data_dir}"
+    rng = np.random.default_rng(0)
+    files = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (474, 564), np.uint8)).save(
+            buffer, format="PNG"
+        )
+        files.append(buffer.getvalue())
+    return files, "synthetic 564x474 noise images (dataset not found)"
+
+
+def time_full_analysis(
+    analyzer, files: list[bytes], batch_size: int, repeats: int
+) -> list[float]:
+    from ml.decode import decode_image
+
+    per_image = []
+    for _ in range(repeats):
+        for start in range(0, len(files) - batch_size + 1, batch_size):
+            began = time.perf_counter()
+            images = [decode_image(data) for data in files[start : start + batch_size]]
+            for image, result in zip(
+                images, analyzer.analyze(images, batch_size=batch_size), strict=True
+            ):
+                result.render_artifacts(image.pixels)
+            per_image.append((time.perf_counter() - began) / batch_size)
+    return per_image
+
+
+def time_prototype(batch_size: int, repeats: int) -> list[float]:
+    import keras
+
+    model = keras.applications.EfficientNetB7(
+        weights=None, input_shape=(600, 600, 3), classes=3
+    )
+    batch = (
+        np.random.default_rng(0)
+        .uniform(0, 255, (batch_size, 600, 600, 3))
+        .astype(np.float32)
+    )
+    model.predict_on_batch(batch)  # warm-up
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        model.predict_on_batch(batch)
+        times.append((time.perf_counter() - began) / batch_size)
+    return times
+
+
+def run(
+    data_dir: Path,
+    weights: Path | None,
+    *,
+    images: int = 32,
+    repeats: int = 2,
+    prototype_repeats: int = 3,
+) -> dict:
+    import os
+
+    import tensorflow as tf
+
+    from ml.inference import Analyzer
+
+    files, source = _sample_files(data_dir, images)
+    analyzer = Analyzer.load(weights)
+    time_full_analysis(analyzer, files[:8], 8, 1)  # warm-up: traces batch 8
+    time_full_analysis(analyzer, files[:1], 1, 1)
+    batch1 = statistics.median(time_full_analysis(analyzer, files, 1, repeats))
+    batch8 = statistics.median(time_full_analysis(analyzer, files, 8, repeats))
+    prototype = statistics.median(time_prototype(1, prototype_repeats))
+    report = {
+        "model_version": analyzer.model_version,
+        "images": f"{len(files)} {source}",
+        "cpu_count": os.cpu_count(),
+        "gpu": bool(tf.config.list_physical_devices("GPU")),
+        "full_analysis_batch1_ms": round(batch1 * 1000, 1),
+        "full_analysis_batch8_ms_per_image": round(batch8 * 1000, 1),
+        "prototype_b7_600_classification_batch1_ms": round(prototype * 1000, 1),
+        "speedup_vs_prototype_batch8": round(prototype / batch8, 1),
+    }
+    return report

@@ -1,0 +1,73 @@
+"""``python -m ml predict``: analyse files or folders and write JSON and PNGs per image."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+
+
+def expand(paths: Iterable[Path]) -> list[Path]:
+    """Files as given, and the image files inside folders (recursively, sorted)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
+        else:
+            files.append(path)
+    return files
+
+
+def predict(
+    paths: list[Path],
+    out_dir: Path,
+    *,
+    weights: Path | None = None,
+    batch_size: int = 8,
+) -> int:
+    """Returns the number of files that failed; each failure is reported on stderr by name."""
+    from ml.decode import DecodeError, decode_image
+    from ml.inference import Analyzer
+
+    files = expand(paths)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    analyzer = Analyzer.load(weights)
+    failures = 0
+    decoded = []
+    used_stems: set[str] = set()
+    for path in files:
+        try:
+            decoded.append((path, decode_image(path)))
+        except DecodeError as exc:
+            failures += 1
+            print(f"error: {path}: {exc}", file=sys.stderr)
+    for start in range(0, len(decoded), batch_size):
+        chunk = decoded[start : start + batch_size]
+        for (path, image), result in zip(
+            chunk, analyzer.analyze([d for _, d in chunk]), strict=True
+        ):
+            stem, n = path.stem, 1
+            while stem in used_stems:  # same name in two folders
+                n += 1
+                stem = f"{path.stem}-{n}"
+            used_stems.add(stem)
+            (out_dir / f"{stem}.json").write_text(
+                json.dumps(result.to_dict(), indent=2) + "\n"
+            )
+            for name, png in result.render_artifacts(image.pixels).items():
+                (out_dir / f"{stem}_{name}.png").write_bytes(png)
+            print(f"{path}: {result.label} ({result.confidence:.2f})")
+    logger.info("%d analysed, %d failed", len(decoded), failures)
+    return failures

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml.backbone import (
+    block_output_name,
+    build_efficientnet_lite0,
+    load_imagenet_weights,
+    preprocess,
+)
+
+# ImageNet-1k indices.
+TIGER_CAT, TABBY, EGYPTIAN_CAT, ESPRESSO, CUP, MISSILE, PROJECTILE = (
+    282,
+    281,
+    285,
+    967,
+    968,
+    657,
+    744,
+)
+
+
+def centre_crop(array: np.ndarray, size: int = 224) -> np.ndarray:
+    image = Image.fromarray(array).convert("RGB")
+    side = int(min(image.size) * 0.875)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return np.asarray(
+        image.crop((left, top, left + side, top + side)).resize(
+            (size, size), Image.BICUBIC
+        )
+    )
+
+
+def test_the_backbone_has_the_published_shape_and_parameter_count():
+    model = build_efficientnet_lite0(include_top=False)
+    assert model.output.shape[1:] == (7, 7, 1280)
+    # The weights README: 3.41M parameters without the Dense layer, BN statistics included.
+    assert round(model.count_params() / 1e6, 2) == 3.41
+    assert model.get_layer(block_output_name(15)).output.shape[1:] == (7, 7, 320)
+    assert model.get_layer(block_output_name(4)).output.shape[1:] == (28, 28, 40)
+    assert build_efficientnet_lite0().count_params() == 4_694_024
+
+
+def test_it_rejects_input_sides_that_are_not_multiples_of_32():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        build_efficientnet_lite0((200, 200, 3))
+
+
+def test_imagenet_weights_classify_real_photos(imagenet_npz):
+    data = pytest.importorskip(
+        "skimage.data", reason="scikit-image provides the sample photos"
+    )
+    model = build_efficientnet_lite0()
+    load_imagenet_weights(model, imagenet_npz)
+    photos = np.stack(
+        [
+            centre_crop(data.chelsea()),
+            centre_crop(data.coffee()),
+            centre_crop(data.rocket()),
+        ]
+    )
+    top3 = np.argsort(-model.predict(preprocess(photos), verbose=0), axis=1)[:, :3]
+    assert top3[0, 0] in (TIGER_CAT, TABBY, EGYPTIAN_CAT)
+    assert top3[1, 0] in (ESPRESSO, CUP)
+    assert top3[2, 0] in (MISSILE, PROJECTILE)
+
+
+def test_random_weights_do_not_pass_the_photo_check():
+    data = pytest.importorskip(
+        "skimage.data", reason="scikit-image provides the sample photos"
+    )
+    model = build_efficientnet_lite0()
+    probabilities = model.predict(
+        preprocess(centre_crop(data.coffee())[None]), verbose=0
+    )
+    assert (
+        int(np.argmax(probabilities)) not in (ESPRESSO, CUP)
+        or probabilities.max() < 0.01
+    )
+
+
+def test_loading_fails_loudly_on_a_mismatched_archive(tmp_path, imagenet_npz):
+    with np.load(imagenet_npz) as archive:
+        tensors = {k: archive[k] for k in archive.files if k != "_conv_head.weight"}
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, **tensors)
+    with pytest.raises(ValueError, match="_conv_head.weight"):
+        load_imagenet_weights(build_efficientnet_lite0(), broken)

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    RLELossless,
+    UltrasoundImageStorage,
+    generate_uid,
+)
+
+from ml.decode import DecodeError, decode_image
+
+
+def encode(array: np.ndarray, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def make_dicom(
+    pixels: np.ndarray | None,
+    *,
+    photometric: str = "MONOCHROME2",
+    frames: int = 1,
+    compress: bool = False,
+) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = UltrasoundImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate = "H123", "Doe^Jane", "19700101"
+    ds.StudyInstanceUID, ds.AccessionNumber, ds.StudyDate = (
+        generate_uid(),
+        "ACC1",
+        "20260101",
+    )
+    ds.PixelSpacing = [0.1, 0.12]
+    if pixels is not None:
+        ds.Rows, ds.Columns = (
+            pixels.shape[-3:-1] if photometric == "RGB" else pixels.shape[-2:]
+        )
+        ds.SamplesPerPixel = 3 if photometric == "RGB" else 1
+        ds.PhotometricInterpretation = photometric
+        if photometric == "RGB":
+            ds.PlanarConfiguration = 0
+        ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = 0
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        ds.PixelData = pixels.tobytes()
+        if compress:
+            ds.compress(RLELossless, pixels)
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+GREY = (np.arange(40 * 60) % 251).astype(np.uint8).reshape(40, 60)
+NOISE = np.random.default_rng(0).integers(0, 256, (40, 60), dtype=np.uint8)
+RGB = np.stack([GREY, GREY[::-1], 255 - GREY], axis=-1)
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        (encode(GREY, "PNG"), "PNG"),
+        (encode(RGB, "PNG"), "PNG"),
+        (encode(RGB, "JPEG", quality=95), "JPEG"),
+        (encode(GREY, "BMP"), "BMP"),
+        (encode(RGB, "TIFF"), "TIFF"),
+    ],
+)
+def test_it_decodes_accepted_formats_to_rgb(data, fmt):
+    image = decode_image(data)
+    assert image.format == fmt
+    assert image.pixels.shape == (40, 60, 3) and image.pixels.dtype == np.uint8
+    assert (image.width, image.height) == (60, 40)
+
+
+def test_it_keeps_exact_pixels_of_a_lossless_greyscale_png():
+    image = decode_image(encode(GREY, "PNG"))
+    assert np.array_equal(image.pixels[..., 0], GREY) and np.array_equal(
+        image.pixels[..., 2], GREY
+    )
+    assert image.bit_depth == 8
+
+
+def test_it_scales_16_bit_png_to_8_bit_over_its_range():
+    wide = (GREY.astype(np.uint16) * 200 + 1000).astype(np.uint16)
+    image = decode_image(encode(wide, "PNG"))
+    assert image.bit_depth == 16
+    assert image.pixels.min() == 0 and image.pixels.max() == 255
+    assert np.corrcoef(image.pixels[..., 0].ravel(), GREY.ravel())[0, 1] > 0.999
+
+
+def test_it_converts_palette_cmyk_and_alpha_images():
+    assert decode_image(
+        encode(np.asarray(Image.fromarray(RGB).convert("P")), "PNG")
+    ).pixels.shape == (40, 60, 3)
+    cmyk = io.BytesIO()
+    Image.fromarray(RGB).convert("CMYK").save(cmyk, format="JPEG")
+    assert decode_image(cmyk.getvalue()).pixels.shape == (40, 60, 3)
+    rgba = np.dstack([RGB, np.full(GREY.shape, 128, np.uint8)])
+    assert decode_image(encode(rgba, "PNG")).pixels.shape == (40, 60, 3)
+
+
+def test_it_reads_files_and_file_objects(tmp_path):
+    path = tmp_path / "scan.png"
+    path.write_bytes(encode(GREY, "PNG"))
+    assert decode_image(path).width == 60
+    with path.open("rb") as handle:
+        assert decode_image(handle).height == 40
+
+
+def test_it_decodes_greyscale_dicom_with_its_tags():
+    image = decode_image(make_dicom(GREY))
+    assert image.format == "DICOM"
+    assert np.array_equal(image.pixels[..., 1], GREY)
+    assert image.pixel_spacing_mm == (0.1, 0.12)
+    assert (
+        image.dicom["PatientID"] == "H123" and image.dicom["AccessionNumber"] == "ACC1"
+    )
+
+
+def test_it_decodes_16_bit_rgb_multiframe_and_compressed_dicom():
+    assert decode_image(make_dicom(GREY.astype(np.uint16) * 100)).bit_depth == 16
+    assert np.array_equal(decode_image(make_dicom(RGB, photometric="RGB")).pixels, RGB)
+    multi = decode_image(make_dicom(np.stack([GREY, 255 - GREY]), frames=2))
+    assert multi.frame_count == 2 and multi.pixels.shape == (40, 60, 3)
+    assert decode_image(make_dicom(GREY, compress=True)).pixels.shape == (40, 60, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"this is a text file, not a scan\n" * 10, "not a recognised image"),
+        (encode(NOISE, "PNG")[:1200], "corrupt or truncated"),
+        (encode(GREY, "GIF"), "GIF images are not accepted"),
+        (make_dicom(None), "no pixel data"),
+        (b"\0" * 128 + b"DICM" + b"\xff" * 64, "DICOM"),
+    ],
+)
+def test_it_rejects_bad_files_with_a_specific_reason(data, reason):
+    with pytest.raises(DecodeError, match=reason):
+        decode_image(data)
+
+
+def test_it_rejects_images_over_the_pixel_limit_before_decoding_them():
+    with pytest.raises(DecodeError, match="over the limit"):
+        decode_image(encode(GREY, "PNG"), max_pixels=1000)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from ml.config import DEFAULT_SPLIT_PATH
+from ml.inference import Analyzer
+from ml.train import TrainConfig, train
+
+
+def test_one_epoch_on_a_handful_of_images_writes_loadable_weights(
+    busi, imagenet_npz, tmp_path
+):
+    config = TrainConfig(
+        data_dir=busi,
+        split_path=DEFAULT_SPLIT_PATH,
+        out_dir=tmp_path / "weights",
+        image_size=128,
+        epochs=1,
+        frozen_epochs=0,
+        batch_size=4,
+        limit=8,
+        cache_dir=None,
+    )
+    result = train(config)
+
+    with (tmp_path / "weights" / "training_log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 and float(rows[0]["loss"]) > 0
+    analyzer = Analyzer.load(tmp_path / "weights")
+    assert analyzer.model_version == result["version"]
+    assert (
+        analyzer.model_version.startswith("busnet-lite0-")
+        and len(analyzer.model_version) == len("busnet-lite0-") + 12
+    )
+    (analysis,) = analyzer.analyze([np.full((100, 150, 3), 90, np.uint8)])
+    assert analysis.lesion_mask.shape == (100, 150)
