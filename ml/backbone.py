@@ -95,7 +95,7 @@ def _mbconv(
 
 def block_output_name(index: int) -> str:
     """Name of the layer whose output is block ``index``'s output."""
-    kernel, stride, _, filters_in, filters_out = _block_specs()[index]
+    _, stride, _, filters_in, filters_out = _block_specs()[index]
     return (
         f"block{index}_add"
         if stride == 1 and filters_in == filters_out

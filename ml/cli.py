@@ -79,6 +79,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    from ml.cv import cross_validate
+
+    report = cross_validate(
+        args.data, args.split, args.work, args.out, folds=args.folds, epochs=args.epochs
+    )
+    for key, values in report["folds_metrics"].items():
+        print(f"{key:<32} {values['mean']:.3f} ± {values['sd']:.3f}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from ml.bench import run
 
@@ -142,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", type=Path, default=None)
     predict.add_argument("--batch-size", type=int, default=8)
     predict.set_defaults(func=cmd_predict)
+
+    cv = commands.add_parser("cv", help="k-fold cross-validation on train+val")
+    cv.add_argument("--data", type=Path, default=busi_dir())
+    cv.add_argument("--split", type=Path, default=DEFAULT_SPLIT_PATH)
+    cv.add_argument("--work", type=Path, default=Path("var/cv"))
+    cv.add_argument("--out", type=Path, default=REPORT_DIR / "cv.json")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--epochs", type=int, default=14)
+    cv.set_defaults(func=cmd_cv)
 
     bench = commands.add_parser(
         "bench", help="time the full analysis against the earlier prototype"

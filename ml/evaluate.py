@@ -6,6 +6,7 @@ the workers use, so the figures describe what the product does.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -159,7 +160,7 @@ def plot_all(
         confidence, correct = probs.max(1), probs.argmax(1) == labels
         edges = np.linspace(0, 1, 11)
         centres, accuracy = [], []
-        for low, high in zip(edges[:-1], edges[1:], strict=True):
+        for low, high in itertools.pairwise(edges):
             selected = (confidence > low) & (confidence <= high)
             if selected.sum() >= 3:
                 centres.append(confidence[selected].mean())

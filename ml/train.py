@@ -41,6 +41,9 @@ class TrainConfig:
     seed: int = 20261129
     limit: int | None = None  # use only this many images per split (smoke runs)
     cache_dir: Path | None = REPO_DIR / "var" / "cache"
+    select_best: bool = (
+        True  # False: keep the last epoch and never stop early (cross-validation)
+    )
     log_path: Path | None = None
 
 
@@ -302,13 +305,17 @@ def train(config: TrainConfig) -> dict:
                 val["dice_lesion_mean"],
                 score,
             )
-            if score > best["score"]:
+            if score > best["score"] or not config.select_best:
                 best = {
                     "score": score,
                     "epoch": epoch,
                     "weights": [np.array(w) for w in model.get_weights()],
                 }
-            elif epoch - best["epoch"] >= config.patience and not frozen:
+            elif (
+                epoch - best["epoch"] >= config.patience
+                and not frozen
+                and config.select_best
+            ):
                 logger.info("no improvement for %d epochs; stopping", config.patience)
                 break
 
