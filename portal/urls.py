@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
 from portal import views
 
 urlpatterns = [
+    # Gunicorn has no static file handler; these few small files are served by Django
+    # itself (runserver's own handler takes over in DEBUG).
+    re_path(r"^static/(?P<path>.+)$", views.static_file, name="static"),
     path("", RedirectView.as_view(pattern_name="clinical:patient_list"), name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("portal.accounts.urls")),

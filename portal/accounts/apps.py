@@ -1,8 +1,23 @@
 from __future__ import annotations
 
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
+from django.db.models.signals import post_migrate
+
+
+def _sync_roles(sender: AppConfig, **kwargs: object) -> None:
+    # Runs after every migrate and after a test database flush (which empties the
+    # groups the data migration created). post_migrate is sent once per app and the
+    # permissions of each app are created by its own signal, so wait for the last one.
+    if sender is not list(apps.get_app_configs())[-1]:
+        return
+    from portal.accounts.roles import ensure_roles
+
+    ensure_roles(apps)
 
 
 class AccountsConfig(AppConfig):
     name = "portal.accounts"
     label = "accounts"
+
+    def ready(self) -> None:
+        post_migrate.connect(_sync_roles, dispatch_uid="portal.accounts.sync_roles")

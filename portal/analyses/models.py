@@ -66,6 +66,10 @@ class Analysis(models.Model):
         )
         indexes = (
             models.Index(fields=("status", "queued_at"), name="analysis_status_queued"),
+            # Dashboard filters.
+            models.Index(fields=("label",), name="analysis_label"),
+            models.Index(fields=("confidence",), name="analysis_confidence"),
+            models.Index(fields=("model_version",), name="analysis_model_version"),
         )
 
     def __str__(self) -> str:
@@ -78,6 +82,10 @@ class Analysis(models.Model):
     @property
     def can_retry(self) -> bool:
         return self.status == self.Status.FAILED
+
+    @property
+    def malignant_probability(self) -> float | None:
+        return (self.probabilities or {}).get("malignant")
 
     def artifact_names(self) -> dict[str, str]:
         return {

@@ -7,13 +7,13 @@ message, a reconciler and a user pressing Retry can race without doing work twic
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from portal.analyses.modelinfo import current_model_version
@@ -188,39 +188,7 @@ def retry_countdown(attempts: int) -> int:
 
 
 def analyses_reconcile(*, now: datetime | None = None) -> dict[str, int]:
-    """Rescue rows left behind by a lost message or a dead worker.
+    """Rescue rows left behind by a lost message or a dead worker (see reconciler.py)."""
+    from portal.analyses.reconciler import reconcile
 
-    A row running for longer than the hard time limit has lost its worker: it goes back
-    to the queue (or fails once out of attempts). A row queued for longer than the broker
-    visibility timeout may have lost its message: it is sent again (duplicates are harmless).
-    """
-    now = now or timezone.now()
-    hard_limit = settings.CELERY_TASK_TIME_LIMIT
-    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
-    counts = {"requeued": 0, "failed": 0, "resent": 0}
-
-    stale_running = Analysis.objects.filter(
-        status=Status.RUNNING, started_at__lt=now - timedelta(seconds=hard_limit * 1.5)
-    ).values_list("pk", flat=True)
-    for analysis_id in stale_running:
-        if analysis_release(
-            analysis_id=analysis_id, error="the worker running it was lost"
-        ):
-            counts["requeued"] += 1
-            enqueue_analysis(analysis_id)
-        else:
-            counts["failed"] += 1
-
-    stale_queued = Analysis.objects.filter(
-        Q(status=Status.QUEUED), queued_at__lt=now - timedelta(seconds=visibility)
-    ).values_list("pk", flat=True)
-    for analysis_id in stale_queued:
-        # Bumping queued_at first keeps the next sweep from sending it again right away.
-        if Analysis.objects.filter(pk=analysis_id, status=Status.QUEUED).update(
-            queued_at=now
-        ):
-            counts["resent"] += 1
-            enqueue_analysis(analysis_id)
-    if any(counts.values()):
-        logger.info("reconciled analyses: %s", counts)
-    return counts
+    return reconcile(now=now).counts()

@@ -27,6 +27,7 @@ class Patient(models.Model):
 
     class Meta:
         ordering = ("identifier",)
+        indexes = (models.Index(fields=("name",), name="patient_name"),)
 
     def __str__(self) -> str:
         return f"{self.identifier} {self.name}"
@@ -53,6 +54,10 @@ class Study(models.Model):
             "-id",
         )
         verbose_name_plural = "studies"
+        indexes = (
+            models.Index(fields=("study_date", "id"), name="study_date"),
+            models.Index(fields=("accession_number",), name="study_accession"),
+        )
 
     def __str__(self) -> str:
         return f"Study {self.pk} ({self.study_date:%Y-%m-%d})"
@@ -75,6 +80,9 @@ class Scan(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     format = models.CharField(max_length=16)
+    # Millimetres per pixel (row, column) when the source says so (DICOM); else unknown.
+    pixel_spacing_row_mm = models.FloatField(null=True, blank=True)
+    pixel_spacing_col_mm = models.FloatField(null=True, blank=True)
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
@@ -85,6 +93,18 @@ class Scan(models.Model):
             "uploaded_at",
             "id",
         )
+        indexes = (models.Index(fields=("uploaded_at", "id"), name="scan_uploaded"),)
 
     def __str__(self) -> str:
         return f"Scan {self.pk}"
+
+    def area_mm2(self, fraction: float | None) -> float | None:
+        """Area of a fraction of the image in mm², when the pixel spacing is known."""
+        if (
+            fraction is None
+            or self.pixel_spacing_row_mm is None
+            or self.pixel_spacing_col_mm is None
+        ):
+            return None
+        pixels = fraction * self.width * self.height
+        return pixels * self.pixel_spacing_row_mm * self.pixel_spacing_col_mm

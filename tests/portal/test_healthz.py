@@ -28,3 +28,12 @@ def test_healthz_is_503_when_the_broker_is_down(client, settings):
     assert response.status_code == 503
     assert response.json()["broker"] == "unreachable"
     assert response.json()["database"] == "ok"
+
+
+def test_static_files_are_served_without_login_even_outside_debug(client, settings):
+    settings.DEBUG = False
+    response = client.get("/static/portal/study.js")
+    assert response.status_code == 200
+    assert b"status" in b"".join(response.streaming_content)
+    assert client.get("/static/admin/css/base.css").status_code == 200
+    assert client.get("/static/../settings.py").status_code in (400, 404)

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from portal.analyses.models import Analysis
+from portal.clinical.models import Scan
+
+LABEL_CHOICES = Analysis.Label.choices
+
+
+class BiRads(models.TextChoices):
+    """ACR BI-RADS assessment categories for breast ultrasound."""
+
+    CAT_0 = "0", "0 – incomplete, needs additional imaging"
+    CAT_1 = "1", "1 – negative"
+    CAT_2 = "2", "2 – benign"
+    CAT_3 = "3", "3 – probably benign"
+    CAT_4A = "4A", "4A – low suspicion of malignancy"
+    CAT_4B = "4B", "4B – moderate suspicion of malignancy"
+    CAT_4C = "4C", "4C – high suspicion of malignancy"
+    CAT_5 = "5", "5 – highly suggestive of malignancy"
+    CAT_6 = "6", "6 – known biopsy-proven malignancy"
+
+
+class Review(models.Model):
+    """A radiologist's reading of one analysed scan.
+
+    A draft can be edited by its author; once signed it is never changed again. An
+    amendment is a new row (version + 1) that points at the signed review it replaces,
+    so every signed reading stays on record.
+    """
+
+    scan = models.ForeignKey(Scan, on_delete=models.PROTECT, related_name="reviews")
+    analysis = models.ForeignKey(
+        Analysis, on_delete=models.PROTECT, related_name="reviews"
+    )
+    version = models.PositiveIntegerField(default=1)
+    amends = models.OneToOneField(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="amended_by",
+    )
+    agrees_with_model = models.BooleanField()
+    label = models.CharField(max_length=16, choices=LABEL_CHOICES)
+    birads = models.CharField("BI-RADS", max_length=2, choices=BiRads.choices)
+    note = models.TextField(blank=True)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+    signed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("scan", "-version")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("scan", "version"), name="review_one_per_scan_version"
+            ),
+        )
+        indexes = (models.Index(fields=("signed_at",), name="review_signed_at"),)
+        permissions = (
+            ("sign_review", "Can sign off and amend reviews"),
+            ("view_worklist", "Can see the worklist of unreviewed studies"),
+            ("view_agreement", "Can see the model/radiologist agreement monitor"),
+        )
+
+    def __str__(self) -> str:
+        return f"Review {self.pk} of scan {self.scan_id} v{self.version}"
+
+    @property
+    def is_signed(self) -> bool:
+        return self.signed_at is not None
+
+    @property
+    def status(self) -> str:
+        if not self.is_signed:
+            return "draft"
+        if hasattr(self, "amended_by") and self.amended_by.is_signed:
+            return "superseded"
+        return "signed"
