@@ -252,11 +252,26 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
-# A lost message or a dead worker leaves a row behind; the reconciler sweeps them.
+# A lost message or a dead worker leaves a row behind; the reconciler sweeps them
+# (portal/analyses/reconciler.py). A running row older than the hard limit has no live
+# task any more; a queued row is resent only when its message is gone from the broker.
+ANALYSIS_STALE_RUNNING_SECONDS = env_int(
+    "ANALYSIS_STALE_RUNNING_SECONDS", int(ANALYSIS_TIME_LIMIT * 1.5), minimum=1
+)
+if ANALYSIS_STALE_RUNNING_SECONDS <= ANALYSIS_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        "ANALYSIS_STALE_RUNNING_SECONDS must be longer than ANALYSIS_TIME_LIMIT "
+        f"({ANALYSIS_STALE_RUNNING_SECONDS} <= {ANALYSIS_TIME_LIMIT}): a live task "
+        "would be taken from its worker"
+    )
+ANALYSIS_STALE_QUEUED_SECONDS = env_int("ANALYSIS_STALE_QUEUED_SECONDS", 300, minimum=1)
+RECONCILE_INTERVAL = env_int("RECONCILE_INTERVAL", 60, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "reconcile-analyses": {
         "task": "workers.tasks.reconcile_analyses",
-        "schedule": 60.0,
+        "schedule": float(RECONCILE_INTERVAL),
+        # Sweeps that could not run in time are dropped, not run back to back.
+        "options": {"expires": RECONCILE_INTERVAL},
     },
 }
 

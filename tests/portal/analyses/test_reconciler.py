@@ -1,0 +1,249 @@
+"""The reconciler: lost workers, lost messages, bounded attempts, dry runs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+from typing import Any
+
+import pytest
+import redis
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from django.utils import timezone
+
+from portal.analyses import broker, services
+from portal.analyses.models import Analysis
+from portal.analyses.reconciler import reconcile
+from portal.clinical.services import scan_create
+from portal.clinical.uploads import validate_upload
+from tests.conftest import TEST_MODEL_VERSION
+from workers.launch import redis_url_with_db
+
+Status = Analysis.Status
+BROKER_TEST_DB = 13
+
+
+@pytest.fixture
+def make_analysis(study: Any, user: Any, make_png: Any):
+    def make(name: str = "a.png") -> Analysis:
+        scan = scan_create(
+            study=study,
+            upload=validate_upload(SimpleUploadedFile(name, make_png())),
+            uploaded_by=user,
+            model_version=TEST_MODEL_VERSION,
+        )
+        return scan.analyses.get()
+
+    return make
+
+
+def _age(analysis: Analysis, **fields: Any) -> None:
+    Analysis.objects.filter(pk=analysis.pk).update(**fields)
+    analysis.refresh_from_db()
+
+
+def _long_ago(seconds: float) -> Any:
+    return timezone.now() - timedelta(seconds=seconds + 5)
+
+
+def test_a_running_row_whose_worker_was_lost_is_requeued_and_sent_again(
+    make_analysis, settings, enqueued
+):
+    analysis = make_analysis()
+    services.analysis_claim(analysis_id=analysis.pk, worker="dead:1")
+    _age(analysis, started_at=_long_ago(settings.ANALYSIS_STALE_RUNNING_SECONDS))
+    enqueued.clear()
+
+    result = reconcile(ids_in_broker=set())
+
+    assert result.requeued == [analysis.pk]
+    assert [pk for pk, _ in enqueued] == [analysis.pk]
+    analysis.refresh_from_db()
+    assert analysis.status == Status.QUEUED
+    assert "stopped without a result" in analysis.error
+
+
+def test_a_running_row_within_its_time_limit_is_left_alone(
+    make_analysis, settings, enqueued
+):
+    analysis = make_analysis()
+    services.analysis_claim(analysis_id=analysis.pk, worker="busy:1")
+    _age(analysis, started_at=_long_ago(settings.ANALYSIS_TIME_LIMIT - 10))
+    enqueued.clear()
+
+    assert reconcile(ids_in_broker=set()).counts() == {
+        "requeued": 0,
+        "failed": 0,
+        "resent": 0,
+    }
+    assert enqueued == []
+
+
+def test_a_lost_worker_on_the_last_attempt_fails_the_row_with_a_reason(
+    make_analysis, settings, enqueued
+):
+    analysis = make_analysis()
+    services.analysis_claim(analysis_id=analysis.pk, worker="dead:1")
+    _age(
+        analysis,
+        attempts=settings.ANALYSIS_MAX_ATTEMPTS,
+        started_at=_long_ago(settings.ANALYSIS_STALE_RUNNING_SECONDS),
+    )
+    enqueued.clear()
+
+    result = reconcile(ids_in_broker=set())
+
+    assert result.failed == [analysis.pk]
+    assert enqueued == []
+    analysis.refresh_from_db()
+    assert analysis.status == Status.FAILED
+    assert analysis.error.startswith(
+        f"gave up after {settings.ANALYSIS_MAX_ATTEMPTS} attempts"
+    )
+
+
+def test_a_queued_row_whose_message_was_lost_is_resent_once_per_sweep(
+    make_analysis, settings, enqueued
+):
+    analysis = make_analysis()
+    _age(analysis, queued_at=_long_ago(settings.ANALYSIS_STALE_QUEUED_SECONDS))
+    enqueued.clear()
+
+    result = reconcile(ids_in_broker=set())
+
+    assert result.resent == [analysis.pk]
+    assert [pk for pk, _ in enqueued] == [analysis.pk]
+    analysis.refresh_from_db()
+    assert analysis.status == Status.QUEUED
+    assert analysis.attempts == 1
+    assert "message was lost" in analysis.error
+    # The next sweep waits a full period again before resending.
+    assert reconcile(ids_in_broker=set()).resent == []
+
+
+def test_a_queued_row_whose_message_is_still_waiting_is_not_resent(
+    make_analysis, settings, enqueued
+):
+    analysis = make_analysis()
+    _age(analysis, queued_at=_long_ago(settings.ANALYSIS_STALE_QUEUED_SECONDS))
+    enqueued.clear()
+
+    result = reconcile(ids_in_broker={analysis.pk})
+
+    assert result.resent == []
+    assert result.waiting == [analysis.pk]
+    assert enqueued == []
+
+
+def test_messages_that_keep_vanishing_end_in_a_failure_not_a_loop(
+    make_analysis, settings, enqueued
+):
+    analysis = make_analysis()
+    sweeps = 0
+    while analysis.status == Status.QUEUED and sweeps < 10:
+        _age(analysis, queued_at=_long_ago(settings.ANALYSIS_STALE_QUEUED_SECONDS))
+        reconcile(ids_in_broker=set())
+        analysis.refresh_from_db()
+        sweeps += 1
+
+    assert analysis.status == Status.FAILED
+    assert sweeps == settings.ANALYSIS_MAX_ATTEMPTS + 1
+    assert "message was lost" in analysis.error
+
+
+def test_a_dry_run_reports_but_changes_and_sends_nothing(
+    make_analysis, settings, enqueued
+):
+    running, queued = make_analysis("r.png"), make_analysis("q.png")
+    services.analysis_claim(analysis_id=running.pk, worker="dead:1")
+    _age(running, started_at=_long_ago(settings.ANALYSIS_STALE_RUNNING_SECONDS))
+    _age(queued, queued_at=_long_ago(settings.ANALYSIS_STALE_QUEUED_SECONDS))
+    enqueued.clear()
+    before = list(Analysis.objects.order_by("pk").values())
+
+    result = reconcile(dry_run=True, ids_in_broker=set())
+
+    assert result.requeued == [running.pk]
+    assert result.resent == [queued.pk]
+    assert enqueued == []
+    assert list(Analysis.objects.order_by("pk").values()) == before
+
+
+def test_the_command_dry_run_lists_ids_and_changes_nothing(
+    make_analysis, settings, enqueued, monkeypatch
+):
+    queued = make_analysis()
+    _age(queued, queued_at=_long_ago(settings.ANALYSIS_STALE_QUEUED_SECONDS))
+    monkeypatch.setattr(broker, "analysis_ids_with_messages", lambda: set())
+    enqueued.clear()
+    out = StringIO()
+
+    call_command("reconcile_analyses", "--dry-run", stdout=out)
+
+    assert f"1 would be resent [{queued.pk}]" in out.getvalue()
+    assert enqueued == []
+    queued.refresh_from_db()
+    assert queued.attempts == 0
+
+    call_command("reconcile_analyses", stdout=out)
+    assert f"1 were resent [{queued.pk}]" in out.getvalue()
+    assert [pk for pk, _ in enqueued] == [queued.pk]
+
+
+def test_an_unreachable_broker_skips_the_resend_and_says_why(
+    make_analysis, settings, enqueued
+):
+    queued = make_analysis()
+    _age(queued, queued_at=_long_ago(settings.ANALYSIS_STALE_QUEUED_SECONDS))
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    enqueued.clear()
+
+    result = reconcile()
+
+    assert result.resent == []
+    assert "unreachable" in result.broker_error
+    assert enqueued == []
+
+
+@pytest.fixture
+def broker_db(settings: Any) -> Any:
+    """A private Redis database as the broker, flushed before and after."""
+    from tests.e2e.conftest import _point_celery_at, redis_reachable
+    from workers import app
+
+    url = redis_url_with_db(settings.REDIS_URL, BROKER_TEST_DB)
+    if not redis_reachable(url):
+        pytest.skip(f"Redis is not reachable at {url}")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    previous = app.conf.broker_url
+    settings.CELERY_BROKER_URL = url
+    _point_celery_at(app, url)
+    yield client
+    _point_celery_at(app, previous)
+    client.flushdb()
+    client.close()
+
+
+def test_the_broker_reader_finds_waiting_and_unacknowledged_analysis_messages(
+    broker_db, settings
+):
+    from workers.tasks import analyze_scan, reconcile_analyses
+
+    analyze_scan.apply_async(args=[41])
+    analyze_scan.apply_async(args=[42], countdown=60)
+    reconcile_analyses.apply_async()
+    # What a worker holding a delivered message leaves in the broker.
+    waiting = broker_db.rpop(settings.CELERY_INFERENCE_QUEUE)
+    broker_db.hset(
+        broker.UNACKED_KEY,
+        "tag-1",
+        b"[" + waiting + b', "", "' + settings.CELERY_INFERENCE_QUEUE.encode() + b'"]',
+    )
+
+    assert broker.analysis_ids_with_messages() == {41, 42}
+    depths = broker.queue_depths()
+    assert depths[settings.CELERY_INFERENCE_QUEUE] == 1
+    assert depths["celery"] == 1
+    assert depths["unacked"] == 1
