@@ -41,6 +41,10 @@ class Study(models.Model):
         Patient, on_delete=models.PROTECT, related_name="studies"
     )
     accession_number = models.CharField(max_length=64, blank=True)
+    # DICOM (0020,000D): how DICOM files from the same examination find this study.
+    study_instance_uid = models.CharField(
+        "study instance UID", max_length=64, blank=True
+    )
     study_date = models.DateField(default=timezone.localdate)
     description = models.CharField(max_length=255, blank=True)
     created_by = models.ForeignKey(
@@ -57,6 +61,13 @@ class Study(models.Model):
         indexes = (
             models.Index(fields=("study_date", "id"), name="study_date"),
             models.Index(fields=("accession_number",), name="study_accession"),
+        )
+        constraints = (
+            models.UniqueConstraint(
+                fields=("study_instance_uid",),
+                condition=~models.Q(study_instance_uid=""),
+                name="study_instance_uid_unique",
+            ),
         )
 
     def __str__(self) -> str:
