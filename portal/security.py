@@ -1,0 +1,76 @@
+"""Security middleware: response headers with a content security policy, and an idle
+timeout for sessions. Small on purpose; Django's SecurityMiddleware does the rest
+(HSTS, nosniff, referrer policy, cross-origin opener policy, HTTPS redirect).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.contrib.auth import logout
+from django.http import HttpRequest, HttpResponse
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[HttpRequest], HttpResponse]
+LAST_ACTIVITY_KEY = "last_activity"
+
+
+class SecurityHeadersMiddleware:
+    """Adds the content security policy and the headers Django does not set itself.
+
+    Pages carry patient data, so an authenticated response that says nothing about
+    caching is marked `no-store` (no copy on shared machines or in proxies).
+    """
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+        self.headers = {
+            "Content-Security-Policy": settings.CONTENT_SECURITY_POLICY,
+            "Permissions-Policy": settings.PERMISSIONS_POLICY,
+            "Cross-Origin-Resource-Policy": "same-origin",
+            "X-Content-Type-Options": "nosniff",
+        }
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        for name, value in self.headers.items():
+            if value and name not in response:
+                response[name] = value
+        user = getattr(request, "user", None)
+        if (
+            user is not None
+            and user.is_authenticated
+            and "Cache-Control" not in response
+        ):
+            response["Cache-Control"] = "private, no-store"
+        return response
+
+
+class SessionIdleTimeoutMiddleware:
+    """Signs a user out after SESSION_IDLE_TIMEOUT seconds without a request of theirs.
+
+    Requests a page makes on its own (the study page polling its status) do not count
+    as activity, so an open tab does not keep a session alive forever. Sessions also
+    end after SESSION_COOKIE_AGE whatever happens, and when the browser closes.
+    """
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+        self.passive = [re.compile(p) for p in settings.SESSION_IDLE_PASSIVE_PATHS]
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            now = time.time()
+            last = request.session.get(LAST_ACTIVITY_KEY)
+            if last is not None and now - float(last) > settings.SESSION_IDLE_TIMEOUT:
+                logger.info("session of user %s ended after idle timeout", user.pk)
+                logout(request)
+            elif not any(p.search(request.path) for p in self.passive):
+                request.session[LAST_ACTIVITY_KEY] = now
+        return self.get_response(request)
