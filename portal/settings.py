@@ -8,6 +8,7 @@ The defaults make a bare checkout work: SQLite and media under var/, a local Red
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -145,11 +146,12 @@ except ValueError as exc:
     ) from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file (not in-memory) test database, so a worker subprocess in the end-to-end
-    # tests can open the same database as the test process.
+    # tests can open the same database as the test process; one per test run (pid), so
+    # runs side by side in one checkout do not delete each other's database.
     _sqlite_name = Path(DATABASES["default"]["NAME"])
     _sqlite_name.parent.mkdir(parents=True, exist_ok=True)
     DATABASES["default"]["TEST"] = {
-        "NAME": str(_sqlite_name.with_name(f"test_{_sqlite_name.name}")),
+        "NAME": str(Path(tempfile.gettempdir()) / f"test_portal_{os.getpid()}.sqlite3"),
     }
     # Workers write from several threads: take the write lock when a transaction starts
     # (so a busy database waits instead of failing) and let readers run beside a writer.
