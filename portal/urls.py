@@ -10,10 +10,11 @@ urlpatterns = [
     # Gunicorn has no static file handler; these few small files are served by Django
     # itself (runserver's own handler takes over in DEBUG).
     re_path(r"^static/(?P<path>.+)$", views.static_file, name="static"),
-    path("", RedirectView.as_view(pattern_name="clinical:patient_list"), name="home"),
+    path("", RedirectView.as_view(pattern_name="review:dashboard"), name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("portal.accounts.urls")),
     path("admin/", admin.site.urls),
     path("", include("portal.clinical.urls")),
     path("", include("portal.analyses.urls")),
+    path("", include("portal.review.urls")),
 ]

@@ -66,9 +66,31 @@ def make_png():
 
 @pytest.fixture
 def user(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user(
+    """A member of the staff role (registers patients, uploads, follows analyses)."""
+    from portal.accounts.roles import STAFF, assign_role
+
+    user = django_user_model.objects.create_user(
         username="sonographer", password="pw-123456!"
     )
+    assign_role(user, STAFF)
+    return user
+
+
+@pytest.fixture
+def make_user(django_user_model: Any):
+    """make_user("radiologist") -> a user in that role (None: no role at all)."""
+    from portal.accounts.roles import assign_role
+
+    def make(role: str | None, username: str | None = None) -> Any:
+        user = django_user_model.objects.create_user(
+            username=username or f"{role or 'nobody'}-user",
+            password="a-long-test-password-1",
+        )
+        if role:
+            assign_role(user, role)
+        return user
+
+    return make
 
 
 @pytest.fixture

@@ -4,24 +4,31 @@ import logging
 from dataclasses import dataclass
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
+from portal.accounts.roles import require_permissions
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.analyses.selectors import study_status as study_status_entries
+from portal.audit.services import Action, record_access
 from portal.clinical import selectors, services
 from portal.clinical.forms import PatientForm, ScanUploadForm, StudyForm
 from portal.clinical.models import Patient, Scan, Study
 from portal.clinical.uploads import UploadRejected, validate_upload
+from portal.review.selectors import scan_review_states, study_review_state
 from portal.storage_views import stream_from_storage
 
 logger = logging.getLogger(__name__)
 
 
+@require_permissions("clinical.view_patient")
 def patient_list(request: HttpRequest) -> HttpResponse:
     search = request.GET.get("q", "").strip()
+    if request.method == "POST" and not request.user.has_perm("clinical.add_patient"):
+        raise PermissionDenied
     form = PatientForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         patient = services.patient_create(**form.cleaned_data)
@@ -38,8 +45,11 @@ def patient_list(request: HttpRequest) -> HttpResponse:
     )
 
 
+@require_permissions("clinical.view_patient", "clinical.view_study")
 def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
     patient = get_object_or_404(Patient, pk=pk)
+    if request.method == "POST" and not request.user.has_perm("clinical.add_study"):
+        raise PermissionDenied
     form = StudyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         study = services.study_create(
@@ -58,8 +68,10 @@ def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+@require_permissions("clinical.view_study", "clinical.view_scan")
 def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
     study = get_object_or_404(Study.objects.select_related("patient"), pk=pk)
+    record_access(request, study, action=Action.VIEW, detail="study page")
     return render(
         request,
         "clinical/study_detail.html",
@@ -69,6 +81,8 @@ def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "entries": study_status_entries(study=study),
             "form": ScanUploadForm(),
             "rejections": request.session.pop(f"rejections-{study.pk}", []),
+            "review_state": study_review_state(study=study),
+            "scan_reviews": scan_review_states(study=study),
         },
     )
 
@@ -80,6 +94,7 @@ class Rejection:
 
 
 @require_POST
+@require_permissions("clinical.view_study", "clinical.add_scan")
 def study_upload(request: HttpRequest, pk: int) -> HttpResponse:
     """Store every file that decodes; list the others with the reason they were refused."""
     study = get_object_or_404(Study, pk=pk)
@@ -156,6 +171,7 @@ def _upload_response(
 
 @never_cache
 @require_GET
+@require_permissions("clinical.view_study", "analyses.view_analysis")
 def study_status(request: HttpRequest, pk: int) -> JsonResponse:
     study = get_object_or_404(Study, pk=pk)
     return JsonResponse(
@@ -164,6 +180,8 @@ def study_status(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 @require_GET
+@require_permissions("clinical.view_scan")
 def scan_original(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     scan = get_object_or_404(Scan, pk=pk)
+    record_access(request, scan, action=Action.DOWNLOAD, detail="original")
     return stream_from_storage(scan.original.name, download_name=f"scan-{scan.pk}")

@@ -31,9 +31,13 @@ def _empty_cache() -> Any:
 
 @pytest.fixture
 def clinician(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user(
+    from portal.accounts.roles import STAFF, assign_role
+
+    user = django_user_model.objects.create_user(
         username="clinician", password=PASSWORD
     )
+    assign_role(user, STAFF)
+    return user
 
 
 def _login(client: Client, username: str, password: str, **extra: Any) -> Any:

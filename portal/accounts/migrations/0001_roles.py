@@ -1,4 +1,5 @@
 """Create the staff, radiologist and administrator groups with their permissions."""
+# ruff: noqa: RUF012
 
 from __future__ import annotations
 

@@ -8,38 +8,120 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('analyses', '0002_dashboard_indexes'),
-        ('clinical', '0002_dashboard_indexes_pixel_spacing'),
+        ("analyses", "0002_dashboard_indexes"),
+        ("clinical", "0002_dashboard_indexes_pixel_spacing"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Review',
+            name="Review",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField(default=1)),
-                ('agrees_with_model', models.BooleanField()),
-                ('label', models.CharField(choices=[('normal', 'Normal'), ('benign', 'Benign'), ('malignant', 'Malignant')], max_length=16)),
-                ('birads', models.CharField(choices=[('0', '0 – incomplete, needs additional imaging'), ('1', '1 – negative'), ('2', '2 – benign'), ('3', '3 – probably benign'), ('4A', '4A – low suspicion of malignancy'), ('4B', '4B – moderate suspicion of malignancy'), ('4C', '4C – high suspicion of malignancy'), ('5', '5 – highly suggestive of malignancy'), ('6', '6 – known biopsy-proven malignancy')], max_length=2, verbose_name='BI-RADS')),
-                ('note', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('signed_at', models.DateTimeField(blank=True, null=True)),
-                ('amends', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='amended_by', to='review.review')),
-                ('analysis', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='reviews', to='analyses.analysis')),
-                ('author', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('scan', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='reviews', to='clinical.scan')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("version", models.PositiveIntegerField(default=1)),
+                ("agrees_with_model", models.BooleanField()),
+                (
+                    "label",
+                    models.CharField(
+                        choices=[
+                            ("normal", "Normal"),
+                            ("benign", "Benign"),
+                            ("malignant", "Malignant"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "birads",
+                    models.CharField(
+                        choices=[
+                            ("0", "0 – incomplete, needs additional imaging"),
+                            ("1", "1 – negative"),
+                            ("2", "2 – benign"),
+                            ("3", "3 – probably benign"),
+                            ("4A", "4A – low suspicion of malignancy"),
+                            ("4B", "4B – moderate suspicion of malignancy"),
+                            ("4C", "4C – high suspicion of malignancy"),
+                            ("5", "5 – highly suggestive of malignancy"),
+                            ("6", "6 – known biopsy-proven malignancy"),
+                        ],
+                        max_length=2,
+                        verbose_name="BI-RADS",
+                    ),
+                ),
+                ("note", models.TextField(blank=True)),
+                (
+                    "created_at",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, editable=False
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("signed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "amends",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="amended_by",
+                        to="review.review",
+                    ),
+                ),
+                (
+                    "analysis",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="reviews",
+                        to="analyses.analysis",
+                    ),
+                ),
+                (
+                    "author",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "scan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="reviews",
+                        to="clinical.scan",
+                    ),
+                ),
             ],
             options={
-                'ordering': ('scan', '-version'),
-                'permissions': (('sign_review', 'Can sign off and amend reviews'), ('view_worklist', 'Can see the worklist of unreviewed studies'), ('view_agreement', 'Can see the model/radiologist agreement monitor')),
-                'indexes': [models.Index(fields=['signed_at'], name='review_signed_at')],
-                'constraints': [models.UniqueConstraint(fields=('scan', 'version'), name='review_one_per_scan_version')],
+                "ordering": ("scan", "-version"),
+                "permissions": (
+                    ("sign_review", "Can sign off and amend reviews"),
+                    ("view_worklist", "Can see the worklist of unreviewed studies"),
+                    (
+                        "view_agreement",
+                        "Can see the model/radiologist agreement monitor",
+                    ),
+                ),
+                "indexes": [
+                    models.Index(fields=["signed_at"], name="review_signed_at")
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("scan", "version"), name="review_one_per_scan_version"
+                    )
+                ],
             },
         ),
     ]

@@ -1,0 +1,45 @@
+"""Recording reads: every view of a study or scan page and every file that leaves storage."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.http import HttpRequest
+
+from portal.audit.models import AccessRecord
+
+logger = logging.getLogger(__name__)
+
+Action = AccessRecord.Action
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """The peer address. X-Forwarded-For is not trusted: any client can set it."""
+    address = request.META.get("REMOTE_ADDR") or ""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
+
+
+def record_access(
+    request: HttpRequest,
+    target: models.Model,
+    *,
+    action: str,
+    detail: str = "",
+) -> AccessRecord:
+    user = request.user if request.user.is_authenticated else None
+    return AccessRecord.objects.create(
+        user=user,
+        username=user.get_username() if user else "",
+        client_address=client_address(request),
+        action=action,
+        content_type=ContentType.objects.get_for_model(target),
+        object_id=str(target.pk),
+        detail=detail[:32],
+        path=request.path[:255],
+    )

@@ -1,0 +1,265 @@
+"""The study report: one PDF with the patient, the study, every scan with its overlays,
+the model's output and version, and the radiologist's signed review."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+from django.core.files.storage import default_storage
+from django.utils import timezone
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.platypus import (
+    Image,
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+from portal.analyses.models import Analysis
+from portal.clinical.models import Study
+from portal.review import selectors
+from portal.review.imaging import scan_display_png
+
+logger = logging.getLogger(__name__)
+
+DECISION_SUPPORT = (
+    "The model's output is decision support, not a diagnosis. Every result is a "
+    "suggestion for a qualified reader to confirm or reject; the radiologist's signed "
+    "review is the reading of record. The model is not a medical device and has not been "
+    "cleared for clinical use."
+)
+IMAGE_TITLES = (
+    ("original", "Scan"),
+    ("overlay", "Lesion outline"),
+    ("gradcam", "Grad-CAM"),
+    ("seg_gradcam", "Seg-Grad-CAM"),
+)
+THUMB_WIDTH = 42 * mm
+
+
+def _styles() -> dict[str, ParagraphStyle]:
+    base = getSampleStyleSheet()
+    return {
+        "title": base["Title"],
+        "h2": base["Heading2"],
+        "h3": base["Heading3"],
+        "body": base["BodyText"],
+        "small": ParagraphStyle(
+            "small", parent=base["BodyText"], fontSize=8, leading=10
+        ),
+        "notice": ParagraphStyle(
+            "notice",
+            parent=base["BodyText"],
+            backColor=colors.HexColor("#fff4d6"),
+            borderPadding=6,
+            spaceBefore=4,
+            spaceAfter=10,
+        ),
+    }
+
+
+def _esc(value: Any) -> str:
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _table(rows: list[tuple[str, str]], styles: dict) -> Table:
+    table = Table(
+        [
+            [
+                Paragraph(f"<b>{_esc(k)}</b>", styles["body"]),
+                Paragraph(_esc(v), styles["body"]),
+            ]
+            for k, v in rows
+        ],
+        colWidths=(45 * mm, 125 * mm),
+    )
+    table.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.HexColor("#dfe3ea")),
+            ]
+        )
+    )
+    return table
+
+
+def _image(content: bytes | None) -> Any:
+    if not content:
+        return Paragraph("(not available)", _styles()["small"])
+    picture = Image(io.BytesIO(content))
+    ratio = picture.imageHeight / picture.imageWidth if picture.imageWidth else 1
+    picture.drawWidth = THUMB_WIDTH
+    picture.drawHeight = THUMB_WIDTH * ratio
+    return picture
+
+
+def _stored(name: str) -> bytes | None:
+    if not name:
+        return None
+    try:
+        with default_storage.open(name, "rb") as stored:
+            return stored.read()
+    except (FileNotFoundError, OSError):
+        logger.warning("report: stored file %s is missing", name)
+        return None
+
+
+def _scan_images(scan: Any, analysis: Analysis | None) -> Table:
+    contents: list[bytes | None] = []
+    try:
+        contents.append(scan_display_png(scan.original.name))
+    except Exception:
+        logger.warning("report: scan %s could not be drawn", scan.pk, exc_info=True)
+        contents.append(None)
+    for kind, _title in IMAGE_TITLES[1:]:
+        contents.append(_stored(getattr(analysis, kind).name) if analysis else None)
+    styles = _styles()
+    table = Table(
+        [
+            [_image(content) for content in contents],
+            [Paragraph(title, styles["small"]) for _kind, title in IMAGE_TITLES],
+        ],
+        colWidths=[THUMB_WIDTH + 2 * mm] * len(IMAGE_TITLES),
+    )
+    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
+    return table
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def _model_rows(scan: Any, analysis: Analysis | None) -> list[tuple[str, str]]:
+    if analysis is None:
+        return [("Model", "not analysed")]
+    if analysis.status != Analysis.Status.SUCCEEDED:
+        detail = analysis.status + (f": {analysis.error}" if analysis.error else "")
+        return [("Model output", detail), ("Model version", analysis.model_version)]
+    probabilities = analysis.probabilities or {}
+    area = scan.area_mm2(analysis.lesion_area_fraction)
+    area_text = _percent(analysis.lesion_area_fraction) + " of the image"
+    if area is not None:
+        area_text = f"{area:.1f} mm² ({area_text})"
+    return [
+        (
+            "Model label",
+            f"{analysis.label} (confidence {_percent(analysis.confidence)})",
+        ),
+        (
+            "Probabilities",
+            ", ".join(
+                f"{k} {_percent(probabilities.get(k))}" for k in selectors.LABELS
+            ),
+        ),
+        ("Lesion area", area_text),
+        ("Model version", analysis.model_version),
+    ]
+
+
+def _review_rows(review: Any) -> list[tuple[str, str]]:
+    if review is None:
+        return [("Radiologist review", "not yet reviewed and signed")]
+    reading = "agrees with the model" if review.agrees_with_model else "corrected label"
+    rows = [
+        ("Radiologist label", f"{review.label} ({reading})"),
+        ("BI-RADS", review.get_birads_display()),
+        ("Note", review.note or "—"),
+        (
+            "Signed by",
+            (
+                f"{review.author.get_full_name() or review.author.get_username()} at "
+                f"{timezone.localtime(review.signed_at):%Y-%m-%d %H:%M %Z}"
+            ),
+        ),
+        (
+            "Review version",
+            str(review.version) + (" (amendment)" if review.amends_id else ""),
+        ),
+    ]
+    return rows
+
+
+def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
+    styles = _styles()
+    patient = study.patient
+    scans = list(study.scans.prefetch_related("analyses").order_by("uploaded_at", "id"))
+    reviews = selectors.scan_review_states(study=study)
+    story: list[Any] = [
+        Paragraph("Breast ultrasound study report", styles["title"]),
+        Paragraph(
+            f"<b>Decision support.</b> {_esc(DECISION_SUPPORT)}", styles["notice"]
+        ),
+        Paragraph("Patient", styles["h2"]),
+        _table(
+            [
+                ("Name", patient.name),
+                ("Hospital identifier", patient.identifier),
+                (
+                    "Birth date",
+                    f"{patient.birth_date:%Y-%m-%d}" if patient.birth_date else "—",
+                ),
+            ],
+            styles,
+        ),
+        Paragraph("Study", styles["h2"]),
+        _table(
+            [
+                ("Study", f"{study.pk}"),
+                ("Study date", f"{study.study_date:%Y-%m-%d}"),
+                ("Accession number", study.accession_number or "—"),
+                ("Description", study.description or "—"),
+                ("Review status", selectors.study_review_state(study=study)),
+                ("Images", str(len(scans))),
+            ],
+            styles,
+        ),
+    ]
+    for number, scan in enumerate(scans, start=1):
+        analyses = sorted(
+            scan.analyses.all(), key=lambda a: (a.queued_at, a.pk), reverse=True
+        )
+        review = reviews.get(scan.pk)
+        analysis = review.analysis if review else (analyses[0] if analyses else None)
+        story.append(
+            KeepTogether(
+                [
+                    Paragraph(
+                        f"Image {number}: {_esc(scan.original_filename)}", styles["h3"]
+                    ),
+                    _scan_images(scan, analysis),
+                    Spacer(1, 3 * mm),
+                    _table(_model_rows(scan, analysis) + _review_rows(review), styles),
+                    Spacer(1, 5 * mm),
+                ]
+            )
+        )
+    generated = timezone.localtime()
+    story.append(
+        Paragraph(
+            f"Generated {generated:%Y-%m-%d %H:%M %Z} by {_esc(generated_by.get_username())}. "
+            f"{_esc(DECISION_SUPPORT)}",
+            styles["small"],
+        )
+    )
+    buffer = io.BytesIO()
+    document = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        title=f"Study {study.pk} report",
+        author="BUS portal",
+        leftMargin=18 * mm,
+        rightMargin=18 * mm,
+        topMargin=16 * mm,
+        bottomMargin=16 * mm,
+    )
+    document.build(story)
+    return buffer.getvalue()

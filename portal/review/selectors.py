@@ -1,0 +1,284 @@
+"""Reads for the dashboard, the worklist, the review page and the agreement monitor.
+
+Every list here is built as a fixed number of SQL queries, whatever the number of rows:
+per-row facts (reviewed or not, most suspicious probability) are subqueries or
+aggregates, never a query per row.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import (
+    Count,
+    Exists,
+    F,
+    FloatField,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+)
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, TruncMonth
+from django.utils import timezone
+
+from portal.analyses.models import Analysis
+from portal.clinical.models import Scan, Study
+from portal.review.models import Review
+
+Status = Analysis.Status
+LABELS = tuple(Analysis.Label.values)
+STATUSES = tuple(Status.values)
+
+
+def signed_reviews() -> QuerySet[Review]:
+    return Review.objects.filter(signed_at__isnull=False)
+
+
+def current_signed_reviews() -> QuerySet[Review]:
+    """Signed reviews not replaced by a signed amendment: what a scan's reading is now."""
+    return signed_reviews().exclude(amended_by__signed_at__isnull=False)
+
+
+def _scan_is_reviewed(scan_ref: str = "scan_id") -> Exists:
+    return Exists(signed_reviews().filter(scan_id=OuterRef(scan_ref)))
+
+
+# --- dashboard ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DashboardFilters:
+    patient: str = ""
+    date_from: datetime.date | None = None
+    date_to: datetime.date | None = None
+    label: str = ""
+    confidence_min: float | None = None  # 0..1
+    confidence_max: float | None = None
+    review: str = ""  # "reviewed" | "unreviewed" | ""
+    status: str = ""
+    model_version: str = ""
+    search: str = ""
+
+
+def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
+    """One row per analysis (a scan and a model version), newest upload first."""
+    rows = Analysis.objects.select_related("scan__study__patient").annotate(
+        reviewed=_scan_is_reviewed()
+    )
+    if filters.patient:
+        rows = rows.filter(scan__study__patient__identifier__iexact=filters.patient)
+    if filters.date_from:
+        rows = rows.filter(scan__study__study_date__gte=filters.date_from)
+    if filters.date_to:
+        rows = rows.filter(scan__study__study_date__lte=filters.date_to)
+    if filters.label:
+        rows = rows.filter(label=filters.label)
+    if filters.confidence_min is not None:
+        rows = rows.filter(confidence__gte=filters.confidence_min)
+    if filters.confidence_max is not None:
+        rows = rows.filter(confidence__lte=filters.confidence_max)
+    if filters.review == "reviewed":
+        rows = rows.filter(reviewed=True)
+    elif filters.review == "unreviewed":
+        rows = rows.filter(reviewed=False)
+    if filters.status:
+        rows = rows.filter(status=filters.status)
+    if filters.model_version:
+        rows = rows.filter(model_version=filters.model_version)
+    if filters.search:
+        term = filters.search
+        rows = rows.filter(
+            Q(scan__study__patient__identifier__icontains=term)
+            | Q(scan__study__accession_number__icontains=term)
+            | Q(scan__study__patient__name__icontains=term)
+        )
+    return rows.order_by("-scan__uploaded_at", "-scan_id", "-id")
+
+
+def dashboard_counts(rows: QuerySet[Analysis]) -> dict[str, dict[str, int]]:
+    """Counts per predicted label and per status of the filtered rows, in one query."""
+    aggregates: dict[str, Any] = {}
+    for label in LABELS:
+        aggregates[f"label_{label}"] = Count("id", filter=Q(label=label))
+    for status in STATUSES:
+        aggregates[f"status_{status}"] = Count("id", filter=Q(status=status))
+    totals = rows.order_by().aggregate(**aggregates)
+    return {
+        "labels": {label: totals[f"label_{label}"] for label in LABELS},
+        "statuses": {status: totals[f"status_{status}"] for status in STATUSES},
+    }
+
+
+def queue_state(*, now: datetime.datetime | None = None) -> dict[str, int]:
+    """Analyses waiting and running now, and failed in the last day, in one query."""
+    since = (now or timezone.now()) - datetime.timedelta(days=1)
+    return Analysis.objects.aggregate(
+        queued=Count("id", filter=Q(status=Status.QUEUED)),
+        running=Count("id", filter=Q(status=Status.RUNNING)),
+        failed_last_day=Count(
+            "id", filter=Q(status=Status.FAILED, finished_at__gte=since)
+        ),
+    )
+
+
+def model_versions() -> list[str]:
+    return list(
+        Analysis.objects.order_by("model_version")
+        .values_list("model_version", flat=True)
+        .distinct()
+    )
+
+
+# --- worklist -----------------------------------------------------------------------
+
+
+def _unreviewed_scans() -> QuerySet[Scan]:
+    """Scans with a finished result that no signed review covers yet."""
+    return Scan.objects.filter(analyses__status=Status.SUCCEEDED).exclude(
+        Exists(signed_reviews().filter(scan_id=OuterRef("pk")))
+    )
+
+
+def worklist() -> QuerySet[Study]:
+    """Studies waiting for a radiologist, most suspicious (highest malignant p) first."""
+    malignant = Cast(KT("scans__analyses__probabilities__malignant"), FloatField())
+    return (
+        Study.objects.filter(
+            Exists(_unreviewed_scans().filter(study_id=OuterRef("pk")))
+        )
+        .select_related("patient")
+        .annotate(
+            max_malignant=Max(
+                malignant, filter=Q(scans__analyses__status=Status.SUCCEEDED)
+            ),
+            scan_count=Count("scans", distinct=True),
+        )
+        .order_by(F("max_malignant").desc(nulls_last=True), "-study_date", "-id")
+    )
+
+
+def worklist_count() -> int:
+    return Study.objects.filter(
+        Exists(_unreviewed_scans().filter(study_id=OuterRef("pk")))
+    ).count()
+
+
+def study_review_state(*, study: Study) -> str:
+    """ "reviewed" when every analysed scan has a signed review, else "unreviewed";
+    "awaiting results" while no scan has a finished analysis yet."""
+    analysed = Scan.objects.filter(study=study, analyses__status=Status.SUCCEEDED)
+    if not analysed.exists():
+        return "awaiting results"
+    if _unreviewed_scans().filter(study=study).exists():
+        return "unreviewed"
+    return "reviewed"
+
+
+def scan_review_states(*, study: Study) -> dict[int, Review | None]:
+    """The current signed review (or None) of each scan of a study."""
+    reviews = (
+        current_signed_reviews().filter(scan__study=study).select_related("author")
+    )
+    states: dict[int, Review | None] = dict.fromkeys(
+        study.scans.values_list("pk", flat=True)
+    )
+    for review in reviews.order_by("scan_id", "version"):
+        states[review.scan_id] = review
+    return states
+
+
+# --- review page --------------------------------------------------------------------
+
+
+def scan_analyses(*, scan: Scan) -> list[Analysis]:
+    return list(scan.analyses.order_by("-queued_at", "-id"))
+
+
+def scan_reviews(*, scan: Scan) -> list[Review]:
+    return list(
+        scan.reviews.select_related("author", "analysis", "amends").order_by("-version")
+    )
+
+
+# --- agreement monitor --------------------------------------------------------------
+
+
+@dataclass
+class Agreement:
+    total: int = 0
+    agreed: int = 0
+    confusion: dict[str, dict[str, int]] = field(default_factory=dict)
+    per_label: list[dict[str, Any]] = field(default_factory=list)
+    per_version: list[dict[str, Any]] = field(default_factory=list)
+    per_month: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float | None:
+        return self.agreed / self.total if self.total else None
+
+
+def _rate(agreed: int, total: int) -> float | None:
+    return agreed / total if total else None
+
+
+def agreement(*, model_version: str = "") -> Agreement:
+    """How often the model's label matched the radiologist's current signed reading."""
+    reviews = current_signed_reviews().filter(analysis__status=Status.SUCCEEDED)
+    if model_version:
+        reviews = reviews.filter(analysis__model_version=model_version)
+    agrees = Q(label=F("analysis__label"))
+    result = Agreement()
+    result.confusion = {m: dict.fromkeys(LABELS, 0) for m in LABELS}
+    for row in reviews.values("analysis__label", "label").annotate(n=Count("id")):
+        model_label, reader_label = row["analysis__label"], row["label"]
+        if model_label in result.confusion and reader_label in LABELS:
+            result.confusion[model_label][reader_label] += row["n"]
+        result.total += row["n"]
+        if model_label == reader_label:
+            result.agreed += row["n"]
+    # Per label of the radiologist: of the scans read as X, how many the model called X.
+    for label in LABELS:
+        total = sum(result.confusion[m][label] for m in LABELS)
+        agreed = result.confusion[label][label]
+        result.per_label.append(
+            {
+                "label": label,
+                "total": total,
+                "agreed": agreed,
+                "rate": _rate(agreed, total),
+            }
+        )
+    versions = (
+        reviews.values("analysis__model_version")
+        .annotate(total=Count("id"), agreed=Count("id", filter=agrees))
+        .order_by("analysis__model_version")
+    )
+    result.per_version = [
+        {
+            "model_version": v["analysis__model_version"],
+            "total": v["total"],
+            "agreed": v["agreed"],
+            "rate": _rate(v["agreed"], v["total"]),
+        }
+        for v in versions
+    ]
+    months = (
+        reviews.annotate(month=TruncMonth("signed_at"))
+        .values("month")
+        .annotate(total=Count("id"), agreed=Count("id", filter=agrees))
+        .order_by("month")
+    )
+    result.per_month = [
+        {
+            "month": m["month"],
+            "total": m["total"],
+            "agreed": m["agreed"],
+            "rate": _rate(m["agreed"], m["total"]),
+        }
+        for m in months
+    ]
+    return result

@@ -1,0 +1,116 @@
+"""Writes to reviews. A signed review is never updated: every write below is an insert
+or a save of a row that was locked (select_for_update) and seen unsigned. Writes go
+through save(), not update(), so that django-auditlog records each of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from portal.analyses.models import Analysis
+from portal.review.models import BiRads, Review
+
+
+class ReviewLocked(ValidationError):
+    """The review is signed (or not this user's draft) and cannot be written."""
+
+
+def _check_analysis(analysis: Analysis) -> None:
+    if analysis.status != Analysis.Status.SUCCEEDED:
+        raise ValidationError("Only a finished analysis can be reviewed.")
+
+
+def _fields(
+    *, analysis: Analysis, agrees_with_model: bool, label: str, birads: str, note: str
+) -> dict[str, Any]:
+    if agrees_with_model:
+        label = analysis.label
+    if label not in Analysis.Label.values:
+        raise ValidationError(f"{label!r} is not a label (normal, benign, malignant).")
+    if birads not in BiRads.values:
+        raise ValidationError(f"{birads!r} is not a BI-RADS category.")
+    return {
+        "agrees_with_model": agrees_with_model,
+        "label": label,
+        "birads": birads,
+        "note": note.strip(),
+    }
+
+
+@transaction.atomic
+def review_save(
+    *,
+    analysis: Analysis,
+    author: Any,
+    agrees_with_model: bool,
+    label: str,
+    birads: str,
+    note: str = "",
+    sign: bool = False,
+) -> Review:
+    """Create or update the author's open draft of a scan, and sign it if asked.
+
+    With no review yet this makes version 1. After a signed review it makes the next
+    version, an amendment pointing at the latest signed one. An open draft by someone
+    else is not touched.
+    """
+    _check_analysis(analysis)
+    values = _fields(
+        analysis=analysis,
+        agrees_with_model=agrees_with_model,
+        label=label,
+        birads=birads,
+        note=note,
+    )
+    now = timezone.now()
+    latest = (
+        Review.objects.select_for_update()
+        .filter(scan_id=analysis.scan_id)
+        .order_by("-version")
+        .first()
+    )
+    if latest is not None and not latest.is_signed:
+        if latest.author_id != author.pk:
+            raise ReviewLocked(
+                f"{latest.author.get_username()} has an unsigned draft of this scan."
+            )
+        for name, value in values.items():
+            setattr(latest, name, value)
+        latest.analysis = analysis
+        latest.updated_at = now
+        if sign:
+            latest.signed_at = now
+        latest.save()
+        return latest
+    try:
+        return Review.objects.create(
+            scan_id=analysis.scan_id,
+            analysis=analysis,
+            version=(latest.version + 1) if latest else 1,
+            amends=latest,
+            author=author,
+            created_at=now,
+            updated_at=now,
+            signed_at=now if sign else None,
+            **values,
+        )
+    except IntegrityError:
+        raise ReviewLocked(
+            "Someone else saved a review of this scan at the same moment; reload."
+        ) from None
+
+
+@transaction.atomic
+def review_sign(*, review: Review, user: Any) -> Review:
+    """Sign an open draft. Only its author signs; a signed review stays as it is."""
+    review = Review.objects.select_for_update().get(pk=review.pk)
+    if review.is_signed:
+        raise ReviewLocked("This review is already signed.")
+    if review.author_id != user.pk:
+        raise PermissionDenied("Only the author of a draft can sign it.")
+    review.signed_at = review.updated_at = timezone.now()
+    review.save()
+    return review

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from portal.review import views
+
+app_name = "review"
+
+urlpatterns = [
+    path("dashboard/", views.dashboard, name="dashboard"),
+    path("worklist/", views.worklist, name="worklist"),
+    path("agreement/", views.agreement, name="agreement"),
+    path("scans/<int:pk>/review/", views.scan_review, name="scan_review"),
+    path("scans/<int:pk>/display.png", views.scan_display, name="scan_display"),
+    path(
+        "analyses/<int:pk>/outline.png",
+        views.analysis_outline,
+        name="analysis_outline",
+    ),
+    path("studies/<int:pk>/report.pdf", views.study_report, name="study_report"),
+]

@@ -1,0 +1,95 @@
+"""Analysed scans with stored artifacts, and users in each role."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from django.core.files.base import ContentFile
+from PIL import Image
+
+from tests.conftest import TEST_MODEL_VERSION
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def analysed_scan(
+    study: Any,
+    uploaded_by: Any,
+    *,
+    probabilities: dict[str, float] | None = None,
+    model_version: str = TEST_MODEL_VERSION,
+    filename: str = "scan.png",
+) -> Any:
+    """A scan with a succeeded analysis and all four artifacts in storage."""
+    from portal.analyses.models import Analysis
+    from portal.clinical.models import Scan
+
+    probabilities = probabilities or {"normal": 0.1, "benign": 0.2, "malignant": 0.7}
+    width, height = 64, 48
+    scan = Scan(
+        study=study,
+        original_filename=filename,
+        sha256="0" * 64,
+        width=width,
+        height=height,
+        format="PNG",
+        uploaded_by=uploaded_by,
+    )
+    pixels = np.full((height, width, 3), 90, np.uint8)
+    scan.original.save("original.png", ContentFile(_png(pixels)), save=False)
+    scan.save()
+    mask = np.zeros((height, width), np.uint8)
+    mask[10:30, 20:40] = 255
+    label = max(probabilities, key=probabilities.get)
+    analysis = Analysis(
+        scan=scan,
+        model_version=model_version,
+        status=Analysis.Status.SUCCEEDED,
+        label=label,
+        confidence=probabilities[label],
+        probabilities=probabilities,
+        lesion_area_fraction=float((mask > 0).mean()),
+        bbox=[20, 10, 40, 30],
+    )
+    analysis.mask.save("mask.png", ContentFile(_png(mask)), save=False)
+    overlay = pixels.copy()
+    overlay[10, 20:40] = (255, 220, 0)
+    analysis.overlay.save("overlay.png", ContentFile(_png(overlay)), save=False)
+    heat = pixels.copy()
+    heat[..., 0] = 200
+    analysis.gradcam.save("gradcam.png", ContentFile(_png(heat)), save=False)
+    analysis.seg_gradcam.save("seg_gradcam.png", ContentFile(_png(heat)), save=False)
+    analysis.save()
+    return scan
+
+
+@pytest.fixture
+def make_analysed_scan():
+    return analysed_scan
+
+
+@pytest.fixture
+def radiologist(make_user: Any) -> Any:
+    return make_user("radiologist", "dr-reader")
+
+
+@pytest.fixture
+def administrator(make_user: Any) -> Any:
+    return make_user("administrator", "it-admin")
+
+
+@pytest.fixture
+def scan(study: Any, user: Any) -> Any:
+    return analysed_scan(study, user)
+
+
+@pytest.fixture
+def analysis(scan: Any) -> Any:
+    return scan.analyses.get()
