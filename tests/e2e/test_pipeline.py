@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 # Model load (TensorFlow import, build, first trace) plus two analyses on a slow CPU.
 TIMEOUT_S = float(os.environ.get("E2E_TIMEOUT", "420"))
-PASSWORD = "e2e-password-123!"
+PASSWORD = "e2e-long-password-123!"
 PIXEL_LIMIT = 1_000_000
 GOOD_IMAGES = ("benign/benign (1).png", "malignant/malignant (1).png")
 
@@ -44,13 +44,20 @@ def worker(e2e_broker: str, media_root: Path, real_weights_dir: Path, tmp_path: 
 
 @pytest.fixture
 def browser(live_server: Any, django_user_model: Any) -> requests.Session:
-    django_user_model.objects.create_user(username="radiologist", password=PASSWORD)
+    from portal.accounts.roles import STAFF, assign_role
+
+    assign_role(
+        django_user_model.objects.create_user(
+            username="sonographer", password=PASSWORD
+        ),
+        STAFF,
+    )
     session = requests.Session()
     session.get(f"{live_server.url}/accounts/login/", timeout=30).raise_for_status()
     response = session.post(
         f"{live_server.url}/accounts/login/",
         data={
-            "username": "radiologist",
+            "username": "sonographer",
             "password": PASSWORD,
             "csrfmiddlewaretoken": session.cookies["csrftoken"],
         },
