@@ -174,27 +174,34 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
     _check_size(columns, rows, max_pixels)
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    syntax = getattr(dataset.get("file_meta"), "TransferSyntaxUID", None)
+    syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown")
     try:
+        # Only the first frame is decoded: a long cine loop never sits whole in memory.
+        # pydicom converts YBR_FULL / YBR_FULL_422 (native or JPEG) to RGB itself.
+        dataset.pixel_array_options(index=0)
         array = dataset.pixel_array
     except NotImplementedError as exc:
-        syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", str(syntax))
         raise DecodeError(
-            f"DICOM transfer syntax {name} is not supported: {exc}"
+            f"DICOM transfer syntax {syntax_name} is not supported: {exc}"
         ) from exc
     except Exception as exc:
-        raise DecodeError(f"DICOM pixel data cannot be decoded: {exc}") from exc
+        raise DecodeError(
+            f"DICOM pixel data ({syntax_name}) cannot be decoded: {exc}"
+        ) from exc
     samples = int(dataset.get("SamplesPerPixel", 1))
-    if frames > 1:
-        array = array[0]
-    if samples == 3:
-        interpretation = str(dataset.get("PhotometricInterpretation", "RGB"))
-        if interpretation.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+    interpretation = str(dataset.get("PhotometricInterpretation", ""))
+    if samples == 1 and interpretation == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
 
-            array = convert_color_space(array, interpretation, "RGB")
-    elif str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        try:
+            array = apply_color_lut(array, dataset)
+        except Exception as exc:
+            raise DecodeError(f"DICOM palette colour table is unusable: {exc}") from exc
+    elif samples == 1 and interpretation == "MONOCHROME1":
         array = array.max() - array
+    elif samples not in (1, 3):
+        raise DecodeError(f"DICOM with {samples} samples per pixel is not supported")
     bit_depth = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 8)))
     pixels = to_rgb(to_uint8(np.asarray(array)))
     spacing = dataset.get("PixelSpacing") or _ultrasound_spacing(dataset)

@@ -160,3 +160,80 @@ def test_it_rejects_bad_files_with_a_specific_reason(data, reason):
 def test_it_rejects_images_over_the_pixel_limit_before_decoding_them():
     with pytest.raises(DecodeError, match="over the limit"):
         decode_image(encode(GREY, "PNG"), max_pixels=1000)
+
+
+def _smooth_rgb() -> np.ndarray:
+    y, x = np.mgrid[0:40, 0:64]
+    grey = ((x * 3 + y * 2) % 256).astype(np.uint8)
+    return np.stack([grey, 255 - grey, (y * 5 % 256).astype(np.uint8)], axis=-1)
+
+
+def _dataset(pixels: np.ndarray, photometric: str, syntax, frames: int = 1) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = UltrasoundImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    shape = pixels.shape[1:] if frames > 1 else pixels.shape
+    ds.Rows, ds.Columns = shape[0], shape[1]
+    ds.SamplesPerPixel = 3 if photometric != "MONOCHROME2" else 1
+    ds.PhotometricInterpretation = photometric
+    if ds.SamplesPerPixel == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    return ds
+
+
+def _write(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_it_converts_ybr_full_dicom_to_rgb_once():
+    from pydicom.pixels import convert_color_space
+
+    rgb = _smooth_rgb()
+    ds = _dataset(rgb, "YBR_FULL", ExplicitVRLittleEndian)
+    ds.PixelData = convert_color_space(rgb, "RGB", "YBR_FULL").tobytes()
+    image = decode_image(_write(ds))
+    assert np.abs(image.pixels.astype(int) - rgb).max() <= 2
+
+
+def test_it_decodes_jpeg_baseline_dicom_colour_and_multiframe():
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    rgb = _smooth_rgb()
+    frames = [rgb, rgb[::-1], rgb[:, ::-1]]
+    ds = _dataset(np.stack(frames), "YBR_FULL_422", JPEGBaseline8Bit, frames=3)
+    ds.PixelData = encapsulate([encode(f, "JPEG", quality=95) for f in frames])
+    image = decode_image(_write(ds))
+    reference = np.asarray(Image.open(io.BytesIO(encode(rgb, "JPEG", quality=95))))
+    assert image.frame_count == 3 and image.pixels.shape == (40, 64, 3)
+    assert np.abs(image.pixels.astype(int) - reference).mean() < 2
+
+
+def test_it_decodes_rle_rgb_dicom_exactly():
+    rgb = _smooth_rgb()
+    ds = _dataset(rgb, "RGB", ExplicitVRLittleEndian)
+    ds.PixelData = rgb.tobytes()
+    ds.compress(RLELossless, rgb)
+    assert np.array_equal(decode_image(_write(ds)).pixels, rgb)
+
+
+def test_it_names_the_transfer_syntax_it_cannot_decode():
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    ds = _dataset(GREY, "MONOCHROME2", JPEGLSLossless)
+    ds.PixelData = encapsulate([b"\xff\xd8 not a JPEG-LS stream \xff\xd9"])
+    with pytest.raises(DecodeError, match="JPEG-LS"):
+        decode_image(_write(ds))
