@@ -99,6 +99,7 @@ INSTALLED_APPS = [
     "portal.analyses",
     "portal.review",
     "portal.audit",
+    "portal.ingest",
 ]
 
 MIDDLEWARE = [
@@ -221,8 +222,18 @@ STORAGES = {
 # Uploads: every file is decoded before it is accepted; these bound the work.
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 50 * 1024 * 1024, minimum=1)
 UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 40_000_000, minimum=1)
-FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Uploaded files stream to temporary files on disk; only files under 64 KB stay in
+# memory, so a request of many files or one large zip never sits whole in the process.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = 200
+# Zips are read member by member without extracting them; these stop zip bombs.
+INGEST_ZIP_MAX_FILES = env_int("INGEST_ZIP_MAX_FILES", 5000, minimum=1)
+INGEST_ZIP_MAX_TOTAL_BYTES = env_int(
+    "INGEST_ZIP_MAX_TOTAL_BYTES", 4 * 1024**3, minimum=1
+)
+INGEST_ZIP_MAX_RATIO = env_int("INGEST_ZIP_MAX_RATIO", 100, minimum=1)
+# 1: only the uploaded zip is opened; 2: zips inside it too (not deeper).
+INGEST_ZIP_MAX_DEPTH = env_int("INGEST_ZIP_MAX_DEPTH", 2, minimum=1)
 
 # Machine learning
 ML_WEIGHTS_DIR = env_path("ML_WEIGHTS_DIR", BASE_DIR / "ml" / "weights")

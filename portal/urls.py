@@ -16,5 +16,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("portal.clinical.urls")),
     path("", include("portal.analyses.urls")),
+    path("", include("portal.ingest.urls")),
     path("", include("portal.review.urls")),
 ]

@@ -27,7 +27,9 @@ class MultipleFileField(forms.FileField):
     """Accepts several files; each is validated by the upload service, not here."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        kwargs.setdefault("widget", MultipleFileInput(attrs={"accept": "image/*,.dcm"}))
+        kwargs.setdefault(
+            "widget", MultipleFileInput(attrs={"accept": "image/*,.dcm,.zip"})
+        )
         super().__init__(*args, **kwargs)
 
     def clean(self, data: object, initial: object = None) -> list:

@@ -65,6 +65,10 @@ def scan_create(
         format=upload.image.format,
         uploaded_by=uploaded_by,
     )
+    if upload.image.pixel_spacing_mm is not None:
+        scan.pixel_spacing_row_mm, scan.pixel_spacing_col_mm = (
+            upload.image.pixel_spacing_mm
+        )
     extension = FORMAT_EXTENSIONS.get(upload.image.format, "bin")
     # upload_to derives the stored name from ids; this name only carries the extension.
     scan.original.save(f"original.{extension}", ContentFile(upload.content), save=False)

@@ -50,6 +50,16 @@ def validate_upload(
     content = uploaded.read(max_bytes + 1)
     if len(content) > max_bytes:
         raise UploadRejected(f"file is larger than the {_human_bytes(max_bytes)} limit")
+    return validate_content(
+        filename=uploaded.name or "upload", content=content, max_pixels=max_pixels
+    )
+
+
+def validate_content(
+    *, filename: str, content: bytes, max_pixels: int | None = None
+) -> ValidatedUpload:
+    """Decode bytes already read (a file from a zip, say); the size is the caller's check."""
+    max_pixels = max_pixels or settings.UPLOAD_MAX_PIXELS
     if not content:
         raise UploadRejected("file is empty")
     try:
@@ -61,7 +71,7 @@ def validate_upload(
         logger.exception("unexpected error while decoding an upload")
         raise UploadRejected("file could not be read as an image") from None
     return ValidatedUpload(
-        original_filename=(uploaded.name or "upload")[:255],
+        original_filename=filename[:255],
         content=content,
         sha256=hashlib.sha256(content).hexdigest(),
         image=image,

@@ -3,10 +3,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -17,7 +19,8 @@ from portal.audit.services import Action, record_access
 from portal.clinical import selectors, services
 from portal.clinical.forms import PatientForm, ScanUploadForm, StudyForm
 from portal.clinical.models import Patient, Scan, Study
-from portal.clinical.uploads import UploadRejected, validate_upload
+from portal.ingest.models import UploadBatch, UploadItem
+from portal.ingest.services import IngestResult, upload_to_study
 from portal.review.selectors import scan_review_states, study_review_state
 from portal.storage_views import stream_from_storage
 
@@ -96,59 +99,75 @@ class Rejection:
 @require_POST
 @require_permissions("clinical.view_study", "clinical.add_scan")
 def study_upload(request: HttpRequest, pk: int) -> HttpResponse:
-    """Store every file that decodes; list the others with the reason they were refused."""
+    """Store every file that decodes (zips member by member); list the others with the
+    reason they were refused, and images uploaded before as duplicates."""
     study = get_object_or_404(Study, pk=pk)
-    files = request.FILES.getlist("files")
     wants_json = "application/json" in request.headers.get("Accept", "")
+    try:
+        files = request.FILES.getlist("files")
+    except TooManyFilesSent:
+        return _upload_response(
+            request,
+            study,
+            error=f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files at once; "
+            "put more in a zip.",
+            wants_json=wants_json,
+        )
     if not files:
         return _upload_response(
-            request, study, [], [], "Choose at least one file.", wants_json
+            request, study, error="Choose at least one file.", wants_json=wants_json
         )
     try:
         model_version = current_model_version()
     except ModelVersionUnavailable as exc:
         logger.error("upload refused: %s", exc)
         return _upload_response(
-            request, study, [], [], f"Uploads are paused: {exc}", wants_json, status=503
+            request,
+            study,
+            error=f"Uploads are paused: {exc}",
+            wants_json=wants_json,
+            status=503,
         )
-    accepted: list[Scan] = []
-    rejected: list[Rejection] = []
-    for uploaded in files:
-        try:
-            upload = validate_upload(uploaded)
-        except UploadRejected as exc:
-            rejected.append(Rejection(uploaded.name or "(no name)", str(exc)))
-            continue
-        accepted.append(
-            services.scan_create(
-                study=study,
-                upload=upload,
-                uploaded_by=request.user,
-                model_version=model_version,
-            )
-        )
-    logger.info(
-        "study %s: %d scans accepted, %d rejected",
-        study.pk,
-        len(accepted),
-        len(rejected),
+    result = upload_to_study(
+        study=study,
+        files=files,
+        uploaded_by=request.user,
+        model_version=model_version,
+        source=UploadBatch.Source.WEB,
     )
-    return _upload_response(request, study, accepted, rejected, None, wants_json)
+    return _upload_response(request, study, result=result, wants_json=wants_json)
 
 
 def _upload_response(
     request: HttpRequest,
     study: Study,
-    accepted: list[Scan],
-    rejected: list[Rejection],
-    error: str | None,
+    *,
     wants_json: bool,
+    result: IngestResult | None = None,
+    error: str | None = None,
     status: int | None = None,
 ) -> HttpResponse:
+    Outcome = UploadItem.Outcome
+    accepted = result.of(Outcome.ACCEPTED) if result else []
+    duplicates = result.of(Outcome.DUPLICATE) if result else []
+    rejected = [
+        Rejection(item.filename, item.reason)
+        for item in (result.of(Outcome.REJECTED) if result else [])
+    ]
     if wants_json:
         body = {
+            "batch": result.batch.pk if result else None,
+            "progress_url": (
+                reverse("ingest:batch_progress", args=[result.batch.pk])
+                if result
+                else None
+            ),
             "accepted": [
-                {"scan_id": s.pk, "filename": s.original_filename} for s in accepted
+                {"scan_id": i.scan_id, "filename": i.filename} for i in accepted
+            ],
+            "duplicates": [
+                {"scan_id": i.scan_id, "filename": i.filename, "reason": i.reason}
+                for i in duplicates
             ],
             "rejected": [
                 {"filename": r.filename, "reason": r.reason} for r in rejected
@@ -161,6 +180,12 @@ def _upload_response(
     if accepted:
         messages.success(
             request, f"{len(accepted)} image(s) uploaded and queued for analysis."
+        )
+    if duplicates:
+        messages.info(
+            request,
+            f"{len(duplicates)} image(s) had been uploaded before: linked to their "
+            "existing scans, not analysed again.",
         )
     if rejected:
         request.session[f"rejections-{study.pk}"] = [

@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class IngestConfig(AppConfig):
+    name = "portal.ingest"
+    label = "ingest"
+    verbose_name = "uploads"
