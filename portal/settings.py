@@ -75,6 +75,18 @@ def env_path(name: str, default: Path) -> Path:
     return path if path.is_absolute() else BASE_DIR / path
 
 
+def env_rate(name: str, default: str) -> str:
+    """A throttle rate such as "120/minute" (second, minute, hour or day)."""
+    value = os.environ.get(name, default).strip()
+    count, _, period = value.partition("/")
+    if not count.isdigit() or period[:1] not in ("s", "m", "h", "d"):
+        raise ImproperlyConfigured(
+            f"{name} must look like 120/minute (per second, minute, hour or day), "
+            f"got {value!r}"
+        )
+    return value
+
+
 DEBUG = env_bool("DEBUG", False)
 
 SECRET_KEY = env_str("SECRET_KEY")
@@ -99,7 +111,11 @@ INSTALLED_APPS = [
     "portal.analyses",
     "portal.review",
     "portal.audit",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "portal.ingest",
+    "portal.api",
 ]
 
 MIDDLEWARE = [
@@ -291,6 +307,56 @@ CELERY_BEAT_SCHEDULE = {
         # Sweeps that could not run in time are dropped, not run back to back.
         "options": {"expires": RECONCILE_INTERVAL},
     },
+}
+
+# REST API (portal/api): token or session authentication, the portal's permissions,
+# throttled per user (per address before login), JSON errors.
+API_THROTTLE_USER = env_rate("API_THROTTLE_USER", "300/minute")
+API_THROTTLE_UPLOADS = env_rate("API_THROTTLE_UPLOADS", "30/minute")
+API_THROTTLE_ANON = env_rate("API_THROTTLE_ANON", "20/minute")
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": API_THROTTLE_ANON,
+        "user": API_THROTTLE_USER,
+        "uploads": API_THROTTLE_UPLOADS,
+    },
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "portal.api.errors.exception_handler",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "BUS-AI portal API",
+    "DESCRIPTION": (
+        "Patients, studies, scan uploads (images, DICOM, zips) and analysis results. "
+        "Authenticate with `Authorization: Token <key>` (POST /api/v1/auth/token/). "
+        "Results are decision support, not diagnosis."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5",
+    "SWAGGER_UI_FAVICON_HREF": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/favicon-32x32.png",
 }
 
 LOGGING = {

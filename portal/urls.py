@@ -17,5 +17,6 @@ urlpatterns = [
     path("", include("portal.clinical.urls")),
     path("", include("portal.analyses.urls")),
     path("", include("portal.ingest.urls")),
+    path("api/v1/", include("portal.api.urls")),
     path("", include("portal.review.urls")),
 ]

@@ -1,0 +1,313 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from portal.analyses.models import Analysis
+from portal.analyses.selectors import latest_analysis
+from portal.clinical.models import Patient, Scan, Study
+from portal.ingest.models import UploadItem
+
+
+def _absolute(context: dict[str, Any], path: str) -> str:
+    request = context.get("request")
+    return request.build_absolute_uri(path) if request is not None else path
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(
+        style={"input_type": "password"}, trim_whitespace=False
+    )
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField(read_only=True)
+
+
+class PatientSerializer(serializers.ModelSerializer):
+    identifier = serializers.CharField(
+        max_length=64, help_text="The hospital identifier (unique)."
+    )
+
+    class Meta:
+        model = Patient
+        fields = ("id", "identifier", "name", "birth_date", "created_at")
+        read_only_fields = ("id", "created_at")
+
+    def validate_identifier(self, value: str) -> str:
+        value = value.strip()
+        existing = Patient.objects.filter(identifier=value).first()
+        if existing is not None:
+            raise serializers.ValidationError(
+                f"a patient with hospital identifier {value!r} already exists "
+                f"(id {existing.pk}); use it instead of creating another"
+            )
+        return value
+
+
+class PatientBriefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Patient
+        fields = ("id", "identifier", "name", "birth_date")
+
+
+class AnalysisSerializer(serializers.ModelSerializer):
+    probabilities = serializers.SerializerMethodField()
+    bbox = serializers.SerializerMethodField()
+    scan = serializers.IntegerField(source="scan_id", read_only=True)
+    mask_url = serializers.SerializerMethodField()
+    overlay_url = serializers.SerializerMethodField()
+    gradcam_url = serializers.SerializerMethodField()
+    seg_gradcam_url = serializers.SerializerMethodField()
+    retry_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Analysis
+        fields = (
+            "id",
+            "scan",
+            "status",
+            "label",
+            "probabilities",
+            "confidence",
+            "lesion_area_fraction",
+            "bbox",
+            "model_version",
+            "error",
+            "attempts",
+            "queued_at",
+            "started_at",
+            "finished_at",
+            "mask_url",
+            "overlay_url",
+            "gradcam_url",
+            "seg_gradcam_url",
+            "retry_url",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {
+                k: {"type": "number"} for k in ("normal", "benign", "malignant")
+            },
+        }
+    )
+    def get_probabilities(self, analysis: Analysis) -> dict[str, float] | None:
+        return analysis.probabilities
+
+    @extend_schema_field(
+        {
+            "type": "array",
+            "nullable": True,
+            "items": {"type": "integer"},
+            "description": "x_min, y_min, x_max, y_max in pixels (max exclusive)",
+        }
+    )
+    def get_bbox(self, analysis: Analysis) -> list[int] | None:
+        return analysis.bbox
+
+    def _artifact(self, analysis: Analysis, kind: str) -> str | None:
+        if not getattr(analysis, kind):
+            return None
+        return _absolute(
+            self.context, reverse("api:analysis-artifact", args=[analysis.pk, kind])
+        )
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_mask_url(self, analysis: Analysis) -> str | None:
+        return self._artifact(analysis, "mask")
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_overlay_url(self, analysis: Analysis) -> str | None:
+        return self._artifact(analysis, "overlay")
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_gradcam_url(self, analysis: Analysis) -> str | None:
+        return self._artifact(analysis, "gradcam")
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_seg_gradcam_url(self, analysis: Analysis) -> str | None:
+        return self._artifact(analysis, "seg_gradcam")
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_retry_url(self, analysis: Analysis) -> str | None:
+        if not analysis.can_retry:
+            return None
+        return _absolute(
+            self.context, reverse("api:analysis-retry", args=[analysis.pk])
+        )
+
+
+class ScanSerializer(serializers.ModelSerializer):
+    filename = serializers.CharField(source="original_filename")
+    pixel_spacing_mm = serializers.SerializerMethodField()
+    original_url = serializers.SerializerMethodField()
+    latest_analysis = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Scan
+        fields = (
+            "id",
+            "filename",
+            "format",
+            "width",
+            "height",
+            "pixel_spacing_mm",
+            "sha256",
+            "uploaded_at",
+            "original_url",
+            "latest_analysis",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(
+        {
+            "type": "array",
+            "nullable": True,
+            "items": {"type": "number"},
+            "description": "row, column spacing in mm (DICOM)",
+        }
+    )
+    def get_pixel_spacing_mm(self, scan: Scan) -> list[float] | None:
+        if scan.pixel_spacing_row_mm is None or scan.pixel_spacing_col_mm is None:
+            return None
+        return [scan.pixel_spacing_row_mm, scan.pixel_spacing_col_mm]
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_original_url(self, scan: Scan) -> str:
+        return _absolute(self.context, reverse("api:scan-original", args=[scan.pk]))
+
+    @extend_schema_field(AnalysisSerializer(allow_null=True))
+    def get_latest_analysis(self, scan: Scan) -> dict[str, Any] | None:
+        analysis = latest_analysis(scan=scan)
+        if analysis is None:
+            return None
+        return AnalysisSerializer(analysis, context=self.context).data
+
+
+class StudySerializer(serializers.ModelSerializer):
+    patient = PatientBriefSerializer(read_only=True)
+    scan_count = serializers.IntegerField(read_only=True)
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Study
+        fields = (
+            "id",
+            "patient",
+            "accession_number",
+            "study_instance_uid",
+            "study_date",
+            "description",
+            "created_at",
+            "scan_count",
+            "url",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, study: Study) -> str:
+        return _absolute(self.context, reverse("api:study-detail", args=[study.pk]))
+
+
+class StudyDetailSerializer(StudySerializer):
+    scans = ScanSerializer(many=True, read_only=True)
+
+    class Meta(StudySerializer.Meta):
+        fields = (*StudySerializer.Meta.fields, "scans")
+        read_only_fields = fields
+
+
+class StudyCreateSerializer(serializers.Serializer):
+    patient = serializers.CharField(
+        max_length=64, help_text="The patient's hospital identifier."
+    )
+    accession_number = serializers.CharField(
+        max_length=64, required=False, allow_blank=True, default=""
+    )
+    description = serializers.CharField(
+        max_length=255, required=False, allow_blank=True, default=""
+    )
+    study_date = serializers.DateField(
+        required=False, allow_null=True, default=None, help_text="Default: today."
+    )
+
+    def validate_patient(self, value: str) -> Patient:
+        patient = Patient.objects.filter(identifier=value.strip()).first()
+        if patient is None:
+            raise serializers.ValidationError(
+                f"no patient with hospital identifier {value.strip()!r}; create it "
+                "first with POST /api/v1/patients/"
+            )
+        return patient
+
+
+class UploadRequestSerializer(serializers.Serializer):
+    files = serializers.ListField(
+        child=serializers.FileField(),
+        help_text="One or more images (PNG, JPEG, BMP, TIFF), DICOM files or zips.",
+    )
+
+
+class AcceptedFileSerializer(serializers.Serializer):
+    filename = serializers.CharField()
+    archive = serializers.CharField(allow_null=True)
+    scan = serializers.IntegerField()
+    analysis = serializers.IntegerField()
+    status = serializers.CharField()
+
+
+class DuplicateFileSerializer(serializers.Serializer):
+    filename = serializers.CharField()
+    archive = serializers.CharField(allow_null=True)
+    scan = serializers.IntegerField()
+    analysis = serializers.IntegerField(allow_null=True)
+    status = serializers.CharField(allow_null=True)
+
+
+class RejectedFileSerializer(serializers.Serializer):
+    filename = serializers.CharField()
+    archive = serializers.CharField(allow_null=True)
+    error = serializers.CharField()
+
+
+class UploadReportSerializer(serializers.Serializer):
+    batch = serializers.IntegerField()
+    progress_url = serializers.URLField()
+    accepted = AcceptedFileSerializer(many=True)
+    duplicates = DuplicateFileSerializer(many=True)
+    rejected = RejectedFileSerializer(many=True)
+
+
+def item_row(item: UploadItem) -> dict[str, Any]:
+    """One file of an upload report, in the API's shape."""
+    row: dict[str, Any] = {"filename": item.filename, "archive": item.archive or None}
+    if item.outcome == UploadItem.Outcome.REJECTED:
+        row["error"] = item.reason
+        return row
+    row["scan"] = item.scan_id
+    row["analysis"] = item.analysis_id
+    row["status"] = item.analysis.status if item.analysis else None
+    return row
+
+
+class BatchSerializer(serializers.Serializer):
+    batch = serializers.IntegerField()
+    study = serializers.IntegerField(allow_null=True)
+    images = serializers.IntegerField()
+    analysed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    running = serializers.IntegerField()
+    queued = serializers.IntegerField()
+    accepted = AcceptedFileSerializer(many=True)
+    duplicates = DuplicateFileSerializer(many=True)
+    rejected = RejectedFileSerializer(many=True)
+    finished = serializers.BooleanField()
