@@ -3,9 +3,11 @@
 `analyze_scan` claims its analysis with a compare-and-set update and returns at once if
 the row is no longer queued, so redelivered and duplicate messages do nothing. When more
 analyses are waiting it claims them too, ANALYSIS_BATCH_SIZE at a time, and keeps the
-model busy: while the model runs one batch, a few threads draw and store the results of
-the previous one. It stops claiming more at half the soft time limit, and returns only
-when every claimed analysis is recorded (acks_late then acknowledges the message).
+model busy: while the model runs one batch, a loader thread claims and decodes the next
+and a few threads draw and store the results of the previous one. It stops claiming at
+half the soft time limit, and returns only when every claimed analysis is recorded
+(acks_late then acknowledges the message); rows whose messages were consumed as no-ops
+are still covered by the reconciler if the worker dies mid-way.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ except ImportError:  # pragma: no cover - botocore ships with django-storages[s3
 worker_process_init.connect(preload, weak=False)
 
 _finish_pool: ThreadPoolExecutor | None = None
+_load_pool: ThreadPoolExecutor | None = None
 
 
 @dataclass
@@ -65,44 +68,82 @@ def analyze_scan(self: Any, analysis_id: int) -> None:
     if not services.analysis_claim(analysis_id=analysis_id, worker=worker):
         logger.info("analysis %s is not queued; nothing to do", analysis_id)
         return
+    try:
+        analyzer = get_analyzer()
+    except Exception as exc:
+        logger.exception("model could not be loaded")
+        _fail([analysis_id], f"the model could not be loaded: {exc}")
+        return
+    _drain(analyzer, first_id=analysis_id, worker=worker)
+
+
+def _drain(analyzer: Any, *, first_id: int, worker: str) -> None:
+    """Run the claimed analysis and whatever else is waiting, one batch at a time.
+
+    Three things overlap: the model runs batch k, a loader claims and decodes batch k+1,
+    and finishing threads draw and store the results of batch k-1.
+    """
     stop_claiming_at = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT * 0.5
     batch_size = settings.ANALYSIS_BATCH_SIZE
-    batch = [analysis_id]
+
+    # Rows this task has already had (one it requeued waits for its own, later message).
+    seen = {first_id}
+
+    def claim_next() -> list[_Work]:
+        if time.monotonic() >= stop_claiming_at:
+            return []
+        claimed = services.analysis_claim_waiting(
+            model_version=analyzer.model_version,
+            worker=worker,
+            limit=batch_size,
+            exclude=list(seen),
+        )
+        seen.update(claimed)
+        return _load(claimed, analyzer)
+
+    work: list[_Work] = []
+    upcoming: Future[list[_Work]] | None = None
     finishing: list[Future[None]] = []
     try:
-        model_version = Analysis.objects.values_list("model_version", flat=True).get(
-            pk=analysis_id
-        )
-        batch += services.analysis_claim_waiting(
-            model_version=model_version,
+        first = [first_id] + services.analysis_claim_waiting(
+            model_version=analyzer.model_version,
             worker=worker,
             limit=batch_size - 1,
-            exclude=batch,
+            exclude=[first_id],
         )
-        while batch:
-            finishing += _run_batch(batch)
-            batch = []
-            if time.monotonic() < stop_claiming_at:
-                batch = services.analysis_claim_waiting(
-                    model_version=model_version, worker=worker, limit=batch_size
-                )
+        seen.update(first)
+        work = _load(first, analyzer)
+        while work:
+            upcoming = _submit_load(claim_next)
+            outcomes = _analyze(analyzer, work)
+            finishing += [
+                _submit_finish(i, o) for i, o in zip(work, outcomes, strict=True)
+            ]
+            work, upcoming = upcoming.result(), None
     except TRANSIENT_ERRORS as exc:
         logger.warning(
-            "transient error on analyses %s; requeueing", batch, exc_info=True
+            "transient error on analyses %s; requeueing", _ids(work), exc_info=True
         )
-        _release(batch, f"temporary error: {type(exc).__name__}: {exc}")
+        _release(_ids(work), f"temporary error: {type(exc).__name__}: {exc}")
     except SoftTimeLimitExceeded:
-        logger.warning("analyses %s hit the time limit; requeueing", batch)
+        logger.warning("analyses %s hit the time limit; requeueing", _ids(work))
         _release(
-            batch,
+            _ids(work),
             f"took longer than the {settings.CELERY_TASK_SOFT_TIME_LIMIT} s limit",
         )
     except Exception as exc:
-        logger.exception("analyses %s failed unexpectedly", batch)
-        _fail(batch, f"internal error: {type(exc).__name__}: {exc}")
+        logger.exception("analyses %s failed unexpectedly", _ids(work))
+        _fail(_ids(work), f"internal error: {type(exc).__name__}: {exc}")
     finally:
+        if upcoming is not None:
+            # Loaded but never run: back to the queue, with no attempt used up.
+            _release(_ids(upcoming.result()), "", count_attempt=False)
         for future in finishing:
             future.result()
+
+
+def _ids(work: list[_Work]) -> list[int]:
+    return [item.analysis_id for item in work]
 
 
 @app.task(name="workers.tasks.reconcile_analyses", ignore_result=True)
@@ -110,15 +151,18 @@ def reconcile_analyses() -> dict[str, int]:
     return services.analyses_reconcile()
 
 
-def _release(analysis_ids: list[int], reason: str) -> None:
+def _release(
+    analysis_ids: list[int], reason: str, *, count_attempt: bool = True
+) -> None:
     for analysis_id in analysis_ids:
-        if services.analysis_release(analysis_id=analysis_id, error=reason):
+        if services.analysis_release(
+            analysis_id=analysis_id, error=reason, count_attempt=count_attempt
+        ):
             attempts = Analysis.objects.values_list("attempts", flat=True).get(
                 pk=analysis_id
             )
-            services.enqueue_analysis(
-                analysis_id, countdown=services.retry_countdown(attempts)
-            )
+            countdown = services.retry_countdown(attempts) if count_attempt else None
+            services.enqueue_analysis(analysis_id, countdown=countdown)
 
 
 def _fail(analysis_ids: list[int], reason: str) -> None:
@@ -132,15 +176,8 @@ def _load_scan(analysis: Analysis) -> DecodedImage:
     return decode_image(content, max_pixels=settings.UPLOAD_MAX_PIXELS)
 
 
-def _run_batch(analysis_ids: list[int]) -> list[Future[None]]:
-    """Run the model on claimed analyses; returns the futures that record their results."""
-    try:
-        analyzer = get_analyzer()
-    except Exception as exc:
-        logger.exception("model could not be loaded")
-        _fail(analysis_ids, f"the model could not be loaded: {exc}")
-        return []
-
+def _load(analysis_ids: list[int], analyzer: Any) -> list[_Work]:
+    """Decode the stored scans of claimed analyses; rows that cannot run are settled here."""
     analyses = Analysis.objects.select_related("scan").in_bulk(analysis_ids)
     work: list[_Work] = []
     for analysis_id in analysis_ids:
@@ -161,11 +198,42 @@ def _run_batch(analysis_ids: list[int]) -> list[Future[None]]:
                 analysis_id=analysis_id,
                 error=f"the stored scan could not be decoded: {exc}",
             )
+        except TRANSIENT_ERRORS as exc:
+            logger.warning(
+                "could not read the scan of analysis %s", analysis_id, exc_info=True
+            )
+            _release([analysis_id], f"temporary error: {type(exc).__name__}: {exc}")
+    return work
 
-    futures = []
-    for item, outcome in zip(work, _analyze(analyzer, work), strict=True):
-        futures.append(_submit_finish(item, outcome))
-    return futures
+
+def _submit_load(claim_next: Any) -> Future[list[_Work]]:
+    """Claim and decode the next batch beside the model (inline without threads)."""
+    global _load_pool
+    if settings.ANALYSIS_RENDER_THREADS <= 0:
+        future: Future[list[_Work]] = Future()
+        future.set_result(_safe_claim_next(claim_next))
+        return future
+    if _load_pool is None:
+        _load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
+    return _load_pool.submit(_in_thread, _safe_claim_next, claim_next)
+
+
+def _safe_claim_next(claim_next: Any) -> list[_Work]:
+    # A failure here only means no prefetched batch: the rows it claimed (if any) are
+    # released by _load or found later by the reconciler; the task goes on.
+    try:
+        return claim_next()
+    except Exception:
+        logger.exception("claiming the next batch failed")
+        return []
+
+
+def _in_thread(function: Any, *args: Any) -> Any:
+    close_old_connections()
+    try:
+        return function(*args)
+    finally:
+        close_old_connections()
 
 
 def _submit_finish(item: _Work, outcome: Any) -> Future[None]:
@@ -180,15 +248,7 @@ def _submit_finish(item: _Work, outcome: Any) -> Future[None]:
         _finish_pool = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="finish"
         )
-    return _finish_pool.submit(_finish_in_thread, item, outcome)
-
-
-def _finish_in_thread(item: _Work, outcome: Any) -> None:
-    close_old_connections()
-    try:
-        _finish(item, outcome)
-    finally:
-        close_old_connections()
+    return _finish_pool.submit(_in_thread, _finish, item, outcome)
 
 
 def _finish(item: _Work, outcome: Any) -> None:

@@ -158,21 +158,28 @@ def analysis_record_failure(*, analysis_id: int, error: str) -> bool:
     return updated == 1
 
 
-def analysis_release(*, analysis_id: int, error: str) -> bool:
+def analysis_release(
+    *, analysis_id: int, error: str, count_attempt: bool = True
+) -> bool:
     """Give a running analysis back to the queue after a transient error.
 
     Returns True if it was requeued (the caller sends a new message), False if it has
-    used up its attempts and is now failed.
+    used up its attempts and is now failed. With count_attempt=False (claimed but never
+    run, e.g. a prefetched batch the worker had to drop) the claim is undone instead.
     """
     max_attempts = settings.ANALYSIS_MAX_ATTEMPTS
     running = Analysis.objects.filter(pk=analysis_id, status=Status.RUNNING)
-    if running.filter(attempts__lt=max_attempts).update(
-        status=Status.QUEUED,
-        queued_at=timezone.now(),
-        started_at=None,
-        worker="",
-        error=error,
-    ):
+    requeue = {
+        "status": Status.QUEUED,
+        "queued_at": timezone.now(),
+        "started_at": None,
+        "worker": "",
+    }
+    if not count_attempt:
+        return bool(
+            running.filter(attempts__gt=0).update(attempts=F("attempts") - 1, **requeue)
+        )
+    if running.filter(attempts__lt=max_attempts).update(error=error, **requeue):
         return True
     running.update(
         status=Status.FAILED,

@@ -260,14 +260,36 @@ def test_unexpected_error_is_recorded_not_left_running(
 ):
     analysis = make_analysis()
 
-    def explode(analysis_ids: list[int]) -> None:
+    def explode(analyzer: Any, work: list[Any]) -> list[Any]:
         raise KeyError("bug")
 
-    monkeypatch.setattr(tasks, "_run_batch", explode)
+    monkeypatch.setattr(tasks, "_analyze", explode)
     tasks.analyze_scan.apply(args=[analysis.pk])
     analysis.refresh_from_db()
     assert analysis.status == Status.FAILED
     assert "internal error" in analysis.error
+
+
+def test_a_scan_storage_cannot_read_is_requeued_and_the_rest_still_run(
+    make_analysis, analyzer, monkeypatch, enqueued
+):
+    readable, unreadable = make_analysis(name="ok.png"), make_analysis(name="gone.png")
+    real_load_scan = tasks._load_scan
+
+    def flaky(analysis: Analysis) -> Any:
+        if analysis.pk == unreadable.pk:
+            raise OSError("storage timed out")
+        return real_load_scan(analysis)
+
+    monkeypatch.setattr(tasks, "_load_scan", flaky)
+    enqueued.clear()
+    tasks.analyze_scan.apply(args=[readable.pk])
+    readable.refresh_from_db()
+    unreadable.refresh_from_db()
+    assert readable.status == Status.SUCCEEDED
+    assert unreadable.status == Status.QUEUED
+    assert "storage timed out" in unreadable.error
+    assert enqueued == [(unreadable.pk, services.retry_countdown(1))]
 
 
 def test_analyzer_is_loaded_once_per_process(monkeypatch, settings, tmp_path):

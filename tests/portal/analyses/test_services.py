@@ -120,6 +120,19 @@ def test_release_requeues_until_attempts_run_out(analysis, settings):
     assert "gave up after 2 attempts" in analysis.error
 
 
+def test_release_without_counting_undoes_the_claim(analysis):
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    assert services.analysis_release(
+        analysis_id=analysis.pk, error="", count_attempt=False
+    )
+    analysis.refresh_from_db()
+    assert (analysis.status, analysis.attempts, analysis.worker) == (
+        Status.QUEUED,
+        0,
+        "",
+    )
+
+
 def test_retry_requeues_a_failed_analysis_of_the_current_model(
     analysis, django_capture_on_commit_callbacks, enqueued
 ):
