@@ -51,6 +51,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ml.train import recalibrate
+
+    print(f"recalibrated: {recalibrate(args.weights, args.data, args.split)}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -130,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=None, help="images per split (smoke runs)"
     )
     train.set_defaults(func=cmd_train)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="refit class bias and temperature on the validation split"
+    )
+    calibrate.add_argument("--weights", type=Path, default=weights_dir())
+    calibrate.add_argument("--data", type=Path, default=busi_dir())
+    calibrate.add_argument("--split", type=Path, default=DEFAULT_SPLIT_PATH)
+    calibrate.set_defaults(func=cmd_calibrate)
 
     evaluate = commands.add_parser(
         "evaluate", help="test-split metrics, plots and the model card"

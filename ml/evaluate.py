@@ -221,6 +221,7 @@ def evaluate(
         "model_version": analyzer.model_version,
         "temperature": analyzer.temperature,
         "image_size": analyzer.image_size,
+        "class_bias": analyzer.class_bias.tolist(),
         "split": split_path.name,
         "test_images": len(test_paths),
         "metrics": point,

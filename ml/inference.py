@@ -32,7 +32,9 @@ class ImageAnalysis:
     gradcam: np.ndarray  # (H, W) float32 in [0, 1]
     seg_gradcam: np.ndarray  # (H, W) float32 in [0, 1]
     model_version: str
-    class_logits: np.ndarray | None = None  # before temperature scaling, for evaluation
+    class_logits: np.ndarray | None = (
+        None  # raw network output, before bias and temperature
+    )
 
     def to_dict(self) -> dict:
         return {
@@ -93,6 +95,7 @@ class Analyzer:
         self.model_version: str = meta.version
         self.image_size: int = meta.image_size
         self.temperature: float = meta.temperature
+        self.class_bias = np.asarray(meta.class_bias, np.float64)
 
     @classmethod
     def load(cls, weights: str | Path | None = None) -> Analyzer:
@@ -108,7 +111,9 @@ class Analyzer:
                 f"{directory}: classes {meta.classes} do not match {list(CLASSES)}"
             )
         model = build_busnet(meta.image_size)
-        weights_io.load_into(model, directory)
+        meta = weights_io.load_into(
+            model, directory
+        )  # the archive's calibration is authoritative
         explainer = Explainer(
             model,
             class_layer=CLASS_GRADCAM_LAYER,
@@ -150,7 +155,9 @@ class Analyzer:
                 else list(class_index[start : start + batch_size])
             )
             explanation = self._explainer(preprocess(batch), chosen)
-            probabilities = softmax(explanation.class_logits, self.temperature)
+            probabilities = softmax(
+                explanation.class_logits + self.class_bias, self.temperature
+            )
             lesion_probability = 1.0 / (1.0 + np.exp(-explanation.seg_logits))
             for i, image in enumerate(chunk):
                 height, width = image.shape[:2]

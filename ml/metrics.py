@@ -133,3 +133,25 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))
+
+
+def fit_class_bias(
+    logits: np.ndarray, labels: np.ndarray, *, grid: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-class logit offsets maximising balanced accuracy on validation data.
+
+    A decision rule for unequal class costs and priors (logit adjustment): benign stays at 0,
+    normal and malignant move on a coarse grid; among equally good offsets the smallest wins,
+    so the rule moves only as far as the validation data supports.
+    """
+    grid = np.arange(-1.0, 2.01, 0.25) if grid is None else grid
+    best, best_key = np.zeros(len(CLASSES)), None
+    for normal_bias in grid:
+        for malignant_bias in grid:
+            bias = np.zeros(len(CLASSES))
+            bias[NORMAL], bias[MALIGNANT] = normal_bias, malignant_bias
+            score = float(np.nanmean(recalls(labels, (logits + bias).argmax(1))))
+            key = (round(score, 6), -abs(normal_bias) - abs(malignant_bias))
+            if best_key is None or key > best_key:
+                best, best_key = bias, key
+    return best

@@ -21,6 +21,14 @@ LABELS = {
 }
 
 
+def _bias(report: dict) -> str:
+    bias = report.get("class_bias", [0.0, 0.0, 0.0])
+    return ", ".join(
+        f"{name} {value:+.2f}"
+        for name, value in zip(("normal", "benign", "malignant"), bias, strict=True)
+    )
+
+
 def _row(key: str, report: dict) -> str:
     value = report["metrics"][key]
     low, high = report["ci95"].get(key, (float("nan"), float("nan")))
@@ -65,7 +73,8 @@ BUSNet: one EfficientNet-Lite0 encoder (ImageNet-pretrained, Apache-2.0 weights 
 `shared/weights/efficientnet_lite0_imagenet`) shared by a 3-class classification head
 (normal / benign / malignant) and a U-Net-style lesion decoder. Input: the whole scan resized
 to {report["image_size"]}x{report["image_size"]} RGB. Outputs: calibrated class probabilities
-(temperature {report["temperature"]:.3f}, fitted on the validation split), a lesion mask at the
+(per-class logit offsets {_bias(report)} for balanced recall, then temperature
+{report["temperature"]:.3f}; both fitted on the validation split), a lesion mask at the
 scan's resolution, Grad-CAM (classification) and Seg-Grad-CAM (segmentation) heatmaps.
 Weights: `ml/weights/weights.npz` (float16), `ml/weights/model.json`; the version is the model
 name plus the first 12 hex digits of the weights' sha256.

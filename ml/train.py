@@ -132,6 +132,41 @@ def validation_score(metrics: dict) -> float:
     return float(metrics["balanced_accuracy"] + metrics["dice_lesion_mean"])
 
 
+def calibrate(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Class logit bias for balanced recall, then a temperature for calibrated probabilities."""
+    from ml import metrics
+
+    class_bias = metrics.fit_class_bias(logits, labels)
+    temperature = metrics.fit_temperature(logits + class_bias, labels)
+    logger.info(
+        "calibration on %d validation images: class bias %s, temperature %.3f",
+        len(labels),
+        class_bias.tolist(),
+        temperature,
+    )
+    return class_bias, temperature
+
+
+def recalibrate(
+    weights: Path, data_dir: Path, split_path: Path, cache_dir: Path | None = None
+) -> str:
+    """Refit the calibration of saved weights on the validation split; returns the new version."""
+    from ml import weights_io
+    from ml.data import load_arrays, load_split
+    from ml.model import build_busnet
+
+    meta = weights_io.read_meta(weights)
+    model = build_busnet(meta.image_size)
+    meta = weights_io.load_into(model, weights)
+    val_set = load_arrays(
+        data_dir, load_split(split_path)["val"], meta.image_size, cache_dir
+    )
+    logits, _ = predict_arrays(model, val_set.images)
+    class_bias, meta.temperature = calibrate(logits, val_set.labels)
+    meta.class_bias = class_bias.tolist()
+    return weights_io.save(model, weights, meta).version
+
+
 def train(config: TrainConfig) -> dict:
     import keras
     import tensorflow as tf

@@ -1,7 +1,9 @@
 """Saving and loading BUSNet weights: a float16 numpy archive plus ``model.json``.
 
 The version string is the model name plus the first 12 hex digits of the archive's sha256,
-so a result can always be traced to the exact bytes that produced it.
+so a result can always be traced to the exact bytes that produced it. The calibration
+(temperature and per-class logit bias) is stored inside the archive, so it is covered by
+the version too; ``model.json`` repeats it for people to read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 
 WEIGHTS_FILE = "weights.npz"
 META_FILE = "model.json"
+TEMPERATURE_KEY = "calibration/temperature"
+CLASS_BIAS_KEY = "calibration/class_bias"
 
 
 class ModelLoadError(RuntimeError):
@@ -28,6 +32,7 @@ class ModelMeta:
     image_size: int
     classes: list[str]
     temperature: float = 1.0
+    class_bias: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     seg_threshold: float = 0.5
     weights_sha256: str = ""
     training: dict = field(default_factory=dict)
@@ -49,6 +54,8 @@ def save(model, out_dir: Path, meta: ModelMeta) -> ModelMeta:
         for variable in model.weights
     }
     weights_path = out_dir / WEIGHTS_FILE
+    arrays[TEMPERATURE_KEY] = np.asarray(meta.temperature, np.float64)
+    arrays[CLASS_BIAS_KEY] = np.asarray(meta.class_bias, np.float64)
     np.savez_compressed(weights_path, **arrays)
     meta.weights_sha256 = sha256_of(weights_path)
     meta.version = f"{meta.name}-{meta.weights_sha256[:12]}"
@@ -90,6 +97,10 @@ def load_into(model, weights_dir: Path, *, verify_checksum: bool = True) -> Mode
         raise ModelLoadError(
             f"weights file {weights_path} is unreadable: {exc}"
         ) from exc
+    if TEMPERATURE_KEY in arrays:
+        meta.temperature = float(arrays.pop(TEMPERATURE_KEY))
+    if CLASS_BIAS_KEY in arrays:
+        meta.class_bias = [float(v) for v in arrays.pop(CLASS_BIAS_KEY)]
     expected = {variable.path for variable in model.weights}
     if set(arrays) != expected:
         missing = sorted(expected - set(arrays))[:3]
