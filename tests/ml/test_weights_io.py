@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from ml import weights_io
 
 

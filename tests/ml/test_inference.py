@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml.config import DEFAULT_WEIGHTS_DIR, REPO_DIR
+from ml.decode import decode_image
+from ml.inference import Analyzer, ModelLoadError
+from ml.weights_io import sha256_of
+
+SAMPLES = (
+    "normal/normal (3).png",
+    "benign/benign (10).png",
+    "malignant/malignant (12).png",
+)
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer.load(DEFAULT_WEIGHTS_DIR)
+
+
+def test_the_committed_weights_match_their_version():
+    meta = json.loads((DEFAULT_WEIGHTS_DIR / "model.json").read_text())
+    digest = sha256_of(DEFAULT_WEIGHTS_DIR / "weights.npz")
+    assert meta["version"] == f"busnet-lite0-{digest[:12]}"
+    size = sum(p.stat().st_size for p in DEFAULT_WEIGHTS_DIR.iterdir())
+    assert size < 25 * 1024 * 1024
+
+
+def test_it_analyses_real_scans_of_any_size(analyzer, busi):
+    images = [decode_image(busi / path) for path in SAMPLES]
+    results = analyzer.analyze(images, batch_size=2)
+    assert len(results) == 3
+    for image, result in zip(images, results, strict=True):
+        assert set(result.probabilities) == {"normal", "benign", "malignant"}
+        assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+        assert result.confidence == max(result.probabilities.values())
+        assert result.label == max(result.probabilities, key=result.probabilities.get)
+        assert result.lesion_mask.shape == (image.height, image.width)
+        assert result.lesion_area_fraction == pytest.approx(result.lesion_mask.mean())
+        for heatmap in (result.gradcam, result.seg_gradcam):
+            assert heatmap.shape == (image.height, image.width)
+            assert 0.0 <= heatmap.min() and heatmap.max() <= 1.0
+        if result.bbox:
+            x0, y0, x1, y1 = result.bbox
+            assert result.lesion_mask[y0:y1, x0:x1].sum() == result.lesion_mask.sum()
+        assert result.model_version == analyzer.model_version
+
+
+def test_it_explains_a_class_the_caller_names(analyzer, busi):
+    image = decode_image(busi / SAMPLES[2])
+    (as_benign,), (as_malignant,) = (
+        analyzer.analyze([image], class_index=[1]),
+        analyzer.analyze([image], class_index=[2]),
+    )
+    assert as_benign.probabilities == as_malignant.probabilities
+    assert not np.allclose(as_benign.gradcam, as_malignant.gradcam)
+
+
+def test_missing_or_corrupt_weights_fail_with_the_file_named(tmp_path):
+    with pytest.raises(ModelLoadError, match="model.json"):
+        Analyzer.load(tmp_path)
+    shutil.copy(DEFAULT_WEIGHTS_DIR / "model.json", tmp_path / "model.json")
+    (tmp_path / "weights.npz").write_bytes(
+        (DEFAULT_WEIGHTS_DIR / "weights.npz").read_bytes()[:5000]
+    )
+    with pytest.raises(ModelLoadError, match="weights.npz"):
+        Analyzer.load(tmp_path)
+
+
+def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in SAMPLES[1:]:
+        shutil.copy(busi / path, inputs / path.split("/")[1].replace(" ", "_"))
+    (inputs / "notes.png").write_text("not an image")
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "ml", "predict", str(inputs), "--out", str(out)],
+        check=False,
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert (
+        "notes.png" in completed.stderr and "not a recognised image" in completed.stderr
+    )
+    for stem in ("benign_(10)", "malignant_(12)"):
+        result = json.loads((out / f"{stem}.json").read_text())
+        assert set(result) == {
+            "label",
+            "probabilities",
+            "confidence",
+            "lesion_area_fraction",
+            "bbox",
+            "model_version",
+        }
+        with (
+            Image.open(inputs / f"{stem}.png") as original,
+            Image.open(out / f"{stem}_mask.png") as mask,
+        ):
+            assert mask.size == original.size
+            assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        for suffix in ("overlay", "gradcam", "seg_gradcam"):
+            with Image.open(out / f"{stem}_{suffix}.png") as picture:
+                assert picture.size == original.size
+    assert not (out / "notes.json").exists()
