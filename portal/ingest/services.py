@@ -239,6 +239,7 @@ class BatchIngester:
         self.limits = archive_limits()
         self.budget = ArchiveBudget()
         self.result = IngestResult(batch)
+        self.decoded = 0  # files that were images, whatever became of them
 
     def ingest(self, incoming: IncomingFile) -> None:
         incoming.file.seek(0)
@@ -249,7 +250,7 @@ class BatchIngester:
             return
         other = other_archive_kind(head)
         if other:
-            self._reject(
+            self.reject(
                 incoming.name,
                 f"this is {other}; only zip archives are opened (or send the images "
                 "themselves)",
@@ -257,7 +258,7 @@ class BatchIngester:
             return
         max_bytes = self.limits.max_member_bytes
         if incoming.size is not None and incoming.size > max_bytes:
-            self._reject(
+            self.reject(
                 incoming.name,
                 f"file is {human_bytes(incoming.size)}, larger than the "
                 f"{human_bytes(max_bytes)} limit",
@@ -265,7 +266,7 @@ class BatchIngester:
             return
         content = incoming.file.read(max_bytes + 1)
         if len(content) > max_bytes:
-            self._reject(
+            self.reject(
                 incoming.name, f"file is larger than the {human_bytes(max_bytes)} limit"
             )
             return
@@ -273,12 +274,12 @@ class BatchIngester:
 
     def _ingest_zip(self, incoming: IncomingFile) -> None:
         report = ArchiveReport()
-        found_before = self._images_found()
+        decoded_before = self.decoded
         for member in iter_zip(
             incoming.file, limits=self.limits, budget=self.budget, report=report
         ):
             if member.error:
-                self._reject(member.name, member.error, archive=incoming.name)
+                self.reject(member.name, member.error, archive=incoming.name)
                 continue
             folders = incoming.folders + tuple(
                 part
@@ -292,18 +293,15 @@ class BatchIngester:
                 folders=folders,
             )
         if report.errors:
-            self._reject(incoming.name, "; ".join(report.errors))
+            self.reject(incoming.name, "; ".join(report.errors))
         elif report.files == 0:
-            self._reject(incoming.name, "the zip is empty: it holds no files")
-        elif self._images_found() == found_before:
-            self._reject(
+            self.reject(incoming.name, "the zip is empty: it holds no files")
+        elif self.decoded == decoded_before:
+            self.reject(
                 incoming.name,
                 f"no images in the zip: none of its {report.files} file(s) is a "
                 f"{ACCEPTED_KINDS} image that could be read (each has its reason)",
             )
-
-    def _images_found(self) -> int:
-        return sum(1 for item in self.result.items if item.outcome != Outcome.REJECTED)
 
     def _ingest_content(
         self,
@@ -316,12 +314,13 @@ class BatchIngester:
         try:
             upload = validate_content(filename=name, content=content)
         except UploadRejected as exc:
-            self._reject(name, str(exc), archive=archive)
+            self.reject(name, str(exc), archive=archive)
             return
+        self.decoded += 1
         try:
             item = self._store(upload, archive=archive, folders=folders)
         except UploadRejected as exc:
-            self._reject(name, str(exc), archive=archive, sha256=upload.sha256)
+            self.reject(name, str(exc), archive=archive, sha256=upload.sha256)
             return
         self.result.items.append(item)
 
@@ -369,9 +368,10 @@ class BatchIngester:
                 analysis=scan.analyses.get(model_version=self.model_version),
             )
 
-    def _reject(
+    def reject(
         self, name: str, reason: str, *, archive: str = "", sha256: str = ""
     ) -> None:
+        """Record a refused file (also used by callers that refuse before reading)."""
         self.result.items.append(
             UploadItem.objects.create(
                 batch=self.batch,
