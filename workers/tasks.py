@@ -102,38 +102,39 @@ def _drain(analyzer: Any, *, first_id: int, worker: str) -> None:
         return _load(claimed, analyzer)
 
     work: list[_Work] = []
+    in_hand = [first_id]  # claimed by this task, not yet run: released on an error
     upcoming: Future[list[_Work]] | None = None
     finishing: list[Future[None]] = []
     try:
-        first = [first_id] + services.analysis_claim_waiting(
+        in_hand = [first_id] + services.analysis_claim_waiting(
             model_version=analyzer.model_version,
             worker=worker,
             limit=batch_size - 1,
             exclude=[first_id],
         )
-        seen.update(first)
-        work = _load(first, analyzer)
+        seen.update(in_hand)
+        work = _load(in_hand, analyzer)
+        in_hand = _ids(work)
         while work:
             upcoming = _submit_load(claim_next)
             outcomes = _analyze(analyzer, work)
-            finishing += [
-                _submit_finish(i, o) for i, o in zip(work, outcomes, strict=True)
-            ]
+            for item, outcome in zip(work, outcomes, strict=True):
+                finishing.append(_submit_finish(item, outcome))
+                in_hand.remove(item.analysis_id)
             work, upcoming = upcoming.result(), None
+            in_hand = _ids(work)
     except TRANSIENT_ERRORS as exc:
         logger.warning(
-            "transient error on analyses %s; requeueing", _ids(work), exc_info=True
+            "transient error on analyses %s; requeueing", in_hand, exc_info=True
         )
-        _release(_ids(work), f"temporary error: {type(exc).__name__}: {exc}")
+        _release(in_hand, f"temporary error: {type(exc).__name__}: {exc}")
     except SoftTimeLimitExceeded:
-        logger.warning("analyses %s hit the time limit; requeueing", _ids(work))
-        _release(
-            _ids(work),
-            f"took longer than the {settings.CELERY_TASK_SOFT_TIME_LIMIT} s limit",
-        )
+        logger.warning("analyses %s hit the time limit; requeueing", in_hand)
+        limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
+        _release(in_hand, f"took longer than the {limit} s limit")
     except Exception as exc:
-        logger.exception("analyses %s failed unexpectedly", _ids(work))
-        _fail(_ids(work), f"internal error: {type(exc).__name__}: {exc}")
+        logger.exception("analyses %s failed unexpectedly", in_hand)
+        _fail(in_hand, f"internal error: {type(exc).__name__}: {exc}")
     finally:
         if upcoming is not None:
             # Loaded but never run: back to the queue, with no attempt used up.

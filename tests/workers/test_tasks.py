@@ -317,3 +317,19 @@ def test_analyzer_is_loaded_once_per_process(monkeypatch, settings, tmp_path):
     first = analyzer_module.get_analyzer()
     assert analyzer_module.get_analyzer() is first
     assert loads == [tmp_path]
+
+
+def test_a_database_error_while_claiming_more_requeues_the_claimed_row(
+    make_analysis, analyzer, monkeypatch, enqueued
+):
+    analysis = make_analysis()
+
+    def unavailable(**kwargs: Any) -> list[int]:
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(services, "analysis_claim_waiting", unavailable)
+    enqueued.clear()
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.QUEUED
+    assert enqueued == [(analysis.pk, services.retry_countdown(1))]
