@@ -1,0 +1,303 @@
+"""Ingestion benchmark: one zip of N real BUSI images POSTed to a real web process.
+
+The web process is gunicorn serving the portal (one sync worker, as in production) on a
+fresh SQLite database (or --database-url), with a real Redis as the broker. The clock
+runs from the start of the POST to the response, which comes once every image is
+stored, its analysis committed and its message sent. Memory is the web process's own:
+its peak resident set size (VmHWM) during the upload minus its resident size just
+before it, after a warm-up upload that loads every module the upload path needs.
+
+Each image gets a unique PNG text chunk, so a run never finds its images already in the
+database: every one is decoded, stored and enqueued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import requests
+from django.conf import settings
+
+from workers.launch import (
+    REPO_ROOT,
+    redis_url_with_db,
+    start_worker,
+    stop_worker,
+    tail,
+    wait_until_ready,
+)
+
+logger = logging.getLogger(__name__)
+
+BENCH_REDIS_DB = 13
+CLASS_DIRS = ("benign", "malignant", "normal")
+TARGET_SECONDS = 15.0
+TARGET_MEMORY_MB = 100.0
+
+
+@dataclass
+class IngestBenchResult:
+    n: int
+    zip_mb: float
+    seconds: float
+    accepted: int
+    rejected: int
+    enqueued: int
+    rss_before_mb: float
+    rss_peak_mb: float
+    analysed_seconds: float | None = None
+    analysed: int | None = None
+
+    @property
+    def memory_growth_mb(self) -> float:
+        return self.rss_peak_mb - self.rss_before_mb
+
+
+def busi_scans(busi_dir: Path, n: int) -> list[Path]:
+    per_class = [
+        sorted(p for p in (busi_dir / c).glob("*.png") if "_mask" not in p.name)
+        for c in CLASS_DIRS
+    ]
+    interleaved = [p for group in zip(*per_class, strict=False) for p in group]
+    leftovers = [p for group in per_class for p in group if p not in set(interleaved)]
+    pool = interleaved + leftovers
+    if not pool:
+        raise FileNotFoundError(f"no BUSI images under {busi_dir}")
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def unique_png(content: bytes, nonce: str) -> bytes:
+    """The same image with a tEXt chunk before IEND: same pixels, new sha256."""
+    if not content.startswith(b"\x89PNG") or content[-12:-8] != b"\0\0\0\0":
+        raise ValueError("not a PNG ending in IEND")
+    body = b"tEXt" + b"bench\0" + nonce.encode()
+    chunk = (
+        (len(body) - 4).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    )
+    return content[:-12] + chunk + content[-12:]
+
+
+def build_zip(paths: list[Path], path: Path) -> None:
+    run = secrets.token_hex(8)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for index, source in enumerate(paths):
+            content = unique_png(source.read_bytes(), f"{run}-{index}")
+            archive.writestr(f"bench/{source.parent.name}/{index:04}.png", content)
+
+
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(child) for child in text)
+    return found
+
+
+def _manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+SETUP_USER = """
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+from portal.accounts.roles import STAFF, assign_role
+from portal.clinical.services import patient_create, study_create
+user = get_user_model().objects.create_user(username="bench-ingest")
+assign_role(user, STAFF)
+patient = patient_create(identifier="BENCH-1", name="Benchmark")
+study = study_create(patient=patient, created_by=user, description="ingest benchmark")
+print(Token.objects.create(user=user).key, study.pk)
+"""
+
+
+def run(
+    *,
+    n: int,
+    busi_dir: Path | None = None,
+    database_url: str | None = None,
+    analyse: bool = False,
+    timeout: float = 3600,
+    report: Callable[[str], None] = logger.info,
+) -> IngestBenchResult:
+    busi_dir = Path(busi_dir or settings.BUSI_DIR)
+    paths = busi_scans(busi_dir, n)
+    broker = redis_url_with_db(settings.REDIS_URL, BENCH_REDIS_DB)
+    client = redis.Redis.from_url(broker)
+    client.ping()  # fails loudly (start one with `make redis`)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    server = worker = None
+    try:
+        zip_path = work / "upload.zip"
+        build_zip(paths, zip_path)
+        warm_path = work / "warm.zip"
+        build_zip(busi_scans(busi_dir, 2), warm_path)
+        zip_mb = zip_path.stat().st_size / 1024**2
+        report(f"{n} BUSI images from {busi_dir} in one zip of {zip_mb:.1f} MB")
+
+        weights = Path(settings.ML_WEIGHTS_DIR)
+        if not (weights / "model.json").exists():
+            if analyse:
+                raise FileNotFoundError(f"--analyse needs a trained model in {weights}")
+            weights = work / "weights"
+            weights.mkdir()
+            (weights / "model.json").write_text(json.dumps({"version": "bench"}))
+        media = work / "media"
+        media.mkdir()
+        database = database_url or f"sqlite:///{work / 'bench.sqlite3'}"
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+            "DEBUG": "0",
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            "DATABASE_URL": database,
+            "REDIS_URL": broker,
+            "MEDIA_ROOT": str(media),
+            "ML_WEIGHTS_DIR": str(weights),
+            "STORAGE_BACKEND": "local",
+            "SECURE_COOKIES": "0",
+            "LOG_LEVEL": "WARNING",
+            "API_THROTTLE_UPLOADS": "1000/minute",
+        }
+        report("migrating a fresh database")
+        _manage(env, "migrate", "--noinput")
+        output = _manage(env, "shell", "--verbosity", "0", "-c", SETUP_USER)
+        token, study_id = output.strip().splitlines()[-1].split()
+        client.flushdb()
+
+        port = 8000 + secrets.randbelow(1000) + 100
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "portal.wsgi:application",
+                "--workers",
+                "1",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--timeout",
+                "600",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "web.log", "wb"),  # noqa: SIM115 - closed with the process
+        )
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Token {token}"}
+        upload_url = f"{base}/api/v1/studies/{study_id}/scans/"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{base}/healthz", timeout=5).status_code in (200, 503):
+                    break
+            except requests.ConnectionError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start:\n{tail(work / 'web.log')}")
+            time.sleep(0.3)
+        (web_pid,) = _children(server.pid)
+
+        with warm_path.open("rb") as handle:
+            warm = requests.post(
+                upload_url, headers=headers, files={"files": handle}, timeout=600
+            )
+        if warm.status_code != 201:
+            raise RuntimeError(
+                f"warm-up upload failed: {warm.status_code} {warm.text[:500]}"
+            )
+        client.flushdb()
+        rss_before = _rss_mb(web_pid)
+        report(f"web process {web_pid}: {rss_before:.0f} MB resident; uploading")
+
+        started = time.perf_counter()
+        with zip_path.open("rb") as handle:
+            response = requests.post(
+                upload_url,
+                headers=headers,
+                files={"files": ("bench.zip", handle, "application/zip")},
+                timeout=600,
+            )
+        seconds = time.perf_counter() - started
+        rss_peak = _rss_mb(web_pid, "VmHWM")
+        if response.status_code != 201:
+            raise RuntimeError(
+                f"upload failed: {response.status_code} {response.text[:500]}"
+            )
+        body = response.json()
+        queue = settings.CELERY_INFERENCE_QUEUE
+        result = IngestBenchResult(
+            n=n,
+            zip_mb=zip_mb,
+            seconds=seconds,
+            accepted=len(body["accepted"]),
+            rejected=len(body["rejected"]),
+            enqueued=int(client.llen(queue)),
+            rss_before_mb=rss_before,
+            rss_peak_mb=rss_peak,
+        )
+
+        if analyse:
+            report("starting a worker to analyse them")
+            log_path = work / "worker.log"
+            worker = start_worker(
+                database=database, broker=broker, media_root=media, log_path=log_path
+            )
+            wait_until_ready(worker, log_path, timeout=600)
+            analysis_started = time.perf_counter()
+            progress_url = body["progress_url"]
+            while True:
+                progress = requests.get(
+                    progress_url, headers=headers, timeout=60
+                ).json()
+                if progress["analysed"] + progress["failed"] >= result.accepted:
+                    break
+                if time.perf_counter() - analysis_started > timeout:
+                    raise TimeoutError(f"analyses not finished: {progress}")
+                time.sleep(1)
+            result.analysed_seconds = time.perf_counter() - analysis_started
+            result.analysed = progress["analysed"]
+        return result
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        client.flushdb()
+        client.close()
+        shutil.rmtree(work, ignore_errors=True)
