@@ -28,6 +28,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from ml.decode import DecodedImage, DecodeError, decode_image
 from portal.analyses import services
 from portal.analyses.models import Analysis
+from portal.logs import log_context
 from workers.analyzer import get_analyzer, preload
 from workers.celery_app import app, inference_task
 
@@ -55,6 +56,7 @@ _load_pool: ThreadPoolExecutor | None = None
 class _Work:
     analysis_id: int
     image: DecodedImage
+    scan_id: int | None = None
 
 
 def _worker_name(task: Any) -> str:
@@ -193,7 +195,7 @@ def _load(analysis_ids: list[int], analyzer: Any) -> list[_Work]:
             )
             continue
         try:
-            work.append(_Work(analysis_id, _load_scan(analysis)))
+            work.append(_Work(analysis_id, _load_scan(analysis), analysis.scan_id))
         except DecodeError as exc:
             services.analysis_record_failure(
                 analysis_id=analysis_id,
@@ -253,6 +255,12 @@ def _submit_finish(item: _Work, outcome: Any) -> Future[None]:
 
 
 def _finish(item: _Work, outcome: Any) -> None:
+    # Every line logged while storing this result carries its analysis and scan ids.
+    with log_context(analysis_id=item.analysis_id, scan_id=item.scan_id):
+        _record_outcome(item, outcome)
+
+
+def _record_outcome(item: _Work, outcome: Any) -> None:
     """Draw and store one result, recording success or the reason it failed. Never raises."""
     analysis_id = item.analysis_id
     try:

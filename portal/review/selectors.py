@@ -21,7 +21,7 @@ from django.db.models import (
     Q,
     QuerySet,
 )
-from django.db.models.fields.json import KT
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncMonth
 from django.utils import timezone
 
@@ -145,7 +145,9 @@ def _unreviewed_scans() -> QuerySet[Scan]:
 
 def worklist() -> QuerySet[Study]:
     """Studies waiting for a radiologist, most suspicious (highest malignant p) first."""
-    malignant = Cast(KT("scans__analyses__probabilities__malignant"), FloatField())
+    malignant = Cast(
+        KeyTextTransform("malignant", "scans__analyses__probabilities"), FloatField()
+    )
     return (
         Study.objects.filter(
             Exists(_unreviewed_scans().filter(study_id=OuterRef("pk")))

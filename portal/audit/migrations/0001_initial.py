@@ -8,32 +8,73 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('contenttypes', '0002_remove_content_type_name'),
+        ("contenttypes", "0002_remove_content_type_name"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AccessRecord',
+            name="AccessRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('username', models.CharField(max_length=150)),
-                ('client_address', models.GenericIPAddressField(blank=True, null=True)),
-                ('action', models.CharField(choices=[('view', 'View'), ('download', 'Download'), ('retry', 'Retry')], max_length=16)),
-                ('object_id', models.CharField(max_length=64)),
-                ('detail', models.CharField(blank=True, max_length=32)),
-                ('path', models.CharField(blank=True, max_length=255)),
-                ('content_type', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='contenttypes.contenttype')),
-                ('user', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "at",
+                    models.DateTimeField(
+                        db_index=True, default=django.utils.timezone.now
+                    ),
+                ),
+                ("username", models.CharField(max_length=150)),
+                ("client_address", models.GenericIPAddressField(blank=True, null=True)),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[
+                            ("view", "View"),
+                            ("download", "Download"),
+                            ("retry", "Retry"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("object_id", models.CharField(max_length=64)),
+                ("detail", models.CharField(blank=True, max_length=32)),
+                ("path", models.CharField(blank=True, max_length=255)),
+                (
+                    "content_type",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="contenttypes.contenttype",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ('-at', '-id'),
-                'indexes': [models.Index(fields=['content_type', 'object_id'], name='access_object')],
+                "ordering": ("-at", "-id"),
+                "indexes": [
+                    models.Index(
+                        fields=["content_type", "object_id"], name="access_object"
+                    )
+                ],
             },
         ),
     ]

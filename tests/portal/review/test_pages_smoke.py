@@ -3,7 +3,9 @@ from __future__ import annotations
 from django.urls import reverse
 
 
-def test_every_review_page_renders_for_a_radiologist(client, radiologist, scan, analysis):
+def test_every_review_page_renders_for_a_radiologist(
+    client, radiologist, scan, analysis
+):
     client.force_login(radiologist)
     for url in (
         reverse("review:dashboard"),

@@ -1,0 +1,128 @@
+"""Every view of a study or scan page and every download leaves an access record."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.contenttypes.models import ContentType
+from django.urls import reverse
+
+from portal.audit.models import AccessRecord
+from tests.portal.review.conftest import analysed_scan
+
+
+@pytest.fixture
+def scan(study, user):
+    return analysed_scan(study, user)
+
+
+def _only_record(**expected):
+    records = list(AccessRecord.objects.all())
+    assert len(records) == 1, records
+    record = records[0]
+    for name, value in expected.items():
+        assert getattr(record, name) == value, name
+    return record
+
+
+def _target(instance):
+    return {
+        "content_type": ContentType.objects.get_for_model(instance),
+        "object_id": str(instance.pk),
+    }
+
+
+def _artifact_url(kind):
+    return lambda s: reverse("analyses:artifact", args=[s.analyses.get().pk, kind])
+
+
+@pytest.mark.parametrize(
+    ("url", "target", "action", "detail"),
+    [
+        (
+            lambda s: reverse("clinical:study_detail", args=[s.study_id]),
+            "study",
+            "view",
+            "study page",
+        ),
+        (
+            lambda s: reverse("review:scan_review", args=[s.pk]),
+            "scan",
+            "view",
+            "review page",
+        ),
+        (
+            lambda s: reverse("clinical:scan_original", args=[s.pk]),
+            "scan",
+            "download",
+            "original",
+        ),
+        (
+            lambda s: reverse("review:scan_display", args=[s.pk]),
+            "scan",
+            "download",
+            "display image",
+        ),
+        (
+            lambda s: reverse("review:study_report", args=[s.study_id]),
+            "study",
+            "download",
+            "report",
+        ),
+        (
+            lambda s: reverse("review:analysis_outline", args=[s.analyses.get().pk]),
+            "analysis",
+            "download",
+            "outline",
+        ),
+    ]
+    + [
+        (_artifact_url(kind), "analysis", "download", kind)
+        for kind in ("mask", "overlay", "gradcam", "seg_gradcam")
+    ],
+)
+def test_each_view_and_download_is_recorded(
+    client, user, scan, url, target, action, detail
+):
+    client.force_login(user)
+    response = client.get(url(scan), REMOTE_ADDR="10.1.2.3")
+    assert response.status_code == 200
+    if hasattr(response, "streaming_content"):
+        b"".join(response.streaming_content)
+    instance = {"study": scan.study, "scan": scan, "analysis": scan.analyses.get()}[
+        target
+    ]
+    _only_record(
+        user=user,
+        username=user.username,
+        client_address="10.1.2.3",
+        action=action,
+        detail=detail,
+        **_target(instance),
+    )
+
+
+def test_a_denied_request_leaves_no_access_record(client, make_user, scan):
+    client.force_login(make_user(None))
+    assert (
+        client.get(reverse("clinical:scan_original", args=[scan.pk])).status_code == 403
+    )
+    assert not AccessRecord.objects.exists()
+
+
+def test_a_forwarded_for_header_does_not_replace_the_peer_address(client, user, scan):
+    client.force_login(user)
+    client.get(
+        reverse("clinical:study_detail", args=[scan.study_id]),
+        REMOTE_ADDR="10.0.0.9",
+        HTTP_X_FORWARDED_FOR="1.2.3.4",
+    )
+    _only_record(client_address="10.0.0.9")
+
+
+def test_a_retry_is_recorded(client, user, scan):
+    analysis = scan.analyses.get()
+    analysis.status = "failed"
+    analysis.save()
+    client.force_login(user)
+    client.post(reverse("analyses:retry", args=[analysis.pk]))
+    _only_record(action="retry", **_target(analysis))

@@ -1,0 +1,219 @@
+"""Dashboard: filters, search, counts, queue state, pagination, and a query count that
+does not grow with the number of studies."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from portal.analyses.models import Analysis
+from portal.clinical.models import Patient, Scan, Study
+from portal.review.models import Review
+
+
+def bulk_studies(n: int, user: Any, *, start: int = 0) -> None:
+    """n patients, each with one study, one scan and one analysis (bulk inserts)."""
+    now = timezone.now()
+    labels = ("normal", "benign", "malignant")
+    statuses = ("succeeded", "succeeded", "succeeded", "queued", "running", "failed")
+    patients = Patient.objects.bulk_create(
+        Patient(identifier=f"B-{start + i:06d}", name=f"Bulk Person {start + i}")
+        for i in range(n)
+    )
+    studies = Study.objects.bulk_create(
+        Study(
+            patient=p,
+            accession_number=f"ACC{start + i:06d}",
+            study_date=datetime.date(2026, 1, 1) + datetime.timedelta(days=i % 300),
+            created_by=user,
+        )
+        for i, p in enumerate(patients)
+    )
+    scans = Scan.objects.bulk_create(
+        Scan(
+            study=s,
+            original=f"scans/{s.pk}/x.png",
+            original_filename=f"img{i}.png",
+            sha256="0" * 64,
+            width=100,
+            height=100,
+            format="PNG",
+            uploaded_by=user,
+            uploaded_at=now - datetime.timedelta(minutes=i),
+        )
+        for i, s in enumerate(studies)
+    )
+    analyses = []
+    for i, scan in enumerate(scans):
+        status = statuses[i % len(statuses)]
+        label = labels[i % 3] if status == "succeeded" else ""
+        p = 0.4 + (i % 60) / 100
+        analyses.append(
+            Analysis(
+                scan=scan,
+                model_version="m-1" if i % 2 else "m-2",
+                status=status,
+                label=label,
+                confidence=p if label else None,
+                probabilities={
+                    "normal": (1 - p) / 2,
+                    "benign": (1 - p) / 2,
+                    "malignant": p,
+                }
+                if label
+                else None,
+                finished_at=now if status in ("succeeded", "failed") else None,
+            )
+        )
+    Analysis.objects.bulk_create(analyses)
+
+
+@pytest.fixture
+def staff_client(client, user):
+    client.force_login(user)
+    return client
+
+
+def _page(client, **params):
+    response = client.get(reverse("review:dashboard"), params)
+    assert response.status_code == 200
+    return response
+
+
+def _queries(client, **params) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        _page(client, **params)
+    return len(captured.captured_queries)
+
+
+FILTERED = {
+    "q": "Bulk",
+    "date_from": "2026-01-01",
+    "date_to": "2026-12-31",
+    "label": "malignant",
+    "confidence_min": "10",
+    "confidence_max": "100",
+    "review": "unreviewed",
+    "status": "succeeded",
+    "model_version": "m-1",
+}
+
+
+def test_the_number_of_queries_does_not_grow_with_the_data(staff_client, user):
+    bulk_studies(5, user)
+    small = _queries(staff_client)
+    small_filtered = _queries(staff_client, **FILTERED)
+    bulk_studies(10_000, user, start=5)
+    assert Study.objects.count() == 10_005
+    large = _queries(staff_client)
+    large_filtered = _queries(staff_client, **FILTERED, page="2")
+    assert small == large
+    assert small_filtered == large_filtered
+    assert large <= 12
+
+
+def test_rows_are_newest_first_and_paginated(staff_client, user):
+    bulk_studies(120, user)
+    first = _page(staff_client).context["page"]
+    assert first.paginator.count == 120
+    assert len(first.object_list) == 50
+    uploaded = [row.scan.uploaded_at for row in first.object_list]
+    assert uploaded == sorted(uploaded, reverse=True)
+    third = _page(staff_client, page="3").context["page"]
+    assert len(third.object_list) == 20
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"label": "benign"}, lambda a: a.label == "benign"),
+        ({"status": "failed"}, lambda a: a.status == "failed"),
+        ({"model_version": "m-2"}, lambda a: a.model_version == "m-2"),
+        (
+            {"confidence_min": "70", "confidence_max": "90"},
+            lambda a: a.confidence is not None and 0.7 <= a.confidence <= 0.9,
+        ),
+        (
+            {"date_from": "2026-01-10", "date_to": "2026-01-20"},
+            lambda a: (
+                datetime.date(2026, 1, 10)
+                <= a.scan.study.study_date
+                <= datetime.date(2026, 1, 20)
+            ),
+        ),
+        (
+            {"patient": "b-000007"},
+            lambda a: a.scan.study.patient.identifier == "B-000007",
+        ),
+        ({"q": "ACC000042"}, lambda a: a.scan.study.accession_number == "ACC000042"),
+        ({"q": "Person 13"}, lambda a: "Person 13" in a.scan.study.patient.name),
+        (
+            {"q": "B-00003"},
+            lambda a: a.scan.study.patient.identifier.startswith("B-00003"),
+        ),
+    ],
+)
+def test_each_filter_keeps_exactly_the_matching_rows(
+    staff_client, user, params, expected
+):
+    bulk_studies(60, user)
+    page = _page(staff_client, **params).context["page"]
+    shown = {row.pk for row in page.object_list}
+    wanted = {
+        a.pk
+        for a in Analysis.objects.select_related("scan__study__patient")
+        if expected(a)
+    }
+    assert wanted, "the filter should match something"
+    assert shown == wanted
+
+
+def test_review_status_filter(staff_client, user, make_user):
+    bulk_studies(6, user)
+    reviewed = Analysis.objects.filter(status="succeeded").first()
+    Review.objects.create(
+        scan=reviewed.scan,
+        analysis=reviewed,
+        agrees_with_model=True,
+        label=reviewed.label,
+        birads="2",
+        author=make_user("radiologist", "dr"),
+        signed_at=timezone.now(),
+    )
+    shown = {r.pk for r in _page(staff_client, review="reviewed").context["page"]}
+    assert shown == {reviewed.pk}
+    unreviewed = {
+        r.pk for r in _page(staff_client, review="unreviewed").context["page"]
+    }
+    assert reviewed.pk not in unreviewed and len(unreviewed) == 5
+
+
+def test_counts_per_label_and_status_and_queue_state(staff_client, user):
+    bulk_studies(12, user)
+    Analysis.objects.filter(status="failed").update(
+        finished_at=timezone.now() - datetime.timedelta(days=3)
+    )
+    context = _page(staff_client).context
+    counts = context["counts"]
+    assert counts["statuses"] == {
+        "queued": 2,
+        "running": 2,
+        "succeeded": 6,
+        "failed": 2,
+    }
+    assert sum(counts["labels"].values()) == 6
+    assert context["queue"] == {"queued": 2, "running": 2, "failed_last_day": 0}
+    filtered = _page(staff_client, status="succeeded").context["counts"]
+    assert filtered["statuses"]["queued"] == 0
+
+
+def test_bad_filter_values_are_ignored_not_fatal(staff_client, user):
+    bulk_studies(3, user)
+    page = _page(staff_client, date_from="yesterday", confidence_min="lots")
+    assert page.context["page"].paginator.count == 3

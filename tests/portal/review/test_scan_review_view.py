@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from django.urls import reverse
+
+from portal.review.models import Review
+
+
+def _post(client, scan, **data):
+    payload = {
+        "analysis": scan.analyses.get().pk,
+        "agrees_with_model": "no",
+        "label": "benign",
+        "birads": "3",
+        "note": "probably a fibroadenoma",
+        "action": "sign",
+    }
+    payload.update(data)
+    return client.post(reverse("review:scan_review", args=[scan.pk]), payload)
+
+
+def test_the_page_shows_layers_probabilities_area_and_version(
+    client, radiologist, scan
+):
+    client.force_login(radiologist)
+    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    for kind in ("outline", "gradcam", "seg_gradcam"):
+        assert f'id="toggle-{kind}"' in page
+        assert f'id="opacity-{kind}"' in page
+        assert f'id="layer-{kind}"' in page
+    assert "test-model-1" in page
+    assert "pixel spacing unknown" in page
+    for label in ("normal", "benign", "malignant"):
+        assert f"<th>{label}</th>" in page
+
+
+def test_lesion_area_is_in_square_millimetres_when_spacing_is_known(
+    client, radiologist, scan
+):
+    scan.pixel_spacing_row_mm = 0.1
+    scan.pixel_spacing_col_mm = 0.2
+    scan.save()
+    client.force_login(radiologist)
+    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    # 20 x 20 mask pixels x 0.02 mm² = 8.0 mm²
+    assert "8.0 mm²" in page
+
+
+def test_earlier_analyses_of_the_scan_are_listed(
+    client, radiologist, scan, study, user, make_analysed_scan
+):
+    from portal.analyses.models import Analysis
+
+    old = scan.analyses.get()
+    Analysis.objects.create(
+        scan=scan,
+        model_version="older-model",
+        status="succeeded",
+        label="benign",
+        confidence=0.6,
+        probabilities={"normal": 0.1, "benign": 0.6, "malignant": 0.3},
+        lesion_area_fraction=0.1,
+        queued_at=old.queued_at.replace(year=old.queued_at.year - 1),
+    )
+    client.force_login(radiologist)
+    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    assert 'id="earlier-analyses"' in page and "older-model" in page
+
+
+def test_a_radiologist_signs_off_with_a_corrected_label(client, radiologist, scan):
+    client.force_login(radiologist)
+    response = _post(client, scan)
+    assert response.status_code == 302
+    review = Review.objects.get()
+    assert (review.label, review.birads, review.is_signed) == ("benign", "3", True)
+    assert not review.agrees_with_model
+    study_page = client.get(reverse("clinical:study_detail", args=[scan.study_id]))
+    assert 'id="study-review-state">reviewed<' in study_page.content.decode()
+
+
+def test_posting_again_after_sign_off_amends(client, radiologist, scan):
+    client.force_login(radiologist)
+    _post(client, scan)
+    _post(client, scan, label="malignant", birads="4C")
+    first, second = Review.objects.order_by("version")
+    assert (first.label, second.label) == ("benign", "malignant")
+    assert second.amends == first
+
+
+def test_staff_cannot_post_a_review(client, user, scan):
+    client.force_login(user)
+    assert _post(client, scan).status_code == 403
+    assert not Review.objects.exists()
+
+
+def test_a_corrected_label_is_required_when_disagreeing(client, radiologist, scan):
+    client.force_login(radiologist)
+    response = _post(client, scan, label="")
+    assert response.status_code == 200
+    assert not Review.objects.exists()
