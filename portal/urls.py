@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
-from portal import views
+from portal import metrics, views
 
 urlpatterns = [
     # Gunicorn has no static file handler; these few small files are served by Django
@@ -12,6 +12,7 @@ urlpatterns = [
     re_path(r"^static/(?P<path>.+)$", views.static_file, name="static"),
     path("", RedirectView.as_view(pattern_name="review:dashboard"), name="home"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("accounts/", include("portal.accounts.urls")),
     path("admin/", admin.site.urls),
     path("", include("portal.clinical.urls")),
