@@ -135,6 +135,11 @@ def analysis_record_success(
         field = getattr(analysis, kind)
         if field:
             field.delete(save=False)
+        # A worker killed after storing these files but before its commit left them
+        # under the same names: replace them, so that an analysis has one set.
+        target = field.field.generate_filename(analysis, _artifact_file_name(kind))
+        if field.storage.exists(target):
+            field.storage.delete(target)
         field.save(_artifact_file_name(kind), ContentFile(content), save=False)
     probabilities = {str(k): float(v) for k, v in dict(result["probabilities"]).items()}
     bbox = result.get("bbox")
