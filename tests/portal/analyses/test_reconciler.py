@@ -247,3 +247,37 @@ def test_the_broker_reader_finds_waiting_and_unacknowledged_analysis_messages(
     assert depths[settings.CELERY_INFERENCE_QUEUE] == 1
     assert depths["celery"] == 1
     assert depths["unacked"] == 1
+
+
+def test_files_left_by_a_killed_worker_are_replaced_not_duplicated(
+    make_analysis, media_root
+):
+    analysis = make_analysis()
+    services.analysis_claim(analysis_id=analysis.pk, worker="w:1")
+    # What a worker killed between storing files and committing leaves behind.
+    stale = media_root / "analyses" / str(analysis.pk)
+    stale.mkdir(parents=True)
+    for kind in ("mask", "overlay", "gradcam", "seg_gradcam"):
+        (stale / f"{kind}.png").write_bytes(b"half-written")
+    artifacts = {
+        kind: b"\x89PNG new" for kind in ("mask", "overlay", "gradcam", "seg_gradcam")
+    }
+    result = {
+        "label": "benign",
+        "probabilities": {"normal": 0.1, "benign": 0.8, "malignant": 0.1},
+        "confidence": 0.8,
+        "lesion_area_fraction": 0.1,
+        "bbox": None,
+    }
+
+    assert services.analysis_record_success(
+        analysis_id=analysis.pk, result=result, artifacts=artifacts
+    )
+
+    assert sorted(p.name for p in stale.iterdir()) == [
+        "gradcam.png",
+        "mask.png",
+        "overlay.png",
+        "seg_gradcam.png",
+    ]
+    assert (stale / "mask.png").read_bytes() == b"\x89PNG new"
