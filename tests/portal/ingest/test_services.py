@@ -330,3 +330,30 @@ def test_patient_study_created_through_the_service_work(user):
     study = study_create(patient=patient, created_by=user)
     (item,) = upload(study, user, ("z.dcm", dicom(patient_id="Z-1"))).items
     assert item.outcome == Outcome.ACCEPTED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_uploads_of_the_same_image_at_once_make_one_scan(study, user):
+    import threading
+
+    from django.db import connection
+
+    content = png(value=123)
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def send() -> None:
+        try:
+            barrier.wait()
+            (item,) = upload(study, user, ("same.png", content)).items
+            outcomes.append(item.outcome)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == [Outcome.ACCEPTED, Outcome.DUPLICATE]
+    assert Scan.objects.filter(sha256=UploadItem.objects.first().sha256).count() == 1

@@ -162,3 +162,15 @@ def test_a_radiologist_cannot_upload(client, make_user, study):
     client.force_login(make_user("radiologist", "reader"))
     assert post_files(client, study, ("a.png", png())).status_code == 403
     assert not UploadBatch.objects.exists()
+
+
+def test_upload_reports_are_read_only_in_the_admin(client, staff_user, study, user):
+    batch = UploadBatch.objects.create(study=study, source="web", created_by=user)
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:ingest_uploadbatch_change", args=[batch.pk]))
+    assert page.status_code == 200
+    assert client.get(reverse("admin:ingest_uploadbatch_add")).status_code == 403
+    client.post(
+        reverse("admin:ingest_uploadbatch_delete", args=[batch.pk]), {"post": "yes"}
+    )
+    assert UploadBatch.objects.filter(pk=batch.pk).exists()
