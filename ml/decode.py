@@ -133,8 +133,9 @@ def _decode_pil(data: bytes, max_pixels: int) -> DecodedImage:
                 f"{image.format or 'unknown'} images are not accepted (PNG, JPEG, BMP, TIFF or DICOM)"
             )
         _check_size(image.width, image.height, max_pixels)
-        frames = getattr(image, "n_frames", 1)
         try:
+            # Counting frames parses every IFD of a TIFF: a broken one fails here.
+            frames = getattr(image, "n_frames", 1)
             image.load()
             mode = image.mode
             if mode in ("I;16", "I;16B", "I;16L", "I", "F"):

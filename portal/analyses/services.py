@@ -33,7 +33,21 @@ def enqueue_analysis(analysis_id: int, *, countdown: float | None = None) -> Non
 
 
 def _enqueue_on_commit(analysis_id: int) -> None:
-    transaction.on_commit(lambda: enqueue_analysis(analysis_id))
+    transaction.on_commit(lambda: _send_or_leave_to_reconciler(analysis_id))
+
+
+def _send_or_leave_to_reconciler(analysis_id: int) -> None:
+    # The row is committed: with the broker down the upload still succeeds, and the
+    # reconciler sends the message once the broker is back.
+    try:
+        enqueue_analysis(analysis_id)
+    except Exception:
+        logger.warning(
+            "analysis %s queued but not sent (broker unreachable); the reconciler "
+            "will send it",
+            analysis_id,
+            exc_info=True,
+        )
 
 
 @transaction.atomic

@@ -104,11 +104,8 @@ def test_arbitrary_bytes_decode_or_fail_with_a_reason(data):
     _decode_or_reason(data)
 
 
-# Found by this test: ml/decode.py reads `image.n_frames` outside its try block, and a
-# TIFF whose IFD lost its ImageWidth raises TypeError("Missing dimensions") there
-# instead of DecodeError. Upload validation still refuses such a file (its catch-all),
-# so no request fails; the fix (one line, in ml/) is the ml owner's.
-@pytest.mark.xfail(raises=TypeError, strict=False, reason="ml.decode n_frames bug")
+# Found by this test: a TIFF whose IFD lost its ImageWidth raised TypeError while its
+# frames were counted; ml.decode now reports it as a DecodeError.
 @FUZZ
 @given(mutated())
 def test_mutated_real_files_decode_or_fail_with_a_reason(data):
