@@ -281,3 +281,22 @@ def test_files_left_by_a_killed_worker_are_replaced_not_duplicated(
         "seg_gradcam.png",
     ]
     assert (stale / "mask.png").read_bytes() == b"\x89PNG new"
+
+
+def test_an_upload_succeeds_while_the_broker_is_down_and_the_row_waits_for_the_sweep(
+    study, user, make_png, monkeypatch, django_capture_on_commit_callbacks, caplog
+):
+    def broker_down(analysis_id: int, *, countdown: float | None = None) -> None:
+        raise ConnectionRefusedError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr("portal.analyses.services.enqueue_analysis", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        scan = scan_create(
+            study=study,
+            upload=validate_upload(SimpleUploadedFile("a.png", make_png())),
+            uploaded_by=user,
+            model_version=TEST_MODEL_VERSION,
+        )
+
+    assert scan.analyses.get().status == Status.QUEUED
+    assert "the reconciler will send it" in caplog.text
