@@ -21,3 +21,6 @@ urlpatterns = [
     path("api/v1/", include("portal.api.urls")),
     path("", include("portal.review.urls")),
 ]
+
+# JSON for unknown /api/ URLs, the usual page elsewhere.
+handler404 = "portal.api.docs.handler404"

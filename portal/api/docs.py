@@ -1,12 +1,15 @@
-"""Browsable documentation (Swagger UI over /api/v1/schema/) and JSON 404s."""
+"""The API's root, browsable documentation (Swagger UI over /api/v1/schema/), JSON 404s."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
+from django.views.defaults import page_not_found
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularSwaggerSplitView
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 # Swagger UI's files come from its CDN; the portal's policy allows only its own
 # origin, so this page alone widens it (no inline script: the init script is a URL).
@@ -29,7 +32,29 @@ class SwaggerView(SpectacularSwaggerSplitView):
         return response
 
 
-def not_found(request: HttpRequest) -> JsonResponse:
+class ApiRootView(APIView):
+    """Where to start: the collections, the documentation and the schema."""
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request) -> Response:
+        def url(name: str) -> str:
+            return request.build_absolute_uri(reverse(name))
+
+        return Response(
+            {
+                "token": url("api:token"),
+                "patients": url("api:patient-list"),
+                "studies": url("api:study-list"),
+                "docs": url("api:docs"),
+                "schema": url("api:schema"),
+            }
+        )
+
+
+def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """JSON under /api/ (clients read the message), the usual page elsewhere."""
+    if not request.path.startswith("/api/"):
+        return page_not_found(request, exception)
     return JsonResponse(
         {
             "error": f"No API endpoint at {request.path}; the endpoints are listed at "

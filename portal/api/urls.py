@@ -5,7 +5,7 @@ page, is told to let these through."""
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_not_required
-from django.urls import path, re_path
+from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
 from portal.api import docs, views
@@ -18,6 +18,7 @@ def _api(view: type) -> object:
 
 
 urlpatterns = [
+    path("", _api(docs.ApiRootView), name="root"),
     path("auth/token/", _api(views.TokenView), name="token"),
     path("auth/token/revoke/", _api(views.TokenRevokeView), name="token-revoke"),
     path("patients/", _api(views.PatientListView), name="patient-list"),
@@ -44,5 +45,4 @@ urlpatterns = [
     ),
     path("schema/", _api(SpectacularAPIView), name="schema"),
     path("docs/", _api(docs.SwaggerView), name="docs"),
-    re_path(r"^.*$", login_not_required(docs.not_found), name="not-found"),
 ]

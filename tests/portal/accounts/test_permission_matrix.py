@@ -42,6 +42,15 @@ def _pk(kind: str):
     return lambda objects: {"pk": getattr(objects, kind).pk}
 
 
+def _batch(objects: Any) -> Any:
+    from portal.ingest.models import UploadBatch
+
+    batch, _ = UploadBatch.objects.get_or_create(
+        study=objects.study, source="web", created_by=objects.study.created_by
+    )
+    return batch
+
+
 # url name -> the rules (one per method worth checking)
 MATRIX: dict[str, list[Rule]] = {
     "static": [
@@ -80,6 +89,37 @@ MATRIX: dict[str, list[Rule]] = {
     "review:scan_display": [Rule(READERS, kwargs=_pk("scan"))],
     "review:analysis_outline": [Rule(READERS, kwargs=_pk("analysis"))],
     "review:study_report": [Rule(READERS, kwargs=_pk("study"))],
+    # Uploads (portal/ingest)
+    "ingest:batch_detail": [Rule(READERS, kwargs=lambda o: {"pk": _batch(o).pk})],
+    "ingest:batch_progress": [Rule(READERS, kwargs=lambda o: {"pk": _batch(o).pk})],
+    # REST API (portal/api): anonymous calls get 401, calls without the role 403.
+    "api:root": [Rule(SIGNED_IN)],
+    "api:token": [Rule(EVERYONE, method="POST", decidable=False)],
+    # DELETE revokes; GET answers 405 to anyone signed in.
+    "api:token-revoke": [Rule(SIGNED_IN)],
+    "api:schema": [Rule(SIGNED_IN)],
+    "api:docs": [Rule(SIGNED_IN)],
+    "api:patient-list": [
+        Rule(READERS),
+        Rule(frozenset({STAFF}), method="POST", data={"identifier": "", "name": ""}),
+    ],
+    "api:patient-detail": [Rule(READERS, kwargs=_pk("patient"))],
+    "api:study-list": [
+        Rule(READERS),
+        Rule(frozenset({STAFF}), method="POST", data={"patient": ""}),
+    ],
+    "api:study-detail": [Rule(READERS, kwargs=_pk("study"))],
+    "api:study-scans": [Rule(frozenset({STAFF}), method="POST", kwargs=_pk("study"))],
+    "api:batch-detail": [Rule(READERS, kwargs=lambda o: {"pk": _batch(o).pk})],
+    "api:analysis-detail": [Rule(READERS, kwargs=_pk("analysis"))],
+    "api:analysis-retry": [
+        Rule(frozenset({STAFF}), method="POST", kwargs=_pk("analysis"))
+    ],
+    "api:analysis-artifact": [
+        Rule(READERS, kwargs=lambda o, kind=kind: {"pk": o.analysis.pk, "kind": kind})
+        for kind in ("mask", "overlay", "gradcam", "seg_gradcam")
+    ],
+    "api:scan-original": [Rule(READERS, kwargs=_pk("scan"))],
 }
 
 
@@ -139,7 +179,7 @@ def clients(make_user: Any) -> dict[str, Client]:
 
 
 def _denied(response: Any, *login_urls: str) -> bool:
-    if response.status_code == 403:
+    if response.status_code in (401, 403):  # 401: the API's "who are you?"
         return True
     if response.status_code in (301, 302):
         return urlsplit(response["Location"]).path in login_urls

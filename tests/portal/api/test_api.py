@@ -486,3 +486,11 @@ def test_unknown_api_urls_answer_in_json(staff_api):
     wrong_method = staff_api.put("/api/v1/patients/", {})
     assert wrong_method.status_code == 405
     assert "Allow header" in wrong_method.json()["error"]
+
+
+def test_the_root_lists_where_to_start_and_the_schema_needs_a_login(staff_api, api):
+    body = staff_api.get("/api/v1/").json()
+    assert body["docs"].endswith("/api/v1/docs/") and body["studies"].endswith(
+        "/studies/"
+    )
+    assert api.get("/api/v1/schema/").status_code == 401
