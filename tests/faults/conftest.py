@@ -102,7 +102,7 @@ def make_stack(tmp_path: Path, tiny_weights: Path) -> Iterator[Any]:
         redis.start()
         if database == "postgres":
             try:
-                cluster = PrivatePostgres(tmp_path / f"pg{len(clusters)}")
+                cluster = PrivatePostgres()
                 clusters.append(cluster)
                 cluster.init()
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -110,6 +110,7 @@ def make_stack(tmp_path: Path, tiny_weights: Path) -> Iterator[Any]:
                 pytest.skip(f"cannot run a private PostgreSQL here: {exc}")
             url = cluster.url
         else:
+            cluster = None
             url = f"sqlite:///{root / 'portal.sqlite3'}"
         stack = Stack(
             root=root,
@@ -117,6 +118,7 @@ def make_stack(tmp_path: Path, tiny_weights: Path) -> Iterator[Any]:
             redis=redis,
             weights_dir=tiny_weights,
             settings_env={**FAULT_SETTINGS, **settings},
+            postgres=cluster,
         )
         stacks.append(stack)
         stack.driver("migrate", timeout=300)

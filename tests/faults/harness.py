@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -118,28 +119,32 @@ class PrivateRedis:
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster (initdb as the postgres user) on its own port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self) -> None:
         bins = sorted(Path("/").glob(PG_BIN_GLOB.lstrip("/")))
         if not bins or shutil.which("runuser") is None or os.geteuid() != 0:
             raise RuntimeError("needs PostgreSQL server binaries, runuser and root")
         self.bin = bins[-1]
-        self.directory = directory
-        self.data = directory / "data"
+        # Directly under /tmp: pytest's own folders are private to root, and the server
+        # runs as the postgres user.
+        self.directory = Path(tempfile.mkdtemp(prefix="busai-faults-pg-"))
+        self.data = self.directory / "data"
         self.port = free_port()
-        directory.mkdir(parents=True, exist_ok=True)
-        shutil.chown(directory, "postgres", "postgres")
+        shutil.chown(self.directory, "postgres", "postgres")
 
     @property
     def url(self) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/faults"
 
     def _as_postgres(self, *command: str, timeout: float = 120) -> None:
-        subprocess.run(
+        result = subprocess.run(
             ["runuser", "-u", "postgres", "--", *command],
-            check=True,
             capture_output=True,
+            text=True,
             timeout=timeout,
+            check=False,
         )
+        if result.returncode != 0:
+            raise RuntimeError(f"{command[0]}: {result.stderr.strip()[-2000:]}")
 
     def init(self) -> None:
         self._as_postgres(
@@ -191,8 +196,9 @@ class PrivatePostgres:
         if (self.data / "postmaster.pid").exists():
             try:
                 self._ctl("stop", "-m", "immediate")
-            except subprocess.CalledProcessError:
+            except RuntimeError:
                 pass
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @dataclass
@@ -205,6 +211,7 @@ class Stack:
     weights_dir: Path
     settings_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    postgres: PrivatePostgres | None = None
 
     @property
     def media_root(self) -> Path:
