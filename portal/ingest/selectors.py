@@ -15,7 +15,7 @@ Status = Analysis.Status
 
 
 def batch_items(*, batch: UploadBatch) -> QuerySet[UploadItem]:
-    return batch.items.select_related("analysis").order_by("id")
+    return batch.items.select_related("analysis", "scan").order_by("id")
 
 
 def latest_batch(*, study: Study) -> UploadBatch | None:

@@ -18,7 +18,7 @@ from typing import BinaryIO, Protocol
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from portal.analyses.models import Analysis
@@ -321,6 +321,28 @@ class BatchIngester:
             item = self._store(upload, archive=archive, folders=folders)
         except UploadRejected as exc:
             self.reject(name, str(exc), archive=archive, sha256=upload.sha256)
+            return
+        except IntegrityError:
+            # Another upload created the same patient or study UID at the same moment.
+            logger.warning("upload %s: a file met a simultaneous upload", self.batch.pk)
+            self.reject(
+                name,
+                "it collided with another upload of the same patient or study at the "
+                "same moment; upload it again",
+                archive=archive,
+                sha256=upload.sha256,
+            )
+            return
+        except (OSError, DatabaseError):
+            # Storage or database trouble with this file: the others still go on.
+            logger.exception("upload %s: a file could not be stored", self.batch.pk)
+            self.reject(
+                name,
+                "it could not be stored (the error is logged for the administrators); "
+                "upload it again later",
+                archive=archive,
+                sha256=upload.sha256,
+            )
             return
         self.result.items.append(item)
 

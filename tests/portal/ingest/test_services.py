@@ -357,3 +357,25 @@ def test_two_uploads_of_the_same_image_at_once_make_one_scan(study, user):
         thread.join()
     assert sorted(outcomes) == [Outcome.ACCEPTED, Outcome.DUPLICATE]
     assert Scan.objects.filter(sha256=UploadItem.objects.first().sha256).count() == 1
+
+
+def test_a_file_that_cannot_be_stored_is_rejected_and_the_others_go_on(
+    study, user, monkeypatch
+):
+    from portal.ingest import services
+
+    real = services.scan_create
+
+    def flaky(**kwargs: Any):
+        if kwargs["upload"].original_filename == "full-disk.png":
+            raise OSError(28, "No space left on device")
+        return real(**kwargs)
+
+    monkeypatch.setattr(services, "scan_create", flaky)
+    result = upload(
+        study, user, ("full-disk.png", png(value=31)), ("ok.png", png(value=32))
+    )
+    report = rows(result)
+    assert report["ok.png"][0] == Outcome.ACCEPTED
+    assert "could not be stored" in report["full-disk.png"][1]
+    assert Scan.objects.count() == 1
