@@ -58,6 +58,8 @@ MATRIX: dict[str, list[Rule]] = {
     ],
     "home": [Rule(SIGNED_IN)],
     "healthz": [Rule(EVERYONE)],
+    # Prometheus scrapes with METRICS_TOKEN; in a browser, staff (administrators) only.
+    "metrics": [Rule(frozenset({ADMINISTRATOR}))],
     "login": [Rule(EVERYONE)],
     "logout": [Rule(EVERYONE, method="POST", decidable=False)],
     "clinical:patient_list": [
