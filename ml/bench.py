@@ -94,7 +94,8 @@ def run(
     time_full_analysis(analyzer, files[:8], 8, 1)  # warm-up: traces batch 8
     time_full_analysis(analyzer, files[:1], 1, 1)
     batch1 = statistics.median(time_full_analysis(analyzer, files, 1, repeats))
-    batch8 = statistics.median(time_full_analysis(analyzer, files, 8, repeats))
+    stages: dict[str, list[float]] = {}
+    batch8 = statistics.median(time_full_analysis(analyzer, files, 8, repeats, stages))
     prototype = statistics.median(time_prototype(1, prototype_repeats))
     report = {
         "model_version": analyzer.model_version,
@@ -103,6 +104,10 @@ def run(
         "gpu": bool(tf.config.list_physical_devices("GPU")),
         "full_analysis_batch1_ms": round(batch1 * 1000, 1),
         "full_analysis_batch8_ms_per_image": round(batch8 * 1000, 1),
+        **{
+            f"  of which {name}_ms": round(statistics.median(values) * 1000, 1)
+            for name, values in stages.items()
+        },
         "prototype_b7_600_classification_batch1_ms": round(prototype * 1000, 1),
         "speedup_vs_prototype_batch8": round(prototype / batch8, 1),
     }

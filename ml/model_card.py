@@ -16,6 +16,8 @@ LABELS = {
     "accuracy": "Accuracy",
     "auc_malignant_vs_rest": "ROC AUC, malignant vs rest",
     "dice_lesion_mean": "Dice, lesion images (mean per image)",
+    "dice_lesion_median": "Dice, lesion images (median)",
+    "lesions_missed_dice_under_0_05": "Lesion images with Dice < 0.05 (count)",
     "normal_with_lesion_over_1pct": "Normal images with a predicted lesion > 1% of the image",
     "ece": "Expected calibration error (10 bins)",
 }
@@ -38,6 +40,8 @@ def _row(key: str, report: dict) -> str:
         if target
         else ""
     )
+    if isinstance(value, int):
+        return f"| {LABELS[key]} | {value} | {low:.0f} – {high:.0f} | {target_text} |"
     return f"| {LABELS[key]} | {value:.3f} | {low:.3f} – {high:.3f} | {target_text} |"
 
 
@@ -63,7 +67,9 @@ def write_model_card(report: dict, report_dir: Path, card_path: Path) -> None:
             + "\n".join(lines)
             + f"\n\nCommand: `{cv['command']}`"
         )
-    rows = "\n".join(_row(key, report) for key in LABELS)
+    rows = "\n".join(_row(key, report) for key in LABELS if key in report["metrics"])
+    notes_path = report_dir / "notes.md"
+    notes = notes_path.read_text().strip() if notes_path.is_file() else "None recorded."
     plots = "\n".join(
         f"![{name}]({relative}/{name})" for name in report.get("plots", [])
     )
@@ -118,6 +124,9 @@ Expected calibration error before temperature scaling: {report["uncalibrated_ece
 {rows}
 
 {plots}
+
+### Notes on this run
+{notes}
 
 ### Cross-validation
 {cv_section}
