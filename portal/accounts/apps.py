@@ -8,7 +8,8 @@ def _sync_roles(sender: AppConfig, **kwargs: object) -> None:
     # Runs after every migrate and after a test database flush (which empties the
     # groups the data migration created). post_migrate is sent once per app and the
     # permissions of each app are created by its own signal, so wait for the last one.
-    if sender is not list(apps.get_app_configs())[-1]:
+    with_models = [c for c in apps.get_app_configs() if c.models_module is not None]
+    if sender is not with_models[-1]:
         return
     from portal.accounts.roles import ensure_roles
 

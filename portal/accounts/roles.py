@@ -105,7 +105,9 @@ def assign_role(user: Any, role: str) -> None:
 def user_roles(user: Any) -> list[str]:
     if not user.is_authenticated:
         return []
-    return [name for name in user.groups.values_list("name", flat=True) if name in ROLES]
+    return [
+        name for name in user.groups.values_list("name", flat=True) if name in ROLES
+    ]
 
 
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., HttpResponse])

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.files.storage import default_storage
 from django.utils import timezone
+from PIL import Image as PILImage
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
@@ -43,6 +44,7 @@ IMAGE_TITLES = (
     ("seg_gradcam", "Seg-Grad-CAM"),
 )
 THUMB_WIDTH = 42 * mm
+THUMB_PIXELS = 600  # about 360 dpi at THUMB_WIDTH
 
 
 def _styles() -> dict[str, ParagraphStyle]:
@@ -95,7 +97,14 @@ def _table(rows: list[tuple[str, str]], styles: dict) -> Table:
 def _image(content: bytes | None) -> Any:
     if not content:
         return Paragraph("(not available)", _styles()["small"])
-    picture = Image(io.BytesIO(content))
+    # A thumbnail as JPEG keeps a many-image report to a few hundred kilobytes.
+    with PILImage.open(io.BytesIO(content)) as source:
+        thumbnail = source.convert("RGB")
+    thumbnail.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, format="JPEG", quality=90)
+    buffer.seek(0)
+    picture = Image(buffer)
     ratio = picture.imageHeight / picture.imageWidth if picture.imageWidth else 1
     picture.drawWidth = THUMB_WIDTH
     picture.drawHeight = THUMB_WIDTH * ratio

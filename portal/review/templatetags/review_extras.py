@@ -14,3 +14,11 @@ def get_item(mapping: Any, key: Any) -> Any:
         return mapping.get(key)
     except AttributeError:
         return None
+
+
+@register.filter
+def percent(fraction: Any, digits: int = 1) -> str:
+    """0.1964 -> "19.6%"; empty for None."""
+    if fraction is None or fraction == "":
+        return ""
+    return f"{float(fraction) * 100:.{int(digits)}f}%"

@@ -6,12 +6,36 @@ content streams; this inflates the streams and collects those strings.
 
 from __future__ import annotations
 
+import base64
 import re
 import zlib
 
-_STREAM = re.compile(rb"<<(.*?)>>\s*stream\r?\n(.*?)\r?\n?endstream", re.DOTALL)
-_STRING = re.compile(rb"\((.*?)(?<!\\)\)\s*Tj|\[(.*?)\]\s*TJ", re.DOTALL)
-_TJ_PART = re.compile(rb"\((.*?)(?<!\\)\)", re.DOTALL)
+# An object's dictionary (no nested dictionaries in reportlab's stream headers) then
+# "stream"; the body is sliced by /Length, so image bytes are never scanned.
+_STREAM_HEAD = re.compile(rb"\d+ 0 obj\s*<<((?:[^<>]|<(?!<)|>(?!>))*)>>\s*stream\r?\n")
+_LENGTH = re.compile(rb"/Length (\d+)")
+_STRING = re.compile(rb"\(((?:[^()\\]|\\.)*)\)\s*Tj|\[([^\]]*)\]\s*TJ", re.DOTALL)
+_TJ_PART = re.compile(rb"\(((?:[^()\\]|\\.)*)\)", re.DOTALL)
+
+
+def _streams(content: bytes) -> list[tuple[bytes, bytes]]:
+    """(header, decoded body) of each stream that is not an image."""
+    found = []
+    for match in _STREAM_HEAD.finditer(content):
+        header = match.group(1)
+        length = _LENGTH.search(header)
+        if length is None or b"/Subtype /Image" in header:
+            continue
+        body = content[match.end() : match.end() + int(length.group(1))]
+        if b"/ASCII85Decode" in header:
+            body = base64.a85decode(body.strip(), adobe=True)
+        if b"/FlateDecode" in header:
+            try:
+                body = zlib.decompress(body)
+            except zlib.error:
+                continue
+        found.append((header, body))
+    return found
 
 
 def _unescape(raw: bytes) -> str:
@@ -39,16 +63,7 @@ def pdf_text(content: bytes) -> str:
     assert content.rstrip().endswith(b"%%EOF"), "PDF is truncated"
     assert b"xref" in content and b"/Root" in content
     texts = []
-    for header, body in _STREAM.findall(content):
-        if b"/FlateDecode" in header:
-            if b"/ASCII85Decode" in header:
-                import base64
-
-                body = base64.a85decode(body.strip(), adobe=True)
-            try:
-                body = zlib.decompress(body)
-            except zlib.error:
-                continue
+    for _header, body in _streams(content):
         for single, array in _STRING.findall(body):
             if array:
                 texts.append("".join(_unescape(p) for p in _TJ_PART.findall(array)))
@@ -63,17 +78,6 @@ def page_count(content: bytes) -> int:
 
 def image_draws(content: bytes) -> int:
     """How many times an image is painted (identical images share one object)."""
-    draws = 0
-    for header, body in _STREAM.findall(content):
-        if b"/FlateDecode" not in header or b"/Subtype /Image" in header:
-            continue
-        if b"/ASCII85Decode" in header:
-            import base64
-
-            body = base64.a85decode(body.strip(), adobe=True)
-        try:
-            body = zlib.decompress(body)
-        except zlib.error:
-            continue
-        draws += len(re.findall(rb"/[^\s/]+ Do\b", body))
-    return draws
+    return sum(
+        len(re.findall(rb"/[^\s/]+ Do\b", body)) for _header, body in _streams(content)
+    )

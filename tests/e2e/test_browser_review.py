@@ -1,0 +1,483 @@
+"""The radiologist workflow in a real browser (Playwright driving Debian's Chromium).
+
+Staff log in, register a patient and a study, upload three BUSI images and watch the
+results arrive without reloading; a radiologist opens the worklist, toggles every
+overlay, signs off with a corrected label and downloads the report; the audit trail
+shows each step. Screenshots of the key pages go to test-artifacts/.
+
+`test_review_workflow_with_a_real_worker` runs the real Celery worker and model (and
+skips when there are no trained weights); `..._with_a_stub_worker` runs the same browser
+steps with an in-process stand-in that writes synthetic results through the same
+services, so the pages are tested even on a machine without a model.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from django.contrib.contenttypes.models import ContentType
+from django.db import connection
+
+from portal.accounts.roles import ADMINISTRATOR, RADIOLOGIST, STAFF, assign_role
+from tests.portal.review.pdftext import pdf_text
+from workers.launch import database_url, start_worker, stop_worker, tail
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser-review"
+PASSWORD = "browser-test-password-42!"
+IMAGES = (
+    "benign/benign (3).png",
+    "malignant/malignant (3).png",
+    "normal/normal (3).png",
+)
+# Model load and three analyses on a slow shared CPU.
+TIMEOUT_S = float(os.environ.get("E2E_TIMEOUT", "420"))
+
+
+@pytest.fixture
+def chromium(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls
+    # are still plain synchronous code, run one at a time.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def people(django_user_model: Any) -> dict[str, Any]:
+    people = {}
+    for role, username in (
+        (STAFF, "sonographer"),
+        (RADIOLOGIST, "dr-reader"),
+        (ADMINISTRATOR, "auditor"),
+    ):
+        user = django_user_model.objects.create_user(
+            username=username, password=PASSWORD, first_name=username.title()
+        )
+        assign_role(user, role)
+        people[role] = user
+    return people
+
+
+@pytest.fixture
+def screenshots(request: pytest.FixtureRequest) -> Callable[[Any, str], None]:
+    folder = ARTIFACTS / request.node.name
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def shoot(page: Any, name: str) -> None:
+        page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+    return shoot
+
+
+# --- the analysis back ends ----------------------------------------------------------
+
+
+@pytest.fixture
+def real_worker(
+    e2e_broker: str, media_root: Path, real_weights_dir: Path, tmp_path: Path
+) -> Iterator[Any]:
+    log_path = tmp_path / "worker.log"
+    process = start_worker(
+        database=database_url(connection.settings_dict),
+        broker=e2e_broker,
+        media_root=media_root,
+        log_path=log_path,
+        name="browser",
+    )
+    yield process, log_path
+    stop_worker(process)
+    connection.close()
+
+
+class StubWorker(threading.Thread):
+    """Claims and completes analyses with synthetic results through the real services."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.jobs: queue.Queue[int] = queue.Queue()
+        self.stopping = threading.Event()
+        self.errors: list[str] = []
+
+    def enqueue(self, analysis_id: int, *, countdown: float | None = None) -> None:
+        self.jobs.put(analysis_id)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                analysis_id = self.jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._analyse(analysis_id)
+            except Exception as exc:  # noqa: BLE001 - reported by the test, not lost
+                self.errors.append(f"analysis {analysis_id}: {exc!r}")
+            finally:
+                connection.close()
+
+    def _analyse(self, analysis_id: int) -> None:
+        from django.core.files.storage import default_storage
+
+        from ml.decode import decode_image
+        from ml.render import heatmap_overlay, mask_overlay, png_bytes
+        from portal.analyses import services
+        from portal.analyses.models import Analysis
+
+        time.sleep(1.5)  # let the page see the row queued first
+        if not services.analysis_claim(analysis_id=analysis_id, worker="stub"):
+            return
+        time.sleep(1.5)
+        analysis = Analysis.objects.select_related("scan").get(pk=analysis_id)
+        with default_storage.open(analysis.scan.original.name, "rb") as stored:
+            image = decode_image(stored).pixels
+        height, width = image.shape[:2]
+        rows, cols = np.ogrid[:height, :width]
+        distance = ((rows - height / 2) / (height / 4)) ** 2 + (
+            (cols - width / 2) / (width / 4)
+        ) ** 2
+        mask = distance <= 1
+        heat = np.clip(1 - distance / 2, 0, 1).astype(np.float32)
+        probabilities = {"normal": 0.1, "benign": 0.25, "malignant": 0.65}
+        services.analysis_record_success(
+            analysis_id=analysis_id,
+            result={
+                "label": "malignant",
+                "probabilities": probabilities,
+                "confidence": 0.65,
+                "lesion_area_fraction": float(mask.mean()),
+                "bbox": [width // 4, height // 4, 3 * width // 4, 3 * height // 4],
+            },
+            artifacts={
+                "mask": png_bytes((mask * 255).astype(np.uint8)),
+                "overlay": png_bytes(mask_overlay(image, mask)),
+                "gradcam": png_bytes(heatmap_overlay(image, heat)),
+                "seg_gradcam": png_bytes(heatmap_overlay(image, heat[::-1, ::-1])),
+            },
+        )
+
+
+@pytest.fixture
+def stub_worker(
+    monkeypatch: pytest.MonkeyPatch, media_root: Path, weights_dir: Path
+) -> Iterator[StubWorker]:
+    worker = StubWorker()
+    monkeypatch.setattr("portal.analyses.services.enqueue_analysis", worker.enqueue)
+    worker.start()
+    yield worker
+    worker.stopping.set()
+    worker.join(timeout=10)
+
+
+# --- the scenario --------------------------------------------------------------------
+
+
+def _log_in(browser: Any, base: str, username: str) -> Any:
+    context = browser.new_context(
+        accept_downloads=True, viewport={"width": 1400, "height": 1000}
+    )
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("form button[type=submit]")
+    page.wait_for_url(re.compile(r".*/dashboard/$"))
+    return page
+
+
+def _register_and_upload(page: Any, base: str, busi_dir: Path, shoot: Any) -> int:
+    page.goto(f"{base}/patients/")
+    page.fill("input[name=identifier]", "BRW-0001")
+    page.fill("input[name=name]", "Browser Test Patient")
+    page.fill("input[name=birth_date]", "1971-03-04")
+    page.click("text=Create patient")
+    page.wait_for_url(re.compile(r".*/patients/\d+/$"))
+    page.fill("input[name=accession_number]", "ACC-BROWSER-1")
+    page.fill("input[name=study_date]", "2026-11-20")
+    page.click("text=Create study")
+    page.wait_for_url(re.compile(r".*/studies/\d+/$"))
+    study_id = int(re.search(r"/studies/(\d+)/$", page.url).group(1))
+    page.set_input_files("input[name=files]", [str(busi_dir / name) for name in IMAGES])
+    with page.expect_navigation():
+        page.click("text=Upload and analyse")
+    page.wait_for_selector("article.scan >> nth=2")
+    shoot(page, "01-study-uploaded")
+    return study_id
+
+
+def _watch_until_done(page: Any, shoot: Any, check_worker: Callable[[], None]) -> None:
+    # A marker on the window survives only as long as the page is not reloaded.
+    page.evaluate("window.__sameDocument = true")
+    statuses = page.locator("article.scan .status")
+    assert statuses.count() == 3
+    seen_pending = any(
+        text in ("queued", "running") for text in statuses.all_inner_texts()
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        texts = statuses.all_inner_texts()
+        seen_pending = seen_pending or any(t in ("queued", "running") for t in texts)
+        assert "failed" not in texts, page.locator(
+            "article.scan .reason"
+        ).all_inner_texts()
+        if texts == ["succeeded"] * 3:
+            break
+        check_worker()
+        assert time.monotonic() < deadline, f"still {texts} after {TIMEOUT_S:.0f}s"
+        page.wait_for_timeout(1000)
+    assert seen_pending, "the page never showed a queued or running analysis"
+    assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+    page.wait_for_selector("article.scan .probabilities >> nth=2")
+    shoot(page, "02-study-analysed")
+    page.click("text=Dashboard")
+    page.wait_for_url(re.compile(r".*/dashboard/$"))
+    assert page.locator("#dashboard-rows tbody tr").count() == 3
+    assert "BRW-0001" in page.inner_text("#dashboard-rows")
+    shoot(page, "02b-dashboard")
+
+
+def _review_every_scan(page: Any, base: str, study_id: int, shoot: Any) -> list[int]:
+    page.click("#nav-worklist")
+    page.wait_for_url(re.compile(r".*/worklist/$"))
+    assert page.inner_text("#nav-worklist .count") == "1"
+    assert "BRW-0001" in page.inner_text("#worklist-rows")
+    shoot(page, "03-worklist")
+    page.click("#worklist-rows >> text=Open study")
+    page.wait_for_url(re.compile(rf".*/studies/{study_id}/$"))
+    assert page.inner_text("#study-review-state") == "unreviewed"
+    review_urls = [
+        page.locator("a.review-link").nth(i).get_attribute("href") for i in range(3)
+    ]
+    scan_ids = [int(re.search(r"/scans/(\d+)/", url).group(1)) for url in review_urls]
+    for index, url in enumerate(review_urls):
+        page.goto(base + url)
+        page.wait_for_selector("#viewer img.base")
+        if index == 0:
+            _toggle_every_overlay(page, shoot)
+            page.check("input[name=agrees_with_model][value=no]")
+            page.select_option("select[name=label]", "benign")
+            page.select_option("select[name=birads]", "3")
+            page.fill("textarea[name=note]", "Oval, circumscribed, parallel: benign.")
+        else:
+            page.check("input[name=agrees_with_model][value=yes]")
+            page.select_option("select[name=birads]", "4A")
+        with page.expect_navigation():
+            page.click("#sign")
+        assert page.inner_text("#review-state").startswith("signed")
+        if index == 0:
+            shoot(page, "05-review-signed")
+    page.goto(f"{base}/studies/{study_id}/")
+    assert page.inner_text("#study-review-state") == "reviewed"
+    shoot(page, "06-study-reviewed")
+    return scan_ids
+
+
+def _toggle_every_overlay(page: Any, shoot: Any) -> None:
+    for kind in ("outline", "gradcam", "seg_gradcam"):
+        layer = page.locator(f"#layer-{kind}")
+        toggle = page.locator(f"#toggle-{kind}")
+        before = layer.is_visible()
+        toggle.click()
+        assert layer.is_visible() != before, f"{kind} did not toggle"
+        if not layer.is_visible():
+            toggle.click()
+        assert layer.is_visible()
+        # The image really loaded (an authorised download), and the opacity applies.
+        assert page.evaluate(
+            f"document.getElementById('layer-{kind}').naturalWidth > 0"
+        ), f"{kind} layer did not load"
+        page.fill(f"#opacity-{kind}", "40")
+        opacity = page.evaluate(
+            f"getComputedStyle(document.getElementById('layer-{kind}')).opacity"
+        )
+        assert float(opacity) == pytest.approx(0.4)
+    shoot(page, "04-review-all-overlays")
+    for kind in ("gradcam", "seg_gradcam"):
+        page.locator(f"#toggle-{kind}").click()
+        assert not page.locator(f"#layer-{kind}").is_visible()
+
+
+def _download_report(page: Any, study_id: int) -> str:
+    with page.expect_download() as download_info:
+        page.click("#report-link")
+    download = download_info.value
+    assert download.suggested_filename == f"study-{study_id}-report.pdf"
+    target = ARTIFACTS / download.suggested_filename
+    download.save_as(str(target))
+    text = pdf_text(target.read_bytes())
+    for expected in (
+        "Browser Test Patient",
+        "BRW-0001",
+        "ACC-BROWSER-1",
+        "benign (corrected label)",
+        "Oval, circumscribed, parallel: benign.",
+        "decision support, not a diagnosis",
+        "Signed by",
+    ):
+        assert expected in text, expected
+    return text
+
+
+def _check_the_audit(
+    browser: Any,
+    base: str,
+    people: dict[str, Any],
+    study_id: int,
+    scan_ids: list[int],
+    shoot: Any,
+) -> None:
+    from auditlog.models import LogEntry
+
+    from portal.audit.models import AccessRecord
+    from portal.clinical.models import Patient, Scan, Study
+    from portal.review.models import Review
+
+    staff, radiologist = people[STAFF], people[RADIOLOGIST]
+    study_type = ContentType.objects.get_for_model(Study)
+    scan_type = ContentType.objects.get_for_model(Scan)
+    records = AccessRecord.objects.all()
+    assert records.filter(
+        user=staff, action="view", content_type=study_type, object_id=str(study_id)
+    ).exists()
+    assert records.filter(
+        user=radiologist, action="view", content_type=study_type
+    ).exists()
+    for scan_id in scan_ids:
+        assert records.filter(
+            user=radiologist,
+            action="view",
+            detail="review page",
+            content_type=scan_type,
+            object_id=str(scan_id),
+        ).exists()
+    for detail in ("outline", "gradcam", "seg_gradcam", "display image", "original"):
+        assert records.filter(
+            user=radiologist, action="download", detail=detail
+        ).exists(), detail
+    assert records.filter(
+        user=radiologist, action="download", detail="report", object_id=str(study_id)
+    ).exists()
+    assert all(r.client_address == "127.0.0.1" for r in records)
+
+    patient = Patient.objects.get(identifier="BRW-0001")
+    assert (
+        LogEntry.objects.get_for_object(patient)
+        .filter(action=LogEntry.Action.CREATE, actor=staff)
+        .exists()
+    )
+    study = Study.objects.get(pk=study_id)
+    assert (
+        LogEntry.objects.get_for_object(study)
+        .filter(action=LogEntry.Action.CREATE, actor=staff)
+        .exists()
+    )
+    for scan in study.scans.all():
+        assert (
+            LogEntry.objects.get_for_object(scan)
+            .filter(action=LogEntry.Action.CREATE, actor=staff)
+            .exists()
+        )
+    for review in Review.objects.filter(scan__study=study):
+        assert (
+            LogEntry.objects.get_for_object(review)
+            .filter(action=LogEntry.Action.CREATE, actor=radiologist)
+            .exists()
+        )
+
+    # And an administrator sees it all in the admin.
+    page = _log_in(browser, base, people[ADMINISTRATOR].username)
+    page.goto(f"{base}/admin/audit/accessrecord/?q=dr-reader")
+    table = page.inner_text("#result_list")
+    for detail in ("review page", "outline", "gradcam", "report"):
+        assert detail in table, detail
+    shoot(page, "07-admin-access-log")
+    page.goto(f"{base}/admin/auditlog/logentry/")
+    log = page.inner_text("#result_list")
+    assert "Review" in log or "review" in log
+    shoot(page, "08-admin-change-log")
+    assert page.locator("text=Add log entry").count() == 0
+    page.context.close()
+
+
+def _scenario(
+    browser: Any,
+    base: str,
+    people: dict[str, Any],
+    busi_dir: Path,
+    shoot: Any,
+    check_worker: Callable[[], None],
+) -> None:
+    started = time.monotonic()
+
+    def step(name: str) -> None:  # shown with the output of a failing test
+        print(f"[{time.monotonic() - started:6.1f}s] {name}", flush=True)
+
+    staff_page = _log_in(browser, base, people[STAFF].username)
+    step("staff logged in")
+    study_id = _register_and_upload(staff_page, base, busi_dir, shoot)
+    step("patient, study and three uploads")
+    _watch_until_done(staff_page, shoot, check_worker)
+    step("all analysed, page not reloaded")
+    staff_page.context.close()
+
+    page = _log_in(browser, base, people[RADIOLOGIST].username)
+    step("radiologist logged in")
+    scan_ids = _review_every_scan(page, base, study_id, shoot)
+    step("worklist, overlays, three sign-offs")
+    _download_report(page, study_id)
+    step("report downloaded and read")
+    page.context.close()
+
+    _check_the_audit(browser, base, people, study_id, scan_ids, shoot)
+    step("audit checked")
+
+
+def test_review_workflow_with_a_real_worker(
+    live_server, chromium, people, busi_dir, real_worker, screenshots
+):
+    process, log_path = real_worker
+
+    def check_worker() -> None:
+        assert process.poll() is None, f"worker died:\n{tail(log_path)}"
+
+    _scenario(chromium, live_server.url, people, busi_dir, screenshots, check_worker)
+
+
+def test_review_workflow_with_a_stub_worker(
+    live_server, chromium, people, busi_dir, stub_worker, screenshots
+):
+    def check_worker() -> None:
+        assert not stub_worker.errors, stub_worker.errors
+
+    _scenario(chromium, live_server.url, people, busi_dir, screenshots, check_worker)
