@@ -83,3 +83,23 @@ evaluate: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# --- Reliability and security (issue 5) ---------------------------------------------------
+# make faults: every fault test, the long ones too (PostgreSQL restarts in a private
+# cluster); make fuzz: the decoding fuzz tests for longer (FUZZ_PROFILE=fuzz-long);
+# make bench-load: queue ANALYSES analyses over STUDIES studies with WORKERS workers.
+ANALYSES ?= 2000
+STUDIES ?= 10000
+WORKERS ?= 1
+FUZZ_PROFILE ?= fuzz-long
+.PHONY: faults fuzz bench-load
+bench-load: export DEBUG ?= 1
+
+faults: venv
+	RUN_LONG_FAULTS=1 $(PY) -m pytest tests/faults -ra $(PYTEST_ARGS)
+
+fuzz: venv
+	HYPOTHESIS_PROFILE=$(FUZZ_PROFILE) $(PY) -m pytest tests/hostile/test_fuzz.py -ra $(PYTEST_ARGS)
+
+bench-load: migrate redis
+	$(PY) manage.py bench_load --analyses $(ANALYSES) --studies $(STUDIES) --workers $(WORKERS) $(ARGS)
