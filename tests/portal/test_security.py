@@ -282,7 +282,7 @@ def _production_env(tmp_path: Path) -> dict[str, str]:
         {
             "DJANGO_SETTINGS_MODULE": "portal.settings",
             "DEBUG": "false",
-            "SECRET_KEY": "p9Vx!r7Qz#2mL8wT@4nK6yB$1cH5jF0sD3gA-uE_oI+eR&tY*",
+            "SECRET_KEY": "p9Vx!r7Qz#2mL8wT@4nK6yB$1cH5jF0sD3gA-uE_oI+eR&tY*Lq8Zs0Wd",
             "ALLOWED_HOSTS": "portal.hospital.example",
             "CSRF_TRUSTED_ORIGINS": "https://portal.hospital.example",
             "SECURE_COOKIES": "true",
