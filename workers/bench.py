@@ -29,6 +29,7 @@ from portal.clinical.services import patient_create, scan_create, study_create
 from portal.clinical.uploads import validate_upload
 from workers.launch import (
     database_url,
+    point_celery_at,
     redis_url_with_db,
     start_worker,
     stop_worker,
@@ -134,7 +135,7 @@ def run(
         with override_settings(
             STORAGES=storages, MEDIA_ROOT=media_root, CELERY_BROKER_URL=broker
         ):
-            _point_celery_at(broker)
+            point_celery_at(broker)
             import redis
 
             redis.Redis.from_url(broker).flushdb()
@@ -174,7 +175,7 @@ def run(
     finally:
         if worker is not None:
             stop_worker(worker)
-        _point_celery_at(settings.CELERY_BROKER_URL)
+        point_celery_at(settings.CELERY_BROKER_URL)
         _cleanup(study, patient)
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -219,16 +220,6 @@ def _bare_ml(contents: list[bytes], warmup_paths: list[Path]) -> tuple[float, fl
     for image, result in zip(images, results, strict=True):
         result.render_artifacts(image.pixels)
     return bare_seconds, bare_seconds + time.perf_counter() - started
-
-
-def _point_celery_at(url: str) -> None:
-    from workers import app
-
-    app.conf.broker_url = url
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
-    app.amqp._producer_pool = None
 
 
 def _cleanup(study: Study, patient: Patient) -> None:

@@ -46,6 +46,20 @@ def database_url(settings_dict: Mapping[str, Any]) -> str:
     raise ValueError(f"no DATABASE_URL form for engine {engine}")
 
 
+def point_celery_at(url: str) -> None:
+    """Send this process's tasks to another broker URL from now on.
+
+    Celery and kombu cache connection and producer pools per URL; dropping the app's
+    references makes the next send look up the pool for the new URL. The old pools are
+    left open: kombu shares them process-wide, and closing one breaks its next user.
+    """
+    from workers import app
+
+    app.conf.broker_url = url
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
 def redis_url_with_db(url: str, db: int) -> str:
     parts = urlsplit(url)
     return urlunsplit(

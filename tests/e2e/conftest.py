@@ -7,7 +7,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from workers.launch import redis_url_with_db
+from workers.launch import point_celery_at, redis_url_with_db
 
 E2E_REDIS_DB = 15
 
@@ -31,20 +31,11 @@ def e2e_broker(settings: Any) -> Any:
     client.flushdb()
     previous = app.conf.broker_url
     settings.CELERY_BROKER_URL = url
-    _point_celery_at(app, url)
+    point_celery_at(url)
     yield url
-    _point_celery_at(app, previous)
+    point_celery_at(previous)
     client.flushdb()
     client.close()
-
-
-def _point_celery_at(app: Any, url: str) -> None:
-    app.conf.broker_url = url
-    # Connections and producers are created lazily and cached: drop them.
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
-    app.amqp._producer_pool = None
 
 
 @pytest.fixture
