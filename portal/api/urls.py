@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_not_required
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView
 
 from portal.api import docs, views
 
@@ -43,6 +42,6 @@ urlpatterns = [
         _api(views.AnalysisArtifactView),
         name="analysis-artifact",
     ),
-    path("schema/", _api(SpectacularAPIView), name="schema"),
+    path("schema/", _api(docs.SchemaView), name="schema"),
     path("docs/", _api(docs.SwaggerView), name="docs"),
 ]
