@@ -206,10 +206,25 @@ def test_an_unreachable_broker_skips_the_resend_and_says_why(
     assert enqueued == []
 
 
+def _point_celery_at(app: Any, url: str) -> None:
+    app.conf.broker_url = url
+    # Connections and producers are created lazily and cached: drop them.
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+
+
+def redis_reachable(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
 @pytest.fixture
 def broker_db(settings: Any) -> Any:
     """A private Redis database as the broker, flushed before and after."""
-    from tests.e2e.conftest import _point_celery_at, redis_reachable
     from workers import app
 
     url = redis_url_with_db(settings.REDIS_URL, BROKER_TEST_DB)
@@ -300,3 +315,28 @@ def test_an_upload_succeeds_while_the_broker_is_down_and_the_row_waits_for_the_s
 
     assert scan.analyses.get().status == Status.QUEUED
     assert "the reconciler will send it" in caplog.text
+
+
+def test_beat_runs_the_reconciler_on_the_configured_interval(settings):
+    from workers import app
+    from workers.tasks import reconcile_analyses
+
+    entry = settings.CELERY_BEAT_SCHEDULE["reconcile-analyses"]
+    assert (
+        entry["task"] == reconcile_analyses.name == "workers.tasks.reconcile_analyses"
+    )
+    assert entry["schedule"] == settings.RECONCILE_INTERVAL
+    assert app.conf.beat_schedule["reconcile-analyses"]["task"] == entry["task"]
+    assert settings.ANALYSIS_STALE_RUNNING_SECONDS > settings.CELERY_TASK_TIME_LIMIT
+
+
+def test_the_beat_task_runs_one_sweep(make_analysis, settings, enqueued, monkeypatch):
+    from workers.tasks import reconcile_analyses
+
+    analysis = make_analysis()
+    _age(analysis, queued_at=_long_ago(settings.ANALYSIS_STALE_QUEUED_SECONDS))
+    monkeypatch.setattr(broker, "analysis_ids_with_messages", lambda: set())
+    enqueued.clear()
+
+    assert reconcile_analyses.apply().get() == {"requeued": 0, "failed": 0, "resent": 1}
+    assert [pk for pk, _ in enqueued] == [analysis.pk]
