@@ -24,6 +24,19 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# Runs first in the child: SIGTERM it when the process that started it dies, then become
+# the worker (the signal survives exec). A test run killed by a timeout must not leave a
+# worker behind that keeps consuming with that run's settings. A no-op outside Linux.
+_EXEC_WITH_PARENT_DEATH_SIGNAL = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
 def database_url(settings_dict: Mapping[str, Any]) -> str:
     """A DATABASE_URL for the database a connection is using right now."""
     engine = settings_dict["ENGINE"]
@@ -94,6 +107,9 @@ def start_worker(
     env.update(extra_env or {})
     queues = ",".join(dict.fromkeys([settings.CELERY_INFERENCE_QUEUE, "celery"]))
     command = [
+        sys.executable,
+        "-c",
+        _EXEC_WITH_PARENT_DEATH_SIGNAL,
         sys.executable,
         "-m",
         "celery",

@@ -29,7 +29,11 @@ def enqueue_analysis(analysis_id: int, *, countdown: float | None = None) -> Non
     # Imported here: the portal sends by task object but must not load workers at import.
     from workers.tasks import analyze_scan
 
-    analyze_scan.apply_async(args=[analysis_id], countdown=countdown)
+    # The queue is named here as well as in task_routes so that a process can move its
+    # work to another queue by changing the setting (the end-to-end tests do).
+    analyze_scan.apply_async(
+        args=[analysis_id], countdown=countdown, queue=settings.CELERY_INFERENCE_QUEUE
+    )
 
 
 def _enqueue_on_commit(analysis_id: int) -> None:

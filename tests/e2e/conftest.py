@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,25 @@ def redis_reachable(url: str) -> bool:
 
 @pytest.fixture
 def e2e_broker(settings: Any) -> Any:
-    """A dedicated, flushed Redis database that this process and the worker both use."""
+    """A dedicated Redis database and a queue of this test's own.
+
+    The queue name is unique so that test runs side by side (or a worker left over from
+    a killed run) never take each other's messages; nothing is flushed for the same reason.
+    """
     from workers import app
 
     url = redis_url_with_db(settings.REDIS_URL, E2E_REDIS_DB)
     if not redis_reachable(url):
         pytest.skip(f"Redis is not reachable at {url} (set REDIS_URL or start Redis)")
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+    queue = f"inference-e2e-{uuid.uuid4().hex[:12]}"
     previous = app.conf.broker_url
     settings.CELERY_BROKER_URL = url
+    settings.CELERY_INFERENCE_QUEUE = queue
     point_celery_at(url)
     yield url
     point_celery_at(previous)
-    client.flushdb()
+    client = redis.Redis.from_url(url)
+    client.delete(queue)
     client.close()
 
 
