@@ -43,6 +43,7 @@ def study_status(*, study: Study) -> list[dict[str, Any]]:
                 "height": scan.height,
                 "format": scan.format,
                 "original_url": reverse("clinical:scan_original", args=[scan.pk]),
+                "review_url": reverse("review:scan_review", args=[scan.pk]),
                 "analysis": analysis_status_payload(analysis) if analysis else None,
             }
         )

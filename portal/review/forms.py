@@ -82,7 +82,10 @@ class ReviewForm(forms.Form):
         required=False,
         label="Corrected label",
     )
-    birads = forms.ChoiceField(choices=BiRads.choices, label="BI-RADS category")
+    # No default: the reader chooses a category on purpose.
+    birads = forms.ChoiceField(
+        choices=[("", "choose a category"), *BiRads.choices], label="BI-RADS category"
+    )
     note = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4}), required=False, label="Note"
     )

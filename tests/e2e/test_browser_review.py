@@ -267,7 +267,9 @@ def _watch_until_done(page: Any, shoot: Any, check_worker: Callable[[], None]) -
     shoot(page, "02b-dashboard")
 
 
-def _review_every_scan(page: Any, base: str, study_id: int, shoot: Any) -> list[int]:
+def _review_every_scan(
+    page: Any, base: str, study_id: int, shoot: Any
+) -> tuple[list[int], str]:
     page.click("#nav-worklist")
     page.wait_for_url(re.compile(r".*/worklist/$"))
     assert page.inner_text("#nav-worklist .count") == "1"
@@ -285,10 +287,12 @@ def _review_every_scan(page: Any, base: str, study_id: int, shoot: Any) -> list[
         page.wait_for_selector("#viewer img.base")
         if index == 0:
             _toggle_every_overlay(page, shoot)
+            predicted = page.inner_text("#model-output .label strong").strip().lower()
+            corrected = "malignant" if predicted != "malignant" else "benign"
             page.check("input[name=agrees_with_model][value=no]")
-            page.select_option("select[name=label]", "benign")
+            page.select_option("select[name=label]", corrected)
             page.select_option("select[name=birads]", "3")
-            page.fill("textarea[name=note]", "Oval, circumscribed, parallel: benign.")
+            page.fill("textarea[name=note]", "Reader note: see the margins.")
         else:
             page.check("input[name=agrees_with_model][value=yes]")
             page.select_option("select[name=birads]", "4A")
@@ -300,7 +304,7 @@ def _review_every_scan(page: Any, base: str, study_id: int, shoot: Any) -> list[
     page.goto(f"{base}/studies/{study_id}/")
     assert page.inner_text("#study-review-state") == "reviewed"
     shoot(page, "06-study-reviewed")
-    return scan_ids
+    return scan_ids, corrected
 
 
 def _toggle_every_overlay(page: Any, shoot: Any) -> None:
@@ -328,7 +332,7 @@ def _toggle_every_overlay(page: Any, shoot: Any) -> None:
         assert not page.locator(f"#layer-{kind}").is_visible()
 
 
-def _download_report(page: Any, study_id: int) -> str:
+def _download_report(page: Any, study_id: int, corrected: str) -> str:
     with page.expect_download() as download_info:
         page.click("#report-link")
     download = download_info.value
@@ -340,8 +344,8 @@ def _download_report(page: Any, study_id: int) -> str:
         "Browser Test Patient",
         "BRW-0001",
         "ACC-BROWSER-1",
-        "benign (corrected label)",
-        "Oval, circumscribed, parallel: benign.",
+        f"{corrected} (corrected label)",
+        "Reader note: see the margins.",
         "decision support, not a diagnosis",
         "Signed by",
     ):
@@ -453,9 +457,9 @@ def _scenario(
 
     page = _log_in(browser, base, people[RADIOLOGIST].username)
     step("radiologist logged in")
-    scan_ids = _review_every_scan(page, base, study_id, shoot)
+    scan_ids, corrected = _review_every_scan(page, base, study_id, shoot)
     step("worklist, overlays, three sign-offs")
-    _download_report(page, study_id)
+    _download_report(page, study_id, corrected)
     step("report downloaded and read")
     page.context.close()
 

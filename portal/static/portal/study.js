@@ -32,6 +32,7 @@
       el("header", {}, [
         el("h3", { class: "filename", text: entry.filename }),
         el("span", { class: "muted", text: entry.format + " · " + entry.width + "×" + entry.height }),
+        entry.review_url ? el("a", { class: "review-link", href: entry.review_url, text: "Review" }) : null,
         el("span", { class: "status" }),
       ]),
       el("div", { class: "scan-body" }, [
