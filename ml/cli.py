@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", type=Path, default=REPORT_DIR / "cv.json")
     cv.add_argument("--folds", type=int, default=5)
     cv.add_argument("--epochs", type=int, default=14)
+    cv.add_argument(
+        "--resume", action="store_true", help="reuse folds already trained in --work"
+    )
     cv.set_defaults(func=cmd_cv)
 
     bench = commands.add_parser(
