@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Max, Min
 from django.test.utils import override_settings
 from PIL import Image
@@ -207,7 +207,7 @@ class _Sampler(threading.Thread):
 
     def run(self) -> None:
         import psutil
-        from django.db import close_old_connections
+        from django.db import connection as thread_connection
 
         from portal.analyses.models import Analysis
 
@@ -226,7 +226,7 @@ class _Sampler(threading.Thread):
                     MemorySample(time.monotonic() - self.started, finished, rss)
                 )
         finally:
-            close_old_connections()
+            thread_connection.close()
 
 
 def _pool_pids(workers: list[subprocess.Popen[bytes]]) -> list[int]:
@@ -388,7 +388,11 @@ def run(
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-        connection.creation.destroy_test_db(old_name, verbosity=0)
+        connections.close_all()
+        try:
+            connection.creation.destroy_test_db(old_name, verbosity=0)
+        except Exception:
+            logger.warning("could not drop the benchmark database", exc_info=True)
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
