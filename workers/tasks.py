@@ -23,7 +23,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError, connections
 
 from ml.decode import DecodedImage, DecodeError, decode_image
 from portal.analyses import services
@@ -232,11 +232,12 @@ def _safe_claim_next(claim_next: Any) -> list[_Work]:
 
 
 def _in_thread(function: Any, *args: Any) -> Any:
-    close_old_connections()
+    # Idle pool threads must not hold database connections: a connection per thread
+    # would outlive the task (and block dropping a test database).
     try:
         return function(*args)
     finally:
-        close_old_connections()
+        connections.close_all()
 
 
 def _submit_finish(item: _Work, outcome: Any) -> Future[None]:
