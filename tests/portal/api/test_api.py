@@ -494,3 +494,15 @@ def test_the_root_lists_where_to_start_and_the_schema_needs_a_login(staff_api, a
         "/studies/"
     )
     assert api.get("/api/v1/schema/").status_code == 401
+
+
+def test_a_model_validation_error_in_a_service_is_a_400(staff_api, monkeypatch):
+    from django.core.exceptions import ValidationError
+
+    def refuse(**kwargs: Any):
+        raise ValidationError({"name": ["Names may not contain control characters."]})
+
+    monkeypatch.setattr("portal.api.views.patient_create", refuse)
+    response = staff_api.post("/api/v1/patients/", {"identifier": "V-1", "name": "x"})
+    assert response.status_code == 400
+    assert "name: Names may not contain control characters." in response.json()["error"]
