@@ -68,6 +68,7 @@ class LoadResult:
     studies: int
     workers: int
     model_version: str
+    warmup: int = 300
     enqueue_seconds: float = 0.0
     drain_seconds: float = 0.0
     worker_span_seconds: float = 0.0
@@ -89,9 +90,10 @@ class LoadResult:
     def memory_growth(self) -> tuple[float, float, float] | None:
         """(RSS after warm-up, RSS at the end, growth) of the largest worker process.
 
-        Warm-up: the first 10% of the analyses (model loaded, shapes traced, pools filled).
+        Warm-up: the first `warmup` analyses (model loaded, every batch shape traced,
+        thread pools and allocator arenas filled).
         """
-        warm_at = max(1, self.analyses // 10)
+        warm_at = max(1, min(self.warmup, self.analyses - 1))
         warm = [s for s in self.memory if s.finished >= warm_at and s.rss_mb]
         if len(warm) < 2:
             return None
@@ -170,16 +172,20 @@ def _seed(studies: int, model_version: str, user: Any) -> None:
 
 
 def _upload(
-    count: int, model_version: str, user: Any, size: int
-) -> tuple[list[int], list[int]]:
+    count: int,
+    model_version: str,
+    user: Any,
+    size: int,
+    ids: list[int],
+    study_ids: list[int],
+) -> None:
+    """Upload `count` scans; ids are appended as they go (the sampler reads them)."""
     from portal.clinical.models import Patient
     from portal.clinical.services import scan_create, study_create
     from portal.clinical.uploads import validate_upload
 
     rng = np.random.default_rng(7)
     patient = Patient.objects.create(identifier="LOAD-UPLOADS", name="Load Uploads")
-    ids: list[int] = []
-    study_ids: list[int] = []
     study = None
     for index in range(count):
         if index % SCANS_PER_STUDY == 0:
@@ -192,7 +198,6 @@ def _upload(
             study=study, upload=upload, uploaded_by=user, model_version=model_version
         )
         ids.append(scan.analyses.values_list("pk", flat=True).get())
-    return ids, study_ids
 
 
 class _Sampler(threading.Thread):
@@ -334,6 +339,7 @@ def run(
     timeout: float,
     weights_dir: Path | None,
     report: Callable[[str], None],
+    warmup: int = 300,
 ) -> LoadResult:
     from django.contrib.auth import get_user_model
 
@@ -375,6 +381,7 @@ def run(
                 broker=broker,
                 processes=processes,
                 report=report,
+                warmup=warmup,
                 model_version=current_model_version(weights),
                 user_model=get_user_model(),
                 analysis_model=Analysis,
@@ -410,13 +417,14 @@ def _run(
     broker: str,
     processes: list[subprocess.Popen[bytes]],
     report: Callable[[str], None],
+    warmup: int,
     model_version: str,
     user_model: Any,
     analysis_model: Any,
 ) -> LoadResult:
     import redis
 
-    result = LoadResult(analyses, studies, workers, model_version)
+    result = LoadResult(analyses, studies, workers, model_version, warmup=warmup)
     redis.Redis.from_url(broker).flushdb()
     _point_celery_at(broker)
     user = user_model.objects.create_superuser("load-bench", "lb@example.org", PASSWORD)
@@ -496,9 +504,7 @@ def _run(
     measurer.start()
     report(f"uploading {analyses} scans ({image_size}px PNG) and queueing them")
     started = time.monotonic()
-    new_ids, new_studies = _upload(analyses, model_version, user, image_size)
-    ids.extend(new_ids)
-    upload_studies.extend(new_studies)
+    _upload(analyses, model_version, user, image_size, ids, upload_studies)
     uploading.clear()
     result.enqueue_seconds = time.monotonic() - started
     deadline = time.monotonic() + timeout
@@ -590,7 +596,8 @@ def summary(result: LoadResult) -> list[str]:
     if growth:
         first, last, ratio = growth
         lines.append(
-            f"worker RSS after warm-up {first:.0f} MB, at the end {last:.0f} MB: "
+            f"worker RSS after the first {result.warmup} analyses (warm-up) "
+            f"{first:.0f} MB, after all {result.analyses}: {last:.0f} MB, "
             f"{ratio:+.1%} (target <= +10%)"
         )
     step = max(1, len(result.memory) // 12)

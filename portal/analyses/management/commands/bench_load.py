@@ -31,6 +31,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--timeout", type=float, default=4 * 3600)
         parser.add_argument(
+            "--warmup",
+            type=int,
+            default=300,
+            help="analyses before worker memory is taken as the baseline",
+        )
+        parser.add_argument(
             "--weights", default=None, help="model folder (default ML_WEIGHTS_DIR)"
         )
         parser.add_argument("--json", default=None, help="also write the figures here")
@@ -48,6 +54,7 @@ class Command(BaseCommand):
             timeout=options["timeout"],
             weights_dir=Path(options["weights"]) if options["weights"] else None,
             report=lambda line: self.stderr.write(line),
+            warmup=options["warmup"],
         )
         self.stdout.write("\n".join(loadbench.summary(result)))
         if options["json"]:
