@@ -31,6 +31,7 @@ from pathlib import Path
 import redis
 import requests
 from django.conf import settings
+from django.test.utils import override_settings
 
 from workers.launch import (
     REPO_ROOT,
@@ -155,6 +156,8 @@ def run(
     broker = redis_url_with_db(settings.REDIS_URL, BENCH_REDIS_DB)
     client = redis.Redis.from_url(broker)
     client.ping()  # fails loudly (start one with `make redis`)
+    # A queue of this run's own: runs side by side never count each other's messages.
+    queue = f"inference-bench-ingest-{secrets.token_hex(6)}"
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     server = worker = None
     try:
@@ -188,12 +191,12 @@ def run(
             "SECURE_COOKIES": "0",
             "LOG_LEVEL": "WARNING",
             "API_THROTTLE_UPLOADS": "1000/minute",
+            "CELERY_INFERENCE_QUEUE": queue,
         }
         report("migrating a fresh database")
         _manage(env, "migrate", "--noinput")
         output = _manage(env, "shell", "--verbosity", "0", "-c", SETUP_USER)
         token, study_id = output.strip().splitlines()[-1].split()
-        client.flushdb()
 
         port = 8000 + secrets.randbelow(1000) + 100
         server = subprocess.Popen(
@@ -237,7 +240,7 @@ def run(
             raise RuntimeError(
                 f"warm-up upload failed: {warm.status_code} {warm.text[:500]}"
             )
-        client.flushdb()
+        client.delete(queue)
         rss_before = _rss_mb(web_pid)
         report(f"web process {web_pid}: {rss_before:.0f} MB resident; uploading")
 
@@ -256,7 +259,6 @@ def run(
                 f"upload failed: {response.status_code} {response.text[:500]}"
             )
         body = response.json()
-        queue = settings.CELERY_INFERENCE_QUEUE
         result = IngestBenchResult(
             n=n,
             zip_mb=zip_mb,
@@ -271,9 +273,13 @@ def run(
         if analyse:
             report("starting a worker to analyse them")
             log_path = work / "worker.log"
-            worker = start_worker(
-                database=database, broker=broker, media_root=media, log_path=log_path
-            )
+            with override_settings(CELERY_INFERENCE_QUEUE=queue):
+                worker = start_worker(
+                    database=database,
+                    broker=broker,
+                    media_root=media,
+                    log_path=log_path,
+                )
             wait_until_ready(worker, log_path, timeout=600)
             analysis_started = time.perf_counter()
             progress_url = body["progress_url"]
@@ -298,6 +304,6 @@ def run(
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-        client.flushdb()
+        client.delete(queue)
         client.close()
         shutil.rmtree(work, ignore_errors=True)
