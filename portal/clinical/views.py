@@ -60,6 +60,8 @@ def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
         )
         messages.success(request, "Study created. Upload its images below.")
         return redirect(study)
+    if request.method == "GET":
+        record_access(request, patient, action=Action.VIEW, detail="patient page")
     return render(
         request,
         "clinical/patient_detail.html",

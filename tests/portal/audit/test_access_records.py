@@ -39,6 +39,12 @@ def _artifact_url(kind):
     ("url", "target", "action", "detail"),
     [
         (
+            lambda s: reverse("clinical:patient_detail", args=[s.study.patient_id]),
+            "patient",
+            "view",
+            "patient page",
+        ),
+        (
             lambda s: reverse("clinical:study_detail", args=[s.study_id]),
             "study",
             "view",
@@ -88,9 +94,12 @@ def test_each_view_and_download_is_recorded(
     assert response.status_code == 200
     if hasattr(response, "streaming_content"):
         b"".join(response.streaming_content)
-    instance = {"study": scan.study, "scan": scan, "analysis": scan.analyses.get()}[
-        target
-    ]
+    instance = {
+        "patient": scan.study.patient,
+        "study": scan.study,
+        "scan": scan,
+        "analysis": scan.analyses.get(),
+    }[target]
     _only_record(
         user=user,
         username=user.username,
