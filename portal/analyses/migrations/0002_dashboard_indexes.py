@@ -5,23 +5,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('analyses', '0001_initial'),
-        ('clinical', '0002_dashboard_indexes_pixel_spacing'),
+        ("analyses", "0001_initial"),
+        ("clinical", "0002_dashboard_indexes_pixel_spacing"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='analysis',
-            index=models.Index(fields=['label'], name='analysis_label'),
+            model_name="analysis",
+            index=models.Index(fields=["label"], name="analysis_label"),
         ),
         migrations.AddIndex(
-            model_name='analysis',
-            index=models.Index(fields=['confidence'], name='analysis_confidence'),
+            model_name="analysis",
+            index=models.Index(fields=["confidence"], name="analysis_confidence"),
         ),
         migrations.AddIndex(
-            model_name='analysis',
-            index=models.Index(fields=['model_version'], name='analysis_model_version'),
+            model_name="analysis",
+            index=models.Index(fields=["model_version"], name="analysis_model_version"),
         ),
     ]

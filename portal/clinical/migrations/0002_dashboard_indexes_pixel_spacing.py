@@ -6,37 +6,36 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('clinical', '0001_initial'),
+        ("clinical", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='scan',
-            name='pixel_spacing_col_mm',
+            model_name="scan",
+            name="pixel_spacing_col_mm",
             field=models.FloatField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='scan',
-            name='pixel_spacing_row_mm',
+            model_name="scan",
+            name="pixel_spacing_row_mm",
             field=models.FloatField(blank=True, null=True),
         ),
         migrations.AddIndex(
-            model_name='patient',
-            index=models.Index(fields=['name'], name='patient_name'),
+            model_name="patient",
+            index=models.Index(fields=["name"], name="patient_name"),
         ),
         migrations.AddIndex(
-            model_name='scan',
-            index=models.Index(fields=['uploaded_at', 'id'], name='scan_uploaded'),
+            model_name="scan",
+            index=models.Index(fields=["uploaded_at", "id"], name="scan_uploaded"),
         ),
         migrations.AddIndex(
-            model_name='study',
-            index=models.Index(fields=['study_date', 'id'], name='study_date'),
+            model_name="study",
+            index=models.Index(fields=["study_date", "id"], name="study_date"),
         ),
         migrations.AddIndex(
-            model_name='study',
-            index=models.Index(fields=['accession_number'], name='study_accession'),
+            model_name="study",
+            index=models.Index(fields=["accession_number"], name="study_accession"),
         ),
     ]
