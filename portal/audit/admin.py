@@ -39,7 +39,12 @@ class AccessRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "detail",
         "client_address",
     )
-    list_filter = ("action", "content_type", "detail", "at")
+    list_filter = (
+        "action",
+        ("content_type", admin.RelatedOnlyFieldListFilter),
+        "detail",
+        "at",
+    )
     search_fields = ("username", "object_id", "client_address", "path")
     date_hierarchy = "at"
     list_select_related = ("content_type",)
