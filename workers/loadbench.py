@@ -397,6 +397,7 @@ def run(
                 os.killpg(process.pid, signal.SIGKILL)
         connections.close_all()
         try:
+            _end_other_sessions()
             connection.creation.destroy_test_db(old_name, verbosity=0)
         except Exception:
             logger.warning("could not drop the benchmark database", exc_info=True)
@@ -538,6 +539,19 @@ def _run(
         stop_worker(worker)
     _point_celery_at(settings.CELERY_BROKER_URL)
     return result
+
+
+def _end_other_sessions() -> None:
+    """PostgreSQL refuses to drop a database with sessions left (a late web worker)."""
+    if connection.vendor != "postgresql":
+        return
+    name = connection.settings_dict["NAME"]
+    with connection._nodb_cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [name],
+        )
 
 
 def _point_celery_at(url: str) -> None:
