@@ -11,11 +11,14 @@ or a DICOM tag: those can carry patient data.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import BinaryIO, Protocol
 
+import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -41,6 +44,11 @@ logger = logging.getLogger(__name__)
 
 Outcome = UploadItem.Outcome
 ACCEPTED_KINDS = "PNG, JPEG, BMP, TIFF or DICOM"
+# Files are decoded (validated) in a few threads while the request's own thread stores
+# the ones before them: decoding releases the GIL. At most DECODE_WINDOW files are read
+# and not yet stored, which bounds the memory an upload can take.
+DECODE_THREADS = 2
+DECODE_WINDOW = 4
 
 
 @dataclass(frozen=True)
@@ -207,6 +215,18 @@ class ByTagsAndFolders:
         )
 
 
+def _validate(name: str, content: bytes) -> ValidatedUpload:
+    """Decode a file (in a decoder thread) and keep only what storing it needs.
+
+    The decoded pixels are dropped here: a scan needs the image's size, format and
+    DICOM tags, and the pixels of a large image would otherwise wait in the window.
+    """
+    upload = validate_content(filename=name, content=content)
+    pixels = upload.image.pixels
+    placeholder = np.broadcast_to(np.zeros((), np.uint8), pixels.shape)  # no memory
+    return replace(upload, image=replace(upload.image, pixels=placeholder))
+
+
 def _lock_digest(sha256: str) -> None:
     """Serialise ingestion of the same image, so two uploads cannot both store it.
 
@@ -240,6 +260,10 @@ class BatchIngester:
         self.budget = ArchiveBudget()
         self.result = IngestResult(batch)
         self.decoded = 0  # files that were images, whatever became of them
+        self._decoder = ThreadPoolExecutor(
+            max_workers=DECODE_THREADS, thread_name_prefix="ingest-decode"
+        )
+        self._pending: deque[tuple[Future[ValidatedUpload], str, str, tuple]] = deque()
 
     def ingest(self, incoming: IncomingFile) -> None:
         incoming.file.seek(0)
@@ -292,6 +316,7 @@ class BatchIngester:
                 archive=incoming.name,
                 folders=folders,
             )
+        self._drain()  # the zip's own rows need every member's outcome
         if report.errors:
             self.reject(incoming.name, "; ".join(report.errors))
         elif report.files == 0:
@@ -311,8 +336,20 @@ class BatchIngester:
         archive: str = "",
         folders: tuple[str, ...] = (),
     ) -> None:
+        future = self._decoder.submit(_validate, name, content)
+        self._pending.append((future, name, archive, folders))
+        while len(self._pending) > DECODE_WINDOW:
+            self._store_next()
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._store_next()
+
+    def _store_next(self) -> None:
+        """Store the oldest decoded file: files are stored in the order they came."""
+        future, name, archive, folders = self._pending.popleft()
         try:
-            upload = validate_content(filename=name, content=content)
+            upload = future.result()
         except UploadRejected as exc:
             self.reject(name, str(exc), archive=archive)
             return
@@ -405,7 +442,15 @@ class BatchIngester:
             )
         )
 
+    def close(self) -> None:
+        """Stop the decoder threads (files not stored yet are dropped)."""
+        self._decoder.shutdown(wait=True, cancel_futures=True)
+
     def finish(self) -> IngestResult:
+        try:
+            self._drain()
+        finally:
+            self.close()
         items = self.result.items
         self.batch.accepted_count = sum(i.outcome == Outcome.ACCEPTED for i in items)
         self.batch.duplicate_count = sum(i.outcome == Outcome.DUPLICATE for i in items)
@@ -448,9 +493,12 @@ def batch_ingest(
         uploaded_by=uploaded_by,
         model_version=model_version,
     )
-    for incoming in files:
-        ingester.ingest(incoming)
-    return ingester.finish()
+    try:
+        for incoming in files:
+            ingester.ingest(incoming)
+        return ingester.finish()
+    finally:
+        ingester.close()
 
 
 def upload_to_study(

@@ -109,11 +109,14 @@ class Command(BaseCommand):
             file=sys.stderr,
             disable=True if options["no_progress"] else None,
         )
-        with progress:
-            for incoming in self._incoming(paths, base, ingester):
-                ingester.ingest(incoming)
-                progress.update(1)
-        result = ingester.finish()
+        try:
+            with progress:
+                for incoming in self._incoming(paths, base, ingester):
+                    ingester.ingest(incoming)
+                    progress.update(1)
+            result = ingester.finish()
+        finally:
+            ingester.close()
         self._summary(result.items, batch, int(options["verbosity"]))
 
     def _user(self, username: str | None) -> Any:
