@@ -379,3 +379,24 @@ def test_a_file_that_cannot_be_stored_is_rejected_and_the_others_go_on(
     assert report["ok.png"][0] == Outcome.ACCEPTED
     assert "could not be stored" in report["full-disk.png"][1]
     assert Scan.objects.count() == 1
+
+
+def test_decoded_pixels_are_not_kept_while_files_wait_to_be_stored():
+    from portal.ingest.services import _validate
+
+    upload = _validate("a.png", png(300, 200, value=7))
+    assert (upload.image.width, upload.image.height) == (300, 200)
+    assert upload.image.pixels.strides == (0, 0, 0)  # a view of one byte
+
+
+def test_files_are_stored_in_the_order_they_came(study, user):
+    contents = [(f"{i:02}.png", png(value=i)) for i in range(12)]
+    result = upload(
+        study, user, ("z.zip", zip_of(contents)), ("last.png", png(value=99))
+    )
+    names = [item.filename for item in result.items]
+    assert names == [name for name, _ in contents] + ["last.png"]
+    scans = list(
+        Scan.objects.order_by("pk").values_list("original_filename", flat=True)
+    )
+    assert scans == names
