@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -76,7 +77,8 @@ def tiny_weights() -> Path:
     )
     if not (directory / "model.json").is_file():
         directory.parent.mkdir(parents=True, exist_ok=True)
-        partial = directory.with_suffix(".partial")
+        # Built aside and renamed: a concurrent run in the same checkout sees all or none.
+        partial = directory.with_name(f"{directory.name}.{os.getpid()}.partial")
         subprocess.run(
             [sys.executable, "-c", BUILD_TINY_MODEL, str(partial)],
             cwd=REPO_ROOT,
@@ -85,7 +87,10 @@ def tiny_weights() -> Path:
             timeout=600,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
-        partial.rename(directory)
+        try:
+            partial.rename(directory)
+        except OSError:  # another run got there first; its model is the same
+            shutil.rmtree(partial, ignore_errors=True)
     return directory
 
 
