@@ -326,6 +326,15 @@ class Stack:
         """kill -9 of the worker's whole process group: parent and pool child."""
         _kill_group(self.processes.pop(name), signal.SIGKILL)
 
+    def kill_pool_process(self, name: str) -> int:
+        """kill -9 of the process running the tasks only; the worker's parent lives on."""
+        import psutil
+
+        children = psutil.Process(self.processes[name].pid).children(recursive=True)
+        assert children, f"{name} has no pool process"
+        os.kill(children[0].pid, signal.SIGKILL)
+        return children[0].pid
+
     def stop(self, name: str) -> None:
         process = self.processes.pop(name)
         if process.poll() is None:

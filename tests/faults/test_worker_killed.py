@@ -11,7 +11,10 @@ N = 10
 TIMEOUT = 300
 
 
-def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(make_stack):
+@pytest.mark.parametrize("target", ["whole worker", "pool process"])
+def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
+    make_stack, target
+):
     stack = make_stack()
     stack.start_beat()
     stack.start_worker("victim")
@@ -28,8 +31,18 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(make_sta
             if a["status"] == "running" and a["worker"].startswith("victim@")
         ]
 
-    held = wait_until(victim_holds_work, timeout=TIMEOUT, interval=0.1, what="a claim")
-    stack.kill("victim")
+    wait_until(victim_holds_work, timeout=TIMEOUT, interval=0.1, what="a claim")
+    if target == "whole worker":
+        stack.kill("victim")
+    else:
+        # Celery requeues the task (reject_on_worker_lost) and starts a new pool process.
+        dead_pid = stack.kill_pool_process("victim")
+    # What the dead process held when it died: nobody else can change these rows now,
+    # until the reconciler finds them (a worker's name ends with its process id).
+    held = victim_holds_work()
+    if target == "pool process":
+        held = [a for a in held if a["worker"].endswith(f":{dead_pid}")]
+    assert held, "the victim finished its work before it was killed"
 
     def all_finished() -> list[dict] | None:
         analyses = stack.driver("status")
@@ -43,6 +56,8 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(make_sta
     assert_each_finished_once(stack, analyses)
     by_id = {a["id"]: a for a in analyses}
     for orphan in held:
-        # Claimed by the dead worker, then rescued by the reconciler and run again.
-        assert by_id[orphan["id"]]["worker"].startswith("survivor@")
+        # Claimed by the dead process, then rescued by the reconciler and run again
+        # (by the survivor, or by the victim's new pool process).
         assert by_id[orphan["id"]]["attempts"] == 2
+        if target == "whole worker":
+            assert by_id[orphan["id"]]["worker"].startswith("survivor@")
