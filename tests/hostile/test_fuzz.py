@@ -17,8 +17,9 @@ import os
 
 import numpy as np
 import pytest
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.uploadedfile import SimpleUploadedFile
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -142,13 +143,17 @@ def test_every_valid_image_decodes_to_its_own_size(width, height, mode, fmt, see
     name=st.text(min_size=0, max_size=400),
     data=st.one_of(st.binary(max_size=2048), mutated()),
 )
-def test_upload_validation_accepts_or_refuses_with_a_reason(name, data, settings):
+def test_upload_validation_accepts_or_refuses_with_a_reason(name, data):
     from portal.clinical.uploads import UploadRejected, ValidatedUpload, validate_upload
 
-    settings.UPLOAD_MAX_PIXELS = MAX_PIXELS
-    uploaded = SimpleUploadedFile(name.replace("\x00", "") or "x", data)
+    # The limit as an argument: a settings override per example would nest thousands deep.
     try:
-        result = validate_upload(uploaded)
+        uploaded = SimpleUploadedFile(name.replace("\x00", "") or "x", data)
+    except SuspiciousFileOperation:
+        # A name such as "/" that Django's request parser never hands to a view.
+        assume(False)
+    try:
+        result = validate_upload(uploaded, max_pixels=MAX_PIXELS)
     except UploadRejected as exc:
         assert str(exc).strip()
         assert "could not be read as an image" not in str(exc), "a decoder crashed"
@@ -156,3 +161,17 @@ def test_upload_validation_accepts_or_refuses_with_a_reason(name, data, settings
     assert isinstance(result, ValidatedUpload)
     assert len(result.original_filename) <= 255
     _check_decoded(result.image)
+
+
+# Found by `make fuzz` (the long profile): ml/decode.py reads Rows/Columns after
+# dcmread, outside its try block, and pydicom parses elements lazily, so a header
+# element with an unknown VR raises NotImplementedError there instead of DecodeError.
+# Upload validation still refuses the file (with its generic "could not be read" text),
+# so no request fails; the fix, in ml/, is the ml owner's.
+@pytest.mark.xfail(
+    raises=NotImplementedError, strict=False, reason="ml.decode DICOM VR"
+)
+def test_a_dicom_header_element_with_an_unknown_vr_is_a_decode_error():
+    data = good_dicom().replace(b"\x28\x00\x11\x00US", b"\x28\x00\x11\x00TS")
+    with pytest.raises(DecodeError):
+        decode_image(data)
