@@ -13,6 +13,8 @@
     const node = document.createElement(tag);
     Object.entries(attrs || {}).forEach(([key, value]) => {
       if (key === "text") node.textContent = value;
+      // The content security policy refuses style attributes; CSSOM properties are allowed.
+      else if (key === "width") node.style.width = value;
       else node.setAttribute(key, value);
     });
     (children || []).forEach((child) => child && node.appendChild(child));
@@ -54,7 +56,7 @@
       const rows = Object.entries(analysis.probabilities || {}).map(([name, p]) =>
         el("tr", {}, [
           el("th", { text: name }),
-          el("td", {}, [el("span", { class: "bar", style: "width:" + Math.round(p * 100) + "%" })]),
+          el("td", {}, [el("span", { class: "bar", width: Math.round(p * 100) + "%" })]),
           el("td", { class: "num", text: percent(p) }),
         ]));
       parts.push(el("table", { class: "probabilities" }, [el("tbody", {}, rows)]));
