@@ -56,16 +56,16 @@ TIMEOUT_S = float(os.environ.get("E2E_TIMEOUT", "420"))
 
 
 @pytest.fixture
-def chromium(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def chromium() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip(
             f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium)"
         )
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls
-    # are still plain synchronous code, run one at a time.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+    # Playwright's sync API runs an event loop in this thread: the test's database work
+    # goes through _in_thread, and this fixture comes last so the others set up and tear
+    # down outside the loop.
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
@@ -353,13 +353,28 @@ def _download_report(page: Any, study_id: int, corrected: str) -> str:
     return text
 
 
-def _check_the_audit(
-    browser: Any,
-    base: str,
-    people: dict[str, Any],
-    study_id: int,
-    scan_ids: list[int],
-    shoot: Any,
+def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """Database work outside Playwright's event loop, on a connection closed after."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def _audit_covers_each_step(
+    people: dict[str, Any], study_id: int, scan_ids: list[int]
 ) -> None:
     from auditlog.models import LogEntry
 
@@ -419,6 +434,17 @@ def _check_the_audit(
             .exists()
         )
 
+
+def _check_the_audit(
+    browser: Any,
+    base: str,
+    people: dict[str, Any],
+    study_id: int,
+    scan_ids: list[int],
+    shoot: Any,
+) -> None:
+    _in_thread(_audit_covers_each_step, people, study_id, scan_ids)
+
     # And an administrator sees it all in the admin.
     page = _log_in(browser, base, people[ADMINISTRATOR].username)
     page.goto(f"{base}/admin/audit/accessrecord/?q=dr-reader")
@@ -468,7 +494,7 @@ def _scenario(
 
 
 def test_review_workflow_with_a_real_worker(
-    live_server, chromium, people, busi_dir, real_worker, screenshots
+    live_server, people, busi_dir, real_worker, screenshots, chromium
 ):
     process, log_path = real_worker
 
@@ -479,7 +505,7 @@ def test_review_workflow_with_a_real_worker(
 
 
 def test_review_workflow_with_a_stub_worker(
-    live_server, chromium, people, busi_dir, stub_worker, screenshots
+    live_server, people, busi_dir, stub_worker, screenshots, chromium
 ):
     def check_worker() -> None:
         assert not stub_worker.errors, stub_worker.errors
