@@ -476,7 +476,9 @@ def test_schema_and_docs_are_served(staff_api, client, user):
     client.force_login(user)
     docs = client.get("/api/v1/docs/")
     assert docs.status_code == 200 and b"swagger-ui" in docs.content
-    assert "cdn.jsdelivr.net" in docs["Content-Security-Policy"]
+    # Served from the portal's own static files: no outside origin is allowed.
+    assert "http" not in docs["Content-Security-Policy"]
+    assert b"/static/drf_spectacular_sidecar/swagger-ui-dist/" in docs.content
 
 
 def test_unknown_api_urls_answer_in_json(staff_api):
