@@ -166,6 +166,10 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
 
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
+        # pydicom parses element values lazily: make a malformed header fail here, as a
+        # DecodeError, rather than later wherever a value is first read.
+        for element in dataset.iterall():
+            _ = element.value
     except InvalidDicomError as exc:
         raise DecodeError(f"invalid DICOM file: {exc}") from exc
     except Exception as exc:

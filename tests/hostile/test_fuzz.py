@@ -163,14 +163,8 @@ def test_upload_validation_accepts_or_refuses_with_a_reason(name, data):
     _check_decoded(result.image)
 
 
-# Found by `make fuzz` (the long profile): ml/decode.py reads Rows/Columns after
-# dcmread, outside its try block, and pydicom parses elements lazily, so a header
-# element with an unknown VR raises NotImplementedError there instead of DecodeError.
-# Upload validation still refuses the file (with its generic "could not be read" text),
-# so no request fails; the fix, in ml/, is the ml owner's.
-@pytest.mark.xfail(
-    raises=NotImplementedError, strict=False, reason="ml.decode DICOM VR"
-)
+# Found by `make fuzz` (the long profile): pydicom parses elements lazily, so a header
+# element with an unknown VR used to raise NotImplementedError after dcmread.
 def test_a_dicom_header_element_with_an_unknown_vr_is_a_decode_error():
     data = good_dicom().replace(b"\x28\x00\x11\x00US", b"\x28\x00\x11\x00TS")
     with pytest.raises(DecodeError):
