@@ -90,7 +90,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from ml.cv import cross_validate
 
     report = cross_validate(
-        args.data, args.split, args.work, args.out, folds=args.folds, epochs=args.epochs
+        args.data,
+        args.split,
+        args.work,
+        args.out,
+        folds=args.folds,
+        epochs=args.epochs,
+        resume=args.resume,
     )
     for key, values in report["folds_metrics"].items():
         print(f"{key:<32} {values['mean']:.3f} ± {values['sd']:.3f}")
