@@ -85,6 +85,10 @@ def summarise(
         "dice_lesion_mean": float(dice[lesion].mean())
         if lesion.any()
         else float("nan"),
+        "dice_lesion_median": float(np.median(dice[lesion]))
+        if lesion.any()
+        else float("nan"),
+        "lesions_missed_dice_under_0_05": int((dice[lesion] < 0.05).sum()),
         "normal_with_lesion_over_1pct": float(
             (area[normal] > metrics.LESION_FALSE_POSITIVE_AREA).mean()
         )

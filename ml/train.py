@@ -356,19 +356,15 @@ def train(config: TrainConfig) -> dict:
 
     model.set_weights(best["weights"])
     logits, _ = predict_arrays(model, val_set.images, config.batch_size)
-    temperature = metrics.fit_temperature(logits, val_set.labels)
-    logger.info(
-        "best epoch %d (score %.3f); temperature %.3f",
-        best["epoch"],
-        best["score"],
-        temperature,
-    )
+    class_bias, temperature = calibrate(logits, val_set.labels)
+    logger.info("best epoch %d (score %.3f)", best["epoch"], best["score"])
     meta = weights_io.ModelMeta(
         name=MODEL_NAME,
         version="",
         image_size=config.image_size,
         classes=list(CLASSES),
         temperature=temperature,
+        class_bias=class_bias.tolist(),
         training={
             "best_epoch": best["epoch"],
             "epochs_run": len(history),

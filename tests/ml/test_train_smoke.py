@@ -29,6 +29,9 @@ def test_one_epoch_on_a_handful_of_images_writes_loadable_weights(
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1 and float(rows[0]["loss"]) > 0
     analyzer = Analyzer.load(tmp_path / "weights")
+    # The calibration fitted at the end of training travels inside the versioned archive.
+    assert analyzer.temperature > 0 and analyzer.class_bias.shape == (3,)
+    assert analyzer.class_bias[1] == 0.0
     assert analyzer.model_version == result["version"]
     assert (
         analyzer.model_version.startswith("busnet-lite0-")
