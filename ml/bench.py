@@ -38,8 +38,13 @@ def _sample_files(data_dir: Path, count: int) -> tuple[list[bytes], str]:
 
 
 def time_full_analysis(
-    analyzer, files: list[bytes], batch_size: int, repeats: int
+    analyzer,
+    files: list[bytes],
+    batch_size: int,
+    repeats: int,
+    stages: dict[str, list[float]] | None = None,
 ) -> list[float]:
+    """Per-image seconds of each batch; ``stages`` collects decode / model / render shares."""
     from ml.decode import decode_image
 
     per_image = []
@@ -47,11 +52,20 @@ def time_full_analysis(
         for start in range(0, len(files) - batch_size + 1, batch_size):
             began = time.perf_counter()
             images = [decode_image(data) for data in files[start : start + batch_size]]
-            for image, result in zip(
-                images, analyzer.analyze(images, batch_size=batch_size), strict=True
-            ):
+            decoded = time.perf_counter()
+            results = analyzer.analyze(images, batch_size=batch_size)
+            analysed = time.perf_counter()
+            for image, result in zip(images, results, strict=True):
                 result.render_artifacts(image.pixels)
-            per_image.append((time.perf_counter() - began) / batch_size)
+            rendered = time.perf_counter()
+            per_image.append((rendered - began) / batch_size)
+            if stages is not None:
+                for name, seconds in (
+                    ("decode", decoded - began),
+                    ("model", analysed - decoded),
+                    ("render", rendered - analysed),
+                ):
+                    stages.setdefault(name, []).append(seconds / batch_size)
     return per_image
 
 
