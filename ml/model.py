@@ -27,53 +27,28 @@ CLASS_OUTPUT = "class_logits"
 SEG_OUTPUT = "seg_logits"
 
 
-class _Layers:
-    """Creates named layers, or, given an existing model, returns that model's layers by name.
-
-    The same code then builds the network and the sub-networks explanations run on, which
-    share the network's weights.
-    """
-
-    def __init__(self, model: keras.Model | None = None) -> None:
-        self.model = model
-
-    def __call__(self, factory, name: str, *args, **kwargs):
-        return (
-            self.model.get_layer(name)
-            if self.model is not None
-            else factory(*args, name=name, **kwargs)
-        )
+def _class_head(features, dropout: float):
+    pooled = layers.GlobalAveragePooling2D(name="class_pool")(features)
+    pooled = layers.Dropout(dropout, name="class_dropout")(pooled)
+    return layers.Dense(len(CLASSES), name=CLASS_OUTPUT)(pooled)
 
 
-def _class_head(features, make: _Layers, dropout: float = 0.3):
-    pooled = make(layers.GlobalAveragePooling2D, "class_pool")(features)
-    pooled = make(layers.Dropout, "class_dropout", dropout)(pooled)
-    return make(layers.Dense, CLASS_OUTPUT, len(CLASSES))(pooled)
-
-
-def _decoder(x, skips: dict, make: _Layers, first_stage: int = 0):
-    """U-Net decoder from stage ``first_stage`` to the lesion logits."""
+def _decoder(x, skips: dict):
+    """U-Net decoder from the deepest features to the lesion logits."""
     for stage, (skip_block, filters, convs) in enumerate(DECODER_STAGES):
-        if stage < first_stage:
-            continue
-        x = make(
-            layers.UpSampling2D, f"decoder{stage}_up", 2, interpolation="bilinear"
-        )(x)
-        x = make(layers.Concatenate, f"decoder{stage}_concat")([x, skips[skip_block]])
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"decoder{stage}_up")(
+            x
+        )
+        x = layers.Concatenate(name=f"decoder{stage}_concat")([x, skips[skip_block]])
         for conv in range(convs):
             name = f"decoder{stage}_conv{conv + 1}"
-            x = make(
-                layers.Conv2D,
-                f"{name}_conv",
-                filters,
-                3,
-                padding="same",
-                use_bias=False,
+            x = layers.Conv2D(
+                filters, 3, padding="same", use_bias=False, name=f"{name}_conv"
             )(x)
-            x = make(layers.BatchNormalization, f"{name}_bn")(x)
-            x = make(layers.ReLU, f"{name}_relu")(x)
-    x = make(layers.Conv2D, "seg_head", 1, 1)(x)
-    return make(layers.UpSampling2D, SEG_OUTPUT, 2, interpolation="bilinear")(x)
+            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+            x = layers.ReLU(name=f"{name}_relu")(x)
+    x = layers.Conv2D(1, 1, name="seg_head")(x)
+    return layers.UpSampling2D(2, interpolation="bilinear", name=SEG_OUTPUT)(x)
 
 
 def build_busnet(image_size: int = IMAGE_SIZE, *, dropout: float = 0.3) -> keras.Model:
@@ -85,11 +60,8 @@ def build_busnet(image_size: int = IMAGE_SIZE, *, dropout: float = 0.3) -> keras
         for block in SKIP_BLOCKS
     }
 
-    make = _Layers()
-    class_logits = _class_head(
-        encoder.get_layer(CLASS_GRADCAM_LAYER).output, make, dropout
-    )
-    seg_logits = _decoder(skips[SKIP_BLOCKS[-1]], skips, make)
+    class_logits = _class_head(encoder.get_layer(CLASS_GRADCAM_LAYER).output, dropout)
+    seg_logits = _decoder(skips[SKIP_BLOCKS[-1]], skips)
     return keras.Model(
         inputs, {CLASS_OUTPUT: class_logits, SEG_OUTPUT: seg_logits}, name="busnet"
     )
