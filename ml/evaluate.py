@@ -60,41 +60,15 @@ def collect(analyzer, data_dir: Path, paths: list[str]) -> dict[str, np.ndarray]
 def summarise(
     results: dict[str, np.ndarray], indices: np.ndarray | None = None
 ) -> dict:
+    """The measures of ``collect``'s results, over ``indices`` (a bootstrap resample)."""
     if indices is None:
         indices = np.arange(len(results["labels"]))
-    labels, probabilities = (
+    return metrics.summary(
         results["labels"][indices],
         results["probabilities"][indices],
+        results["dice"][indices],
+        results["area"][indices],
     )
-    dice, area = results["dice"][indices], results["area"][indices]
-    predicted = probabilities.argmax(1)
-    recall = metrics.recalls(labels, predicted)
-    lesion, normal = labels != metrics.NORMAL, labels == metrics.NORMAL
-    return {
-        "n": len(labels),
-        "accuracy": float((predicted == labels).mean()),
-        "recall_normal": float(recall[metrics.NORMAL]),
-        "recall_benign": float(recall[metrics.BENIGN]),
-        "recall_malignant": float(recall[metrics.MALIGNANT]),
-        "mean_recall_benign_malignant": float(
-            np.nanmean(recall[[metrics.BENIGN, metrics.MALIGNANT]])
-        ),
-        "balanced_accuracy": float(np.nanmean(recall)),
-        "auc_malignant_vs_rest": metrics.malignant_auc(labels, probabilities),
-        "ece": metrics.expected_calibration_error(labels, probabilities),
-        "dice_lesion_mean": float(dice[lesion].mean())
-        if lesion.any()
-        else float("nan"),
-        "dice_lesion_median": float(np.median(dice[lesion]))
-        if lesion.any()
-        else float("nan"),
-        "lesions_missed_dice_under_0_05": int((dice[lesion] < 0.05).sum()),
-        "normal_with_lesion_over_1pct": float(
-            (area[normal] > metrics.LESION_FALSE_POSITIVE_AREA).mean()
-        )
-        if normal.any()
-        else float("nan"),
-    }
 
 
 def plot_all(

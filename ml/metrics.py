@@ -68,15 +68,15 @@ def dice_per_image(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 def summary(
     labels: np.ndarray,
     probabilities: np.ndarray,
-    truth_masks: np.ndarray,
-    predicted_masks: np.ndarray,
+    dice: np.ndarray,
+    lesion_area: np.ndarray,
 ) -> dict:
+    """Every reported measure, from per-image class probabilities, Dice and predicted area."""
     predicted = probabilities.argmax(axis=1)
     recall = recalls(labels, predicted)
-    lesion = labels != NORMAL
-    dice = dice_per_image(truth_masks, predicted_masks)
-    area = predicted_masks.reshape(len(predicted_masks), -1).mean(1)
-    normal = labels == NORMAL
+    lesion, normal = labels != NORMAL, labels == NORMAL
+    lesion_dice = dice[lesion]
+    nan = float("nan")
     return {
         "n": len(labels),
         "accuracy": float((predicted == labels).mean()),
@@ -87,14 +87,14 @@ def summary(
         "balanced_accuracy": float(np.nanmean(recall)),
         "auc_malignant_vs_rest": malignant_auc(labels, probabilities),
         "ece": expected_calibration_error(labels, probabilities),
-        "dice_lesion_mean": float(dice[lesion].mean())
-        if lesion.any()
-        else float("nan"),
+        "dice_lesion_mean": float(lesion_dice.mean()) if lesion.any() else nan,
+        "dice_lesion_median": float(np.median(lesion_dice)) if lesion.any() else nan,
+        "lesions_missed_dice_under_0_05": int((lesion_dice < 0.05).sum()),
         "normal_with_lesion_over_1pct": float(
-            (area[normal] > LESION_FALSE_POSITIVE_AREA).mean()
+            (lesion_area[normal] > LESION_FALSE_POSITIVE_AREA).mean()
         )
         if normal.any()
-        else float("nan"),
+        else nan,
     }
 
 

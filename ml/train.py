@@ -296,8 +296,12 @@ def train(config: TrainConfig) -> dict:
                 progress.set_postfix(loss=f"{values[0]:.3f}")
             seconds = time.perf_counter() - started
             logits, lesion = predict_arrays(model, val_set.images, config.batch_size)
+            predicted_masks = lesion >= 0.5
             val = metrics.summary(
-                val_set.labels, metrics.softmax(logits), val_set.masks, lesion >= 0.5
+                val_set.labels,
+                metrics.softmax(logits),
+                metrics.dice_per_image(val_set.masks, predicted_masks),
+                predicted_masks.reshape(len(predicted_masks), -1).mean(1),
             )
             score = validation_score(val)
             row = {
