@@ -44,20 +44,21 @@ def predict(
     files = expand(paths)
     out_dir.mkdir(parents=True, exist_ok=True)
     analyzer = Analyzer.load(weights)
-    failures = 0
-    decoded = []
+    failures = analysed = 0
     used_stems: set[str] = set()
-    for path in files:
-        try:
-            decoded.append((path, decode_image(path)))
-        except DecodeError as exc:
-            failures += 1
-            print(f"error: {path}: {exc}", file=sys.stderr)
-    for start in range(0, len(decoded), batch_size):
-        chunk = decoded[start : start + batch_size]
-        for (path, image), result in zip(
-            chunk, analyzer.analyze([d for _, d in chunk]), strict=True
-        ):
+    # Decode a batch at a time: a folder of thousands of scans never sits in memory at once.
+    for start in range(0, len(files), batch_size):
+        chunk = []
+        for path in files[start : start + batch_size]:
+            try:
+                chunk.append((path, decode_image(path)))
+            except DecodeError as exc:
+                failures += 1
+                print(f"error: {path}: {exc}", file=sys.stderr)
+        if not chunk:
+            continue
+        results = analyzer.analyze([image for _, image in chunk])
+        for (path, image), result in zip(chunk, results, strict=True):
             stem, n = path.stem, 1
             while stem in used_stems:  # same name in two folders
                 n += 1
@@ -69,5 +70,6 @@ def predict(
             for name, png in result.render_artifacts(image.pixels).items():
                 (out_dir / f"{stem}_{name}.png").write_bytes(png)
             print(f"{path}: {result.label} ({result.confidence:.2f})")
-    logger.info("%d analysed, %d failed", len(decoded), failures)
+        analysed += len(chunk)
+    logger.info("%d analysed, %d failed", analysed, failures)
     return failures
