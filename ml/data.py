@@ -8,6 +8,7 @@ scan is seen in training and scored in test.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -264,8 +265,6 @@ def load_arrays(
     root: Path, paths: list[str], size: int, cache_dir: Path | None = None
 ) -> ArraySet:
     """Images and combined masks resized to ``size``, cached as one .npz per (size, file list)."""
-    import hashlib
-
     records = {record.path: record for record in read_manifest(root)}
     unknown = [p for p in paths if p not in records]
     if unknown:
