@@ -104,3 +104,32 @@ def staff_user(django_user_model: Any) -> Any:
 def logged_in_client(client: Any, user: Any) -> Any:
     client.force_login(user)
     return client
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, Any]]:
+    """Analysis ids sent to the queue, recorded instead of reaching a broker.
+
+    Autouse in the portal and worker unit tests; the e2e tests send real messages.
+    """
+    sent: list[tuple[int, Any]] = []
+
+    def record(analysis_id: int, *, countdown: float | None = None) -> None:
+        sent.append((analysis_id, countdown))
+
+    monkeypatch.setattr("portal.analyses.services.enqueue_analysis", record)
+    return sent
+
+
+@pytest.fixture
+def patient(db: None) -> Any:
+    from portal.clinical.services import patient_create
+
+    return patient_create(identifier="H-0001", name="Jane Example")
+
+
+@pytest.fixture
+def study(patient: Any, user: Any) -> Any:
+    from portal.clinical.services import study_create
+
+    return study_create(patient=patient, created_by=user, accession_number="ACC1")
