@@ -1,16 +1,26 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
 
-from workers.launch import point_celery_at, redis_url_with_db
+from workers.launch import (
+    database_url,
+    point_celery_at,
+    redis_url_with_db,
+    start_worker,
+    stop_worker,
+)
 
 E2E_REDIS_DB = 15
+# The tests' upload pixel limit, which the worker decoding stored scans must share.
+PIXEL_LIMIT = 1_000_000
 
 
 def redis_reachable(url: str) -> bool:
@@ -58,3 +68,27 @@ def busi_dir() -> Path:
     if not (directory / "benign").is_dir() or not (directory / "malignant").is_dir():
         pytest.skip(f"BUSI dataset not found at {directory} (set BUSI_DIR)")
     return directory
+
+
+@pytest.fixture
+def real_worker(
+    request: pytest.FixtureRequest,
+    e2e_broker: str,
+    media_root: Path,
+    real_weights_dir: Path,
+    tmp_path: Path,
+) -> Iterator[tuple[Any, Path]]:
+    """A real `celery -A workers worker` on this test's database, broker and storage."""
+    log_path = tmp_path / "worker.log"
+    process = start_worker(
+        database=database_url(connection.settings_dict),
+        broker=e2e_broker,
+        media_root=media_root,
+        log_path=log_path,
+        extra_env={"UPLOAD_MAX_PIXELS": str(PIXEL_LIMIT)},
+        name=request.node.module.__name__.rsplit(".", 1)[-1],
+    )
+    yield process, log_path
+    stop_worker(process)
+    # Closes the worker's database connections before the test database is flushed.
+    connection.close()

@@ -14,33 +14,16 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from django.db import connection
 from PIL import Image
 
+from tests.e2e.conftest import PIXEL_LIMIT
 from tests.portal.ingest.factories import dicom
-from workers.launch import database_url, start_worker, stop_worker, tail
+from workers.launch import tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 TIMEOUT_S = float(os.environ.get("E2E_TIMEOUT", "420"))
 PASSWORD = "e2e-password-123!"
-PIXEL_LIMIT = 1_000_000
-
-
-@pytest.fixture
-def worker(e2e_broker: str, media_root: Path, real_weights_dir: Path, tmp_path: Path):
-    log_path = tmp_path / "worker.log"
-    process = start_worker(
-        database=database_url(connection.settings_dict),
-        broker=e2e_broker,
-        media_root=media_root,
-        log_path=log_path,
-        extra_env={"UPLOAD_MAX_PIXELS": str(PIXEL_LIMIT)},
-        name="e2e-api",
-    )
-    yield process, log_path
-    stop_worker(process)
-    connection.close()
 
 
 @pytest.fixture
@@ -65,10 +48,10 @@ def _dicom_from(path: Path) -> bytes:
 
 
 def test_a_client_uploads_through_the_api_and_reads_the_results(
-    live_server, token, worker, busi_dir, settings
+    live_server, token, real_worker, busi_dir, settings
 ):
     settings.UPLOAD_MAX_PIXELS = PIXEL_LIMIT
-    process, log_path = worker
+    process, log_path = real_worker
     api = requests.Session()
     api.headers["Authorization"] = f"Token {token}"
     base = f"{live_server.url}/api/v1"

@@ -29,7 +29,7 @@ from django.db import connection
 
 from portal.accounts.roles import ADMINISTRATOR, RADIOLOGIST, STAFF, assign_role
 from tests.portal.review.pdftext import pdf_text
-from workers.launch import database_url, start_worker, stop_worker, tail
+from workers.launch import tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -102,23 +102,6 @@ def screenshots(request: pytest.FixtureRequest) -> Callable[[Any, str], None]:
 
 
 # --- the analysis back ends ----------------------------------------------------------
-
-
-@pytest.fixture
-def real_worker(
-    e2e_broker: str, media_root: Path, real_weights_dir: Path, tmp_path: Path
-) -> Iterator[Any]:
-    log_path = tmp_path / "worker.log"
-    process = start_worker(
-        database=database_url(connection.settings_dict),
-        broker=e2e_broker,
-        media_root=media_root,
-        log_path=log_path,
-        name="browser",
-    )
-    yield process, log_path
-    stop_worker(process)
-    connection.close()
 
 
 class StubWorker(threading.Thread):

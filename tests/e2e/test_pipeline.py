@@ -11,35 +11,17 @@ from typing import Any
 
 import pytest
 import requests
-from django.db import connection
 from PIL import Image
 
-from workers.launch import database_url, start_worker, stop_worker, tail
+from tests.e2e.conftest import PIXEL_LIMIT
+from workers.launch import tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 # Model load (TensorFlow import, build, first trace) plus two analyses on a slow CPU.
 TIMEOUT_S = float(os.environ.get("E2E_TIMEOUT", "420"))
 PASSWORD = "e2e-long-password-123!"
-PIXEL_LIMIT = 1_000_000
 GOOD_IMAGES = ("benign/benign (1).png", "malignant/malignant (1).png")
-
-
-@pytest.fixture
-def worker(e2e_broker: str, media_root: Path, real_weights_dir: Path, tmp_path: Path):
-    log_path = tmp_path / "worker.log"
-    process = start_worker(
-        database=database_url(connection.settings_dict),
-        broker=e2e_broker,
-        media_root=media_root,
-        log_path=log_path,
-        extra_env={"UPLOAD_MAX_PIXELS": str(PIXEL_LIMIT)},
-        name="e2e",
-    )
-    yield process, log_path
-    stop_worker(process)
-    # Closes the worker's database connections before the test database is flushed.
-    connection.close()
 
 
 @pytest.fixture
@@ -79,10 +61,10 @@ def _post(session: requests.Session, url: str, **kwargs: Any) -> requests.Respon
 
 
 def test_uploaded_scans_are_analysed_by_a_real_worker(
-    live_server, browser, worker, busi_dir, settings
+    live_server, browser, real_worker, busi_dir, settings
 ):
     settings.UPLOAD_MAX_PIXELS = PIXEL_LIMIT
-    process, log_path = worker
+    process, log_path = real_worker
     base = live_server.url
 
     created = _post(
