@@ -80,6 +80,32 @@ def redis_url_with_db(url: str, db: int) -> str:
     )
 
 
+def worker_command(queues: str, node_name: str) -> list[str]:
+    """The production worker's command line (README, compose), named for tests and benches."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "worker",
+        "-Q",
+        queues,
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "-l",
+        "info",
+        "-n",
+        node_name,
+        # Short-lived workers: no cluster chatter to wait for at start and stop.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
 def start_worker(
     *,
     database: str,
@@ -110,25 +136,7 @@ def start_worker(
         sys.executable,
         "-c",
         _EXEC_WITH_PARENT_DEATH_SIGNAL,
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers",
-        "worker",
-        "-Q",
-        queues,
-        "--concurrency",
-        "1",
-        "--prefetch-multiplier",
-        "1",
-        "-l",
-        "info",
-        "-n",
-        f"{name}-{os.getpid()}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
+        *worker_command(queues, f"{name}-{os.getpid()}@%h"),
     ]
     log = open(log_path, "wb")  # noqa: SIM115 - closed by the child's exit, kept for stop_worker
     logger.info("starting worker: %s", " ".join(command))

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workers.launch import worker_command
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("driver.py")
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -258,27 +260,7 @@ class Stack:
         return self.root / f"{name}.log"
 
     def start_worker(self, name: str, **extra_env: str) -> subprocess.Popen[bytes]:
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "-Q",
-            "inference,celery",
-            "--concurrency",
-            "1",
-            "--prefetch-multiplier",
-            "1",
-            "-l",
-            "info",
-            "-n",
-            f"{name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
+        command = worker_command("inference,celery", f"{name}@%h")
         return self._start(name, command, extra_env)
 
     def start_beat(self) -> subprocess.Popen[bytes]:
