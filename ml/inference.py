@@ -13,7 +13,7 @@ from PIL import Image
 
 from ml import render
 from ml.config import CLASSES, weights_dir
-from ml.decode import DecodedImage
+from ml.decode import DecodedImage, to_rgb
 from ml.weights_io import ModelLoadError
 
 __all__ = ["Analyzer", "ImageAnalysis", "ModelLoadError"]
@@ -63,11 +63,7 @@ def _as_rgb(image: np.ndarray | DecodedImage) -> np.ndarray:
     pixels = image.pixels if isinstance(image, DecodedImage) else np.asarray(image)
     if pixels.dtype != np.uint8:
         raise TypeError(f"expected uint8 pixels, got {pixels.dtype}")
-    if pixels.ndim == 2:
-        return np.repeat(pixels[..., None], 3, axis=2)
-    if pixels.ndim == 3 and pixels.shape[2] == 3:
-        return pixels
-    raise ValueError(f"expected (H, W) or (H, W, 3) pixels, got {pixels.shape}")
+    return to_rgb(pixels)
 
 
 def _resize_float(values: np.ndarray, width: int, height: int) -> np.ndarray:
