@@ -286,6 +286,20 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ROUTES = {
     "workers.tasks.analyze_scan": {"queue": CELERY_INFERENCE_QUEUE},
 }
+# Declared, so that `celery -A workers worker` with no -Q consumes every queue (the
+# analyses and the reconciler's sweeps); `-Q inference` still makes a worker that only
+# runs analyses. Undeclared, a plain worker would listen on "celery" alone and every
+# analysis would stay queued.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+# Each queue on an exchange of its own name: what Celery creates for a queue named at send
+# time, so a sender with another queue list (a test, an older release) still matches.
+CELERY_TASK_QUEUES = {
+    name: {"exchange": name, "routing_key": name}
+    for name in (CELERY_INFERENCE_QUEUE, CELERY_TASK_DEFAULT_QUEUE)
+}
+# Each pool process holds a model (and a GPU's memory): one per worker unless asked,
+# not Celery's default of one per CPU.
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 1, minimum=1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
 # A lost message or a dead worker leaves a row behind; the reconciler sweeps them

@@ -59,30 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     python = sys.executable
-    queues = ",".join(
-        dict.fromkeys(
-            [os.environ.get("CELERY_INFERENCE_QUEUE") or "inference", "celery"]
-        )
-    )
     children = {
+        # No -Q: the settings declare the queues, so a plain worker takes all of them.
         "worker": start(
-            "worker",
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "worker",
-                "-Q",
-                queues,
-                "--concurrency",
-                "1",
-                "--prefetch-multiplier",
-                "1",
-                "-l",
-                "info",
-            ],
+            "worker", [python, "-m", "celery", "-A", "workers", "worker", "-l", "info"]
         ),
         "portal": start(
             "portal", [python, "manage.py", "runserver", f"{args.host}:{args.port}"]

@@ -127,12 +127,17 @@ def test_web_serves_the_wsgi_application_with_gunicorn(compose):
     assert "portal.wsgi:application" in argv
 
 
-def test_worker_consumes_the_inference_queue_one_task_at_a_time(compose):
+def test_worker_consumes_the_inference_queue_one_task_at_a_time(compose, settings):
     argv = command_of(compose["services"]["worker"])
     assert argv[:4] == ["celery", "-A", "workers", "worker"]
-    assert "inference" in option(argv, "-Q", "--queues").split(",")
-    assert option(argv, "-c", "--concurrency") == "1"
-    assert option(argv, "--prefetch-multiplier") == "1"
+    # Plain (every declared queue, the inference queue among them) or named queues.
+    queues = option(argv, "-Q", "--queues")
+    consumed = queues.split(",") if queues else list(settings.CELERY_TASK_QUEUES)
+    assert "inference" in consumed
+    assert option(argv, "-c", "--concurrency") in (None, "1")
+    assert option(argv, "--prefetch-multiplier") in (None, "1")
+    assert settings.CELERY_WORKER_CONCURRENCY == 1
+    assert settings.CELERY_WORKER_PREFETCH_MULTIPLIER == 1
 
 
 def test_beat_and_flower_run_the_workers_app(compose):

@@ -1,4 +1,4 @@
-"""Celery workers: `celery -A workers worker -Q inference,celery ...`."""
+"""Celery workers: `celery -A workers worker` (README, Production)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -80,8 +80,13 @@ def redis_url_with_db(url: str, db: int) -> str:
     )
 
 
-def worker_command(queues: str, node_name: str) -> list[str]:
-    """The production worker's command line (README, compose), named for tests and benches."""
+def worker_command(queues: str | None, node_name: str) -> list[str]:
+    """The production worker's command line (README, compose), named for tests and benches.
+
+    queues None: a plain worker, which consumes every queue the settings declare; a
+    comma-separated list: a worker for those queues only (`-Q inference`: analyses only).
+    """
+    selection = ["-Q", queues] if queues else []
     return [
         sys.executable,
         "-m",
@@ -89,8 +94,7 @@ def worker_command(queues: str, node_name: str) -> list[str]:
         "-A",
         "workers",
         "worker",
-        "-Q",
-        queues,
+        *selection,
         "--concurrency",
         "1",
         "--prefetch-multiplier",
@@ -114,8 +118,12 @@ def start_worker(
     log_path: Path,
     extra_env: Mapping[str, str] | None = None,
     name: str = "worker",
+    queues: Sequence[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """The same command as production, pointed at the given database and broker."""
+    """The same command as production, pointed at the given database and broker.
+
+    queues None starts a plain worker (every declared queue), as the README does.
+    """
     env = dict(os.environ)
     env.update(
         {
@@ -131,12 +139,13 @@ def start_worker(
         }
     )
     env.update(extra_env or {})
-    queues = ",".join(dict.fromkeys([settings.CELERY_INFERENCE_QUEUE, "celery"]))
     command = [
         sys.executable,
         "-c",
         _EXEC_WITH_PARENT_DEATH_SIGNAL,
-        *worker_command(queues, f"{name}-{os.getpid()}@%h"),
+        *worker_command(
+            ",".join(queues) if queues else None, f"{name}-{os.getpid()}@%h"
+        ),
     ]
     log = open(log_path, "wb")  # noqa: SIM115 - closed by the child's exit, kept for stop_worker
     logger.info("starting worker: %s", " ".join(command))

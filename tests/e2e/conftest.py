@@ -70,6 +70,28 @@ def busi_dir() -> Path:
     return directory
 
 
+def _run_worker(
+    request: pytest.FixtureRequest,
+    broker: str,
+    media_root: Path,
+    log_path: Path,
+    queues: list[str] | None,
+) -> Iterator[tuple[Any, Path]]:
+    process = start_worker(
+        database=database_url(connection.settings_dict),
+        broker=broker,
+        media_root=media_root,
+        log_path=log_path,
+        extra_env={"UPLOAD_MAX_PIXELS": str(PIXEL_LIMIT)},
+        name=request.node.module.__name__.rsplit(".", 1)[-1],
+        queues=queues,
+    )
+    yield process, log_path
+    stop_worker(process)
+    # Closes the worker's database connections before the test database is flushed.
+    connection.close()
+
+
 @pytest.fixture
 def real_worker(
     request: pytest.FixtureRequest,
@@ -78,17 +100,26 @@ def real_worker(
     real_weights_dir: Path,
     tmp_path: Path,
 ) -> Iterator[tuple[Any, Path]]:
-    """A real `celery -A workers worker` on this test's database, broker and storage."""
-    log_path = tmp_path / "worker.log"
-    process = start_worker(
-        database=database_url(connection.settings_dict),
-        broker=e2e_broker,
-        media_root=media_root,
-        log_path=log_path,
-        extra_env={"UPLOAD_MAX_PIXELS": str(PIXEL_LIMIT)},
-        name=request.node.module.__name__.rsplit(".", 1)[-1],
+    """A dedicated analysis worker, `celery -A workers worker -Q <inference queue>`, on
+    this test's database, broker and storage (the form a GPU worker takes)."""
+    yield from _run_worker(
+        request,
+        e2e_broker,
+        media_root,
+        tmp_path / "worker.log",
+        [settings.CELERY_INFERENCE_QUEUE],
     )
-    yield process, log_path
-    stop_worker(process)
-    # Closes the worker's database connections before the test database is flushed.
-    connection.close()
+
+
+@pytest.fixture
+def plain_worker(
+    request: pytest.FixtureRequest,
+    e2e_broker: str,
+    media_root: Path,
+    real_weights_dir: Path,
+    tmp_path: Path,
+) -> Iterator[tuple[Any, Path]]:
+    """`celery -A workers worker` with no -Q, as Celery's documentation starts one."""
+    yield from _run_worker(
+        request, e2e_broker, media_root, tmp_path / "worker.log", None
+    )

@@ -23,3 +23,11 @@ def test_only_json_and_one_message_at_a_time():
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_soft_time_limit < conf.task_time_limit
     assert conf.task_time_limit < conf.broker_transport_options["visibility_timeout"]
+
+
+def test_a_worker_without_queue_options_consumes_the_inference_queue_too(settings):
+    # `celery -A workers worker` with no -Q consumes the declared queues (task_queues).
+    declared = set(app.amqp.queues)
+    assert declared == {settings.CELERY_INFERENCE_QUEUE, "celery"}
+    # One model per worker process unless asked (Celery's default is one per CPU).
+    assert app.conf.worker_concurrency == 1
