@@ -106,6 +106,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "auditlog",
+    "axes",
     "portal.accounts",
     "portal.clinical",
     "portal.analyses",
@@ -133,6 +134,8 @@ MIDDLEWARE = [
     "auditlog.middleware.AuditlogMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: it sees the response of a refused login.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -409,7 +412,7 @@ SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 
-# Security (portal/security.py, portal/accounts/throttle.py). SECURE_COOKIES=true means
+# Security (portal/security.py, portal/accounts/lockout.py). SECURE_COOKIES=true means
 # "served over HTTPS": it also turns on the HTTPS redirect and HSTS unless set apart.
 SESSION_COOKIE_AGE = env_int("SESSION_MAX_AGE", 12 * 3600, minimum=60)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
@@ -437,12 +440,29 @@ CONTENT_SECURITY_POLICY = (
     "form-action 'self'; frame-ancestors 'none'"
 )
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
-AUTHENTICATION_BACKENDS = ["portal.accounts.throttle.ThrottledModelBackend"]
+# Axes' backend comes first: it refuses a locked name or address before any backend
+# that checks a password (this one, or a directory backend added after it) runs.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5, minimum=1)
 LOGIN_MAX_FAILURES_PER_IP = env_int("LOGIN_MAX_FAILURES_PER_IP", 50, minimum=1)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60, minimum=1)
 # Proxies in front of the portal that append to X-Forwarded-For (0: use REMOTE_ADDR).
 NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
+# django-axes counts failures per name and per address in the cache; the two limits
+# above and the messages come from portal/accounts/lockout.py.
+AXES_HANDLER = "portal.accounts.lockout.LockoutHandler"
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_FAILURE_LIMIT = LOGIN_MAX_FAILURES
+AXES_COOLOFF_TIME = "portal.accounts.lockout.cool_off"
+AXES_USERNAME_CALLABLE = "portal.accounts.lockout.lockout_username"
+AXES_CLIENT_IP_CALLABLE = "portal.accounts.lockout.client_address"
+AXES_LOCKOUT_CALLABLE = "portal.accounts.lockout.keep_the_views_answer"
+# The cache handler keeps no rows for the admin to show.
+AXES_ENABLE_ADMIN = False
+AXES_VERBOSE = False
 # Login failure counts live here: a shared Redis in production (CACHE_URL), else memory.
 CACHE_URL = env_str("CACHE_URL")
 if CACHE_URL:

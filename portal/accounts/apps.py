@@ -22,5 +22,3 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_sync_roles, dispatch_uid="portal.accounts.sync_roles")
-        # Connects the login failure and success receivers of the throttle.
-        from portal.accounts import throttle  # noqa: F401

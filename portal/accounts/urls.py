@@ -3,14 +3,14 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from portal.accounts.throttle import ThrottledAuthenticationForm
+from portal.accounts.lockout import LockoutAuthenticationForm
 
 urlpatterns = [
     path(
         "login/",
         auth_views.LoginView.as_view(
             template_name="accounts/login.html",
-            authentication_form=ThrottledAuthenticationForm,
+            authentication_form=LockoutAuthenticationForm,
         ),
         name="login",
     ),

@@ -74,6 +74,55 @@ def test_a_lock_covers_the_admin_login_too(client, django_user_model, settings):
     assert not _signed_in(client)
 
 
+class DirectoryBackend:
+    """Stands for a directory (LDAP) backend: its own users, its own passwords."""
+
+    def authenticate(self, request: Any, username: str = "", password: str = "") -> Any:
+        from django.contrib.auth import get_user_model
+
+        if username == "directory-user" and password == PASSWORD:
+            user, _ = get_user_model().objects.get_or_create(username=username)
+            return user
+        return None
+
+    def get_user(self, user_id: int) -> Any:
+        from django.contrib.auth import get_user_model
+
+        return get_user_model().objects.filter(pk=user_id).first()
+
+
+def test_a_lock_covers_users_of_any_authentication_backend(client, settings, db):
+    settings.AUTHENTICATION_BACKENDS = [
+        "axes.backends.AxesStandaloneBackend",
+        f"{__name__}.DirectoryBackend",
+    ]
+    _login(client, "directory-user", PASSWORD)
+    assert _signed_in(client)
+    client.logout()
+    for _ in range(settings.LOGIN_MAX_FAILURES):
+        _login(client, "directory-user", "wrong-password")
+
+    response = _login(client, "Directory-User ", PASSWORD)
+    assert "Too many failed sign-in attempts for this account" in response.text
+    response = _login(client, "directory-user", PASSWORD)
+
+    assert not _signed_in(client)
+    assert "Too many failed sign-in attempts for this account" in response.text
+
+
+def test_a_lock_covers_the_api_token_endpoint_without_saying_so(
+    client, clinician, settings
+):
+    url = reverse("api:token")
+    for _ in range(settings.LOGIN_MAX_FAILURES):
+        client.post(url, {"username": "clinician", "password": "wrong-password"})
+
+    refused = client.post(url, {"username": "clinician", "password": PASSWORD})
+
+    assert refused.status_code == 401
+    assert "Wrong username or password" in refused.json()["error"]
+
+
 def test_a_lock_on_one_account_leaves_the_others_alone(
     client, clinician, django_user_model, settings
 ):
