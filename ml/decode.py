@@ -233,6 +233,29 @@ def _ultrasound_spacing(dataset) -> tuple[float, float] | None:
     return None
 
 
+def readable_transfer_syntaxes() -> list[str]:
+    """DICOM transfer syntax UIDs whose pixel data the installed decoders read.
+
+    Asked of pydicom rather than listed here, so that whatever accepts DICOM over the
+    network proposes exactly what :func:`decode_image` can open (JPEG, JPEG-LS and JPEG
+    2000 only when their pylibjpeg plugins are installed).
+    """
+    import pydicom.uid
+    from pydicom.pixels import get_decoder
+
+    readable = []
+    for uid in pydicom.uid.AllTransferSyntaxes:
+        try:
+            available = get_decoder(uid).is_available
+        except NotImplementedError:  # video and the like: no decoder in pydicom at all
+            continue
+        if available:
+            readable.append(str(uid))
+    # A receiver that accepts the first syntax it knows keeps explicit VR files as sent.
+    readable.sort(key=lambda uid: uid != pydicom.uid.ExplicitVRLittleEndian)
+    return readable
+
+
 def decode_image(
     source: bytes | str | os.PathLike | BinaryIO, *, max_pixels: int = MAX_PIXELS
 ) -> DecodedImage:

@@ -8,6 +8,7 @@ The defaults make a bare checkout work: SQLite and media under var/, a local Red
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -87,6 +88,43 @@ def env_rate(name: str, default: str) -> str:
     return value
 
 
+def _ae_title(name: str, value: str) -> str:
+    """A DICOM AE title: 1-16 printable ASCII characters, no backslash."""
+    title = value.strip()
+    if not 1 <= len(title) <= 16 or not all(
+        " " <= c <= "~" and c != "\\" for c in title
+    ):
+        raise ImproperlyConfigured(
+            f"{name}: {value!r} is not an AE title (1-16 printable ASCII characters, "
+            "no backslash)"
+        )
+    return title
+
+
+def env_ae_title(name: str, default: str) -> str:
+    return _ae_title(name, os.environ.get(name, default))
+
+
+def env_dicom_destination(name: str) -> dict[str, object] | None:
+    """AE_TITLE@HOST:PORT of a DICOM node, or None when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    title, at, address = raw.partition("@")
+    host, colon, port = address.rpartition(":")
+    if not at or not colon or not host or not port.isdigit():
+        raise ImproperlyConfigured(
+            f"{name} must look like PACS_AE@pacs.example.org:104, got {raw!r}"
+        )
+    if not 1 <= int(port) <= 65535:
+        raise ImproperlyConfigured(f"{name}: port must be 1-65535, got {port}")
+    return {
+        "ae_title": _ae_title(name, title),
+        "host": host.strip("[]"),
+        "port": int(port),
+    }
+
+
 DEBUG = env_bool("DEBUG", False)
 
 SECRET_KEY = env_str("SECRET_KEY")
@@ -118,6 +156,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI served from our own static files
     "portal.ingest",
     "portal.api",
+    "portal.dicomnet",
 ]
 
 MIDDLEWARE = [
@@ -327,6 +366,44 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": RECONCILE_INTERVAL},
     },
 }
+
+# DICOM networking (portal/dicomnet): the C-STORE receiver (`manage.py dicom_listener`)
+# and, optionally, one PACS destination that results are sent to.
+DICOM_AE_TITLE = env_ae_title("DICOM_AE_TITLE", "BUSAI")
+DICOM_PORT = env_int("DICOM_PORT", 11112, minimum=1)
+if DICOM_PORT > 65535:
+    raise ImproperlyConfigured(f"DICOM_PORT must be <= 65535, got {DICOM_PORT}")
+# Loopback by default; the compose service listens on every interface of its container.
+DICOM_BIND_ADDRESS = env_str("DICOM_BIND_ADDRESS", "127.0.0.1")
+# Calling AE titles whose associations are accepted; every other one is rejected at
+# association. Empty: the listener refuses to start (it would accept nobody).
+DICOM_ALLOWED_CALLING_AE_TITLES = [
+    _ae_title("DICOM_ALLOWED_CALLING_AE_TITLES", title)
+    for title in env_list("DICOM_ALLOWED_CALLING_AE_TITLES", [])
+]
+# The account recorded as uploader of received instances (created, unable to log in,
+# if it does not exist).
+DICOM_RECEIVER_USERNAME = env_str("DICOM_RECEIVER_USERNAME", "dicom-receiver")
+# Where results (SEG, SR, secondary capture) go: AE_TITLE@HOST:PORT, empty for nowhere.
+DICOM_DESTINATION = env_dicom_destination("DICOM_DESTINATION")
+DICOM_SEND_AFTER_ANALYSIS = env_bool("DICOM_SEND_AFTER_ANALYSIS", True)
+DICOM_SEND_AFTER_SIGNOFF = env_bool("DICOM_SEND_AFTER_SIGNOFF", True)
+DICOM_SEND_MAX_RETRIES = env_int("DICOM_SEND_MAX_RETRIES", 5, minimum=0)
+# Sends are short network calls: by default on the queue every worker consumes.
+CELERY_DICOM_QUEUE = env_str("CELERY_DICOM_QUEUE", "celery")
+# An optional UID root of your organisation for the UIDs of the objects the portal
+# writes; empty: UUID-derived 2.25 UIDs (ISO/IEC 9834-8).
+DICOM_UID_ROOT = env_str("DICOM_UID_ROOT", "")
+if DICOM_UID_ROOT and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", DICOM_UID_ROOT):
+    raise ImproperlyConfigured(
+        f"DICOM_UID_ROOT must be dotted digits such as 1.2.826.0.1.3680043.10.999, "
+        f"got {DICOM_UID_ROOT!r}"
+    )
+if len(DICOM_UID_ROOT) > 40:
+    raise ImproperlyConfigured(
+        "DICOM_UID_ROOT must be at most 40 characters: the UIDs derived from it need "
+        "the rest of the 64 for their unique part"
+    )
 
 # REST API (portal/api): token or session authentication, the portal's permissions,
 # throttled per user (per address before login), JSON errors.

@@ -10,12 +10,13 @@ from portal.clinical.models import Scan, Study
 
 
 class UploadBatch(models.Model):
-    """One upload (browser, API or import command) and the report of what became of it."""
+    """One upload (browser, API, import command or DICOM association) and the report of what became of it."""
 
     class Source(models.TextChoices):
         WEB = "web"
         API = "api"
         IMPORT = "import"
+        DICOM = "dicom", "DICOM network"
 
     # The study uploaded to; empty for an import that places files by their tags/folders.
     study = models.ForeignKey(
@@ -30,6 +31,8 @@ class UploadBatch(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # For instances received over DICOM: the sender's AE title (not patient data).
+    calling_ae_title = models.CharField("calling AE title", max_length=16, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     accepted_count = models.PositiveIntegerField(default=0)
     duplicate_count = models.PositiveIntegerField(default=0)

@@ -215,6 +215,27 @@ class ByTagsAndFolders:
         )
 
 
+class ByDicomTags(ByTagsAndFolders):
+    """Place DICOM instances received over the network by their own tags only."""
+
+    def study_for(self, upload: ValidatedUpload, folders: tuple[str, ...]) -> Study:
+        identity = (
+            DicomIdentity.from_tags(upload.image.dicom) if upload.image.dicom else None
+        )
+        if identity is None:
+            raise UploadRejected("not a DICOM instance")
+        if not identity.patient_identifier:
+            raise UploadRejected(
+                "it has no Patient ID (0010,0020), so it cannot be matched to a patient"
+            )
+        if not identity.study_instance_uid and not identity.accession_number:
+            raise UploadRejected(
+                "it has neither a Study Instance UID (0020,000D) nor an Accession "
+                "Number (0008,0050), so it cannot be matched to a study"
+            )
+        return super().study_for(upload, ())
+
+
 def _validate(name: str, content: bytes) -> ValidatedUpload:
     """Decode a file (in a decoder thread) and keep only what storing it needs.
 
@@ -295,6 +316,19 @@ class BatchIngester:
             )
             return
         self._ingest_content(incoming.name, content, folders=incoming.folders)
+
+    def ingest_now(self, incoming: IncomingFile) -> UploadItem:
+        """Ingest one file and wait for its outcome (the DICOM receiver answers each
+        instance with it); zips are not expected here and get the outcome of their last
+        row."""
+        before = len(self.result.items)
+        self.ingest(incoming)
+        self._drain()
+        added = self.result.items[before:]
+        if not added:  # an empty zip: ingest() recorded nothing of its own
+            self.reject(incoming.name, "nothing in it could be read")
+            added = self.result.items[before:]
+        return added[-1]
 
     def _ingest_zip(self, incoming: IncomingFile) -> None:
         report = ArchiveReport()

@@ -1,0 +1,218 @@
+"""`manage.py dicom_listener` as deployed, with DCMTK's storescu and echoscu as the scanner.
+
+The listener runs as its own process on this test's database, storage and a Redis
+queue of its own, so "queued" means a message really is in the broker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+from pydicom.uid import generate_uid
+
+from portal.analyses.models import Analysis
+from portal.clinical.models import Scan, Study
+from portal.ingest.models import UploadBatch, UploadItem
+from tests.portal.dicomnet.conftest import SCANNER_AE, free_port
+from tests.portal.ingest.factories import GREY, RGB, dicom
+from workers.launch import REPO_ROOT, database_url, redis_url_with_db
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+LISTENER_AE = "BUSAI"
+REDIS_DB = 14
+
+if shutil.which("storescu") is None:
+    pytest.skip(
+        "DCMTK is not installed (apt-get install dcmtk; .ci/run installs it)",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture
+def queue() -> Iterator[tuple[redis.Redis, str, str]]:
+    url = redis_url_with_db(settings.REDIS_URL, REDIS_DB)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"Redis is not reachable at {url}")
+    name = f"inference-dicom-{uuid.uuid4().hex[:12]}"
+    yield client, url, name
+    client.delete(name)
+    client.close()
+
+
+@pytest.fixture
+def listener(
+    queue: tuple[redis.Redis, str, str],
+    media_root: Path,
+    weights_dir: Path,
+    tmp_path: Path,
+) -> Iterator[dict[str, Any]]:
+    _, url, queue_name = queue
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+            "DATABASE_URL": database_url(connection.settings_dict),
+            "REDIS_URL": url,
+            "CELERY_INFERENCE_QUEUE": queue_name,
+            "MEDIA_ROOT": str(media_root),
+            "STORAGE_BACKEND": "local",
+            "ML_WEIGHTS_DIR": str(weights_dir),
+            "SECRET_KEY": settings.SECRET_KEY,
+            "DICOM_AE_TITLE": LISTENER_AE,
+            "DICOM_PORT": str(port),
+            "DICOM_ALLOWED_CALLING_AE_TITLES": f"{SCANNER_AE},PACS_MAIN",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    log_path = tmp_path / "listener.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "dicom_listener"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while b"listening on" not in log_path.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"listener did not start:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield {"port": port, "log": log_path, "process": process}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        connection.close()
+
+
+def storescu(port: int, files: list[Path], *, calling: str = SCANNER_AE) -> Any:
+    return subprocess.run(
+        # --required: only the contexts the files need; -xy: propose JPEG baseline for
+        # the JPEG file (storescu would otherwise convert it, and cannot); --no-halt:
+        # go on after a refused file (storescu's default is to stop sending).
+        [
+            "storescu",
+            "-v",
+            "--required",
+            "-xy",
+            "--no-halt",
+            "-aet",
+            calling,
+            "-aec",
+            LISTENER_AE,
+            "127.0.0.1",
+            str(port),
+        ]
+        + [str(f) for f in files],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def finished_batch() -> UploadBatch:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        batch = UploadBatch.objects.filter(finished_at__isnull=False).first()
+        if batch is not None:
+            return batch
+        time.sleep(0.1)
+    raise AssertionError("the association's upload report was never closed")
+
+
+def test_storescu_sends_jpeg_cine_and_a_file_without_pixels(
+    listener: dict[str, Any], queue: tuple[redis.Redis, str, str], tmp_path: Path
+) -> None:
+    client, _, queue_name = queue
+    study_uid = generate_uid()
+    clip = np.stack([np.roll(RGB, shift, axis=0) for shift in range(8)])
+    files = {
+        "plain.dcm": dicom(GREY, study_uid=study_uid, accession="A-1"),
+        "jpeg.dcm": dicom(
+            RGB, photometric="RGB", transfer_syntax="jpeg", study_uid=study_uid
+        ),
+        "nopixels.dcm": dicom(None, study_uid=study_uid),
+        "cine.dcm": dicom(clip, photometric="RGB", frames=8, study_uid=study_uid),
+    }
+    paths = []
+    for name, content in files.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        paths.append(path)
+
+    result = storescu(listener["port"], paths)
+
+    # storescu carries on after the refused file.
+    log = result.stdout + result.stderr
+    assert log.count("Received Store Response (Success)") == 3, log
+    assert "Received Store Response (Error: CannotUnderstand)" in log, log
+    batch = finished_batch()
+    items = list(batch.items.order_by("pk"))
+    assert [i.outcome for i in items] == [
+        UploadItem.Outcome.ACCEPTED,
+        UploadItem.Outcome.ACCEPTED,
+        UploadItem.Outcome.REJECTED,
+        UploadItem.Outcome.ACCEPTED,
+    ], log
+    assert items[2].reason == "DICOM file has no pixel data (not an image object)"
+    assert batch.calling_ae_title == SCANNER_AE
+    study = Study.objects.get(study_instance_uid=study_uid)
+    scans = Scan.objects.filter(study=study)
+    assert scans.count() == 3
+    jpeg_scan = Scan.objects.get(pk=items[1].scan_id)
+    assert jpeg_scan.original.open("rb").read()[128:132] == b"DICM"
+    # Queued in the database and sent to the broker, one message each.
+    analyses = Analysis.objects.filter(scan__in=scans)
+    assert analyses.count() == 3
+    assert set(analyses.values_list("status", flat=True)) == {"queued"}
+    assert client.llen(queue_name) == 3
+
+
+def test_storescu_from_an_ae_title_not_allowed_is_rejected(
+    listener: dict[str, Any], queue: tuple[redis.Redis, str, str], tmp_path: Path
+) -> None:
+    client, _, queue_name = queue
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(dicom())
+    result = storescu(listener["port"], [path], calling="INTRUDER")
+    assert result.returncode != 0
+    assert "Association Rejected" in result.stderr + result.stdout
+    time.sleep(0.5)
+    assert UploadBatch.objects.count() == 0
+    assert Scan.objects.count() == 0
+    assert client.llen(queue_name) == 0
+    assert "refused a DICOM association from AE title 'INTRUDER'" in (
+        listener["log"].read_text()
+    )
+
+
+def test_echoscu_is_answered(listener: dict[str, Any]) -> None:
+    result = subprocess.run(
+        ["echoscu", "-aet", "PACS_MAIN", "-aec", LISTENER_AE, "127.0.0.1"]
+        + [str(listener["port"])],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
