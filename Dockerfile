@@ -20,8 +20,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, so a code change does not reinstall TensorFlow.
-COPY requirements.txt ./
+# python-ldap (directory login) compiles against OpenLDAP: the headers and compiler are
+# removed again after pip, the runtime libraries stay.
+COPY requirements.txt requirements-ldap.txt ./
 RUN set -eu; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends libldap-2.5-0 libsasl2-2 \
+      gcc libc6-dev libldap2-dev libsasl2-dev; \
     case "$TF_VARIANT" in \
       cpu) tensorflow="tensorflow-cpu==$TF_VERSION" ;; \
       gpu) tensorflow="tensorflow[and-cuda]==$TF_VERSION" ;; \
@@ -29,8 +34,10 @@ RUN set -eu; \
     esac; \
     grep -v '^tensorflow-cpu==' requirements.txt > /tmp/requirements.txt; \
     echo "$tensorflow" >> /tmp/requirements.txt; \
-    pip install -r /tmp/requirements.txt; \
-    rm /tmp/requirements.txt
+    pip install -r /tmp/requirements.txt -r requirements-ldap.txt; \
+    rm /tmp/requirements.txt; \
+    apt-get purge -y --auto-remove gcc libc6-dev libldap2-dev libsasl2-dev; \
+    rm -rf /var/lib/apt/lists/*
 
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin busai
 

@@ -29,9 +29,15 @@ help:
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt
+# python-ldap compiles against OpenLDAP: without its headers the portal still runs, with
+# local accounts only (directory login needs it); in CI a failed build stops the run.
+$(VENV_STAMP): requirements.txt requirements-dev.txt requirements-ldap.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check -r requirements-ldap.txt || { \
+	  echo "python-ldap did not build: directory login (LDAP_SERVER_URI) is unavailable." >&2; \
+	  echo "Install libldap2-dev libsasl2-dev (Debian), then .venv/bin/pip install -r requirements-ldap.txt" >&2; \
+	  test "$$CI" != true; }
 	touch $@
 
 # The embedded development defaults: DEBUG on; with no DATABASE_URL or STORAGE_BACKEND

@@ -479,6 +479,8 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    # django-auth-ldap names the signing-in user at INFO; the portal logs ids only.
+    "loggers": {"django_auth_ldap": {"level": "WARNING"}},
 }
 # /metrics (Prometheus text format) for a scraper sending "Authorization: Bearer <token>";
 # without a token only signed-in staff can read it.
@@ -552,3 +554,42 @@ if CACHE_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# Directory login (portal/accounts/directory.py): off unless LDAP_SERVER_URI is set, so
+# python-ldap (requirements-ldap.txt) is needed only where it is used. The directory
+# backend comes after the lockout backend, which refuses a locked name before the
+# directory is asked; local accounts keep signing in with their own passwords.
+LDAP_SERVER_URI = env_str("LDAP_SERVER_URI").strip()
+if LDAP_SERVER_URI:
+    from portal.accounts.directory_settings import directory_settings
+
+    # Every AUTH_LDAP_* name django-auth-ldap reads, and LDAP_ROLE_GROUPS.
+    globals().update(
+        directory_settings(
+            server_uri=LDAP_SERVER_URI,
+            bind_dn=env_str("LDAP_BIND_DN"),
+            bind_password=env_str("LDAP_BIND_PASSWORD"),
+            user_search_base=env_str("LDAP_USER_SEARCH_BASE"),
+            user_filter=env_str("LDAP_USER_FILTER", "(uid=%(user)s)"),
+            user_dn_template=env_str("LDAP_USER_DN_TEMPLATE"),
+            group_search_base=env_str("LDAP_GROUP_SEARCH_BASE"),
+            group_type=env_str("LDAP_GROUP_TYPE", "groupOfNames").strip().lower(),
+            group_filter=env_str("LDAP_GROUP_FILTER"),
+            role_groups={
+                "staff": env_str("LDAP_GROUP_STAFF"),
+                "radiologist": env_str("LDAP_GROUP_RADIOLOGIST"),
+                "administrator": env_str("LDAP_GROUP_ADMINISTRATOR"),
+            },
+            attribute_map={
+                "first_name": env_str("LDAP_ATTR_FIRST_NAME", "givenName"),
+                "last_name": env_str("LDAP_ATTR_LAST_NAME", "sn"),
+                "email": env_str("LDAP_ATTR_EMAIL", "mail"),
+            },
+            start_tls=env_bool("LDAP_START_TLS", False),
+            timeout=env_int("LDAP_TIMEOUT", 5, minimum=1),
+        )
+    )
+    AUTHENTICATION_BACKENDS = [
+        *AUTHENTICATION_BACKENDS,
+        "portal.accounts.directory.DirectoryBackend",
+    ]
