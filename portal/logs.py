@@ -11,13 +11,13 @@ LOG_FORMAT=json in production (one object per line, for a log shipper); the defa
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
+
+import pythonjsonlogger.json
 
 CONTEXT_FIELDS = (
     "request_id",
@@ -59,23 +59,33 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """python-json-logger's formatter, writing only the fields named here.
+
+    Records carry other attributes too (Django's request log puts the request on the
+    record, and its text holds the query string, where a search may be a patient's
+    name), so nothing else is copied into the line.
+    """
+
+    FIELDS = frozenset(
+        {"ts", "level", "logger", "message", "exc_info", "stack_info", *CONTEXT_FIELDS}
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="ts",
+            json_ensure_ascii=False,
+        )
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            key: value
+            for key, value in log_data.items()
+            if key in self.FIELDS and value is not None
         }
-        for name in CONTEXT_FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                entry[name] = value
-        if record.exc_info:
-            entry["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 class PlainFormatter(logging.Formatter):

@@ -1,8 +1,9 @@
-"""`/metrics`: what a Prometheus server scrapes, in its text format (no client library).
+"""`/metrics`: what a Prometheus server scrapes, written by prometheus_client.
 
 Everything is read when scraped, from the database (the source of truth) and the broker,
-so any number of web processes report the same figures. Readable with the bearer token
-METRICS_TOKEN (for the scraper) or by a signed-in staff user; nobody else.
+so any number of web processes report the same figures: a collector builds the metric
+families on each scrape instead of counters kept in one process's memory. Readable with
+the bearer token METRICS_TOKEN (for the scraper) or by a signed-in staff user; nobody else.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
@@ -19,13 +21,20 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from prometheus_client.core import (
+    CollectorRegistry,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from portal.analyses import broker
 from portal.analyses.models import Analysis
 
 logger = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 PREFIX = "busai"
 
@@ -39,47 +48,25 @@ def _authorised(request: HttpRequest) -> bool:
     return bool(user is not None and user.is_authenticated and user.is_staff)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class _Exposition:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def metric(self, name: str, kind: str, help_text: str) -> None:
-        self.lines.append(f"# HELP {PREFIX}_{name} {help_text}")
-        self.lines.append(f"# TYPE {PREFIX}_{name} {kind}")
-
-    def sample(self, name: str, value: float, **labels: str) -> None:
-        label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-        suffix = f"{{{label_text}}}" if label_text else ""
-        self.lines.append(f"{PREFIX}_{name}{suffix} {value:g}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-def _analyses(out: _Exposition) -> None:
+def _analyses() -> Iterator[Metric]:
     counts = dict(
         Analysis.objects.values_list("status").annotate(n=Count("id")).order_by()
     )
-    out.metric("analyses", "gauge", "Analyses by status.")
+    by_status = GaugeMetricFamily(
+        f"{PREFIX}_analyses", "Analyses by status.", labels=["status"]
+    )
     for status in Analysis.Status.values:
-        out.sample("analyses", counts.get(status, 0), status=status)
+        by_status.add_metric([status], counts.get(status, 0))
+    yield by_status
 
     now = timezone.now()
     oldest = Analysis.objects.filter(status=Analysis.Status.QUEUED).aggregate(
         oldest=Min("queued_at")
     )["oldest"]
-    out.metric(
-        "analysis_oldest_queued_seconds",
-        "gauge",
+    yield GaugeMetricFamily(
+        f"{PREFIX}_analysis_oldest_queued_seconds",
         "Age of the oldest queued analysis (0 when none).",
-    )
-    out.sample(
-        "analysis_oldest_queued_seconds",
-        round((now - oldest).total_seconds(), 3) if oldest else 0,
+        value=round((now - oldest).total_seconds(), 3) if oldest else 0,
     )
 
     duration = ExpressionWrapper(
@@ -95,22 +82,17 @@ def _analyses(out: _Exposition) -> None:
         for i, bound in enumerate(DURATION_BUCKETS)
     }
     totals = finished.aggregate(count=Count("id"), total=Sum("duration"), **buckets)
-    out.metric(
-        "analysis_duration_seconds",
-        "histogram",
-        "Time from claim to stored result of succeeded analyses.",
-    )
-    for i, bound in enumerate(DURATION_BUCKETS):
-        out.sample(
-            "analysis_duration_seconds_bucket", totals[f"le_{i}"], le=f"{bound:g}"
-        )
-    out.sample("analysis_duration_seconds_bucket", totals["count"], le="+Inf")
     total = totals["total"]
-    out.sample(
-        "analysis_duration_seconds_sum",
-        round(total.total_seconds(), 3) if total else 0,
+    yield HistogramMetricFamily(
+        f"{PREFIX}_analysis_duration_seconds",
+        "Time from claim to stored result of succeeded analyses.",
+        buckets=[
+            (f"{bound:g}", totals[f"le_{i}"])
+            for i, bound in enumerate(DURATION_BUCKETS)
+        ]
+        + [("+Inf", totals["count"])],
+        sum_value=round(total.total_seconds(), 3) if total else 0,
     )
-    out.sample("analysis_duration_seconds_count", totals["count"])
 
     hour_ago = now - timedelta(hours=1)
     recent = dict(
@@ -119,29 +101,54 @@ def _analyses(out: _Exposition) -> None:
         .annotate(n=Count("id"))
         .order_by()
     )
-    out.metric(
-        "analyses_finished_last_hour", "gauge", "Analyses finished in the last hour."
+    finished_recently = GaugeMetricFamily(
+        f"{PREFIX}_analyses_finished_last_hour",
+        "Analyses finished in the last hour.",
+        labels=["status"],
     )
     for status in (Analysis.Status.SUCCEEDED, Analysis.Status.FAILED):
-        out.sample("analyses_finished_last_hour", recent.get(status, 0), status=status)
+        finished_recently.add_metric([status], recent.get(status, 0))
+    yield finished_recently
 
 
-def _queues(out: _Exposition) -> None:
+def _queues() -> Iterator[Metric]:
     try:
         depths = broker.queue_depths()
         up = 1
     except broker.BrokerUnavailable:
         logger.warning("metrics: broker unreachable", exc_info=True)
         depths, up = {}, 0
-    out.metric("broker_up", "gauge", "1 when the broker answered this scrape.")
-    out.sample("broker_up", up)
-    out.metric(
-        "queue_depth",
-        "gauge",
+    yield GaugeMetricFamily(
+        f"{PREFIX}_broker_up", "1 when the broker answered this scrape.", value=up
+    )
+    queue_depth = GaugeMetricFamily(
+        f"{PREFIX}_queue_depth",
         'Messages waiting in a broker queue; queue="unacked": delivered, not yet done.',
+        labels=["queue"],
     )
     for queue, depth in depths.items():
-        out.sample("queue_depth", depth, queue=queue)
+        queue_depth.add_metric([queue], depth)
+    yield queue_depth
+
+
+class PortalCollector(Collector):
+    """The portal's figures, read from the database and the broker on each scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        yield from _analyses()
+        yield from _queues()
+        yield GaugeMetricFamily(
+            f"{PREFIX}_scrape_duration_seconds",
+            "Time spent producing this page.",
+            value=round(time.perf_counter() - started, 4),
+        )
+
+
+# A registry of our own: the default one would add this web process's own figures,
+# which differ between processes and say nothing about the analyses.
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(PortalCollector())
 
 
 @login_not_required
@@ -154,10 +161,6 @@ def metrics(request: HttpRequest) -> HttpResponse:
             status=403,
             content_type="text/plain",
         )
-    started = time.perf_counter()
-    out = _Exposition()
-    _analyses(out)
-    _queues(out)
-    out.metric("scrape_duration_seconds", "gauge", "Time spent producing this page.")
-    out.sample("scrape_duration_seconds", round(time.perf_counter() - started, 4))
-    return HttpResponse(out.text(), content_type=CONTENT_TYPE)
+    # Prometheus' text format, or OpenMetrics for a scraper that asks for it.
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return HttpResponse(encode(REGISTRY), content_type=content_type)

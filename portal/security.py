@@ -1,6 +1,7 @@
-"""Security middleware: response headers with a content security policy, and an idle
-timeout for sessions. Small on purpose; Django's SecurityMiddleware does the rest
-(HSTS, nosniff, referrer policy, cross-origin opener policy, HTTPS redirect).
+"""Security middleware: the response headers no library here sets, and an idle timeout
+for sessions. Small on purpose; Django's SecurityMiddleware does the rest (HSTS,
+nosniff, referrer policy, cross-origin opener policy, HTTPS redirect) and django-csp
+the content security policy (CONTENT_SECURITY_POLICY in the settings).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ LAST_ACTIVITY_KEY = "last_activity"
 
 
 class SecurityHeadersMiddleware:
-    """Adds the content security policy and the headers Django does not set itself.
+    """Adds the permissions and resource policies, which neither Django nor django-csp set.
 
     Pages carry patient data, so an authenticated response that says nothing about
     caching is marked `no-store` (no copy on shared machines or in proxies).
@@ -30,10 +31,8 @@ class SecurityHeadersMiddleware:
     def __init__(self, get_response: Handler) -> None:
         self.get_response = get_response
         self.headers = {
-            "Content-Security-Policy": settings.CONTENT_SECURITY_POLICY,
             "Permissions-Policy": settings.PERMISSIONS_POLICY,
             "Cross-Origin-Resource-Policy": "same-origin",
-            "X-Content-Type-Options": "nosniff",
         }
 
     def __call__(self, request: HttpRequest) -> HttpResponse:

@@ -145,6 +145,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "auditlog",
     "axes",
+    "csp",
     "portal.accounts",
     "portal.clinical",
     "portal.analyses",
@@ -161,6 +162,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files, before the login requirement: gunicorn has no file handler of its own.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "portal.security.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -247,6 +251,13 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "portal" / "static"]
+# WhiteNoise serves them in every process (gunicorn included), from STATIC_ROOT when
+# collected (the image) and straight from the apps' folders otherwise (make run, tests).
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_MAX_AGE = 3600
+# Uncollected outside the image (the finders serve the files then); WhiteNoise warns on
+# every request when the folder is missing, so it is made empty.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 # Storage: originals and artifacts go through Django's storage API. There is no
 # MEDIA_URL serving: every download passes through a login-protected view.
@@ -513,11 +524,22 @@ SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'"
-)
+# django-csp: no inline script or style anywhere (the API's Swagger page alone relaxes
+# style-src, portal/api/docs.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 # Axes' backend comes first: it refuses a locked name or address before any backend
 # that checks a password (this one, or a directory backend added after it) runs.

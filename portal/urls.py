@@ -1,15 +1,12 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path, re_path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 from portal import metrics, views
 
 urlpatterns = [
-    # Gunicorn has no static file handler; these few small files are served by Django
-    # itself (runserver's own handler takes over in DEBUG).
-    re_path(r"^static/(?P<path>.+)$", views.static_file, name="static"),
     path("", RedirectView.as_view(pattern_name="review:dashboard"), name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", metrics.metrics, name="metrics"),

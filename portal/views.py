@@ -5,9 +5,8 @@ import logging
 import redis
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.contrib.staticfiles.views import serve as serve_static
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -48,11 +47,3 @@ def healthz(request: HttpRequest) -> JsonResponse:
     body = {"status": "ok" if healthy else "unavailable"}
     body.update({name: "ok" if ok else "unreachable" for name, ok in checks.items()})
     return JsonResponse(body, status=200 if healthy else 503)
-
-
-@login_not_required
-@require_GET
-def static_file(request: HttpRequest, path: str) -> HttpResponse:
-    response = serve_static(request, path, insecure=True)
-    response["Cache-Control"] = "public, max-age=3600"
-    return response
