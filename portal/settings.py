@@ -7,6 +7,7 @@ The defaults make a bare checkout work: SQLite and media under var/, a local Red
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -47,6 +48,21 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
         value = int(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ImproperlyConfigured(f"{name} must be a finite number, got {raw!r}")
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -293,6 +309,10 @@ STORAGES = {
 # Uploads: every file is decoded before it is accepted; these bound the work.
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 50 * 1024 * 1024, minimum=1)
 UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 40_000_000, minimum=1)
+# Shapes no ultrasound scan has (a 1x1 pixel, a 60000x1 strip) are refused at upload
+# rather than analysed: the shorter side in pixels, and longer side / shorter side.
+UPLOAD_MIN_SIDE = env_int("UPLOAD_MIN_SIDE", 32, minimum=1)
+UPLOAD_MAX_ASPECT_RATIO = env_float("UPLOAD_MAX_ASPECT_RATIO", 10.0, minimum=1.0)
 # Uploaded files stream to temporary files on disk; only files under 64 KB stay in
 # memory, so a request of many files or one large zip never sits whole in the process.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024

@@ -70,9 +70,31 @@ def validate_content(
         # A decoder bug must not take the whole upload down; the file is still refused.
         logger.exception("unexpected error while decoding an upload")
         raise UploadRejected("file could not be read as an image") from None
+    check_scan_shape(width=image.width, height=image.height)
     return ValidatedUpload(
         original_filename=filename[:255],
         content=content,
         sha256=hashlib.sha256(content).hexdigest(),
         image=image,
     )
+
+
+def check_scan_shape(*, width: int, height: int) -> None:
+    """Refuse a picture no ultrasound scan could be (UPLOAD_MIN_SIDE, UPLOAD_MAX_ASPECT_RATIO).
+
+    The model would analyse a 1x1 dot or a 60000x1 strip and return a confident label;
+    a clinician is better served by a refusal that says why.
+    """
+    min_side = settings.UPLOAD_MIN_SIDE
+    max_ratio = settings.UPLOAD_MAX_ASPECT_RATIO
+    shorter, longer = sorted((width, height))
+    if shorter < min_side:
+        raise UploadRejected(
+            f"image is {width}x{height} pixels, smaller than the minimum of {min_side} "
+            "pixels on each side: too small to be an ultrasound scan"
+        )
+    if longer > max_ratio * shorter:
+        raise UploadRejected(
+            f"image is {width}x{height} pixels, an aspect ratio of {longer / shorter:.1f}:1, "
+            f"beyond the limit of {max_ratio:g}:1: not the shape of an ultrasound scan"
+        )

@@ -242,6 +242,8 @@ GENERIC_DECODER_FAILURE = "file could not be read as an image"
 NOT_AN_IMAGE = ("not a recognised image", "not accepted", "not an image", "unsupported")
 CORRUPT = ("corrupt", "truncated", "unreadable", "broken", "cannot", "invalid")
 TOO_BIG = ("pixels", "too large", "limit")
+TOO_SMALL = ("smaller than the minimum",)
+BAD_SHAPE = ("aspect ratio",)
 ARCHIVE_REASONS = (
     "zip",
     "archive",
@@ -377,9 +379,17 @@ def build() -> tuple[Hostile, ...]:
         Hostile("png-animated", "cine.png", _animated_png(), ACCEPT),
         Hostile("tiff-multipage", "cine.tif", _multipage_tiff(), ACCEPT),
         Hostile("gif-animated", "cine.gif", _animated_gif(), REJECT, NOT_AN_IMAGE),
-        Hostile("png-1x1", "dot.png", good_png(1, 1), ACCEPT),
-        Hostile("png-extremely-wide", "wide.png", good_png(60_000, 1), ACCEPT),
-        Hostile("png-extremely-tall", "tall.png", good_png(1, 60_000), ACCEPT),
+        # Pictures no ultrasound scan could be: refused with the shape named.
+        Hostile("png-1x1", "dot.png", good_png(1, 1), REJECT, TOO_SMALL),
+        Hostile(
+            "png-extremely-wide", "wide.png", good_png(60_000, 1), REJECT, TOO_SMALL
+        ),
+        Hostile(
+            "png-extremely-tall", "tall.png", good_png(1, 60_000), REJECT, TOO_SMALL
+        ),
+        Hostile("png-strip", "strip.png", good_png(2_000, 40), REJECT, BAD_SHAPE),
+        Hostile("png-smallest-accepted", "small.png", good_png(32, 32), ACCEPT),
+        Hostile("png-widest-accepted", "wide-ok.png", good_png(400, 40), ACCEPT),
         # Names that lie, and polyglots: the content decides.
         Hostile("jpeg-named-png", "really-a-jpeg.png", jpeg, ACCEPT),
         Hostile("png-named-dcm", "really-a-png.dcm", png, ACCEPT),

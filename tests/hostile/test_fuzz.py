@@ -50,7 +50,7 @@ def _save(image: Image.Image, fmt: str) -> bytes:
 
 
 SEEDS = {
-    "png": good_png(40, 30),
+    "png": good_png(40, 32),
     "jpeg": good_jpeg(),
     "bmp": _save(Image.fromarray(scan_pixels(24, 16)), "BMP"),
     "tiff": _save(Image.fromarray(scan_pixels(24, 16)), "TIFF"),

@@ -28,7 +28,7 @@ def analyses(study: Any, user: Any, make_png: Any) -> list[Analysis]:
         scan = scan_create(
             study=study,
             upload=validate_upload(
-                SimpleUploadedFile(f"{index}.png", make_png(40 + index, 30))
+                SimpleUploadedFile(f"{index}.png", make_png(40 + index, 32))
             ),
             uploaded_by=user,
             model_version=TEST_MODEL_VERSION,

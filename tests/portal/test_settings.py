@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from portal.settings import env_bool, env_choice, env_int, env_list
+from portal.settings import env_bool, env_choice, env_float, env_int, env_list
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,20 @@ def test_env_int_rejects_non_numbers_and_values_below_minimum(monkeypatch):
         env_int("LIMIT", 5, minimum=1)
     monkeypatch.setenv("LIMIT", "42")
     assert env_int("LIMIT", 5) == 42
+
+
+def test_env_float_rejects_non_numbers_infinities_and_values_below_minimum(
+    monkeypatch,
+):
+    for raw in ("ten", "nan", "inf"):
+        monkeypatch.setenv("RATIO", raw)
+        with pytest.raises(ImproperlyConfigured, match="RATIO must be a"):
+            env_float("RATIO", 1.0)
+    monkeypatch.setenv("RATIO", "0.5")
+    with pytest.raises(ImproperlyConfigured, match=">= 1"):
+        env_float("RATIO", 10.0, minimum=1.0)
+    monkeypatch.setenv("RATIO", "2.5")
+    assert env_float("RATIO", 10.0) == 2.5
 
 
 def test_env_list_splits_on_commas(monkeypatch):

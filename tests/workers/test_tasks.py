@@ -77,7 +77,7 @@ def analyzer(monkeypatch: pytest.MonkeyPatch) -> FakeAnalyzer:
 @pytest.fixture
 def make_analysis(study, user, make_png):
     def make(width: int = 40, name: str = "scan.png") -> Analysis:
-        upload = validate_upload(SimpleUploadedFile(name, make_png(width, 30)))
+        upload = validate_upload(SimpleUploadedFile(name, make_png(width, 32)))
         scan = scan_create(
             study=study,
             upload=upload,

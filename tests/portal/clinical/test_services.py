@@ -69,7 +69,7 @@ def test_upload_of_a_bmp_keeps_its_format(study, user):
     from PIL import Image
 
     buffer = BytesIO()
-    Image.new("RGB", (10, 12)).save(buffer, format="BMP")
+    Image.new("RGB", (40, 36)).save(buffer, format="BMP")
     scan = scan_create(
         study=study,
         upload=_upload("x.png", buffer.getvalue()),

@@ -7,8 +7,8 @@ from portal.clinical.uploads import UploadRejected, validate_upload
 
 
 def test_a_real_png_is_accepted(make_png):
-    upload = validate_upload(SimpleUploadedFile("scan.png", make_png(30, 20)))
-    assert (upload.image.width, upload.image.height) == (30, 20)
+    upload = validate_upload(SimpleUploadedFile("scan.png", make_png(48, 36)))
+    assert (upload.image.width, upload.image.height) == (48, 36)
     assert upload.original_filename == "scan.png"
 
 
@@ -39,3 +39,27 @@ def test_size_limit_is_enforced(make_png):
 def test_empty_file_is_rejected():
     with pytest.raises(UploadRejected, match="empty"):
         validate_upload(SimpleUploadedFile("empty.png", b""))
+
+
+def test_an_image_smaller_than_the_minimum_side_is_refused_saying_so(make_png):
+    with pytest.raises(UploadRejected) as excinfo:
+        validate_upload(SimpleUploadedFile("dot.png", make_png(200, 31)))
+    assert "200x31 pixels" in str(excinfo.value)
+    assert "smaller than the minimum of 32 pixels" in str(excinfo.value)
+
+
+def test_an_image_too_long_for_its_width_is_refused_saying_so(make_png):
+    with pytest.raises(UploadRejected) as excinfo:
+        validate_upload(SimpleUploadedFile("strip.png", make_png(40, 401)))
+    assert "aspect ratio of 10.0:1, beyond the limit of 10:1" in str(excinfo.value)
+    validate_upload(SimpleUploadedFile("tall.png", make_png(40, 400)))
+
+
+def test_the_shape_limits_come_from_the_settings(make_png, settings):
+    settings.UPLOAD_MIN_SIDE = 100
+    settings.UPLOAD_MAX_ASPECT_RATIO = 1.5
+    with pytest.raises(UploadRejected, match="minimum of 100 pixels"):
+        validate_upload(SimpleUploadedFile("a.png", make_png(120, 99)))
+    with pytest.raises(UploadRejected, match="limit of 1.5:1"):
+        validate_upload(SimpleUploadedFile("b.png", make_png(160, 100)))
+    validate_upload(SimpleUploadedFile("c.png", make_png(150, 100)))

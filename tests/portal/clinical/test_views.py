@@ -69,13 +69,13 @@ def test_upload_accepts_good_files_and_names_the_rejected_ones(
     logged_in_client, study, make_png, settings
 ):
     settings.UPLOAD_MAX_PIXELS = 100 * 100
-    good = make_png(40, 30)
+    good = make_png(40, 32)
     files = _files(
         ("one.png", good),
         ("notes.png", b"plain text, not an image\n"),
         ("cut.png", make_png(90, 90)[:60]),
         ("huge.png", make_png(200, 200)),
-        ("two.png", make_png(50, 20)),
+        ("two.png", make_png(50, 36)),
     )
     response = logged_in_client.post(
         reverse("clinical:study_upload", args=[study.pk]),
@@ -142,7 +142,7 @@ def test_status_endpoint_lists_scans_with_their_analysis(
 def test_original_is_streamed_to_logged_in_users_only(
     logged_in_client, client, study, make_png
 ):
-    content = make_png(33, 22)
+    content = make_png(43, 32)
     logged_in_client.post(
         reverse("clinical:study_upload", args=[study.pk]),
         {"files": _files(("Jane Example.png", content))},
