@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,29 @@ class ImageAnalysis:
     lesion_mask: np.ndarray  # (H, W) bool at the input's resolution
     lesion_area_fraction: float
     bbox: tuple[int, int, int, int] | None  # x_min, y_min, x_max, y_max; max exclusive
-    gradcam: np.ndarray  # (H, W) float32 in [0, 1]
-    seg_gradcam: np.ndarray  # (H, W) float32 in [0, 1]
+    # The heatmaps at the network's resolution (the whole image squeezed to a square):
+    # what a worker stores. `gradcam` / `seg_gradcam` upsample them on first use only.
+    gradcam_map: np.ndarray  # (S, S) float32 in [0, 1]
+    seg_gradcam_map: np.ndarray  # (S, S) float32 in [0, 1]
     model_version: str
     class_logits: np.ndarray | None = (
         None  # raw network output, before bias and temperature
     )
+
+    @cached_property
+    def gradcam(self) -> np.ndarray:
+        """(H, W) float32 in [0, 1] at the input's resolution."""
+        return render.upsample(self.gradcam_map, *self._size)
+
+    @cached_property
+    def seg_gradcam(self) -> np.ndarray:
+        """(H, W) float32 in [0, 1] at the input's resolution."""
+        return render.upsample(self.seg_gradcam_map, *self._size)
+
+    @property
+    def _size(self) -> tuple[int, int]:
+        height, width = self.lesion_mask.shape
+        return width, height
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +62,16 @@ class ImageAnalysis:
             "lesion_area_fraction": self.lesion_area_fraction,
             "bbox": list(self.bbox) if self.bbox else None,
             "model_version": self.model_version,
+        }
+
+    def stored_artifacts(self) -> dict[str, bytes]:
+        """What a worker keeps: the mask as a 1-bit PNG at the input's size and each
+        heatmap as an 8-bit grey PNG at the network's size. Pictures are drawn from
+        these by whoever shows them (the browser, or ``render_artifacts``)."""
+        return {
+            "mask": render.mask_png(self.lesion_mask),
+            "gradcam_map": render.heatmap_png(self.gradcam_map),
+            "seg_gradcam_map": render.heatmap_png(self.seg_gradcam_map),
         }
 
     def render_artifacts(self, image: np.ndarray) -> dict[str, bytes]:
@@ -173,12 +201,8 @@ class Analyzer:
                         lesion_mask=mask,
                         lesion_area_fraction=float(mask.mean()),
                         bbox=bounding_box(mask),
-                        gradcam=np.clip(
-                            _resize_float(explanation.class_cam[i], width, height), 0, 1
-                        ),
-                        seg_gradcam=np.clip(
-                            _resize_float(explanation.seg_cam[i], width, height), 0, 1
-                        ),
+                        gradcam_map=np.clip(explanation.class_cam[i], 0, 1),
+                        seg_gradcam_map=np.clip(explanation.seg_cam[i], 0, 1),
                         model_version=self.model_version,
                         class_logits=explanation.class_logits[i],
                     )
