@@ -4,7 +4,8 @@
 the row is no longer queued, so redelivered and duplicate messages do nothing. When more
 analyses are waiting it claims them too, ANALYSIS_BATCH_SIZE at a time, and keeps the
 model busy: while the model runs one batch, a loader thread claims and decodes the next
-and a few threads draw and store the results of the previous one. It stops claiming at
+and a few threads store the results of the previous one (the mask and heatmaps as small
+PNGs; no pictures are drawn here). It stops claiming at
 half the soft time limit, and returns only when every claimed analysis is recorded
 (acks_late then acknowledges the message); rows whose messages were consumed as no-ops
 are still covered by the reconciler if the worker dies mid-way.
@@ -83,7 +84,7 @@ def _drain(analyzer: Any, *, first_id: int, worker: str) -> None:
     """Run the claimed analysis and whatever else is waiting, one batch at a time.
 
     Three things overlap: the model runs batch k, a loader claims and decodes batch k+1,
-    and finishing threads draw and store the results of batch k-1.
+    and finishing threads store the results of batch k-1.
     """
     stop_claiming_at = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT * 0.5
     batch_size = settings.ANALYSIS_BATCH_SIZE
@@ -262,7 +263,11 @@ def _finish(item: _Work, outcome: Any) -> None:
 
 
 def _record_outcome(item: _Work, outcome: Any) -> None:
-    """Draw and store one result, recording success or the reason it failed. Never raises."""
+    """Store one result, recording success or the reason it failed. Never raises.
+
+    What is stored is the model's output (mask, grey heatmaps): pictures of it are drawn
+    by the browser or, for downloads, by the portal on demand, not here.
+    """
     analysis_id = item.analysis_id
     try:
         if isinstance(outcome, Exception):
@@ -272,14 +277,14 @@ def _record_outcome(item: _Work, outcome: Any) -> None:
             )
             return
         try:
-            artifacts = outcome.render_artifacts(item.image.pixels)
+            artifacts = outcome.stored_artifacts()
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:
-            logger.exception("drawing the results of analysis %s failed", analysis_id)
+            logger.exception("encoding the results of analysis %s failed", analysis_id)
             services.analysis_record_failure(
                 analysis_id=analysis_id,
-                error=f"could not draw the result images: {type(exc).__name__}: {exc}",
+                error=f"could not encode the results: {type(exc).__name__}: {exc}",
             )
             return
         services.analysis_record_success(

@@ -1,8 +1,20 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
-from portal.analyses.models import Analysis
+from portal.analyses.composites import available_kinds
+from portal.analyses.models import ARTIFACT_KINDS, Analysis
+
+ARTIFACT_TITLES = {
+    "mask": "lesion mask (1-bit)",
+    "overlay": "lesion outline on the scan",
+    "gradcam": "Grad-CAM on the scan",
+    "seg_gradcam": "Seg-Grad-CAM on the scan",
+    "gradcam_map": "Grad-CAM map (grey)",
+    "seg_gradcam_map": "Seg-Grad-CAM map (grey)",
+}
 
 
 @admin.register(Analysis)
@@ -26,10 +38,36 @@ class AnalysisAdmin(admin.ModelAdmin):
         "worker",
     )
     list_select_related = ("scan",)
-    # Results are written by workers only; the admin shows them.
-    readonly_fields = tuple(
-        f.name for f in Analysis._meta.get_fields() if f.concrete and not f.auto_created
+    # Results are written by workers only; the admin shows them. Files are linked through
+    # the authorised download view (pictures drawn on first request), not by storage URL.
+    readonly_fields = (
+        *(
+            f.name
+            for f in Analysis._meta.get_fields()
+            if f.concrete and not f.auto_created and f.name not in ARTIFACT_KINDS
+        ),
+        "result_files",
     )
+
+    @admin.display(description="result files")
+    def result_files(self, analysis: Analysis) -> str:
+        kinds = available_kinds(analysis)
+        if not kinds:
+            return "—"
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                '<li><a href="{}">{}</a></li>',
+                (
+                    (
+                        reverse("analyses:artifact", args=[analysis.pk, kind]),
+                        ARTIFACT_TITLES[kind],
+                    )
+                    for kind in kinds
+                ),
+            ),
+        )
 
     def has_add_permission(self, request: object) -> bool:
         return False

@@ -8,7 +8,19 @@ from django.utils import timezone
 
 from portal.clinical.models import Scan
 
-ARTIFACT_KINDS = ("mask", "overlay", "gradcam", "seg_gradcam")
+# What a worker stores: the model's output itself (a 1-bit mask, 8-bit grey heatmaps).
+STORED_KINDS = ("mask", "gradcam_map", "seg_gradcam_map")
+# Pictures drawn from it on demand (report, API, admin) and cached in storage; older
+# analyses had them written by the worker. Pages draw their own in the browser.
+COMPOSITE_KINDS = ("overlay", "gradcam", "seg_gradcam")
+ARTIFACT_KINDS = (
+    "mask",
+    "overlay",
+    "gradcam",
+    "seg_gradcam",
+    "gradcam_map",
+    "seg_gradcam_map",
+)
 
 
 def artifact_path(analysis: Analysis, filename: str) -> str:
@@ -52,6 +64,10 @@ class Analysis(models.Model):
     overlay = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
     gradcam = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
     seg_gradcam = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
+    gradcam_map = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
+    seg_gradcam_map = models.FileField(
+        upload_to=artifact_path, blank=True, max_length=255
+    )
 
     class Meta:
         ordering = (

@@ -6,7 +6,8 @@ from typing import Any
 
 from django.urls import reverse
 
-from portal.analyses.models import ARTIFACT_KINDS, Analysis
+from portal.analyses.composites import available_kinds
+from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
 
 
@@ -18,13 +19,59 @@ def latest_analysis(*, scan: Scan) -> Analysis | None:
     return analyses[0] if analyses else None
 
 
+LAYER_TITLES = {
+    "gradcam": "Classification Grad-CAM",
+    "seg_gradcam": "Segmentation Grad-CAM",
+    "outline": "Lesion outline",
+}
+
+
+def viewer_layers(analysis: Analysis) -> list[dict[str, str]]:
+    """The layers a page draws over the scan, bottom to top: heatmaps, then the outline.
+
+    A heatmap is the stored grey map, coloured and blended in the browser ("heatmap");
+    analyses from before maps were stored have only the worker's blended picture
+    ("picture"), shown as it is.
+    """
+    layers = []
+    for kind in ("gradcam", "seg_gradcam"):
+        if getattr(analysis, f"{kind}_map"):
+            source, url_kind = "heatmap", f"{kind}_map"
+        elif getattr(analysis, kind):
+            source, url_kind = "picture", kind
+        else:
+            continue
+        layers.append(
+            {
+                "kind": kind,
+                "title": LAYER_TITLES[kind],
+                "source": source,
+                "url": reverse("analyses:artifact", args=[analysis.pk, url_kind]),
+                "download_url": reverse("analyses:artifact", args=[analysis.pk, kind]),
+            }
+        )
+    if analysis.mask:
+        layers.append(
+            {
+                "kind": "outline",
+                "title": LAYER_TITLES["outline"],
+                "source": "picture",
+                "url": reverse("review:analysis_outline", args=[analysis.pk]),
+                "download_url": reverse(
+                    "analyses:artifact", args=[analysis.pk, "overlay"]
+                ),
+            }
+        )
+    return layers
+
+
 def analysis_status_payload(analysis: Analysis) -> dict[str, Any]:
     payload = analysis.to_status_dict()
     payload["artifacts"] = {
         kind: reverse("analyses:artifact", args=[analysis.pk, kind])
-        for kind in ARTIFACT_KINDS
-        if getattr(analysis, kind)
+        for kind in available_kinds(analysis)
     }
+    payload["layers"] = viewer_layers(analysis)
     payload["retry_url"] = reverse("analyses:retry", args=[analysis.pk])
     return payload
 
@@ -43,6 +90,7 @@ def study_status(*, study: Study) -> list[dict[str, Any]]:
                 "height": scan.height,
                 "format": scan.format,
                 "original_url": reverse("clinical:scan_original", args=[scan.pk]),
+                "display_url": reverse("review:scan_display", args=[scan.pk]),
                 "review_url": reverse("review:scan_review", args=[scan.pk]),
                 "analysis": analysis_status_payload(analysis) if analysis else None,
             }

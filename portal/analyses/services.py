@@ -17,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from portal.analyses.modelinfo import current_model_version
-from portal.analyses.models import ARTIFACT_KINDS, Analysis
+from portal.analyses.models import ARTIFACT_KINDS, COMPOSITE_KINDS, Analysis
 from portal.clinical.models import Scan
 
 logger = logging.getLogger(__name__)
@@ -146,11 +146,17 @@ def analysis_record_success(
             "analysis %s is %s, not recording its result", analysis_id, analysis.status
         )
         return False
+    unknown = set(artifacts) - set(ARTIFACT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown artifact kinds: {sorted(unknown)}")
     for kind in ARTIFACT_KINDS:
+        field = getattr(analysis, kind)
         content = artifacts.get(kind)
         if content is None:
+            # A composite cached from an earlier result would show the wrong picture.
+            if field and kind in COMPOSITE_KINDS:
+                field.delete(save=False)
             continue
-        field = getattr(analysis, kind)
         if field:
             field.delete(save=False)
         # A worker killed after storing these files but before its commit left them

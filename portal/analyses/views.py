@@ -7,6 +7,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from portal.accounts.roles import require_permissions
 from portal.analyses import services
+from portal.analyses.composites import CompositeUnavailable, analysis_artifact_name
 from portal.analyses.modelinfo import ModelVersionUnavailable
 from portal.analyses.models import ARTIFACT_KINDS, Analysis
 from portal.analyses.selectors import analysis_status_payload
@@ -48,10 +49,10 @@ def analysis_retry(request: HttpRequest, pk: int) -> HttpResponse:
 def analysis_artifact(request: HttpRequest, pk: int, kind: str) -> FileResponse:
     if kind not in ARTIFACT_KINDS:
         raise Http404("unknown artifact")
-    analysis = get_object_or_404(Analysis, pk=pk)
-    if not getattr(analysis, kind):
-        raise Http404("no such file")
+    analysis = get_object_or_404(Analysis.objects.select_related("scan"), pk=pk)
+    try:
+        name = analysis_artifact_name(analysis=analysis, kind=kind)
+    except CompositeUnavailable as exc:
+        raise Http404(str(exc)) from None
     record_access(request, analysis, action=Action.DOWNLOAD, detail=kind)
-    return stream_from_storage(
-        getattr(analysis, kind).name, download_name=f"analysis-{analysis.pk}-{kind}"
-    )
+    return stream_from_storage(name, download_name=f"analysis-{analysis.pk}-{kind}")

@@ -7,6 +7,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from portal.analyses.composites import available_kinds
 from portal.analyses.models import Analysis
 from portal.analyses.selectors import latest_analysis
 from portal.clinical.models import Patient, Scan, Study
@@ -64,6 +65,8 @@ class AnalysisSerializer(serializers.ModelSerializer):
     overlay_url = serializers.SerializerMethodField()
     gradcam_url = serializers.SerializerMethodField()
     seg_gradcam_url = serializers.SerializerMethodField()
+    gradcam_map_url = serializers.SerializerMethodField()
+    seg_gradcam_map_url = serializers.SerializerMethodField()
     retry_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -87,6 +90,8 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "overlay_url",
             "gradcam_url",
             "seg_gradcam_url",
+            "gradcam_map_url",
+            "seg_gradcam_map_url",
             "retry_url",
         )
         read_only_fields = fields
@@ -115,7 +120,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
         return analysis.bbox
 
     def _artifact(self, analysis: Analysis, kind: str) -> str | None:
-        if not getattr(analysis, kind):
+        if kind not in available_kinds(analysis):
             return None
         return _absolute(
             self.context, reverse("api:analysis-artifact", args=[analysis.pk, kind])
@@ -136,6 +141,15 @@ class AnalysisSerializer(serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.URI)
     def get_seg_gradcam_url(self, analysis: Analysis) -> str | None:
         return self._artifact(analysis, "seg_gradcam")
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_gradcam_map_url(self, analysis: Analysis) -> str | None:
+        """The classification heatmap as an 8-bit grey PNG at the network's size."""
+        return self._artifact(analysis, "gradcam_map")
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_seg_gradcam_map_url(self, analysis: Analysis) -> str | None:
+        return self._artifact(analysis, "seg_gradcam_map")
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_retry_url(self, analysis: Analysis) -> str | None:

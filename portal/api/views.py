@@ -31,6 +31,7 @@ from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 from rest_framework.views import APIView
 
 from portal.analyses import services as analysis_services
+from portal.analyses.composites import CompositeUnavailable, analysis_artifact_name
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.analyses.models import ARTIFACT_KINDS, Analysis
 from portal.api.permissions import PortalPermissions, needs
@@ -555,7 +556,10 @@ class AnalysisArtifactView(DownloadView):
 
     @extend_schema(
         responses={(200, "image/png"): OpenApiTypes.BINARY},
-        summary="Download a result image: mask, overlay, gradcam or seg_gradcam",
+        summary=(
+            "Download a result image: mask, overlay, gradcam, seg_gradcam "
+            "(pictures drawn on the scan), gradcam_map or seg_gradcam_map (grey heatmaps)"
+        ),
     )
     def get(self, request: Request, pk: int, kind: str) -> HttpResponse:
         if kind not in ARTIFACT_KINDS:
@@ -563,11 +567,10 @@ class AnalysisArtifactView(DownloadView):
                 f"No result image called {kind!r}; use one of {', '.join(ARTIFACT_KINDS)}."
             )
         analysis = _get_analysis(pk)
-        if not getattr(analysis, kind):
-            raise exceptions.NotFound(
-                f"Analysis {analysis.pk} has no {kind} image (it is {analysis.status})."
-            )
+        try:
+            name = analysis_artifact_name(analysis=analysis, kind=kind)
+        except CompositeUnavailable as exc:
+            reason = str(exc)
+            raise exceptions.NotFound(f"{reason[:1].upper()}{reason[1:]}.") from None
         record_access(request, analysis, action=Action.DOWNLOAD, detail=kind)
-        return stream_from_storage(
-            getattr(analysis, kind).name, download_name=f"analysis-{analysis.pk}-{kind}"
-        )
+        return stream_from_storage(name, download_name=f"analysis-{analysis.pk}-{kind}")

@@ -82,11 +82,18 @@ def scan_original_path(scan: Scan, filename: str) -> str:
     return str(PurePosixPath("scans", str(scan.study_id), f"{scan.uuid}.{extension}"))
 
 
+def scan_display_path(scan: Scan, filename: str) -> str:
+    return str(PurePosixPath("scans", str(scan.study_id), f"{scan.uuid}-display.png"))
+
+
 class Scan(models.Model):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="scans")
     original = models.FileField(upload_to=scan_original_path, max_length=255)
     original_filename = models.CharField(max_length=255)
+    # An 8-bit PNG at display size (ml.render.display_png), made once when the scan is
+    # stored: pages, thumbnails and the report draw this, never the original.
+    display = models.FileField(upload_to=scan_display_path, blank=True, max_length=255)
     sha256 = models.CharField(max_length=64, db_index=True)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()

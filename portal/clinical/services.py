@@ -6,6 +6,7 @@ import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
 
 from portal.analyses.services import analysis_create
@@ -72,6 +73,31 @@ def scan_create(
     extension = FORMAT_EXTENSIONS.get(upload.image.format, "bin")
     # upload_to derives the stored name from ids; this name only carries the extension.
     scan.original.save(f"original.{extension}", ContentFile(upload.content), save=False)
+    scan.display.save("display.png", ContentFile(upload.display), save=False)
     scan.save()
     analysis_create(scan=scan, model_version=model_version)
     return scan
+
+
+def scan_display_name(*, scan: Scan) -> str:
+    """The storage name of the scan's display copy.
+
+    Scans stored before display copies existed get theirs here, on first use, by
+    decoding the original once; every later view reads the stored copy.
+    """
+    if scan.display and default_storage.exists(scan.display.name):
+        return scan.display.name
+    from ml.decode import decode_image
+    from ml.render import display_png
+
+    with default_storage.open(scan.original.name, "rb") as stored:
+        content = display_png(decode_image(stored).pixels)
+    missing = scan.display.name or ""  # never made, or lost from storage
+    scan.display.save("display.png", ContentFile(content), save=False)
+    updated = Scan.objects.filter(pk=scan.pk, display=missing).update(
+        display=scan.display.name
+    )
+    if not updated:  # another request made it first: keep one copy
+        default_storage.delete(scan.display.name)
+        scan.refresh_from_db(fields=["display"])
+    return scan.display.name

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 
 from ml.decode import DecodedImage, DecodeError, decode_image
+from ml.render import display_png
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,9 @@ class ValidatedUpload:
     content: bytes
     sha256: str
     image: DecodedImage
+    # The display copy, made here while the pixels are decoded: nothing decodes the
+    # original again to show it.
+    display: bytes
 
 
 def _human_bytes(size: int) -> str:
@@ -76,6 +80,7 @@ def validate_content(
         content=content,
         sha256=hashlib.sha256(content).hexdigest(),
         image=image,
+        display=display_png(image.pixels),
     )
 
 

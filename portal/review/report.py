@@ -24,10 +24,11 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from portal.analyses.composites import CompositeUnavailable, analysis_composite_name
 from portal.analyses.models import Analysis
 from portal.clinical.models import Study
+from portal.clinical.services import scan_display_name
 from portal.review import selectors
-from portal.review.imaging import scan_display_png
 
 logger = logging.getLogger(__name__)
 
@@ -122,15 +123,32 @@ def _stored(name: str) -> bytes | None:
         return None
 
 
+def _picture(analysis: Analysis | None, kind: str) -> bytes | None:
+    if analysis is None:
+        return None
+    try:
+        return _stored(analysis_composite_name(analysis=analysis, kind=kind))
+    except CompositeUnavailable:
+        return None
+    except Exception:
+        logger.warning(
+            "report: the %s of analysis %s could not be drawn",
+            kind,
+            analysis.pk,
+            exc_info=True,
+        )
+        return None
+
+
 def _scan_images(scan: Any, analysis: Analysis | None) -> Table:
     contents: list[bytes | None] = []
     try:
-        contents.append(scan_display_png(scan.original.name))
+        contents.append(_stored(scan_display_name(scan=scan)))
     except Exception:
         logger.warning("report: scan %s could not be drawn", scan.pk, exc_info=True)
         contents.append(None)
     for kind, _title in IMAGE_TITLES[1:]:
-        contents.append(_stored(getattr(analysis, kind).name) if analysis else None)
+        contents.append(_picture(analysis, kind))
     styles = _styles()
     table = Table(
         [

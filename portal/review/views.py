@@ -12,13 +12,16 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from portal.accounts.roles import require_permissions
 from portal.analyses.models import Analysis
+from portal.analyses.selectors import viewer_layers
 from portal.audit.services import Action, record_access
 from portal.clinical.models import Scan, Study
+from portal.clinical.services import scan_display_name
 from portal.review import selectors, services
 from portal.review.forms import DashboardFilterForm, ReviewForm
-from portal.review.imaging import outline_layer_png, scan_display_png
+from portal.review.imaging import outline_layer_png
 from portal.review.models import Review
 from portal.review.report import study_report_pdf
+from portal.storage_views import stream_from_storage
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         record_access(request, scan, action=Action.VIEW, detail="review page")
 
-    layers = _layers(analysis)
+    layers = viewer_layers(analysis)
     return render(
         request,
         "review/scan_review.html",
@@ -150,46 +153,16 @@ def _initial(latest: Review | None, analysis: Analysis) -> dict:
     }
 
 
-LAYER_TITLES = {
-    "outline": "Lesion outline",
-    "gradcam": "Classification Grad-CAM",
-    "seg_gradcam": "Segmentation Grad-CAM",
-}
-
-
-def _layers(analysis: Analysis) -> list[dict[str, str]]:
-    """Bottom to top: the heatmaps (blended on the scan by ml), then the outline."""
-    layers = []
-    for kind in ("gradcam", "seg_gradcam"):
-        if getattr(analysis, kind):
-            layers.append(
-                {
-                    "kind": kind,
-                    "title": LAYER_TITLES[kind],
-                    "url": reverse("analyses:artifact", args=[analysis.pk, kind]),
-                }
-            )
-    if analysis.mask:
-        layers.append(
-            {
-                "kind": "outline",
-                "title": LAYER_TITLES["outline"],
-                "url": reverse("review:analysis_outline", args=[analysis.pk]),
-            }
-        )
-    return layers
-
-
 @require_GET
 @require_permissions("clinical.view_scan")
 def scan_display(request: HttpRequest, pk: int) -> HttpResponse:
     scan = get_object_or_404(Scan, pk=pk)
     try:
-        content = scan_display_png(scan.original.name)
+        name = scan_display_name(scan=scan)
     except FileNotFoundError:
         raise Http404("file is missing from storage") from None
     record_access(request, scan, action=Action.DOWNLOAD, detail="display image")
-    return _private(HttpResponse(content, content_type="image/png"))
+    return stream_from_storage(name, download_name=f"scan-{scan.pk}-display")
 
 
 @require_GET

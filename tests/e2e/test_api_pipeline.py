@@ -132,7 +132,14 @@ def test_a_client_uploads_through_the_api_and_reads_the_results(
         assert analysis["confidence"] == pytest.approx(
             max(analysis["probabilities"].values())
         )
-        for kind in ("mask", "overlay", "gradcam", "seg_gradcam"):
+        for kind in (
+            "mask",
+            "overlay",
+            "gradcam",
+            "seg_gradcam",
+            "gradcam_map",
+            "seg_gradcam_map",
+        ):
             url = analysis[f"{kind}_url"]
             artifact = api.get(url, timeout=30)
             assert artifact.status_code == 200, (kind, artifact.text[:200])

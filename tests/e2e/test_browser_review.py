@@ -133,7 +133,7 @@ class StubWorker(threading.Thread):
         from django.core.files.storage import default_storage
 
         from ml.decode import decode_image
-        from ml.render import heatmap_overlay, mask_overlay, png_bytes
+        from ml.render import heatmap_png, mask_png
         from portal.analyses import services
         from portal.analyses.models import Analysis
 
@@ -162,10 +162,9 @@ class StubWorker(threading.Thread):
                 "bbox": [width // 4, height // 4, 3 * width // 4, 3 * height // 4],
             },
             artifacts={
-                "mask": png_bytes((mask * 255).astype(np.uint8)),
-                "overlay": png_bytes(mask_overlay(image, mask)),
-                "gradcam": png_bytes(heatmap_overlay(image, heat)),
-                "seg_gradcam": png_bytes(heatmap_overlay(image, heat[::-1, ::-1])),
+                "mask": mask_png(mask),
+                "gradcam_map": heatmap_png(heat),
+                "seg_gradcam_map": heatmap_png(heat[::-1, ::-1]),
             },
         )
 
@@ -266,10 +265,13 @@ def _review_every_scan(
     ]
     scan_ids = [int(re.search(r"/scans/(\d+)/", url).group(1)) for url in review_urls]
     for index, url in enumerate(review_urls):
-        page.goto(base + url)
-        page.wait_for_selector("#viewer img.base")
         if index == 0:
-            _toggle_every_overlay(page, shoot)
+            # A scan whose pixel spacing is known, as a DICOM file's would be.
+            _in_thread(_set_pixel_spacing, scan_ids[0], 0.1, 0.2)
+        page.goto(base + url)
+        page.wait_for_selector("#viewer[data-ready=true]")
+        if index == 0:
+            _use_the_viewer(page, shoot)
             predicted = page.inner_text("#model-output .label strong").strip().lower()
             corrected = "malignant" if predicted != "malignant" else "benign"
             page.check("input[name=agrees_with_model][value=no]")
@@ -290,29 +292,115 @@ def _review_every_scan(
     return scan_ids, corrected
 
 
-def _toggle_every_overlay(page: Any, shoot: Any) -> None:
-    for kind in ("outline", "gradcam", "seg_gradcam"):
-        layer = page.locator(f"#layer-{kind}")
-        toggle = page.locator(f"#toggle-{kind}")
-        before = layer.is_visible()
-        toggle.click()
-        assert layer.is_visible() != before, f"{kind} did not toggle"
-        if not layer.is_visible():
-            toggle.click()
-        assert layer.is_visible()
-        # The image really loaded (an authorised download), and the opacity applies.
-        assert page.evaluate(
-            f"document.getElementById('layer-{kind}').naturalWidth > 0"
-        ), f"{kind} layer did not load"
-        page.fill(f"#opacity-{kind}", "40")
-        opacity = page.evaluate(
-            f"getComputedStyle(document.getElementById('layer-{kind}')).opacity"
-        )
-        assert float(opacity) == pytest.approx(0.4)
+CANVAS_MEAN = """(box) => {
+  const canvas = document.getElementById('viewer-canvas');
+  const [x, y, w, h] = box.map((v, i) => Math.round(v * (i % 2 ? canvas.height : canvas.width)));
+  const data = canvas.getContext('2d').getImageData(x, y, w, h).data;
+  const n = data.length / 4;
+  const sums = [0, 0, 0];
+  let lum = 0, lum2 = 0;
+  for (let p = 0; p < data.length; p += 4) {
+    for (let c = 0; c < 3; c++) sums[c] += data[p + c];
+    const l = (data[p] + data[p + 1] + data[p + 2]) / 3;
+    lum += l;
+    lum2 += l * l;
+  }
+  return sums.map((s) => s / n).concat([Math.sqrt(Math.max(0, lum2 / n - (lum / n) ** 2))]);
+}"""
+CENTRE = [0.4, 0.4, 0.2, 0.2]  # x, y, width, height as fractions of the canvas
+
+
+def _canvas_mean(page: Any, box: list[float] = CENTRE) -> np.ndarray:
+    """Mean red, green, blue over a box of the canvas."""
+    return np.array(page.evaluate(CANVAS_MEAN, box))[:3]
+
+
+def _canvas_spread(page: Any, box: list[float]) -> float:
+    """Standard deviation of brightness over a box of the canvas."""
+    return float(page.evaluate(CANVAS_MEAN, box)[3])
+
+
+def _use_the_viewer(page: Any, shoot: Any) -> None:
+    """Every overlay toggles and fades, and zoom, pan, brightness, contrast and the
+    ruler work: checked on the canvas's pixels and the viewer's readouts."""
+    page.wait_for_selector("#viewer[data-ready=true]")
+    canvas = page.locator("#viewer-canvas")
+    assert canvas.get_attribute("data-layers") == "outline"
+    plain = _canvas_mean(page)
+    for kind in ("gradcam", "seg_gradcam"):
+        assert page.get_attribute(f"#toggle-{kind}", "data-loaded") == "true"
+        page.locator(f"#toggle-{kind}").click()
+        assert kind in canvas.get_attribute("data-layers").split()
+        coloured = _canvas_mean(page)
+        # The stub's heatmaps are hot in the middle: red shows there.
+        assert coloured[0] - coloured[2] > plain[0] - plain[2] + 40, (kind, coloured)
+        page.fill(f"#opacity-{kind}", "10")
+        faint = _canvas_mean(page)
+        assert abs(faint - plain).sum() < abs(coloured - plain).sum() / 2, kind
+        page.fill(f"#opacity-{kind}", "50")
+        page.locator(f"#toggle-{kind}").click()
+        assert kind not in canvas.get_attribute("data-layers").split()
+        assert np.allclose(_canvas_mean(page), plain, atol=1)
+    page.locator("#toggle-outline").click()
+    assert canvas.get_attribute("data-layers") == ""
+    page.locator("#toggle-outline").click()
+    for kind in ("gradcam", "seg_gradcam"):
+        page.locator(f"#toggle-{kind}").click()
     shoot(page, "04-review-all-overlays")
     for kind in ("gradcam", "seg_gradcam"):
         page.locator(f"#toggle-{kind}").click()
-        assert not page.locator(f"#layer-{kind}").is_visible()
+
+    # Brightness and contrast change the scan.
+    page.fill("#brightness", "60")
+    brighter = _canvas_mean(page)
+    assert brighter.mean() > plain.mean() + 10
+    page.fill("#brightness", "0")
+    page.locator("#toggle-outline").click()  # the scan alone
+    whole = [0.05, 0.05, 0.9, 0.9]
+    spread = _canvas_spread(page, whole)
+    page.fill("#contrast", "-80")
+    assert _canvas_spread(page, whole) < spread * 0.4
+    page.fill("#contrast", "80")
+    assert _canvas_spread(page, whole) > spread * 1.2
+    page.fill("#contrast", "0")
+    page.locator("#toggle-outline").click()
+
+    # Zoom with the button and the wheel, then pan by dragging.
+    page.click("#zoom-in")
+    assert float(canvas.get_attribute("data-zoom")) == pytest.approx(1.5)
+    assert page.inner_text("#zoom-level") == "150%"
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)
+    page.mouse.wheel(0, -100)
+    assert float(canvas.get_attribute("data-zoom")) == pytest.approx(1.875)
+    before = canvas.get_attribute("data-centre")
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 80, cy + 40, steps=4)
+    page.mouse.up()
+    after = canvas.get_attribute("data-centre")
+    (bx, by), (ax, ay) = (map(float, c.split(",")) for c in (before, after))
+    per_pixel = 1 / float(canvas.get_attribute("data-css-per-image-pixel"))
+    assert ax == pytest.approx(bx - 80 * per_pixel, abs=1)
+    assert ay == pytest.approx(by - 40 * per_pixel, abs=1)
+    shoot(page, "04b-review-zoomed")
+    page.click("#view-reset")
+    assert float(canvas.get_attribute("data-zoom")) == 1
+
+    # The ruler: 200 screen pixels across, at the scan's spacing (0.2 mm a column).
+    page.click("#ruler-toggle")
+    per_pixel = 1 / float(canvas.get_attribute("data-css-per-image-pixel"))
+    page.mouse.move(cx - 100, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 100, cy, steps=5)
+    page.mouse.up()
+    reading = page.inner_text("#ruler-readout")
+    value, unit = reading.split()[:2]
+    assert unit == "mm", reading
+    assert float(value) == pytest.approx(200 * per_pixel * 0.2, abs=0.3)
+    shoot(page, "04c-review-ruler")
+    page.click("#ruler-toggle")
 
 
 def _download_report(page: Any, study_id: int, corrected: str) -> str:
@@ -334,6 +422,14 @@ def _download_report(page: Any, study_id: int, corrected: str) -> str:
     ):
         assert expected in text, expected
     return text
+
+
+def _set_pixel_spacing(scan_id: int, row_mm: float, col_mm: float) -> None:
+    from portal.clinical.models import Scan
+
+    Scan.objects.filter(pk=scan_id).update(
+        pixel_spacing_row_mm=row_mm, pixel_spacing_col_mm=col_mm
+    )
 
 
 def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
@@ -383,7 +479,7 @@ def _audit_covers_each_step(
             content_type=scan_type,
             object_id=str(scan_id),
         ).exists()
-    for detail in ("outline", "gradcam", "seg_gradcam", "display image", "original"):
+    for detail in ("outline", "gradcam_map", "seg_gradcam_map", "display image"):
         assert records.filter(
             user=radiologist, action="download", detail=detail
         ).exists(), detail

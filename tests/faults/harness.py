@@ -356,7 +356,7 @@ class Stack:
 
 
 def assert_each_finished_once(stack: Stack, analyses: list[dict[str, Any]]) -> None:
-    """Every analysis succeeded, with one stored result and one set of four artifacts."""
+    """Every analysis succeeded, with one stored result and one set of stored outputs."""
     failed = [a for a in analyses if a["status"] != "succeeded"]
     assert not failed, f"not succeeded: {failed}\n{stack.logs()}"
     lines = stack.succeeded_lines()
@@ -366,7 +366,7 @@ def assert_each_finished_once(stack: Stack, analyses: list[dict[str, Any]]) -> N
         )
         folder = stack.media_root / "analyses" / str(analysis["id"])
         files = sorted(p.name for p in folder.iterdir())
-        assert files == ["gradcam.png", "mask.png", "overlay.png", "seg_gradcam.png"], (
+        assert files == ["gradcam_map.png", "mask.png", "seg_gradcam_map.png"], (
             f"analysis {analysis['id']}: {files}"
         )
         assert sorted(Path(n).name for n in analysis["artifacts"]) == files

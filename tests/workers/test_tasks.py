@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import OperationalError
 from PIL import Image
 
+from ml.inference import ImageAnalysis
 from portal.analyses import services
 from portal.analyses.models import Analysis
 from portal.clinical.services import scan_create
@@ -22,31 +22,23 @@ Status = Analysis.Status
 TEST_MODEL_VERSION = "test-model-1"
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@dataclass
-class FakeResult:
-    label: str = "benign"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "probabilities": {"normal": 0.1, "benign": 0.8, "malignant": 0.1},
-            "confidence": 0.8,
-            "lesion_area_fraction": 0.12,
-            "bbox": (2, 3, 10, 12),
-            "model_version": TEST_MODEL_VERSION,
-        }
-
-    def render_artifacts(self, image: np.ndarray) -> dict[str, bytes]:
-        mask = np.zeros(image.shape[:2], dtype=np.uint8)
-        return {
-            kind: _png(mask) for kind in ("mask", "overlay", "gradcam", "seg_gradcam")
-        }
+def fake_result(image: Any, label: str = "benign") -> ImageAnalysis:
+    """A real ImageAnalysis with made-up numbers, so storing it runs the real code."""
+    mask = np.zeros((image.height, image.width), bool)
+    mask[3:12, 2:10] = True
+    heatmap = np.zeros((32, 32), np.float32)
+    heatmap[8:16, 8:16] = 1.0
+    return ImageAnalysis(
+        label=label,
+        probabilities={"normal": 0.1, "benign": 0.8, "malignant": 0.1},
+        confidence=0.8,
+        lesion_mask=mask,
+        lesion_area_fraction=0.12,
+        bbox=(2, 3, 10, 12),
+        gradcam_map=heatmap,
+        seg_gradcam_map=heatmap.T.copy(),
+        model_version=TEST_MODEL_VERSION,
+    )
 
 
 @dataclass
@@ -58,13 +50,13 @@ class FakeAnalyzer:
     error: Exception | None = None
     batches: list[int] = field(default_factory=list)
 
-    def analyze(self, images: list[Any], *, batch_size: int = 8) -> list[FakeResult]:
+    def analyze(self, images: list[Any], *, batch_size: int = 8) -> list[ImageAnalysis]:
         self.batches.append(len(images))
         if self.error is not None:
             raise self.error
         if any(image.width == self.fail_on_width for image in images):
             raise ValueError("tensor shape mismatch")
-        return [FakeResult() for _ in images]
+        return [fake_result(image) for image in images]
 
 
 @pytest.fixture
@@ -102,11 +94,20 @@ def test_task_claims_runs_and_stores_results(make_analysis, analyzer):
     assert analysis.probabilities == {"normal": 0.1, "benign": 0.8, "malignant": 0.1}
     assert analysis.bbox == [2, 3, 10, 12]
     assert analysis.worker and analysis.started_at <= analysis.finished_at
-    for kind in ("mask", "overlay", "gradcam", "seg_gradcam"):
+    # The model's output, not pictures of it: a 1-bit mask and two small grey maps.
+    for kind, mode, size in (
+        ("mask", "1", (40, 30)),
+        ("gradcam_map", "L", (32, 32)),
+        ("seg_gradcam_map", "L", (32, 32)),
+    ):
         name = getattr(analysis, kind).name
         assert name == f"analyses/{analysis.pk}/{kind}.png"
-        with default_storage.open(name, "rb") as stored:
-            Image.open(stored).verify()
+        with default_storage.open(name, "rb") as stored, Image.open(stored) as image:
+            assert (image.mode, image.size) == (mode, size)
+            if kind == "mask":
+                assert np.asarray(image)[3:12, 2:10].all()
+                assert np.asarray(image).sum() == 9 * 8
+    assert not (analysis.overlay or analysis.gradcam or analysis.seg_gradcam)
 
 
 def test_duplicate_message_for_a_finished_analysis_does_nothing(
@@ -118,10 +119,10 @@ def test_duplicate_message_for_a_finished_analysis_does_nothing(
     tasks.analyze_scan.apply(args=[analysis.pk])
     again = Analysis.objects.get(pk=analysis.pk)
     assert analyzer.batches == [1]
-    assert (again.attempts, again.finished_at, again.overlay.name) == (
+    assert (again.attempts, again.finished_at, again.mask.name) == (
         finished.attempts,
         finished.finished_at,
-        finished.overlay.name,
+        finished.mask.name,
     )
 
 
@@ -179,7 +180,7 @@ def test_results_are_recorded_by_finishing_threads(make_analysis, analyzer, sett
     for analysis in analyses:
         analysis.refresh_from_db()
         assert analysis.status == Status.SUCCEEDED
-        assert analysis.overlay.name == f"analyses/{analysis.pk}/overlay.png"
+        assert analysis.mask.name == f"analyses/{analysis.pk}/mask.png"
 
 
 def test_model_error_fails_only_the_bad_image_with_its_reason(make_analysis, analyzer):

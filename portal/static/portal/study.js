@@ -1,4 +1,5 @@
-// Study page: poll the status endpoint every 2 s and redraw each scan's result.
+// Study page: poll the status endpoint every 2 s and redraw each scan's result; the
+// result pictures are drawn here from the stored mask and heatmaps (layers.js).
 (function () {
   "use strict";
   const container = document.getElementById("scans");
@@ -7,7 +8,8 @@
   const csrfInput = document.querySelector("input[name=csrfmiddlewaretoken]");
   const csrfToken = csrfInput ? csrfInput.value : "";
   const drawn = new Map();
-  const ARTIFACT_TITLES = { overlay: "Lesion outline", gradcam: "Grad-CAM", seg_gradcam: "Seg-Grad-CAM", mask: "Lesion mask" };
+  const LAYER_TITLES = { outline: "Lesion outline", gradcam: "Grad-CAM", seg_gradcam: "Seg-Grad-CAM" };
+  const bases = new Map(); // display URL -> promise of the loaded scan
 
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
@@ -38,7 +40,7 @@
         el("span", { class: "status" }),
       ]),
       el("div", { class: "scan-body" }, [
-        el("figure", {}, [el("img", { src: entry.original_url, alt: "Original scan", loading: "lazy" }), el("figcaption", { text: "Original" })]),
+        el("figure", {}, [el("img", { src: entry.display_url, alt: "Scan", loading: "lazy" }), el("figcaption", {}, [el("a", { href: entry.original_url, text: "Original" })])]),
         el("div", { class: "result" }),
       ]),
     ]);
@@ -46,7 +48,27 @@
     return card;
   }
 
-  function drawResult(analysis) {
+  // One result picture: the scan with one layer over it, at the layer's default opacity.
+  function layerFigure(entry, layer) {
+    const canvas = el("canvas", { class: "thumb", "data-layer": layer.kind, role: "img", "aria-label": LAYER_TITLES[layer.kind] || layer.kind });
+    if (!bases.has(entry.display_url)) bases.set(entry.display_url, window.BusLayers.loadImage(entry.display_url));
+    bases.get(entry.display_url).then(async function (base) {
+      const width = base.naturalWidth;
+      const height = base.naturalHeight;
+      const drawable = await window.BusLayers.loadLayer(layer, width, height);
+      canvas.width = width;
+      canvas.height = height;
+      const context = canvas.getContext("2d");
+      context.drawImage(base, 0, 0);
+      context.globalAlpha = layer.source === "heatmap" ? window.BusLayers.HEATMAP_OPACITY : 1;
+      context.drawImage(drawable, 0, 0, width, height);
+      canvas.dataset.drawn = "true";
+    }).catch(function (error) { console.warn(error); });
+    const title = LAYER_TITLES[layer.kind] || layer.kind;
+    return el("figure", {}, [el("a", { href: layer.download_url, title: "Download " + title }, [canvas]), el("figcaption", { text: title })]);
+  }
+
+  function drawResult(entry, analysis) {
     const parts = [];
     if (analysis.status === "succeeded") {
       parts.push(el("p", { class: "label label-" + analysis.label }, [
@@ -63,9 +85,9 @@
       if (analysis.lesion_area_fraction !== null) {
         parts.push(el("p", { class: "muted", text: "Lesion area: " + percent(analysis.lesion_area_fraction) + " of the image" }));
       }
-      const figures = Object.entries(analysis.artifacts || {}).filter(([kind]) => kind !== "mask").map(([kind, url]) =>
-        el("figure", {}, [el("a", { href: url }, [el("img", { src: url, alt: ARTIFACT_TITLES[kind] || kind })]), el("figcaption", { text: ARTIFACT_TITLES[kind] || kind })]));
-      parts.push(el("div", { class: "artifacts" }, figures));
+      // The outline first, as the study page always showed it.
+      const layers = (analysis.layers || []).slice().sort((a, b) => (a.kind === "outline" ? -1 : 0) - (b.kind === "outline" ? -1 : 0));
+      parts.push(el("div", { class: "artifacts" }, layers.map((layer) => layerFigure(entry, layer))));
       parts.push(el("p", { class: "muted small", text: "Model " + analysis.model_version }));
     } else if (analysis.status === "failed") {
       parts.push(el("p", { class: "error" }, [el("strong", { text: "Analysis failed: " }), el("span", { class: "reason", text: analysis.error })]));
@@ -94,7 +116,7 @@
       badge.className = "status status-" + status;
       badge.textContent = analysis ? status : "not analysed";
       const result = card.querySelector(".result");
-      result.replaceChildren(...(analysis ? drawResult(analysis) : []));
+      result.replaceChildren(...(analysis ? drawResult(entry, analysis) : []));
     });
     return pending;
   }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
 from rest_framework.authtoken.models import Token
 
 from portal.analyses.models import Analysis
@@ -389,21 +391,24 @@ def test_analysis_has_results_and_authorised_download_urls(staff_api, study, use
     assert set(body["probabilities"]) == {"normal", "benign", "malignant"}
     assert body["confidence"] == 0.7 and body["bbox"] == [20, 10, 40, 30]
     assert body["model_version"] == analysis.model_version and body["error"] == ""
-    for kind in ("mask", "overlay", "gradcam", "seg_gradcam"):
+    kinds = ("mask", "overlay", "gradcam", "seg_gradcam")
+    maps = ("gradcam_map", "seg_gradcam_map")
+    for kind in kinds + maps:
         url = body[f"{kind}_url"]
         assert url.endswith(f"/api/v1/analyses/{analysis.pk}/artifacts/{kind}/")
         download = staff_api.get(url, HTTP_ACCEPT="image/png")
         assert download.status_code == 200
-        assert b"".join(download.streaming_content).startswith(b"\x89PNG")
+        content = b"".join(download.streaming_content)
+        with Image.open(io.BytesIO(content)) as image:
+            # Pictures (drawn on demand) and the mask at the scan's size, maps smaller.
+            if kind in kinds:
+                assert image.size == (analysis.scan.width, analysis.scan.height)
+            else:
+                assert image.mode == "L" and image.size == (16, 16)
     downloads = AccessRecord.objects.filter(
         action="download", object_id=str(analysis.pk)
     )
-    assert set(downloads.values_list("detail", flat=True)) == {
-        "mask",
-        "overlay",
-        "gradcam",
-        "seg_gradcam",
-    }
+    assert set(downloads.values_list("detail", flat=True)) == set(kinds + maps)
     assert body["retry_url"] is None
 
 

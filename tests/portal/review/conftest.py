@@ -26,8 +26,12 @@ def analysed_scan(
     probabilities: dict[str, float] | None = None,
     model_version: str = TEST_MODEL_VERSION,
     filename: str = "scan.png",
+    legacy: bool = False,
 ) -> Any:
-    """A scan with a succeeded analysis and all four artifacts in storage."""
+    """A scan with a succeeded analysis and its stored results: what a worker stores now
+    (a 1-bit mask and grey heatmaps), or with ``legacy`` what workers stored before (an
+    8-bit mask and the three pictures drawn on the scan)."""
+    from ml.render import display_png, heatmap_png, mask_png
     from portal.analyses.models import Analysis
     from portal.clinical.models import Scan
 
@@ -44,6 +48,8 @@ def analysed_scan(
     )
     pixels = np.full((height, width, 3), 90, np.uint8)
     scan.original.save("original.png", ContentFile(_png(pixels)), save=False)
+    if not legacy:
+        scan.display.save("display.png", ContentFile(display_png(pixels)), save=False)
     scan.save()
     mask = np.zeros((height, width), np.uint8)
     mask[10:30, 20:40] = 255
@@ -58,6 +64,18 @@ def analysed_scan(
         lesion_area_fraction=float((mask > 0).mean()),
         bbox=[20, 10, 40, 30],
     )
+    if not legacy:
+        heat = np.zeros((16, 16), np.float32)
+        heat[4:8, 5:10] = 1.0
+        analysis.mask.save("mask.png", ContentFile(mask_png(mask > 0)), save=False)
+        analysis.gradcam_map.save(
+            "gradcam_map.png", ContentFile(heatmap_png(heat)), save=False
+        )
+        analysis.seg_gradcam_map.save(
+            "seg_gradcam_map.png", ContentFile(heatmap_png(heat.T.copy())), save=False
+        )
+        analysis.save()
+        return scan
     analysis.mask.save("mask.png", ContentFile(_png(mask)), save=False)
     overlay = pixels.copy()
     overlay[10, 20:40] = (255, 220, 0)

@@ -23,10 +23,20 @@ def test_the_page_shows_layers_probabilities_area_and_version(
 ):
     client.force_login(radiologist)
     page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    analysis = scan.analyses.get()
     for kind in ("outline", "gradcam", "seg_gradcam"):
         assert f'id="toggle-{kind}"' in page
         assert f'id="opacity-{kind}"' in page
-        assert f'id="layer-{kind}"' in page
+    # The heatmaps come as the stored grey maps, coloured by the browser.
+    for kind in ("gradcam", "seg_gradcam"):
+        url = reverse("analyses:artifact", args=[analysis.pk, f"{kind}_map"])
+        assert f'data-layer="{kind}" data-source="heatmap" data-url="{url}"' in page
+    outline = reverse("review:analysis_outline", args=[analysis.pk])
+    assert f'data-source="picture" data-url="{outline}"' in page
+    assert 'id="viewer-canvas"' in page
+    assert (
+        f'data-display-url="{reverse("review:scan_display", args=[scan.pk])}"' in page
+    )
     assert "test-model-1" in page
     assert "pixel spacing unknown" in page
     for label in ("normal", "benign", "malignant"):
@@ -97,3 +107,42 @@ def test_a_corrected_label_is_required_when_disagreeing(client, radiologist, sca
     response = _post(client, scan, label="")
     assert response.status_code == 200
     assert not Review.objects.exists()
+
+
+def test_an_analysis_stored_before_heatmap_maps_shows_its_pictures(
+    client, radiologist, study, user, make_analysed_scan
+):
+    scan = make_analysed_scan(study, user, legacy=True)
+    analysis = scan.analyses.get()
+    client.force_login(radiologist)
+    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    for kind in ("gradcam", "seg_gradcam"):
+        url = reverse("analyses:artifact", args=[analysis.pk, kind])
+        assert f'data-layer="{kind}" data-source="picture" data-url="{url}"' in page
+
+
+def test_the_page_reads_no_image_file(client, radiologist, scan, monkeypatch):
+    from django.core.files.storage import FileSystemStorage
+
+    opened = []
+    real_open = FileSystemStorage.open
+
+    def spy(storage, name, *args, **kwargs):
+        opened.append(name)
+        return real_open(storage, name, *args, **kwargs)
+
+    monkeypatch.setattr(FileSystemStorage, "open", spy)
+    client.force_login(radiologist)
+    response = client.get(reverse("review:scan_review", args=[scan.pk]))
+    assert response.status_code == 200
+    assert opened == []
+
+
+def test_ruler_spacing_is_given_to_the_viewer_when_known(client, radiologist, scan):
+    scan.pixel_spacing_row_mm = 0.1
+    scan.pixel_spacing_col_mm = 0.2
+    scan.save()
+    client.force_login(radiologist)
+    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    assert 'data-spacing-row="0.1" data-spacing-col="0.2"' in page
+    assert "the ruler measures in mm" in page
