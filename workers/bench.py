@@ -51,7 +51,7 @@ class BenchResult:
     upload_seconds: float
     worker_seconds: float
     bare_seconds: float
-    bare_with_artifacts_seconds: float
+    bare_with_artifacts_seconds: float  # bare analyze + encoding what a worker stores
 
     @property
     def pipeline_rate(self) -> float:
@@ -68,6 +68,19 @@ class BenchResult:
     @property
     def ratio(self) -> float:
         return self.pipeline_rate / self.bare_rate
+
+    @property
+    def model_ms_per_scan(self) -> float:
+        return self.bare_seconds / self.n * 1000
+
+    @property
+    def worker_ms_per_scan(self) -> float:
+        return self.worker_seconds / self.n * 1000
+
+    @property
+    def worker_overhead(self) -> float:
+        """Worker time per scan beyond the model's, as a fraction of the model's."""
+        return (self.worker_seconds - self.bare_seconds) / self.bare_seconds
 
 
 def busi_images(busi_dir: Path, n: int) -> list[Path]:
@@ -217,8 +230,8 @@ def _bare_ml(contents: list[bytes], warmup_paths: list[Path]) -> tuple[float, fl
     results = analyzer.analyze(images, batch_size=batch_size)
     bare_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    for image, result in zip(images, results, strict=True):
-        result.render_artifacts(image.pixels)
+    for result in results:
+        result.stored_artifacts()
     return bare_seconds, bare_seconds + time.perf_counter() - started
 
 

@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 TARGET_RATIO = 0.9
+TARGET_WORKER_OVERHEAD = 0.10
 
 
 class Command(BaseCommand):
@@ -38,7 +39,16 @@ class Command(BaseCommand):
             f"worker first claim to last result {r.worker_seconds:.1f}s"
         )
         bare = f"{r.bare_rate:.2f} images/s ({r.bare_seconds:.1f}s)"
+        stored = f"{r.bare_with_artifacts_rate:.2f} images/s"
         ratio = f"{r.ratio:.1%} (target >= {TARGET_RATIO:.0%}: {verdict})"
+        overhead_verdict = (
+            "met" if r.worker_overhead <= TARGET_WORKER_OVERHEAD else "NOT met"
+        )
+        overhead = (
+            f"{r.worker_ms_per_scan - r.model_ms_per_scan:.1f} ms per scan beyond the "
+            f"model's {r.model_ms_per_scan:.1f} ms: {r.worker_overhead:.1%} "
+            f"(target <= {TARGET_WORKER_OVERHEAD:.0%}: {overhead_verdict})"
+        )
         self.stdout.write(
             "\n".join(
                 [
@@ -46,8 +56,9 @@ class Command(BaseCommand):
                     f"pipeline portal -> redis -> worker -> db: {pipeline}",
                     f"  {breakdown}",
                     f"bare ml Analyzer.analyze: {bare}",
-                    f"bare ml analyze + render_artifacts: {r.bare_with_artifacts_rate:.2f} images/s",
+                    f"bare ml analyze + encoding the stored outputs: {stored}",
                     f"ratio pipeline / bare analyze: {ratio}",
+                    f"worker time (first claim to last result) {overhead}",
                 ]
             )
         )
