@@ -96,7 +96,7 @@ def test_task_claims_runs_and_stores_results(make_analysis, analyzer):
     assert analysis.worker and analysis.started_at <= analysis.finished_at
     # The model's output, not pictures of it: a 1-bit mask and two small grey maps.
     for kind, mode, size in (
-        ("mask", "1", (40, 30)),
+        ("mask", "1", (analysis.scan.width, analysis.scan.height)),
         ("gradcam_map", "L", (32, 32)),
         ("seg_gradcam_map", "L", (32, 32)),
     ):
