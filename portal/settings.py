@@ -279,23 +279,47 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # MEDIA_URL serving: every download passes through a login-protected view.
 STORAGE_BACKEND = env_choice("STORAGE_BACKEND", "local", ("local", "s3"))
 MEDIA_ROOT = env_path("MEDIA_ROOT", VAR_DIR / "media")
-if STORAGE_BACKEND == "s3":
-    AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME")
-    if not AWS_STORAGE_BUCKET_NAME:
+
+
+def s3_storage(
+    *, bucket: str, region: str, endpoint_url: str, addressing_style: str
+) -> dict[str, object]:
+    """The default storage for STORAGE_BACKEND=s3 (portal/storage.py): private objects,
+    no storage URLs. Credentials come from boto3's usual sources (AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, a profile, an instance role)."""
+    if not bucket:
         raise ImproperlyConfigured(
             "AWS_STORAGE_BUCKET_NAME is required when STORAGE_BACKEND=s3"
         )
-    _default_storage = {
-        "BACKEND": "storages.backends.s3.S3Storage",
+    if endpoint_url and not endpoint_url.startswith(("https://", "http://")):
+        raise ImproperlyConfigured(
+            f"AWS_S3_ENDPOINT_URL must start with https:// or http://, got {endpoint_url!r}"
+        )
+    return {
+        "BACKEND": "portal.storage.PrivateS3Storage",
         "OPTIONS": {
-            "bucket_name": AWS_STORAGE_BUCKET_NAME,
-            "region_name": env_str("AWS_S3_REGION_NAME") or None,
-            "endpoint_url": env_str("AWS_S3_ENDPOINT_URL") or None,
-            "default_acl": "private",
-            "querystring_auth": True,
+            "bucket_name": bucket,
+            "region_name": region or None,
+            "endpoint_url": endpoint_url or None,
+            # S3-compatible stores on a plain host name (MinIO) usually need "path".
+            "addressing_style": None
+            if addressing_style == "auto"
+            else addressing_style,
             "file_overwrite": False,
         },
     }
+
+
+if STORAGE_BACKEND == "s3":
+    AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME").strip()
+    _default_storage = s3_storage(
+        bucket=AWS_STORAGE_BUCKET_NAME,
+        region=env_str("AWS_S3_REGION_NAME").strip(),
+        endpoint_url=env_str("AWS_S3_ENDPOINT_URL").strip(),
+        addressing_style=env_choice(
+            "AWS_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")
+        ),
+    )
 else:
     _default_storage = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",

@@ -39,7 +39,9 @@ class AnalysisAdmin(admin.ModelAdmin):
     )
     list_select_related = ("scan",)
     # Results are written by workers only; the admin shows them. Files are linked through
-    # the authorised download view (pictures drawn on first request), not by storage URL.
+    # the authorised download view (pictures drawn on first request), not by storage URL;
+    # as form fields their widget would ask storage for one, which the S3 storage refuses.
+    exclude = ARTIFACT_KINDS
     readonly_fields = (
         *(
             f.name

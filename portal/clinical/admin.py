@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
 
 from portal.clinical.models import Patient, Scan, Study
 
@@ -74,10 +76,14 @@ class ScanAdmin(admin.ModelAdmin):
     search_fields = ("original_filename", "sha256", "study__patient__identifier")
     list_filter = ("format", "uploaded_at")
     list_select_related = ("study",)
+    # The files as links to the portal's download views (permission check, access
+    # record); the admin's own file links would ask storage for a direct URL.
+    exclude = ("original", "display")
     readonly_fields = (
         "uuid",
         "study",
-        "original",
+        "original_file",
+        "display_file",
         "original_filename",
         "sha256",
         "width",
@@ -86,6 +92,20 @@ class ScanAdmin(admin.ModelAdmin):
         "uploaded_by",
         "uploaded_at",
     )
+
+    @admin.display(description="original")
+    def original_file(self, scan: Scan) -> str:
+        if not scan.original:
+            return "-"
+        url = reverse("clinical:scan_original", args=[scan.pk])
+        return format_html('<a href="{}">download</a>', url)
+
+    @admin.display(description="display copy")
+    def display_file(self, scan: Scan) -> str:
+        if not scan.display:
+            return "-"
+        url = reverse("review:scan_display", args=[scan.pk])
+        return format_html('<a href="{}">display.png</a>', url)
 
     def has_add_permission(self, request: object) -> bool:
         return False  # scans come in through the upload page, which decodes them

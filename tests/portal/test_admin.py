@@ -45,7 +45,33 @@ def test_analysis_results_are_read_only_in_admin(client, staff_user, study, make
         "label",
         "probabilities",
         "confidence",
-        "overlay",
+        "result_files",
         "model_version",
     ):
         assert field in AnalysisAdmin.readonly_fields
+    # The files themselves are no form fields: shown as links to the portal's views.
+    from portal.analyses.models import ARTIFACT_KINDS
+
+    assert set(ARTIFACT_KINDS) <= set(AnalysisAdmin.exclude)
+
+
+def test_admin_links_files_through_the_portal_download_views(
+    client, staff_user, study, user
+):
+    from tests.portal.review.conftest import analysed_scan
+
+    scan = analysed_scan(study, user)
+    analysis = scan.analyses.get()
+    client.force_login(staff_user)
+
+    page = client.get(reverse("admin:analyses_analysis_change", args=[analysis.pk]))
+    html = page.content.decode()
+    assert reverse("analyses:artifact", args=[analysis.pk, "mask"]) in html
+    assert analysis.mask.name not in html
+    assert 'type="file"' not in html
+
+    page = client.get(reverse("admin:clinical_scan_change", args=[scan.pk]))
+    html = page.content.decode()
+    assert reverse("clinical:scan_original", args=[scan.pk]) in html
+    assert scan.original.name not in html
+    assert 'type="file"' not in html

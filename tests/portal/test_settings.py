@@ -94,7 +94,7 @@ def test_s3_backend_needs_a_bucket_and_uses_django_storages():
         {"DEBUG": "true", "STORAGE_BACKEND": "s3", "AWS_STORAGE_BUCKET_NAME": "scans"}
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "storages.backends.s3.S3Storage"
+    assert result.stdout.strip() == "portal.storage.PrivateS3Storage"
 
 
 def test_time_limits_sit_below_the_visibility_timeout(settings):
