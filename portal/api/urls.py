@@ -7,7 +7,8 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_not_required
 from django.urls import path
 
-from portal.api import docs, views
+from portal.api import docs
+from portal.api.views import analyses, auth, batches, patients, scans, studies
 
 app_name = "api"
 
@@ -18,28 +19,30 @@ def _api(view: type) -> object:
 
 urlpatterns = [
     path("", _api(docs.ApiRootView), name="root"),
-    path("auth/token/", _api(views.TokenView), name="token"),
-    path("auth/token/revoke/", _api(views.TokenRevokeView), name="token-revoke"),
-    path("patients/", _api(views.PatientListView), name="patient-list"),
-    path("patients/<int:pk>/", _api(views.PatientDetailView), name="patient-detail"),
-    path("studies/", _api(views.StudyListView), name="study-list"),
-    path("studies/<int:pk>/", _api(views.StudyDetailView), name="study-detail"),
-    path("studies/<int:pk>/scans/", _api(views.StudyScansView), name="study-scans"),
+    path("auth/token/", _api(auth.TokenView), name="token"),
+    path("auth/token/revoke/", _api(auth.TokenRevokeView), name="token-revoke"),
+    path("patients/", _api(patients.PatientListView), name="patient-list"),
+    path("patients/<int:pk>/", _api(patients.PatientDetailView), name="patient-detail"),
+    path("studies/", _api(studies.StudyListView), name="study-list"),
+    path("studies/<int:pk>/", _api(studies.StudyDetailView), name="study-detail"),
+    path("studies/<int:pk>/scans/", _api(studies.StudyScansView), name="study-scans"),
     path(
         "scans/<int:pk>/original/",
-        _api(views.ScanOriginalView),
+        _api(scans.ScanOriginalView),
         name="scan-original",
     ),
-    path("batches/<int:pk>/", _api(views.BatchDetailView), name="batch-detail"),
-    path("analyses/<int:pk>/", _api(views.AnalysisDetailView), name="analysis-detail"),
+    path("batches/<int:pk>/", _api(batches.BatchDetailView), name="batch-detail"),
+    path(
+        "analyses/<int:pk>/", _api(analyses.AnalysisDetailView), name="analysis-detail"
+    ),
     path(
         "analyses/<int:pk>/retry/",
-        _api(views.AnalysisRetryView),
+        _api(analyses.AnalysisRetryView),
         name="analysis-retry",
     ),
     path(
         "analyses/<int:pk>/artifacts/<str:kind>/",
-        _api(views.AnalysisArtifactView),
+        _api(analyses.AnalysisArtifactView),
         name="analysis-artifact",
     ),
     path("schema/", _api(docs.SchemaView), name="schema"),

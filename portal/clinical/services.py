@@ -61,16 +61,14 @@ def scan_create(
         study=study,
         original_filename=upload.original_filename,
         sha256=upload.sha256,
-        width=upload.image.width,
-        height=upload.image.height,
-        format=upload.image.format,
+        width=upload.width,
+        height=upload.height,
+        format=upload.format,
         uploaded_by=uploaded_by,
     )
-    if upload.image.pixel_spacing_mm is not None:
-        scan.pixel_spacing_row_mm, scan.pixel_spacing_col_mm = (
-            upload.image.pixel_spacing_mm
-        )
-    extension = FORMAT_EXTENSIONS.get(upload.image.format, "bin")
+    if upload.pixel_spacing_mm is not None:
+        scan.pixel_spacing_row_mm, scan.pixel_spacing_col_mm = upload.pixel_spacing_mm
+    extension = FORMAT_EXTENSIONS.get(upload.format, "bin")
     # upload_to derives the stored name from ids; this name only carries the extension.
     scan.original.save(f"original.{extension}", ContentFile(upload.content), save=False)
     scan.display.save("display.png", ContentFile(upload.display), save=False)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 
-from ml.decode import DecodedImage, DecodeError, decode_image
+from ml.decode import DecodeError, decode_image
 from ml.render import display_png
 
 logger = logging.getLogger(__name__)
@@ -21,13 +21,23 @@ class UploadRejected(ValueError):
 
 @dataclass(frozen=True)
 class ValidatedUpload:
+    """A file that decoded within the limits, with what storing it as a scan needs.
+
+    The decoded pixels are not kept: a scan needs the image's size, format, spacing and
+    DICOM tags, and the worker decodes the stored file again when it analyses it.
+    """
+
     original_filename: str
     content: bytes
     sha256: str
-    image: DecodedImage
+    width: int
+    height: int
+    format: str
     # The display copy, made here while the pixels are decoded: nothing decodes the
     # original again to show it.
     display: bytes
+    pixel_spacing_mm: tuple[float, float] | None = None
+    dicom: dict[str, str] | None = None
 
 
 def _human_bytes(size: int) -> str:
@@ -79,8 +89,12 @@ def validate_content(
         original_filename=filename[:255],
         content=content,
         sha256=hashlib.sha256(content).hexdigest(),
-        image=image,
+        width=image.width,
+        height=image.height,
+        format=image.format,
         display=display_png(image.pixels),
+        pixel_spacing_mm=image.pixel_spacing_mm,
+        dicom=image.dicom,
     )
 
 

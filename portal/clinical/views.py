@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -13,7 +12,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from portal.accounts.roles import require_permissions
-from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
+from portal.analyses.modelinfo import ModelVersionUnavailable
 from portal.analyses.selectors import study_status as study_status_entries
 from portal.audit.services import Action, record_access
 from portal.clinical import selectors, services
@@ -23,8 +22,6 @@ from portal.ingest.models import UploadBatch, UploadItem
 from portal.ingest.services import IngestResult, upload_to_study
 from portal.review.selectors import scan_review_states, study_review_state
 from portal.storage_views import stream_from_storage
-
-logger = logging.getLogger(__name__)
 
 
 @require_permissions("clinical.view_patient")
@@ -120,9 +117,13 @@ def study_upload(request: HttpRequest, pk: int) -> HttpResponse:
             request, study, error="Choose at least one file.", wants_json=wants_json
         )
     try:
-        model_version = current_model_version()
+        result = upload_to_study(
+            study=study,
+            files=files,
+            uploaded_by=request.user,
+            source=UploadBatch.Source.WEB,
+        )
     except ModelVersionUnavailable as exc:
-        logger.error("upload refused: %s", exc)
         return _upload_response(
             request,
             study,
@@ -130,13 +131,6 @@ def study_upload(request: HttpRequest, pk: int) -> HttpResponse:
             wants_json=wants_json,
             status=503,
         )
-    result = upload_to_study(
-        study=study,
-        files=files,
-        uploaded_by=request.user,
-        model_version=model_version,
-        source=UploadBatch.Source.WEB,
-    )
     return _upload_response(request, study, result=result, wants_json=wants_json)
 
 

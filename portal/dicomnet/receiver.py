@@ -40,7 +40,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ml.decode import readable_transfer_syntaxes
 from portal.analyses.modelinfo import current_model_version
 from portal.ingest.models import UploadBatch, UploadItem
-from portal.ingest.services import BatchIngester, ByDicomTags, IncomingFile
+from portal.ingest.placement import ByDicomTags
+from portal.ingest.services import BatchIngester, IncomingFile
 
 logger = logging.getLogger(__name__)
 

@@ -14,19 +14,19 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
-import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
+from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.analyses.models import Analysis
-from portal.clinical.models import Patient, Scan, Study
-from portal.clinical.services import patient_create, scan_create, study_create
+from portal.clinical.models import Scan, Study
+from portal.clinical.services import scan_create
 from portal.clinical.uploads import UploadRejected, ValidatedUpload, validate_content
 from portal.ingest.archives import (
     ArchiveBudget,
@@ -37,8 +37,8 @@ from portal.ingest.archives import (
     iter_zip,
     other_archive_kind,
 )
-from portal.ingest.dicom import DicomIdentity
 from portal.ingest.models import UploadBatch, UploadItem
+from portal.ingest.placement import IntoStudy, Placement
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,6 @@ class IncomingFile:
     folders: tuple[str, ...] = ()
 
 
-class Placement(Protocol):
-    def study_for(self, upload: ValidatedUpload, folders: tuple[str, ...]) -> Study:
-        """The study a validated file belongs to; raises UploadRejected if there is none."""
-
-
 @dataclass
 class IngestResult:
     batch: UploadBatch
@@ -84,168 +79,6 @@ def archive_limits() -> ArchiveLimits:
         max_ratio=settings.INGEST_ZIP_MAX_RATIO,
         max_depth=settings.INGEST_ZIP_MAX_DEPTH,
     )
-
-
-class IntoStudy:
-    """Everything goes into one study; a DICOM file must agree with it."""
-
-    def __init__(self, study: Study) -> None:
-        self.study = study
-
-    def study_for(self, upload: ValidatedUpload, folders: tuple[str, ...]) -> Study:
-        if not upload.image.dicom:
-            return self.study
-        identity = DicomIdentity.from_tags(upload.image.dicom)
-        patient = self.study.patient
-        if (
-            identity.patient_identifier
-            and identity.patient_identifier != patient.identifier
-        ):
-            raise UploadRejected(
-                f"this DICOM file is for patient ID {identity.patient_identifier}, not "
-                f"this study's patient ({patient.identifier}); upload it to a study of "
-                "that patient"
-            )
-        if identity.study_instance_uid:
-            _adopt_study_instance_uid(self.study, identity)
-        return self.study
-
-
-def _adopt_study_instance_uid(study: Study, identity: DicomIdentity) -> None:
-    """Give a study the UID of its first DICOM file; refuse files of another exam."""
-    uid = identity.study_instance_uid
-    current = Study.objects.select_for_update().get(pk=study.pk)
-    if current.study_instance_uid == uid:
-        return
-    if current.study_instance_uid:
-        raise UploadRejected(
-            "this DICOM file is from another examination (its study instance UID is "
-            "not this study's); upload it to the study of that examination"
-        )
-    other = Study.objects.filter(study_instance_uid=uid).first()
-    if other is not None:
-        raise UploadRejected(
-            f"this DICOM file belongs to study {other.pk} (same study instance UID); "
-            "upload it there"
-        )
-    current.study_instance_uid = uid
-    fields = ["study_instance_uid"]
-    if not current.accession_number and identity.accession_number:
-        current.accession_number = identity.accession_number
-        fields.append("accession_number")
-    current.save(update_fields=fields)
-    study.study_instance_uid = current.study_instance_uid
-    study.accession_number = current.accession_number
-
-
-class ByTagsAndFolders:
-    """Place files by their DICOM tags, else by folders named PATIENT/STUDY/.
-
-    A DICOM file's own patient ID, study instance UID and accession number win; other
-    images take the patient's hospital identifier from the first folder and the study's
-    accession number from the second. Patients and studies are matched or created.
-    """
-
-    def __init__(self, *, created_by: AbstractBaseUser) -> None:
-        self.created_by = created_by
-
-    def study_for(self, upload: ValidatedUpload, folders: tuple[str, ...]) -> Study:
-        identity = (
-            DicomIdentity.from_tags(upload.image.dicom) if upload.image.dicom else None
-        )
-        identifier = (identity and identity.patient_identifier) or (
-            folders[0] if folders else ""
-        )
-        if not identifier:
-            raise UploadRejected(
-                "cannot tell which patient this file is for: put it under a folder "
-                "named by the patient's hospital identifier (PATIENT/STUDY/file), "
-                "or import it with --study"
-            )
-        patient = self._patient(identifier[:64], identity)
-        uid = identity.study_instance_uid if identity else ""
-        if uid:
-            study = Study.objects.filter(study_instance_uid=uid).first()
-            if study is not None:
-                if study.patient_id != patient.pk:
-                    raise UploadRejected(
-                        f"its study instance UID belongs to study {study.pk} of another "
-                        "patient; check the file's patient ID"
-                    )
-                return study
-        accession = (identity and identity.accession_number) or (
-            folders[1][:64] if len(folders) > 1 else ""
-        )
-        if not accession and not uid:
-            raise UploadRejected(
-                "cannot tell which study this file is for: put it in a study folder "
-                "inside the patient's folder (PATIENT/STUDY/file), or import it with "
-                "--study"
-            )
-        study = None
-        if accession:
-            study = (
-                Study.objects.select_for_update()
-                .filter(patient=patient, accession_number=accession)
-                .order_by("pk")
-                .first()
-            )
-        if study is None:
-            study = study_create(
-                patient=patient,
-                created_by=self.created_by,
-                accession_number=accession,
-                study_date=identity.study_date if identity else None,
-                description="Imported",
-            )
-        if uid and not study.study_instance_uid:
-            study.study_instance_uid = uid
-            study.save(update_fields=["study_instance_uid"])
-        return study
-
-    def _patient(self, identifier: str, identity: DicomIdentity | None) -> Patient:
-        patient = Patient.objects.filter(identifier=identifier).first()
-        if patient is not None:
-            return patient
-        name = identity.patient_name if identity else ""
-        return patient_create(
-            identifier=identifier,
-            name=name or "(name not given)",
-            birth_date=identity.birth_date if identity else None,
-        )
-
-
-class ByDicomTags(ByTagsAndFolders):
-    """Place DICOM instances received over the network by their own tags only."""
-
-    def study_for(self, upload: ValidatedUpload, folders: tuple[str, ...]) -> Study:
-        identity = (
-            DicomIdentity.from_tags(upload.image.dicom) if upload.image.dicom else None
-        )
-        if identity is None:
-            raise UploadRejected("not a DICOM instance")
-        if not identity.patient_identifier:
-            raise UploadRejected(
-                "it has no Patient ID (0010,0020), so it cannot be matched to a patient"
-            )
-        if not identity.study_instance_uid and not identity.accession_number:
-            raise UploadRejected(
-                "it has neither a Study Instance UID (0020,000D) nor an Accession "
-                "Number (0008,0050), so it cannot be matched to a study"
-            )
-        return super().study_for(upload, ())
-
-
-def _validate(name: str, content: bytes) -> ValidatedUpload:
-    """Decode a file (in a decoder thread) and keep only what storing it needs.
-
-    The decoded pixels are dropped here: a scan needs the image's size, format and
-    DICOM tags, and the pixels of a large image would otherwise wait in the window.
-    """
-    upload = validate_content(filename=name, content=content)
-    pixels = upload.image.pixels
-    placeholder = np.broadcast_to(np.zeros((), np.uint8), pixels.shape)  # no memory
-    return replace(upload, image=replace(upload.image, pixels=placeholder))
 
 
 def _lock_digest(sha256: str) -> None:
@@ -370,7 +203,7 @@ class BatchIngester:
         archive: str = "",
         folders: tuple[str, ...] = (),
     ) -> None:
-        future = self._decoder.submit(_validate, name, content)
+        future = self._decoder.submit(validate_content, filename=name, content=content)
         self._pending.append((future, name, archive, folders))
         while len(self._pending) > DECODE_WINDOW:
             self._store_next()
@@ -540,10 +373,21 @@ def upload_to_study(
     study: Study,
     files: Iterable[object],
     uploaded_by: AbstractBaseUser,
-    model_version: str,
     source: str,
+    model_version: str | None = None,
 ) -> IngestResult:
-    """The browser's and the API's upload: Django UploadedFiles, into one study."""
+    """The browser's and the API's upload: Django UploadedFiles, into one study.
+
+    Analyses are queued for the installed model (or `model_version`). With no model
+    installed nothing could be analysed, so the whole upload is refused before a file
+    is read: ModelVersionUnavailable, which the page and the API show as "paused".
+    """
+    if model_version is None:
+        try:
+            model_version = current_model_version()
+        except ModelVersionUnavailable as exc:
+            logger.error("upload refused: %s", exc)
+            raise
     incoming = [
         IncomingFile(name=f.name or "(no name)", file=f, size=f.size)  # type: ignore[attr-defined]
         for f in files

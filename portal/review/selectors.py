@@ -8,7 +8,7 @@ aggregates, never a query per row.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.db.models import (
@@ -64,17 +64,32 @@ class DashboardFilters:
     search: str = ""
 
 
+def _study_conditions(filters: DashboardFilters, *, via: str = "") -> Q:
+    """The filters on a study and its patient. `via` is the path from the rows being
+    filtered to their study: "scan__study__" from analyses, "" from studies."""
+    conditions = Q()
+    if filters.patient:
+        conditions &= Q(**{f"{via}patient__identifier__iexact": filters.patient})
+    if filters.date_from:
+        conditions &= Q(**{f"{via}study_date__gte": filters.date_from})
+    if filters.date_to:
+        conditions &= Q(**{f"{via}study_date__lte": filters.date_to})
+    if filters.search:
+        term = filters.search
+        conditions &= (
+            Q(**{f"{via}patient__identifier__icontains": term})
+            | Q(**{f"{via}accession_number__icontains": term})
+            | Q(**{f"{via}patient__name__icontains": term})
+        )
+    return conditions
+
+
 def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
     """One row per analysis (a scan and a model version), newest upload first."""
     rows = Analysis.objects.select_related("scan__study__patient").annotate(
         reviewed=_scan_is_reviewed()
     )
-    if filters.patient:
-        rows = rows.filter(scan__study__patient__identifier__iexact=filters.patient)
-    if filters.date_from:
-        rows = rows.filter(scan__study__study_date__gte=filters.date_from)
-    if filters.date_to:
-        rows = rows.filter(scan__study__study_date__lte=filters.date_to)
+    rows = rows.filter(_study_conditions(filters, via="scan__study__"))
     if filters.label:
         rows = rows.filter(label=filters.label)
     if filters.confidence_min is not None:
@@ -89,14 +104,25 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
         rows = rows.filter(status=filters.status)
     if filters.model_version:
         rows = rows.filter(model_version=filters.model_version)
-    if filters.search:
-        term = filters.search
-        rows = rows.filter(
-            Q(scan__study__patient__identifier__icontains=term)
-            | Q(scan__study__accession_number__icontains=term)
-            | Q(scan__study__patient__name__icontains=term)
-        )
     return rows.order_by("-scan__uploaded_at", "-scan_id", "-id")
+
+
+def filtered_studies(filters: DashboardFilters) -> QuerySet[Study]:
+    """Studies matching the dashboard's filters, newest first (the API's study list).
+
+    A filter on results keeps a study when one of its analyses matches it.
+    """
+    studies = (
+        Study.objects.select_related("patient")
+        .annotate(scan_count=Count("scans"))
+        .filter(_study_conditions(filters))
+    )
+    by_result = replace(filters, patient="", date_from=None, date_to=None, search="")
+    if by_result != DashboardFilters():
+        studies = studies.filter(
+            pk__in=dashboard_rows(by_result).order_by().values("scan__study_id")
+        )
+    return studies.order_by("-study_date", "-id")
 
 
 def dashboard_counts(rows: QuerySet[Analysis]) -> dict[str, dict[str, int]]:

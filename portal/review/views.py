@@ -17,7 +17,8 @@ from portal.audit.services import Action, record_access
 from portal.clinical.models import Scan, Study
 from portal.clinical.services import scan_display_name
 from portal.review import selectors, services
-from portal.review.forms import DashboardFilterForm, ReviewForm
+from portal.review.filters import DashboardFilterForm
+from portal.review.forms import ReviewForm
 from portal.review.imaging import outline_layer_png
 from portal.review.models import Review
 from portal.review.report import study_report_pdf

@@ -509,7 +509,7 @@ def test_a_model_validation_error_in_a_service_is_a_400(staff_api, monkeypatch):
     def refuse(**kwargs: Any):
         raise ValidationError({"name": ["Names may not contain control characters."]})
 
-    monkeypatch.setattr("portal.api.views.patient_create", refuse)
+    monkeypatch.setattr("portal.api.views.patients.patient_create", refuse)
     response = staff_api.post("/api/v1/patients/", {"identifier": "V-1", "name": "x"})
     assert response.status_code == 400
     assert "name: Names may not contain control characters." in response.json()["error"]

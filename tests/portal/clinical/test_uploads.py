@@ -8,7 +8,7 @@ from portal.clinical.uploads import UploadRejected, validate_upload
 
 def test_a_real_png_is_accepted(make_png):
     upload = validate_upload(SimpleUploadedFile("scan.png", make_png(48, 36)))
-    assert (upload.image.width, upload.image.height) == (48, 36)
+    assert (upload.width, upload.height) == (48, 36)
     assert upload.original_filename == "scan.png"
 
 

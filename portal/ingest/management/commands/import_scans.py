@@ -20,13 +20,8 @@ from tqdm import tqdm
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.clinical.models import Study
 from portal.ingest.models import UploadBatch, UploadItem
-from portal.ingest.services import (
-    BatchIngester,
-    ByTagsAndFolders,
-    IncomingFile,
-    IntoStudy,
-    Placement,
-)
+from portal.ingest.placement import ByTagsAndFolders, IntoStudy, Placement
+from portal.ingest.services import BatchIngester, IncomingFile
 
 Outcome = UploadItem.Outcome
 

@@ -1,0 +1,66 @@
+"""API tokens: exchanged for a portal username and password, revoked by their holder."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, status
+from rest_framework.authtoken.models import Token
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+
+from portal.api.permissions import needs
+from portal.api.serializers import (
+    TokenRequestSerializer,
+    TokenSerializer,
+)
+from portal.api.views.base import PortalAPIView
+
+
+class TokenView(APIView):
+    """Exchange a portal username and password for an API token."""
+
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+    throttle_classes = (AnonRateThrottle,)
+
+    def get_authenticate_header(self, request: Request) -> str:
+        return "Token"  # wrong credentials are a 401 that names the scheme
+
+    @extend_schema(
+        request=TokenRequestSerializer,
+        responses={
+            200: TokenSerializer,
+            401: OpenApiResponse(description="wrong credentials"),
+        },
+        summary="Get an API token",
+        description="Send it as `Authorization: Token <key>`. The same key is returned "
+        "until it is revoked with DELETE.",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TokenRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = authenticate(
+            request._request,
+            username=serializer.validated_data["username"],
+            password=serializer.validated_data["password"],
+        )
+        if user is None or not user.is_active:
+            # The same answer for a wrong name, a wrong password and a locked account.
+            raise exceptions.AuthenticationFailed(
+                "Wrong username or password (repeated failures lock the account for a while)"
+            )
+        token, _ = Token.objects.get_or_create(user=user)
+        return Response({"token": token.key})
+
+
+class TokenRevokeView(PortalAPIView):
+    required_permissions = needs(DELETE=())
+
+    @extend_schema(responses={204: None}, summary="Revoke the token used for this call")
+    def delete(self, request: Request) -> Response:
+        Token.objects.filter(user=request.user).delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,97 @@
+"""The dashboard's filters, defined once: the dashboard page draws and reads them with
+this form, and the API's study list reads its query string with `read_filters`, so a
+filter means the same thing (and refuses the same values) in both."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django import forms
+
+from portal.analyses.models import Analysis
+from portal.review.selectors import DashboardFilters, model_versions
+
+
+class InvalidFilters(ValueError):
+    """A query with values the filters refuse; `errors` lists them by field."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = errors
+
+
+_ANY = [("", "any")]
+
+
+class DashboardFilterForm(forms.Form):
+    q = forms.CharField(
+        required=False,
+        label="Search",
+        widget=forms.TextInput(
+            attrs={"placeholder": "Hospital id, accession or name", "type": "search"}
+        ),
+    )
+    patient = forms.CharField(required=False, label="Patient (hospital id)")
+    date_from = forms.DateField(
+        required=False, label="Study from", widget=forms.DateInput({"type": "date"})
+    )
+    date_to = forms.DateField(
+        required=False, label="Study to", widget=forms.DateInput({"type": "date"})
+    )
+    label = forms.ChoiceField(
+        required=False, choices=_ANY + Analysis.Label.choices, label="Predicted label"
+    )
+    confidence_min = forms.FloatField(
+        required=False, min_value=0, max_value=100, label="Confidence from (%)"
+    )
+    confidence_max = forms.FloatField(
+        required=False, min_value=0, max_value=100, label="Confidence to (%)"
+    )
+    review = forms.ChoiceField(
+        required=False,
+        choices=[*_ANY, ("reviewed", "reviewed"), ("unreviewed", "unreviewed")],
+        label="Review",
+    )
+    status = forms.ChoiceField(
+        required=False, choices=_ANY + Analysis.Status.choices, label="Analysis"
+    )
+    model_version = forms.ChoiceField(required=False, label="Model version")
+
+    def __init__(self, *args: object, model_versions: list[str], **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.fields["model_version"].choices = _ANY + [(v, v) for v in model_versions]
+
+    def filters(self) -> DashboardFilters:
+        if not self.is_valid():
+            return DashboardFilters()
+        data = self.cleaned_data
+
+        def fraction(value: float | None) -> float | None:
+            return None if value is None else value / 100.0
+
+        return DashboardFilters(
+            patient=data["patient"].strip(),
+            date_from=data["date_from"],
+            date_to=data["date_to"],
+            label=data["label"],
+            confidence_min=fraction(data["confidence_min"]),
+            confidence_max=fraction(data["confidence_max"]),
+            review=data["review"],
+            status=data["status"],
+            model_version=data["model_version"],
+            search=data["q"].strip(),
+        )
+
+
+def read_filters(query: Mapping[str, Any]) -> DashboardFilters:
+    """The filters a query string asks for; InvalidFilters when a value is refused."""
+    form = DashboardFilterForm(query, model_versions=model_versions())
+    if not form.is_valid():
+        raise InvalidFilters(
+            {
+                name: [error["message"] for error in errors]
+                for name, errors in form.errors.get_json_data(escape_html=False).items()
+            }
+        )
+    return form.filters()
