@@ -45,9 +45,9 @@ NUM_BLOCKS = sum(g.repeats for g in BLOCK_GROUPS)
 SKIP_BLOCKS: tuple[int, ...] = (0, 2, 4, 10, 15)
 
 
-def preprocess(images: np.ndarray) -> np.ndarray:
-    """uint8 RGB in [0, 255] to the network's input range (the official Lite preprocessing)."""
-    return (np.asarray(images, dtype=np.float32) - 127.0) / 128.0
+def preprocess(images):
+    """RGB in [0, 255] (arrays or tensors) to the encoder's input range (the official Lite scaling)."""
+    return (keras.ops.cast(images, "float32") - 127.0) / 128.0
 
 
 def _block_specs() -> list[tuple[int, int, int, int, int]]:

@@ -15,6 +15,7 @@ from ml.config import (
     busi_dir,
     weights_dir,
 )
+from ml.training.sources import SOURCES
 
 
 def _quiet_tensorflow() -> None:
@@ -29,12 +30,11 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ml.train import TrainConfig, train
+    from ml.training.train import TrainConfig, train
 
     config = TrainConfig(
-        data_dir=args.data,
-        split_path=args.split,
         out_dir=args.out,
+        sources=tuple(args.sources),
         image_size=args.image_size,
         epochs=args.epochs,
         frozen_epochs=min(args.frozen_epochs, args.epochs),
@@ -42,6 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         patience=args.patience,
         seed=args.seed,
+        augment=not args.no_augment,
         limit=args.limit,
     )
     result = train(config)
@@ -127,20 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
     split.set_defaults(func=cmd_split)
 
     train = commands.add_parser(
-        "train", help="train BUSNet and write calibrated weights"
+        "train", help="train BUSNet on the sources' train splits; calibrated weights"
     )
-    train.add_argument("--data", type=Path, default=busi_dir())
-    train.add_argument("--split", type=Path, default=DEFAULT_SPLIT_PATH)
+    train.add_argument(
+        "--sources", nargs="+", choices=list(SOURCES), default=list(SOURCES)
+    )
     train.add_argument("--out", type=Path, default=weights_dir())
     train.add_argument("--image-size", type=int, default=IMAGE_SIZE)
-    train.add_argument("--epochs", type=int, default=40)
-    train.add_argument("--frozen-epochs", type=int, default=3)
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--frozen-epochs", type=int, default=2)
     train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--patience", type=int, default=8)
+    train.add_argument("--lr", type=float, default=2e-4)
+    train.add_argument("--patience", type=int, default=7)
     train.add_argument("--seed", type=int, default=20261129)
     train.add_argument(
-        "--limit", type=int, default=None, help="images per split (smoke runs)"
+        "--no-augment", action="store_true", help="ablation: no augmentation"
+    )
+    train.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="images per source and split (smoke runs)",
     )
     train.set_defaults(func=cmd_train)
 

@@ -12,7 +12,8 @@ MODEL_NAME = "busnet-lite0"
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 DEFAULT_WEIGHTS_DIR = PACKAGE_DIR / "weights"
-DEFAULT_SPLIT_PATH = PACKAGE_DIR / "splits" / "busi.json"
+SPLIT_DIR = PACKAGE_DIR / "splits"
+DEFAULT_SPLIT_PATH = SPLIT_DIR / "busi.json"
 REPORT_DIR = PACKAGE_DIR / "reports"
 MODEL_CARD_PATH = PACKAGE_DIR / "MODEL_CARD.md"
 

@@ -23,6 +23,8 @@ class Explanation:
     seg_logits: np.ndarray  # (B, H, W) at network resolution
     class_cam: np.ndarray  # (B, H, W) in [0, 1], network input resolution
     seg_cam: np.ndarray  # (B, H, W) in [0, 1]
+    explained_class: np.ndarray  # (B,) the class index whose logit class_cam explains
+    features: np.ndarray  # (B, C) the class layer's activations, averaged over space
 
 
 def _cam(
@@ -39,7 +41,9 @@ def _cam(
 class Explainer:
     """Runs the network once and returns its outputs with both heatmaps.
 
-    ``class_index`` names the class to explain per image; by default the predicted class.
+    ``class_index`` names the class to explain per image; by default the predicted class,
+    which is the argmax of ``class_logits + class_bias``: with the calibration's class offsets
+    given here, the heatmap explains the label the product shows, not the raw argmax.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class Explainer:
         class_output: str = "class_logits",
         seg_output: str = "seg_logits",
         seg_threshold: float = 0.5,
+        class_bias: np.ndarray | list[float] | None = None,
     ) -> None:
         names = {layer.name for layer in model.layers}
         for name in (class_layer, seg_layer):
@@ -76,6 +81,11 @@ class Explainer:
                 outputs[seg_output],
             ],
         )
+        classes = int(outputs[class_output].shape[-1])
+        bias = np.zeros(classes) if class_bias is None else np.asarray(class_bias)
+        if bias.shape != (classes,):
+            raise ValueError(f"class_bias needs {classes} values, got {bias.shape}")
+        self._class_bias = tf.constant(bias, tf.float32)
         self._seg_logit_threshold = float(np.log(seg_threshold / (1.0 - seg_threshold)))
         self._run = tf.function(self._explain, reduce_retracing=True)
 
@@ -85,7 +95,9 @@ class Explainer:
             class_features, seg_features, class_logits, seg_logits = self._view(
                 images, training=False
             )
-            predicted = tf.argmax(class_logits, axis=1, output_type=tf.int32)
+            predicted = tf.argmax(
+                class_logits + self._class_bias, axis=1, output_type=tf.int32
+            )
             chosen = tf.where(class_index < 0, predicted, class_index)
             # Images in a batch are independent (inference mode): summed targets give per-image gradients.
             class_score = tf.reduce_sum(
@@ -104,6 +116,8 @@ class Explainer:
             seg_logits[..., 0],
             _cam(class_features, class_gradients, size),
             _cam(seg_features, seg_gradients, size),
+            chosen,
+            tf.reduce_mean(class_features, axis=(1, 2)),
         )
 
     def __call__(
@@ -121,12 +135,5 @@ class Explainer:
             raise ValueError(
                 f"class_index needs one entry per image ({count}), got {chosen.shape[0]}"
             )
-        class_logits, seg_logits, class_cam, seg_cam = self._run(
-            images, tf.convert_to_tensor(chosen)
-        )
-        return Explanation(
-            np.asarray(class_logits),
-            np.asarray(seg_logits),
-            np.asarray(class_cam),
-            np.asarray(seg_cam),
-        )
+        outputs = self._run(images, tf.convert_to_tensor(chosen))
+        return Explanation(*(np.asarray(output) for output in outputs))

@@ -38,6 +38,12 @@ class ImageAnalysis:
     class_logits: np.ndarray | None = (
         None  # raw network output, before bias and temperature
     )
+    explained_class: str = (
+        ""  # the class Grad-CAM explains: the label unless the caller chose
+    )
+    # Out of distribution: None when the weights carry no statistics to judge by.
+    in_distribution: bool | None = None
+    ood_score: float | None = None
 
     @cached_property
     def gradcam(self) -> np.ndarray:
@@ -62,6 +68,9 @@ class ImageAnalysis:
             "lesion_area_fraction": self.lesion_area_fraction,
             "bbox": list(self.bbox) if self.bbox else None,
             "model_version": self.model_version,
+            "explained_class": self.explained_class,
+            "in_distribution": self.in_distribution,
+            "ood_score": self.ood_score,
         }
 
     def stored_artifacts(self) -> dict[str, bytes]:
@@ -120,6 +129,7 @@ class Analyzer:
         self.image_size: int = meta.image_size
         self.temperature: float = meta.temperature
         self.class_bias = np.asarray(meta.class_bias, np.float64)
+        self.ood = meta.ood
 
     @classmethod
     def load(cls, weights: str | Path | None = None) -> Analyzer:
@@ -143,6 +153,7 @@ class Analyzer:
             class_layer=CLASS_GRADCAM_LAYER,
             seg_layer=SEG_GRADCAM_LAYER,
             seg_threshold=meta.seg_threshold,
+            class_bias=meta.class_bias,
         )
         analyzer = cls(model, explainer, meta)
         analyzer.analyze(
@@ -158,9 +169,13 @@ class Analyzer:
         batch_size: int = 8,
         class_index: Sequence[int] | None = None,
     ) -> list[ImageAnalysis]:
-        """Analyse images of any size. ``class_index`` picks the class Grad-CAM explains (default: predicted)."""
-        from ml.backbone import preprocess
+        """Analyse images of any size.
+
+        ``class_index`` picks the class Grad-CAM explains; by default the label shown, i.e. the
+        argmax of the calibrated probabilities.
+        """
         from ml.metrics import softmax
+        from ml.preprocess import network_input
 
         pixels = [_as_rgb(image) for image in images]
         results: list[ImageAnalysis] = []
@@ -178,11 +193,14 @@ class Analyzer:
                 if class_index is None
                 else list(class_index[start : start + batch_size])
             )
-            explanation = self._explainer(preprocess(batch), chosen)
+            explanation = self._explainer(network_input(batch), chosen)
             probabilities = softmax(
                 explanation.class_logits + self.class_bias, self.temperature
             )
             lesion_probability = 1.0 / (1.0 + np.exp(-explanation.seg_logits))
+            ood_scores = (
+                self.ood.score(explanation.features) if self.ood is not None else None
+            )
             for i, image in enumerate(chunk):
                 height, width = image.shape[:2]
                 mask = (
@@ -205,6 +223,11 @@ class Analyzer:
                         seg_gradcam_map=np.clip(explanation.seg_cam[i], 0, 1),
                         model_version=self.model_version,
                         class_logits=explanation.class_logits[i],
+                        explained_class=CLASSES[int(explanation.explained_class[i])],
+                        in_distribution=None
+                        if ood_scores is None
+                        else bool(self.ood.in_distribution(ood_scores[i])),
+                        ood_score=None if ood_scores is None else float(ood_scores[i]),
                     )
                 )
         return results

@@ -39,6 +39,12 @@ def malignant_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(roc_auc_score(positives, probabilities[:, MALIGNANT]))
 
 
+def malignant_vs_benign_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """AUC of P(malignant) among lesions only: the biopsy question, without normal images."""
+    lesion = labels != NORMAL
+    return malignant_auc(labels[lesion], probabilities[lesion])
+
+
 def expected_calibration_error(
     labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
 ) -> float:
@@ -86,6 +92,7 @@ def summary(
         "mean_recall_benign_malignant": float(np.nanmean(recall[[BENIGN, MALIGNANT]])),
         "balanced_accuracy": float(np.nanmean(recall)),
         "auc_malignant_vs_rest": malignant_auc(labels, probabilities),
+        "auc_malignant_vs_benign": malignant_vs_benign_auc(labels, probabilities),
         "ece": expected_calibration_error(labels, probabilities),
         "dice_lesion_mean": float(lesion_dice.mean()) if lesion.any() else nan,
         "dice_lesion_median": float(np.median(lesion_dice)) if lesion.any() else nan,

@@ -32,10 +32,13 @@ class ModelMeta:
     image_size: int
     classes: list[str]
     temperature: float = 1.0
+    ood_threshold: float | None = None
     class_bias: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     seg_threshold: float = 0.5
     weights_sha256: str = ""
     training: dict = field(default_factory=dict)
+    # Filled by load_into from the archive; not part of model.json.
+    ood: object = field(default=None, repr=False, compare=False)
 
 
 def sha256_of(path: Path) -> str:
@@ -46,7 +49,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save(model, out_dir: Path, meta: ModelMeta) -> ModelMeta:
+def save(model, out_dir: Path, meta: ModelMeta, ood=None) -> ModelMeta:
+    """Write the archive (float16 weights, calibration, out-of-distribution statistics) and model.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays = {
@@ -56,10 +60,14 @@ def save(model, out_dir: Path, meta: ModelMeta) -> ModelMeta:
     weights_path = out_dir / WEIGHTS_FILE
     arrays[TEMPERATURE_KEY] = np.asarray(meta.temperature, np.float64)
     arrays[CLASS_BIAS_KEY] = np.asarray(meta.class_bias, np.float64)
+    if ood is not None:
+        arrays.update(ood.to_arrays())
+        meta.ood_threshold = ood.threshold
     np.savez_compressed(weights_path, **arrays)
     meta.weights_sha256 = sha256_of(weights_path)
     meta.version = f"{meta.name}-{meta.weights_sha256[:12]}"
-    (out_dir / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    payload = {k: v for k, v in asdict(meta).items() if k != "ood"}
+    (out_dir / META_FILE).write_text(json.dumps(payload, indent=2) + "\n")
     return meta
 
 
@@ -67,6 +75,7 @@ def read_meta(weights_dir: Path) -> ModelMeta:
     meta_path = Path(weights_dir) / META_FILE
     try:
         payload = json.loads(meta_path.read_text())
+        payload.pop("ood", None)
         return ModelMeta(**payload)
     except FileNotFoundError as exc:
         raise ModelLoadError(f"model description not found: {meta_path}") from exc
@@ -77,7 +86,12 @@ def read_meta(weights_dir: Path) -> ModelMeta:
 
 
 def load_into(model, weights_dir: Path, *, verify_checksum: bool = True) -> ModelMeta:
-    """Assign saved weights to ``model`` (built by the same code); raise ModelLoadError on any mismatch."""
+    """Assign saved weights to ``model`` (built by the same code); raise ModelLoadError on any mismatch.
+
+    The archive's out-of-distribution statistics, if any, come back as ``meta.ood``.
+    """
+    from ml.ood import OodModel
+
     meta = read_meta(weights_dir)
     weights_path = Path(weights_dir) / WEIGHTS_FILE
     if not weights_path.is_file():
@@ -101,6 +115,8 @@ def load_into(model, weights_dir: Path, *, verify_checksum: bool = True) -> Mode
         meta.temperature = float(arrays.pop(TEMPERATURE_KEY))
     if CLASS_BIAS_KEY in arrays:
         meta.class_bias = [float(v) for v in arrays.pop(CLASS_BIAS_KEY)]
+    ood_keys = [key for key in arrays if key.startswith("ood/")]
+    meta.ood = OodModel.from_arrays({key: arrays.pop(key) for key in ood_keys})
     expected = {variable.path for variable in model.weights}
     if set(arrays) != expected:
         missing = sorted(expected - set(arrays))[:3]

@@ -1,0 +1,29 @@
+"""Calibration on the pooled validation splits of every training source.
+
+Two steps, both fitted on validation images only: per-class logit offsets that maximise
+balanced recall (thresholds fitted on one hospital do not travel, so they are fitted on all
+the sources together), then a temperature for calibrated probabilities (Guo et al., 2017).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ml import metrics
+
+logger = logging.getLogger(__name__)
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Class logit offsets for balanced recall, then the temperature, from validation logits."""
+    class_bias = metrics.fit_class_bias(logits, labels)
+    temperature = metrics.fit_temperature(logits + class_bias, labels)
+    logger.info(
+        "calibration on %d validation images: class bias %s, temperature %.3f",
+        len(labels),
+        class_bias.tolist(),
+        temperature,
+    )
+    return class_bias, temperature

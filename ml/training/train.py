@@ -1,0 +1,148 @@
+"""``python -m ml train``: data, network, fit, calibration, out-of-distribution statistics, save."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ml.config import CLASSES, IMAGE_SIZE, MODEL_NAME
+from ml.training.arrays import DEFAULT_CACHE_DIR, ArraySet, load_split_arrays
+from ml.training.sources import SOURCES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    out_dir: Path
+    sources: tuple[str, ...] = tuple(SOURCES)
+    image_size: int = IMAGE_SIZE
+    epochs: int = 30
+    frozen_epochs: int = 2
+    batch_size: int = 16
+    learning_rate: float = 2e-4
+    head_learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    seg_loss_weight: float = 1.0
+    label_smoothing: float = 0.05
+    patience: int = 7
+    seed: int = 20261129
+    augment: bool = True
+    select_best: bool = True
+    limit: int | None = None  # this many images per source and split part (smoke runs)
+    cache_dir: Path | None = DEFAULT_CACHE_DIR
+    log_path: Path | None = None
+    extra: dict = field(
+        default_factory=dict
+    )  # recorded in model.json (e.g. the LOSO fold)
+
+
+def _limited(arrays: ArraySet, limit: int | None) -> ArraySet:
+    if not limit:
+        return arrays
+    keep = np.zeros(len(arrays), bool)
+    for source in np.unique(arrays.sources):
+        where = np.nonzero(arrays.sources == source)[0]
+        keep[where[:: max(1, len(where) // limit)][:limit]] = True
+    return arrays.select(keep)
+
+
+def encoder_features(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """The class layer's pooled activations, the features the out-of-distribution score uses."""
+    from ml.explain import Explainer
+    from ml.model import CLASS_GRADCAM_LAYER, SEG_GRADCAM_LAYER
+    from ml.preprocess import network_input
+
+    explainer = Explainer(
+        model, class_layer=CLASS_GRADCAM_LAYER, seg_layer=SEG_GRADCAM_LAYER
+    )
+    return np.concatenate(
+        [
+            explainer(np.asarray(network_input(images[i : i + batch_size]))).features
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+
+
+def train(config: TrainConfig) -> dict:
+    import keras
+
+    from ml import ood, weights_io
+    from ml.backbone import load_imagenet_weights
+    from ml.config import imagenet_weights_path
+    from ml.model import build_busnet
+    from ml.training.calibration import calibrate
+    from ml.training.fit import FitConfig, fit, predict_arrays
+
+    keras.utils.set_random_seed(config.seed)
+    sources = list(config.sources)
+    train_set = _limited(
+        load_split_arrays(sources, "train", config.image_size, config.cache_dir),
+        config.limit,
+    )
+    val_set = _limited(
+        load_split_arrays(sources, "val", config.image_size, config.cache_dir),
+        config.limit,
+    )
+    logger.info(
+        "sources %s: train %d, val %d; train class counts %s",
+        sources,
+        len(train_set),
+        len(val_set),
+        np.bincount(train_set.labels, minlength=len(CLASSES)).tolist(),
+    )
+    model = build_busnet(config.image_size)
+    load_imagenet_weights(model, imagenet_weights_path())
+    fit_config = FitConfig(
+        **{name: getattr(config, name) for name in FitConfig.__dataclass_fields__}
+    )
+    log_path = config.log_path or config.out_dir / "training_log.csv"
+    fitted = fit(model, train_set, val_set, fit_config, log_path)
+
+    logits, _ = predict_arrays(model, val_set.images, config.batch_size)
+    class_bias, temperature = calibrate(logits, val_set.labels)
+    ood_model = ood.fit(
+        encoder_features(model, train_set.images, config.batch_size),
+        encoder_features(model, val_set.images, config.batch_size),
+    )
+    meta = weights_io.ModelMeta(
+        name=MODEL_NAME,
+        version="",
+        image_size=config.image_size,
+        classes=list(CLASSES),
+        temperature=temperature,
+        class_bias=class_bias.tolist(),
+        training={
+            "sources": sources,
+            "best_epoch": fitted["best_epoch"],
+            "epochs_run": len(fitted["history"]),
+            "best_val_score": fitted["best_score"],
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "augment": config.augment,
+            "train_images": len(train_set),
+            "val_images": len(val_set),
+            **config.extra,
+        },
+    )
+    meta = weights_io.save(model, config.out_dir, meta, ood=ood_model)
+    summary = {"history": fitted["history"], "config": asdict(config), **meta.training}
+    (config.out_dir / "training_summary.json").write_text(
+        json.dumps(summary, indent=1, default=str)
+    )
+    logger.info(
+        "saved %s to %s (best epoch %d)",
+        meta.version,
+        config.out_dir,
+        fitted["best_epoch"],
+    )
+    return {
+        "version": meta.version,
+        "best_epoch": fitted["best_epoch"],
+        "temperature": temperature,
+    }
