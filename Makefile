@@ -16,7 +16,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: help venv run migrate redis redis-stop admin test lint format bench bench-ml \
-	bench-pipeline train evaluate clean
+	bench-pipeline train evaluate loso clean
 
 help:
 	@echo "make run       set up .venv, migrate, start Redis if needed, create an admin,"
@@ -24,7 +24,7 @@ help:
 	@echo "make test      run the whole test suite"
 	@echo "make lint      ruff check and format check"
 	@echo "make bench     ml throughput, then portal -> Redis -> worker throughput (N=$(N))"
-	@echo "make train     python -m ml train \$$ARGS;  make evaluate: python -m ml evaluate \$$ARGS"
+	@echo "make train     python -m ml train \$$ARGS;  make evaluate / make loso: python -m ml evaluate / loso \$$ARGS"
 	@echo "make redis-stop  stop a Redis that make run started"
 
 venv: $(VENV_STAMP)
@@ -86,6 +86,9 @@ train: venv
 
 evaluate: venv
 	$(PY) -m ml evaluate $(ARGS)
+
+loso: venv
+	$(PY) -m ml loso $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

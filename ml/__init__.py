@@ -1,5 +1,7 @@
-"""Breast-ultrasound analysis: decoding, the network, explanations, training and evaluation.
+"""Breast-ultrasound analysis: decoding, the network, explanations; training in ``ml.training``.
 
-Importing this package is cheap: TensorFlow is imported only by the modules that need it
-(``ml.backbone``, ``ml.model``, ``ml.inference``, ``ml.train``...), never by ``ml.decode``.
+The modules here are the runtime a worker loads (decode, preprocess, backbone, model,
+explain, ood, inference, render, weights_io); ``ml.training`` makes and evaluates models and
+is never imported by a worker. Importing this package is cheap: TensorFlow is imported only
+by the modules that need it, never by ``ml.decode``.
 """

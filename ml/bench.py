@@ -19,9 +19,9 @@ from PIL import Image
 def _sample_files(data_dir: Path, count: int) -> tuple[list[bytes], str]:
     manifest = data_dir / "MANIFEST.csv"
     if manifest.is_file():
-        from ml.data import read_manifest
+        from ml.training.sources import read_manifest
 
-        records = read_manifest(data_dir)
+        records = read_manifest("busi", data_dir)
         step = max(1, len(records) // count)
         return [
             (data_dir / r.path).read_bytes() for r in records[::step][:count]

@@ -1,4 +1,4 @@
-"""``python -m ml {split,train,evaluate,predict,bench}``."""
+"""``python -m ml {split,train,evaluate,loso,predict,bench}``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 from ml.config import (
-    DEFAULT_SPLIT_PATH,
     IMAGE_SIZE,
     MODEL_CARD_PATH,
     REPORT_DIR,
@@ -23,9 +22,10 @@ def _quiet_tensorflow() -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from ml.data import build_split_file
+    from ml.training.splits import build_split_file
 
-    build_split_file(args.data, args.out, seed=args.seed)
+    for source in args.sources:
+        build_split_file(source, seed=args.seed)
     return 0
 
 
@@ -52,29 +52,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ml.train import recalibrate
-
-    print(f"recalibrated: {recalibrate(args.weights, args.data, args.split)}")
-    return 0
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from ml.evaluate import evaluate
-    from ml.model_card import write_model_card
+    from ml.training.evaluate import evaluate
+    from ml.training.model_card import write_model_card
 
-    report = evaluate(
-        args.weights, args.data, args.split, args.out, rounds=args.bootstrap
-    )
-    write_model_card(report, args.out, args.card)
+    report = evaluate(args.weights, args.out, rounds=args.bootstrap)
+    write_model_card(args.out, args.card)
     print(
         json.dumps(
-            {"model_version": report["model_version"], **report["metrics"]}, indent=2
+            {"model_version": report["model_version"], **report["targets"]}, indent=2
         )
     )
     print(f"metrics and plots in {args.out}; model card {args.card}")
+    return 0
+
+
+def cmd_loso(args: argparse.Namespace) -> int:
+    from ml.training.loso import leave_one_source_out
+
+    report = leave_one_source_out(
+        args.work,
+        args.out,
+        epochs=args.epochs,
+        augment=not args.no_augment,
+        held_out=tuple(args.held_out),
+        rounds=args.bootstrap,
+        resume=args.resume,
+    )
+    for source, fold in report["folds"].items():
+        figures = ", ".join(
+            f"{key} {value['value']:.3f}" for key, value in fold["metrics"].items()
+        )
+        print(f"without {source}: {figures}")
     return 0
 
 
@@ -85,23 +96,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.paths, args.out, weights=args.weights, batch_size=args.batch_size
     )
     return 1 if failures else 0
-
-
-def cmd_cv(args: argparse.Namespace) -> int:
-    from ml.cv import cross_validate
-
-    report = cross_validate(
-        args.data,
-        args.split,
-        args.work,
-        args.out,
-        folds=args.folds,
-        epochs=args.epochs,
-        resume=args.resume,
-    )
-    for key, values in report["folds_metrics"].items():
-        print(f"{key:<32} {values['mean']:.3f} ± {values['sd']:.3f}")
-    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -120,10 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     split = commands.add_parser(
-        "split", help="build the group-aware train/val/test split"
+        "split", help="build a source's group-aware train/val/test split"
     )
-    split.add_argument("--data", type=Path, default=busi_dir())
-    split.add_argument("--out", type=Path, default=DEFAULT_SPLIT_PATH)
+    split.add_argument("sources", nargs="+", choices=list(SOURCES))
     split.add_argument("--seed", type=int, default=20261129)
     split.set_defaults(func=cmd_split)
 
@@ -152,20 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
-    calibrate = commands.add_parser(
-        "calibrate", help="refit class bias and temperature on the validation split"
-    )
-    calibrate.add_argument("--weights", type=Path, default=weights_dir())
-    calibrate.add_argument("--data", type=Path, default=busi_dir())
-    calibrate.add_argument("--split", type=Path, default=DEFAULT_SPLIT_PATH)
-    calibrate.set_defaults(func=cmd_calibrate)
-
     evaluate = commands.add_parser(
-        "evaluate", help="test-split metrics, plots and the model card"
+        "evaluate",
+        help="pooled and per-source test metrics, plots, OOD check, model card",
     )
     evaluate.add_argument("--weights", type=Path, default=weights_dir())
-    evaluate.add_argument("--data", type=Path, default=busi_dir())
-    evaluate.add_argument("--split", type=Path, default=DEFAULT_SPLIT_PATH)
     evaluate.add_argument("--out", type=Path, default=REPORT_DIR)
     evaluate.add_argument("--card", type=Path, default=MODEL_CARD_PATH)
     evaluate.add_argument(
@@ -176,24 +160,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(func=cmd_evaluate)
 
+    loso = commands.add_parser(
+        "loso", help="leave one source out: train on two sources, test on the third"
+    )
+    loso.add_argument("--work", type=Path, default=Path("var/loso"))
+    loso.add_argument("--out", type=Path, default=REPORT_DIR / "loso.json")
+    loso.add_argument("--epochs", type=int, default=6)
+    loso.add_argument(
+        "--held-out", nargs="+", choices=list(SOURCES), default=list(SOURCES)
+    )
+    loso.add_argument(
+        "--no-augment", action="store_true", help="ablation: no augmentation"
+    )
+    loso.add_argument("--bootstrap", type=int, default=1000)
+    loso.add_argument(
+        "--resume", action="store_true", help="reuse folds already trained"
+    )
+    loso.set_defaults(func=cmd_loso)
+
     predict = commands.add_parser("predict", help="analyse image files or folders")
     predict.add_argument("paths", type=Path, nargs="+", metavar="PATH")
     predict.add_argument("--out", type=Path, required=True)
     predict.add_argument("--weights", type=Path, default=None)
     predict.add_argument("--batch-size", type=int, default=8)
     predict.set_defaults(func=cmd_predict)
-
-    cv = commands.add_parser("cv", help="k-fold cross-validation on train+val")
-    cv.add_argument("--data", type=Path, default=busi_dir())
-    cv.add_argument("--split", type=Path, default=DEFAULT_SPLIT_PATH)
-    cv.add_argument("--work", type=Path, default=Path("var/cv"))
-    cv.add_argument("--out", type=Path, default=REPORT_DIR / "cv.json")
-    cv.add_argument("--folds", type=int, default=5)
-    cv.add_argument("--epochs", type=int, default=14)
-    cv.add_argument(
-        "--resume", action="store_true", help="reuse folds already trained in --work"
-    )
-    cv.set_defaults(func=cmd_cv)
 
     bench = commands.add_parser(
         "bench", help="time the full analysis against the earlier prototype"

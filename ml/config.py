@@ -13,16 +13,17 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 DEFAULT_WEIGHTS_DIR = PACKAGE_DIR / "weights"
 SPLIT_DIR = PACKAGE_DIR / "splits"
-DEFAULT_SPLIT_PATH = SPLIT_DIR / "busi.json"
 REPORT_DIR = PACKAGE_DIR / "reports"
 MODEL_CARD_PATH = PACKAGE_DIR / "MODEL_CARD.md"
 
 
+def dataset_dir(name: str, env_var: str) -> Path:
+    """A dataset's root: ``$<env_var>`` or ``../shared/data/<name>`` beside the repository."""
+    return Path(os.environ.get(env_var, REPO_DIR.parent / "shared" / "data" / name))
+
+
 def busi_dir() -> Path:
-    """The BUSI dataset root: ``$BUSI_DIR`` or ``../shared/data/busi`` beside the repository."""
-    return Path(
-        os.environ.get("BUSI_DIR", REPO_DIR.parent / "shared" / "data" / "busi")
-    )
+    return dataset_dir("busi", "BUSI_DIR")
 
 
 def imagenet_weights_path() -> Path:

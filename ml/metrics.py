@@ -107,16 +107,25 @@ def summary(
 
 def bootstrap_intervals(
     statistic: Callable[[np.ndarray], dict],
-    n: int,
+    groups: np.ndarray,
     *,
     rounds: int = 1000,
     seed: int = 0,
 ) -> dict[str, tuple[float, float]]:
-    """95% percentile intervals of every key of ``statistic(indices)`` over resampled cases."""
+    """95% percentile intervals of every key of ``statistic(indices)``, resampling groups.
+
+    ``groups`` names each case's patient or duplicate group: whole groups are drawn with
+    replacement, because near-identical images of one patient are not independent evidence
+    and resampling them one by one would make the intervals too narrow.
+    """
     rng = np.random.default_rng(seed)
+    names, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.nonzero(inverse == g)[0] for g in range(len(names))]
     samples: dict[str, list[float]] = {}
     for _ in range(rounds):
-        for key, value in statistic(rng.integers(0, n, n)).items():
+        drawn = rng.integers(0, len(members), len(members))
+        indices = np.concatenate([members[g] for g in drawn])
+        for key, value in statistic(indices).items():
             samples.setdefault(key, []).append(value)
     return {
         key: (

@@ -70,7 +70,7 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(resized) >= 128
 
 
-def _group_names(source: str, paths: list[str], records: dict) -> list[str]:
+def group_names(source: str, paths: list[str], records: dict) -> list[str]:
     """Patient where the source names one, else the BUSI duplicate group of the split file."""
     if all(records[p].patient for p in paths):
         return [f"{source}:{records[p].patient}" for p in paths]
@@ -123,7 +123,7 @@ def load_arrays(
         masks,
         labels,
         np.array([source] * len(paths)),
-        np.array(_group_names(source, paths, records)),
+        np.array(group_names(source, paths, records)),
     )
 
 

@@ -10,14 +10,13 @@ images, which are not used (see the model card).
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ml.config import CLASSES, REPO_DIR
+from ml.config import CLASSES, dataset_dir
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,7 @@ class Source:
     citation: str
 
     def root(self) -> Path:
-        """``$<ENV_VAR>`` or ``../shared/data/<name>`` beside the repository."""
-        default = REPO_DIR.parent / "shared" / "data" / self.name
-        return Path(os.environ.get(self.env_var, default))
+        return dataset_dir(self.name, self.env_var)
 
 
 SOURCES: dict[str, Source] = {

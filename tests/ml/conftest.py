@@ -4,17 +4,29 @@ from pathlib import Path
 
 import pytest
 
-from ml.config import busi_dir, imagenet_weights_path
+from ml.config import imagenet_weights_path
+from ml.training.sources import SOURCES
+
+
+def _source_root(name: str) -> Path:
+    source = SOURCES[name]
+    root = source.root()
+    if not (root / "MANIFEST.csv").is_file():
+        pytest.skip(
+            f"{name} dataset not found at {root} "
+            f"(set {source.env_var} to run tests that need its real scans)"
+        )
+    return root
 
 
 @pytest.fixture(scope="session")
 def busi() -> Path:
-    root = busi_dir()
-    if not (root / "MANIFEST.csv").is_file():
-        pytest.skip(
-            f"BUSI dataset not found at {root} (set BUSI_DIR to run tests that need real scans)"
-        )
-    return root
+    return _source_root("busi")
+
+
+@pytest.fixture(scope="session")
+def all_sources() -> dict[str, Path]:
+    return {name: _source_root(name) for name in SOURCES}
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.config import DEFAULT_WEIGHTS_DIR, REPO_DIR
+from ml.config import CLASSES, DEFAULT_WEIGHTS_DIR, REPO_DIR
 from ml.decode import decode_image
 from ml.inference import Analyzer, ModelLoadError
 from ml.weights_io import sha256_of
@@ -64,6 +65,33 @@ def test_it_explains_a_class_the_caller_names(analyzer, busi):
     assert not np.allclose(as_benign.gradcam, as_malignant.gradcam)
 
 
+def test_grad_cam_explains_the_calibrated_label_not_the_raw_argmax(analyzer, busi):
+    from ml.explain import Explainer
+    from ml.model import CLASS_GRADCAM_LAYER, SEG_GRADCAM_LAYER
+
+    image = decode_image(busi / SAMPLES[1])
+    (plain,) = analyzer.analyze([image])
+    assert plain.explained_class == plain.label
+    raw_winner = int(np.argmax(plain.class_logits))
+    other = (raw_winner + 1) % len(CLASSES)
+    # Class offsets large enough to move the winner, as calibration can.
+    bias = np.zeros(len(CLASSES))
+    bias[other] = 100.0
+    meta = copy.copy(analyzer.meta)
+    meta.class_bias = bias.tolist()
+    explainer = Explainer(
+        analyzer._model,
+        class_layer=CLASS_GRADCAM_LAYER,
+        seg_layer=SEG_GRADCAM_LAYER,
+        class_bias=bias,
+    )
+    (shifted,) = Analyzer(analyzer._model, explainer, meta).analyze([image])
+    assert shifted.label == shifted.explained_class == CLASSES[other]
+    (explicit,) = analyzer.analyze([image], class_index=[other])
+    np.testing.assert_allclose(shifted.gradcam, explicit.gradcam, atol=1e-4)
+    assert not np.allclose(shifted.gradcam, plain.gradcam, atol=1e-3)
+
+
 def test_missing_or_corrupt_weights_fail_with_the_file_named(tmp_path):
     with pytest.raises(ModelLoadError, match="model.json"):
         Analyzer.load(tmp_path)
@@ -103,7 +131,11 @@ def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
             "lesion_area_fraction",
             "bbox",
             "model_version",
+            "explained_class",
+            "in_distribution",
+            "ood_score",
         }
+        assert result["explained_class"] == result["label"]
         with (
             Image.open(inputs / f"{stem}.png") as original,
             Image.open(out / f"{stem}_mask.png") as mask,

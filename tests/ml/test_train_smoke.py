@@ -4,23 +4,20 @@ import csv
 
 import numpy as np
 
-from ml.config import DEFAULT_SPLIT_PATH
 from ml.inference import Analyzer
-from ml.train import TrainConfig, train
+from ml.training.train import TrainConfig, train
 
 
 def test_one_epoch_on_a_handful_of_images_writes_loadable_weights(
-    busi, imagenet_npz, tmp_path
+    all_sources, imagenet_npz, tmp_path
 ):
     config = TrainConfig(
-        data_dir=busi,
-        split_path=DEFAULT_SPLIT_PATH,
         out_dir=tmp_path / "weights",
         image_size=128,
         epochs=1,
         frozen_epochs=0,
         batch_size=4,
-        limit=8,
+        limit=4,
         cache_dir=None,
     )
     result = train(config)
@@ -29,13 +26,13 @@ def test_one_epoch_on_a_handful_of_images_writes_loadable_weights(
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1 and float(rows[0]["loss"]) > 0
     analyzer = Analyzer.load(tmp_path / "weights")
-    # The calibration fitted at the end of training travels inside the versioned archive.
+    # Calibration and out-of-distribution statistics travel inside the versioned archive.
     assert analyzer.temperature > 0 and analyzer.class_bias.shape == (3,)
     assert analyzer.class_bias[1] == 0.0
+    assert analyzer.ood is not None and np.isfinite(analyzer.ood.threshold)
     assert analyzer.model_version == result["version"]
-    assert (
-        analyzer.model_version.startswith("busnet-lite0-")
-        and len(analyzer.model_version) == len("busnet-lite0-") + 12
-    )
+    assert analyzer.meta.training["sources"] == list(all_sources)
     (analysis,) = analyzer.analyze([np.full((100, 150, 3), 90, np.uint8)])
     assert analysis.lesion_mask.shape == (100, 150)
+    assert isinstance(analysis.in_distribution, bool)
+    assert analysis.explained_class == analysis.label

@@ -1,0 +1,269 @@
+"""Writes ``ml/MODEL_CARD.md`` from the reports; every figure in it comes from a report file.
+
+Inputs, all under ``ml/reports/``: ``metrics.json`` (``python -m ml evaluate``), ``loso.json``
+(``python -m ml loso``), optionally ``ablation.json`` (LOSO reports of other recipes) and
+``notes.md`` (what a person observed about the run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ml.config import PACKAGE_DIR
+from ml.training.sources import SOURCES
+
+LABELS = {
+    "n": "images",
+    "recall_normal": "Recall, normal",
+    "recall_benign": "Recall, benign",
+    "recall_malignant": "Recall, malignant",
+    "auc_malignant_vs_benign": "ROC AUC, malignant vs benign",
+    "auc_malignant_vs_rest": "ROC AUC, malignant vs rest",
+    "dice_lesion_mean": "Dice, lesion images (mean)",
+    "normal_with_lesion_over_1pct": "Normal images with a predicted lesion > 1%",
+    "ece": "Expected calibration error (10 bins)",
+    "in_distribution_rate": "Judged in distribution",
+}
+LOSO_COLUMNS = (
+    "n",
+    "auc_malignant_vs_benign",
+    "recall_normal",
+    "recall_benign",
+    "recall_malignant",
+    "dice_lesion_mean",
+    "normal_with_lesion_over_1pct",
+    "ece",
+)
+
+
+def _figure(entry: dict | None) -> str:
+    if not entry:
+        return "—"
+    value, interval = entry["value"], entry.get("ci95")
+    if value is None or math.isnan(value):  # the class is absent from that set
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    if not interval or math.isnan(interval[0]):
+        return f"{value:.3f}"
+    return f"{value:.3f} ({interval[0]:.2f}–{interval[1]:.2f})"
+
+
+def _metrics_table(columns: dict[str, dict], keys: tuple[str, ...]) -> str:
+    header = "| measure | " + " | ".join(columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    rows = [
+        f"| {LABELS[key]} | "
+        + " | ".join(_figure(m.get(key)) for m in columns.values())
+        + " |"
+        for key in keys
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def _loso_table(report: dict) -> str:
+    header = (
+        "| held-out source (trained on the other two) | "
+        + " | ".join(LABELS[c] for c in LOSO_COLUMNS)
+        + " |"
+    )
+    rule = "|---|" + "---:|" * len(LOSO_COLUMNS)
+    rows = [
+        f"| {source} | "
+        + " | ".join(_figure(fold["metrics"].get(c)) for c in LOSO_COLUMNS)
+        + " |"
+        for source, fold in report["folds"].items()
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def _ablation_section(report_dir: Path, loso: dict | None) -> str:
+    path = report_dir / "ablation.json"
+    rows = []
+    if loso:
+        rows.append(("production recipe (all of the below)", loso))
+    if path.is_file():
+        rows += [
+            (name, report) for name, report in json.loads(path.read_text()).items()
+        ]
+    if len(rows) < 2:
+        return (
+            "Only the production recipe was measured by LOSO for these weights; no ablation "
+            "row was run (each costs three trainings; see Limits)."
+        )
+    lines = [
+        "| recipe | held out | AUC m-vs-b | Dice | ECE |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, report in rows:
+        for source, fold in report["folds"].items():
+            m = fold["metrics"]
+            lines.append(
+                f"| {name} | {source} | {_figure(m.get('auc_malignant_vs_benign'))} | "
+                f"{_figure(m.get('dice_lesion_mean'))} | {_figure(m.get('ece'))} |"
+            )
+    return "\n".join(lines)
+
+
+def write_model_card(report_dir: Path, card_path: Path) -> None:
+    report = json.loads((report_dir / "metrics.json").read_text())
+    loso_path = report_dir / "loso.json"
+    loso = json.loads(loso_path.read_text()) if loso_path.is_file() else None
+    training = report.get("training", {})
+    relative = (
+        report_dir.relative_to(card_path.parent)
+        if report_dir.is_relative_to(card_path.parent)
+        else report_dir
+    )
+    bias = ", ".join(
+        f"{name} {value:+.2f}"
+        for name, value in zip(
+            ("normal", "benign", "malignant"), report["class_bias"], strict=True
+        )
+    )
+    per_source = {"pooled": report["pooled_test"], **report["per_source_test"]}
+    targets = "\n".join(
+        f"| {LABELS[key]} | {t['op']} {t['target']:.2f} | {t['value']:.3f} | "
+        f"{'met' if t['met'] else '**missed**'} |"
+        for key, t in report["targets"].items()
+    )
+    ood = report["ood"]
+    notes_path = report_dir / "notes.md"
+    notes = notes_path.read_text().strip() if notes_path.is_file() else "None recorded."
+    plots = "\n".join(
+        f"![{name}]({relative}/{name})" for name in report.get("plots", [])
+    )
+    sources = "\n".join(
+        f"- **{s.name}** ({s.country}) — {s.citation}. Licence: {s.licence}."
+        for s in SOURCES.values()
+    )
+    test_counts = ", ".join(f"{k} {v}" for k, v in report["test_images"].items())
+    loso_text = (
+        f"Schedule per fold: {loso['schedule']['epochs']} epochs "
+        f"({loso['schedule']['frozen_epochs']} with the encoder frozen), the production recipe "
+        "otherwise; each fold selects its epoch, fits its calibration and OOD statistics on the "
+        "two training sources' validation splits, and is scored on every used image of the "
+        "held-out source (95% intervals resample patients / duplicate groups).\n\n"
+        + _loso_table(loso)
+        if loso
+        else "Not run for these weights."
+    )
+    text = f"""# Model card: {report["model_version"]}
+
+BUSNet: one EfficientNet-Lite0 encoder (ImageNet-pretrained, Apache-2.0 weights from
+`shared/weights/efficientnet_lite0_imagenet`) shared by a 3-class classification head
+(normal / benign / malignant) and a U-Net-style lesion decoder. **Input policy**: the whole
+scan resized to {report["image_size"]}x{report["image_size"]}, converted to luminance (ITU-R BT.601) and repeated
+into three channels (`ml/preprocess.py`, the one definition training and inference share):
+colour tints and coloured annotations differ between sites and say nothing about the breast.
+Outputs: calibrated class probabilities (per-class logit offsets {bias} for balanced recall,
+then temperature {report["temperature"]:.3f}; both fitted on the pooled validation splits of
+the three sources), a lesion mask at the scan's resolution, Grad-CAM of the **displayed**
+class and Seg-Grad-CAM, and an out-of-distribution flag with its score.
+Weights: `ml/weights/weights.npz` (float16), `ml/weights/model.json`; the version is the
+model name plus the first 12 hex digits of the archive's sha256.
+
+## Intended use, and what it must not be used for
+Decision support for trained radiologists reading B-mode breast ultrasound: a second look,
+a worklist ordered by suspicion, a starting outline of the lesion. **It is not a diagnosis**
+and must not be used without a radiologist's review, nor for screening decisions on its own,
+nor on colour-Doppler or elastography frames, other organs, or children. **Non-commercial
+use only**: BUS-UCLM's licence is CC BY-NC 4.0 and the weights inherit it. When an analysis
+is flagged out of distribution the product says "outside what the model was trained on —
+result not reliable"; such results must not be relied on.
+
+## Data
+{sources}
+
+Each source is read in place (`shared/data/<source>/`, or `$BUSI_DIR`, `$BUS_UCLM_DIR`,
+`$BREAST_LESIONS_USG_DIR`) by one manifest reader (`ml/training/sources.py`). Splits
+(`ml/splits/<source>.json`, seed fixed, committed) are group-aware and stratified, about
+70 / 15 / 15: BUS-UCLM and BrEaST-Lesions_USG by patient (BUS-UCLM patients dealt by their
+most serious class, so its 17 patients with a malignant lesion spread over the splits); BUSI,
+which names no patients, by duplicate groups (identical pixels, the shipped candidate pairs,
+the README's confirmed pairs, thumbnail similarity). No patient or group crosses splits
+(tests check it). **Excluded**: BUS-UCLM's 37 colour-Doppler and 6 side-by-side images — a
+flow overlay or two views in one frame are not the B-mode scan the product analyses, and
+they would teach the network that colour boxes go with lesions; they appear in no split.
+Test images: {test_counts}.
+
+## Training
+`python -m ml train` on the three train splits together: {training.get("train_images", "?")} training and
+{training.get("val_images", "?")} validation images; {training.get("epochs_run", "?")} epochs run, best epoch
+{training.get("best_epoch", "?")} by pooled validation score (balanced recall + malignant-vs-benign AUC + lesion Dice).
+**Sampling**: every epoch draws as many images as the training set has, each source weighted
+by 1/sqrt(its size) and then every class given equal weight, so the small Polish set and the
+malignant class are not drowned by BUSI and BUS-UCLM's normals. **Augmentation** imitating
+what differs between sites (`ml/training/augment.py`): random resized crops with aspect
+change and occasional zoom-out onto a black border, horizontal flip, gain / offset / contrast
+/ gamma, multiplicative speckle at random grain size, blur, JPEG re-compression, synthetic
+calipers, crosses, dotted measurement lines, text and scale ticks burned in, and a colour
+tint. **Losses**: cross-entropy with label smoothing 0.05; BCE + soft Dice for the mask.
+AdamW, encoder frozen for the first epochs then fine-tuned with cosine decay (learning rate
+{training.get("learning_rate", "?")}), encoder batch-norm statistics frozen, batch {training.get("batch_size", "?")}, seed {training.get("seed", "?")}.
+Per-epoch figures: `ml/reports/training_log.csv`.
+
+## Results on the three test splits
+Through the same `Analyzer` the workers use; masks scored at each image's own resolution.
+95% intervals: percentile bootstrap over patients / duplicate groups, 1000 resamples.
+Expected calibration error before temperature scaling (pooled): {report["uncalibrated_ece_pooled"]:.3f}.
+
+{_metrics_table(per_source, tuple(LABELS))}
+
+Targets (pooled test):
+
+| measure | target | value | |
+|---|---|---:|---|
+{targets}
+
+## Leave one source out — the honest external estimate
+`python -m ml loso` trains on two sources and tests on the whole third.
+
+{loso_text}
+
+## Out-of-distribution flag
+Score: squared Mahalanobis distance of the encoder's pooled features (`head_relu`, 1280
+values) from their mean on the training images, with a Ledoit-Wolf shrunk covariance (Lee et
+al., NeurIPS 2018). Threshold {ood["threshold"]:.1f}: the 97.5th percentile of the pooled
+validation images' scores. Pooled test images judged in distribution:
+{ood["test_in_distribution_rate"]:.3f}. Corpus of {ood["corpus_images"]} images that are not breast ultrasound
+(`ml/training/ood_corpus.py`: documents, screenshots, blank frames, noise, gradients, colour
+bars, chest X-ray-like and CT-like synthetic images, and scikit-image's photographs and
+micrographs): {ood["corpus_flagged_rate"]:.3f} flagged. Not flagged: {", ".join(ood["corpus_not_flagged"]) or "none"}.
+
+## Ablation (effect of each choice on LOSO)
+{_ablation_section(report_dir, loso)}
+
+## Plots
+{plots}
+
+## Notes on this run
+{notes}
+
+## Limits
+- Three public datasets, three hospitals; other scanners, operators and populations differ.
+  LOSO is the best estimate this project can compute of another hospital; it is still only
+  three sites, and BrEaST-Lesions_USG has 4 normal images, so it cannot measure normals.
+- Test splits are small and patients few (BUS-UCLM: 38 patients in all), so intervals are wide.
+- Burned-in marks are augmented against, not removed; Grad-CAM lets a reader see when the
+  network looks at a caliper.
+- The out-of-distribution flag catches inputs unlike breast ultrasound; it does not catch a
+  breast ultrasound from a scanner it handles badly. Agreement monitoring in the portal does.
+- Labels are as published (biopsy or follow-up); some BUSI duplicates carry conflicting labels.
+
+## Reproduce
+```
+python -m ml split busi bus-uclm breast-lesions-usg   # the committed splits
+python -m ml train      # ml/weights/ (about an hour on 2 shared CPU cores)
+python -m ml loso       # ml/reports/loso.json (three shorter trainings)
+python -m ml evaluate   # ml/reports/ and this card
+```
+or `make train loso evaluate`.
+"""
+    card_path.write_text(text)
+
+
+if __name__ == "__main__":  # regenerate the card from the committed reports
+    write_model_card(PACKAGE_DIR / "reports", PACKAGE_DIR / "MODEL_CARD.md")
