@@ -61,7 +61,23 @@ def test_class_bias_recovers_a_starved_class():
 def test_bootstrap_intervals_bracket_the_point_estimate():
     values = np.random.default_rng(1).normal(size=200)
     intervals = metrics.bootstrap_intervals(
-        lambda idx: {"mean": float(values[idx].mean())}, 200, rounds=300
+        lambda idx: {"mean": float(values[idx].mean())}, np.arange(200), rounds=300
     )
     low, high = intervals["mean"]
     assert low < values.mean() < high
+
+
+def test_resampling_whole_patients_widens_intervals_when_their_images_agree():
+    rng = np.random.default_rng(2)
+    # 20 patients with 10 near-identical images each: 20 pieces of evidence, not 200.
+    patient_means = rng.normal(size=20)
+    values = np.repeat(patient_means, 10) + rng.normal(scale=0.01, size=200)
+    patients = np.repeat(np.arange(20), 10)
+
+    def width(groups):
+        low, high = metrics.bootstrap_intervals(
+            lambda idx: {"mean": float(values[idx].mean())}, groups, rounds=400
+        )["mean"]
+        return high - low
+
+    assert width(patients) > 2.5 * width(np.arange(200))

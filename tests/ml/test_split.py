@@ -88,10 +88,17 @@ def test_every_split_is_reproducible_and_stratified(all_sources, source):
     )
     assert split == {name: committed(source)[name] for name in SPLITS}
     label = {r.path: r.label for r in records}
+    if source == "bus-uclm":
+        # 38 patients, whole patients move: image shares are coarse, so the guarantee is
+        # that every part holds lesions of both kinds from at least two patients.
+        patient = {r.path: r.patient for r in records}
+        for name in SPLITS:
+            for cls in ("benign", "malignant"):
+                patients = {patient[p] for p in split[name] if label[p] == cls}
+                assert len(patients) >= 2, (name, cls, patients)
+        return
     for cls in ("benign", "malignant"):
         total = sum(1 for r in records if r.label == cls)
         for name, share in (("train", 0.70), ("val", 0.15), ("test", 0.15)):
             count = sum(1 for p in split[name] if label[p] == cls)
-            # 38 patients in BUS-UCLM: whole patients move, so shares are coarse.
-            tolerance = 0.05 if source != "bus-uclm" else 0.12
-            assert abs(count / total - share) < tolerance, (source, name, cls, count)
+            assert abs(count / total - share) < 0.05, (source, name, cls, count)
