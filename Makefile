@@ -22,7 +22,7 @@ help:
 	@echo "make run       set up .venv, migrate, start Redis if needed, create an admin,"
 	@echo "               serve the portal on http://$(HOST):$(PORT)/ with one worker (Ctrl-C stops)"
 	@echo "make test      run the whole test suite"
-	@echo "make lint      ruff check and format check"
+	@echo "make lint      ruff check and format check, import contracts (.importlinter)"
 	@echo "make bench     ml throughput, then portal -> Redis -> worker throughput (N=$(N))"
 	@echo "make train     python -m ml train \$$ARGS;  make evaluate / make loso: python -m ml evaluate / loso \$$ARGS"
 	@echo "make redis-stop  stop a Redis that make run started"
@@ -68,6 +68,7 @@ test: venv
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: venv
 	$(PY) -m ruff format .
@@ -76,10 +77,10 @@ format: venv
 bench: bench-ml bench-pipeline
 
 bench-ml: venv
-	$(PY) -m ml bench $(ARGS)
+	$(PY) -m bench ml $(ARGS)
 
 bench-pipeline: migrate redis
-	$(PY) manage.py bench_pipeline --n $(N)
+	$(PY) -m bench pipeline --n $(N)
 
 train: venv
 	$(PY) -m ml train $(ARGS)
@@ -111,4 +112,4 @@ fuzz: venv
 	HYPOTHESIS_PROFILE=$(FUZZ_PROFILE) $(PY) -m pytest tests/hostile/test_fuzz.py -ra $(PYTEST_ARGS)
 
 bench-load: migrate redis
-	$(PY) manage.py bench_load --analyses $(ANALYSES) --studies $(STUDIES) --workers $(WORKERS) $(ARGS)
+	$(PY) -m bench load --analyses $(ANALYSES) --studies $(STUDIES) --workers $(WORKERS) $(ARGS)

@@ -1,4 +1,4 @@
-"""``python -m ml {split,train,evaluate,loso,predict,bench}``."""
+"""``python -m ml {split,train,evaluate,loso,predict}``; the benchmark is ``python -m bench ml``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from ml.config import (
     IMAGE_SIZE,
     MODEL_CARD_PATH,
     REPORT_DIR,
-    busi_dir,
     weights_dir,
 )
 from ml.training.sources import SOURCES
@@ -98,16 +97,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from ml.bench import run
-
-    report = run(args.data, args.weights, images=args.images, repeats=args.repeats)
-    width = max(len(k) for k in report)
-    for key, value in report.items():
-        print(f"{key:<{width}}  {value}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -185,14 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=8)
     predict.set_defaults(func=cmd_predict)
 
-    bench = commands.add_parser(
-        "bench", help="time the full analysis against the earlier prototype"
-    )
-    bench.add_argument("--data", type=Path, default=busi_dir())
-    bench.add_argument("--weights", type=Path, default=None)
-    bench.add_argument("--images", type=int, default=32)
-    bench.add_argument("--repeats", type=int, default=2)
-    bench.set_defaults(func=cmd_bench)
     return parser
 
 

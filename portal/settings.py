@@ -380,9 +380,6 @@ CELERY_TASK_TIME_LIMIT = ANALYSIS_TIME_LIMIT
 CELERY_TASK_SOFT_TIME_LIMIT = int(ANALYSIS_TIME_LIMIT * 0.9)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(ANALYSIS_TIME_LIMIT * 1.1)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_ROUTES = {
-    "workers.tasks.analyze_scan": {"queue": CELERY_INFERENCE_QUEUE},
-}
 # Declared, so that `celery -A workers worker` with no -Q consumes every queue (the
 # analyses and the reconciler's sweeps); `-Q inference` still makes a worker that only
 # runs analyses. Undeclared, a plain worker would listen on "celery" alone and every

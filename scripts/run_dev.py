@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.launch import worker_command
+
 STOP_GRACE_S = 15.0
 
 
@@ -58,14 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
 
-    python = sys.executable
     children = {
         # No -Q: the settings declare the queues, so a plain worker takes all of them.
-        "worker": start(
-            "worker", [python, "-m", "celery", "-A", "workers", "worker", "-l", "info"]
-        ),
+        "worker": start("worker", worker_command(None, "worker@%h")),
         "portal": start(
-            "portal", [python, "manage.py", "runserver", f"{args.host}:{args.port}"]
+            "portal",
+            [sys.executable, "manage.py", "runserver", f"{args.host}:{args.port}"],
         ),
     }
 

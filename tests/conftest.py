@@ -117,7 +117,7 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, Any]]:
     def record(analysis_id: int, *, countdown: float | None = None) -> None:
         sent.append((analysis_id, countdown))
 
-    monkeypatch.setattr("portal.analyses.services.enqueue_analysis", record)
+    monkeypatch.setattr("portal.analyses.queue.send_analysis", record)
     return sent
 
 

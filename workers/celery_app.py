@@ -3,13 +3,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
-app = Celery("workers", include=["workers.tasks"])
-# Every setting comes from portal.settings (CELERY_* names): one place reads the environment.
-app.config_from_object("django.conf:settings", namespace="CELERY")
+# One app for both sides of the queue: the portal sends on it, the workers run tasks on it.
+from portal.analyses.queue import app
+
+__all__ = ["app", "inference_task"]
 
 
 def inference_task(**options: Any) -> Any:

@@ -27,7 +27,7 @@ from django.core.files.storage import default_storage
 from django.db import InterfaceError, OperationalError, connections
 
 from ml.decode import DecodedImage, DecodeError, decode_image
-from portal.analyses import services
+from portal.analyses import queue, reconciler, services
 from portal.analyses.models import Analysis
 from portal.logs import log_context
 from workers.analyzer import get_analyzer, preload
@@ -65,7 +65,7 @@ def _worker_name(task: Any) -> str:
     return f"{hostname}:{os.getpid()}"
 
 
-@inference_task(bind=True, name="workers.tasks.analyze_scan")
+@inference_task(bind=True, name=queue.ANALYZE_SCAN)
 def analyze_scan(self: Any, analysis_id: int) -> None:
     worker = _worker_name(self)
     if not services.analysis_claim(analysis_id=analysis_id, worker=worker):
@@ -150,23 +150,18 @@ def _ids(work: list[_Work]) -> list[int]:
     return [item.analysis_id for item in work]
 
 
-@app.task(name="workers.tasks.reconcile_analyses", ignore_result=True)
+@app.task(name=queue.RECONCILE_ANALYSES, ignore_result=True)
 def reconcile_analyses() -> dict[str, int]:
-    return services.analyses_reconcile()
+    return reconciler.reconcile().counts()
 
 
 def _release(
     analysis_ids: list[int], reason: str, *, count_attempt: bool = True
 ) -> None:
     for analysis_id in analysis_ids:
-        if services.analysis_release(
+        services.analysis_requeue(
             analysis_id=analysis_id, error=reason, count_attempt=count_attempt
-        ):
-            attempts = Analysis.objects.values_list("attempts", flat=True).get(
-                pk=analysis_id
-            )
-            countdown = services.retry_countdown(attempts) if count_attempt else None
-            services.enqueue_analysis(analysis_id, countdown=countdown)
+        )
 
 
 def _fail(analysis_ids: list[int], reason: str) -> None:

@@ -18,9 +18,10 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from portal.analyses import queue
+
 logger = logging.getLogger(__name__)
 
-ANALYSIS_TASK = "workers.tasks.analyze_scan"
 UNACKED_KEY = "unacked"
 # kombu's Redis transport: priority steps 0, 3, 6, 9; step 0 is the bare queue name.
 PRIORITY_SEPARATOR = "\x06\x16"
@@ -98,7 +99,7 @@ def _analysis_id(raw: bytes | str | dict[str, Any]) -> int | None:
     try:
         message = raw if isinstance(raw, dict) else json.loads(raw)
         headers = message.get("headers") or {}
-        if headers.get("task") != ANALYSIS_TASK:
+        if headers.get("task") != queue.ANALYZE_SCAN:
             return None
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from portal.analyses import broker, services
+from portal.analyses import broker, queue, services
 from portal.analyses.models import Analysis
 
 logger = logging.getLogger(__name__)
@@ -86,13 +86,23 @@ def _rescue_running(result: Reconciliation, now: datetime) -> None:
             lost = attempts >= settings.ANALYSIS_MAX_ATTEMPTS
             (result.failed if lost else result.requeued).append(analysis_id)
             continue
-        if services.analysis_release(
-            analysis_id=analysis_id, error=LOST_WORKER.format(seconds=seconds)
-        ):
+        try:
+            requeued = services.analysis_requeue(
+                analysis_id=analysis_id,
+                error=LOST_WORKER.format(seconds=seconds),
+                backoff=False,
+            )
+        except Exception as exc:
+            # Requeued but not sent: the row waits as queued for the lost-message sweep.
+            logger.warning(
+                "reconciler: could not send analysis %s", analysis_id, exc_info=True
+            )
+            result.broker_error = f"{type(exc).__name__}: {exc}"
+            result.requeued.append(analysis_id)
+            return
+        if requeued:
             logger.warning("analysis %s lost its worker; requeued", analysis_id)
             result.requeued.append(analysis_id)
-            if not _send(result, analysis_id):
-                return
         elif Analysis.objects.filter(pk=analysis_id, status=Status.FAILED).exists():
             logger.warning("analysis %s lost its worker; out of attempts", analysis_id)
             result.failed.append(analysis_id)
@@ -155,12 +165,12 @@ def _rescue_queued(
 def _send(result: Reconciliation, analysis_id: int) -> bool:
     """Send the message; False (and the sweep stops) when the broker refuses it."""
     try:
-        services.enqueue_analysis(analysis_id)
+        queue.send_analysis(analysis_id)
     except Exception as exc:
         # The row is queued without a message: a later sweep finds it again.
-        result.broker_error = f"{type(exc).__name__}: {exc}"
         logger.warning(
             "reconciler: could not send analysis %s", analysis_id, exc_info=True
         )
+        result.broker_error = f"{type(exc).__name__}: {exc}"
         return False
     return True

@@ -7,7 +7,6 @@ message, a reconciler and a user pressing Retry can race without doing work twic
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -16,6 +15,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from portal.analyses import queue
 from portal.analyses.modelinfo import current_model_version
 from portal.analyses.models import ARTIFACT_KINDS, COMPOSITE_KINDS, Analysis
 from portal.clinical.models import Scan
@@ -23,17 +23,6 @@ from portal.clinical.models import Scan
 logger = logging.getLogger(__name__)
 
 Status = Analysis.Status
-
-
-def enqueue_analysis(analysis_id: int, *, countdown: float | None = None) -> None:
-    # Imported here: the portal sends by task object but must not load workers at import.
-    from workers.tasks import analyze_scan
-
-    # The queue is named here as well as in task_routes so that a process can move its
-    # work to another queue by changing the setting (the end-to-end tests do).
-    analyze_scan.apply_async(
-        args=[analysis_id], countdown=countdown, queue=settings.CELERY_INFERENCE_QUEUE
-    )
 
 
 def _enqueue_on_commit(analysis_id: int) -> None:
@@ -44,7 +33,7 @@ def _send_or_leave_to_reconciler(analysis_id: int) -> None:
     # The row is committed: with the broker down the upload still succeeds, and the
     # reconciler sends the message once the broker is back.
     try:
-        enqueue_analysis(analysis_id)
+        queue.send_analysis(analysis_id)
     except Exception:
         logger.warning(
             "analysis %s queued but not sent (broker unreachable); the reconciler "
@@ -218,13 +207,33 @@ def analysis_release(
     return False
 
 
+def analysis_requeue(
+    *, analysis_id: int, error: str, count_attempt: bool = True, backoff: bool = True
+) -> bool:
+    """Give a running analysis back to the queue and send its message again.
+
+    The one release-and-resend sequence, for a task that hit a transient error and for
+    the reconciler that found a dead worker's row. Returns False when the row was not
+    requeued (out of attempts, now failed; or no longer running). With backoff the
+    message waits retry_countdown(attempts) seconds; a row that never ran, or whose
+    worker died, is not the image's fault and goes at once. Raises when the broker
+    refuses the message: the row is then queued without one, which the reconciler
+    finds later.
+    """
+    if not analysis_release(
+        analysis_id=analysis_id, error=error, count_attempt=count_attempt
+    ):
+        return False
+    countdown = None
+    if count_attempt and backoff:
+        attempts = Analysis.objects.values_list("attempts", flat=True).get(
+            pk=analysis_id
+        )
+        countdown = retry_countdown(attempts)
+    queue.send_analysis(analysis_id, countdown=countdown)
+    return True
+
+
 def retry_countdown(attempts: int) -> int:
     """Exponential backoff in seconds for the next attempt: 5, 10, 20, ... at most 5 min."""
     return min(300, 5 * 2 ** max(0, attempts - 1))
-
-
-def analyses_reconcile(*, now: datetime | None = None) -> dict[str, int]:
-    """Rescue rows left behind by a lost message or a dead worker (see reconciler.py)."""
-    from portal.analyses.reconciler import reconcile
-
-    return reconcile(now=now).counts()

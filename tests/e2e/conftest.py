@@ -10,7 +10,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from workers.launch import (
+from bench.launch import (
     database_url,
     point_celery_at,
     redis_url_with_db,

@@ -74,7 +74,7 @@ def no_broker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The live server runs in this process: record messages instead of sending them."""
     sent: list[int] = []
     monkeypatch.setattr(
-        "portal.analyses.services.enqueue_analysis",
+        "portal.analyses.queue.send_analysis",
         lambda analysis_id, **kwargs: sent.append(analysis_id),
     )
     return sent

@@ -27,9 +27,9 @@ import pytest
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
 
+from bench.launch import tail
 from portal.accounts.roles import ADMINISTRATOR, RADIOLOGIST, STAFF, assign_role
 from tests.portal.review.pdftext import pdf_text
-from workers.launch import tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -174,7 +174,7 @@ def stub_worker(
     monkeypatch: pytest.MonkeyPatch, media_root: Path, weights_dir: Path
 ) -> Iterator[StubWorker]:
     worker = StubWorker()
-    monkeypatch.setattr("portal.analyses.services.enqueue_analysis", worker.enqueue)
+    monkeypatch.setattr("portal.analyses.queue.send_analysis", worker.enqueue)
     worker.start()
     yield worker
     worker.stopping.set()

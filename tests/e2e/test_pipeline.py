@@ -13,8 +13,8 @@ import pytest
 import requests
 from PIL import Image
 
+from bench.launch import tail
 from tests.e2e.conftest import PIXEL_LIMIT
-from workers.launch import tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

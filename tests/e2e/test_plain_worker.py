@@ -12,9 +12,9 @@ import time
 
 import pytest
 
+from bench.launch import tail
 from tests.conftest import png_bytes
 from tests.e2e.conftest import PIXEL_LIMIT
-from workers.launch import tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

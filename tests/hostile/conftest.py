@@ -15,7 +15,7 @@ def _isolated(media_root: Path, weights_dir: Path) -> None:
 def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sent: list[int] = []
     monkeypatch.setattr(
-        "portal.analyses.services.enqueue_analysis",
+        "portal.analyses.queue.send_analysis",
         lambda analysis_id, *, countdown=None: sent.append(analysis_id),
     )
     return sent

@@ -64,7 +64,7 @@ def pipeline(
     settings.ANALYSIS_RENDER_THREADS = 0
     monkeypatch.setattr(tasks, "get_analyzer", lambda: _Fake())
     monkeypatch.setattr(
-        "portal.analyses.services.enqueue_analysis",
+        "portal.analyses.queue.send_analysis",
         lambda analysis_id, *, countdown=None: None,
     )
     caplog.set_level(logging.DEBUG)

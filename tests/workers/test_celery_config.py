@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from portal.analyses import queue
 from workers import app
 from workers.tasks import analyze_scan, reconcile_analyses
 
@@ -9,11 +10,11 @@ def test_analysis_task_acks_late_and_requeues_when_the_worker_dies():
     assert analyze_scan.reject_on_worker_lost is True
 
 
-def test_analysis_task_is_routed_to_the_inference_queue(settings):
-    route = app.amqp.router.route({}, analyze_scan.name, args=(1,), kwargs={})
-    assert route["queue"].name == settings.CELERY_INFERENCE_QUEUE
-    default = app.amqp.router.route({}, reconcile_analyses.name, args=(), kwargs={})
-    assert default["queue"].name == "celery"
+def test_the_workers_run_the_tasks_the_portal_sends_by_name():
+    assert app is queue.app
+    assert analyze_scan.name == queue.ANALYZE_SCAN
+    assert reconcile_analyses.name == queue.RECONCILE_ANALYSES
+    assert queue.ANALYZE_SCAN in app.tasks
 
 
 def test_only_json_and_one_message_at_a_time():

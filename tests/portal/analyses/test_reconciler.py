@@ -12,13 +12,14 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.utils import timezone
 
-from portal.analyses import broker, services
+from bench.launch import redis_url_with_db
+from portal.analyses import broker, queue, services
 from portal.analyses.models import Analysis
+from portal.analyses.queue import send_analysis as really_send
 from portal.analyses.reconciler import reconcile
 from portal.clinical.services import scan_create
 from portal.clinical.uploads import validate_upload
 from tests.conftest import TEST_MODEL_VERSION
-from workers.launch import redis_url_with_db
 
 Status = Analysis.Status
 BROKER_TEST_DB = 13
@@ -225,8 +226,7 @@ def redis_reachable(url: str) -> bool:
 @pytest.fixture
 def broker_db(settings: Any) -> Any:
     """A private Redis database as the broker, flushed before and after."""
-    from workers import app
-
+    app = queue.app
     url = redis_url_with_db(settings.REDIS_URL, BROKER_TEST_DB)
     if not redis_reachable(url):
         pytest.skip(f"Redis is not reachable at {url}")
@@ -244,11 +244,10 @@ def broker_db(settings: Any) -> Any:
 def test_the_broker_reader_finds_waiting_and_unacknowledged_analysis_messages(
     broker_db, settings
 ):
-    from workers.tasks import analyze_scan, reconcile_analyses
-
-    analyze_scan.apply_async(args=[41])
-    analyze_scan.apply_async(args=[42], countdown=60)
-    reconcile_analyses.apply_async()
+    # The real send, not the `enqueued` recorder that replaces queue.send_analysis.
+    really_send(41)
+    really_send(42, countdown=60)
+    queue.app.send_task(queue.RECONCILE_ANALYSES)
     # What a worker holding a delivered message leaves in the broker.
     waiting = broker_db.rpop(settings.CELERY_INFERENCE_QUEUE)
     broker_db.hset(
@@ -304,7 +303,7 @@ def test_an_upload_succeeds_while_the_broker_is_down_and_the_row_waits_for_the_s
     def broker_down(analysis_id: int, *, countdown: float | None = None) -> None:
         raise ConnectionRefusedError("Error 111 connecting to 127.0.0.1:6379")
 
-    monkeypatch.setattr("portal.analyses.services.enqueue_analysis", broker_down)
+    monkeypatch.setattr("portal.analyses.queue.send_analysis", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
         scan = scan_create(
             study=study,

@@ -10,6 +10,7 @@ from django.utils import timezone
 from portal.analyses import services
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.analyses.models import Analysis
+from portal.analyses.reconciler import reconcile
 from portal.clinical.services import scan_create
 from portal.clinical.uploads import validate_upload
 
@@ -181,10 +182,10 @@ def test_reconcile_requeues_lost_running_rows_and_resends_old_queued_ones(
     Analysis.objects.filter(pk=waiting.pk).update(queued_at=long_ago)
     enqueued.clear()
 
-    counts = services.analyses_reconcile()
+    counts = reconcile().counts()
 
     assert counts == {"requeued": 1, "failed": 0, "resent": 1}
     assert sorted(pk for pk, _ in enqueued) == sorted([analysis.pk, waiting.pk])
     analysis.refresh_from_db()
     assert analysis.status == Status.QUEUED
-    assert services.analyses_reconcile() == {"requeued": 0, "failed": 0, "resent": 0}
+    assert reconcile().counts() == {"requeued": 0, "failed": 0, "resent": 0}

@@ -23,12 +23,12 @@ from django.conf import settings
 from django.db import connection
 from pydicom.uid import generate_uid
 
+from bench.launch import REPO_ROOT, database_url, redis_url_with_db
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
 from portal.ingest.models import UploadBatch, UploadItem
 from tests.portal.dicomnet.conftest import SCANNER_AE, free_port
 from tests.portal.ingest.factories import GREY, RGB, dicom
-from workers.launch import REPO_ROOT, database_url, redis_url_with_db
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

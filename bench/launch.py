@@ -1,7 +1,8 @@
 """Start a real `celery -A workers worker` process pointed at a given database and broker.
 
-Used by the end-to-end tests and the pipeline benchmark, which both need a worker that
-sees the same database (a test database, a benchmark database) as the calling process.
+Used by the benchmarks, the end-to-end and fault tests and `make run`, which all need
+the production worker's command line, most of them with a worker that sees the same
+database (a test database, a benchmark database) as the calling process.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def point_celery_at(url: str) -> None:
     references makes the next send look up the pool for the new URL. The old pools are
     left open: kombu shares them process-wide, and closing one breaks its next user.
     """
-    from workers import app
+    from portal.analyses.queue import app
 
     app.conf.broker_url = url
     app._pool = None

@@ -1,4 +1,4 @@
-"""``python -m ml bench``: per-image time of the full analysis, against the earlier prototype.
+"""``python -m bench ml``: per-image time of the full analysis, against the earlier prototype.
 
 Full analysis = decode the file, preprocess, classify, segment, both heatmaps, render the
 four PNG overlays. The prototype configuration is EfficientNetB7 at 600x600, classification

@@ -38,9 +38,10 @@ from django.db.models import Max, Min
 from django.test.utils import override_settings
 from PIL import Image
 
-from workers.launch import (
+from bench.launch import (
     REPO_ROOT,
     database_url,
+    point_celery_at,
     redis_url_with_db,
     start_worker,
     stop_worker,
@@ -427,7 +428,7 @@ def _run(
 
     result = LoadResult(analyses, studies, workers, model_version, warmup=warmup)
     redis.Redis.from_url(broker).flushdb()
-    _point_celery_at(broker)
+    point_celery_at(broker)
     user = user_model.objects.create_superuser("load-bench", "lb@example.org", PASSWORD)
     report(f"seeding {studies} studies with analysed scans")
     _seed(studies, model_version, user)
@@ -537,7 +538,7 @@ def _run(
     result.failed = analysis_model.objects.filter(pk__in=ids, status="failed").count()
     for worker in worker_processes:
         stop_worker(worker)
-    _point_celery_at(settings.CELERY_BROKER_URL)
+    point_celery_at(settings.CELERY_BROKER_URL)
     return result
 
 
@@ -552,16 +553,6 @@ def _end_other_sessions() -> None:
             "WHERE datname = %s AND pid <> pg_backend_pid()",
             [name],
         )
-
-
-def _point_celery_at(url: str) -> None:
-    from workers import app
-
-    app.conf.broker_url = url
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
-    app.amqp._producer_pool = None
 
 
 def _wait_for_web(base: str, web: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -621,3 +612,22 @@ def summary(result: LoadResult) -> list[str]:
             f"  t={sample.seconds:6.0f}s finished={sample.finished:5d} rss MB=[{rss}]"
         )
     return lines
+
+
+def figures(result: LoadResult) -> dict[str, Any]:
+    """The figures as JSON-ready values (`--json`)."""
+    growth = result.memory_growth()
+    return {
+        "analyses": result.analyses,
+        "studies": result.studies,
+        "workers": result.workers,
+        "model_version": result.model_version,
+        "enqueue_seconds": result.enqueue_seconds,
+        "drain_seconds": result.drain_seconds,
+        "throughput_per_s": result.throughput,
+        "failed": result.failed,
+        "p95_ms": {page: result.percentile(page, 0.95) for page in result.latencies_ms},
+        "p50_ms": {page: result.percentile(page, 0.5) for page in result.latencies_ms},
+        "rss_growth": growth[2] if growth else None,
+        "memory": [[s.seconds, s.finished, s.rss_mb] for s in result.memory],
+    }

@@ -7,10 +7,10 @@ import io
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
 from PIL import Image
 
-from portal.ingest.bench import unique_png
+from bench.cli import main
+from bench.ingest import unique_png
 from tests.e2e.conftest import redis_reachable
 from tests.portal.ingest.factories import png
 
@@ -33,7 +33,7 @@ def test_a_small_benchmark_run_reports_both_figures(settings, capsys):
         pytest.skip(f"BUSI dataset not found at {busi} (set BUSI_DIR)")
     if not redis_reachable(settings.REDIS_URL):
         pytest.skip(f"Redis is not reachable at {settings.REDIS_URL}")
-    call_command("bench_ingest", "--n", "6")
+    assert main(["ingest", "--n", "6"]) == 0
     out = capsys.readouterr().out
     assert "accepted 6, rejected 0, messages in the queue 6" in out
     assert "accepted and enqueued in" in out and "growth" in out

@@ -22,12 +22,7 @@ from django.db import connection
 from django.db.models import Max, Min
 from django.test.utils import override_settings
 
-from portal.analyses.modelinfo import current_model_version
-from portal.analyses.models import Analysis
-from portal.clinical.models import Patient, Scan, Study
-from portal.clinical.services import patient_create, scan_create, study_create
-from portal.clinical.uploads import validate_upload
-from workers.launch import (
+from bench.launch import (
     database_url,
     point_celery_at,
     redis_url_with_db,
@@ -36,6 +31,11 @@ from workers.launch import (
     tail,
     wait_until_ready,
 )
+from portal.analyses.modelinfo import current_model_version
+from portal.analyses.models import Analysis
+from portal.clinical.models import Patient, Scan, Study
+from portal.clinical.services import patient_create, scan_create, study_create
+from portal.clinical.uploads import validate_upload
 
 logger = logging.getLogger(__name__)
 

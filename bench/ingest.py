@@ -33,7 +33,7 @@ import requests
 from django.conf import settings
 from django.test.utils import override_settings
 
-from workers.launch import (
+from bench.launch import (
     REPO_ROOT,
     redis_url_with_db,
     start_worker,
@@ -307,3 +307,30 @@ def run(
         client.delete(queue)
         client.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def summary(r: IngestBenchResult) -> list[str]:
+    time_ok = r.seconds < TARGET_SECONDS
+    memory_ok = r.memory_growth_mb < TARGET_MEMORY_MB
+    lines = [
+        f"images: {r.n} in one zip of {r.zip_mb:.1f} MB",
+        (
+            f"accepted {r.accepted}, rejected {r.rejected}, messages in the queue "
+            f"{r.enqueued}"
+        ),
+        (
+            f"accepted and enqueued in {r.seconds:.1f} s ({r.n / r.seconds:.1f} images/s; "
+            f"target < {TARGET_SECONDS:.0f} s: {'met' if time_ok else 'NOT met'})"
+        ),
+        (
+            f"web process memory: {r.rss_before_mb:.0f} MB before, peak "
+            f"{r.rss_peak_mb:.0f} MB, growth {r.memory_growth_mb:.1f} MB (target < "
+            f"{TARGET_MEMORY_MB:.0f} MB: {'met' if memory_ok else 'NOT met'})"
+        ),
+    ]
+    if r.analysed_seconds is not None:
+        lines.append(
+            f"analysed {r.analysed} in {r.analysed_seconds:.1f} s after the upload "
+            f"({(r.analysed or 0) / r.analysed_seconds:.2f} images/s, one worker)"
+        )
+    return lines

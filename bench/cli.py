@@ -1,0 +1,250 @@
+"""``python -m bench {ml,pipeline,load,ingest}``: each prints its figures on stdout.
+
+Progress goes to stderr. The portal's benchmarks set Django up here, before importing
+the modules that use the portal's models; `ml` loads TensorFlow and nothing of Django.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+PIPELINE_TARGET_RATIO = 0.9
+PIPELINE_TARGET_WORKER_OVERHEAD = 0.10
+
+
+def _report(line: str) -> None:
+    sys.stderr.write(line.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def _write(lines: list[str]) -> None:
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    import django
+
+    django.setup()
+
+
+def cmd_ml(args: argparse.Namespace) -> int:
+    from bench.model import run
+
+    report = run(args.data, args.weights, images=args.images, repeats=args.repeats)
+    width = max(len(key) for key in report)
+    _write([f"{key:<{width}}  {value}" for key, value in report.items()])
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from bench import pipeline
+
+    r = pipeline.run(
+        n=args.n, timeout=args.timeout, busi_dir=args.busi_dir, report=_report
+    )
+    verdict = "met" if r.ratio >= PIPELINE_TARGET_RATIO else "NOT met"
+    rate = f"{r.pipeline_rate:.2f} images/s ({r.pipeline_seconds:.1f}s)"
+    breakdown = (
+        f"portal uploads (validate, store, enqueue) {r.upload_seconds:.1f}s; "
+        f"worker first claim to last result {r.worker_seconds:.1f}s"
+    )
+    bare = f"{r.bare_rate:.2f} images/s ({r.bare_seconds:.1f}s)"
+    stored = f"{r.bare_with_artifacts_rate:.2f} images/s"
+    ratio = f"{r.ratio:.1%} (target >= {PIPELINE_TARGET_RATIO:.0%}: {verdict})"
+    overhead_verdict = (
+        "met" if r.worker_overhead <= PIPELINE_TARGET_WORKER_OVERHEAD else "NOT met"
+    )
+    overhead = (
+        f"{r.worker_ms_per_scan - r.model_ms_per_scan:.1f} ms per scan beyond the "
+        f"model's {r.model_ms_per_scan:.1f} ms: {r.worker_overhead:.1%} "
+        f"(target <= {PIPELINE_TARGET_WORKER_OVERHEAD:.0%}: {overhead_verdict})"
+    )
+    _write(
+        [
+            f"images: {r.n} (failed in pipeline: {r.pipeline_failed})",
+            f"pipeline portal -> redis -> worker -> db: {rate}",
+            f"  {breakdown}",
+            f"bare ml Analyzer.analyze: {bare}",
+            f"bare ml analyze + encoding the stored outputs: {stored}",
+            f"ratio pipeline / bare analyze: {ratio}",
+            f"worker time (first claim to last result) {overhead}",
+        ]
+    )
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from bench import load
+
+    result = load.run(
+        analyses=args.analyses,
+        studies=args.studies,
+        workers=args.workers,
+        image_size=args.image_size,
+        page_requests=args.page_requests,
+        timeout=args.timeout,
+        weights_dir=args.weights,
+        report=_report,
+        warmup=args.warmup,
+    )
+    _write(load.summary(result))
+    if args.json:
+        args.json.write_text(json.dumps(load.figures(result), indent=2))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from bench import ingest
+
+    try:
+        r = ingest.run(
+            n=args.n,
+            busi_dir=args.busi_dir,
+            database_url=args.database_url,
+            analyse=args.analyse,
+            report=_report,
+        )
+    except OSError as exc:
+        _report(f"error: {exc}")
+        return 2
+    _write(ingest.summary(r))
+    return 0
+
+
+def _add_ml(parser: argparse.ArgumentParser) -> None:
+    from ml.config import busi_dir
+
+    parser.add_argument("--data", type=Path, default=busi_dir())
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+
+
+def _add_pipeline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--n", type=int, default=100, help="number of images (default 100)"
+    )
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait")
+    parser.add_argument(
+        "--busi-dir", default=None, help="dataset root (default BUSI_DIR)"
+    )
+
+
+def _add_load(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--analyses", type=int, default=2000)
+    parser.add_argument("--studies", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--image-size", type=int, default=256, help="side of the uploaded PNGs"
+    )
+    parser.add_argument(
+        "--page-requests",
+        type=int,
+        default=200,
+        help="rounds of page requests at most (each round requests every page)",
+    )
+    parser.add_argument("--timeout", type=float, default=4 * 3600)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=300,
+        help="analyses before worker memory is taken as the baseline",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="model folder (default ML_WEIGHTS_DIR)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the figures here"
+    )
+
+
+def _add_ingest(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, default=300, help="images (default 300)")
+    parser.add_argument("--busi-dir", default=None, help="default: BUSI_DIR")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="database for the web process (default: a fresh SQLite file)",
+    )
+    parser.add_argument(
+        "--analyse",
+        action="store_true",
+        help="then run a worker and time the analyses (needs a trained model)",
+    )
+
+
+# name: (help, arguments, command, needs Django)
+COMMANDS: dict[
+    str,
+    tuple[
+        str,
+        Callable[[argparse.ArgumentParser], None],
+        Callable[[argparse.Namespace], int],
+        bool,
+    ],
+] = {
+    "ml": (
+        "per-image time of the full analysis, against the earlier prototype",
+        _add_ml,
+        cmd_ml,
+        False,
+    ),
+    "pipeline": (
+        (
+            "N real BUSI images through portal services -> Redis -> a real worker -> "
+            "database, against bare ml throughput on the same images"
+        ),
+        _add_pipeline,
+        cmd_pipeline,
+        True,
+    ),
+    "load": (
+        (
+            "in a throwaway database: seed studies, queue analyses, run real workers "
+            "and gunicorn; throughput, page latency p50/p95 and worker memory over time"
+        ),
+        _add_load,
+        cmd_load,
+        True,
+    ),
+    "ingest": (
+        (
+            "POST one zip of N BUSI images to a real gunicorn web process: time until "
+            "all are accepted and enqueued, and the web process's memory growth"
+        ),
+        _add_ingest,
+        cmd_ingest,
+        True,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _, _) in COMMANDS.items():
+        add_arguments(commands.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    _, _, command, needs_django = COMMANDS[args.command]
+    if needs_django:
+        setup_django()
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    return command(args)
