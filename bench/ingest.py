@@ -225,7 +225,8 @@ def run(
             try:
                 if requests.get(f"{base}/healthz", timeout=5).status_code in (200, 503):
                     break
-            except requests.ConnectionError:
+            # A first request on a loaded machine can take longer than 5 s: try again.
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn did not start:\n{tail(work / 'web.log')}")
