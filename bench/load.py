@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, connections
 from django.db.models import Max, Min
 from django.test.utils import override_settings
@@ -183,7 +182,7 @@ def _upload(
     """Upload `count` scans; ids are appended as they go (the sampler reads them)."""
     from portal.clinical.models import Patient
     from portal.clinical.services import scan_create, study_create
-    from portal.clinical.uploads import validate_upload
+    from portal.clinical.uploads import validate_content
 
     rng = np.random.default_rng(7)
     patient = Patient.objects.create(identifier="LOAD-UPLOADS", name="Load Uploads")
@@ -192,9 +191,7 @@ def _upload(
         if index % SCANS_PER_STUDY == 0:
             study = study_create(patient=patient, created_by=user)
             study_ids.append(study.pk)
-        upload = validate_upload(
-            SimpleUploadedFile(f"load-{index}.png", _png(rng, size))
-        )
+        upload = validate_content(filename=f"load-{index}.png", content=_png(rng, size))
         scan = scan_create(
             study=study, upload=upload, uploaded_by=user, model_version=model_version
         )

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.db.models import Max, Min
 from django.test.utils import override_settings
@@ -35,7 +34,7 @@ from portal.analyses.modelinfo import current_model_version
 from portal.analyses.models import Analysis
 from portal.clinical.models import Patient, Scan, Study
 from portal.clinical.services import patient_create, scan_create, study_create
-from portal.clinical.uploads import validate_upload
+from portal.clinical.uploads import validate_content
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +209,7 @@ def _upload(
 ) -> list[int]:
     ids = []
     for index, content in enumerate(contents):
-        upload = validate_upload(SimpleUploadedFile(f"bench-{index}.png", content))
+        upload = validate_content(filename=f"bench-{index}.png", content=content)
         scan = scan_create(
             study=study, upload=upload, uploaded_by=user, model_version=model_version
         )

@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.files.uploadedfile import UploadedFile
 
 from ml.decode import DecodeError, decode_image
 from ml.render import display_png
@@ -40,39 +39,12 @@ class ValidatedUpload:
     dicom: dict[str, str] | None = None
 
 
-def _human_bytes(size: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def validate_upload(
-    uploaded: UploadedFile,
-    *,
-    max_bytes: int | None = None,
-    max_pixels: int | None = None,
-) -> ValidatedUpload:
-    max_bytes = max_bytes or settings.UPLOAD_MAX_BYTES
-    max_pixels = max_pixels or settings.UPLOAD_MAX_PIXELS
-    if uploaded.size is not None and uploaded.size > max_bytes:
-        raise UploadRejected(
-            f"file is {_human_bytes(uploaded.size)}, larger than the {_human_bytes(max_bytes)} limit"
-        )
-    uploaded.seek(0)
-    content = uploaded.read(max_bytes + 1)
-    if len(content) > max_bytes:
-        raise UploadRejected(f"file is larger than the {_human_bytes(max_bytes)} limit")
-    return validate_content(
-        filename=uploaded.name or "upload", content=content, max_pixels=max_pixels
-    )
-
-
 def validate_content(
     *, filename: str, content: bytes, max_pixels: int | None = None
 ) -> ValidatedUpload:
-    """Decode bytes already read (a file from a zip, say); the size is the caller's check."""
+    """Decode a file's bytes and return what storing it needs, or UploadRejected with
+    the reason. The one validation of uploads, imports and received DICOM instances;
+    the size limit is checked by ingestion, which reads the bytes (ingest/services.py)."""
     max_pixels = max_pixels or settings.UPLOAD_MAX_PIXELS
     if not content:
         raise UploadRejected("file is empty")

@@ -23,7 +23,6 @@ import django
 django.setup()
 
 import numpy as np
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from PIL import Image
 
@@ -45,7 +44,7 @@ def create(count: int, size: int) -> list[int]:
     from portal.analyses.modelinfo import current_model_version
     from portal.clinical.models import Patient
     from portal.clinical.services import patient_create, scan_create, study_create
-    from portal.clinical.uploads import validate_upload
+    from portal.clinical.uploads import validate_content
 
     user, _ = get_user_model().objects.get_or_create(username="fault-driver")
     number = Patient.objects.count() + 1
@@ -54,8 +53,8 @@ def create(count: int, size: int) -> list[int]:
     version = current_model_version()
     ids = []
     for index in range(count):
-        upload = validate_upload(
-            SimpleUploadedFile(f"scan-{index}.png", _png(number * 10_000 + index, size))
+        upload = validate_content(
+            filename=f"scan-{index}.png", content=_png(number * 10_000 + index, size)
         )
         scan = scan_create(
             study=study, upload=upload, uploaded_by=user, model_version=version

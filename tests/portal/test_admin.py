@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from portal.clinical.services import scan_create
-from portal.clinical.uploads import validate_upload
+from portal.clinical.uploads import validate_content
 
 pytestmark = pytest.mark.django_db
 
@@ -19,7 +18,7 @@ def test_admin_lists_and_searches_domain_models(
 ):
     scan_create(
         study=study,
-        upload=validate_upload(SimpleUploadedFile("a.png", make_png())),
+        upload=validate_content(filename="a.png", content=make_png()),
         uploaded_by=staff_user,
         model_version="test-model-1",
     )

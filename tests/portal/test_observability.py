@@ -8,13 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from django.utils import timezone
 
 from portal.analyses.models import Analysis
 from portal.clinical.services import scan_create
-from portal.clinical.uploads import validate_upload
+from portal.clinical.uploads import validate_content
 from portal.logs import ContextFilter, JsonFormatter, log_context
 from tests.conftest import TEST_MODEL_VERSION
 
@@ -27,8 +26,8 @@ def analyses(study: Any, user: Any, make_png: Any) -> list[Analysis]:
     for index in range(4):
         scan = scan_create(
             study=study,
-            upload=validate_upload(
-                SimpleUploadedFile(f"{index}.png", make_png(40 + index, 32))
+            upload=validate_content(
+                filename=f"{index}.png", content=make_png(40 + index, 32)
             ),
             uploaded_by=user,
             model_version=TEST_MODEL_VERSION,

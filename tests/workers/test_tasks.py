@@ -6,7 +6,6 @@ from typing import Any
 import numpy as np
 import pytest
 from django.core.files.storage import default_storage
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import OperationalError
 from PIL import Image
 
@@ -14,7 +13,7 @@ from ml.inference import ImageAnalysis
 from portal.analyses import services
 from portal.analyses.models import Analysis
 from portal.clinical.services import scan_create
-from portal.clinical.uploads import validate_upload
+from portal.clinical.uploads import validate_content
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
@@ -69,7 +68,7 @@ def analyzer(monkeypatch: pytest.MonkeyPatch) -> FakeAnalyzer:
 @pytest.fixture
 def make_analysis(study, user, make_png):
     def make(width: int = 40, name: str = "scan.png") -> Analysis:
-        upload = validate_upload(SimpleUploadedFile(name, make_png(width, 32)))
+        upload = validate_content(filename=name, content=make_png(width, 32))
         scan = scan_create(
             study=study,
             upload=upload,

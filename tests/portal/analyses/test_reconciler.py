@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import redis
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -18,7 +17,7 @@ from portal.analyses.models import Analysis
 from portal.analyses.queue import send_analysis as really_send
 from portal.analyses.reconciler import reconcile
 from portal.clinical.services import scan_create
-from portal.clinical.uploads import validate_upload
+from portal.clinical.uploads import validate_content
 from tests.conftest import TEST_MODEL_VERSION
 
 Status = Analysis.Status
@@ -30,7 +29,7 @@ def make_analysis(study: Any, user: Any, make_png: Any):
     def make(name: str = "a.png") -> Analysis:
         scan = scan_create(
             study=study,
-            upload=validate_upload(SimpleUploadedFile(name, make_png())),
+            upload=validate_content(filename=name, content=make_png()),
             uploaded_by=user,
             model_version=TEST_MODEL_VERSION,
         )
@@ -307,7 +306,7 @@ def test_an_upload_succeeds_while_the_broker_is_down_and_the_row_waits_for_the_s
     with django_capture_on_commit_callbacks(execute=True):
         scan = scan_create(
             study=study,
-            upload=validate_upload(SimpleUploadedFile("a.png", make_png())),
+            upload=validate_content(filename="a.png", content=make_png()),
             uploaded_by=user,
             model_version=TEST_MODEL_VERSION,
         )

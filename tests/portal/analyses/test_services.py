@@ -4,7 +4,6 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from portal.analyses import services
@@ -12,7 +11,7 @@ from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_ver
 from portal.analyses.models import Analysis
 from portal.analyses.reconciler import reconcile
 from portal.clinical.services import scan_create
-from portal.clinical.uploads import validate_upload
+from portal.clinical.uploads import validate_content
 
 pytestmark = pytest.mark.django_db
 Status = Analysis.Status
@@ -21,7 +20,7 @@ TEST_MODEL_VERSION = "test-model-1"
 
 @pytest.fixture
 def analysis(study, user, make_png):
-    upload = validate_upload(SimpleUploadedFile("a.png", make_png()))
+    upload = validate_content(filename="a.png", content=make_png())
     scan = scan_create(
         study=study, upload=upload, uploaded_by=user, model_version=TEST_MODEL_VERSION
     )
@@ -65,7 +64,7 @@ def test_claim_waiting_takes_oldest_queued_of_the_same_model(
     others = [
         scan_create(
             study=study,
-            upload=validate_upload(SimpleUploadedFile(f"{i}.png", make_png())),
+            upload=validate_content(filename=f"{i}.png", content=make_png()),
             uploaded_by=user,
             model_version=TEST_MODEL_VERSION,
         ).analyses.get()
@@ -175,7 +174,7 @@ def test_reconcile_requeues_lost_running_rows_and_resends_old_queued_ones(
     Analysis.objects.filter(pk=analysis.pk).update(started_at=long_ago)
     waiting = scan_create(
         study=study,
-        upload=validate_upload(SimpleUploadedFile("b.png", make_png())),
+        upload=validate_content(filename="b.png", content=make_png()),
         uploaded_by=user,
         model_version=TEST_MODEL_VERSION,
     ).analyses.get()

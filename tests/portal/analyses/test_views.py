@@ -1,20 +1,19 @@
 from __future__ import annotations
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from portal.analyses import services
 from portal.analyses.models import Analysis
 from portal.clinical.services import scan_create
-from portal.clinical.uploads import validate_upload
+from portal.clinical.uploads import validate_content
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def analysis(study, user, make_png):
-    upload = validate_upload(SimpleUploadedFile("a.png", make_png()))
+    upload = validate_content(filename="a.png", content=make_png())
     scan = scan_create(
         study=study, upload=upload, uploaded_by=user, model_version="test-model-1"
     )

@@ -6,17 +6,16 @@ from io import BytesIO
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from portal.analyses.models import Analysis
 from portal.clinical.services import patient_create, scan_create, study_create
-from portal.clinical.uploads import validate_upload
+from portal.clinical.uploads import validate_content
 
 pytestmark = pytest.mark.django_db
 
 
 def _upload(name: str, content: bytes):
-    return validate_upload(SimpleUploadedFile(name, content))
+    return validate_content(filename=name, content=content)
 
 
 def test_patient_identifier_is_unique():
