@@ -70,19 +70,27 @@ def busi_dir() -> Path:
     return directory
 
 
+@pytest.fixture
+def worker_env() -> dict[str, str]:
+    """More environment for the test's worker; a test module overrides this fixture
+    (the S3 test gives the worker its storage settings this way)."""
+    return {}
+
+
 def _run_worker(
     request: pytest.FixtureRequest,
     broker: str,
     media_root: Path,
     log_path: Path,
     queues: list[str] | None,
+    env: dict[str, str],
 ) -> Iterator[tuple[Any, Path]]:
     process = start_worker(
         database=database_url(connection.settings_dict),
         broker=broker,
         media_root=media_root,
         log_path=log_path,
-        extra_env={"UPLOAD_MAX_PIXELS": str(PIXEL_LIMIT)},
+        extra_env={"UPLOAD_MAX_PIXELS": str(PIXEL_LIMIT), **env},
         name=request.node.module.__name__.rsplit(".", 1)[-1],
         queues=queues,
     )
@@ -99,6 +107,7 @@ def real_worker(
     media_root: Path,
     real_weights_dir: Path,
     tmp_path: Path,
+    worker_env: dict[str, str],
 ) -> Iterator[tuple[Any, Path]]:
     """A dedicated analysis worker, `celery -A workers worker -Q <inference queue>`, on
     this test's database, broker and storage (the form a GPU worker takes)."""
@@ -108,6 +117,7 @@ def real_worker(
         media_root,
         tmp_path / "worker.log",
         [settings.CELERY_INFERENCE_QUEUE],
+        worker_env,
     )
 
 
@@ -118,8 +128,9 @@ def plain_worker(
     media_root: Path,
     real_weights_dir: Path,
     tmp_path: Path,
+    worker_env: dict[str, str],
 ) -> Iterator[tuple[Any, Path]]:
     """`celery -A workers worker` with no -Q, as Celery's documentation starts one."""
     yield from _run_worker(
-        request, e2e_broker, media_root, tmp_path / "worker.log", None
+        request, e2e_broker, media_root, tmp_path / "worker.log", None, worker_env
     )
