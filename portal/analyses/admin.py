@@ -26,11 +26,12 @@ class AnalysisAdmin(admin.ModelAdmin):
         "label",
         "confidence",
         "model_version",
+        "in_distribution",
         "attempts",
         "queued_at",
         "finished_at",
     )
-    list_filter = ("status", "label", "model_version", "queued_at")
+    list_filter = ("status", "label", "in_distribution", "model_version", "queued_at")
     search_fields = (
         "=id",
         "scan__original_filename",

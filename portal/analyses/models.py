@@ -59,6 +59,30 @@ class Analysis(models.Model):
     probabilities = models.JSONField(null=True, blank=True)
     lesion_area_fraction = models.FloatField(null=True, blank=True)
     bbox = models.JSONField(null=True, blank=True)
+    # None: the model that produced this result carries no out-of-distribution statistics.
+    in_distribution = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="False when the scan is outside what the model was trained on (the "
+        "result is not reliable); null when the model cannot tell.",
+    )
+    ood_score = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Out-of-distribution score (higher: further from the training images).",
+    )
+    # Kept with the score: a later model's threshold says nothing about this score.
+    ood_threshold = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Scores above this threshold of the model version are out of distribution.",
+    )
+    explained_class = models.CharField(
+        max_length=16,
+        choices=Label.choices,
+        blank=True,
+        help_text="The class the classification Grad-CAM explains (empty: not recorded).",
+    )
 
     mask = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
     overlay = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
@@ -100,6 +124,11 @@ class Analysis(models.Model):
         return self.status == self.Status.FAILED
 
     @property
+    def outside_training_distribution(self) -> bool:
+        """True only when the model checked and found the scan unlike its training images."""
+        return self.in_distribution is False
+
+    @property
     def malignant_probability(self) -> float | None:
         return (self.probabilities or {}).get("malignant")
 
@@ -124,5 +153,9 @@ class Analysis(models.Model):
             "probabilities": self.probabilities,
             "lesion_area_fraction": self.lesion_area_fraction,
             "bbox": self.bbox,
+            "in_distribution": self.in_distribution,
+            "ood_score": self.ood_score,
+            "ood_threshold": self.ood_threshold,
+            "explained_class": self.explained_class,
             "finished": self.is_finished,
         }

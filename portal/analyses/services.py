@@ -16,7 +16,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from portal.analyses import queue
-from portal.analyses.modelinfo import current_model_version
+from portal.analyses.modelinfo import (
+    ModelVersionUnavailable,
+    current_model_version,
+    ood_threshold,
+)
 from portal.analyses.models import ARTIFACT_KINDS, COMPOSITE_KINDS, Analysis
 from portal.clinical.models import Scan
 
@@ -164,8 +168,31 @@ def analysis_record_success(
     analysis.probabilities = probabilities
     analysis.lesion_area_fraction = float(result["lesion_area_fraction"])
     analysis.bbox = [int(v) for v in bbox] if bbox is not None else None
+    _record_distribution(analysis, result)
     analysis.save()
     return True
+
+
+def _record_distribution(analysis: Analysis, result: dict[str, Any]) -> None:
+    """The out-of-distribution verdict, its score and threshold, and the class Grad-CAM
+    explains. Results of models without out-of-distribution statistics leave them empty."""
+    in_distribution = result.get("in_distribution")
+    score = result.get("ood_score")
+    analysis.in_distribution = (
+        None if in_distribution is None else bool(in_distribution)
+    )
+    analysis.ood_score = None if score is None else float(score)
+    analysis.ood_threshold = None
+    if analysis.in_distribution is not None:
+        # The worker loaded its model from this same model.json; the version check in
+        # ood_threshold keeps a threshold of other weights off this score.
+        try:
+            analysis.ood_threshold = ood_threshold(model_version=analysis.model_version)
+        except ModelVersionUnavailable:
+            logger.warning(
+                "no out-of-distribution threshold for analysis %s", analysis.pk
+            )
+    analysis.explained_class = str(result.get("explained_class") or "")
 
 
 def analysis_record_failure(*, analysis_id: int, error: str) -> bool:

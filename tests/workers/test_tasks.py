@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -333,3 +333,26 @@ def test_a_database_error_while_claiming_more_requeues_the_claimed_row(
     analysis.refresh_from_db()
     assert analysis.status == Status.QUEUED
     assert enqueued == [(analysis.pk, services.retry_countdown(1))]
+
+
+def test_task_stores_the_distribution_flag_and_the_explained_class(
+    make_analysis, analyzer, monkeypatch
+):
+    def unfamiliar(images: list[Any], *, batch_size: int = 8) -> list[ImageAnalysis]:
+        return [
+            replace(
+                fake_result(image),
+                in_distribution=False,
+                ood_score=88.5,
+                explained_class="malignant",
+            )
+            for image in images
+        ]
+
+    monkeypatch.setattr(analyzer, "analyze", unfamiliar)
+    analysis = make_analysis()
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.SUCCEEDED
+    assert (analysis.in_distribution, analysis.ood_score) == (False, 88.5)
+    assert analysis.explained_class == "malignant"

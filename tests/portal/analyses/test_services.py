@@ -101,6 +101,71 @@ def test_record_success_stores_results_and_artifacts(analysis):
     assert analysis.overlay.read() == b"o"
 
 
+RESULT = {
+    "label": "benign",
+    "probabilities": {"normal": 0.1, "benign": 0.7, "malignant": 0.2},
+    "confidence": 0.7,
+    "lesion_area_fraction": 0.05,
+    "bbox": None,
+}
+
+
+def test_record_success_stores_the_distribution_flag_score_threshold_and_cam_class(
+    analysis, weights_dir
+):
+    (weights_dir / "model.json").write_text(
+        json.dumps({"version": TEST_MODEL_VERSION, "ood_threshold": 41.5})
+    )
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    services.analysis_record_success(
+        analysis_id=analysis.pk,
+        result={
+            **RESULT,
+            "in_distribution": False,
+            "ood_score": 97.25,
+            "explained_class": "malignant",
+        },
+        artifacts={},
+    )
+    analysis.refresh_from_db()
+    assert analysis.in_distribution is False
+    assert analysis.outside_training_distribution
+    assert (analysis.ood_score, analysis.ood_threshold) == (97.25, 41.5)
+    assert analysis.explained_class == "malignant"
+    assert analysis.to_status_dict()["in_distribution"] is False
+
+
+def test_a_model_without_distribution_statistics_leaves_the_flag_empty(analysis):
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    services.analysis_record_success(
+        analysis_id=analysis.pk,
+        result={**RESULT, "in_distribution": None, "ood_score": None},
+        artifacts={},
+    )
+    analysis.refresh_from_db()
+    assert (analysis.in_distribution, analysis.ood_score, analysis.ood_threshold) == (
+        None,
+        None,
+        None,
+    )
+    assert not analysis.outside_training_distribution
+
+
+def test_the_threshold_of_other_installed_weights_is_not_kept(analysis, weights_dir):
+    (weights_dir / "model.json").write_text(
+        json.dumps({"version": "another-model", "ood_threshold": 41.5})
+    )
+    services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    services.analysis_record_success(
+        analysis_id=analysis.pk,
+        result={**RESULT, "in_distribution": True, "ood_score": 3.0},
+        artifacts={},
+    )
+    analysis.refresh_from_db()
+    assert (analysis.in_distribution, analysis.ood_score) == (True, 3.0)
+    assert analysis.ood_threshold is None
+
+
 def test_record_success_does_nothing_for_a_row_that_is_not_running(analysis):
     assert not services.analysis_record_success(
         analysis_id=analysis.pk, result={}, artifacts={}
