@@ -507,6 +507,8 @@ SPECTACULAR_SETTINGS = {
     # Hospitals' networks often have no internet: Swagger UI ships in the sidecar package.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # The predicted label and the class Grad-CAM explains are one set of classes.
+    "ENUM_NAME_OVERRIDES": {"LabelEnum": "portal.analyses.models.Analysis.Label"},
 }
 
 # Structured logs (portal/logs.py): "json" in production, one object per line with the

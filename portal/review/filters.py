@@ -57,6 +57,15 @@ class DashboardFilterForm(forms.Form):
         required=False, choices=_ANY + Analysis.Status.choices, label="Analysis"
     )
     model_version = forms.ChoiceField(required=False, label="Model version")
+    distribution = forms.ChoiceField(
+        required=False,
+        choices=[
+            *_ANY,
+            ("outside", "outside the training distribution"),
+            ("inside", "within the training distribution"),
+        ],
+        label="Training distribution",
+    )
 
     def __init__(self, *args: object, model_versions: list[str], **kwargs: object):
         super().__init__(*args, **kwargs)
@@ -81,6 +90,7 @@ class DashboardFilterForm(forms.Form):
             status=data["status"],
             model_version=data["model_version"],
             search=data["q"].strip(),
+            distribution=data["distribution"],
         )
 
 

@@ -58,6 +58,17 @@ def _styles() -> dict[str, ParagraphStyle]:
         "small": ParagraphStyle(
             "small", parent=base["BodyText"], fontSize=8, leading=10
         ),
+        "warning": ParagraphStyle(
+            "warning",
+            parent=base["BodyText"],
+            textColor=colors.HexColor("#b3261e"),
+            backColor=colors.HexColor("#fbe9e7"),
+            borderColor=colors.HexColor("#b3261e"),
+            borderWidth=1,
+            borderPadding=6,
+            spaceBefore=4,
+            spaceAfter=8,
+        ),
         "notice": ParagraphStyle(
             "notice",
             parent=base["BodyText"],
@@ -192,6 +203,28 @@ def _model_rows(scan: Any, analysis: Analysis | None) -> list[tuple[str, str]]:
     ]
 
 
+def _distribution_warning(analysis: Analysis | None, styles: dict) -> list[Any]:
+    """The out-of-distribution warning above an image's results; none when the model
+    found the scan familiar or could not tell."""
+    if analysis is None or not analysis.outside_training_distribution:
+        return []
+    figures = ""
+    if analysis.ood_score is not None:
+        figures = f" Out-of-distribution score {analysis.ood_score:.2f}"
+        if analysis.ood_threshold is not None:
+            figures += f", threshold {analysis.ood_threshold:.2f}"
+        figures += " (higher is further from the training images)."
+    return [
+        Paragraph(
+            "<b>Outside what the model was trained on — result not reliable.</b> "
+            "This scan is unlike the breast ultrasound images the model learned from: "
+            "read it without relying on the model's label, probabilities or outline."
+            + _esc(figures),
+            styles["warning"],
+        )
+    ]
+
+
 def _review_rows(review: Any) -> list[tuple[str, str]]:
     if review is None:
         return [("Radiologist review", "not yet reviewed and signed")]
@@ -262,6 +295,7 @@ def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
                     Paragraph(
                         f"Image {number}: {_esc(scan.original_filename)}", styles["h3"]
                     ),
+                    *_distribution_warning(analysis, styles),
                     _scan_images(scan, analysis),
                     Spacer(1, 3 * mm),
                     _table(_model_rows(scan, analysis) + _review_rows(review), styles),

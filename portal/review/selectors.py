@@ -62,6 +62,9 @@ class DashboardFilters:
     status: str = ""
     model_version: str = ""
     search: str = ""
+    # "outside" | "inside" the training distribution | "" (results of models that cannot
+    # tell, in_distribution None, match neither).
+    distribution: str = ""
 
 
 def _study_conditions(filters: DashboardFilters, *, via: str = "") -> Q:
@@ -104,6 +107,8 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
         rows = rows.filter(status=filters.status)
     if filters.model_version:
         rows = rows.filter(model_version=filters.model_version)
+    if filters.distribution:
+        rows = rows.filter(in_distribution=filters.distribution == "inside")
     return rows.order_by("-scan__uploaded_at", "-scan_id", "-id")
 
 

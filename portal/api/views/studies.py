@@ -67,6 +67,12 @@ STUDY_FILTERS = [
         description="Analysis status of a scan",
     ),
     OpenApiParameter("model_version", str),
+    OpenApiParameter(
+        "distribution",
+        str,
+        enum=["outside", "inside"],
+        description="A scan's result outside (or within) what the model was trained on",
+    ),
 ]
 
 

@@ -68,9 +68,29 @@
     return el("figure", {}, [el("a", { href: layer.download_url, title: "Download " + title }, [canvas]), el("figcaption", { text: title })]);
   }
 
+  // Same wording as templates/analyses/_distribution_warning.html. Nothing when the
+  // model found the scan familiar or could not tell (in_distribution null).
+  function distributionWarning(analysis) {
+    if (analysis.in_distribution !== false) return null;
+    let figures = "";
+    if (analysis.ood_score !== null) {
+      figures = "Out-of-distribution score " + analysis.ood_score.toFixed(2);
+      if (analysis.ood_threshold !== null) figures += ", threshold " + analysis.ood_threshold.toFixed(2);
+      figures += " (higher is further from the training images).";
+    }
+    return el("div", { class: "ood-warning", role: "alert", "data-analysis": analysis.id }, [
+      el("p", { class: "ood-title" }, [
+        el("span", { "aria-hidden": "true", text: "⚠ " }),
+        el("strong", { text: "Outside what the model was trained on — result not reliable." }),
+      ]),
+      el("p", { class: "small", text: "This scan is unlike the breast ultrasound images the model learned from: read it without relying on the model's label, probabilities or outline. " + figures }),
+    ]);
+  }
+
   function drawResult(entry, analysis) {
     const parts = [];
     if (analysis.status === "succeeded") {
+      parts.push(distributionWarning(analysis));
       parts.push(el("p", { class: "label label-" + analysis.label }, [
         el("strong", { text: analysis.label }),
         document.createTextNode(" · confidence " + percent(analysis.confidence)),
@@ -116,7 +136,7 @@
       badge.className = "status status-" + status;
       badge.textContent = analysis ? status : "not analysed";
       const result = card.querySelector(".result");
-      result.replaceChildren(...(analysis ? drawResult(entry, analysis) : []));
+      result.replaceChildren(...(analysis ? drawResult(entry, analysis).filter(Boolean) : []));
     });
     return pending;
   }

@@ -513,3 +513,53 @@ def test_a_model_validation_error_in_a_service_is_a_400(staff_api, monkeypatch):
     response = staff_api.post("/api/v1/patients/", {"identifier": "V-1", "name": "x"})
     assert response.status_code == 400
     assert "name: Names may not contain control characters." in response.json()["error"]
+
+
+def test_analysis_and_schema_carry_the_distribution_flag(staff_api, study, user):
+    flagged = analysed_scan(
+        study,
+        user,
+        in_distribution=False,
+        ood_score=97.25,
+        ood_threshold=41.5,
+        explained_class="malignant",
+    ).analyses.get()
+    body = staff_api.get(f"/api/v1/analyses/{flagged.pk}/").json()
+    assert (body["in_distribution"], body["ood_score"]) == (False, 97.25)
+    assert (body["ood_threshold"], body["explained_class"]) == (41.5, "malignant")
+    unchecked = analysed_scan(study, user, filename="b.png").analyses.get()
+    body = staff_api.get(f"/api/v1/analyses/{unchecked.pk}/").json()
+    assert (body["in_distribution"], body["ood_score"], body["explained_class"]) == (
+        None,
+        None,
+        "",
+    )
+
+    schema = staff_api.get(
+        "/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json"
+    ).json()
+    fields = schema["components"]["schemas"]["Analysis"]["properties"]
+    assert fields["in_distribution"]["type"] == "boolean"
+    assert fields["in_distribution"]["nullable"] is True
+    assert fields["ood_score"]["type"] == "number"
+    assert "explained_class" in fields and "ood_threshold" in fields
+    parameters = schema["paths"]["/api/v1/studies/"]["get"]["parameters"]
+    distribution = next(p for p in parameters if p["name"] == "distribution")
+    assert sorted(distribution["schema"]["enum"]) == ["inside", "outside"]
+
+
+def test_studies_are_filtered_by_the_distribution_flag(staff_api, user):
+    patient = patient_create(identifier="H-9", name="Nine")
+    flagged = study_create(patient=patient, created_by=user, accession_number="F")
+    analysed_scan(flagged, user, in_distribution=False, ood_score=97.25)
+    familiar = study_create(patient=patient, created_by=user, accession_number="I")
+    analysed_scan(familiar, user, in_distribution=True, ood_score=3.0)
+
+    def ids(**params: Any) -> set[int]:
+        response = staff_api.get("/api/v1/studies/", params)
+        assert response.status_code == 200, response.content
+        return {s["id"] for s in response.json()["results"]}
+
+    assert ids(distribution="outside") == {flagged.pk}
+    assert ids(distribution="inside") == {familiar.pk}
+    assert staff_api.get("/api/v1/studies/", {"distribution": "x"}).status_code == 400

@@ -27,10 +27,12 @@ def analysed_scan(
     model_version: str = TEST_MODEL_VERSION,
     filename: str = "scan.png",
     legacy: bool = False,
+    **analysis_fields: Any,
 ) -> Any:
     """A scan with a succeeded analysis and its stored results: what a worker stores now
     (a 1-bit mask and grey heatmaps), or with ``legacy`` what workers stored before (an
-    8-bit mask and the three pictures drawn on the scan)."""
+    8-bit mask and the three pictures drawn on the scan). analysis_fields set more of the
+    analysis (in_distribution=False, ood_score=..., ...)."""
     from ml.render import display_png, heatmap_png, mask_png
     from portal.analyses.models import Analysis
     from portal.clinical.models import Scan
@@ -63,6 +65,7 @@ def analysed_scan(
         probabilities=probabilities,
         lesion_area_fraction=float((mask > 0).mean()),
         bbox=[20, 10, 40, 30],
+        **analysis_fields,
     )
     if not legacy:
         heat = np.zeros((16, 16), np.float32)
