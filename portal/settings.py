@@ -397,27 +397,23 @@ CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 1, minimum=1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
 # A lost message or a dead worker leaves a row behind; the reconciler sweeps them
-# (portal/analyses/reconciler.py). A running row older than the hard limit has no live
-# task any more; a queued row is resent only when its message is gone from the broker.
+# (portal/analyses/reconciler.py), run by every worker process beside its tasks
+# (workers/liveness.py): no Celery beat needed. A running row's worker process stamps
+# heartbeat_at every ANALYSIS_HEARTBEAT_SECONDS; one with no stamp for
+# ANALYSIS_STALE_RUNNING_SECONDS has lost its process and is requeued. A queued row is
+# resent only when its message is gone from the broker.
+ANALYSIS_HEARTBEAT_SECONDS = env_int("ANALYSIS_HEARTBEAT_SECONDS", 10, minimum=1)
 ANALYSIS_STALE_RUNNING_SECONDS = env_int(
-    "ANALYSIS_STALE_RUNNING_SECONDS", int(ANALYSIS_TIME_LIMIT * 1.5), minimum=1
+    "ANALYSIS_STALE_RUNNING_SECONDS", 45, minimum=1
 )
-if ANALYSIS_STALE_RUNNING_SECONDS <= ANALYSIS_TIME_LIMIT:
+if ANALYSIS_STALE_RUNNING_SECONDS < 3 * ANALYSIS_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured(
-        "ANALYSIS_STALE_RUNNING_SECONDS must be longer than ANALYSIS_TIME_LIMIT "
-        f"({ANALYSIS_STALE_RUNNING_SECONDS} <= {ANALYSIS_TIME_LIMIT}): a live task "
-        "would be taken from its worker"
+        "ANALYSIS_STALE_RUNNING_SECONDS must be at least 3 x ANALYSIS_HEARTBEAT_SECONDS "
+        f"({ANALYSIS_STALE_RUNNING_SECONDS} < 3 x {ANALYSIS_HEARTBEAT_SECONDS}): a live "
+        "worker's analyses would be taken from it after one late heartbeat"
     )
 ANALYSIS_STALE_QUEUED_SECONDS = env_int("ANALYSIS_STALE_QUEUED_SECONDS", 300, minimum=1)
 RECONCILE_INTERVAL = env_int("RECONCILE_INTERVAL", 60, minimum=1)
-CELERY_BEAT_SCHEDULE = {
-    "reconcile-analyses": {
-        "task": "workers.tasks.reconcile_analyses",
-        "schedule": float(RECONCILE_INTERVAL),
-        # Sweeps that could not run in time are dropped, not run back to back.
-        "options": {"expires": RECONCILE_INTERVAL},
-    },
-}
 
 # DICOM networking (portal/dicomnet): the C-STORE receiver (`manage.py dicom_listener`)
 # and, optionally, one PACS destination that results are sent to.

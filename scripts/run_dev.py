@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Run the portal and one Celery worker side by side until Ctrl-C, then stop both.
 
-Used by `make run`, after the database is migrated and Redis answers. Each child runs in
-its own process group so that stopping it also stops what it spawned (runserver's
-autoreloader, Celery's pool). If either exits on its own, the other is stopped too and
+Used by `make run`, after the database is migrated and Redis answers. The worker is the
+production command line (bench/launch.py) and runs the reconciler itself, so a lost
+message or a killed worker is recovered here as in production, with no beat. Each child
+runs in its own process group so that stopping it also stops what it spawned
+(runserver's autoreloader, Celery's pool). If either exits on its own, the other is stopped too and
 the exit status says so.
 """
 

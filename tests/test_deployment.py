@@ -18,7 +18,7 @@ import redis
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-APP_SERVICES = ("web", "worker", "beat", "flower")
+APP_SERVICES = ("web", "worker", "flower")
 # The names the brief fixes; settings may read more, and .env.example lists them all.
 FIXED_ENV_NAMES = {
     "DEBUG",
@@ -140,13 +140,9 @@ def test_worker_consumes_the_inference_queue_one_task_at_a_time(compose, setting
     assert settings.CELERY_WORKER_PREFETCH_MULTIPLIER == 1
 
 
-def test_beat_and_flower_run_the_workers_app(compose):
-    assert command_of(compose["services"]["beat"])[:4] == [
-        "celery",
-        "-A",
-        "workers",
-        "beat",
-    ]
+def test_flower_runs_the_workers_app_and_no_beat_is_needed(compose):
+    # Every worker runs the reconciler itself (workers/liveness.py).
+    assert "beat" not in compose["services"]
     assert command_of(compose["services"]["flower"])[:4] == [
         "celery",
         "-A",

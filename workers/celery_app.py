@@ -8,6 +8,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 # One app for both sides of the queue: the portal sends on it, the workers run tasks on it.
 from portal.analyses.queue import app
 
+# Imported with the app, before a worker starts: it learns the worker's node name then.
+from workers import liveness  # noqa: F401
+
 __all__ = ["app", "inference_task"]
 
 

@@ -14,7 +14,6 @@ are still covered by the reconciler if the worker dies mid-way.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,11 +26,12 @@ from django.core.files.storage import default_storage
 from django.db import InterfaceError, OperationalError, connections
 
 from ml.decode import DecodedImage, DecodeError, decode_image
-from portal.analyses import queue, reconciler, services
+from portal.analyses import queue, services
 from portal.analyses.models import Analysis
 from portal.logs import log_context
+from workers import liveness
 from workers.analyzer import get_analyzer, preload
-from workers.celery_app import app, inference_task
+from workers.celery_app import inference_task
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ try:  # S3 errors are not OSErrors
 except ImportError:  # pragma: no cover - botocore ships with django-storages[s3]
     pass
 
+# The heartbeat thread starts with the pool process, before the model loads (minutes on
+# a busy machine): a replacement worker sweeps up a dead one's rows meanwhile.
+worker_process_init.connect(liveness.start, weak=False)
 worker_process_init.connect(preload, weak=False)
 
 _finish_pool: ThreadPoolExecutor | None = None
@@ -60,14 +63,9 @@ class _Work:
     scan_id: int | None = None
 
 
-def _worker_name(task: Any) -> str:
-    hostname = getattr(task.request, "hostname", None) or os.uname().nodename
-    return f"{hostname}:{os.getpid()}"
-
-
 @inference_task(bind=True, name=queue.ANALYZE_SCAN)
 def analyze_scan(self: Any, analysis_id: int) -> None:
-    worker = _worker_name(self)
+    worker = liveness.worker_name()
     if not services.analysis_claim(analysis_id=analysis_id, worker=worker):
         logger.info("analysis %s is not queued; nothing to do", analysis_id)
         return
@@ -148,11 +146,6 @@ def _drain(analyzer: Any, *, first_id: int, worker: str) -> None:
 
 def _ids(work: list[_Work]) -> list[int]:
     return [item.analysis_id for item in work]
-
-
-@app.task(name=queue.RECONCILE_ANALYSES, ignore_result=True)
-def reconcile_analyses() -> dict[str, int]:
-    return reconciler.reconcile().counts()
 
 
 def _release(

@@ -52,6 +52,9 @@ class Analysis(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True)
+    # Refreshed by the running worker process every few seconds (workers/liveness.py):
+    # an old one means that process is gone.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
 
     label = models.CharField(max_length=16, choices=Label.choices, blank=True)

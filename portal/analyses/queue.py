@@ -12,7 +12,6 @@ from celery import Celery
 from django.conf import settings
 
 ANALYZE_SCAN = "workers.tasks.analyze_scan"
-RECONCILE_ANALYSES = "workers.tasks.reconcile_analyses"
 
 # `include` names the module a worker imports for its tasks; the portal never does.
 app = Celery("workers", include=["workers.tasks"])

@@ -1,12 +1,17 @@
 """The reconciler: rescue analyses left behind by a dead worker or a lost broker message.
 
-Runs every RECONCILE_INTERVAL seconds from Celery beat (`workers.tasks.reconcile_analyses`)
-and on demand (`manage.py reconcile_analyses [--dry-run]`). Every change is a
-compare-and-set update, so two sweeps, a worker and a user pressing Retry can race safely.
+Every worker process runs it beside its tasks (workers/liveness.py): the dead-worker
+part every ANALYSIS_HEARTBEAT_SECONDS, the whole sweep every RECONCILE_INTERVAL; and
+`manage.py reconcile_analyses [--dry-run]` runs it on demand. Every change is a
+compare-and-set update, so sweeps of several workers, a worker and a user pressing Retry
+can race safely.
 
-- A row *running* for longer than ANALYSIS_STALE_RUNNING_SECONDS (more than the hard
-  time limit, after which Celery has killed any task) has lost its worker: it goes back
-  to the queue with a new message, or fails once it has used ANALYSIS_MAX_ATTEMPTS.
+- A row *running* whose heartbeat (stamped every ANALYSIS_HEARTBEAT_SECONDS by the worker
+  process that runs it, however long the analysis takes) is older than
+  ANALYSIS_STALE_RUNNING_SECONDS has lost its process: it goes back to the queue with a
+  new message, or fails once it has used ANALYSIS_MAX_ATTEMPTS. A row with no heartbeat
+  at all (claimed by a worker of a release before heartbeats) is judged by its start,
+  against 1.5 x the hard time limit, after which Celery has killed any task.
 - A row *queued* for longer than ANALYSIS_STALE_QUEUED_SECONDS whose message is in
   neither the broker's queue nor its unacknowledged set lost that message (a Redis
   restart, a failed send): it is sent again, and that counts as an attempt, so a row
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from portal.analyses import broker, queue, services
@@ -32,7 +37,9 @@ logger = logging.getLogger(__name__)
 Status = Analysis.Status
 # Rows handled per sweep and kind; the next sweep takes the rest.
 SWEEP_LIMIT = 1000
-LOST_WORKER = "the worker running it stopped without a result (lost after {seconds} s)"
+LOST_WORKER = (
+    "the worker running it stopped without a result (no sign of life for {seconds} s)"
+)
 LOST_MESSAGE = "its queue message was lost (broker restarted?); sent again"
 
 
@@ -76,10 +83,21 @@ def reconcile(
     return result
 
 
+def rescue_dead_workers(*, now: datetime | None = None) -> Reconciliation:
+    """The dead-worker part of the sweep alone: cheap, one indexed query when idle."""
+    result = Reconciliation()
+    _rescue_running(result, now or timezone.now())
+    return result
+
+
 def _rescue_running(result: Reconciliation, now: datetime) -> None:
     seconds = settings.ANALYSIS_STALE_RUNNING_SECONDS
+    silent_since = now - timedelta(seconds=seconds)
+    without_heartbeat = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT * 1.5)
     stale = Analysis.objects.filter(
-        status=Status.RUNNING, started_at__lt=now - timedelta(seconds=seconds)
+        Q(heartbeat_at__lt=silent_since)
+        | Q(heartbeat_at__isnull=True, started_at__lt=now - without_heartbeat),
+        status=Status.RUNNING,
     ).values_list("pk", "attempts")[:SWEEP_LIMIT]
     for analysis_id, attempts in stale:
         if result.dry_run:
@@ -91,6 +109,7 @@ def _rescue_running(result: Reconciliation, now: datetime) -> None:
                 analysis_id=analysis_id,
                 error=LOST_WORKER.format(seconds=seconds),
                 backoff=False,
+                silent_since=silent_since,
             )
         except Exception as exc:
             # Requeued but not sent: the row waits as queued for the lost-message sweep.

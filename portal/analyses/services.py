@@ -7,12 +7,13 @@ message, a reconciler and a user pressing Retry can race without doing work twic
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from portal.analyses import queue
@@ -77,6 +78,7 @@ def analysis_retry(*, analysis: Analysis) -> Analysis:
         attempts=0,
         queued_at=timezone.now(),
         started_at=None,
+        heartbeat_at=None,
         finished_at=None,
         worker="",
         error="",
@@ -89,9 +91,11 @@ def analysis_retry(*, analysis: Analysis) -> Analysis:
 
 def analysis_claim(*, analysis_id: int, worker: str) -> bool:
     """Take a queued analysis for this worker; False if someone else has it or it is done."""
+    now = timezone.now()
     updated = Analysis.objects.filter(pk=analysis_id, status=Status.QUEUED).update(
         status=Status.RUNNING,
-        started_at=timezone.now(),
+        started_at=now,
+        heartbeat_at=now,
         finished_at=None,
         worker=worker[:255],
         attempts=F("attempts") + 1,
@@ -204,20 +208,31 @@ def analysis_record_failure(*, analysis_id: int, error: str) -> bool:
 
 
 def analysis_release(
-    *, analysis_id: int, error: str, count_attempt: bool = True
+    *,
+    analysis_id: int,
+    error: str,
+    count_attempt: bool = True,
+    silent_since: datetime | None = None,
 ) -> bool:
     """Give a running analysis back to the queue after a transient error.
 
     Returns True if it was requeued (the caller sends a new message), False if it has
     used up its attempts and is now failed. With count_attempt=False (claimed but never
     run, e.g. a prefetched batch the worker had to drop) the claim is undone instead.
+    With silent_since, only if its worker has not stamped a heartbeat since then: a
+    worker that proved itself alive meanwhile keeps its analysis.
     """
     max_attempts = settings.ANALYSIS_MAX_ATTEMPTS
     running = Analysis.objects.filter(pk=analysis_id, status=Status.RUNNING)
+    if silent_since is not None:
+        running = running.filter(
+            Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=silent_since)
+        )
     requeue = {
         "status": Status.QUEUED,
         "queued_at": timezone.now(),
         "started_at": None,
+        "heartbeat_at": None,
         "worker": "",
     }
     if not count_attempt:
@@ -234,8 +249,24 @@ def analysis_release(
     return False
 
 
+def analyses_heartbeat(*, worker: str) -> int:
+    """Mark the analyses this worker process is running as alive now; how many it has.
+
+    The reconciler requeues a running analysis whose heartbeat is older than
+    ANALYSIS_STALE_RUNNING_SECONDS, so this must run more often than that.
+    """
+    return Analysis.objects.filter(status=Status.RUNNING, worker=worker[:255]).update(
+        heartbeat_at=timezone.now()
+    )
+
+
 def analysis_requeue(
-    *, analysis_id: int, error: str, count_attempt: bool = True, backoff: bool = True
+    *,
+    analysis_id: int,
+    error: str,
+    count_attempt: bool = True,
+    backoff: bool = True,
+    silent_since: datetime | None = None,
 ) -> bool:
     """Give a running analysis back to the queue and send its message again.
 
@@ -245,10 +276,13 @@ def analysis_requeue(
     message waits retry_countdown(attempts) seconds; a row that never ran, or whose
     worker died, is not the image's fault and goes at once. Raises when the broker
     refuses the message: the row is then queued without one, which the reconciler
-    finds later.
+    finds later. silent_since: see analysis_release.
     """
     if not analysis_release(
-        analysis_id=analysis_id, error=error, count_attempt=count_attempt
+        analysis_id=analysis_id,
+        error=error,
+        count_attempt=count_attempt,
+        silent_since=silent_since,
     ):
         return False
     countdown = None

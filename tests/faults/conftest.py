@@ -1,4 +1,4 @@
-"""Fault tests: real workers, beat, Redis and databases, with parts of them failing.
+"""Fault tests: real workers, Redis and databases, with parts of them failing.
 
 The quick ones run in `make test`; those marked `long_fault` (a PostgreSQL restart, a
 second Redis outage) only with RUN_LONG_FAULTS=1, which `make faults` sets. Workers run a
@@ -25,7 +25,8 @@ from tests.faults.harness import REPO_ROOT, PrivatePostgres, PrivateRedis, Stack
 # Short limits so that lost work is noticed in seconds, not the production minutes.
 FAULT_SETTINGS = {
     "ANALYSIS_TIME_LIMIT": "30",
-    "ANALYSIS_STALE_RUNNING_SECONDS": "35",
+    "ANALYSIS_HEARTBEAT_SECONDS": "3",
+    "ANALYSIS_STALE_RUNNING_SECONDS": "12",
     "ANALYSIS_STALE_QUEUED_SECONDS": "6",
     "RECONCILE_INTERVAL": "2",
     "ANALYSIS_BATCH_SIZE": "2",

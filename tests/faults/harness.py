@@ -1,5 +1,5 @@
 """Real processes for fault tests: a private Redis, a private PostgreSQL, Celery workers
-and beat, and a driver that creates and inspects analyses in the stack's database.
+(which run the reconciler themselves), and a driver that creates and inspects analyses in the stack's database.
 
 Everything runs on loopback ports of its own, in a temporary folder, and is stopped in
 `Stack.close()` (called from fixture teardown), so a failing test never leaves a server
@@ -263,22 +263,6 @@ class Stack:
         command = worker_command("inference,celery", f"{name}@%h")
         return self._start(name, command, extra_env)
 
-    def start_beat(self) -> subprocess.Popen[bytes]:
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "beat",
-            "-l",
-            "info",
-            "-s",
-            str(self.root / "beat-schedule"),
-            "--pidfile=",
-        ]
-        return self._start("beat", command, {})
-
     def _start(
         self, name: str, command: list[str], extra_env: dict[str, str]
     ) -> subprocess.Popen[bytes]:
@@ -353,6 +337,22 @@ class Stack:
         for name in list(self.processes):
             _kill_group(self.processes.pop(name))
         self.redis.stop()
+
+
+def running_on(stack: Stack, node: str) -> list[dict[str, Any]]:
+    """The analyses a worker started as `node` is running now (its rows say so)."""
+    return [
+        a
+        for a in stack.driver("status")
+        if a["status"] == "running" and a["worker"].startswith(f"{node}@")
+    ]
+
+
+def all_finished(stack: Stack) -> list[dict[str, Any]] | None:
+    """Every analysis, once none is queued or running any more; None until then."""
+    analyses = stack.driver("status")
+    done = all(a["status"] in ("succeeded", "failed") for a in analyses)
+    return analyses if done else None
 
 
 def assert_each_finished_once(stack: Stack, analyses: list[dict[str, Any]]) -> None:

@@ -1,5 +1,5 @@
 """Redis stopped and restarted while a batch is queued. It keeps nothing on disk, so every
-waiting message is lost: the reconciler (run by beat) finds the rows and sends them again."""
+waiting message is lost: the reconciler (run by the worker) finds the rows and sends them again."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ def _all_finished(stack) -> list[dict] | None:
 
 def test_a_redis_restart_mid_batch_loses_no_analysis(make_stack):
     stack = make_stack()
-    stack.start_beat()
     stack.start_worker("worker")
     stack.wait_ready("worker")
     ids = stack.driver("create", str(N), "512")

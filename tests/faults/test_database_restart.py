@@ -26,7 +26,6 @@ def _all_finished(stack) -> list[dict] | None:
 @pytest.mark.parametrize("outage_s", [0, 8])
 def test_a_postgres_restart_mid_batch_needs_no_manual_step(make_stack, outage_s):
     stack = make_stack(database="postgres")
-    stack.start_beat()
     stack.start_worker("worker")
     stack.wait_ready("worker")
     ids = stack.driver("create", str(N), "512")
@@ -62,4 +61,3 @@ def test_a_postgres_restart_mid_batch_needs_no_manual_step(make_stack, outage_s)
         what="analyses uploaded after the restart",
     )
     assert stack.processes["worker"].poll() is None
-    assert stack.processes["beat"].poll() is None

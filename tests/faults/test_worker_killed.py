@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import assert_each_finished_once, wait_until
+from tests.faults.harness import assert_each_finished_once, running_on, wait_until
 
 pytestmark = pytest.mark.slow
 N = 10
@@ -16,7 +16,6 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     make_stack, target
 ):
     stack = make_stack()
-    stack.start_beat()
     stack.start_worker("victim")
     stack.wait_ready("victim")
     stack.start_worker("survivor")
@@ -25,11 +24,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     ids = stack.driver("create", str(N), "1024")
 
     def victim_holds_work() -> list[dict]:
-        return [
-            a
-            for a in stack.driver("status")
-            if a["status"] == "running" and a["worker"].startswith("victim@")
-        ]
+        return running_on(stack, "victim")
 
     wait_until(victim_holds_work, timeout=TIMEOUT, interval=0.1, what="a claim")
     if target == "whole worker":

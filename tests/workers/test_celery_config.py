@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from portal.analyses import queue
 from workers import app
-from workers.tasks import analyze_scan, reconcile_analyses
+from workers.tasks import analyze_scan
 
 
 def test_analysis_task_acks_late_and_requeues_when_the_worker_dies():
@@ -13,7 +13,6 @@ def test_analysis_task_acks_late_and_requeues_when_the_worker_dies():
 def test_the_workers_run_the_tasks_the_portal_sends_by_name():
     assert app is queue.app
     assert analyze_scan.name == queue.ANALYZE_SCAN
-    assert reconcile_analyses.name == queue.RECONCILE_ANALYSES
     assert queue.ANALYZE_SCAN in app.tasks
 
 

@@ -15,7 +15,7 @@ from bench.launch import redis_url_with_db
 from portal.analyses import broker, queue, services
 from portal.analyses.models import Analysis
 from portal.analyses.queue import send_analysis as really_send
-from portal.analyses.reconciler import reconcile
+from portal.analyses.reconciler import reconcile, rescue_dead_workers
 from portal.clinical.services import scan_create
 from portal.clinical.uploads import validate_content
 from tests.conftest import TEST_MODEL_VERSION
@@ -47,12 +47,23 @@ def _long_ago(seconds: float) -> Any:
     return timezone.now() - timedelta(seconds=seconds + 5)
 
 
+def _dead_worker_and_lost_message(
+    make_analysis: Any, settings: Any
+) -> tuple[Analysis, Analysis]:
+    """A row running on a silent worker, and a row queued long ago with no message."""
+    running, queued = make_analysis("r.png"), make_analysis("q.png")
+    services.analysis_claim(analysis_id=running.pk, worker="dead:1")
+    _age(running, heartbeat_at=_long_ago(settings.ANALYSIS_STALE_RUNNING_SECONDS))
+    _age(queued, queued_at=_long_ago(settings.ANALYSIS_STALE_QUEUED_SECONDS))
+    return running, queued
+
+
 def test_a_running_row_whose_worker_was_lost_is_requeued_and_sent_again(
     make_analysis, settings, enqueued
 ):
     analysis = make_analysis()
     services.analysis_claim(analysis_id=analysis.pk, worker="dead:1")
-    _age(analysis, started_at=_long_ago(settings.ANALYSIS_STALE_RUNNING_SECONDS))
+    _age(analysis, heartbeat_at=_long_ago(settings.ANALYSIS_STALE_RUNNING_SECONDS))
     enqueued.clear()
 
     result = reconcile(ids_in_broker=set())
@@ -64,12 +75,13 @@ def test_a_running_row_whose_worker_was_lost_is_requeued_and_sent_again(
     assert "stopped without a result" in analysis.error
 
 
-def test_a_running_row_within_its_time_limit_is_left_alone(
+def test_a_slow_analysis_whose_worker_beats_is_left_alone_however_long_it_runs(
     make_analysis, settings, enqueued
 ):
     analysis = make_analysis()
     services.analysis_claim(analysis_id=analysis.pk, worker="busy:1")
-    _age(analysis, started_at=_long_ago(settings.ANALYSIS_TIME_LIMIT - 10))
+    _age(analysis, started_at=_long_ago(settings.ANALYSIS_TIME_LIMIT * 3))
+    assert services.analyses_heartbeat(worker="busy:1") == 1
     enqueued.clear()
 
     assert reconcile(ids_in_broker=set()).counts() == {
@@ -88,7 +100,7 @@ def test_a_lost_worker_on_the_last_attempt_fails_the_row_with_a_reason(
     _age(
         analysis,
         attempts=settings.ANALYSIS_MAX_ATTEMPTS,
-        started_at=_long_ago(settings.ANALYSIS_STALE_RUNNING_SECONDS),
+        heartbeat_at=_long_ago(settings.ANALYSIS_STALE_RUNNING_SECONDS),
     )
     enqueued.clear()
 
@@ -155,10 +167,7 @@ def test_messages_that_keep_vanishing_end_in_a_failure_not_a_loop(
 def test_a_dry_run_reports_but_changes_and_sends_nothing(
     make_analysis, settings, enqueued
 ):
-    running, queued = make_analysis("r.png"), make_analysis("q.png")
-    services.analysis_claim(analysis_id=running.pk, worker="dead:1")
-    _age(running, started_at=_long_ago(settings.ANALYSIS_STALE_RUNNING_SECONDS))
-    _age(queued, queued_at=_long_ago(settings.ANALYSIS_STALE_QUEUED_SECONDS))
+    running, queued = _dead_worker_and_lost_message(make_analysis, settings)
     enqueued.clear()
     before = list(Analysis.objects.order_by("pk").values())
 
@@ -246,7 +255,7 @@ def test_the_broker_reader_finds_waiting_and_unacknowledged_analysis_messages(
     # The real send, not the `enqueued` recorder that replaces queue.send_analysis.
     really_send(41)
     really_send(42, countdown=60)
-    queue.app.send_task(queue.RECONCILE_ANALYSES)
+    queue.app.send_task("some.other.task", queue="celery")
     # What a worker holding a delivered message leaves in the broker.
     waiting = broker_db.rpop(settings.CELERY_INFERENCE_QUEUE)
     broker_db.hset(
@@ -315,26 +324,47 @@ def test_an_upload_succeeds_while_the_broker_is_down_and_the_row_waits_for_the_s
     assert "the reconciler will send it" in caplog.text
 
 
-def test_beat_runs_the_reconciler_on_the_configured_interval(settings):
-    from workers import app
-    from workers.tasks import reconcile_analyses
-
-    entry = settings.CELERY_BEAT_SCHEDULE["reconcile-analyses"]
-    assert (
-        entry["task"] == reconcile_analyses.name == "workers.tasks.reconcile_analyses"
-    )
-    assert entry["schedule"] == settings.RECONCILE_INTERVAL
-    assert app.conf.beat_schedule["reconcile-analyses"]["task"] == entry["task"]
-    assert settings.ANALYSIS_STALE_RUNNING_SECONDS > settings.CELERY_TASK_TIME_LIMIT
-
-
-def test_the_beat_task_runs_one_sweep(make_analysis, settings, enqueued, monkeypatch):
-    from workers.tasks import reconcile_analyses
-
-    analysis = make_analysis()
-    _age(analysis, queued_at=_long_ago(settings.ANALYSIS_STALE_QUEUED_SECONDS))
-    monkeypatch.setattr(broker, "analysis_ids_with_messages", lambda: set())
+def test_a_row_with_no_heartbeat_is_judged_by_its_start_against_the_time_limit(
+    make_analysis, settings, enqueued
+):
+    # Claimed by a worker of a release before heartbeats.
+    recent, old = make_analysis("a.png"), make_analysis("b.png")
+    for analysis, age in ((recent, 10), (old, settings.ANALYSIS_TIME_LIMIT * 1.5)):
+        services.analysis_claim(analysis_id=analysis.pk, worker="old-release:1")
+        _age(analysis, heartbeat_at=None, started_at=_long_ago(age))
     enqueued.clear()
 
-    assert reconcile_analyses.apply().get() == {"requeued": 0, "failed": 0, "resent": 1}
-    assert [pk for pk, _ in enqueued] == [analysis.pk]
+    assert reconcile(ids_in_broker=set()).requeued == [old.pk]
+
+
+def test_a_worker_that_beats_again_keeps_its_row_even_after_it_was_found_silent(
+    make_analysis, settings, enqueued
+):
+    analysis = make_analysis()
+    services.analysis_claim(analysis_id=analysis.pk, worker="slow:1")
+    found_silent_since = timezone.now() - timedelta(
+        seconds=settings.ANALYSIS_STALE_RUNNING_SECONDS
+    )
+    # Its heartbeat lands between the sweep's query and its compare-and-set.
+    services.analyses_heartbeat(worker="slow:1")
+
+    assert not services.analysis_requeue(
+        analysis_id=analysis.pk,
+        error="lost",
+        backoff=False,
+        silent_since=found_silent_since,
+    )
+    analysis.refresh_from_db()
+    assert analysis.status == Status.RUNNING
+    assert analysis.attempts == 1
+    assert enqueued == []
+
+
+def test_the_dead_worker_sweep_alone_leaves_lost_messages_to_the_whole_sweep(
+    make_analysis, settings, enqueued
+):
+    dead, _ = _dead_worker_and_lost_message(make_analysis, settings)
+    enqueued.clear()
+
+    assert rescue_dead_workers().requeued == [dead.pk]
+    assert [pk for pk, _ in enqueued] == [dead.pk]

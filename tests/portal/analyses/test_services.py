@@ -236,7 +236,7 @@ def test_reconcile_requeues_lost_running_rows_and_resends_old_queued_ones(
 ):
     services.analysis_claim(analysis_id=analysis.pk, worker="dead")
     long_ago = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT * 3)
-    Analysis.objects.filter(pk=analysis.pk).update(started_at=long_ago)
+    Analysis.objects.filter(pk=analysis.pk).update(heartbeat_at=long_ago)
     waiting = scan_create(
         study=study,
         upload=validate_content(filename="b.png", content=make_png()),

@@ -13,7 +13,7 @@ from portal.analyses.reconciler import reconcile
 class Command(BaseCommand):
     help = (
         "Requeue analyses whose worker was lost, resend queued ones whose broker "
-        "message was lost, fail those out of attempts (what Celery beat runs every "
+        "message was lost, fail those out of attempts (what every worker runs every "
         "RECONCILE_INTERVAL seconds)."
     )
 
@@ -28,7 +28,7 @@ class Command(BaseCommand):
         result = reconcile(dry_run=dry_run)
         verb = "would be" if dry_run else "were"
         self.stdout.write(
-            f"running for over {settings.ANALYSIS_STALE_RUNNING_SECONDS} s "
+            f"running with no heartbeat for {settings.ANALYSIS_STALE_RUNNING_SECONDS} s "
             f"(worker lost): {len(result.requeued)} {verb} requeued {result.requeued}"
         )
         self.stdout.write(
