@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("analyses", "0003_heatmap_maps"),
+        ("analyses", "0004_out_of_distribution_flag"),
     ]
 
     operations = [
