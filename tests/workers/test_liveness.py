@@ -7,13 +7,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from portal.analyses import services
 from portal.analyses.models import Analysis
 from portal.clinical.services import scan_create
-from portal.clinical.uploads import validate_upload
+from portal.clinical.uploads import validate_content
 from workers import liveness
 
 pytestmark = pytest.mark.django_db
@@ -25,7 +24,7 @@ def claimed(study: Any, user: Any, make_png: Any) -> Any:
     def claim(name: str, worker: str) -> Analysis:
         scan = scan_create(
             study=study,
-            upload=validate_upload(SimpleUploadedFile(name, make_png())),
+            upload=validate_content(filename=name, content=make_png()),
             uploaded_by=user,
             model_version="test-model-1",
         )
