@@ -51,6 +51,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_ood(args: argparse.Namespace) -> int:
+    from ml.training.train import refit_ood
+
+    print(f"out-of-distribution statistics refitted: {refit_ood(args.weights)}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -133,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per source and split (smoke runs)",
     )
     train.set_defaults(func=cmd_train)
+
+    fit_ood = commands.add_parser(
+        "fit-ood", help="refit the out-of-distribution statistics of saved weights"
+    )
+    fit_ood.add_argument("--weights", type=Path, default=weights_dir())
+    fit_ood.set_defaults(func=cmd_fit_ood)
 
     evaluate = commands.add_parser(
         "evaluate",

@@ -24,7 +24,8 @@ class Explanation:
     class_cam: np.ndarray  # (B, H, W) in [0, 1], network input resolution
     seg_cam: np.ndarray  # (B, H, W) in [0, 1]
     explained_class: np.ndarray  # (B,) the class index whose logit class_cam explains
-    features: np.ndarray  # (B, C) the class layer's activations, averaged over space
+    # (B, C): the spatial means of the feature layers' activations, then the class layer's
+    features: np.ndarray
 
 
 def _cam(
@@ -56,9 +57,10 @@ class Explainer:
         seg_output: str = "seg_logits",
         seg_threshold: float = 0.5,
         class_bias: np.ndarray | list[float] | None = None,
+        feature_layers: list[str] | tuple[str, ...] = (),
     ) -> None:
         names = {layer.name for layer in model.layers}
-        for name in (class_layer, seg_layer):
+        for name in (class_layer, seg_layer, *feature_layers):
             if name not in names:
                 raise ValueError(f"layer {name!r} not found in model {model.name!r}")
         outputs = model.output
@@ -79,6 +81,7 @@ class Explainer:
                 model.get_layer(seg_layer).output,
                 outputs[class_output],
                 outputs[seg_output],
+                *(model.get_layer(name).output for name in feature_layers),
             ],
         )
         classes = int(outputs[class_output].shape[-1])
@@ -92,7 +95,7 @@ class Explainer:
     def _explain(self, images: tf.Tensor, class_index: tf.Tensor):
         size = (tf.shape(images)[1], tf.shape(images)[2])
         with tf.GradientTape(persistent=True) as tape:
-            class_features, seg_features, class_logits, seg_logits = self._view(
+            class_features, seg_features, class_logits, seg_logits, *extra = self._view(
                 images, training=False
             )
             predicted = tf.argmax(
@@ -117,7 +120,10 @@ class Explainer:
             _cam(class_features, class_gradients, size),
             _cam(seg_features, seg_gradients, size),
             chosen,
-            tf.reduce_mean(class_features, axis=(1, 2)),
+            tf.concat(
+                [tf.reduce_mean(f, axis=(1, 2)) for f in (*extra, class_features)],
+                axis=1,
+            ),
         )
 
     def __call__(

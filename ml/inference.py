@@ -121,9 +121,21 @@ def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 class Analyzer:
     """Loads the network and weights once; :meth:`analyze` is then safe to call repeatedly."""
 
-    def __init__(self, model, explainer, meta) -> None:
+    def __init__(self, model, meta) -> None:
+        """``model`` holds the weights ``meta`` describes (see :meth:`load`)."""
+        from ml import ood
+        from ml.explain import Explainer
+        from ml.model import CLASS_GRADCAM_LAYER, SEG_GRADCAM_LAYER
+
         self._model = model
-        self._explainer = explainer
+        self._explainer = Explainer(
+            model,
+            class_layer=CLASS_GRADCAM_LAYER,
+            seg_layer=SEG_GRADCAM_LAYER,
+            seg_threshold=meta.seg_threshold,
+            class_bias=meta.class_bias,
+            feature_layers=ood.feature_layers(),
+        )
         self.meta = meta
         self.model_version: str = meta.version
         self.image_size: int = meta.image_size
@@ -134,8 +146,7 @@ class Analyzer:
     @classmethod
     def load(cls, weights: str | Path | None = None) -> Analyzer:
         from ml import weights_io
-        from ml.explain import Explainer
-        from ml.model import CLASS_GRADCAM_LAYER, SEG_GRADCAM_LAYER, build_busnet
+        from ml.model import build_busnet
 
         directory = Path(weights) if weights is not None else weights_dir()
         started = time.perf_counter()
@@ -148,14 +159,7 @@ class Analyzer:
         meta = weights_io.load_into(
             model, directory
         )  # the archive's calibration is authoritative
-        explainer = Explainer(
-            model,
-            class_layer=CLASS_GRADCAM_LAYER,
-            seg_layer=SEG_GRADCAM_LAYER,
-            seg_threshold=meta.seg_threshold,
-            class_bias=meta.class_bias,
-        )
-        analyzer = cls(model, explainer, meta)
+        analyzer = cls(model, meta)
         analyzer.analyze(
             [np.zeros((meta.image_size, meta.image_size, 3), np.uint8)]
         )  # trace once, not on a scan

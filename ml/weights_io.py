@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,7 @@ def save(model, out_dir: Path, meta: ModelMeta, ood=None) -> ModelMeta:
     np.savez_compressed(weights_path, **arrays)
     meta.weights_sha256 = sha256_of(weights_path)
     meta.version = f"{meta.name}-{meta.weights_sha256[:12]}"
-    payload = {k: v for k, v in asdict(meta).items() if k != "ood"}
+    payload = {f.name: getattr(meta, f.name) for f in fields(meta) if f.name != "ood"}
     (out_dir / META_FILE).write_text(json.dumps(payload, indent=2) + "\n")
     return meta
 

@@ -51,27 +51,67 @@ def _limited(arrays: ArraySet, limit: int | None) -> ArraySet:
     return arrays.select(keep)
 
 
-def encoder_features(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """The class layer's pooled activations, the features the out-of-distribution score uses."""
+def encoder_features(
+    model, images: np.ndarray, batch_size: int = 16
+) -> tuple[np.ndarray, list[int]]:
+    """The features the out-of-distribution score uses, as the Analyzer computes them, and
+    the number of channels each depth contributes."""
     from ml.explain import Explainer
     from ml.model import CLASS_GRADCAM_LAYER, SEG_GRADCAM_LAYER
+    from ml.ood import feature_layers
     from ml.preprocess import network_input
 
+    layers = feature_layers()
     explainer = Explainer(
-        model, class_layer=CLASS_GRADCAM_LAYER, seg_layer=SEG_GRADCAM_LAYER
+        model,
+        class_layer=CLASS_GRADCAM_LAYER,
+        seg_layer=SEG_GRADCAM_LAYER,
+        feature_layers=layers,
     )
-    return np.concatenate(
+    features = np.concatenate(
         [
             explainer(np.asarray(network_input(images[i : i + batch_size]))).features
             for i in range(0, len(images), batch_size)
         ]
     )
+    sizes = [
+        int(model.get_layer(name).output.shape[-1])
+        for name in (*layers, CLASS_GRADCAM_LAYER)
+    ]
+    return features, sizes
+
+
+def fit_ood(model, train_set: ArraySet, val_set: ArraySet, batch_size: int = 16):
+    """Out-of-distribution statistics on the training images, threshold on validation."""
+    from ml import ood
+
+    train_features, sizes = encoder_features(model, train_set.images, batch_size)
+    val_features, _ = encoder_features(model, val_set.images, batch_size)
+    return ood.fit(train_features, val_features, sizes)
+
+
+def refit_ood(weights: Path, cache_dir: Path | None = DEFAULT_CACHE_DIR) -> str:
+    """Refit the out-of-distribution statistics of saved weights on their training sources'
+    train and validation splits; the network and calibration are unchanged. Returns the new
+    version (the statistics are part of the versioned archive)."""
+    from ml import weights_io
+    from ml.model import build_busnet
+
+    meta = weights_io.read_meta(weights)
+    model = build_busnet(meta.image_size)
+    meta = weights_io.load_into(model, weights)
+    sources = meta.training.get("sources", list(SOURCES))
+    train_set = load_split_arrays(sources, "train", meta.image_size, cache_dir)
+    val_set = load_split_arrays(sources, "val", meta.image_size, cache_dir)
+    return weights_io.save(
+        model, weights, meta, ood=fit_ood(model, train_set, val_set)
+    ).version
 
 
 def train(config: TrainConfig) -> dict:
     import keras
 
-    from ml import ood, weights_io
+    from ml import weights_io
     from ml.backbone import load_imagenet_weights
     from ml.config import imagenet_weights_path
     from ml.model import build_busnet
@@ -105,10 +145,7 @@ def train(config: TrainConfig) -> dict:
 
     logits, _ = predict_arrays(model, val_set.images, config.batch_size)
     class_bias, temperature = calibrate(logits, val_set.labels)
-    ood_model = ood.fit(
-        encoder_features(model, train_set.images, config.batch_size),
-        encoder_features(model, val_set.images, config.batch_size),
-    )
+    ood_model = fit_ood(model, train_set, val_set, config.batch_size)
     meta = weights_io.ModelMeta(
         name=MODEL_NAME,
         version="",

@@ -66,9 +66,6 @@ def test_it_explains_a_class_the_caller_names(analyzer, busi):
 
 
 def test_grad_cam_explains_the_calibrated_label_not_the_raw_argmax(analyzer, busi):
-    from ml.explain import Explainer
-    from ml.model import CLASS_GRADCAM_LAYER, SEG_GRADCAM_LAYER
-
     image = decode_image(busi / SAMPLES[1])
     (plain,) = analyzer.analyze([image])
     assert plain.explained_class == plain.label
@@ -79,13 +76,7 @@ def test_grad_cam_explains_the_calibrated_label_not_the_raw_argmax(analyzer, bus
     bias[other] = 100.0
     meta = copy.copy(analyzer.meta)
     meta.class_bias = bias.tolist()
-    explainer = Explainer(
-        analyzer._model,
-        class_layer=CLASS_GRADCAM_LAYER,
-        seg_layer=SEG_GRADCAM_LAYER,
-        class_bias=bias,
-    )
-    (shifted,) = Analyzer(analyzer._model, explainer, meta).analyze([image])
+    (shifted,) = Analyzer(analyzer._model, meta).analyze([image])
     assert shifted.label == shifted.explained_class == CLASSES[other]
     (explicit,) = analyzer.analyze([image], class_index=[other])
     np.testing.assert_allclose(shifted.gradcam, explicit.gradcam, atol=1e-4)

@@ -29,6 +29,22 @@ def test_features_far_from_the_training_ones_are_flagged():
     assert not model.in_distribution(model.score(shifted)).any()
 
 
+def test_a_shift_in_a_small_early_depth_is_not_drowned_by_a_large_late_one():
+    rng = np.random.default_rng(4)
+    sizes = [4, 256]  # e.g. a texture block and the class layer
+    train = rng.normal(size=(1500, 260))
+    model = ood.fit(train, rng.normal(size=(500, 260)), sizes)
+    texture_changed = rng.normal(size=(100, 260))
+    texture_changed[:, :4] += 4.0
+    assert not model.in_distribution(model.score(texture_changed)).any()
+    assert model.in_distribution(model.score(rng.normal(size=(100, 260)))).mean() > 0.9
+
+
+def test_block_sizes_must_cover_the_features():
+    with pytest.raises(ValueError, match="do not add up"):
+        ood.fit(np.zeros((10, 5)), np.zeros((5, 5)), [2, 2])
+
+
 def test_a_constant_feature_does_not_break_the_fit():
     rng = np.random.default_rng(2)
     train = rng.normal(size=(100, 8))
