@@ -74,3 +74,38 @@ def test_admin_links_files_through_the_portal_download_views(
     assert reverse("clinical:scan_original", args=[scan.pk]) in html
     assert scan.original.name not in html
     assert 'type="file"' not in html
+
+
+def test_admin_shows_the_distribution_flag_and_filters_by_it(client, staff_user, study):
+    from tests.portal.review.conftest import analysed_scan
+
+    analysis = analysed_scan(
+        study,
+        staff_user,
+        in_distribution=False,
+        ood_score=97.25,
+        ood_threshold=41.5,
+        explained_class="malignant",
+    ).analyses.get()
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:analyses_analysis_change", args=[analysis.pk]))
+    html = page.content.decode()
+    for label in ("In distribution", "Ood score", "Ood threshold", "Explained class"):
+        assert f"{label}:</label>" in html, label
+    # A null boolean shows as Django's icon: "no" for False.
+    assert 'icon-no.svg" alt="False"' in html
+    for value in ("97.25", "41.5", "Malignant"):
+        assert value in html, value
+    changelist = reverse("admin:analyses_analysis_changelist")
+    assert (
+        client.get(changelist, {"in_distribution__exact": "0"})
+        .context["cl"]
+        .result_count
+        == 1
+    )
+    assert (
+        client.get(changelist, {"in_distribution__exact": "1"})
+        .context["cl"]
+        .result_count
+        == 0
+    )
