@@ -437,8 +437,13 @@ DICOM_DESTINATION = env_dicom_destination("DICOM_DESTINATION")
 DICOM_SEND_AFTER_ANALYSIS = env_bool("DICOM_SEND_AFTER_ANALYSIS", True)
 DICOM_SEND_AFTER_SIGNOFF = env_bool("DICOM_SEND_AFTER_SIGNOFF", True)
 DICOM_SEND_MAX_RETRIES = env_int("DICOM_SEND_MAX_RETRIES", 5, minimum=0)
-# Sends are short network calls: by default on the queue every worker consumes.
+# Sends are short network calls: by default on the queue every worker consumes (a
+# queue of its own is declared too, so a plain worker consumes it).
 CELERY_DICOM_QUEUE = env_str("CELERY_DICOM_QUEUE", "celery")
+CELERY_TASK_QUEUES.setdefault(
+    CELERY_DICOM_QUEUE,
+    {"exchange": CELERY_DICOM_QUEUE, "routing_key": CELERY_DICOM_QUEUE},
+)
 # An optional UID root of your organisation for the UIDs of the objects the portal
 # writes; empty: UUID-derived 2.25 UIDs (ISO/IEC 9834-8).
 DICOM_UID_ROOT = env_str("DICOM_UID_ROOT", "")

@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("portal.clinical.urls")),
     path("", include("portal.analyses.urls")),
     path("", include("portal.ingest.urls")),
+    path("", include("portal.dicomnet.urls")),
     path("api/v1/", include("portal.api.urls")),
     path("", include("portal.review.urls")),
 ]

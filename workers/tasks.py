@@ -28,6 +28,7 @@ from django.db import InterfaceError, OperationalError, connections
 from ml.decode import DecodedImage, DecodeError, decode_image
 from portal.analyses import queue, services
 from portal.analyses.models import Analysis
+from portal.dicomnet.services import SEND_DICOM_RESULTS, queue_results_send
 from portal.logs import log_context
 from workers import liveness
 from workers.analyzer import get_analyzer, preload
@@ -146,6 +147,47 @@ def _drain(analyzer: Any, *, first_id: int, worker: str) -> None:
 
 def _ids(work: list[_Work]) -> list[int]:
     return [item.analysis_id for item in work]
+
+
+@queue.app.task(
+    bind=True,
+    name=SEND_DICOM_RESULTS,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def send_dicom_results(
+    self: Any, analysis_id: int, review_id: int | None = None
+) -> None:
+    """C-STORE an analysis's DICOM objects to DICOM_DESTINATION, retrying with backoff."""
+    from portal.dicomnet import services as dicom_services
+    from portal.dicomnet.results import ResultsUnavailable
+    from portal.dicomnet.sender import SendFailed
+
+    try:
+        dicom_services.results_send(analysis_id=analysis_id, review_id=review_id)
+    except ResultsUnavailable as exc:
+        logger.warning("analysis %s: nothing to send: %s", analysis_id, exc)
+    except (SendFailed, OSError) as exc:
+        attempt = self.request.retries
+        if attempt >= settings.DICOM_SEND_MAX_RETRIES:
+            logger.error(
+                "analysis %s: giving up sending DICOM results after %d attempts: %s",
+                analysis_id,
+                attempt + 1,
+                exc,
+            )
+            analysis = Analysis.objects.get(pk=analysis_id)
+            dicom_services.record_send(analysis=analysis, what="results", failed=True)
+            return
+        logger.warning(
+            "analysis %s: sending DICOM results failed (%s); retrying", analysis_id, exc
+        )
+        raise self.retry(
+            exc=exc,
+            countdown=min(600, 10 * 2**attempt),
+            max_retries=settings.DICOM_SEND_MAX_RETRIES,
+        ) from None
 
 
 def _release(
@@ -275,9 +317,10 @@ def _record_outcome(item: _Work, outcome: Any) -> None:
                 error=f"could not encode the results: {type(exc).__name__}: {exc}",
             )
             return
-        services.analysis_record_success(
+        if services.analysis_record_success(
             analysis_id=analysis_id, result=outcome.to_dict(), artifacts=artifacts
-        )
+        ):
+            queue_results_send(analysis_id=analysis_id)
         logger.info("analysis %s succeeded", analysis_id)
     except TRANSIENT_ERRORS as exc:
         logger.warning(

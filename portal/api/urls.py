@@ -45,6 +45,11 @@ urlpatterns = [
         _api(analyses.AnalysisArtifactView),
         name="analysis-artifact",
     ),
+    path(
+        "analyses/<int:pk>/dicom/<str:kind>/",
+        _api(analyses.AnalysisDicomView),
+        name="analysis-dicom",
+    ),
     path("schema/", _api(docs.SchemaView), name="schema"),
     path("docs/", _api(docs.SwaggerView), name="docs"),
 ]

@@ -17,6 +17,9 @@ class AccessRecord(models.Model):
         VIEW = "view"
         DOWNLOAD = "download"
         RETRY = "retry"
+        # Results sent over DICOM to the configured PACS (by the system: no user).
+        SEND = "send", "sent to PACS"
+        SEND_FAILED = "send_failed", "sending to PACS failed"
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
     user = models.ForeignKey(

@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from portal.analyses.models import Analysis
+from portal.dicomnet.services import queue_results_send
 from portal.review.models import BiRads, Review
 
 
@@ -84,9 +85,11 @@ def review_save(
         if sign:
             latest.signed_at = now
         latest.save()
+        if sign:
+            queue_results_send(analysis_id=analysis.pk, review_id=latest.pk)
         return latest
     try:
-        return Review.objects.create(
+        review = Review.objects.create(
             scan_id=analysis.scan_id,
             analysis=analysis,
             version=(latest.version + 1) if latest else 1,
@@ -101,6 +104,10 @@ def review_save(
         raise ReviewLocked(
             "Someone else saved a review of this scan at the same moment; reload."
         ) from None
+    if sign:
+        # The signed reading goes to the PACS as a new, verified SR.
+        queue_results_send(analysis_id=analysis.pk, review_id=review.pk)
+    return review
 
 
 @transaction.atomic

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions
@@ -25,6 +25,9 @@ from portal.api.views.base import (
     not_found,
 )
 from portal.audit.services import Action, record_access
+from portal.dicomnet.views import READ as DICOM_READ
+from portal.dicomnet.views import dicom_response
+from portal.dicomnet.views import results_file as dicom_results_file
 from portal.storage_views import stream_from_storage
 
 
@@ -98,3 +101,24 @@ class AnalysisArtifactView(DownloadView):
             raise exceptions.NotFound(f"{reason[:1].upper()}{reason[1:]}.") from None
         record_access(request, analysis, action=Action.DOWNLOAD, detail=kind)
         return stream_from_storage(name, download_name=f"analysis-{analysis.pk}-{kind}")
+
+
+class AnalysisDicomView(DownloadView):
+    required_permissions = needs(GET=DICOM_READ)
+
+    @extend_schema(
+        responses={
+            (200, "application/dicom"): OpenApiTypes.BINARY,
+            (200, "application/zip"): OpenApiTypes.BINARY,
+        },
+        summary="Download the results as DICOM: seg, sr, overlay, source (for a scan "
+        "uploaded as PNG/JPEG) or zip (all of them)",
+    )
+    def get(self, request: Request, pk: int, kind: str) -> HttpResponse:
+        analysis = _get_analysis(pk)
+        try:
+            content, filename, content_type = dicom_results_file(analysis, kind)
+        except Http404 as exc:
+            raise exceptions.NotFound(str(exc)) from None
+        record_access(request, analysis, action=Action.DOWNLOAD, detail=f"dicom {kind}")
+        return dicom_response(content, filename=filename, content_type=content_type)

@@ -32,3 +32,59 @@ def receiver(transactional_db: None) -> Iterator[dict[str, Any]]:
     server = receiver.start(("127.0.0.1", port))
     yield {"port": port, "ae_title": RECEIVER_AE, "receiver": receiver}
     server.shutdown()
+
+
+def store_scan(study: Any, user: Any, content: bytes, name: str = "scan.dcm") -> Any:
+    """A scan stored through the same service as an upload (its analysis is queued)."""
+    from portal.clinical.services import scan_create
+    from portal.clinical.uploads import validate_content
+    from tests.conftest import TEST_MODEL_VERSION
+
+    upload = validate_content(filename=name, content=content)
+    return scan_create(
+        study=study, upload=upload, uploaded_by=user, model_version=TEST_MODEL_VERSION
+    )
+
+
+def finish_analysis(
+    scan: Any,
+    *,
+    mask: Any = None,
+    probabilities: dict[str, float] | None = None,
+) -> Any:
+    """Record a result for the scan's queued analysis the way a worker does."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from portal.analyses import services
+
+    analysis = scan.analyses.get()
+    assert services.analysis_claim(analysis_id=analysis.pk, worker="test")
+    if mask is None:
+        mask = np.zeros((scan.height, scan.width), bool)
+        mask[10:30, 20:40] = True
+    probabilities = probabilities or {"normal": 0.1, "benign": 0.2, "malignant": 0.7}
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
+    rows, columns = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    bbox = (
+        [int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1]
+        if rows.size
+        else None
+    )
+    label = max(probabilities, key=probabilities.get)
+    services.analysis_record_success(
+        analysis_id=analysis.pk,
+        result={
+            "label": label,
+            "probabilities": probabilities,
+            "confidence": probabilities[label],
+            "lesion_area_fraction": float(mask.mean()),
+            "bbox": bbox,
+        },
+        artifacts={"mask": buffer.getvalue()},
+    )
+    analysis.refresh_from_db()
+    return analysis

@@ -1,0 +1,611 @@
+"""An analysis as DICOM objects a PACS stores and shows: SEG, SR and a secondary capture.
+
+Per analysed scan:
+
+- **SEG** (binary): the lesion mask, one segment, referencing the source image (its
+  first frame for a cine clip, the frame the model analysed).
+- **Comprehensive SR** (TID 1500 measurement report): predicted class, calibrated
+  probabilities, the out-of-distribution "not reliable" flag and score where the analysis
+  has them, the lesion (referencing the SEG segment) with its area in mm² when the pixel
+  spacing is known, the bounding box as a polyline on the source image, the model's name
+  and version as the algorithm and the device observer, and, once a radiologist has
+  signed, their reading (label, BI-RADS category) with the SR marked verified by them.
+- **Secondary capture**: the scan with the lesion outline burned in, for viewers that
+  show neither SEG nor SR.
+
+UIDs are derived, not random: the same analysis always gives the same UIDs, so a
+download and a send are the same instances and sending twice replaces rather than
+duplicates. They come from the scan's random UUID (unique across installations) plus
+what the object is, under DICOM_UID_ROOT or else 2.25.
+
+Scans uploaded as PNG/JPEG have no DICOM source to reference. For them a secondary
+capture of the original image is made and becomes the source: its SOP instance UID is
+derived from the scan's UUID, its series and study UIDs from the UUID of the study's first
+scan, so every scan of a study shares one study and one series, and the source SC goes
+along with the results (download and send), which keeps every reference resolvable.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import io
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from django.conf import settings
+from django.core.files.storage import default_storage
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    UltrasoundImageStorage,
+    generate_uid,
+)
+
+from ml.decode import decode_image
+from ml.render import mask_overlay
+from portal.analyses.models import Analysis
+from portal.clinical.models import Scan
+
+logger = logging.getLogger(__name__)
+
+MANUFACTURER = "BUSAI"
+MODEL_NAME = "BUSAI breast ultrasound analysis"
+DEVICE_SERIAL = "1"
+SERIES_NUMBERS = {"source": 900, "seg": 901, "sr": 902, "overlay": 903}
+# Concepts that have no standard code: a private coding scheme (99 prefix, PS3.16 8.2).
+SCHEME = "99BUSAI"
+NOT_RELIABLE = hd.sr.CodedConcept(
+    "OOD", SCHEME, "Input unlike the model's training data"
+)
+OOD_SCORE = hd.sr.CodedConcept("OODSCORE", SCHEME, "Out-of-distribution score")
+CLASS_CODES = {
+    "normal": codes.SCT.Normal,
+    "benign": codes.SCT.Benign,
+    "malignant": codes.SCT.Malignant,
+}
+PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+TYPE_2_PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+# Fixed: changing it would change every UID the portal has ever written.
+UID_NAMESPACE = uuid.UUID("6c1b8f52-3f0e-4c55-9a57-0d2f1c8b7e41")
+KINDS = ("seg", "sr", "overlay", "source")
+
+
+class ResultsUnavailable(ValueError):
+    """The analysis has no results to write as DICOM; str() says why."""
+
+
+def derived_uid(*parts: object) -> str:
+    """A UID that is the same every time for the same parts (see the module docstring)."""
+    name = "/".join(map(str, parts))
+    if settings.DICOM_UID_ROOT:
+        return str(generate_uid(f"{settings.DICOM_UID_ROOT}.", entropy_srcs=[name]))
+    # A name-based (SHA-1) UUID as a 2.25 UID: ISO/IEC 9834-8, PS3.5 B.2.
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
+
+
+@dataclass
+class DicomResults:
+    """The DICOM objects of one analysis; `source` only when the scan was not DICOM."""
+
+    seg: Dataset
+    sr: Dataset
+    overlay: Dataset
+    source: Dataset | None = None
+    names: dict[str, Dataset] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.names = {"seg": self.seg, "sr": self.sr, "overlay": self.overlay}
+        if self.source is not None:
+            self.names["source"] = self.source
+
+    def datasets(self) -> list[Dataset]:
+        """In sending order: what is referenced goes before what references it."""
+        ordered = [self.source] if self.source is not None else []
+        return [*ordered, self.seg, self.overlay, self.sr]
+
+
+def encode(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def analysis_results(*, analysis: Analysis, review: Any = None) -> DicomResults:
+    """Build the objects of a succeeded analysis (with a signed review's reading)."""
+    if analysis.status != Analysis.Status.SUCCEEDED:
+        raise ResultsUnavailable(
+            f"analysis {analysis.pk} is {analysis.status}; only finished analyses "
+            "have results"
+        )
+    if not analysis.mask:
+        raise ResultsUnavailable(f"analysis {analysis.pk} has no lesion mask stored")
+    scan = analysis.scan
+    with default_storage.open(scan.original.name, "rb") as stored:
+        original = stored.read()
+    image = decode_image(original, max_pixels=settings.UPLOAD_MAX_PIXELS).pixels
+    source, synthesized = _source_dataset(scan, original, image)
+    mask = _lesion_mask(analysis, image.shape[:2])
+    seg = _segmentation(analysis, source, mask)
+    overlay = _secondary_capture(
+        reference=source,
+        pixels=mask_overlay(image, mask),
+        series_uid=derived_uid("overlay-series", scan.uuid),
+        sop_uid=derived_uid("overlay", scan.uuid, analysis.model_version),
+        series_number=SERIES_NUMBERS["overlay"],
+        description=f"Lesion outline ({analysis.model_version})",
+        derived=True,
+    )
+    sr = _report(analysis, source, seg, review)
+    return DicomResults(
+        seg=seg, sr=sr, overlay=overlay, source=source if synthesized else None
+    )
+
+
+# --- the source image ----------------------------------------------------------------
+
+
+def _source_dataset(
+    scan: Scan, original: bytes, image: np.ndarray
+) -> tuple[Dataset, bool]:
+    """The scan's own DICOM dataset, or a secondary capture made of its image.
+
+    Returns (dataset, synthesized).
+    """
+    if scan.format == "DICOM":
+        dataset = pydicom.dcmread(io.BytesIO(original))
+        if all(
+            dataset.get(name)
+            for name in (
+                "SOPClassUID",
+                "SOPInstanceUID",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+            )
+        ):
+            # Type 2 attributes that the objects derived from it must carry, empty if
+            # the scanner left them out.
+            for name in TYPE_2_PATIENT_AND_STUDY:
+                if name not in dataset:
+                    setattr(dataset, name, "")
+            return dataset, False
+        logger.warning(
+            "scan %s: its DICOM file lacks UIDs; results reference a secondary capture",
+            scan.pk,
+        )
+    study = scan.study
+    patient = study.patient
+    first_scan = study.scans.order_by("uploaded_at", "pk").first() or scan
+    reference = Dataset()
+    reference.PatientName = patient.name
+    reference.PatientID = patient.identifier
+    reference.PatientBirthDate = (
+        patient.birth_date.strftime("%Y%m%d") if patient.birth_date else ""
+    )
+    reference.PatientSex = ""
+    reference.StudyInstanceUID = study.study_instance_uid or derived_uid(
+        "study", first_scan.uuid
+    )
+    reference.StudyDate = study.study_date.strftime("%Y%m%d")
+    reference.StudyTime = ""
+    reference.StudyID = str(study.pk)
+    reference.AccessionNumber = study.accession_number
+    reference.ReferringPhysicianName = ""
+    source = _secondary_capture(
+        reference=reference,
+        pixels=image,
+        series_uid=derived_uid("source-series", first_scan.uuid),
+        sop_uid=derived_uid("source", scan.uuid),
+        series_number=SERIES_NUMBERS["source"],
+        description="Uploaded ultrasound image",
+        derived=False,
+    )
+    if scan.pixel_spacing_row_mm and scan.pixel_spacing_col_mm:
+        source.PixelSpacing = [scan.pixel_spacing_row_mm, scan.pixel_spacing_col_mm]
+    return source, True
+
+
+def _secondary_capture(
+    *,
+    reference: Dataset,
+    pixels: np.ndarray,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    description: str,
+    derived: bool,
+) -> Dataset:
+    """An RGB secondary capture image in the reference's patient and study."""
+    now = datetime.datetime.now(datetime.UTC)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    for name in PATIENT_AND_STUDY:
+        if name in reference:
+            setattr(ds, name, reference.get(name))
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = 1
+    ds.SeriesDescription = description[:64]
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    ds.Manufacturer = MANUFACTURER
+    ds.ImageType = ["DERIVED" if derived else "ORIGINAL", "SECONDARY"]
+    ds.BurnedInAnnotation = "YES" if derived else "NO"
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.PatientOrientation = ""
+    rgb = np.ascontiguousarray(pixels, dtype=np.uint8)
+    ds.Rows, ds.Columns = int(rgb.shape[0]), int(rgb.shape[1])
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = rgb.tobytes()
+    if derived and "SOPInstanceUID" in reference:
+        source = Dataset()
+        source.ReferencedSOPClassUID = reference.SOPClassUID
+        source.ReferencedSOPInstanceUID = reference.SOPInstanceUID
+        ds.SourceImageSequence = [source]
+    return ds
+
+
+def _lesion_mask(analysis: Analysis, shape: tuple[int, int]) -> np.ndarray:
+    with (
+        default_storage.open(analysis.mask.name, "rb") as stored,
+        Image.open(stored) as picture,
+    ):
+        grey = picture.convert("L")
+        if grey.size != (shape[1], shape[0]):
+            grey = grey.resize((shape[1], shape[0]), Image.NEAREST)
+        return np.asarray(grey) >= 128
+
+
+# --- SEG -----------------------------------------------------------------------------
+
+
+def _algorithm(analysis: Analysis) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=MODEL_NAME,
+        family=codes.DCM.ArtificialIntelligence,
+        version=analysis.model_version,
+    )
+
+
+def _segmentation(analysis: Analysis, source: Dataset, mask: np.ndarray) -> Dataset:
+    stack = mask[None]
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Lesion",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=_algorithm(analysis),
+        tracking_uid=derived_uid("lesion", analysis.scan.uuid, analysis.model_version),
+        tracking_id="Lesion",
+    )
+    # Without a frame of reference (ultrasound, secondary capture) the SEG lies on the
+    # source's pixel grid and the millimetres stay with the source. highdicom would copy
+    # Pixel Spacing into a Pixel Measures item without the Slice Thickness its own reader
+    # requires (and that a 2D ultrasound image does not have), so it is left out.
+    # Its own elements (the pixel data shared, never changed): what is changed below must
+    # not change the source the SR references.
+    grid = Dataset()
+    for element in source:
+        grid.add(element if element.keyword == "PixelData" else copy.deepcopy(element))
+    if hasattr(source, "file_meta"):
+        grid.file_meta = source.file_meta
+    # highdicom also refuses a multi-frame source without a frame of reference: it is
+    # shown the analysed first frame as a single-frame image, and the SEG's reference
+    # then names that frame.
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    for name in ("PixelSpacing", "ImagerPixelSpacing"):
+        if name in grid:
+            delattr(grid, name)
+    if frames > 1:
+        # ... and as an image of a single-frame class: highdicom reads every
+        # multi-frame class as an enhanced one, with functional groups a cine lacks.
+        grid.NumberOfFrames = 1
+        grid.SOPClassUID = (
+            UltrasoundImageStorage
+            if source.Modality == "US"
+            else SecondaryCaptureImageStorage
+        )
+    seg = hd.seg.Segmentation(
+        source_images=[grid],
+        pixel_array=stack.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=derived_uid("seg-series", analysis.scan.uuid),
+        series_number=SERIES_NUMBERS["seg"],
+        sop_instance_uid=derived_uid("seg", analysis.scan.uuid, analysis.model_version),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=analysis.model_version,
+        device_serial_number=DEVICE_SERIAL,
+        series_description=f"Lesion segmentation ({analysis.model_version})"[:64],
+        # An empty mask is a finding too ("no lesion"): keep its frame.
+        omit_empty_frames=bool(mask.any()),
+    )
+    if frames > 1:
+        references = [
+            image
+            for group in seg.PerFrameFunctionalGroupsSequence
+            for derivation in group.get("DerivationImageSequence", [])
+            for image in derivation.SourceImageSequence
+        ]
+        for image in references:
+            image.ReferencedFrameNumber = 1
+        references += [
+            instance
+            for series in seg.ReferencedSeriesSequence
+            for instance in series.ReferencedInstanceSequence
+        ]
+        for image in references:
+            image.ReferencedSOPClassUID = source.SOPClassUID
+    return seg
+
+
+# --- SR ------------------------------------------------------------------------------
+
+
+def _person_name(user: Any) -> str:
+    last, first = (user.last_name or "").strip(), (user.first_name or "").strip()
+    if last or first:
+        return f"{last}^{first}"
+    return user.get_username()
+
+
+def _report(analysis: Analysis, source: Dataset, seg: Dataset, review: Any) -> Dataset:
+    scan = analysis.scan
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=MODEL_NAME, version=analysis.model_version, manufacturer=MANUFACTURER
+    )
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid("device", analysis.model_version),
+            name=MODEL_NAME,
+            manufacturer_name=MANUFACTURER,
+            model_name=analysis.model_version[:64],
+        ),
+    )
+    person = None
+    if review is not None:
+        person = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Person,
+            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+                name=_person_name(review.author)
+            ),
+        )
+    context = hd.sr.ObservationContext(
+        observer_person_context=person, observer_device_context=device
+    )
+    source_for_group = hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
+    groups: list[Any] = [
+        _model_output_group(analysis, algorithm, source_for_group),
+        _lesion_group(analysis, algorithm, source, seg),
+    ]
+    bbox_group = _bbox_group(analysis, algorithm, source)
+    if bbox_group is not None:
+        groups.append(bbox_group)
+    if review is not None:
+        groups.append(_reading_group(analysis, review, source_for_group))
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=codes.SCT.UltrasonographyOfBreast,
+        imaging_measurements=groups,
+    )
+    version = f"{review.pk}" if review is not None else "model"
+    signed = review is not None
+    return hd.sr.ComprehensiveSR(
+        evidence=[source, seg],
+        content=report[0],
+        series_instance_uid=derived_uid("sr-series", scan.uuid),
+        series_number=SERIES_NUMBERS["sr"],
+        sop_instance_uid=derived_uid("sr", scan.uuid, analysis.model_version, version),
+        instance_number=review.version + 1 if signed else 1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=signed,
+        is_verified=signed,
+        verifying_observer_name=_person_name(review.author) if signed else None,
+        verifying_organization=MANUFACTURER if signed else None,
+        series_description=f"AI analysis ({analysis.model_version})"[:64],
+    )
+
+
+def _tracking(analysis: Analysis, what: str, label: str) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(
+        uid=derived_uid("tracking", what, analysis.scan.uuid, analysis.model_version),
+        identifier=label,
+    )
+
+
+def _model_output_group(
+    analysis: Analysis, algorithm: Any, source: Any
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    evaluations = []
+    in_distribution = getattr(analysis, "in_distribution", None)
+    if in_distribution is not None:
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                name=NOT_RELIABLE,
+                value=codes.SCT.No if in_distribution else codes.SCT.Yes,
+            )
+        )
+    measurements = [
+        hd.sr.Measurement(
+            name=codes.DCM.Probability,
+            value=float(probability),
+            unit=codes.UCUM.NoUnits,
+            qualifier=CLASS_CODES[label],
+            algorithm_id=algorithm,
+        )
+        for label, probability in sorted((analysis.probabilities or {}).items())
+        if label in CLASS_CODES
+    ]
+    ood_score = getattr(analysis, "ood_score", None)
+    if ood_score is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=OOD_SCORE,
+                value=float(ood_score),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            )
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(analysis, "output", "Model output"),
+        algorithm_id=algorithm,
+        # TID 1501's Finding is the predicted class.
+        finding_type=CLASS_CODES[analysis.label],
+        qualitative_evaluations=evaluations or None,
+        measurements=measurements,
+        source_images=[source],
+    )
+
+
+def _lesion_group(
+    analysis: Analysis, algorithm: Any, source: Dataset, seg: Dataset
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    scan = analysis.scan
+    measurements = []
+    area = scan.area_mm2(analysis.lesion_area_fraction)
+    if area is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=codes.SCT.Area,
+                value=float(area),
+                unit=codes.UCUM.SquareMillimeter,
+                algorithm_id=algorithm,
+            )
+        )
+    else:
+        measurements.append(
+            hd.sr.Measurement(
+                name=codes.SCT.Area,
+                value=float(analysis.lesion_area_fraction or 0.0) * 100.0,
+                unit=codes.UCUM.Percent,
+                # Of the image, the pixel spacing being unknown.
+                algorithm_id=algorithm,
+            )
+        )
+    # Built by hand: highdicom's from_segmentation() looks for the segment in per-frame
+    # groups, and a one-frame SEG keeps it in the shared ones.
+    segment = hd.sr.ReferencedSegmentationFrame(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        frame_number=1,
+        segment_number=1,
+        source_image=hd.sr.SourceImageForSegmentation.from_source_image(
+            source, referenced_frame_numbers=_first_frame(source)
+        ),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(analysis, "lesion", "Lesion"),
+        referenced_segment=segment,
+        finding_type=codes.SCT.Lesion,
+        algorithm_id=algorithm,
+        measurements=measurements,
+    )
+
+
+def _bbox_group(
+    analysis: Analysis, algorithm: Any, source: Dataset
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | None:
+    if not analysis.bbox:
+        return None
+    x_min, y_min, x_max, y_max = (float(v) for v in analysis.bbox)
+    # Closed polyline through the corners, in image pixel coordinates (column, row).
+    corners = np.array(
+        [
+            [x_min, y_min],
+            [x_max, y_min],
+            [x_max, y_max],
+            [x_min, y_max],
+            [x_min, y_min],
+        ],
+        dtype=float,
+    )
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=corners,
+        source_image=hd.sr.SourceImageForRegion.from_source_image(
+            source, referenced_frame_numbers=_first_frame(source)
+        ),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(analysis, "bbox", "Lesion bounding box"),
+        referenced_region=region,
+        finding_type=codes.SCT.Lesion,
+        algorithm_id=algorithm,
+    )
+
+
+def _first_frame(source: Dataset) -> list[int] | None:
+    """The frame the model analysed, named only for a multi-frame source."""
+    return [1] if int(source.get("NumberOfFrames", 1) or 1) > 1 else None
+
+
+def _reading_group(
+    analysis: Analysis, review: Any, source: Any
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    evaluations = [
+        hd.sr.QualitativeEvaluation(
+            name=codes.DCM.AssessmentCategory,
+            value=hd.sr.CodedConcept(
+                f"BIRADS-{review.birads}",
+                SCHEME,
+                # ASCII: the SR's default character set has no en dash.
+                f"BI-RADS {review.get_birads_display()}".replace("\u2013", "-")[:64],
+            ),
+        ),
+    ]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(
+            analysis, f"reading-{review.pk}", f"Radiologist reading v{review.version}"
+        ),
+        finding_type=CLASS_CODES[review.label],
+        qualitative_evaluations=evaluations,
+        source_images=[source],
+    )
