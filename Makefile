@@ -113,3 +113,12 @@ fuzz: venv
 
 bench-load: migrate redis
 	$(PY) -m bench load --analyses $(ANALYSES) --studies $(STUDIES) --workers $(WORKERS) $(ARGS)
+
+# --- DICOM (issue 12) ------------------------------------------------------------------
+# make bench-dicom: N ultrasound instances sent by storescu to a real dicom_listener.
+DICOM_N ?= 100
+.PHONY: bench-dicom
+bench-dicom: export DEBUG ?= 1
+
+bench-dicom: migrate redis
+	$(PY) -m bench dicom --n $(DICOM_N) $(ARGS)

@@ -1,4 +1,4 @@
-"""``python -m bench {ml,pipeline,load,ingest}``: each prints its figures on stdout.
+"""``python -m bench {ml,pipeline,load,ingest,dicom}``: each prints its figures on stdout.
 
 Progress goes to stderr. The portal's benchmarks set Django up here, before importing
 the modules that use the portal's models; `ml` loads TensorFlow and nothing of Django.
@@ -118,6 +118,33 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dicom(args: argparse.Namespace) -> int:
+    from bench import dicom
+
+    try:
+        r = dicom.run(
+            n=args.n,
+            busi_dir=args.busi_dir,
+            database_url=args.database_url,
+            report=_report,
+        )
+    except (OSError, RuntimeError) as exc:
+        _report(f"error: {exc}")
+        return 2
+    _write(dicom.summary(r))
+    return 0 if r.none_lost else 1
+
+
+def _add_dicom(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, default=100, help="instances (default 100)")
+    parser.add_argument("--busi-dir", default=None, help="default: BUSI_DIR")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="database for the listener (default: a fresh SQLite file)",
+    )
+
+
 def _add_ml(parser: argparse.ArgumentParser) -> None:
     from ml.config import busi_dir
 
@@ -224,6 +251,15 @@ COMMANDS: dict[
         ),
         _add_ingest,
         cmd_ingest,
+        True,
+    ),
+    "dicom": (
+        (
+            "send N ultrasound instances with DCMTK's storescu in one association to a "
+            "real dicom_listener: all stored and queued, throughput, listener memory"
+        ),
+        _add_dicom,
+        cmd_dicom,
         True,
     ),
 }

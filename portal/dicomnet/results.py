@@ -51,7 +51,7 @@ from pydicom.uid import (
 )
 
 from ml.decode import decode_image
-from ml.render import mask_overlay
+from ml.render import mask_overlay, read_mask
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan
 
@@ -207,7 +207,7 @@ def _source_dataset(
     patient = study.patient
     first_scan = study.scans.order_by("uploaded_at", "pk").first() or scan
     reference = Dataset()
-    reference.PatientName = patient.name
+    reference.PatientName = _single_component_name(patient.name)
     reference.PatientID = patient.identifier
     reference.PatientBirthDate = (
         patient.birth_date.strftime("%Y%m%d") if patient.birth_date else ""
@@ -289,14 +289,14 @@ def _secondary_capture(
 
 
 def _lesion_mask(analysis: Analysis, shape: tuple[int, int]) -> np.ndarray:
-    with (
-        default_storage.open(analysis.mask.name, "rb") as stored,
-        Image.open(stored) as picture,
-    ):
-        grey = picture.convert("L")
-        if grey.size != (shape[1], shape[0]):
-            grey = grey.resize((shape[1], shape[0]), Image.NEAREST)
-        return np.asarray(grey) >= 128
+    with default_storage.open(analysis.mask.name, "rb") as stored:
+        mask = read_mask(stored.read())
+    if mask.shape != shape:  # stored at the scan's size: anything else is a fault
+        raise ResultsUnavailable(
+            f"analysis {analysis.pk}: its mask is {mask.shape[1]}x{mask.shape[0]}, the "
+            f"scan {shape[1]}x{shape[0]}"
+        )
+    return mask
 
 
 # --- SEG -----------------------------------------------------------------------------
@@ -388,11 +388,17 @@ def _segmentation(analysis: Analysis, source: Dataset, mask: np.ndarray) -> Data
 # --- SR ------------------------------------------------------------------------------
 
 
+def _single_component_name(name: str) -> str:
+    """A free-text name as a DICOM PN: one component, marked so with a caret."""
+    name = name.replace("\\", " ").strip()
+    return name if "^" in name else f"{name}^"
+
+
 def _person_name(user: Any) -> str:
     last, first = (user.last_name or "").strip(), (user.first_name or "").strip()
     if last or first:
         return f"{last}^{first}"
-    return user.get_username()
+    return _single_component_name(user.get_username())
 
 
 def _report(analysis: Analysis, source: Dataset, seg: Dataset, review: Any) -> Dataset:

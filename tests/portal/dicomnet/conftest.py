@@ -88,3 +88,50 @@ def finish_analysis(
     )
     analysis.refresh_from_db()
     return analysis
+
+
+def start_storescp(folder: Any, port: int, ae_title: str) -> Any:
+    """DCMTK's storage SCP (the PACS of the tests), writing what it gets into folder."""
+    import subprocess
+    import time
+
+    process = subprocess.Popen(
+        ["storescp", "-aet", ae_title, "-od", str(folder), "--fork", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError("storescp did not start") from None
+            time.sleep(0.1)
+
+
+def start_listener(env: dict[str, str], log_path: Any) -> Any:
+    """`manage.py dicom_listener` as deployed; returns once it listens."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.launch import REPO_ROOT
+
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "dicom_listener"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 90
+    while b"listening on" not in log_path.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"listener did not start:\n{log_path.read_text()}")
+        time.sleep(0.2)
+    return process

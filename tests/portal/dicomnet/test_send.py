@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,12 +15,17 @@ import pytest
 import redis
 from django.db import transaction
 from pydicom.uid import generate_uid
-from workers.launch import point_celery_at, redis_url_with_db
 
+from bench.launch import point_celery_at, redis_url_with_db
 from portal.audit.models import AccessRecord
 from portal.dicomnet import services
 from portal.dicomnet.sender import SendFailed
-from tests.portal.dicomnet.conftest import finish_analysis, free_port, store_scan
+from tests.portal.dicomnet.conftest import (
+    finish_analysis,
+    free_port,
+    start_storescp,
+    store_scan,
+)
 from tests.portal.ingest.factories import GREY, dicom, png
 
 pytestmark = pytest.mark.slow
@@ -42,20 +45,7 @@ def storescp(tmp_path: Path) -> Iterator[dict[str, Any]]:
     folder = tmp_path / "pacs"
     folder.mkdir()
     port = free_port()
-    process = subprocess.Popen(
-        ["storescp", "-aet", PACS_AE, "-od", str(folder), "--fork", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("storescp did not start") from None
-            time.sleep(0.1)
+    process = start_storescp(folder, port, PACS_AE)
     yield {"port": port, "folder": folder}
     process.terminate()
     process.wait(timeout=10)

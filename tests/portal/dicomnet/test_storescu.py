@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,11 +22,11 @@ from django.conf import settings
 from django.db import connection
 from pydicom.uid import generate_uid
 
-from bench.launch import REPO_ROOT, database_url, redis_url_with_db
+from bench.launch import database_url, redis_url_with_db
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
 from portal.ingest.models import UploadBatch, UploadItem
-from tests.portal.dicomnet.conftest import SCANNER_AE, free_port
+from tests.portal.dicomnet.conftest import SCANNER_AE, free_port, start_listener
 from tests.portal.ingest.factories import GREY, RGB, dicom
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -83,20 +82,8 @@ def listener(
         }
     )
     log_path = tmp_path / "listener.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "dicom_listener"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_listener(env, log_path)
     try:
-        deadline = time.monotonic() + 60
-        while b"listening on" not in log_path.read_bytes():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"listener did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
         yield {"port": port, "log": log_path, "process": process}
     finally:
         process.terminate()
