@@ -128,7 +128,8 @@ def start_listener(env: dict[str, str], log_path: Any) -> Any:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 90
+    # Generous: Django and pynetdicom start slowly on a loaded two-core machine.
+    deadline = time.monotonic() + 240
     while b"listening on" not in log_path.read_bytes():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
