@@ -20,6 +20,9 @@ from django.conf import settings as django_settings
 django_settings.INSTALLED_APPS  # noqa: B018
 
 TEST_MODEL_VERSION = "test-model-1"
+# Eight real ultrasound scans kept with the tests (source, citation and CC BY 4.0 licence
+# in its README), so the end-to-end tests run on any machine, no dataset needed.
+SCANS_DIR = Path(__file__).resolve().parent / "fixtures" / "scans"
 
 
 @pytest.fixture

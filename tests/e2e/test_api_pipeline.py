@@ -1,6 +1,6 @@
 """The REST API end to end with real processes: a live portal, Redis and a `celery -A
-workers worker` subprocess analysing real BUSI images uploaded as files, a zip and a
-DICOM file, then results and artifacts read back through the API with a token."""
+workers worker` subprocess analysing real scans (tests/fixtures/scans) uploaded as
+files, a zip and a DICOM file, then results and artifacts read back through the API with a token."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import requests
 from PIL import Image
 
 from bench.launch import tail
+from tests.conftest import SCANS_DIR
 from tests.e2e.conftest import PIXEL_LIMIT
 from tests.portal.ingest.factories import dicom
 
@@ -48,7 +49,7 @@ def _dicom_from(path: Path) -> bytes:
 
 
 def test_a_client_uploads_through_the_api_and_reads_the_results(
-    live_server, token, real_worker, busi_dir, settings
+    live_server, token, real_worker, settings
 ):
     settings.UPLOAD_MAX_PIXELS = PIXEL_LIMIT
     process, log_path = real_worker
@@ -74,11 +75,11 @@ def test_a_client_uploads_through_the_api_and_reads_the_results(
     assert study.status_code == 201, study.text
     study_id = study.json()["id"]
 
-    benign = (busi_dir / "benign/benign (1).png").read_bytes()
-    malignant = (busi_dir / "malignant/malignant (1).png").read_bytes()
+    benign = (SCANS_DIR / "benign/case056.png").read_bytes()
+    malignant = (SCANS_DIR / "malignant/case176.jpg").read_bytes()
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("exam/left/malignant.png", malignant)
+        zf.writestr("exam/left/malignant.jpg", malignant)
         zf.writestr("exam/left/benign-again.png", benign)  # the same image again
         zf.writestr("exam/notes.txt", b"clinical notes, not an image")
     files = [
@@ -88,7 +89,7 @@ def test_a_client_uploads_through_the_api_and_reads_the_results(
             "files",
             (
                 "normal.dcm",
-                _dicom_from(busi_dir / "normal/normal (1).png"),
+                _dicom_from(SCANS_DIR / "normal/case213.jpg"),
                 "application/dicom",
             ),
         ),
@@ -97,7 +98,7 @@ def test_a_client_uploads_through_the_api_and_reads_the_results(
     assert upload.status_code == 201, upload.text
     report = upload.json()
     accepted = {a["filename"]: a for a in report["accepted"]}
-    assert set(accepted) == {"benign.png", "exam/left/malignant.png", "normal.dcm"}
+    assert set(accepted) == {"benign.png", "exam/left/malignant.jpg", "normal.dcm"}
     assert [d["filename"] for d in report["duplicates"]] == [
         "exam/left/benign-again.png"
     ]

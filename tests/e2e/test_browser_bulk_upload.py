@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from portal.accounts.roles import STAFF, assign_role
-from tests.portal.ingest.factories import png
+from tests.conftest import SCANS_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -103,11 +103,11 @@ def test_a_zip_upload_shows_its_report_and_live_progress(
     study = in_thread(set_up)
     archive = tmp_path / "exam.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("left/one.png", png(120, 90, value=1))
-        zf.writestr("left/two.png", png(120, 90, value=2))
+        zf.write(SCANS_DIR / "benign/case009.png", "left/one.png")
+        zf.write(SCANS_DIR / "malignant/case205.png", "left/two.png")
         zf.writestr("left/notes.txt", b"not an image")
-    loose = tmp_path / "three.png"
-    loose.write_bytes(png(120, 90, value=3))
+    loose = tmp_path / "three.jpg"
+    loose.write_bytes((SCANS_DIR / "normal/case213.jpg").read_bytes())
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     context = chromium.new_context()
@@ -158,7 +158,7 @@ def test_a_zip_upload_shows_its_report_and_live_progress(
     # Two images and a text file from the zip, and the loose image.
     assert page.locator(".upload-report tbody tr").count() == 4
     text = page.locator(".upload-report").inner_text()
-    assert "left/one.png" in text and "three.png" in text and "no images" not in text
+    assert "left/one.png" in text and "three.jpg" in text and "no images" not in text
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     # Stop polling and close the browser's keep-alive connections now: each holds a
     # server thread and its database connection, which would outlive the test database.

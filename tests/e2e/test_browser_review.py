@@ -1,6 +1,6 @@
 """The radiologist workflow in a real browser (Playwright driving Debian's Chromium).
 
-Staff log in, register a patient and a study, upload three BUSI images and watch the
+Staff log in, register a patient and a study, upload three real scans and watch the
 results arrive without reloading; a radiologist opens the worklist, toggles every
 overlay, signs off with a corrected label and downloads the report; the audit trail
 shows each step. Screenshots of the key pages go to test-artifacts/.
@@ -29,6 +29,7 @@ from django.db import connection
 
 from bench.launch import tail
 from portal.accounts.roles import ADMINISTRATOR, RADIOLOGIST, STAFF, assign_role
+from tests.conftest import SCANS_DIR
 from tests.portal.review.pdftext import pdf_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -46,10 +47,11 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser-review"
 PASSWORD = "browser-test-password-42!"
+# Real scans kept with the tests (tests/fixtures/scans): two grey PNGs and a JPEG.
 IMAGES = (
-    "benign/benign (3).png",
-    "malignant/malignant (3).png",
-    "normal/normal (3).png",
+    "benign/case056.png",
+    "malignant/case176.jpg",
+    "normal/case209.png",
 )
 # Model load and three analyses on a slow shared CPU.
 TIMEOUT_S = float(os.environ.get("E2E_TIMEOUT", "420"))
@@ -198,7 +200,7 @@ def _log_in(browser: Any, base: str, username: str) -> Any:
     return page
 
 
-def _register_and_upload(page: Any, base: str, busi_dir: Path, shoot: Any) -> int:
+def _register_and_upload(page: Any, base: str, shoot: Any) -> int:
     page.goto(f"{base}/patients/")
     page.fill("input[name=identifier]", "BRW-0001")
     page.fill("input[name=name]", "Browser Test Patient")
@@ -210,7 +212,9 @@ def _register_and_upload(page: Any, base: str, busi_dir: Path, shoot: Any) -> in
     page.click("text=Create study")
     page.wait_for_url(re.compile(r".*/studies/\d+/$"))
     study_id = int(re.search(r"/studies/(\d+)/$", page.url).group(1))
-    page.set_input_files("input[name=files]", [str(busi_dir / name) for name in IMAGES])
+    page.set_input_files(
+        "input[name=files]", [str(SCANS_DIR / name) for name in IMAGES]
+    )
     with page.expect_navigation():
         page.click("text=Upload and analyse")
     page.wait_for_selector("article.scan >> nth=2")
@@ -545,7 +549,6 @@ def _scenario(
     browser: Any,
     base: str,
     people: dict[str, Any],
-    busi_dir: Path,
     shoot: Any,
     check_worker: Callable[[], None],
 ) -> None:
@@ -556,7 +559,7 @@ def _scenario(
 
     staff_page = _log_in(browser, base, people[STAFF].username)
     step("staff logged in")
-    study_id = _register_and_upload(staff_page, base, busi_dir, shoot)
+    study_id = _register_and_upload(staff_page, base, shoot)
     step("patient, study and three uploads")
     _watch_until_done(staff_page, shoot, check_worker)
     step("all analysed, page not reloaded")
@@ -575,20 +578,20 @@ def _scenario(
 
 
 def test_review_workflow_with_a_real_worker(
-    live_server, people, busi_dir, real_worker, screenshots, chromium
+    live_server, people, real_worker, screenshots, chromium
 ):
     process, log_path = real_worker
 
     def check_worker() -> None:
         assert process.poll() is None, f"worker died:\n{tail(log_path)}"
 
-    _scenario(chromium, live_server.url, people, busi_dir, screenshots, check_worker)
+    _scenario(chromium, live_server.url, people, screenshots, check_worker)
 
 
 def test_review_workflow_with_a_stub_worker(
-    live_server, people, busi_dir, stub_worker, screenshots, chromium
+    live_server, people, stub_worker, screenshots, chromium
 ):
     def check_worker() -> None:
         assert not stub_worker.errors, stub_worker.errors
 
-    _scenario(chromium, live_server.url, people, busi_dir, screenshots, check_worker)
+    _scenario(chromium, live_server.url, people, screenshots, check_worker)

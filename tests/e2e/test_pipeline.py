@@ -1,5 +1,5 @@
 """The whole slice with real processes: a live portal, Redis and a `celery -A workers
-worker` subprocess running the real ml package on real BUSI images."""
+worker` subprocess running the real ml package on real scans (tests/fixtures/scans)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import requests
 from PIL import Image
 
 from bench.launch import tail
+from tests.conftest import SCANS_DIR
 from tests.e2e.conftest import PIXEL_LIMIT
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -21,7 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 # Model load (TensorFlow import, build, first trace) plus two analyses on a slow CPU.
 TIMEOUT_S = float(os.environ.get("E2E_TIMEOUT", "420"))
 PASSWORD = "e2e-long-password-123!"
-GOOD_IMAGES = ("benign/benign (1).png", "malignant/malignant (1).png")
+# A grey PNG and a colour JPEG.
+GOOD_IMAGES = ("benign/case178.jpg", "malignant/case050.png")
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def _post(session: requests.Session, url: str, **kwargs: Any) -> requests.Respon
 
 
 def test_uploaded_scans_are_analysed_by_a_real_worker(
-    live_server, browser, real_worker, busi_dir, settings
+    live_server, browser, real_worker, settings
 ):
     settings.UPLOAD_MAX_PIXELS = PIXEL_LIMIT
     process, log_path = real_worker
@@ -87,8 +89,8 @@ def test_uploaded_scans_are_analysed_by_a_real_worker(
     study_url = study.url.rstrip("/")
     assert "/studies/" in study_url
 
-    good = {Path(p).name: (busi_dir / p).read_bytes() for p in GOOD_IMAGES}
-    truncated = (busi_dir / "benign/benign (2).png").read_bytes()
+    good = {Path(p).name: (SCANS_DIR / p).read_bytes() for p in GOOD_IMAGES}
+    truncated = (SCANS_DIR / "benign/case009.png").read_bytes()
     buffer = io.BytesIO()
     Image.new("L", (1100, 1000), 90).save(buffer, format="PNG")
     bad = {
