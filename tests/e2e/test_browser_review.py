@@ -47,10 +47,12 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser-review"
 PASSWORD = "browser-test-password-42!"
-# Real scans kept with the tests (tests/fixtures/scans): two grey PNGs and a JPEG.
+# Real scans kept with the tests (tests/fixtures/scans): a JPEG and two grey PNGs. The
+# viewer is checked on the first: its lesion is in the middle (where the heatmaps are
+# checked for colour) and its middle is mid-grey (where contrast is checked).
 IMAGES = (
-    "benign/case056.png",
-    "malignant/case176.jpg",
+    "benign/case014.jpg",
+    "malignant/case205.png",
     "normal/case209.png",
 )
 # Model load and three analyses on a slow shared CPU.

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 TIMEOUT_S = float(os.environ.get("E2E_TIMEOUT", "420"))
 PASSWORD = "e2e-long-password-123!"
 # A grey PNG and a colour JPEG.
-GOOD_IMAGES = ("benign/case178.jpg", "malignant/case050.png")
+GOOD_IMAGES = ("benign/case014.jpg", "malignant/case050.png")
 
 
 @pytest.fixture
