@@ -191,3 +191,25 @@ def tail(path: Path, lines: int = 60) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def signed_in_session(base: str, username: str, password: str) -> Any:
+    """A requests session signed in through the portal's login page, as a browser is."""
+    import requests
+
+    session = requests.Session()
+    session.get(f"{base}/accounts/login/", timeout=30).raise_for_status()
+    response = session.post(
+        f"{base}/accounts/login/",
+        data={
+            "username": username,
+            "password": password,
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+        },
+        headers={"Referer": f"{base}/accounts/login/"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    if "sessionid" not in session.cookies:
+        raise RuntimeError(f"{username} could not sign in")
+    return session

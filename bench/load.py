@@ -42,6 +42,7 @@ from bench.launch import (
     database_url,
     point_celery_at,
     redis_url_with_db,
+    signed_in_session,
     start_worker,
     stop_worker,
     tail,
@@ -101,7 +102,8 @@ class LoadResult:
         return first, last, (last - first) / first
 
 
-def _png(rng: np.random.Generator, size: int) -> bytes:
+def blob_png(rng: np.random.Generator, size: int) -> bytes:
+    """A synthetic grey scan: a bright blob at a random place over noise."""
     y, x = np.mgrid[0:size, 0:size]
     cx, cy = rng.uniform(0.3, 0.7, 2) * size
     blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (size * rng.uniform(4, 12)))
@@ -191,7 +193,9 @@ def _upload(
         if index % SCANS_PER_STUDY == 0:
             study = study_create(patient=patient, created_by=user)
             study_ids.append(study.pk)
-        upload = validate_content(filename=f"load-{index}.png", content=_png(rng, size))
+        upload = validate_content(
+            filename=f"load-{index}.png", content=blob_png(rng, size)
+        )
         scan = scan_create(
             study=study, upload=upload, uploaded_by=user, model_version=model_version
         )
@@ -274,24 +278,7 @@ def _start_web(
 
 
 def _login(base: str) -> Any:
-    import requests
-
-    session = requests.Session()
-    session.get(f"{base}/accounts/login/", timeout=30).raise_for_status()
-    response = session.post(
-        f"{base}/accounts/login/",
-        data={
-            "username": "load-bench",
-            "password": PASSWORD,
-            "csrfmiddlewaretoken": session.cookies["csrftoken"],
-        },
-        headers={"Referer": f"{base}/accounts/login/"},
-        timeout=30,
-    )
-    response.raise_for_status()
-    if "sessionid" not in session.cookies:
-        raise RuntimeError("the benchmark user could not sign in")
-    return session
+    return signed_in_session(base, "load-bench", PASSWORD)
 
 
 def _measure_pages(

@@ -85,23 +85,31 @@ def _counters(
 ) -> list[tuple[str, int, str]]:
     """(cache key, limit, message) for the name and the address of this attempt."""
     minutes = max(1, settings.LOGIN_LOCKOUT_SECONDS // 60)
-    username = get_client_username(request, credentials) or ""
-    address = get_client_ip_address(request) or ""
+    rules = (
+        (
+            "username",
+            get_client_username(request, credentials) or "",
+            settings.LOGIN_MAX_FAILURES,
+            (
+                "Too many failed sign-in attempts for this account. It is locked for "
+                f"{minutes} minutes; ask an administrator if you need access sooner."
+            ),
+        ),
+        (
+            "ip_address",
+            get_client_ip_address(request) or "",
+            settings.LOGIN_MAX_FAILURES_PER_IP,
+            (
+                "Too many failed sign-in attempts from this network address. "
+                f"Try again in {minutes} minutes."
+            ),
+        ),
+    )
     counters = []
-    if username:
-        account_locked = (
-            "Too many failed sign-in attempts for this account. It is locked for "
-            f"{minutes} minutes; ask an administrator if you need access sooner."
-        )
-        key = make_cache_key_list([{"username": username}])[0]
-        counters.append((key, settings.LOGIN_MAX_FAILURES, account_locked))
-    if address:
-        address_locked = (
-            "Too many failed sign-in attempts from this network address. "
-            f"Try again in {minutes} minutes."
-        )
-        key = make_cache_key_list([{"ip_address": address}])[0]
-        counters.append((key, settings.LOGIN_MAX_FAILURES_PER_IP, address_locked))
+    for parameter, value, limit, message in rules:
+        if value:
+            key = make_cache_key_list([{parameter: value}])[0]
+            counters.append((key, limit, message))
     return counters
 
 

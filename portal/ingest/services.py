@@ -224,31 +224,25 @@ class BatchIngester:
         try:
             item = self._store(upload, archive=archive, folders=folders)
         except UploadRejected as exc:
-            self.reject(name, str(exc), archive=archive, sha256=upload.sha256)
-            return
+            reason = str(exc)
         except IntegrityError:
             # Another upload created the same patient or study UID at the same moment.
             logger.warning("upload %s: a file met a simultaneous upload", self.batch.pk)
-            self.reject(
-                name,
+            reason = (
                 "it collided with another upload of the same patient or study at the "
-                "same moment; upload it again",
-                archive=archive,
-                sha256=upload.sha256,
+                "same moment; upload it again"
             )
-            return
         except (OSError, DatabaseError):
             # Storage or database trouble with this file: the others still go on.
             logger.exception("upload %s: a file could not be stored", self.batch.pk)
-            self.reject(
-                name,
+            reason = (
                 "it could not be stored (the error is logged for the administrators); "
-                "upload it again later",
-                archive=archive,
-                sha256=upload.sha256,
+                "upload it again later"
             )
+        else:
+            self.result.items.append(item)
             return
-        self.result.items.append(item)
+        self.reject(name, reason, archive=archive, sha256=upload.sha256)
 
     def _store(
         self, upload: ValidatedUpload, *, archive: str, folders: tuple[str, ...]

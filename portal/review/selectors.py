@@ -8,6 +8,7 @@ aggregates, never a query per row.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -258,6 +259,24 @@ def _rate(agreed: int, total: int) -> float | None:
     return agreed / total if total else None
 
 
+def _agreement_by(
+    reviews: QuerySet[Review], key: str, agrees: Q, *, name: str
+) -> Iterator[dict[str, Any]]:
+    """Total, agreed and rate of the reviews grouped by `key` (shown as `name`)."""
+    rows = (
+        reviews.values(key)
+        .annotate(total=Count("id"), agreed=Count("id", filter=agrees))
+        .order_by(key)
+    )
+    for row in rows:
+        yield {
+            name: row[key],
+            "total": row["total"],
+            "agreed": row["agreed"],
+            "rate": _rate(row["agreed"], row["total"]),
+        }
+
+
 def agreement(*, model_version: str = "") -> Agreement:
     """How often the model's label matched the radiologist's current signed reading."""
     reviews = current_signed_reviews().filter(analysis__status=Status.SUCCEEDED)
@@ -285,33 +304,9 @@ def agreement(*, model_version: str = "") -> Agreement:
                 "rate": _rate(agreed, total),
             }
         )
-    versions = (
-        reviews.values("analysis__model_version")
-        .annotate(total=Count("id"), agreed=Count("id", filter=agrees))
-        .order_by("analysis__model_version")
+    result.per_version = list(
+        _agreement_by(reviews, "analysis__model_version", agrees, name="model_version")
     )
-    result.per_version = [
-        {
-            "model_version": v["analysis__model_version"],
-            "total": v["total"],
-            "agreed": v["agreed"],
-            "rate": _rate(v["agreed"], v["total"]),
-        }
-        for v in versions
-    ]
-    months = (
-        reviews.annotate(month=TruncMonth("signed_at"))
-        .values("month")
-        .annotate(total=Count("id"), agreed=Count("id", filter=agrees))
-        .order_by("month")
-    )
-    result.per_month = [
-        {
-            "month": m["month"],
-            "total": m["total"],
-            "agreed": m["agreed"],
-            "rate": _rate(m["agreed"], m["total"]),
-        }
-        for m in months
-    ]
+    months = reviews.annotate(month=TruncMonth("signed_at"))
+    result.per_month = list(_agreement_by(months, "month", agrees, name="month"))
     return result

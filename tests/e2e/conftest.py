@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,36 +101,33 @@ def _run_worker(
 
 
 @pytest.fixture
-def real_worker(
+def worker_for_test(
     request: pytest.FixtureRequest,
     e2e_broker: str,
     media_root: Path,
     real_weights_dir: Path,
     tmp_path: Path,
     worker_env: dict[str, str],
-) -> Iterator[tuple[Any, Path]]:
-    """A dedicated analysis worker, `celery -A workers worker -Q <inference queue>`, on
-    this test's database, broker and storage (the form a GPU worker takes)."""
-    yield from _run_worker(
-        request,
-        e2e_broker,
-        media_root,
-        tmp_path / "worker.log",
-        [settings.CELERY_INFERENCE_QUEUE],
-        worker_env,
-    )
+) -> Callable[[list[str] | None], Iterator[tuple[Any, Path]]]:
+    """Starts a worker with the real model on this test's database, broker and storage,
+    consuming the given queues (None: as Celery starts one, without -Q)."""
+
+    def start(queues: list[str] | None) -> Iterator[tuple[Any, Path]]:
+        return _run_worker(
+            request, e2e_broker, media_root, tmp_path / "worker.log", queues, worker_env
+        )
+
+    return start
 
 
 @pytest.fixture
-def plain_worker(
-    request: pytest.FixtureRequest,
-    e2e_broker: str,
-    media_root: Path,
-    real_weights_dir: Path,
-    tmp_path: Path,
-    worker_env: dict[str, str],
-) -> Iterator[tuple[Any, Path]]:
+def real_worker(worker_for_test: Any) -> Iterator[tuple[Any, Path]]:
+    """A dedicated analysis worker, `celery -A workers worker -Q <inference queue>`
+    (the form a GPU worker takes)."""
+    yield from worker_for_test([settings.CELERY_INFERENCE_QUEUE])
+
+
+@pytest.fixture
+def plain_worker(worker_for_test: Any) -> Iterator[tuple[Any, Path]]:
     """`celery -A workers worker` with no -Q, as Celery's documentation starts one."""
-    yield from _run_worker(
-        request, e2e_broker, media_root, tmp_path / "worker.log", None, worker_env
-    )
+    yield from worker_for_test(None)

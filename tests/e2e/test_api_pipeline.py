@@ -17,6 +17,7 @@ import requests
 from PIL import Image
 
 from bench.launch import tail
+from portal.analyses.models import ARTIFACT_KINDS
 from tests.conftest import SCANS_DIR
 from tests.e2e.conftest import PIXEL_LIMIT
 from tests.portal.ingest.factories import dicom
@@ -133,14 +134,7 @@ def test_a_client_uploads_through_the_api_and_reads_the_results(
         assert analysis["confidence"] == pytest.approx(
             max(analysis["probabilities"].values())
         )
-        for kind in (
-            "mask",
-            "overlay",
-            "gradcam",
-            "seg_gradcam",
-            "gradcam_map",
-            "seg_gradcam_map",
-        ):
+        for kind in ARTIFACT_KINDS:
             url = analysis[f"{kind}_url"]
             artifact = api.get(url, timeout=30)
             assert artifact.status_code == 200, (kind, artifact.text[:200])

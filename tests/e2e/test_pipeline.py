@@ -13,7 +13,8 @@ import pytest
 import requests
 from PIL import Image
 
-from bench.launch import tail
+from bench.launch import signed_in_session, tail
+from portal.analyses.models import ARTIFACT_KINDS
 from tests.conftest import SCANS_DIR
 from tests.e2e.conftest import PIXEL_LIMIT
 
@@ -36,21 +37,7 @@ def browser(live_server: Any, django_user_model: Any) -> requests.Session:
         ),
         STAFF,
     )
-    session = requests.Session()
-    session.get(f"{live_server.url}/accounts/login/", timeout=30).raise_for_status()
-    response = session.post(
-        f"{live_server.url}/accounts/login/",
-        data={
-            "username": "sonographer",
-            "password": PASSWORD,
-            "csrfmiddlewaretoken": session.cookies["csrftoken"],
-        },
-        headers={"Referer": f"{live_server.url}/accounts/login/"},
-        timeout=30,
-    )
-    response.raise_for_status()
-    assert "sessionid" in session.cookies, "login failed"
-    return session
+    return signed_in_session(live_server.url, "sonographer", PASSWORD)
 
 
 def _post(session: requests.Session, url: str, **kwargs: Any) -> requests.Response:
@@ -143,14 +130,7 @@ def test_uploaded_scans_are_analysed_by_a_real_worker(
         assert analysis["confidence"] == pytest.approx(
             max(analysis["probabilities"].values())
         )
-        assert set(analysis["artifacts"]) == {
-            "mask",
-            "overlay",
-            "gradcam",
-            "seg_gradcam",
-            "gradcam_map",
-            "seg_gradcam_map",
-        }
+        assert set(analysis["artifacts"]) == set(ARTIFACT_KINDS)
         original = Image.open(io.BytesIO(good[filename]))
         for kind, url in analysis["artifacts"].items():
             artifact = browser.get(f"{base}{url}", timeout=30)

@@ -11,7 +11,6 @@ Prints one JSON value on its last line.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from pathlib import Path
@@ -24,23 +23,12 @@ django.setup()
 
 import numpy as np
 from django.core.management import call_command
-from PIL import Image
-
-
-def _png(index: int, size: int) -> bytes:
-    rng = np.random.default_rng(index)
-    y, x = np.mgrid[0:size, 0:size]
-    cx, cy = rng.uniform(0.3, 0.7, 2) * size
-    blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (size * rng.uniform(4, 12)))
-    pixels = (30 + 180 * blob + rng.normal(0, 12, blob.shape)).clip(0, 255)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def create(count: int, size: int) -> list[int]:
     from django.contrib.auth import get_user_model
 
+    from bench.load import blob_png
     from portal.analyses.modelinfo import current_model_version
     from portal.clinical.models import Patient
     from portal.clinical.services import patient_create, scan_create, study_create
@@ -54,7 +42,8 @@ def create(count: int, size: int) -> list[int]:
     ids = []
     for index in range(count):
         upload = validate_content(
-            filename=f"scan-{index}.png", content=_png(number * 10_000 + index, size)
+            filename=f"scan-{index}.png",
+            content=blob_png(np.random.default_rng(number * 10_000 + index), size),
         )
         scan = scan_create(
             study=study, upload=upload, uploaded_by=user, model_version=version

@@ -342,22 +342,22 @@ def _production_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_check_deploy_is_clean_under_production_settings(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "check",
-            "--deploy",
-            "--fail-level",
-            "WARNING",
-        ],
+def _run_in_production(tmp_path: Path, *args: str) -> Any:
+    """Python with these arguments, under the production settings, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=REPO_ROOT,
         env=_production_env(tmp_path),
         check=False,
         capture_output=True,
         text=True,
         timeout=300,
+    )
+
+
+def test_check_deploy_is_clean_under_production_settings(tmp_path):
+    result = _run_in_production(
+        tmp_path, "manage.py", "check", "--deploy", "--fail-level", "WARNING"
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
@@ -369,14 +369,8 @@ def test_production_settings_turn_on_https_protections(tmp_path):
         "print(s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS >= 31536000,"
         " s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.DEBUG)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {script}"],
-        cwd=REPO_ROOT,
-        env=_production_env(tmp_path),
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = _run_in_production(
+        tmp_path, "-c", f"import django; django.setup(); {script}"
     )
     assert result.stdout.split() == ["True", "True", "True", "True", "False"], (
         result.stderr

@@ -19,6 +19,7 @@ from portal.analyses.reconciler import reconcile, rescue_dead_workers
 from portal.clinical.services import scan_create
 from portal.clinical.uploads import validate_content
 from tests.conftest import TEST_MODEL_VERSION
+from tests.e2e.conftest import redis_reachable
 
 Status = Analysis.Status
 BROKER_TEST_DB = 13
@@ -222,13 +223,6 @@ def _point_celery_at(app: Any, url: str) -> None:
         app._pool.force_close_all()
         app._pool = None
     app.amqp._producer_pool = None
-
-
-def redis_reachable(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
-    except redis.RedisError:
-        return False
 
 
 @pytest.fixture
