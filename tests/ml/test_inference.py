@@ -137,3 +137,21 @@ def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
             with Image.open(out / f"{stem}_{suffix}.png") as picture:
                 assert picture.size == original.size
     assert not (out / "notes.json").exists()
+
+
+def test_what_a_worker_stores_reads_back_as_the_model_produced_it(analyzer, busi):
+    from ml.render import read_heatmap, read_mask
+
+    images = [decode_image(busi / path) for path in SAMPLES]
+    for image, result in zip(images, analyzer.analyze(images), strict=True):
+        stored = result.stored_artifacts()
+        assert (read_mask(stored["mask"]) == result.lesion_mask).all()
+        for kind, full in (
+            ("gradcam_map", result.gradcam),
+            ("seg_gradcam_map", result.seg_gradcam),
+        ):
+            back = read_heatmap(stored[kind], image.width, image.height)
+            # 64 px maps drawn back over the scan: off by about one grey level on average.
+            assert np.abs(back - full).mean() < 2 / 255, kind
+            assert np.abs(back - full).max() < 0.1, kind
+            assert len(stored[kind]) < 8 * 1024

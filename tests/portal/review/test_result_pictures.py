@@ -159,3 +159,18 @@ def test_uploads_store_their_display_copy(client, user, study):
     with default_storage.open(scan.display.name, "rb") as stored:
         pixels = np.asarray(Image.open(stored).convert("RGB"))
     assert pixels.shape == (40, 50, 3) and tuple(pixels[0, 0]) == (10, 20, 30)
+
+
+def test_the_admin_links_each_result_file_through_the_authorised_view(
+    client, analysis, django_user_model
+):
+    admin = django_user_model.objects.create_superuser("root", password="x" * 20)
+    client.force_login(admin)
+    page = client.get(
+        reverse("admin:analyses_analysis_change", args=[analysis.pk])
+    ).content.decode()
+    for kind in ("mask", "overlay", "gradcam", "seg_gradcam", "gradcam_map"):
+        assert reverse("analyses:artifact", args=[analysis.pk, kind]) in page, kind
+    assert "/media/" not in page
+    overlay = client.get(reverse("analyses:artifact", args=[analysis.pk, "overlay"]))
+    assert overlay.status_code == 200
