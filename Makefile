@@ -122,3 +122,11 @@ bench-dicom: export DEBUG ?= 1
 
 bench-dicom: migrate redis
 	$(PY) -m bench dicom --n $(DICOM_N) $(ARGS)
+
+# make bench-pages: every page's p50/p95 at STUDIES studies of SCANS scans, in a throwaway
+# database of the configured kind (SQLite by default; DATABASE_URL for PostgreSQL).
+SCANS ?= 20
+.PHONY: bench-pages
+bench-pages: export DEBUG ?= 1
+bench-pages: migrate
+	$(PY) -m bench pages --studies $(STUDIES) --scans $(SCANS) $(ARGS)

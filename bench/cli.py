@@ -210,6 +210,28 @@ def _add_ingest(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_pages(args: argparse.Namespace) -> int:
+    from bench import pages
+
+    result = pages.run(
+        studies=args.studies,
+        scans_per_study=args.scans,
+        requests=args.requests,
+        report=_report,
+    )
+    _write(result.lines())
+    if args.json:
+        args.json.write_text(json.dumps(result.figures(), indent=2))
+    return 0
+
+
+def _add_pages(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--studies", type=int, default=10_000)
+    parser.add_argument("--scans", type=int, default=20, help="scans per study")
+    parser.add_argument("--requests", type=int, default=20, help="requests per page")
+    parser.add_argument("--json", type=Path, default=None, help="also write figures")
+
+
 # name: (help, arguments, command, needs Django)
 COMMANDS: dict[
     str,
@@ -242,6 +264,15 @@ COMMANDS: dict[
         ),
         _add_load,
         cmd_load,
+        True,
+    ),
+    "pages": (
+        (
+            "in a throwaway database of the configured kind: seed STUDIES studies of "
+            "SCANS analysed scans, then p50/p95 server time of every page"
+        ),
+        _add_pages,
+        cmd_pages,
         True,
     ),
     "ingest": (

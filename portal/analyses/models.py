@@ -111,6 +111,8 @@ class Analysis(models.Model):
             models.Index(fields=("status", "queued_at"), name="analysis_status_queued"),
             # Dashboard filters.
             models.Index(fields=("label",), name="analysis_label"),
+            # The dashboard's counts per status and label, read from the index alone.
+            models.Index(fields=("status", "label"), name="analysis_status_label"),
             models.Index(fields=("confidence",), name="analysis_confidence"),
             models.Index(fields=("model_version",), name="analysis_model_version"),
         )

@@ -24,6 +24,7 @@ from portal.analyses.modelinfo import (
 )
 from portal.analyses.models import ARTIFACT_KINDS, COMPOSITE_KINDS, Analysis
 from portal.clinical.models import Scan
+from portal.review.services import study_review_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def analysis_record_success(
     analysis.bbox = [int(v) for v in bbox] if bbox is not None else None
     _record_distribution(analysis, result)
     analysis.save()
+    study_review_refresh(study_id=analysis.scan.study_id)
     return True
 
 

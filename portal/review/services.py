@@ -8,11 +8,14 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from portal.analyses.models import Analysis
+from portal.clinical.models import Study
 from portal.dicomnet.services import queue_results_send
 from portal.review.models import BiRads, Review
+from portal.review.selectors import study_review_columns
 
 
 class ReviewLocked(ValidationError):
@@ -39,6 +42,25 @@ def _fields(
         "birads": birads,
         "note": note.strip(),
     }
+
+
+@transaction.atomic
+def study_review_refresh(*, study_id: int) -> None:
+    """Recompute a study's worklist columns (awaiting_review, max_malignant).
+
+    Called in the transaction that finishes an analysis or signs a review. The study
+    row is locked first, so two workers finishing scans of one study at once count
+    each other's result: the second waits for the first to commit, then reads it.
+    Recomputed from the rows, never incremented, so a value cannot drift.
+    """
+    studies = Study.objects.select_for_update().filter(pk=study_id)
+    list(studies.values_list("pk", flat=True))  # takes the lock
+    studies_review_refresh(studies=Study.objects.filter(pk=study_id))
+
+
+def studies_review_refresh(*, studies: QuerySet[Study]) -> int:
+    """The same for many studies in one UPDATE (seeding, repairs); returns how many."""
+    return studies.update(**study_review_columns())
 
 
 @transaction.atomic
@@ -87,6 +109,7 @@ def review_save(
         latest.save()
         if sign:
             queue_results_send(analysis_id=analysis.pk, review_id=latest.pk)
+            study_review_refresh(study_id=analysis.scan.study_id)
         return latest
     try:
         review = Review.objects.create(
@@ -107,6 +130,7 @@ def review_save(
     if sign:
         # The signed reading goes to the PACS as a new, verified SR.
         queue_results_send(analysis_id=analysis.pk, review_id=review.pk)
+        study_review_refresh(study_id=analysis.scan.study_id)
     return review
 
 
@@ -120,4 +144,5 @@ def review_sign(*, review: Review, user: Any) -> Review:
         raise PermissionDenied("Only the author of a draft can sign it.")
     review.signed_at = review.updated_at = timezone.now()
     review.save()
+    study_review_refresh(study_id=review.scan.study_id)
     return review

@@ -43,7 +43,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     versions = selectors.model_versions()
     form = DashboardFilterForm(request.GET or None, model_versions=versions)
     rows = selectors.dashboard_rows(form.filters())
-    page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
+    counts = selectors.dashboard_counts(rows)
+    paginator = Paginator(rows, PAGE_SIZE)
+    # Every row has one status: the counts already say how many rows there are.
+    paginator.count = sum(counts["statuses"].values())
+    page = paginator.get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -52,7 +56,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         {
             "form": form,
             "page": page,
-            "counts": selectors.dashboard_counts(rows),
+            "counts": counts,
             "queue": selectors.queue_state(),
             "query": query.urlencode(),
         },

@@ -32,10 +32,12 @@ def analysed_scan(
     """A scan with a succeeded analysis and its stored results: what a worker stores now
     (a 1-bit mask and grey heatmaps), or with ``legacy`` what workers stored before (an
     8-bit mask and the three pictures drawn on the scan). analysis_fields set more of the
-    analysis (in_distribution=False, ood_score=..., ...)."""
+    analysis (in_distribution=False, ood_score=..., ...). The study's worklist columns
+    are refreshed as the worker's analysis_record_success does."""
     from ml.render import display_png, heatmap_png, mask_png
     from portal.analyses.models import Analysis
     from portal.clinical.models import Scan
+    from portal.review.services import study_review_refresh
 
     probabilities = probabilities or {"normal": 0.1, "benign": 0.2, "malignant": 0.7}
     width, height = 64, 48
@@ -78,6 +80,7 @@ def analysed_scan(
             "seg_gradcam_map.png", ContentFile(heatmap_png(heat.T.copy())), save=False
         )
         analysis.save()
+        study_review_refresh(study_id=study.pk)
         return scan
     analysis.mask.save("mask.png", ContentFile(_png(mask)), save=False)
     overlay = pixels.copy()
@@ -88,6 +91,7 @@ def analysed_scan(
     analysis.gradcam.save("gradcam.png", ContentFile(_png(heat)), save=False)
     analysis.seg_gradcam.save("seg_gradcam.png", ContentFile(_png(heat)), save=False)
     analysis.save()
+    study_review_refresh(study_id=study.pk)
     return scan
 
 

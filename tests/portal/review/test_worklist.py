@@ -1,10 +1,17 @@
 from __future__ import annotations
 
 from django.urls import reverse
-from django.utils import timezone
 
+from portal.analyses.services import (
+    analysis_claim,
+    analysis_create,
+    analysis_record_success,
+)
+from portal.clinical.models import Study
 from portal.clinical.services import patient_create, study_create
 from portal.review.models import Review
+from portal.review.selectors import study_review_columns, worklist_count
+from portal.review.services import review_save, review_sign, studies_review_refresh
 
 
 def _study(user, identifier):
@@ -32,14 +39,13 @@ def test_unreviewed_studies_most_suspicious_first_with_a_count_in_the_nav(
         mixed, user, probabilities={"normal": 0.1, "benign": 0.4, "malignant": 0.5}
     )
     reviewed = make_analysed_scan(done, user)
-    Review.objects.create(
-        scan=reviewed,
+    review_save(
         analysis=reviewed.analyses.get(),
+        author=radiologist,
         agrees_with_model=True,
         label="malignant",
         birads="5",
-        author=radiologist,
-        signed_at=timezone.now(),
+        sign=True,
     )
     client.force_login(radiologist)
     response = client.get(reverse("review:worklist"))
@@ -63,3 +69,134 @@ def test_a_draft_does_not_take_a_study_off_the_worklist(
     )
     client.force_login(radiologist)
     assert client.get(reverse("review:worklist")).context["page"].paginator.count == 1
+
+
+def _columns(study):
+    study.refresh_from_db()
+    return study.awaiting_review, study.max_malignant
+
+
+def _finish(scan, malignant):
+    """The worker's path: claim the queued analysis and record its result."""
+    analysis = scan.analyses.get()
+    assert analysis_claim(analysis_id=analysis.pk, worker="test")
+    probabilities = {"normal": 1 - malignant, "benign": 0.0, "malignant": malignant}
+    assert analysis_record_success(
+        analysis_id=analysis.pk,
+        result={
+            "label": "malignant" if malignant > 0.5 else "normal",
+            "confidence": max(malignant, 1 - malignant),
+            "probabilities": probabilities,
+            "lesion_area_fraction": 0.1,
+            "bbox": None,
+        },
+        artifacts={},
+    )
+    analysis.refresh_from_db()
+    return analysis
+
+
+def _queued_scan(study, user, name):
+    from portal.clinical.models import Scan
+
+    scan = Scan.objects.create(
+        study=study,
+        original=f"scans/{study.pk}/{name}",
+        original_filename=name,
+        sha256=name.ljust(64, "0"),
+        width=64,
+        height=48,
+        format="PNG",
+        uploaded_by=user,
+    )
+    analysis_create(scan=scan, model_version="m-1")
+    return scan
+
+
+def _sign(analysis, author):
+    return review_save(
+        analysis=analysis,
+        author=author,
+        agrees_with_model=True,
+        label=analysis.label,
+        birads="2",
+        sign=True,
+    )
+
+
+def test_a_study_joins_the_worklist_when_a_result_arrives_and_leaves_when_signed(
+    user, radiologist, study, enqueued
+):
+    first = _queued_scan(study, user, "a.png")
+    second = _queued_scan(study, user, "b.png")
+    assert _columns(study) == (False, None)
+    assert worklist_count() == 0
+
+    one = _finish(first, 0.25)
+    assert _columns(study) == (True, 0.25)
+    two = _finish(second, 0.75)
+    assert _columns(study) == (True, 0.75)
+    assert worklist_count() == 1
+
+    _sign(one, radiologist)
+    assert _columns(study) == (True, 0.75)
+    review = _sign(two, radiologist)
+    assert _columns(study) == (False, 0.75)
+    assert worklist_count() == 0
+
+    # An amendment keeps the scan read; a new scan's result brings the study back.
+    review_save(
+        analysis=two,
+        author=radiologist,
+        agrees_with_model=False,
+        label="benign",
+        birads="3",
+        sign=True,
+    )
+    assert Review.objects.filter(amends=review).exists()
+    assert _columns(study) == (False, 0.75)
+    _finish(_queued_scan(study, user, "c.png"), 0.5)
+    assert _columns(study) == (True, 0.75)
+
+
+def test_a_draft_signed_later_takes_the_study_off(user, radiologist, study, enqueued):
+    analysis = _finish(_queued_scan(study, user, "a.png"), 0.6)
+    draft = review_save(
+        analysis=analysis,
+        author=radiologist,
+        agrees_with_model=True,
+        label=analysis.label,
+        birads="4A",
+    )
+    assert _columns(study) == (True, 0.6)
+    review_sign(review=draft, user=radiologist)
+    assert _columns(study) == (False, 0.6)
+
+
+def test_the_columns_match_the_rule_they_cache(
+    user, radiologist, make_analysed_scan, enqueued
+):
+    studies = [_study(user, f"P{i}") for i in range(4)]
+    for index, study in enumerate(studies):
+        for n in range(index):
+            scan = make_analysed_scan(
+                study,
+                user,
+                filename=f"{n}.png",
+                probabilities={"normal": 0.5, "benign": 0.1, "malignant": 0.1 * n},
+            )
+            if n % 2:
+                _sign(scan.analyses.get(), radiologist)
+    _queued_scan(studies[3], user, "queued.png")
+    cached = {s.pk: _columns(s) for s in studies}
+    Study.objects.update(awaiting_review=False, max_malignant=None)
+    assert studies_review_refresh(studies=Study.objects.all()) == len(studies)
+    recomputed = {s.pk: _columns(s) for s in studies}
+    assert recomputed == cached
+    expected = dict(
+        Study.objects.annotate(
+            **{f"rule_{k}": v for k, v in study_review_columns().items()}
+        ).values_list("pk", "rule_awaiting_review")
+    )
+    assert {pk: columns[0] for pk, columns in cached.items()} == expected
+    assert [cached[s.pk][0] for s in studies] == [False, True, True, True]
