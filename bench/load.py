@@ -171,6 +171,12 @@ def _seed(studies: int, model_version: str, user: Any) -> None:
         )
         for scan in scans
     )
+    # What the workers' analysis_record_success would have kept: the worklist columns.
+    from portal.review.services import studies_review_refresh
+
+    studies_review_refresh(
+        studies=Study.objects.filter(accession_number__startswith="LA")
+    )
 
 
 def _upload(

@@ -248,6 +248,10 @@ def seed(
             reviews += len(signed)
         if (first // max(1, BATCH // scans_per_study)) % 20 == 0:
             report(f"  {analyses}/{total} analysed scans")
+    # What the workers' and reviewers' services keep as they go: the worklist columns.
+    from portal.review.services import studies_review_refresh
+
+    studies_review_refresh(studies=Study.objects.all())
     return analyses, reviews
 
 
