@@ -53,9 +53,6 @@ def _batch(objects: Any) -> Any:
 
 # url name -> the rules (one per method worth checking)
 MATRIX: dict[str, list[Rule]] = {
-    "static": [
-        Rule(EVERYONE, kwargs=lambda o: {"path": "portal/portal.css"}),
-    ],
     "home": [Rule(SIGNED_IN)],
     "healthz": [Rule(EVERYONE)],
     # Prometheus scrapes with METRICS_TOKEN; in a browser, staff (administrators) only.
@@ -122,6 +119,12 @@ MATRIX: dict[str, list[Rule]] = {
         for kind in ("mask", "overlay", "gradcam", "seg_gradcam")
     ],
     "api:scan-original": [Rule(READERS, kwargs=_pk("scan"))],
+    "api:analysis-dicom": [
+        Rule(READERS, kwargs=lambda o: {"pk": o.analysis.pk, "kind": "zip"})
+    ],
+    "dicomnet:analysis_dicom": [
+        Rule(READERS, kwargs=lambda o: {"pk": o.analysis.pk, "kind": "zip"})
+    ],
 }
 
 
