@@ -44,9 +44,9 @@ class _Fake:
     model_version = "test-model-1"
 
     def analyze(self, images: list[Any], *, batch_size: int = 8) -> list[Any]:
-        from tests.workers.test_tasks import FakeResult
+        from tests.workers.test_tasks import fake_result
 
-        return [FakeResult() for _ in images]
+        return [fake_result(image) for image in images]
 
 
 @pytest.fixture
@@ -198,9 +198,12 @@ def test_object_storage_is_private_and_signed(monkeypatch, tmp_path):
         "SECRET_KEY": "x" * 60,
     }
     script = (
-        "import django; django.setup(); from django.conf import settings as s; "
-        "o = s.STORAGES['default']['OPTIONS']; "
-        "print(o['default_acl'], o['querystring_auth'], o['file_overwrite'])"
+        "import django; django.setup(); "
+        "from django.core.files.storage import default_storage as d; "
+        "from portal.storage import StorageURLRefused\n"
+        "try:\n    d.url('analyses/1/mask.png'); refused = 'handed-out'\n"
+        "except StorageURLRefused:\n    refused = 'refused'\n"
+        "print(d.default_acl, d.querystring_auth, d.file_overwrite, refused)"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
@@ -211,4 +214,6 @@ def test_object_storage_is_private_and_signed(monkeypatch, tmp_path):
         timeout=120,
         check=False,
     )
-    assert result.stdout.split() == ["private", "True", "False"], result.stderr
+    assert result.stdout.split() == ["private", "True", "False", "refused"], (
+        result.stderr
+    )
