@@ -30,8 +30,12 @@ def _write(lines: list[str]) -> None:
 def setup_django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
     import django
+    from django.apps import apps
 
-    django.setup()
+    # Once only: a second setup (a test calling main()) would re-run the logging
+    # configuration and bind its handlers to a stream the caller later closes.
+    if not apps.ready:
+        django.setup()
 
 
 def cmd_ml(args: argparse.Namespace) -> int:
