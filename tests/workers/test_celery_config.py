@@ -27,7 +27,9 @@ def test_only_json_and_one_message_at_a_time():
 
 def test_a_worker_without_queue_options_consumes_the_inference_queue_too(settings):
     # `celery -A workers worker` with no -Q consumes the declared queues (task_queues).
-    declared = set(app.amqp.queues)
+    # Read from the configuration: app.amqp.queues also gains every queue a message was
+    # sent to in this process (other tests send to queues of their own).
+    declared = set(app.conf.task_queues)
     assert declared == {settings.CELERY_INFERENCE_QUEUE, "celery"}
     # One model per worker process unless asked (Celery's default is one per CPU).
     assert app.conf.worker_concurrency == 1
