@@ -99,6 +99,53 @@ def display_png(pixels: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> bytes:
     return buffer.getvalue()
 
 
+# The chunks of a PNG that carries nothing but pixels. Any other (gamma, colour
+# profile, transparency, text that may name the patient) makes a fresh copy.
+_PIXEL_ONLY_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"pHYs"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _plain_png_size(content: bytes) -> tuple[int, int] | None:
+    """(width, height) of an 8-bit grey or RGB PNG made only of pixel chunks, else None.
+
+    Reads the chunk headers, not the pixels: Pillow finds text chunks after the image
+    data only by decoding it.
+    """
+    if not content.startswith(_PNG_SIGNATURE) or content[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(content[16:20]), int.from_bytes(content[20:24])
+    bit_depth, colour_type = content[24], content[25]
+    if bit_depth != 8 or colour_type not in (0, 2):  # 8-bit grey or RGB
+        return None
+    position = len(_PNG_SIGNATURE)
+    while position + 8 <= len(content):
+        length = int.from_bytes(content[position : position + 4])
+        chunk = content[position + 4 : position + 8]
+        if chunk not in _PIXEL_ONLY_CHUNKS:
+            return None
+        if chunk == b"IEND":
+            return width, height
+        position += 12 + length
+    return None
+
+
+def display_copy(
+    content: bytes, pixels: np.ndarray, max_side: int = DISPLAY_MAX_SIDE
+) -> bytes:
+    """The display copy of an uploaded file: the file itself when it already is one.
+
+    An 8-bit grey or RGB PNG within ``max_side`` that carries nothing but pixels shows
+    what ``display_png`` would make, so it is kept as it is: encoding a new PNG costs
+    more than decoding the upload (7 ms against 4 for a 500 px scan). Anything else
+    (DICOM, JPEG, 16-bit, larger, palette, metadata) gets ``display_png(pixels)``.
+    """
+    size = _plain_png_size(content)
+    height, width = pixels.shape[:2]
+    if size == (width, height) and max(size) <= max_side:
+        return content
+    return display_png(pixels, max_side)
+
+
 def mask_png(mask: np.ndarray) -> bytes:
     """A bool mask as a 1-bit PNG: a few hundred bytes for a typical lesion."""
     buffer = io.BytesIO()

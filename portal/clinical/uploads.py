@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from ml.decode import DecodeError, decode_image
-from ml.render import display_png
+from ml.render import display_copy
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class ValidatedUpload:
     width: int
     height: int
     format: str
-    # The display copy, made here while the pixels are decoded: nothing decodes the
-    # original again to show it.
+    # The display copy, made here while the pixels are decoded (or the upload itself
+    # when it already is one): nothing decodes the original again to show it.
     display: bytes
     pixel_spacing_mm: tuple[float, float] | None = None
     dicom: dict[str, str] | None = None
@@ -64,7 +64,7 @@ def validate_content(
         width=image.width,
         height=image.height,
         format=image.format,
-        display=display_png(image.pixels),
+        display=display_copy(content, image.pixels),
         pixel_spacing_mm=image.pixel_spacing_mm,
         dicom=image.dicom,
     )
