@@ -120,9 +120,8 @@ def _drain(analyzer: Any, *, first_id: int, worker: str) -> None:
         while work:
             upcoming = _submit_load(claim_next)
             outcomes = _analyze(analyzer, work)
-            for item, outcome in zip(work, outcomes, strict=True):
-                finishing.append(_submit_finish(item, outcome))
-                in_hand.remove(item.analysis_id)
+            finishing.append(_submit_finish(work, outcomes))
+            in_hand = []
             work, upcoming = upcoming.result(), None
             in_hand = _ids(work)
     except TRANSIENT_ERRORS as exc:
@@ -271,33 +270,66 @@ def _in_thread(function: Any, *args: Any) -> Any:
         connections.close_all()
 
 
-def _submit_finish(item: _Work, outcome: Any) -> Future[None]:
+def _submit_finish(work: list[_Work], outcomes: list[Any]) -> Future[None]:
     global _finish_pool
     threads = settings.ANALYSIS_RENDER_THREADS
     if threads <= 0:
         future: Future[None] = Future()
-        _finish(item, outcome)
+        _finish(work, outcomes)
         future.set_result(None)
         return future
     if _finish_pool is None:
         _finish_pool = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="finish"
         )
-    return _finish_pool.submit(_in_thread, _finish, item, outcome)
+    return _finish_pool.submit(_in_thread, _finish, work, outcomes)
 
 
-def _finish(item: _Work, outcome: Any) -> None:
-    # Every line logged while storing this result carries its analysis and scan ids.
-    with log_context(analysis_id=item.analysis_id, scan_id=item.scan_id):
-        _record_outcome(item, outcome)
-
-
-def _record_outcome(item: _Work, outcome: Any) -> None:
-    """Store one result, recording success or the reason it failed. Never raises.
+def _finish(work: list[_Work], outcomes: list[Any]) -> None:
+    """Store one batch's results, recording success or the reason each failed. Never raises.
 
     What is stored is the model's output (mask, grey heatmaps): pictures of it are drawn
-    by the browser or, for downloads, by the portal on demand, not here.
+    by the browser or, for downloads, by the portal on demand, not here. The batch is
+    stored in one transaction; if that fails, each result is stored on its own, so one
+    bad result cannot cost the others theirs.
     """
+    ready: list[tuple[_Work, dict[str, Any], dict[str, bytes]]] = []
+    for item, outcome in zip(work, outcomes, strict=True):
+        # Every line logged about this result carries its analysis and scan ids.
+        with log_context(analysis_id=item.analysis_id, scan_id=item.scan_id):
+            prepared = _prepare(item, outcome)
+        if prepared is not None:
+            ready.append((item, *prepared))
+    if not ready:
+        return
+    try:
+        recorded = set(
+            services.analyses_record_success(
+                results=[
+                    (item.analysis_id, result, arts) for item, result, arts in ready
+                ]
+            )
+        )
+    except Exception:
+        logger.warning(
+            "storing analyses %s together failed; storing them one by one",
+            [item.analysis_id for item, _, _ in ready],
+            exc_info=True,
+        )
+        for item, result, artifacts in ready:
+            with log_context(analysis_id=item.analysis_id, scan_id=item.scan_id):
+                _record_one(item, result, artifacts)
+        return
+    for item, _, _ in ready:
+        if item.analysis_id in recorded:
+            with log_context(analysis_id=item.analysis_id, scan_id=item.scan_id):
+                _succeeded(item.analysis_id)
+
+
+def _prepare(
+    item: _Work, outcome: Any
+) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """The result and the files to store, or None with the failure recorded."""
     analysis_id = item.analysis_id
     try:
         if isinstance(outcome, Exception):
@@ -305,9 +337,9 @@ def _record_outcome(item: _Work, outcome: Any) -> None:
                 analysis_id=analysis_id,
                 error=f"the model failed on this image: {type(outcome).__name__}: {outcome}",
             )
-            return
+            return None
         try:
-            artifacts = outcome.stored_artifacts()
+            return outcome.to_dict(), outcome.stored_artifacts()
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:
@@ -316,33 +348,60 @@ def _record_outcome(item: _Work, outcome: Any) -> None:
                 analysis_id=analysis_id,
                 error=f"could not encode the results: {type(exc).__name__}: {exc}",
             )
-            return
-        if services.analysis_record_success(
-            analysis_id=analysis_id, result=outcome.to_dict(), artifacts=artifacts
-        ):
-            queue_results_send(analysis_id=analysis_id)
-        logger.info("analysis %s succeeded", analysis_id)
+            return None
     except TRANSIENT_ERRORS as exc:
-        logger.warning(
-            "transient error storing analysis %s; requeueing",
-            analysis_id,
-            exc_info=True,
-        )
-        try:
-            _release([analysis_id], f"temporary error: {type(exc).__name__}: {exc}")
-        except Exception:
-            logger.exception(
-                "could not requeue analysis %s; the reconciler will", analysis_id
-            )
+        _requeue_after(analysis_id, exc)
     except Exception as exc:
         logger.exception("recording analysis %s failed", analysis_id)
-        try:
-            services.analysis_record_failure(
-                analysis_id=analysis_id,
-                error=f"internal error: {type(exc).__name__}: {exc}",
-            )
-        except Exception:
-            logger.exception("could not record the failure of analysis %s", analysis_id)
+        _fail_after(analysis_id, exc)
+    return None
+
+
+def _record_one(
+    item: _Work, result: dict[str, Any], artifacts: dict[str, bytes]
+) -> None:
+    try:
+        if services.analysis_record_success(
+            analysis_id=item.analysis_id, result=result, artifacts=artifacts
+        ):
+            _succeeded(item.analysis_id)
+    except TRANSIENT_ERRORS as exc:
+        _requeue_after(item.analysis_id, exc)
+    except Exception as exc:
+        logger.exception("recording analysis %s failed", item.analysis_id)
+        _fail_after(item.analysis_id, exc)
+
+
+def _succeeded(analysis_id: int) -> None:
+    queue_results_send(analysis_id=analysis_id)
+    logger.info("analysis %s succeeded", analysis_id)
+
+
+def _requeue_after(analysis_id: int, exc: BaseException) -> None:
+    """Give a row back to the queue after a transient error storing it. Never raises."""
+    logger.warning(
+        "transient error storing analysis %s (%s: %s); requeueing",
+        analysis_id,
+        type(exc).__name__,
+        exc,
+    )
+    try:
+        _release([analysis_id], f"temporary error: {type(exc).__name__}: {exc}")
+    except Exception:
+        logger.exception(
+            "could not requeue analysis %s; the reconciler will", analysis_id
+        )
+
+
+def _fail_after(analysis_id: int, exc: BaseException) -> None:
+    """Fail a row whose result could not be stored, with the reason. Never raises."""
+    try:
+        services.analysis_record_failure(
+            analysis_id=analysis_id,
+            error=f"internal error: {type(exc).__name__}: {exc}",
+        )
+    except Exception:
+        logger.exception("could not record the failure of analysis %s", analysis_id)
 
 
 def _analyze(analyzer: Any, work: list[_Work]) -> list[Any]:

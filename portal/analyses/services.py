@@ -7,6 +7,7 @@ message, a reconciler and a user pressing Retry can race without doing work twic
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -133,20 +134,60 @@ def _artifact_file_name(kind: str) -> str:
     return f"{kind}.png"
 
 
-@transaction.atomic
 def analysis_record_success(
     *, analysis_id: int, result: dict[str, Any], artifacts: dict[str, bytes]
 ) -> bool:
     """Store artifacts and results of a running analysis; False if it is no longer ours."""
-    analysis = Analysis.objects.select_for_update().get(pk=analysis_id)
-    if analysis.status != Status.RUNNING:
-        logger.warning(
-            "analysis %s is %s, not recording its result", analysis_id, analysis.status
-        )
-        return False
-    unknown = set(artifacts) - set(ARTIFACT_KINDS)
-    if unknown:
-        raise ValueError(f"unknown artifact kinds: {sorted(unknown)}")
+    recorded = analyses_record_success(results=[(analysis_id, result, artifacts)])
+    return analysis_id in recorded
+
+
+@transaction.atomic
+def analyses_record_success(
+    *, results: Sequence[tuple[int, dict[str, Any], dict[str, bytes]]]
+) -> list[int]:
+    """Store a batch's results in one transaction; the ids recorded (those still ours).
+
+    (analysis id, result, artifacts) each. One transaction and one refresh of each
+    study's worklist columns for the batch: a worker storing eight scans of one study
+    locks and recounts that study once, not eight times.
+    """
+    for _, _, artifacts in results:
+        unknown = set(artifacts) - set(ARTIFACT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown artifact kinds: {sorted(unknown)}")
+    ids = [analysis_id for analysis_id, _, _ in results]
+    # Locked in id order, as every batch locks them: two batches cannot deadlock.
+    rows = (
+        Analysis.objects.select_for_update(of=("self",))
+        .select_related("scan")
+        .filter(pk__in=ids)
+        .order_by("pk")
+    )
+    analyses = {analysis.pk: analysis for analysis in rows}
+    recorded: list[int] = []
+    for analysis_id, result, artifacts in results:
+        analysis = analyses.get(analysis_id)
+        if analysis is None:
+            logger.warning("analysis %s no longer exists", analysis_id)
+            continue
+        if analysis.status != Status.RUNNING:
+            logger.warning(
+                "analysis %s is %s, not recording its result",
+                analysis_id,
+                analysis.status,
+            )
+            continue
+        _store_artifacts(analysis, artifacts)
+        _record_result(analysis, result)
+        analysis.save()
+        recorded.append(analysis_id)
+    for study_id in sorted({analyses[pk].scan.study_id for pk in recorded}):
+        study_review_refresh(study_id=study_id)
+    return recorded
+
+
+def _store_artifacts(analysis: Analysis, artifacts: dict[str, bytes]) -> None:
     for kind in ARTIFACT_KINDS:
         field = getattr(analysis, kind)
         content = artifacts.get(kind)
@@ -163,6 +204,9 @@ def analysis_record_success(
         if field.storage.exists(target):
             field.storage.delete(target)
         field.save(_artifact_file_name(kind), ContentFile(content), save=False)
+
+
+def _record_result(analysis: Analysis, result: dict[str, Any]) -> None:
     probabilities = {str(k): float(v) for k, v in dict(result["probabilities"]).items()}
     bbox = result.get("bbox")
     analysis.status = Status.SUCCEEDED
@@ -174,9 +218,6 @@ def analysis_record_success(
     analysis.lesion_area_fraction = float(result["lesion_area_fraction"])
     analysis.bbox = [int(v) for v in bbox] if bbox is not None else None
     _record_distribution(analysis, result)
-    analysis.save()
-    study_review_refresh(study_id=analysis.scan.study_id)
-    return True
 
 
 def _record_distribution(analysis: Analysis, result: dict[str, Any]) -> None:

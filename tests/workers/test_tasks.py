@@ -356,3 +356,31 @@ def test_task_stores_the_distribution_flag_and_the_explained_class(
     assert analysis.status == Status.SUCCEEDED
     assert (analysis.in_distribution, analysis.ood_score) == (False, 88.5)
     assert analysis.explained_class == "malignant"
+
+
+def test_a_result_that_cannot_be_stored_fails_alone_and_the_batch_is_kept(
+    make_analysis, analyzer, monkeypatch, settings
+):
+    settings.ANALYSIS_BATCH_SIZE = 3
+    analyses = [make_analysis(width=40 + i, name=f"{i}.png") for i in range(3)]
+
+    def one_unstorable(
+        images: list[Any], *, batch_size: int = 8
+    ) -> list[ImageAnalysis]:
+        # The model answers; the middle result has a label the database column refuses.
+        return [
+            replace(fake_result(image), label="x" * 500)
+            if image.width == 41
+            else fake_result(image)
+            for image in images
+        ]
+
+    monkeypatch.setattr(analyzer, "analyze", one_unstorable)
+    tasks.analyze_scan.apply(args=[analyses[0].pk])
+    for analysis in analyses:
+        analysis.refresh_from_db()
+    good, bad = [analyses[0], analyses[2]], analyses[1]
+    assert [a.status for a in good] == [Status.SUCCEEDED, Status.SUCCEEDED]
+    assert all(a.mask for a in good)
+    assert bad.status == Status.FAILED
+    assert bad.error.startswith("internal error: ")

@@ -253,3 +253,55 @@ def test_reconcile_requeues_lost_running_rows_and_resends_old_queued_ones(
     analysis.refresh_from_db()
     assert analysis.status == Status.QUEUED
     assert reconcile().counts() == {"requeued": 0, "failed": 0, "resent": 0}
+
+
+def test_a_batch_is_stored_together_and_each_study_recounted_once(
+    study, patient, user, make_png
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from portal.clinical.services import study_create
+
+    other_study = study_create(patient=patient, created_by=user, accession_number="B")
+    analyses = []
+    for index, target in enumerate([study, study, study, other_study]):
+        upload = validate_content(filename=f"{index}.png", content=make_png())
+        scan = scan_create(
+            study=target,
+            upload=upload,
+            uploaded_by=user,
+            model_version=TEST_MODEL_VERSION,
+        )
+        analyses.append(scan.analyses.get())
+    for analysis in analyses:
+        services.analysis_claim(analysis_id=analysis.pk, worker="w")
+    taken = analyses[2]
+    services.analysis_record_failure(analysis_id=taken.pk, error="no longer ours")
+    result = {
+        "label": "malignant",
+        "probabilities": {"normal": 0.1, "benign": 0.2, "malignant": 0.7},
+        "confidence": 0.7,
+        "lesion_area_fraction": 0.05,
+        "bbox": None,
+    }
+    with CaptureQueriesContext(connection) as queries:
+        recorded = services.analyses_record_success(
+            results=[(a.pk, result, {"mask": b"m"}) for a in analyses]
+        )
+    assert recorded == [analyses[0].pk, analyses[1].pk, analyses[3].pk]
+    study_updates = [
+        q["sql"] for q in queries if q["sql"].startswith('UPDATE "clinical_study"')
+    ]
+    assert len(study_updates) == 2  # one per study, not one per scan
+    for analysis in analyses:
+        analysis.refresh_from_db()
+    assert [a.status for a in analyses] == [
+        Status.SUCCEEDED,
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.SUCCEEDED,
+    ]
+    study.refresh_from_db()
+    other_study.refresh_from_db()
+    assert study.max_malignant == other_study.max_malignant == 0.7
