@@ -2,9 +2,9 @@
 
 moto's server runs on a loopback port with a private bucket; a live portal and a real
 `celery -A workers worker` (which gets the S3 settings through its environment, as in
-production) upload, analyse, store, download and report. Nothing may be written to local
-media, every object must be private, and no page, API answer or redirect may hand out
-a URL that is not the portal's own.
+production) upload, analyse, store, download, report and export the results as DICOM.
+Nothing may be written to local media, every object must be private, and no page, API
+answer or redirect may hand out a URL that is not the portal's own.
 """
 
 from __future__ import annotations
@@ -14,19 +14,25 @@ import os
 import re
 import socket
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import highdicom as hd
+import numpy as np
+import pydicom
 import pytest
 import requests
 from botocore.exceptions import ClientError
 from PIL import Image
 
 from bench.launch import tail
+from ml.render import read_mask
 from portal.settings import s3_storage
 from tests.e2e.conftest import PIXEL_LIMIT
+from tests.portal.ingest.factories import dicom
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -38,6 +44,8 @@ TIMEOUT_S = float(os.environ.get("E2E_TIMEOUT", "420"))
 PASSWORD = "e2e-long-password-123!"
 BUCKET = "busai-scans"
 GOOD_IMAGES = ("benign/benign (1).png", "malignant/malignant (1).png")
+# Uploaded as an ultrasound DICOM file: its results reference the scan's own UIDs.
+DICOM_IMAGE = "malignant/malignant (2).png"
 PATIENT = {"identifier": "S3-PATIENT-7", "name": "Storage Testcase"}
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "portal-test-key",
@@ -164,6 +172,24 @@ class Portal:
         )
 
 
+def image_size(content: bytes) -> tuple[int, int]:
+    """(width, height) of an uploaded PNG or DICOM file."""
+    if content[128:132] == b"DICM":
+        dataset = pydicom.dcmread(io.BytesIO(content))
+        return int(dataset.Columns), int(dataset.Rows)
+    return Image.open(io.BytesIO(content)).size
+
+
+def evidence_uids(report: pydicom.Dataset) -> set[str]:
+    """SOP instance UIDs an SR names as the evidence it was made from."""
+    return {
+        str(instance.ReferencedSOPInstanceUID)
+        for study in report.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for instance in series.ReferencedSOPSequence
+    }
+
+
 def assert_only_portal_urls(
     responses: list[requests.Response], base: str, endpoint: str
 ) -> None:
@@ -196,6 +222,7 @@ def test_the_whole_flow_runs_on_a_private_s3_bucket(
 ):
     from portal.accounts.roles import RADIOLOGIST, STAFF, assign_role
     from portal.analyses.models import ARTIFACT_KINDS, Analysis
+    from portal.audit.models import AccessRecord
     from portal.clinical.models import Scan
 
     settings.UPLOAD_MAX_PIXELS = PIXEL_LIMIT
@@ -222,13 +249,26 @@ def test_the_whole_flow_runs_on_a_private_s3_bucket(
     assert "/studies/" in study_url
     study_id = int(study_url.rsplit("/", 1)[1])
     good = {Path(p).name: (busi_dir / p).read_bytes() for p in GOOD_IMAGES}
+    grey = np.asarray(Image.open(busi_dir / DICOM_IMAGE).convert("L"))
+    uploads = {
+        **good,
+        "scan.dcm": dicom(
+            grey,
+            patient_id=PATIENT["identifier"],
+            patient_name="Testcase^Storage",
+            spacing=(0.08, 0.08),
+        ),
+    }
     uploaded = staff.post(
         f"{study_url}/upload/",
-        files=[("files", (n, content, "image/png")) for n, content in good.items()],
+        files=[
+            ("files", (n, content, "image/png" if n in good else "application/dicom"))
+            for n, content in uploads.items()
+        ],
         headers={"Accept": "application/json"},
     )
     assert uploaded.status_code == 200, uploaded.text
-    assert sorted(a["filename"] for a in uploaded.json()["accepted"]) == sorted(good)
+    assert sorted(a["filename"] for a in uploaded.json()["accepted"]) == sorted(uploads)
 
     # The worker reads the originals from the bucket and writes its results there.
     deadline = time.monotonic() + TIMEOUT_S
@@ -244,8 +284,8 @@ def test_the_whole_flow_runs_on_a_private_s3_bucket(
         time.sleep(1)
 
     # Page downloads, streamed from the bucket through the portal.
+    masks = {}
     for filename, analysis in analyses.items():
-        original = Image.open(io.BytesIO(good[filename]))
         assert {"mask", "overlay", "gradcam", "seg_gradcam"} <= set(
             analysis["artifacts"]
         )
@@ -255,17 +295,18 @@ def test_the_whole_flow_runs_on_a_private_s3_bucket(
             image = Image.open(io.BytesIO(artifact.content))
             assert image.format == "PNG"
             if kind == "mask":
-                assert image.size == original.size
+                assert image.size == image_size(uploads[filename])
+                masks[filename] = read_mask(artifact.content)
     scans = list(Scan.objects.filter(study_id=study_id).order_by("pk"))
     for scan in scans:
         download = staff.get(f"/scans/{scan.pk}/original")
         assert download.status_code == 200
-        assert download.content == good[scan.original_filename]
+        assert download.content == uploads[scan.original_filename]
     assert staff.get(study_url + "/").status_code == 200
 
     # A radiologist reads from the bucket and signs; the report embeds the images.
     reader = Portal.signed_in(base, "reader", PASSWORD)
-    scan = scans[0]
+    scan = scan_signed = next(s for s in scans if s.original_filename in good)
     analysis_row = scan.analyses.get()
     review_url = f"/scans/{scan.pk}/review/"
     assert reader.get(review_url).status_code == 200
@@ -288,6 +329,58 @@ def test_the_whole_flow_runs_on_a_private_s3_bucket(
     assert report.status_code == 200
     assert report.content.startswith(b"%PDF")
     assert len(report.content) > 20_000  # the images are in it, not only text
+
+    # DICOM export: the objects are made from the scan and the mask in the bucket and
+    # downloaded through the portal's checked views (the links of the review page).
+    review_page = reader.get(review_url).text
+    for kind in ("seg", "sr", "overlay", "source", "zip"):
+        assert f"/analyses/{analysis_row.pk}/dicom/{kind}" in review_page, kind
+    exported: dict[str, dict[str, bytes]] = {}
+    for each in scans:
+        name, analysis_id = each.original_filename, each.analyses.get().pk
+        # A scan uploaded as DICOM is its own source; a PNG gets a secondary capture.
+        kinds = ["seg", "sr", "overlay"] + (["source"] if name in good else [])
+        exported[name] = {}
+        for kind in kinds:
+            response = reader.get(f"/analyses/{analysis_id}/dicom/{kind}")
+            assert response.status_code == 200, (name, kind)
+            assert response.headers["Content-Type"] == "application/dicom"
+            exported[name][kind] = response.content
+        if name not in good:
+            assert (
+                reader.get(f"/analyses/{analysis_id}/dicom/source").status_code == 404
+            )
+    for name, contents in exported.items():
+        objects = {k: pydicom.dcmread(io.BytesIO(v)) for k, v in contents.items()}
+        if name in good:
+            source = objects["source"]
+            uploaded_pixels = Image.open(io.BytesIO(uploads[name])).convert("RGB")
+            np.testing.assert_array_equal(source.pixel_array, uploaded_pixels)
+        else:
+            source = pydicom.dcmread(io.BytesIO(uploads[name]))
+        for dataset in objects.values():
+            assert dataset.PatientID == PATIENT["identifier"]
+            assert dataset.StudyInstanceUID == source.StudyInstanceUID
+        seg = hd.seg.segread(io.BytesIO(contents["seg"]))
+        referenced = seg.ReferencedSeriesSequence[0]
+        assert referenced.SeriesInstanceUID == source.SeriesInstanceUID
+        assert [
+            i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence
+        ] == [source.SOPInstanceUID]
+        lesion = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1]
+        )
+        np.testing.assert_array_equal(lesion[0, ..., 0].astype(bool), masks[name])
+        overlay = objects["overlay"]
+        assert (overlay.Rows, overlay.Columns) == (source.Rows, source.Columns)
+        assert overlay.SourceImageSequence[0].ReferencedSOPInstanceUID == (
+            source.SOPInstanceUID
+        )
+        sr = hd.sr.srread(io.BytesIO(contents["sr"]))
+        assert evidence_uids(sr) == {source.SOPInstanceUID, seg.SOPInstanceUID}
+        # The signed scan's SR carries the reading; the others are the model's alone.
+        signed_here = name == scan_signed.original_filename
+        assert sr.VerificationFlag == ("VERIFIED" if signed_here else "UNVERIFIED")
 
     # The API hands out portal URLs, and they work.
     token = requests.post(
@@ -314,6 +407,26 @@ def test_the_whole_flow_runs_on_a_private_s3_bucket(
     for url in urls:
         assert url.startswith(base), url
         assert api.get(url).status_code == 200, url
+    # ... and exports the same DICOM objects as the pages.
+    archive = api.get(f"/api/v1/analyses/{analysis_row.pk}/dicom/zip/")
+    assert archive.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as bundle:
+        zipped = {
+            name.rsplit("-", 1)[1].removesuffix(".dcm"): pydicom.dcmread(
+                io.BytesIO(bundle.read(name))
+            )
+            for name in bundle.namelist()
+        }
+    pages = exported[scan_signed.original_filename]
+    assert set(zipped) == set(pages)
+    for kind, dataset in zipped.items():
+        assert dataset.SOPInstanceUID == (
+            pydicom.dcmread(io.BytesIO(pages[kind])).SOPInstanceUID
+        ), kind
+    downloads = AccessRecord.objects.filter(
+        action=AccessRecord.Action.DOWNLOAD, detail__startswith="dicom "
+    )
+    assert downloads.count() == sum(map(len, exported.values())) + 1
 
     # The admin shows files as links to the portal's views, never storage URLs.
     root = Portal.signed_in(base, "root", PASSWORD)
