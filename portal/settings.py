@@ -437,6 +437,13 @@ DICOM_DESTINATION = env_dicom_destination("DICOM_DESTINATION")
 DICOM_SEND_AFTER_ANALYSIS = env_bool("DICOM_SEND_AFTER_ANALYSIS", True)
 DICOM_SEND_AFTER_SIGNOFF = env_bool("DICOM_SEND_AFTER_SIGNOFF", True)
 DICOM_SEND_MAX_RETRIES = env_int("DICOM_SEND_MAX_RETRIES", 5, minimum=0)
+# A failed send waits DICOM_SEND_RETRY_DELAY seconds, doubling each time, at most
+# DICOM_SEND_RETRY_MAX_DELAY. A worker holds a waiting retry unacknowledged, so one that
+# waits longer than the broker's visibility timeout (1.1 x ANALYSIS_TIME_LIMIT, 660 s by
+# default) is delivered twice: harmless, the objects keep their UIDs, but the default cap
+# stays under it.
+DICOM_SEND_RETRY_DELAY = env_float("DICOM_SEND_RETRY_DELAY", 10, minimum=0)
+DICOM_SEND_RETRY_MAX_DELAY = env_float("DICOM_SEND_RETRY_MAX_DELAY", 600, minimum=0)
 # Sends are short network calls: by default on the queue every worker consumes (a
 # queue of its own is declared too, so a plain worker consumes it).
 CELERY_DICOM_QUEUE = env_str("CELERY_DICOM_QUEUE", "celery")

@@ -158,7 +158,11 @@ def _ids(work: list[_Work]) -> list[int]:
 def send_dicom_results(
     self: Any, analysis_id: int, review_id: int | None = None
 ) -> None:
-    """C-STORE an analysis's DICOM objects to DICOM_DESTINATION, retrying with backoff."""
+    """C-STORE an analysis's DICOM objects to DICOM_DESTINATION, retrying with backoff.
+
+    Every failed attempt is an audit record, so the trail shows each time the objects
+    were offered to the PACS and not (or not all) taken, and when the task gave up.
+    """
     from portal.dicomnet import services as dicom_services
     from portal.dicomnet.results import ResultsUnavailable
     from portal.dicomnet.sender import SendFailed
@@ -168,24 +172,33 @@ def send_dicom_results(
     except ResultsUnavailable as exc:
         logger.warning("analysis %s: nothing to send: %s", analysis_id, exc)
     except (SendFailed, OSError) as exc:
-        attempt = self.request.retries
-        if attempt >= settings.DICOM_SEND_MAX_RETRIES:
+        retries = self.request.retries
+        giving_up = retries >= settings.DICOM_SEND_MAX_RETRIES
+        dicom_services.record_send(
+            analysis=Analysis.objects.get(pk=analysis_id),
+            what=f"attempt {retries + 1}, {'gave up' if giving_up else 'retrying'}",
+            failed=True,
+        )
+        if giving_up:
             logger.error(
                 "analysis %s: giving up sending DICOM results after %d attempts: %s",
                 analysis_id,
-                attempt + 1,
+                retries + 1,
                 exc,
             )
-            analysis = Analysis.objects.get(pk=analysis_id)
-            dicom_services.record_send(analysis=analysis, what="results", failed=True)
             return
+        countdown = min(
+            settings.DICOM_SEND_RETRY_MAX_DELAY,
+            settings.DICOM_SEND_RETRY_DELAY * 2**retries,
+        )
         logger.warning(
-            "analysis %s: sending DICOM results failed (%s); retrying", analysis_id, exc
+            "analysis %s: sending DICOM results failed (%s); retrying in %g s",
+            analysis_id,
+            exc,
+            countdown,
         )
         raise self.retry(
-            exc=exc,
-            countdown=min(600, 10 * 2**attempt),
-            max_retries=settings.DICOM_SEND_MAX_RETRIES,
+            exc=exc, countdown=countdown, max_retries=settings.DICOM_SEND_MAX_RETRIES
         ) from None
 
 
