@@ -24,6 +24,7 @@ from portal.analyses.modelinfo import (
     ood_threshold,
 )
 from portal.analyses.models import ARTIFACT_KINDS, COMPOSITE_KINDS, Analysis
+from portal.audit.services import audit_update
 from portal.clinical.models import Scan
 from portal.review.services import study_review_refresh
 
@@ -165,6 +166,8 @@ def analyses_record_success(
         .order_by("pk")
     )
     analyses = {analysis.pk: analysis for analysis in rows}
+    # The rows as they were, for the audit records (one query, not one per row).
+    before = Analysis.objects.in_bulk(list(analyses))
     recorded: list[int] = []
     for analysis_id, result, artifacts in results:
         analysis = analyses.get(analysis_id)
@@ -180,11 +183,32 @@ def analyses_record_success(
             continue
         _store_artifacts(analysis, artifacts)
         _record_result(analysis, result)
-        analysis.save()
         recorded.append(analysis_id)
+    Analysis.objects.bulk_update(
+        [analyses[pk] for pk in recorded], RESULT_FIELDS + list(ARTIFACT_KINDS)
+    )
+    for analysis_id in recorded:
+        audit_update(before[analysis_id], analyses[analysis_id])
     for study_id in sorted({analyses[pk].scan.study_id for pk in recorded}):
         study_review_refresh(study_id=study_id)
     return recorded
+
+
+# What _record_result sets.
+RESULT_FIELDS = [
+    "status",
+    "finished_at",
+    "error",
+    "label",
+    "confidence",
+    "probabilities",
+    "lesion_area_fraction",
+    "bbox",
+    "in_distribution",
+    "ood_score",
+    "ood_threshold",
+    "explained_class",
+]
 
 
 def _store_artifacts(analysis: Analysis, artifacts: dict[str, bytes]) -> None:
@@ -207,6 +231,11 @@ def _store_artifacts(analysis: Analysis, artifacts: dict[str, bytes]) -> None:
 
 
 def _record_result(analysis: Analysis, result: dict[str, Any]) -> None:
+    # Checked here: a bulk update would cut an over-long string to the column's size.
+    for key in ("label", "explained_class"):
+        value = result.get(key) or ""
+        if value and value not in Analysis.Label.values:
+            raise ValueError(f"{key} {str(value)[:40]!r} is not a label")
     probabilities = {str(k): float(v) for k, v in dict(result["probabilities"]).items()}
     bbox = result.get("bbox")
     analysis.status = Status.SUCCEEDED

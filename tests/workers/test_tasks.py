@@ -367,7 +367,7 @@ def test_a_result_that_cannot_be_stored_fails_alone_and_the_batch_is_kept(
     def one_unstorable(
         images: list[Any], *, batch_size: int = 8
     ) -> list[ImageAnalysis]:
-        # The model answers; the middle result has a label the database column refuses.
+        # The model answers; the middle result has a label the portal does not know.
         return [
             replace(fake_result(image), label="x" * 500)
             if image.width == 41
@@ -383,4 +383,4 @@ def test_a_result_that_cannot_be_stored_fails_alone_and_the_batch_is_kept(
     assert [a.status for a in good] == [Status.SUCCEEDED, Status.SUCCEEDED]
     assert all(a.mask for a in good)
     assert bad.status == Status.FAILED
-    assert bad.error.startswith("internal error: ")
+    assert bad.error.startswith("internal error: ValueError: label 'xxx")
