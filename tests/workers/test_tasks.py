@@ -180,6 +180,22 @@ def test_results_are_recorded_by_finishing_threads(make_analysis, analyzer, sett
         analysis.refresh_from_db()
         assert analysis.status == Status.SUCCEEDED
         assert analysis.mask.name == f"analyses/{analysis.pk}/mask.png"
+    # The threads kept their connections from batch to batch, and closed them at the end.
+    assert _other_connections() == 0
+
+
+def _other_connections() -> int:
+    """Open connections to this database other than this thread's (PostgreSQL only)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("counts connections in pg_stat_activity")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
 
 
 def test_model_error_fails_only_the_bad_image_with_its_reason(make_analysis, analyzer):
