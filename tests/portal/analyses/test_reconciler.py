@@ -20,6 +20,7 @@ from portal.clinical.services import scan_create
 from portal.clinical.uploads import validate_content
 from tests.conftest import TEST_MODEL_VERSION
 from tests.e2e.conftest import redis_reachable
+from tests.results import model_result
 
 Status = Analysis.Status
 BROKER_TEST_DB = 13
@@ -278,16 +279,8 @@ def test_files_left_by_a_killed_worker_are_replaced_not_duplicated(
     artifacts = {
         kind: b"\x89PNG new" for kind in ("mask", "overlay", "gradcam", "seg_gradcam")
     }
-    result = {
-        "label": "benign",
-        "probabilities": {"normal": 0.1, "benign": 0.8, "malignant": 0.1},
-        "confidence": 0.8,
-        "lesion_area_fraction": 0.1,
-        "bbox": None,
-    }
-
     assert services.analysis_record_success(
-        analysis_id=analysis.pk, result=result, artifacts=artifacts
+        analysis_id=analysis.pk, result=model_result(), artifacts=artifacts
     )
 
     assert sorted(p.name for p in stale.iterdir()) == [

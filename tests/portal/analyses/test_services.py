@@ -12,6 +12,7 @@ from portal.analyses.models import Analysis
 from portal.analyses.reconciler import reconcile
 from portal.clinical.services import scan_create
 from portal.clinical.uploads import validate_content
+from tests.results import model_result, record_result
 
 pytestmark = pytest.mark.django_db
 Status = Analysis.Status
@@ -81,33 +82,16 @@ def test_claim_waiting_takes_oldest_queued_of_the_same_model(
 
 
 def test_record_success_stores_results_and_artifacts(analysis):
-    services.analysis_claim(analysis_id=analysis.pk, worker="w")
-    recorded = services.analysis_record_success(
-        analysis_id=analysis.pk,
-        result={
-            "label": "benign",
-            "probabilities": {"normal": 0.1, "benign": 0.7, "malignant": 0.2},
-            "confidence": 0.7,
-            "lesion_area_fraction": 0.05,
-            "bbox": (1, 2, 30, 40),
-        },
+    assert record_result(
+        analysis,
+        bbox=(1, 2, 30, 40),
         artifacts={"mask": b"m", "overlay": b"o", "gradcam": b"g", "seg_gradcam": b"s"},
     )
-    assert recorded
     analysis.refresh_from_db()
     assert analysis.status == Status.SUCCEEDED
     assert analysis.bbox == [1, 2, 30, 40]
     assert analysis.overlay.name == f"analyses/{analysis.pk}/overlay.png"
     assert analysis.overlay.read() == b"o"
-
-
-RESULT = {
-    "label": "benign",
-    "probabilities": {"normal": 0.1, "benign": 0.7, "malignant": 0.2},
-    "confidence": 0.7,
-    "lesion_area_fraction": 0.05,
-    "bbox": None,
-}
 
 
 def test_record_success_stores_the_distribution_flag_score_threshold_and_cam_class(
@@ -116,16 +100,8 @@ def test_record_success_stores_the_distribution_flag_score_threshold_and_cam_cla
     (weights_dir / "model.json").write_text(
         json.dumps({"version": TEST_MODEL_VERSION, "ood_threshold": 41.5})
     )
-    services.analysis_claim(analysis_id=analysis.pk, worker="w")
-    services.analysis_record_success(
-        analysis_id=analysis.pk,
-        result={
-            **RESULT,
-            "in_distribution": False,
-            "ood_score": 97.25,
-            "explained_class": "malignant",
-        },
-        artifacts={},
+    record_result(
+        analysis, in_distribution=False, ood_score=97.25, explained_class="malignant"
     )
     analysis.refresh_from_db()
     assert analysis.in_distribution is False
@@ -136,12 +112,7 @@ def test_record_success_stores_the_distribution_flag_score_threshold_and_cam_cla
 
 
 def test_a_model_without_distribution_statistics_leaves_the_flag_empty(analysis):
-    services.analysis_claim(analysis_id=analysis.pk, worker="w")
-    services.analysis_record_success(
-        analysis_id=analysis.pk,
-        result={**RESULT, "in_distribution": None, "ood_score": None},
-        artifacts={},
-    )
+    record_result(analysis, in_distribution=None, ood_score=None)
     analysis.refresh_from_db()
     assert (analysis.in_distribution, analysis.ood_score, analysis.ood_threshold) == (
         None,
@@ -155,12 +126,7 @@ def test_the_threshold_of_other_installed_weights_is_not_kept(analysis, weights_
     (weights_dir / "model.json").write_text(
         json.dumps({"version": "another-model", "ood_threshold": 41.5})
     )
-    services.analysis_claim(analysis_id=analysis.pk, worker="w")
-    services.analysis_record_success(
-        analysis_id=analysis.pk,
-        result={**RESULT, "in_distribution": True, "ood_score": 3.0},
-        artifacts={},
-    )
+    record_result(analysis, in_distribution=True, ood_score=3.0)
     analysis.refresh_from_db()
     assert (analysis.in_distribution, analysis.ood_score) == (True, 3.0)
     assert analysis.ood_threshold is None
@@ -278,13 +244,10 @@ def test_a_batch_is_stored_together_and_each_study_recounted_once(
         services.analysis_claim(analysis_id=analysis.pk, worker="w")
     taken = analyses[2]
     services.analysis_record_failure(analysis_id=taken.pk, error="no longer ours")
-    result = {
-        "label": "malignant",
-        "probabilities": {"normal": 0.1, "benign": 0.2, "malignant": 0.7},
-        "confidence": 0.7,
-        "lesion_area_fraction": 0.05,
-        "bbox": None,
-    }
+    result = model_result(
+        label="malignant",
+        probabilities={"normal": 0.1, "benign": 0.2, "malignant": 0.7},
+    )
     with CaptureQueriesContext(connection) as queries:
         recorded = services.analyses_record_success(
             results=[(a.pk, result, {"mask": b"m"}) for a in analyses]

@@ -7,6 +7,7 @@ from portal.analyses import services
 from portal.analyses.models import Analysis
 from portal.clinical.services import scan_create
 from portal.clinical.uploads import validate_content
+from tests.results import record_result
 
 pytestmark = pytest.mark.django_db
 
@@ -57,18 +58,7 @@ def test_retry_is_post_only_and_refuses_unfailed_analyses(logged_in_client, anal
 
 
 def test_artifacts_are_streamed_from_storage(logged_in_client, analysis):
-    services.analysis_claim(analysis_id=analysis.pk, worker="w")
-    services.analysis_record_success(
-        analysis_id=analysis.pk,
-        result={
-            "label": "normal",
-            "probabilities": {"normal": 0.9, "benign": 0.05, "malignant": 0.05},
-            "confidence": 0.9,
-            "lesion_area_fraction": 0.0,
-            "bbox": None,
-        },
-        artifacts={"overlay": b"\x89PNG overlay"},
-    )
+    record_result(analysis, artifacts={"overlay": b"\x89PNG overlay"})
     response = logged_in_client.get(
         reverse("analyses:artifact", args=[analysis.pk, "overlay"])
     )

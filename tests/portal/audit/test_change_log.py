@@ -8,6 +8,7 @@ from django.urls import reverse
 from portal.clinical.models import Patient
 from portal.review.services import review_save
 from tests.portal.review.conftest import analysed_scan
+from tests.results import record_result
 
 
 def _entries(instance):
@@ -49,24 +50,13 @@ def test_scan_and_analysis_creation_and_changes_are_logged(study, user):
 
 def test_a_stored_result_is_logged_as_the_change_of_its_analysis(study, user, make_png):
     # The worker writes a batch's rows in bulk: each still gets its change record.
-    from portal.analyses import services
     from portal.clinical.services import scan_create
     from portal.clinical.uploads import validate_content
 
     upload = validate_content(filename="a.png", content=make_png())
     scan = scan_create(study=study, upload=upload, uploaded_by=user, model_version="m1")
     analysis = scan.analyses.get()
-    services.analysis_claim(analysis_id=analysis.pk, worker="w")
-    result = {
-        "label": "benign",
-        "probabilities": {"normal": 0.1, "benign": 0.7, "malignant": 0.2},
-        "confidence": 0.7,
-        "lesion_area_fraction": 0.05,
-        "bbox": [1, 2, 3, 4],
-    }
-    assert services.analysis_record_success(
-        analysis_id=analysis.pk, result=result, artifacts={"mask": b"m"}
-    )
+    assert record_result(analysis, artifacts={"mask": b"m"})
     change = _entries(analysis).filter(action=LogEntry.Action.UPDATE).get()
     changes = change.changes_dict
     assert changes["status"] == ["running", "succeeded"]

@@ -10,6 +10,7 @@ from django.urls import reverse
 from PIL import Image
 
 from ml.render import OUTLINE_COLOUR
+from tests.results import model_result
 
 
 def _image(response) -> np.ndarray:
@@ -91,13 +92,7 @@ def test_a_new_result_forgets_the_pictures_of_the_old_one(
     Analysis.objects.filter(pk=analysis.pk).update(status="running")
     services.analysis_record_success(
         analysis_id=analysis.pk,
-        result={
-            "label": "benign",
-            "probabilities": {"benign": 1.0},
-            "confidence": 1.0,
-            "lesion_area_fraction": 0.0,
-            "bbox": None,
-        },
+        result=model_result(),
         artifacts={
             "mask": mask_png(np.zeros((48, 64), bool)),
             "gradcam_map": heatmap_png(np.zeros((8, 8), np.float32)),

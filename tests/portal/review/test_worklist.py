@@ -12,6 +12,7 @@ from portal.clinical.services import patient_create, study_create
 from portal.review.models import Review
 from portal.review.selectors import study_review_columns, worklist_count
 from portal.review.services import review_save, review_sign, studies_review_refresh
+from tests.results import model_result
 
 
 def _study(user, identifier):
@@ -83,13 +84,11 @@ def _finish(scan, malignant):
     probabilities = {"normal": 1 - malignant, "benign": 0.0, "malignant": malignant}
     assert analysis_record_success(
         analysis_id=analysis.pk,
-        result={
-            "label": "malignant" if malignant > 0.5 else "normal",
-            "confidence": max(malignant, 1 - malignant),
-            "probabilities": probabilities,
-            "lesion_area_fraction": 0.1,
-            "bbox": None,
-        },
+        result=model_result(
+            label="malignant" if malignant > 0.5 else "normal",
+            confidence=max(malignant, 1 - malignant),
+            probabilities=probabilities,
+        ),
         artifacts={},
     )
     analysis.refresh_from_db()
