@@ -16,7 +16,6 @@ dataset, synthetic speckle images of the same size.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -31,15 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import redis
 from django.conf import settings
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+from pydicom.uid import generate_uid
 
 from bench.ingest import _manage, _rss_mb, busi_scans
 from bench.launch import REPO_ROOT, redis_url_with_db, tail
+from bench.synthetic import ultrasound_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -87,37 +85,6 @@ class DicomBenchResult:
         return self.accepted == self.scans == self.queued == self.enqueued == self.n
 
 
-def ultrasound_instance(
-    pixels: np.ndarray, *, study_uid: str, series_uid: str, number: int
-) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.PatientID = "BENCH-DICOM-1"
-    ds.PatientName = "Benchmark^Dicom"
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.InstanceNumber = number
-    ds.AccessionNumber = "BENCH-DICOM"
-    ds.StudyDate = "20260101"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.ascontiguousarray(pixels, np.uint8).tobytes()
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def _images(n: int, busi_dir: Path) -> tuple[list[np.ndarray], str]:
     try:
         paths = busi_scans(busi_dir, n)
@@ -140,8 +107,17 @@ def write_instances(folder: Path, n: int, busi_dir: Path) -> tuple[str, str, int
     study_uid, series_uid = str(generate_uid()), str(generate_uid())
     total = 0
     for number, pixels in enumerate(images, start=1):
-        content = ultrasound_instance(
-            pixels, study_uid=study_uid, series_uid=series_uid, number=number
+        content = ultrasound_dicom(
+            np.ascontiguousarray(pixels, np.uint8),
+            patient_id="BENCH-DICOM-1",
+            patient_name="Benchmark^Dicom",
+            birth_date=None,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            instance_number=number,
+            accession="BENCH-DICOM",
+            study_date="20260101",
+            spacing=None,
         )
         (folder / f"{number:04}.dcm").write_bytes(content)
         total += len(content)

@@ -1,19 +1,13 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    RLELossless,
-    UltrasoundImageStorage,
-    generate_uid,
-)
 
+from bench.synthetic import dicom_bytes, ultrasound_dataset, ultrasound_dicom
 from ml.decode import DecodeError, decode_image
 
 
@@ -23,47 +17,9 @@ def encode(array: np.ndarray, fmt: str, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-def make_dicom(
-    pixels: np.ndarray | None,
-    *,
-    photometric: str = "MONOCHROME2",
-    frames: int = 1,
-    compress: bool = False,
-) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.PatientName, ds.PatientBirthDate = "H123", "Doe^Jane", "19700101"
-    ds.StudyInstanceUID, ds.AccessionNumber, ds.StudyDate = (
-        generate_uid(),
-        "ACC1",
-        "20260101",
-    )
-    ds.PixelSpacing = [0.1, 0.12]
-    if pixels is not None:
-        ds.Rows, ds.Columns = (
-            pixels.shape[-3:-1] if photometric == "RGB" else pixels.shape[-2:]
-        )
-        ds.SamplesPerPixel = 3 if photometric == "RGB" else 1
-        ds.PhotometricInterpretation = photometric
-        if photometric == "RGB":
-            ds.PlanarConfiguration = 0
-        ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
-        if frames > 1:
-            ds.NumberOfFrames = frames
-        ds.PixelData = pixels.tobytes()
-        if compress:
-            ds.compress(RLELossless, pixels)
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
+def make_dicom(pixels: np.ndarray | None, **options: Any) -> bytes:
+    """A DICOM file with known tags: patient H123, accession ACC1, spacing 0.1 x 0.12."""
+    return ultrasound_dicom(pixels, patient_id="H123", accession="ACC1", **options)
 
 
 GREY = (np.arange(40 * 60) % 251).astype(np.uint8).reshape(40, 60)
@@ -138,7 +94,11 @@ def test_it_decodes_16_bit_rgb_multiframe_and_compressed_dicom():
     assert np.array_equal(decode_image(make_dicom(RGB, photometric="RGB")).pixels, RGB)
     multi = decode_image(make_dicom(np.stack([GREY, 255 - GREY]), frames=2))
     assert multi.frame_count == 2 and multi.pixels.shape == (40, 60, 3)
-    assert decode_image(make_dicom(GREY, compress=True)).pixels.shape == (40, 60, 3)
+    assert decode_image(make_dicom(GREY, transfer_syntax="rle")).pixels.shape == (
+        40,
+        60,
+        3,
+    )
 
 
 @pytest.mark.parametrize(
@@ -168,54 +128,25 @@ def _smooth_rgb() -> np.ndarray:
     return np.stack([grey, 255 - grey, (y * 5 % 256).astype(np.uint8)], axis=-1)
 
 
-def _dataset(pixels: np.ndarray, photometric: str, syntax, frames: int = 1) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    shape = pixels.shape[1:] if frames > 1 else pixels.shape
-    ds.Rows, ds.Columns = shape[0], shape[1]
-    ds.SamplesPerPixel = 3 if photometric != "MONOCHROME2" else 1
-    ds.PhotometricInterpretation = photometric
-    if ds.SamplesPerPixel == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    return ds
-
-
-def _write(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def test_it_converts_ybr_full_dicom_to_rgb_once():
     from pydicom.pixels import convert_color_space
 
     rgb = _smooth_rgb()
-    ds = _dataset(rgb, "YBR_FULL", ExplicitVRLittleEndian)
+    ds = ultrasound_dataset(rgb, photometric="YBR_FULL")
     ds.PixelData = convert_color_space(rgb, "RGB", "YBR_FULL").tobytes()
-    image = decode_image(_write(ds))
+    image = decode_image(dicom_bytes(ds))
     assert np.abs(image.pixels.astype(int) - rgb).max() <= 2
 
 
 def test_it_decodes_jpeg_baseline_dicom_colour_and_multiframe():
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit
-
     rgb = _smooth_rgb()
     frames = [rgb, rgb[::-1], rgb[:, ::-1]]
-    ds = _dataset(np.stack(frames), "YBR_FULL_422", JPEGBaseline8Bit, frames=3)
-    ds.PixelData = encapsulate([encode(f, "JPEG", quality=95) for f in frames])
-    image = decode_image(_write(ds))
+    # Written as YBR_FULL_422 frames, JPEG quality 95.
+    image = decode_image(
+        ultrasound_dicom(
+            np.stack(frames), photometric="RGB", frames=3, transfer_syntax="jpeg"
+        )
+    )
     reference = np.asarray(Image.open(io.BytesIO(encode(rgb, "JPEG", quality=95))))
     assert image.frame_count == 3 and image.pixels.shape == (40, 64, 3)
     assert np.abs(image.pixels.astype(int) - reference).mean() < 2
@@ -223,17 +154,16 @@ def test_it_decodes_jpeg_baseline_dicom_colour_and_multiframe():
 
 def test_it_decodes_rle_rgb_dicom_exactly():
     rgb = _smooth_rgb()
-    ds = _dataset(rgb, "RGB", ExplicitVRLittleEndian)
-    ds.PixelData = rgb.tobytes()
-    ds.compress(RLELossless, rgb)
-    assert np.array_equal(decode_image(_write(ds)).pixels, rgb)
+    data = ultrasound_dicom(rgb, photometric="RGB", transfer_syntax="rle")
+    assert np.array_equal(decode_image(data).pixels, rgb)
 
 
 def test_it_names_the_transfer_syntax_it_cannot_decode():
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGLSLossless
 
-    ds = _dataset(GREY, "MONOCHROME2", JPEGLSLossless)
+    ds = ultrasound_dataset(GREY)
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
     ds.PixelData = encapsulate([b"\xff\xd8 not a JPEG-LS stream \xff\xd9"])
     with pytest.raises(DecodeError, match="JPEG-LS"):
-        decode_image(_write(ds))
+        decode_image(dicom_bytes(ds))

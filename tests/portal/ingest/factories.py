@@ -1,4 +1,4 @@
-"""Files the ingestion tests upload: DICOM built with pydicom, zips built in memory."""
+"""Files the ingestion tests upload: DICOM (bench.synthetic), zips built in memory."""
 
 from __future__ import annotations
 
@@ -6,20 +6,12 @@ import io
 import stat
 import zipfile
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
-import pydicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    RLELossless,
-    UltrasoundImageStorage,
-    UltrasoundMultiFrameImageStorage,
-    generate_uid,
-)
+
+from bench.synthetic import ultrasound_dicom
 
 # Smooth gradients: lossy JPEG keeps them close to the original.
 _Y, _X = np.mgrid[0:48, 0:64]
@@ -41,75 +33,9 @@ def png(
     return buffer.getvalue()
 
 
-def dicom(
-    pixels: np.ndarray | None = GREY,
-    *,
-    photometric: str = "MONOCHROME2",
-    frames: int = 1,
-    transfer_syntax: str = "explicit",
-    patient_id: str = "H-0001",
-    patient_name: str = "Example^Jane",
-    birth_date: str = "19700101",
-    study_uid: str | None = None,
-    accession: str = "ACC1",
-    study_date: str = "20260105",
-    spacing: tuple[float, float] | None = (0.1, 0.12),
-) -> bytes:
-    """An ultrasound DICOM file. transfer_syntax: explicit, rle or jpeg (baseline)."""
-    meta = FileMetaDataset()
-    sop_class = (
-        UltrasoundMultiFrameImageStorage if frames > 1 else UltrasoundImageStorage
-    )
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.PatientID = patient_id
-    ds.PatientName = patient_name
-    ds.PatientBirthDate = birth_date
-    ds.StudyInstanceUID = study_uid or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.AccessionNumber = accession
-    ds.StudyDate = study_date
-    if spacing:
-        ds.PixelSpacing = list(spacing)
-    if pixels is not None:
-        colour = photometric != "MONOCHROME2"
-        shape = pixels.shape[1:] if frames > 1 else pixels.shape
-        ds.Rows, ds.Columns = shape[0], shape[1]
-        ds.SamplesPerPixel = 3 if colour else 1
-        ds.PhotometricInterpretation = photometric
-        if colour:
-            ds.PlanarConfiguration = 0
-        ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
-        if frames > 1:
-            ds.NumberOfFrames = frames
-        if transfer_syntax == "jpeg":
-            stack = pixels if frames > 1 else pixels[None]
-            ds.PixelData = encapsulate([_jpeg(frame) for frame in stack])
-            ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-            if colour:
-                ds.PhotometricInterpretation = "YBR_FULL_422"
-            ds.LossyImageCompression = "01"
-        else:
-            ds.PixelData = pixels.tobytes()
-            if transfer_syntax == "rle":
-                ds.compress(RLELossless, pixels)
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def _jpeg(frame: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
+def dicom(pixels: np.ndarray | None = GREY, **options: Any) -> bytes:
+    """An ultrasound DICOM file of GREY by default; options: `ultrasound_dataset`'s."""
+    return ultrasound_dicom(pixels, **options)
 
 
 def zip_of(
