@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from bench.ingest import _manage, _rss_mb, busi_scans
-from bench.launch import REPO_ROOT, redis_url_with_db, tail
+from bench.launch import redis_url_with_db, start_listener, stop_process
 from bench.synthetic import ultrasound_dicom
 
 logger = logging.getLogger(__name__)
@@ -193,20 +192,7 @@ def run(
         }
         report("migrating a fresh database")
         _manage(env, "migrate", "--noinput")
-        log_path = work / "listener.log"
-        with log_path.open("wb") as log:
-            listener = subprocess.Popen(
-                [sys.executable, "manage.py", "dicom_listener"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 120
-        while b"listening on" not in log_path.read_bytes():
-            if listener.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the listener did not start:\n{tail(log_path)}")
-            time.sleep(0.2)
+        listener = start_listener(env, work / "listener.log", timeout=120)
 
         warm_up = storescu(port, sorted(warm.iterdir()))
         if warm_up.returncode != 0:
@@ -241,12 +227,8 @@ def run(
             source=source,
         )
     finally:
-        if listener is not None and listener.poll() is None:
-            listener.terminate()
-            try:
-                listener.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                listener.kill()
+        if listener is not None:
+            stop_process(listener)
         client.delete(queue)
         client.close()
         shutil.rmtree(work, ignore_errors=True)

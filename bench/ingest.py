@@ -36,7 +36,9 @@ from django.test.utils import override_settings
 from bench.launch import (
     REPO_ROOT,
     redis_url_with_db,
+    run_checked,
     start_worker,
+    stop_process,
     stop_worker,
     tail,
     wait_until_ready,
@@ -116,17 +118,12 @@ def _children(pid: int) -> list[int]:
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
+    return run_checked(
         [sys.executable, "manage.py", *args],
-        cwd=REPO_ROOT,
         env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+        cwd=REPO_ROOT,
+        what=f"manage.py {' '.join(args)}",
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 SETUP_USER = """
@@ -300,11 +297,7 @@ def run(
         if worker is not None:
             stop_worker(worker)
         if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_process(server)
         client.delete(queue)
         client.close()
         shutil.rmtree(work, ignore_errors=True)

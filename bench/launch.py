@@ -2,7 +2,9 @@
 
 Used by the benchmarks, the end-to-end and fault tests and `make run`, which all need
 the production worker's command line, most of them with a worker that sees the same
-database (a test database, a benchmark database) as the calling process.
+database (a test database, a benchmark database) as the calling process. The other
+processes they start (the DICOM listener, gunicorn, servers of their own) are started,
+awaited and stopped with the helpers here too.
 """
 
 from __future__ import annotations
@@ -161,29 +163,100 @@ def start_worker(
 
 
 def wait_until_ready(
-    process: subprocess.Popen[bytes], log_path: Path, timeout: float
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    timeout: float,
+    *,
+    line: bytes = b" ready.",
+    what: str = "worker",
 ) -> None:
-    """Wait for the worker's "ready" line (the model loads in the child before that)."""
+    """Wait for the line a process logs once it serves: a worker's "ready" by default
+    (the model loads in the child before that)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"worker exited with {process.returncode}:\n{tail(log_path)}"
+                f"{what} exited with {process.returncode}:\n{tail(log_path)}"
             )
-        if b" ready." in log_path.read_bytes():
+        if line in log_path.read_bytes():
             return
-        time.sleep(0.5)
-    raise TimeoutError(f"worker not ready after {timeout:.0f}s:\n{tail(log_path)}")
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s:\n{tail(log_path)}")
+
+
+def start_listener(
+    env: Mapping[str, str], log_path: Path, timeout: float = 240
+) -> subprocess.Popen[bytes]:
+    """`manage.py dicom_listener` as deployed, with env as its whole environment;
+    returns once it listens, or stops it and raises."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "dicom_listener"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_ready(
+            process, log_path, timeout, line=b"listening on", what="DICOM listener"
+        )
+    except (RuntimeError, TimeoutError):
+        stop_process(process)
+        raise
+    return process
+
+
+def stop_process(
+    process: subprocess.Popen[Any], timeout: float = 30, *, group: bool = False
+) -> None:
+    """SIGTERM, then SIGKILL if it is still running after timeout seconds.
+
+    group: the process leads a process group of its own (start_new_session=True), and
+    the SIGKILL goes to the whole group, so that no child (a Celery pool process)
+    outlives it. SIGTERM goes to the leader alone, which stops its children itself.
+    """
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+        process.wait(timeout=10)
 
 
 def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    stop_process(process, timeout, group=True)
+
+
+def run_checked(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    what: str | None = None,
+) -> str:
+    """Run a command to its end and return its standard output; a failure raises
+    RuntimeError with the end of its standard error."""
+    done = subprocess.run(
+        list(command),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{what or command[0]} failed:\n{done.stderr.strip()[-4000:]}"
+        )
+    return done.stdout
 
 
 def tail(path: Path, lines: int = 60) -> str:

@@ -19,11 +19,17 @@ from django.db import connection
 from PIL import Image
 from pydicom.sr.codedict import codes
 
-from bench.launch import database_url, start_worker, stop_worker, tail
+from bench.launch import (
+    database_url,
+    start_listener,
+    start_worker,
+    stop_worker,
+    tail,
+)
 from portal.analyses.models import Analysis
 from portal.audit.models import AccessRecord
 from tests.e2e.conftest import PIXEL_LIMIT
-from tests.portal.dicomnet.conftest import free_port, start_listener, start_storescp
+from tests.portal.dicomnet.conftest import free_port, start_storescp
 from tests.portal.ingest.factories import dicom
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

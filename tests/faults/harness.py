@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.launch import worker_command
+from bench.launch import run_checked, stop_process, worker_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("driver.py")
@@ -138,15 +138,11 @@ class PrivatePostgres:
         return f"postgres://postgres@127.0.0.1:{self.port}/faults"
 
     def _as_postgres(self, *command: str, timeout: float = 120) -> None:
-        result = subprocess.run(
+        run_checked(
             ["runuser", "-u", "postgres", "--", *command],
-            capture_output=True,
-            text=True,
             timeout=timeout,
-            check=False,
+            what=command[0],
         )
-        if result.returncode != 0:
-            raise RuntimeError(f"{command[0]}: {result.stderr.strip()[-2000:]}")
 
     def init(self) -> None:
         self._as_postgres(
@@ -243,18 +239,14 @@ class Stack:
         return env
 
     def driver(self, *args: str, timeout: float = 180) -> Any:
-        result = subprocess.run(
+        output = run_checked(
             [sys.executable, str(DRIVER), *args],
-            cwd=REPO_ROOT,
             env=self.env(),
-            capture_output=True,
-            text=True,
+            cwd=REPO_ROOT,
             timeout=timeout,
-            check=False,
+            what=f"driver {args}",
         )
-        if result.returncode != 0:
-            raise RuntimeError(f"driver {args} failed:\n{result.stderr[-4000:]}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        return json.loads(output.strip().splitlines()[-1])
 
     def log_path(self, name: str) -> Path:
         return self.root / f"{name}.log"
@@ -302,13 +294,7 @@ class Stack:
         return children[0].pid
 
     def stop(self, name: str) -> None:
-        process = self.processes.pop(name)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                _kill_group(process)
+        stop_process(self.processes.pop(name), group=True)
 
     def tail(self, name: str, lines: int = 80) -> str:
         try:

@@ -7,17 +7,11 @@ import time
 
 import pytest
 
-from tests.faults.harness import assert_each_finished_once, wait_until
+from tests.faults.harness import all_finished, assert_each_finished_once, wait_until
 
 pytestmark = pytest.mark.slow
 N = 16
 TIMEOUT = 300
-
-
-def _all_finished(stack) -> list[dict] | None:
-    analyses = stack.driver("status")
-    done = all(a["status"] in ("succeeded", "failed") for a in analyses)
-    return analyses if done else None
 
 
 def test_a_redis_restart_mid_batch_loses_no_analysis(make_stack):
@@ -39,7 +33,7 @@ def test_a_redis_restart_mid_batch_loses_no_analysis(make_stack):
     stack.redis.start()
 
     analyses = wait_until(
-        lambda: _all_finished(stack), timeout=TIMEOUT, interval=1, what="every result"
+        lambda: all_finished(stack), timeout=TIMEOUT, interval=1, what="every result"
     )
     assert [a["id"] for a in analyses] == ids + during
     assert_each_finished_once(stack, analyses)

@@ -10,17 +10,11 @@ import time
 
 import pytest
 
-from tests.faults.harness import assert_each_finished_once, wait_until
+from tests.faults.harness import all_finished, assert_each_finished_once, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.long_fault]
 N = 16
 TIMEOUT = 420
-
-
-def _all_finished(stack) -> list[dict] | None:
-    analyses = stack.driver("status")
-    done = all(a["status"] in ("succeeded", "failed") for a in analyses)
-    return analyses if done else None
 
 
 @pytest.mark.parametrize("outage_s", [0, 8])
@@ -44,7 +38,7 @@ def test_a_postgres_restart_mid_batch_needs_no_manual_step(make_stack, outage_s)
         cluster.restart()
 
     analyses = wait_until(
-        lambda: _all_finished(stack), timeout=TIMEOUT, interval=2, what="every result"
+        lambda: all_finished(stack), timeout=TIMEOUT, interval=2, what="every result"
     )
     assert [a["id"] for a in analyses] == ids
     assert_each_finished_once(stack, analyses)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import wait_until
+from tests.faults.harness import all_finished, wait_until
 
 pytestmark = pytest.mark.slow
 N = 12
@@ -48,13 +48,8 @@ def test_a_broken_worker_fails_with_a_reason_and_good_workers_carry_on(
     stack.wait_ready("good")
     later = stack.driver("create", str(N), "128")
 
-    def all_finished() -> list[dict] | None:
-        analyses = stack.driver("status")
-        done = all(a["status"] in ("succeeded", "failed") for a in analyses)
-        return analyses if done else None
-
     analyses = wait_until(
-        all_finished, timeout=TIMEOUT, interval=1, what="every result"
+        lambda: all_finished(stack), timeout=TIMEOUT, interval=1, what="every result"
     )
     by_id = {a["id"]: a for a in analyses}
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import assert_each_finished_once, running_on, wait_until
+from tests.faults.harness import (
+    all_finished,
+    assert_each_finished_once,
+    running_on,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 N = 10
@@ -39,13 +44,8 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
         held = [a for a in held if a["worker"].endswith(f":{dead_pid}")]
     assert held, "the victim finished its work before it was killed"
 
-    def all_finished() -> list[dict] | None:
-        analyses = stack.driver("status")
-        done = all(a["status"] in ("succeeded", "failed") for a in analyses)
-        return analyses if done else None
-
     analyses = wait_until(
-        all_finished, timeout=TIMEOUT, interval=1, what="every result"
+        lambda: all_finished(stack), timeout=TIMEOUT, interval=1, what="every result"
     )
     assert [a["id"] for a in analyses] == ids
     assert_each_finished_once(stack, analyses)

@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench.launch import stop_process
+
 SLAPD = shutil.which("slapd") or next(
     (p for p in ("/usr/sbin/slapd", "/usr/local/libexec/slapd") if Path(p).exists()),
     None,
@@ -146,10 +148,5 @@ class Slapd:
             return "(no log)"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process, 10)

@@ -110,29 +110,3 @@ def start_storescp(folder: Any, port: int, ae_title: str) -> Any:
                 process.kill()
                 raise AssertionError("storescp did not start") from None
             time.sleep(0.1)
-
-
-def start_listener(env: dict[str, str], log_path: Any) -> Any:
-    """`manage.py dicom_listener` as deployed; returns once it listens."""
-    import subprocess
-    import sys
-    import time
-
-    from bench.launch import REPO_ROOT
-
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "dicom_listener"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    # Generous: Django and pynetdicom start slowly on a loaded two-core machine.
-    deadline = time.monotonic() + 240
-    while b"listening on" not in log_path.read_bytes():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"listener did not start:\n{log_path.read_text()}")
-        time.sleep(0.2)
-    return process

@@ -16,7 +16,7 @@ import redis
 from django.db import transaction
 from pydicom.uid import generate_uid
 
-from bench.launch import point_celery_at, redis_url_with_db
+from bench.launch import point_celery_at, redis_url_with_db, stop_process
 from portal.audit.models import AccessRecord
 from portal.dicomnet import services
 from portal.dicomnet.sender import SendFailed
@@ -47,8 +47,7 @@ def storescp(tmp_path: Path) -> Iterator[dict[str, Any]]:
     port = free_port()
     process = start_storescp(folder, port, PACS_AE)
     yield {"port": port, "folder": folder}
-    process.terminate()
-    process.wait(timeout=10)
+    stop_process(process, 10)
 
 
 def received(folder: Path, count: int) -> list[pydicom.Dataset]:

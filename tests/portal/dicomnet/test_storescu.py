@@ -22,11 +22,11 @@ from django.conf import settings
 from django.db import connection
 from pydicom.uid import generate_uid
 
-from bench.launch import database_url, redis_url_with_db
+from bench.launch import database_url, redis_url_with_db, start_listener, stop_process
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
 from portal.ingest.models import UploadBatch, UploadItem
-from tests.portal.dicomnet.conftest import SCANNER_AE, free_port, start_listener
+from tests.portal.dicomnet.conftest import SCANNER_AE, free_port
 from tests.portal.ingest.factories import GREY, RGB, dicom
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -86,8 +86,7 @@ def listener(
     try:
         yield {"port": port, "log": log_path, "process": process}
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_process(process)
         connection.close()
 
 
