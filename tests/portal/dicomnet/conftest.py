@@ -110,3 +110,35 @@ def start_storescp(folder: Any, port: int, ae_title: str) -> Any:
                 process.kill()
                 raise AssertionError("storescp did not start") from None
             time.sleep(0.1)
+
+
+def finished_batch(timeout: float = 20) -> Any:
+    """The association's batch once its report is closed (at release, in its thread)."""
+    import time
+
+    from portal.ingest.models import UploadBatch
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = UploadBatch.objects.filter(finished_at__isnull=False).first()
+        if batch is not None:
+            return batch
+        time.sleep(0.05)
+    raise AssertionError("the association's upload report was never closed")
+
+
+def redis_or_skip(db: int) -> tuple[Any, str]:
+    """A client of Redis database db on the configured server, and its URL; skips the
+    test where that server is not reachable."""
+    import redis
+    from django.conf import settings
+
+    from bench.launch import redis_url_with_db
+
+    url = redis_url_with_db(settings.REDIS_URL, db)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"Redis is not reachable at {url}")
+    return client, url

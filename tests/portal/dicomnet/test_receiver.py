@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from pynetdicom.sop_class import Verification
 from portal.analyses.models import Analysis
 from portal.clinical.models import Patient, Scan, Study
 from portal.ingest.models import UploadBatch, UploadItem
-from tests.portal.dicomnet.conftest import SCANNER_AE
+from tests.portal.dicomnet.conftest import SCANNER_AE, finished_batch
 from tests.portal.ingest.factories import GREY, dicom
 
 pytestmark = pytest.mark.slow
@@ -53,17 +52,6 @@ def associate(receiver: dict[str, Any], calling: str = SCANNER_AE) -> Any:
             ae.add_requested_context(sop_class, syntax)
     ae.add_requested_context(Verification)
     return ae.associate("127.0.0.1", receiver["port"], ae_title=receiver["ae_title"])
-
-
-def finished_batch() -> UploadBatch:
-    """The association's batch once its report is closed (at release, in its thread)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        batch = UploadBatch.objects.filter(finished_at__isnull=False).first()
-        if batch is not None:
-            return batch
-        time.sleep(0.05)
-    raise AssertionError("the association's upload report was never closed")
 
 
 def test_it_answers_echo_from_an_allowed_ae_title(receiver: dict[str, Any]) -> None:

@@ -12,17 +12,17 @@ from typing import Any
 import highdicom as hd
 import pydicom
 import pytest
-import redis
 from django.db import transaction
 from pydicom.uid import generate_uid
 
-from bench.launch import point_celery_at, redis_url_with_db, stop_process
+from bench.launch import point_celery_at, stop_process
 from portal.audit.models import AccessRecord
 from portal.dicomnet import services
 from portal.dicomnet.sender import SendFailed
 from tests.portal.dicomnet.conftest import (
     finish_analysis,
     free_port,
+    redis_or_skip,
     start_storescp,
     store_scan,
 )
@@ -143,12 +143,7 @@ def test_a_send_is_queued_on_commit_after_analysis_and_after_sign_off(
     from portal.review.services import review_save
     from workers import app
 
-    url = redis_url_with_db(settings.REDIS_URL, 14)
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip(f"Redis is not reachable at {url}")
+    client, url = redis_or_skip(14)
     queue = f"dicom-send-{uuid.uuid4().hex[:12]}"
     previous = app.conf.broker_url
     settings.CELERY_DICOM_QUEUE = queue

@@ -22,11 +22,16 @@ from django.conf import settings
 from django.db import connection
 from pydicom.uid import generate_uid
 
-from bench.launch import database_url, redis_url_with_db, start_listener, stop_process
+from bench.launch import database_url, start_listener, stop_process
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
 from portal.ingest.models import UploadBatch, UploadItem
-from tests.portal.dicomnet.conftest import SCANNER_AE, free_port
+from tests.portal.dicomnet.conftest import (
+    SCANNER_AE,
+    finished_batch,
+    free_port,
+    redis_or_skip,
+)
 from tests.portal.ingest.factories import GREY, RGB, dicom
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -43,12 +48,7 @@ if shutil.which("storescu") is None:
 
 @pytest.fixture
 def queue() -> Iterator[tuple[redis.Redis, str, str]]:
-    url = redis_url_with_db(settings.REDIS_URL, REDIS_DB)
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip(f"Redis is not reachable at {url}")
+    client, url = redis_or_skip(REDIS_DB)
     name = f"inference-dicom-{uuid.uuid4().hex[:12]}"
     yield client, url, name
     client.delete(name)
@@ -114,16 +114,6 @@ def storescu(port: int, files: list[Path], *, calling: str = SCANNER_AE) -> Any:
         text=True,
         timeout=120,
     )
-
-
-def finished_batch() -> UploadBatch:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        batch = UploadBatch.objects.filter(finished_at__isnull=False).first()
-        if batch is not None:
-            return batch
-        time.sleep(0.1)
-    raise AssertionError("the association's upload report was never closed")
 
 
 def test_storescu_sends_jpeg_cine_and_a_file_without_pixels(
