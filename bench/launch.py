@@ -62,6 +62,16 @@ def database_url(settings_dict: Mapping[str, Any]) -> str:
     raise ValueError(f"no DATABASE_URL form for engine {engine}")
 
 
+def child_env(
+    values: Mapping[str, str], *, drop: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """This process's environment for a child: less every variable whose name starts
+    with one of `drop` (settings the child must not inherit), with `values` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(values)
+    return env
+
+
 def point_celery_at(url: str) -> None:
     """Send this process's tasks to another broker URL from now on.
 

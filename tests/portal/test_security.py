@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from portal.security import LAST_ACTIVITY_KEY
+from tests.portal.conftest import assert_idle_session_ends, run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "a-long-enough-passphrase-42"
@@ -194,14 +192,7 @@ def test_failed_logins_never_log_the_user_name(client, caplog, db):
 def test_a_session_ends_after_the_idle_timeout(client, clinician, settings):
     client.force_login(clinician)
     assert client.get(reverse("clinical:patient_list")).status_code == 200
-    session = client.session
-    session[LAST_ACTIVITY_KEY] = time.time() - settings.SESSION_IDLE_TIMEOUT - 5
-    session.save()
-
-    response = client.get(reverse("clinical:patient_list"))
-
-    assert response.status_code == 302
-    assert response["Location"].startswith(reverse("login"))
+    assert_idle_session_ends(client, settings)
     assert not _signed_in(client)
 
 
@@ -321,36 +312,22 @@ def test_forms_refuse_a_post_without_a_csrf_token(clinician, study):
         assert client.post(url, {}).status_code == 403, url
 
 
-def _production_env(tmp_path: Path) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DJANGO", "SECURE_", "SESSION_", "DEBUG"))
-    }
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "portal.settings",
-            "DEBUG": "false",
-            "SECRET_KEY": "p9Vx!r7Qz#2mL8wT@4nK6yB$1cH5jF0sD3gA-uE_oI+eR&tY*Lq8Zs0Wd",
-            "ALLOWED_HOSTS": "portal.hospital.example",
-            "CSRF_TRUSTED_ORIGINS": "https://portal.hospital.example",
-            "SECURE_COOKIES": "true",
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
-            "MEDIA_ROOT": str(tmp_path / "media"),
-        }
-    )
-    return env
-
-
 def _run_in_production(tmp_path: Path, *args: str) -> Any:
     """Python with these arguments, under the production settings, in a subprocess."""
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO_ROOT,
-        env=_production_env(tmp_path),
-        check=False,
-        capture_output=True,
-        text=True,
+    production = {
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "DEBUG": "false",
+        "SECRET_KEY": "p9Vx!r7Qz#2mL8wT@4nK6yB$1cH5jF0sD3gA-uE_oI+eR&tY*Lq8Zs0Wd",
+        "ALLOWED_HOSTS": "portal.hospital.example",
+        "CSRF_TRUSTED_ORIGINS": "https://portal.hospital.example",
+        "SECURE_COOKIES": "true",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
+        "MEDIA_ROOT": str(tmp_path / "media"),
+    }
+    return run_python(
+        *args,
+        env=production,
+        drop=("DJANGO", "SECURE_", "SESSION_", "DEBUG"),
         timeout=300,
     )
 

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from portal.settings import env_bool, env_choice, env_float, env_int, env_list
+from tests.portal.conftest import run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,20 +63,11 @@ def test_env_choice_rejects_unknown_backend(monkeypatch):
 
 
 def _import_settings(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
-    clean.update(env)
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import portal.settings as s; print(s.STORAGES['default']['BACKEND'])",
-        ],
-        check=False,
-        cwd=REPO_ROOT,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return run_python(
+        "-c",
+        "import portal.settings as s; print(s.STORAGES['default']['BACKEND'])",
+        env=env,
+        drop=("SECRET_KEY", "DEBUG"),
     )
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.portal.conftest import run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -36,17 +36,7 @@ print(json.dumps({
 
 
 def _settings(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LDAP_")}
-    clean.update({"DEBUG": "true", **env})
-    return subprocess.run(
-        [sys.executable, "-c", _PRINT],
-        check=False,
-        cwd=REPO_ROOT,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_python("-c", _PRINT, env={"DEBUG": "true", **env}, drop=("LDAP_",))
 
 
 def test_directory_login_is_off_without_a_server_uri():
