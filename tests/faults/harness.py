@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.launch import run_checked, stop_process, worker_command
+from bench.launch import child_env, run_checked, stop_process, worker_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("driver.py")
@@ -216,27 +216,21 @@ class Stack:
         return self.root / "media"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("DJANGO_", "CELERY_", "ANALYSIS_", "PYTEST"))
+        stack = {
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+            "SECRET_KEY": "fault-tests-secret-key-not-for-production",
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis.url,
+            "MEDIA_ROOT": str(self.media_root),
+            "STORAGE_BACKEND": "local",
+            "ML_WEIGHTS_DIR": str(self.weights_dir),
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
         }
-        env.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "portal.settings",
-                "SECRET_KEY": "fault-tests-secret-key-not-for-production",
-                "DATABASE_URL": self.database_url,
-                "REDIS_URL": self.redis.url,
-                "MEDIA_ROOT": str(self.media_root),
-                "STORAGE_BACKEND": "local",
-                "ML_WEIGHTS_DIR": str(self.weights_dir),
-                "PYTHONUNBUFFERED": "1",
-                "TF_CPP_MIN_LOG_LEVEL": "2",
-            }
+        return child_env(
+            {**stack, **self.settings_env, **extra},
+            drop=("DJANGO_", "CELERY_", "ANALYSIS_", "PYTEST"),
         )
-        env.update(self.settings_env)
-        env.update(extra)
-        return env
 
     def driver(self, *args: str, timeout: float = 180) -> Any:
         output = run_checked(
@@ -332,6 +326,15 @@ def running_on(stack: Stack, node: str) -> list[dict[str, Any]]:
         for a in stack.driver("status")
         if a["status"] == "running" and a["worker"].startswith(f"{node}@")
     ]
+
+
+def wait_for_first_result(stack: Stack, timeout: float) -> None:
+    """Until one analysis has succeeded: the batch is under way."""
+    wait_until(
+        lambda: any(a["status"] == "succeeded" for a in stack.driver("status")),
+        timeout=timeout,
+        what="the first result",
+    )
 
 
 def all_finished(stack: Stack) -> list[dict[str, Any]] | None:

@@ -7,7 +7,12 @@ import time
 
 import pytest
 
-from tests.faults.harness import all_finished, assert_each_finished_once, wait_until
+from tests.faults.harness import (
+    all_finished,
+    assert_each_finished_once,
+    wait_for_first_result,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 N = 16
@@ -19,11 +24,7 @@ def test_a_redis_restart_mid_batch_loses_no_analysis(make_stack):
     stack.start_worker("worker")
     stack.wait_ready("worker")
     ids = stack.driver("create", str(N), "512")
-    wait_until(
-        lambda: any(a["status"] == "succeeded" for a in stack.driver("status")),
-        timeout=TIMEOUT,
-        what="the first result",
-    )
+    wait_for_first_result(stack, TIMEOUT)
 
     stack.redis.stop()
     # Uploads go on while the broker is down: stored and queued, sent later.

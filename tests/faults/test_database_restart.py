@@ -10,7 +10,12 @@ import time
 
 import pytest
 
-from tests.faults.harness import all_finished, assert_each_finished_once, wait_until
+from tests.faults.harness import (
+    all_finished,
+    assert_each_finished_once,
+    wait_for_first_result,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.long_fault]
 N = 16
@@ -23,11 +28,7 @@ def test_a_postgres_restart_mid_batch_needs_no_manual_step(make_stack, outage_s)
     stack.start_worker("worker")
     stack.wait_ready("worker")
     ids = stack.driver("create", str(N), "512")
-    wait_until(
-        lambda: any(a["status"] == "succeeded" for a in stack.driver("status")),
-        timeout=TIMEOUT,
-        what="the first result",
-    )
+    wait_for_first_result(stack, TIMEOUT)
 
     cluster = stack.postgres
     if outage_s:
