@@ -26,29 +26,25 @@ def test_env_bool_rejects_garbage(monkeypatch):
         env_bool("FLAG")
 
 
-def test_env_int_rejects_non_numbers_and_values_below_minimum(monkeypatch):
-    monkeypatch.setenv("LIMIT", "ten")
-    with pytest.raises(ImproperlyConfigured, match="LIMIT must be an integer"):
-        env_int("LIMIT", 1)
-    monkeypatch.setenv("LIMIT", "0")
-    with pytest.raises(ImproperlyConfigured, match=">= 1"):
-        env_int("LIMIT", 5, minimum=1)
-    monkeypatch.setenv("LIMIT", "42")
-    assert env_int("LIMIT", 5) == 42
-
-
-def test_env_float_rejects_non_numbers_infinities_and_values_below_minimum(
-    monkeypatch,
+@pytest.mark.parametrize(
+    ("read", "garbage", "expected", "below_minimum", "good", "value"),
+    [
+        (env_int, ["ten"], "an integer", "0", "42", 42),
+        (env_float, ["ten", "nan", "inf"], "a", "0.5", "2.5", 2.5),
+    ],
+)
+def test_env_numbers_reject_non_numbers_infinities_and_values_below_minimum(
+    monkeypatch, read, garbage, expected, below_minimum, good, value
 ):
-    for raw in ("ten", "nan", "inf"):
-        monkeypatch.setenv("RATIO", raw)
-        with pytest.raises(ImproperlyConfigured, match="RATIO must be a"):
-            env_float("RATIO", 1.0)
-    monkeypatch.setenv("RATIO", "0.5")
+    for raw in garbage:
+        monkeypatch.setenv("LIMIT", raw)
+        with pytest.raises(ImproperlyConfigured, match=f"LIMIT must be {expected}"):
+            read("LIMIT", 1)
+    monkeypatch.setenv("LIMIT", below_minimum)
     with pytest.raises(ImproperlyConfigured, match=">= 1"):
-        env_float("RATIO", 10.0, minimum=1.0)
-    monkeypatch.setenv("RATIO", "2.5")
-    assert env_float("RATIO", 10.0) == 2.5
+        read("LIMIT", 10, minimum=1)
+    monkeypatch.setenv("LIMIT", good)
+    assert read("LIMIT", 10) == value
 
 
 def test_env_list_splits_on_commas(monkeypatch):
