@@ -13,6 +13,8 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 PIPELINE_TARGET_RATIO = 0.9
 PIPELINE_TARGET_WORKER_OVERHEAD = 0.10
@@ -104,49 +106,59 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from bench import ingest
-
+def _run_against_processes(
+    bench: ModuleType,
+    args: argparse.Namespace,
+    errors: tuple[type[Exception], ...],
+    **options: Any,
+) -> Any | None:
+    """The benchmark module's run() with the arguments of `_add_process_bench`, its
+    summary on stdout; None after one of `errors`, which is reported."""
     try:
-        r = ingest.run(
+        result = bench.run(
             n=args.n,
             busi_dir=args.busi_dir,
             database_url=args.database_url,
-            analyse=args.analyse,
             report=_report,
+            **options,
         )
-    except OSError as exc:
+    except errors as exc:
         _report(f"error: {exc}")
-        return 2
-    _write(ingest.summary(r))
-    return 0
+        return None
+    _write(bench.summary(result))
+    return result
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from bench import ingest
+
+    result = _run_against_processes(ingest, args, (OSError,), analyse=args.analyse)
+    return 2 if result is None else 0
 
 
 def cmd_dicom(args: argparse.Namespace) -> int:
     from bench import dicom
 
-    try:
-        r = dicom.run(
-            n=args.n,
-            busi_dir=args.busi_dir,
-            database_url=args.database_url,
-            report=_report,
-        )
-    except (OSError, RuntimeError) as exc:
-        _report(f"error: {exc}")
+    result = _run_against_processes(dicom, args, (OSError, RuntimeError))
+    if result is None:
         return 2
-    _write(dicom.summary(r))
-    return 0 if r.none_lost else 1
+    return 0 if result.none_lost else 1
 
 
-def _add_dicom(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=100, help="instances (default 100)")
+def _add_process_bench(
+    parser: argparse.ArgumentParser, *, n: int, what: str, process: str
+) -> None:
+    parser.add_argument("--n", type=int, default=n, help=f"{what} (default {n})")
     parser.add_argument("--busi-dir", default=None, help="default: BUSI_DIR")
     parser.add_argument(
         "--database-url",
         default=None,
-        help="database for the listener (default: a fresh SQLite file)",
+        help=f"database for the {process} (default: a fresh SQLite file)",
     )
+
+
+def _add_dicom(parser: argparse.ArgumentParser) -> None:
+    _add_process_bench(parser, n=100, what="instances", process="listener")
 
 
 def _add_ml(parser: argparse.ArgumentParser) -> None:
@@ -200,13 +212,7 @@ def _add_load(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_ingest(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=300, help="images (default 300)")
-    parser.add_argument("--busi-dir", default=None, help="default: BUSI_DIR")
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help="database for the web process (default: a fresh SQLite file)",
-    )
+    _add_process_bench(parser, n=300, what="images", process="web process")
     parser.add_argument(
         "--analyse",
         action="store_true",
