@@ -360,9 +360,13 @@ def run(
             },
         ):
             return _run(
-                analyses=analyses,
-                studies=studies,
-                workers=workers,
+                LoadResult(
+                    analyses,
+                    studies,
+                    workers,
+                    current_model_version(weights),
+                    warmup=warmup,
+                ),
                 image_size=image_size,
                 page_requests=page_requests,
                 timeout=timeout,
@@ -372,8 +376,6 @@ def run(
                 broker=broker,
                 processes=processes,
                 report=report,
-                warmup=warmup,
-                model_version=current_model_version(weights),
                 user_model=get_user_model(),
                 analysis_model=Analysis,
             )
@@ -396,10 +398,8 @@ def run(
 
 
 def _run(
+    result: LoadResult,
     *,
-    analyses: int,
-    studies: int,
-    workers: int,
     image_size: int,
     page_requests: int,
     timeout: float,
@@ -409,14 +409,14 @@ def _run(
     broker: str,
     processes: list[subprocess.Popen[bytes]],
     report: Callable[[str], None],
-    warmup: int,
-    model_version: str,
     user_model: Any,
     analysis_model: Any,
 ) -> LoadResult:
+    """Fill in result, which says what to run (analyses, studies, workers, model)."""
     import redis
 
-    result = LoadResult(analyses, studies, workers, model_version, warmup=warmup)
+    analyses, studies, workers = result.analyses, result.studies, result.workers
+    model_version = result.model_version
     redis.Redis.from_url(broker).flushdb()
     point_celery_at(broker)
     user = user_model.objects.create_superuser("load-bench", "lb@example.org", PASSWORD)
