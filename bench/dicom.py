@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -44,6 +45,15 @@ BENCH_REDIS_DB = 13
 TARGET_MEMORY_MB = 100.0
 CALLING_AE = "BENCH_SCU"
 LISTENER_AE = "BUSAI_BENCH"
+# What every instance of a run shares (no birth date, no pixel spacing).
+PATIENT_AND_STUDY: dict[str, Any] = {
+    "patient_id": "BENCH-DICOM-1",
+    "patient_name": "Benchmark^Dicom",
+    "birth_date": None,
+    "accession": "BENCH-DICOM",
+    "study_date": "20260101",
+    "spacing": None,
+}
 
 COUNT = """
 import json
@@ -108,15 +118,10 @@ def write_instances(folder: Path, n: int, busi_dir: Path) -> tuple[str, str, int
     for number, pixels in enumerate(images, start=1):
         content = ultrasound_dicom(
             np.ascontiguousarray(pixels, np.uint8),
-            patient_id="BENCH-DICOM-1",
-            patient_name="Benchmark^Dicom",
-            birth_date=None,
             study_uid=study_uid,
             series_uid=series_uid,
             instance_number=number,
-            accession="BENCH-DICOM",
-            study_date="20260101",
-            spacing=None,
+            **PATIENT_AND_STUDY,
         )
         (folder / f"{number:04}.dcm").write_bytes(content)
         total += len(content)
