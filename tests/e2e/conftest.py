@@ -30,6 +30,20 @@ def redis_reachable(url: str) -> bool:
         return False
 
 
+def api_study(api: Any, base: str, patient: dict[str, str], accession: str) -> int:
+    """A patient and a study of theirs, created through the API (base: its root, e.g.
+    .../api/v1) by a signed-in requests session; returns the study's id."""
+    created = api.post(f"{base}/patients/", json=patient, timeout=30)
+    assert created.status_code == 201, created.text
+    study = api.post(
+        f"{base}/studies/",
+        json={"patient": patient["identifier"], "accession_number": accession},
+        timeout=30,
+    )
+    assert study.status_code == 201, study.text
+    return int(study.json()["id"])
+
+
 @pytest.fixture
 def e2e_broker(settings: Any) -> Any:
     """A dedicated Redis database and a queue of this test's own.

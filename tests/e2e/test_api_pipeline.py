@@ -19,7 +19,7 @@ from PIL import Image
 from bench.launch import tail
 from portal.analyses.models import ARTIFACT_KINDS
 from tests.conftest import SCANS_DIR
-from tests.e2e.conftest import PIXEL_LIMIT
+from tests.e2e.conftest import PIXEL_LIMIT, api_study
 from tests.portal.ingest.factories import dicom
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -58,23 +58,12 @@ def test_a_client_uploads_through_the_api_and_reads_the_results(
     api.headers["Authorization"] = f"Token {token}"
     base = f"{live_server.url}/api/v1"
 
-    patient = api.post(
-        f"{base}/patients/",
-        json={
-            "identifier": "API-001",
-            "name": "Api Patient",
-            "birth_date": "1970-01-01",
-        },
-        timeout=30,
-    )
-    assert patient.status_code == 201, patient.text
-    study = api.post(
-        f"{base}/studies/",
-        json={"patient": "API-001", "accession_number": "ACC-API"},
-        timeout=30,
-    )
-    assert study.status_code == 201, study.text
-    study_id = study.json()["id"]
+    patient = {
+        "identifier": "API-001",
+        "name": "Api Patient",
+        "birth_date": "1970-01-01",
+    }
+    study_id = api_study(api, base, patient, "ACC-API")
 
     benign = (SCANS_DIR / "benign/case056.png").read_bytes()
     malignant = (SCANS_DIR / "malignant/case176.jpg").read_bytes()

@@ -18,7 +18,7 @@ from django.conf import settings
 from PIL import Image, ImageDraw
 
 from bench.launch import tail
-from tests.e2e.conftest import PIXEL_LIMIT
+from tests.e2e.conftest import PIXEL_LIMIT, api_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -78,18 +78,8 @@ def test_a_photo_and_a_document_are_flagged_outside_the_training_distribution(
         timeout=30,
     ).json()["token"]
     api.headers["Authorization"] = f"Token {token}"
-    api.post(
-        f"{base}/api/v1/patients/",
-        json={"identifier": "OOD-001", "name": "Ood Patient"},
-        timeout=30,
-    ).raise_for_status()
-    study = api.post(
-        f"{base}/api/v1/studies/",
-        json={"patient": "OOD-001", "accession_number": "ACC-OOD"},
-        timeout=30,
-    )
-    assert study.status_code == 201, study.text
-    study_id = study.json()["id"]
+    patient = {"identifier": "OOD-001", "name": "Ood Patient"}
+    study_id = api_study(api, f"{base}/api/v1", patient, "ACC-OOD")
     uploads = {
         "astronaut.png": _png(data.astronaut()),
         "letter.png": _text_document(),
