@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 from django.conf import settings
 from PIL import Image
 from pydicom.uid import generate_uid
 
 from bench.ingest import _manage, _rss_mb, busi_scans
-from bench.launch import redis_url_with_db, start_listener, stop_process
+from bench.launch import bench_scratch, start_listener, stop_process
 from bench.synthetic import ultrasound_dicom
 
 logger = logging.getLogger(__name__)
@@ -159,84 +157,79 @@ def run(
     if shutil.which("storescu") is None:
         raise FileNotFoundError("storescu not found: apt-get install dcmtk")
     busi_dir = Path(busi_dir or settings.BUSI_DIR)
-    broker = redis_url_with_db(settings.REDIS_URL, BENCH_REDIS_DB)
-    client = redis.Redis.from_url(broker)
-    client.ping()  # fails loudly (start one with `make redis`)
-    queue = f"inference-bench-dicom-{secrets.token_hex(6)}"
-    work = Path(tempfile.mkdtemp(prefix="bench-dicom-"))
-    listener = None
-    try:
-        instances, warm = work / "instances", work / "warm"
-        instances.mkdir()
-        warm.mkdir()
-        _, source, size = write_instances(instances, n, busi_dir)
-        write_instances(warm, 2, busi_dir)
-        report(f"{n} ultrasound instances ({size / 1024**2:.1f} MB), {source}")
+    with bench_scratch("dicom", BENCH_REDIS_DB) as (broker, client, queue, work):
+        listener = None
+        try:
+            instances, warm = work / "instances", work / "warm"
+            instances.mkdir()
+            warm.mkdir()
+            _, source, size = write_instances(instances, n, busi_dir)
+            write_instances(warm, 2, busi_dir)
+            report(f"{n} ultrasound instances ({size / 1024**2:.1f} MB), {source}")
 
-        weights = work / "weights"
-        weights.mkdir()
-        (weights / "model.json").write_text(json.dumps({"version": "bench"}))
-        media = work / "media"
-        media.mkdir()
-        port = 11112 + 100 + secrets.randbelow(1000)
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "portal.settings",
-            "DEBUG": "0",
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            "DATABASE_URL": database_url or f"sqlite:///{work / 'bench.sqlite3'}",
-            "REDIS_URL": broker,
-            "MEDIA_ROOT": str(media),
-            "ML_WEIGHTS_DIR": str(weights),
-            "STORAGE_BACKEND": "local",
-            "LOG_LEVEL": "WARNING",
-            "CELERY_INFERENCE_QUEUE": queue,
-            "DICOM_AE_TITLE": LISTENER_AE,
-            "DICOM_PORT": str(port),
-            "DICOM_ALLOWED_CALLING_AE_TITLES": CALLING_AE,
-        }
-        report("migrating a fresh database")
-        _manage(env, "migrate", "--noinput")
-        listener = start_listener(env, work / "listener.log", timeout=120)
+            weights = work / "weights"
+            weights.mkdir()
+            (weights / "model.json").write_text(json.dumps({"version": "bench"}))
+            media = work / "media"
+            media.mkdir()
+            port = 11112 + 100 + secrets.randbelow(1000)
+            env = {
+                **os.environ,
+                "DJANGO_SETTINGS_MODULE": "portal.settings",
+                "DEBUG": "0",
+                "SECRET_KEY": secrets.token_urlsafe(40),
+                "DATABASE_URL": database_url or f"sqlite:///{work / 'bench.sqlite3'}",
+                "REDIS_URL": broker,
+                "MEDIA_ROOT": str(media),
+                "ML_WEIGHTS_DIR": str(weights),
+                "STORAGE_BACKEND": "local",
+                "LOG_LEVEL": "WARNING",
+                "CELERY_INFERENCE_QUEUE": queue,
+                "DICOM_AE_TITLE": LISTENER_AE,
+                "DICOM_PORT": str(port),
+                "DICOM_ALLOWED_CALLING_AE_TITLES": CALLING_AE,
+            }
+            report("migrating a fresh database")
+            _manage(env, "migrate", "--noinput")
+            listener = start_listener(env, work / "listener.log", timeout=120)
 
-        warm_up = storescu(port, sorted(warm.iterdir()))
-        if warm_up.returncode != 0:
-            raise RuntimeError(f"warm-up association failed:\n{warm_up.stderr[-2000:]}")
-        client.delete(queue)
-        rss_before = _rss_mb(listener.pid)
-        report(f"listener {listener.pid}: {rss_before:.0f} MB resident; sending")
+            warm_up = storescu(port, sorted(warm.iterdir()))
+            if warm_up.returncode != 0:
+                raise RuntimeError(
+                    f"warm-up association failed:\n{warm_up.stderr[-2000:]}"
+                )
+            client.delete(queue)
+            rss_before = _rss_mb(listener.pid)
+            report(f"listener {listener.pid}: {rss_before:.0f} MB resident; sending")
 
-        started = time.perf_counter()
-        result = storescu(port, sorted(instances.iterdir()))
-        seconds = time.perf_counter() - started
-        rss_peak = _rss_mb(listener.pid, "VmHWM")
-        # The report closes when the association is released.
-        time.sleep(1.0)
-        counts = json.loads(
-            _manage(env, "shell", "--verbosity", "0", "-c", COUNT)
-            .strip()
-            .splitlines()[-1]
-        )
-        return DicomBenchResult(
-            n=n,
-            megabytes=size / 1024**2,
-            seconds=seconds,
-            storescu_exit=result.returncode,
-            accepted=counts["accepted"],
-            rejected=counts["rejected"],
-            scans=counts["scans"],
-            queued=counts["queued"],
-            enqueued=int(client.llen(queue)),
-            rss_before_mb=rss_before,
-            rss_peak_mb=rss_peak,
-            source=source,
-        )
-    finally:
-        if listener is not None:
-            stop_process(listener)
-        client.delete(queue)
-        client.close()
-        shutil.rmtree(work, ignore_errors=True)
+            started = time.perf_counter()
+            result = storescu(port, sorted(instances.iterdir()))
+            seconds = time.perf_counter() - started
+            rss_peak = _rss_mb(listener.pid, "VmHWM")
+            # The report closes when the association is released.
+            time.sleep(1.0)
+            counts = json.loads(
+                _manage(env, "shell", "--verbosity", "0", "-c", COUNT)
+                .strip()
+                .splitlines()[-1]
+            )
+            return DicomBenchResult(
+                n=n,
+                megabytes=size / 1024**2,
+                seconds=seconds,
+                storescu_exit=result.returncode,
+                accepted=counts["accepted"],
+                rejected=counts["rejected"],
+                scans=counts["scans"],
+                queued=counts["queued"],
+                enqueued=int(client.llen(queue)),
+                rss_before_mb=rss_before,
+                rss_peak_mb=rss_peak,
+                source=source,
+            )
+        finally:
+            if listener is not None:
+                stop_process(listener)
 
 
 def summary(r: DicomBenchResult) -> list[str]:

@@ -17,10 +17,8 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 import zlib
@@ -28,14 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 import requests
 from django.conf import settings
 from django.test.utils import override_settings
 
 from bench.launch import (
     REPO_ROOT,
-    redis_url_with_db,
+    bench_scratch,
     run_checked,
     start_worker,
     stop_process,
@@ -150,157 +147,156 @@ def run(
 ) -> IngestBenchResult:
     busi_dir = Path(busi_dir or settings.BUSI_DIR)
     paths = busi_scans(busi_dir, n)
-    broker = redis_url_with_db(settings.REDIS_URL, BENCH_REDIS_DB)
-    client = redis.Redis.from_url(broker)
-    client.ping()  # fails loudly (start one with `make redis`)
-    # A queue of this run's own: runs side by side never count each other's messages.
-    queue = f"inference-bench-ingest-{secrets.token_hex(6)}"
-    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    server = worker = None
-    try:
-        zip_path = work / "upload.zip"
-        build_zip(paths, zip_path)
-        warm_path = work / "warm.zip"
-        build_zip(busi_scans(busi_dir, 2), warm_path)
-        zip_mb = zip_path.stat().st_size / 1024**2
-        report(f"{n} BUSI images from {busi_dir} in one zip of {zip_mb:.1f} MB")
+    with bench_scratch("ingest", BENCH_REDIS_DB) as (broker, client, queue, work):
+        server = worker = None
+        try:
+            zip_path = work / "upload.zip"
+            build_zip(paths, zip_path)
+            warm_path = work / "warm.zip"
+            build_zip(busi_scans(busi_dir, 2), warm_path)
+            zip_mb = zip_path.stat().st_size / 1024**2
+            report(f"{n} BUSI images from {busi_dir} in one zip of {zip_mb:.1f} MB")
 
-        weights = Path(settings.ML_WEIGHTS_DIR)
-        if not (weights / "model.json").exists():
-            if analyse:
-                raise FileNotFoundError(f"--analyse needs a trained model in {weights}")
-            weights = work / "weights"
-            weights.mkdir()
-            (weights / "model.json").write_text(json.dumps({"version": "bench"}))
-        media = work / "media"
-        media.mkdir()
-        database = database_url or f"sqlite:///{work / 'bench.sqlite3'}"
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "portal.settings",
-            "DEBUG": "0",
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            "DATABASE_URL": database,
-            "REDIS_URL": broker,
-            "MEDIA_ROOT": str(media),
-            "ML_WEIGHTS_DIR": str(weights),
-            "STORAGE_BACKEND": "local",
-            "SECURE_COOKIES": "0",
-            "LOG_LEVEL": "WARNING",
-            "API_THROTTLE_UPLOADS": "1000/minute",
-            "CELERY_INFERENCE_QUEUE": queue,
-        }
-        report("migrating a fresh database")
-        _manage(env, "migrate", "--noinput")
-        output = _manage(env, "shell", "--verbosity", "0", "-c", SETUP_USER)
-        token, study_id = output.strip().splitlines()[-1].split()
+            weights = Path(settings.ML_WEIGHTS_DIR)
+            if not (weights / "model.json").exists():
+                if analyse:
+                    raise FileNotFoundError(
+                        f"--analyse needs a trained model in {weights}"
+                    )
+                weights = work / "weights"
+                weights.mkdir()
+                (weights / "model.json").write_text(json.dumps({"version": "bench"}))
+            media = work / "media"
+            media.mkdir()
+            database = database_url or f"sqlite:///{work / 'bench.sqlite3'}"
+            env = {
+                **os.environ,
+                "DJANGO_SETTINGS_MODULE": "portal.settings",
+                "DEBUG": "0",
+                "SECRET_KEY": secrets.token_urlsafe(40),
+                "DATABASE_URL": database,
+                "REDIS_URL": broker,
+                "MEDIA_ROOT": str(media),
+                "ML_WEIGHTS_DIR": str(weights),
+                "STORAGE_BACKEND": "local",
+                "SECURE_COOKIES": "0",
+                "LOG_LEVEL": "WARNING",
+                "API_THROTTLE_UPLOADS": "1000/minute",
+                "CELERY_INFERENCE_QUEUE": queue,
+            }
+            report("migrating a fresh database")
+            _manage(env, "migrate", "--noinput")
+            output = _manage(env, "shell", "--verbosity", "0", "-c", SETUP_USER)
+            token, study_id = output.strip().splitlines()[-1].split()
 
-        port = 8000 + secrets.randbelow(1000) + 100
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "portal.wsgi:application",
-                "--workers",
-                "1",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--timeout",
-                "600",
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(work / "web.log", "wb"),  # noqa: SIM115 - closed with the process
-        )
-        base = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": f"Token {token}"}
-        upload_url = f"{base}/api/v1/studies/{study_id}/scans/"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{base}/healthz", timeout=5).status_code in (200, 503):
-                    break
-            # A first request on a loaded machine can take longer than 5 s: try again.
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{tail(work / 'web.log')}")
-            time.sleep(0.3)
-        (web_pid,) = _children(server.pid)
-
-        with warm_path.open("rb") as handle:
-            warm = requests.post(
-                upload_url, headers=headers, files={"files": handle}, timeout=600
+            port = 8000 + secrets.randbelow(1000) + 100
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "portal.wsgi:application",
+                    "--workers",
+                    "1",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--timeout",
+                    "600",
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=open(work / "web.log", "wb"),  # noqa: SIM115 - closed with the process
             )
-        if warm.status_code != 201:
-            raise RuntimeError(
-                f"warm-up upload failed: {warm.status_code} {warm.text[:500]}"
-            )
-        client.delete(queue)
-        rss_before = _rss_mb(web_pid)
-        report(f"web process {web_pid}: {rss_before:.0f} MB resident; uploading")
-
-        started = time.perf_counter()
-        with zip_path.open("rb") as handle:
-            response = requests.post(
-                upload_url,
-                headers=headers,
-                files={"files": ("bench.zip", handle, "application/zip")},
-                timeout=600,
-            )
-        seconds = time.perf_counter() - started
-        rss_peak = _rss_mb(web_pid, "VmHWM")
-        if response.status_code != 201:
-            raise RuntimeError(
-                f"upload failed: {response.status_code} {response.text[:500]}"
-            )
-        body = response.json()
-        result = IngestBenchResult(
-            n=n,
-            zip_mb=zip_mb,
-            seconds=seconds,
-            accepted=len(body["accepted"]),
-            rejected=len(body["rejected"]),
-            enqueued=int(client.llen(queue)),
-            rss_before_mb=rss_before,
-            rss_peak_mb=rss_peak,
-        )
-
-        if analyse:
-            report("starting a worker to analyse them")
-            log_path = work / "worker.log"
-            with override_settings(CELERY_INFERENCE_QUEUE=queue):
-                worker = start_worker(
-                    database=database,
-                    broker=broker,
-                    media_root=media,
-                    log_path=log_path,
-                )
-            wait_until_ready(worker, log_path, timeout=600)
-            analysis_started = time.perf_counter()
-            progress_url = body["progress_url"]
+            base = f"http://127.0.0.1:{port}"
+            headers = {"Authorization": f"Token {token}"}
+            upload_url = f"{base}/api/v1/studies/{study_id}/scans/"
+            deadline = time.monotonic() + 120
             while True:
-                progress = requests.get(
-                    progress_url, headers=headers, timeout=60
-                ).json()
-                if progress["analysed"] + progress["failed"] >= result.accepted:
-                    break
-                if time.perf_counter() - analysis_started > timeout:
-                    raise TimeoutError(f"analyses not finished: {progress}")
-                time.sleep(1)
-            result.analysed_seconds = time.perf_counter() - analysis_started
-            result.analysed = progress["analysed"]
-        return result
-    finally:
-        if worker is not None:
-            stop_worker(worker)
-        if server is not None:
-            stop_process(server)
-        client.delete(queue)
-        client.close()
-        shutil.rmtree(work, ignore_errors=True)
+                try:
+                    if requests.get(f"{base}/healthz", timeout=5).status_code in (
+                        200,
+                        503,
+                    ):
+                        break
+                # A first request on a loaded machine can take longer than 5 s: try again.
+                except (requests.ConnectionError, requests.Timeout):
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"gunicorn did not start:\n{tail(work / 'web.log')}"
+                    )
+                time.sleep(0.3)
+            (web_pid,) = _children(server.pid)
+
+            with warm_path.open("rb") as handle:
+                warm = requests.post(
+                    upload_url, headers=headers, files={"files": handle}, timeout=600
+                )
+            if warm.status_code != 201:
+                raise RuntimeError(
+                    f"warm-up upload failed: {warm.status_code} {warm.text[:500]}"
+                )
+            client.delete(queue)
+            rss_before = _rss_mb(web_pid)
+            report(f"web process {web_pid}: {rss_before:.0f} MB resident; uploading")
+
+            started = time.perf_counter()
+            with zip_path.open("rb") as handle:
+                response = requests.post(
+                    upload_url,
+                    headers=headers,
+                    files={"files": ("bench.zip", handle, "application/zip")},
+                    timeout=600,
+                )
+            seconds = time.perf_counter() - started
+            rss_peak = _rss_mb(web_pid, "VmHWM")
+            if response.status_code != 201:
+                raise RuntimeError(
+                    f"upload failed: {response.status_code} {response.text[:500]}"
+                )
+            body = response.json()
+            result = IngestBenchResult(
+                n=n,
+                zip_mb=zip_mb,
+                seconds=seconds,
+                accepted=len(body["accepted"]),
+                rejected=len(body["rejected"]),
+                enqueued=int(client.llen(queue)),
+                rss_before_mb=rss_before,
+                rss_peak_mb=rss_peak,
+            )
+
+            if analyse:
+                report("starting a worker to analyse them")
+                log_path = work / "worker.log"
+                with override_settings(CELERY_INFERENCE_QUEUE=queue):
+                    worker = start_worker(
+                        database=database,
+                        broker=broker,
+                        media_root=media,
+                        log_path=log_path,
+                    )
+                wait_until_ready(worker, log_path, timeout=600)
+                analysis_started = time.perf_counter()
+                progress_url = body["progress_url"]
+                while True:
+                    progress = requests.get(
+                        progress_url, headers=headers, timeout=60
+                    ).json()
+                    if progress["analysed"] + progress["failed"] >= result.accepted:
+                        break
+                    if time.perf_counter() - analysis_started > timeout:
+                        raise TimeoutError(f"analyses not finished: {progress}")
+                    time.sleep(1)
+                result.analysed_seconds = time.perf_counter() - analysis_started
+                result.analysed = progress["analysed"]
+            return result
+        finally:
+            if worker is not None:
+                stop_worker(worker)
+            if server is not None:
+                stop_process(server)
 
 
 def summary(r: IngestBenchResult) -> list[str]:

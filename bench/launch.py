@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from django.conf import settings
@@ -70,6 +73,36 @@ def child_env(
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(values)
     return env
+
+
+class Scratch(NamedTuple):
+    broker: str
+    client: Any  # redis.Redis
+    queue: str
+    folder: Path
+
+
+@contextmanager
+def bench_scratch(name: str, redis_db: int) -> Iterator[Scratch]:
+    """A folder and a queue of this run's own, on a Redis database of the benchmark's:
+    runs side by side never count each other's messages. Both are removed at the end.
+
+    Fails loudly without Redis (start one with `make redis`).
+    """
+    import redis
+
+    broker = redis_url_with_db(settings.REDIS_URL, redis_db)
+    client = redis.Redis.from_url(broker)
+    client.ping()
+    queue = f"inference-bench-{name}-{secrets.token_hex(6)}"
+    try:
+        with tempfile.TemporaryDirectory(
+            prefix=f"bench-{name}-", ignore_cleanup_errors=True
+        ) as folder:
+            yield Scratch(broker, client, queue, Path(folder))
+    finally:
+        client.delete(queue)
+        client.close()
 
 
 def point_celery_at(url: str) -> None:
