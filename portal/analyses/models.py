@@ -109,10 +109,19 @@ class Analysis(models.Model):
         )
         indexes = (
             models.Index(fields=("status", "queued_at"), name="analysis_status_queued"),
-            # Dashboard filters.
-            models.Index(fields=("label",), name="analysis_label"),
-            # The dashboard's counts per status and label, read from the index alone.
-            models.Index(fields=("status", "label"), name="analysis_status_label"),
+            # The dashboard's counts per status and label, and its label filter, read
+            # from these indexes alone: scan_id answers "is the scan reviewed?" (the
+            # review_signed_scan index) and finds the scan's upload time.
+            models.Index(
+                fields=("label", "status", "scan"), name="analysis_label_status_scan"
+            ),
+            models.Index(
+                fields=("status", "label", "scan"), name="analysis_status_label_scan"
+            ),
+            # "Has this scan a finished result?" (the worklist columns, the study
+            # page): without it SQLite's planner answers from the covering index above
+            # and reads every succeeded analysis for each scan.
+            models.Index(fields=("scan", "status"), name="analysis_scan_status"),
             models.Index(fields=("confidence",), name="analysis_confidence"),
             models.Index(fields=("model_version",), name="analysis_model_version"),
         )

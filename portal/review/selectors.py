@@ -24,6 +24,7 @@ from django.db.models import (
     QuerySet,
     Subquery,
 )
+from django.db.models.expressions import Col
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncMonth
 from django.utils import timezone
@@ -70,32 +71,63 @@ class DashboardFilters:
     distribution: str = ""
 
 
-def _study_conditions(filters: DashboardFilters, *, via: str = "") -> Q:
-    """The filters on a study and its patient. `via` is the path from the rows being
-    filtered to their study: "scan__study__" from analyses, "" from studies."""
+def _study_conditions(filters: DashboardFilters) -> Q:
+    """The filters on a study and its patient, as conditions on studies."""
     conditions = Q()
     if filters.patient:
-        conditions &= Q(**{f"{via}patient__identifier__iexact": filters.patient})
+        conditions &= Q(patient__identifier__iexact=filters.patient)
     if filters.date_from:
-        conditions &= Q(**{f"{via}study_date__gte": filters.date_from})
+        conditions &= Q(study_date__gte=filters.date_from)
     if filters.date_to:
-        conditions &= Q(**{f"{via}study_date__lte": filters.date_to})
+        conditions &= Q(study_date__lte=filters.date_to)
     if filters.search:
         term = filters.search
         conditions &= (
-            Q(**{f"{via}patient__identifier__icontains": term})
-            | Q(**{f"{via}accession_number__icontains": term})
-            | Q(**{f"{via}patient__name__icontains": term})
+            Q(patient__identifier__icontains=term)
+            | Q(accession_number__icontains=term)
+            | Q(patient__name__icontains=term)
         )
     return conditions
 
 
-def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
-    """One row per analysis (a scan and a model version), newest upload first."""
-    rows = Analysis.objects.select_related("scan__study__patient").annotate(
+class JoinedPk(F):
+    """The primary key of the table a relation path joins, read from that table.
+
+    F("scan__id") is read from the foreign key (analysis.scan_id): the same value, but
+    ordering by it keeps SQLite from walking the scan_uploaded index (uploaded_at, id)
+    backwards, so it sorted every analysis to show 50 (a second at 10,000 studies).
+    `name` is any column path into the joined table ("scan__uploaded_at").
+    """
+
+    def resolve_expression(self, *args: Any, **kwargs: Any) -> Col:
+        column = super().resolve_expression(*args, **kwargs)
+        return Col(column.alias, column.target.model._meta.pk)
+
+
+def _dashboard_row() -> QuerySet[Analysis]:
+    return Analysis.objects.select_related("scan__study__patient").annotate(
         reviewed=_scan_is_reviewed()
     )
-    rows = rows.filter(_study_conditions(filters, via="scan__study__"))
+
+
+def _newest_upload_first() -> tuple[Any, ...]:
+    return (
+        F("scan__uploaded_at").desc(),
+        JoinedPk("scan__uploaded_at").desc(),
+        F("id").desc(),
+    )
+
+
+def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
+    """One row per analysis (a scan and a model version), newest upload first."""
+    rows = _dashboard_row()
+    by_study = _study_conditions(filters)
+    if by_study:
+        # The few matching studies first, then their scans (the scan_study index);
+        # as joined conditions they were checked on every analysis row.
+        rows = rows.filter(
+            scan__study_id__in=Study.objects.filter(by_study).values("pk")
+        )
     if filters.label:
         rows = rows.filter(label=filters.label)
     if filters.confidence_min is not None:
@@ -112,7 +144,33 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
         rows = rows.filter(model_version=filters.model_version)
     if filters.distribution:
         rows = rows.filter(in_distribution=filters.distribution == "inside")
-    return rows.order_by("-scan__uploaded_at", "-scan_id", "-id")
+    return rows.order_by(*_newest_upload_first())
+
+
+@dataclass(frozen=True)
+class DashboardPages:
+    """What the dashboard's paginator slices: dashboard_rows, a page at a time.
+
+    Each page is one query in two steps: the page's ids, picked from the filtered rows
+    reading little more than indexes and the scans' upload times, then those rows
+    whole with their scan, study and patient. Picked and read in one step, the
+    matching rows were sorted whole to keep 50 of them (on SQLite 190 ms for
+    "unreviewed malignant" at 10,000 studies, against 25 ms).
+    """
+
+    rows: QuerySet[Analysis]
+
+    def count(self) -> int:
+        return self.rows.count()
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __getitem__(self, page: slice) -> list[Analysis]:
+        ids = self.rows.values("pk")[page]
+        return list(
+            _dashboard_row().filter(pk__in=ids).order_by(*_newest_upload_first())
+        )
 
 
 def filtered_studies(filters: DashboardFilters) -> QuerySet[Study]:
@@ -136,8 +194,9 @@ def filtered_studies(filters: DashboardFilters) -> QuerySet[Study]:
 def dashboard_counts(rows: QuerySet[Analysis]) -> dict[str, dict[str, int]]:
     """Counts per predicted label and per status of the filtered rows, in one query.
 
-    Grouped by (status, label), which the analysis_status_label index covers: the
-    unfiltered dashboard counts from that small index, not from every analysis row.
+    Grouped by (status, label), which the analysis_status_label_scan index covers
+    (analysis_label_status_scan with a label filter), the scan's review looked up in
+    review_signed_scan: the counts read indexes, not analysis rows.
     The statuses add up to the number of rows (a row always has a status), which is
     what the dashboard's paginator is given instead of counting them again.
     """
@@ -210,11 +269,15 @@ def study_review_columns() -> dict[str, Any]:
     """The rule behind Study.awaiting_review and Study.max_malignant, as expressions
     over an outer Study row (services write them; the worklist reads them)."""
     malignant = Cast(KeyTextTransform("malignant", "probabilities"), FloatField())
+    # The study's scans first, then each one's finished result (analysis_scan_status):
+    # joined to scans, SQLite read every finished analysis of every study instead
+    # (30-90 ms per result recorded or review signed at 10,000 studies).
+    study_scans = Scan.objects.filter(study_id=OuterRef(OuterRef("pk"))).values("pk")
     highest = (
         _finished_analyses()
-        .filter(scan__study_id=OuterRef("pk"))
+        .filter(scan_id__in=study_scans)
         .order_by()
-        .values("scan__study_id")
+        .values("status")  # one group: every row here has the same status
         .annotate(highest=Max(malignant))
         .values("highest")
     )

@@ -44,7 +44,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     form = DashboardFilterForm(request.GET or None, model_versions=versions)
     rows = selectors.dashboard_rows(form.filters())
     counts = selectors.dashboard_counts(rows)
-    paginator = Paginator(rows, PAGE_SIZE)
+    paginator = Paginator(selectors.DashboardPages(rows), PAGE_SIZE)
     # Every row has one status: the counts already say how many rows there are.
     paginator.count = sum(counts["statuses"].values())
     page = paginator.get_page(request.GET.get("page"))
