@@ -248,10 +248,12 @@ def seed(
             reviews += len(signed)
         if (first // max(1, BATCH // scans_per_study)) % 20 == 0:
             report(f"  {analyses}/{total} analysed scans")
-    # What the workers' and reviewers' services keep as they go: the worklist columns.
-    from portal.review.services import studies_review_refresh
+    # What the workers' and reviewers' services keep as they go: the worklist columns
+    # and the agreement monitor's counts.
+    from portal.review.services import agreement_counts_rebuild, studies_review_refresh
 
     studies_review_refresh(studies=Study.objects.all())
+    agreement_counts_rebuild()
     return analyses, reviews
 
 

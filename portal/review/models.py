@@ -92,3 +92,36 @@ class Review(models.Model):
         if hasattr(self, "amended_by") and self.amended_by.is_signed:
             return "superseded"
         return "signed"
+
+
+class AgreementCount(models.Model):
+    """How many current signed readings fall in one cell of the agreement monitor: a
+    model version, the month of signing, the model's label and the radiologist's.
+
+    The monitor sums these few rows instead of grouping every signed review (seconds
+    at 10,000 studies on SQLite). portal.review.services keeps them in the transaction
+    that signs a reading: +1 in its cell, -1 in the cell of the signed reading it
+    amends. agreement_counts_rebuild recomputes them from the reviews.
+    """
+
+    model_version = models.CharField(max_length=64)
+    # The first day of the month of signing, in the portal's time zone.
+    month = models.DateField()
+    model_label = models.CharField(max_length=16)
+    reader_label = models.CharField(max_length=16)
+    # Signed, not positive: a count that went wrong never stops a radiologist signing.
+    readings = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = (
+            models.UniqueConstraint(
+                fields=("model_version", "month", "model_label", "reader_label"),
+                name="agreement_count_one_per_cell",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"{self.model_version} {self.month:%Y-%m} "
+            f"{self.model_label}/{self.reader_label}: {self.readings}"
+        )

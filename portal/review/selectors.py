@@ -15,6 +15,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import (
     Count,
+    DateField,
     Exists,
     F,
     FloatField,
@@ -23,15 +24,16 @@ from django.db.models import (
     Q,
     QuerySet,
     Subquery,
+    Sum,
 )
 from django.db.models.expressions import Col
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, TruncMonth
+from django.db.models.functions import Cast, Coalesce, TruncMonth
 from django.utils import timezone
 
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
-from portal.review.models import Review
+from portal.review.models import AgreementCount, Review
 
 Status = Analysis.Status
 LABELS = tuple(Analysis.Label.values)
@@ -374,13 +376,40 @@ def _rate(agreed: int, total: int) -> float | None:
     return agreed / total if total else None
 
 
+def agreement_cells() -> QuerySet[Review]:
+    """The rule behind AgreementCount, computed from the reviews themselves: current
+    signed readings of finished analyses, counted per model version, month of signing
+    (first day, portal time zone), model label and radiologist's label."""
+    return (
+        current_signed_reviews()
+        .filter(analysis__status=Status.SUCCEEDED)
+        .annotate(month=TruncMonth("signed_at", output_field=DateField()))
+        .values(
+            "month",
+            model_version=F("analysis__model_version"),
+            model_label=F("analysis__label"),
+            reader_label=F("label"),
+        )
+        .annotate(readings=Count("id"))
+        .order_by()
+    )
+
+
 def _agreement_by(
-    reviews: QuerySet[Review], key: str, agrees: Q, *, name: str
+    cells: QuerySet[AgreementCount], key: str, *, name: str
 ) -> Iterator[dict[str, Any]]:
-    """Total, agreed and rate of the reviews grouped by `key` (shown as `name`)."""
+    """Total, agreed and rate of the readings grouped by `key` (shown as `name`).
+
+    A group whose readings were all amended away keeps cells at 0; it is left out, as
+    it was when these were counted from the reviews."""
+    agrees = Q(model_label=F("reader_label"))
     rows = (
-        reviews.values(key)
-        .annotate(total=Count("id"), agreed=Count("id", filter=agrees))
+        cells.values(key)
+        .annotate(
+            total=Coalesce(Sum("readings"), 0),
+            agreed=Coalesce(Sum("readings", filter=agrees), 0),
+        )
+        .filter(total__gt=0)
         .order_by(key)
     )
     for row in rows:
@@ -393,15 +422,23 @@ def _agreement_by(
 
 
 def agreement(*, model_version: str = "") -> Agreement:
-    """How often the model's label matched the radiologist's current signed reading."""
-    reviews = current_signed_reviews().filter(analysis__status=Status.SUCCEEDED)
+    """How often the model's label matched the radiologist's current signed reading.
+
+    Read from AgreementCount (a few rows per model version and month), which the
+    review services keep as readings are signed and amended.
+    """
+    cells = AgreementCount.objects.all()
     if model_version:
-        reviews = reviews.filter(analysis__model_version=model_version)
-    agrees = Q(label=F("analysis__label"))
+        cells = cells.filter(model_version=model_version)
     result = Agreement()
     result.confusion = {m: dict.fromkeys(LABELS, 0) for m in LABELS}
-    for row in reviews.values("analysis__label", "label").annotate(n=Count("id")):
-        model_label, reader_label = row["analysis__label"], row["label"]
+    pairs = (
+        cells.values("model_label", "reader_label")
+        .annotate(n=Sum("readings"))
+        .order_by()
+    )
+    for row in pairs:
+        model_label, reader_label = row["model_label"], row["reader_label"]
         if model_label in result.confusion and reader_label in LABELS:
             result.confusion[model_label][reader_label] += row["n"]
         result.total += row["n"]
@@ -420,8 +457,7 @@ def agreement(*, model_version: str = "") -> Agreement:
             }
         )
     result.per_version = list(
-        _agreement_by(reviews, "analysis__model_version", agrees, name="model_version")
+        _agreement_by(cells, "model_version", name="model_version")
     )
-    months = reviews.annotate(month=TruncMonth("signed_at"))
-    result.per_month = list(_agreement_by(months, "month", agrees, name="month"))
+    result.per_month = list(_agreement_by(cells, "month", name="month"))
     return result

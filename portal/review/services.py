@@ -1,6 +1,7 @@
 """Writes to reviews. A signed review is never updated: every write below is an insert
 or a save of a row that was locked (select_for_update) and seen unsigned. Writes go
-through save(), not update(), so that django-auditlog records each of them."""
+through save(), not update(), so that django-auditlog records each of them; the
+counts derived from them (study worklist columns, AgreementCount) are not audited."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from portal.analyses.models import Analysis
 from portal.clinical.models import Study
 from portal.dicomnet.services import queue_results_send
-from portal.review.models import BiRads, Review
-from portal.review.selectors import study_review_columns
+from portal.review.models import AgreementCount, BiRads, Review
+from portal.review.selectors import agreement_cells, study_review_columns
 
 
 class ReviewLocked(ValidationError):
@@ -61,6 +62,56 @@ def study_review_refresh(*, study_id: int) -> None:
 def studies_review_refresh(*, studies: QuerySet[Study]) -> int:
     """The same for many studies in one UPDATE (seeding, repairs); returns how many."""
     return studies.update(**study_review_columns())
+
+
+def _agreement_cell(review: Review) -> dict[str, Any] | None:
+    """The AgreementCount cell a signed reading counts in (None: it counts nowhere)."""
+    analysis = review.analysis
+    if review.signed_at is None or analysis.status != Analysis.Status.SUCCEEDED:
+        return None
+    return {
+        "model_version": analysis.model_version,
+        "month": timezone.localtime(review.signed_at).date().replace(day=1),
+        "model_label": analysis.label,
+        "reader_label": review.label,
+    }
+
+
+def _agreement_add(review: Review, readings: int) -> None:
+    cell = _agreement_cell(review)
+    if cell is None:
+        return
+    counts = AgreementCount.objects.filter(**cell)
+    if counts.update(readings=F("readings") + readings):
+        return
+    try:
+        with transaction.atomic():
+            AgreementCount.objects.create(readings=readings, **cell)
+    except IntegrityError:  # another signing made the cell meanwhile
+        counts.update(readings=F("readings") + readings)
+
+
+def _reading_signed(review: Review, *, study_id: int) -> None:
+    """What follows a signing, in its transaction: the study's worklist columns are
+    recomputed, and the agreement monitor counts the reading in place of the signed
+    reading it amends (which stops being current)."""
+    study_review_refresh(study_id=study_id)
+    _agreement_add(review, +1)
+    if review.amends is not None:
+        _agreement_add(review.amends, -1)
+
+
+@transaction.atomic
+def agreement_counts_rebuild() -> int:
+    """Recompute every AgreementCount from the reviews (seeding, repairs after rows
+    were written around these services); returns the number of cells. Readings
+    signed while it runs may be counted twice or not at all: run it when no one signs.
+    """
+    AgreementCount.objects.all().delete()
+    made = AgreementCount.objects.bulk_create(
+        AgreementCount(**cell) for cell in agreement_cells()
+    )
+    return len(made)
 
 
 @transaction.atomic
@@ -109,7 +160,7 @@ def review_save(
         latest.save()
         if sign:
             queue_results_send(analysis_id=analysis.pk, review_id=latest.pk)
-            study_review_refresh(study_id=analysis.scan.study_id)
+            _reading_signed(latest, study_id=analysis.scan.study_id)
         return latest
     try:
         review = Review.objects.create(
@@ -130,7 +181,7 @@ def review_save(
     if sign:
         # The signed reading goes to the PACS as a new, verified SR.
         queue_results_send(analysis_id=analysis.pk, review_id=review.pk)
-        study_review_refresh(study_id=analysis.scan.study_id)
+        _reading_signed(review, study_id=analysis.scan.study_id)
     return review
 
 
@@ -144,5 +195,5 @@ def review_sign(*, review: Review, user: Any) -> Review:
         raise PermissionDenied("Only the author of a draft can sign it.")
     review.signed_at = review.updated_at = timezone.now()
     review.save()
-    study_review_refresh(study_id=review.scan.study_id)
+    _reading_signed(review, study_id=review.scan.study_id)
     return review
