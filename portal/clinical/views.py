@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, TooManyFilesSent
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -23,6 +25,8 @@ from portal.ingest.services import IngestResult, upload_to_study
 from portal.review.selectors import scan_review_states, study_review_state
 from portal.storage_views import stream_from_storage
 
+PAGE_SIZE = 50
+
 
 @require_permissions("clinical.view_patient")
 def patient_list(request: HttpRequest) -> HttpResponse:
@@ -34,13 +38,15 @@ def patient_list(request: HttpRequest) -> HttpResponse:
         patient = services.patient_create(**form.cleaned_data)
         messages.success(request, f"Patient {patient.identifier} created.")
         return redirect(patient)
+    patients = Paginator(selectors.patient_list(search=search), PAGE_SIZE)
     return render(
         request,
         "clinical/patient_list.html",
         {
-            "patients": selectors.patient_list(search=search),
+            "page": patients.get_page(request.GET.get("page")),
             "form": form,
             "search": search,
+            "query": urlencode({"q": search}) if search else "",
         },
     )
 

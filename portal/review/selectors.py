@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
+from portal.clinical.selectors import study_scan_count
 from portal.review.models import AgreementCount, Review
 
 Status = Analysis.Status
@@ -182,7 +183,7 @@ def filtered_studies(filters: DashboardFilters) -> QuerySet[Study]:
     """
     studies = (
         Study.objects.select_related("patient")
-        .annotate(scan_count=Count("scans"))
+        .annotate(scan_count=study_scan_count())
         .filter(_study_conditions(filters))
     )
     by_result = replace(filters, patient="", date_from=None, date_to=None, search="")
@@ -295,17 +296,10 @@ def worklist() -> QuerySet[Study]:
     Reads the study's own columns (kept by study_review_refresh) through the
     study_worklist index, so a page costs the same at 10 or 10,000 studies.
     """
-    scan_count = (
-        Scan.objects.filter(study_id=OuterRef("pk"))
-        .order_by()
-        .values("study_id")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
     return (
         Study.objects.filter(awaiting_review=True)
         .select_related("patient")
-        .annotate(scan_count=Subquery(scan_count))
+        .annotate(scan_count=study_scan_count())
         .order_by("-max_malignant", "-study_date", "-id")
     )
 

@@ -249,6 +249,12 @@ def test_studies_are_filtered_as_in_the_dashboard(staff_api, user):
         return {s["id"] for s in response.json()["results"]}
 
     assert ids() == {malignant.pk, benign.pk, empty.pk}
+    listed = staff_api.get("/api/v1/studies/").json()["results"]
+    assert {s["id"]: s["scan_count"] for s in listed} == {
+        malignant.pk: 1,
+        benign.pk: 1,
+        empty.pk: 0,
+    }
     assert ids(label="malignant") == {malignant.pk}
     assert ids(confidence_min=80) == {benign.pk}
     assert ids(patient="H-2") == {benign.pk, empty.pk}

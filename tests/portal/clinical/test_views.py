@@ -55,6 +55,30 @@ def test_patient_is_created_from_the_list_page(logged_in_client):
     assert b"Ann" in listing.content
 
 
+def test_the_patient_list_is_paged_with_each_patients_study_count(
+    logged_in_client, user
+):
+    from portal.clinical.services import patient_create, study_create
+
+    for number in range(60):
+        patient = patient_create(identifier=f"P-{number:03d}", name=f"Person {number}")
+        for _ in range(number % 3):
+            study_create(patient=patient, created_by=user)
+    url = reverse("clinical:patient_list")
+    first = logged_in_client.get(url).context["page"]
+    assert first.paginator.count == 60
+    assert [p.identifier for p in first.object_list][:2] == ["P-000", "P-001"]
+    assert [p.study_count for p in first.object_list][:3] == [0, 1, 2]
+    second = logged_in_client.get(url, {"page": 2})
+    assert [p.identifier for p in second.context["page"].object_list] == [
+        f"P-{number:03d}" for number in range(50, 60)
+    ]
+    assert "Previous" in second.content.decode()
+    searched = logged_in_client.get(url, {"q": "Person 1"})
+    assert searched.context["page"].paginator.count == 11
+    assert "page=" not in searched.content.decode()  # one page: no links
+
+
 def test_study_is_created_from_the_patient_page(logged_in_client, patient, user):
     response = logged_in_client.post(
         reverse("clinical:patient_detail", args=[patient.pk]),
