@@ -172,8 +172,10 @@ def _seed(studies: int, model_version: str, user: Any) -> None:
         for scan in scans
     )
     # What the workers' analysis_record_success would have kept: the worklist columns.
+    from bench.pages import analyze_after_bulk_load
     from portal.review.services import studies_review_refresh
 
+    analyze_after_bulk_load()
     studies_review_refresh(
         studies=Study.objects.filter(accession_number__startswith="LA")
     )
