@@ -23,6 +23,7 @@ from bench.launch import (
     database_url,
     start_listener,
     start_worker,
+    stop_process,
     stop_worker,
     tail,
 )
@@ -165,8 +166,6 @@ def test_scanner_to_portal_to_pacs(
         ).exists()
     finally:
         stop_worker(worker)
-        listener.terminate()
-        listener.wait(timeout=30)
-        pacs.terminate()
-        pacs.wait(timeout=10)
+        stop_process(listener)
+        stop_process(pacs, 10)
         connection.close()

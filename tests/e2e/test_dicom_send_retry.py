@@ -20,7 +20,7 @@ import pydicom
 import pytest
 import redis
 
-from bench.launch import tail
+from bench.launch import stop_process, tail
 from portal.analyses.models import Analysis
 from portal.audit.models import AccessRecord
 from tests.conftest import SCANS_DIR
@@ -51,8 +51,7 @@ def pacs(tmp_path: Path) -> Iterator[dict[str, Any]]:
     pacs: dict[str, Any] = {"port": free_port(), "folder": folder, "process": None}
     yield pacs
     if pacs["process"] is not None:
-        pacs["process"].terminate()
-        pacs["process"].wait(timeout=10)
+        stop_process(pacs["process"], 10)
 
 
 @pytest.fixture
