@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,13 @@ except (OSError, AttributeError):
     pass
 os.execv(sys.argv[1], sys.argv[1:])
 """
+
+
+def free_port() -> int:
+    """A loopback TCP port free at the time of asking."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def database_url(settings_dict: Mapping[str, Any]) -> str:

@@ -17,6 +17,8 @@ import pytest
 import redis
 import yaml
 
+from bench.launch import free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = ("web", "worker", "flower")
 # The names the brief fixes; settings may read more, and .env.example lists them all.
@@ -228,12 +230,6 @@ def test_ci_script_is_valid_bash_and_runs_make_test():
     text = script.read_text()
     assert "set -euo pipefail" in text
     assert re.search(r"^make test$", text, re.MULTILINE)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_answers(port: int) -> bool:

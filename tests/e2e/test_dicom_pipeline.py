@@ -21,6 +21,7 @@ from pydicom.sr.codedict import codes
 
 from bench.launch import (
     database_url,
+    free_port,
     start_listener,
     start_worker,
     stop_process,
@@ -30,7 +31,7 @@ from bench.launch import (
 from portal.analyses.models import Analysis
 from portal.audit.models import AccessRecord
 from tests.e2e.conftest import PIXEL_LIMIT
-from tests.portal.dicomnet.conftest import free_port, start_storescp
+from tests.portal.dicomnet.conftest import start_storescp
 from tests.portal.ingest.factories import dicom
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

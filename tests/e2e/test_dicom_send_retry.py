@@ -20,12 +20,12 @@ import pydicom
 import pytest
 import redis
 
-from bench.launch import stop_process, tail
+from bench.launch import free_port, stop_process, tail
 from portal.analyses.models import Analysis
 from portal.audit.models import AccessRecord
 from tests.conftest import SCANS_DIR
 from tests.e2e.conftest import PIXEL_LIMIT
-from tests.portal.dicomnet.conftest import free_port, start_storescp
+from tests.portal.dicomnet.conftest import start_storescp
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 import time
 import zipfile
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ import requests
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from bench.launch import tail
+from bench.launch import free_port, tail
 from ml.render import read_mask
 from portal.settings import s3_storage
 from tests.e2e.conftest import PIXEL_LIMIT
@@ -56,12 +55,6 @@ CREDENTIALS = {
 # Absolute URLs a page may carry that are not links to anything (XML namespaces).
 NOT_LINKS = ("http://www.w3.org/",)
 ABSOLUTE_URL = re.compile(r"""https?://[^\s"'<>)\\]+""")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -24,18 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.launch import child_env, run_checked, stop_process, worker_command
+from bench.launch import (
+    child_env,
+    free_port,
+    run_checked,
+    stop_process,
+    worker_command,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("driver.py")
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 SUCCEEDED_LINE = re.compile(r"analysis (\d+) succeeded")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(

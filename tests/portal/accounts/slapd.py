@@ -8,12 +8,11 @@ database under a temporary folder, and is loaded and changed with OpenLDAP's own
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from bench.launch import stop_process
+from bench.launch import free_port, stop_process
 
 SLAPD = shutil.which("slapd") or next(
     (p for p in ("/usr/sbin/slapd", "/usr/local/libexec/slapd") if Path(p).exists()),
@@ -56,12 +55,6 @@ def missing_reason() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian: apt-get install ldap-utils)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Slapd:

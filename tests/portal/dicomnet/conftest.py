@@ -8,14 +8,10 @@ from typing import Any
 
 import pytest
 
+from bench.launch import free_port
+
 RECEIVER_AE = "BUSAI_TEST"
 SCANNER_AE = "SCANNER1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -15,13 +15,12 @@ import pytest
 from django.db import transaction
 from pydicom.uid import generate_uid
 
-from bench.launch import point_celery_at, stop_process
+from bench.launch import free_port, point_celery_at, stop_process
 from portal.audit.models import AccessRecord
 from portal.dicomnet import services
 from portal.dicomnet.sender import SendFailed
 from tests.portal.dicomnet.conftest import (
     finish_analysis,
-    free_port,
     redis_or_skip,
     start_storescp,
     store_scan,

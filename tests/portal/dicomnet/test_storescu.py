@@ -22,14 +22,13 @@ from django.conf import settings
 from django.db import connection
 from pydicom.uid import generate_uid
 
-from bench.launch import database_url, start_listener, stop_process
+from bench.launch import database_url, free_port, start_listener, stop_process
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
 from portal.ingest.models import UploadBatch, UploadItem
 from tests.portal.dicomnet.conftest import (
     SCANNER_AE,
     finished_batch,
-    free_port,
     redis_or_skip,
 )
 from tests.portal.ingest.factories import GREY, RGB, dicom
