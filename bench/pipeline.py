@@ -21,6 +21,7 @@ from django.db import connection
 from django.db.models import Max, Min
 from django.test.utils import override_settings
 
+from bench.ingest import busi_scans
 from bench.launch import (
     database_url,
     point_celery_at,
@@ -39,7 +40,6 @@ from portal.clinical.uploads import validate_content
 logger = logging.getLogger(__name__)
 
 BENCH_REDIS_DB = 14
-CLASS_DIRS = ("benign", "malignant", "normal")
 
 
 @dataclass
@@ -82,18 +82,6 @@ class BenchResult:
         return (self.worker_seconds - self.bare_seconds) / self.bare_seconds
 
 
-def busi_images(busi_dir: Path, n: int) -> list[Path]:
-    """N scans (no masks), classes interleaved, repeating the list when N is larger."""
-    per_class = [
-        sorted(p for p in (busi_dir / c).glob("*.png") if "_mask" not in p.name)
-        for c in CLASS_DIRS
-    ]
-    interleaved = [p for group in zip(*per_class, strict=False) for p in group]
-    if not interleaved:
-        raise FileNotFoundError(f"no BUSI images under {busi_dir}")
-    return [interleaved[i % len(interleaved)] for i in range(n)]
-
-
 def _wait_finished(ids: list[int], timeout: float, log_path: Path) -> int:
     deadline = time.monotonic() + timeout
     while True:
@@ -119,8 +107,8 @@ def run(
     report: Callable[[str], None] = logger.info,
 ) -> BenchResult:
     busi_dir = Path(busi_dir or settings.BUSI_DIR)
-    paths = busi_images(busi_dir, n)
-    warmup_paths = busi_images(busi_dir, settings.ANALYSIS_BATCH_SIZE)
+    paths = busi_scans(busi_dir, n)
+    warmup_paths = busi_scans(busi_dir, settings.ANALYSIS_BATCH_SIZE)
     contents = [p.read_bytes() for p in paths]
     model_version = current_model_version()
     report(f"model {model_version}; {n} BUSI images from {busi_dir}")

@@ -21,6 +21,18 @@ ARTIFACT_KINDS = (
     "gradcam_map",
     "seg_gradcam_map",
 )
+# The columns a model's result fills: what a worker writes and the API shows of it.
+RESULT_FIELDS = (
+    "label",
+    "probabilities",
+    "confidence",
+    "lesion_area_fraction",
+    "bbox",
+    "in_distribution",
+    "ood_score",
+    "ood_threshold",
+    "explained_class",
+)
 
 
 def artifact_path(analysis: Analysis, filename: str) -> str:

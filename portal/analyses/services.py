@@ -23,7 +23,12 @@ from portal.analyses.modelinfo import (
     current_model_version,
     ood_threshold,
 )
-from portal.analyses.models import ARTIFACT_KINDS, COMPOSITE_KINDS, Analysis
+from portal.analyses.models import (
+    ARTIFACT_KINDS,
+    COMPOSITE_KINDS,
+    RESULT_FIELDS,
+    Analysis,
+)
 from portal.audit.services import audit_update
 from portal.clinical.models import Scan
 from portal.review.services import study_review_refresh
@@ -185,30 +190,14 @@ def analyses_record_success(
         _record_result(analysis, result)
         recorded.append(analysis_id)
     Analysis.objects.bulk_update(
-        [analyses[pk] for pk in recorded], RESULT_FIELDS + list(ARTIFACT_KINDS)
+        [analyses[pk] for pk in recorded],
+        ["status", "finished_at", "error", *RESULT_FIELDS, *ARTIFACT_KINDS],
     )
     for analysis_id in recorded:
         audit_update(before[analysis_id], analyses[analysis_id])
     for study_id in sorted({analyses[pk].scan.study_id for pk in recorded}):
         study_review_refresh(study_id=study_id)
     return recorded
-
-
-# What _record_result sets.
-RESULT_FIELDS = [
-    "status",
-    "finished_at",
-    "error",
-    "label",
-    "confidence",
-    "probabilities",
-    "lesion_area_fraction",
-    "bbox",
-    "in_distribution",
-    "ood_score",
-    "ood_threshold",
-    "explained_class",
-]
 
 
 def _store_artifacts(analysis: Analysis, artifacts: dict[str, bytes]) -> None:

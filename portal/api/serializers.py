@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from portal.analyses.composites import available_kinds
-from portal.analyses.models import Analysis
+from portal.analyses.models import RESULT_FIELDS, Analysis
 from portal.analyses.selectors import latest_analysis
 from portal.clinical.models import Patient, Scan, Study
 from portal.ingest.models import UploadItem
@@ -75,15 +75,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "id",
             "scan",
             "status",
-            "label",
-            "probabilities",
-            "confidence",
-            "lesion_area_fraction",
-            "bbox",
-            "in_distribution",
-            "ood_score",
-            "ood_threshold",
-            "explained_class",
+            *RESULT_FIELDS,
             "model_version",
             "error",
             "attempts",
