@@ -83,6 +83,7 @@ def cmd_loso(args: argparse.Namespace) -> int:
         args.out,
         epochs=args.epochs,
         augment=not args.no_augment,
+        image_size=args.image_size,
         held_out=tuple(args.held_out),
         rounds=args.bootstrap,
         resume=args.resume,
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loso.add_argument(
         "--no-augment", action="store_true", help="ablation: no augmentation"
+    )
+    loso.add_argument(
+        "--image-size", type=int, default=IMAGE_SIZE, help="ablation: input size"
     )
     loso.add_argument("--bootstrap", type=int, default=1000)
     loso.add_argument(

@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from ml.config import IMAGE_SIZE
 from ml.training.evaluate import collect, with_intervals
 from ml.training.sources import SOURCES
 from ml.training.splits import SPLITS, load_split
@@ -33,6 +34,7 @@ def leave_one_source_out(
     epochs: int = 6,
     frozen_epochs: int = 1,
     augment: bool = True,
+    image_size: int = IMAGE_SIZE,
     held_out: tuple[str, ...] = tuple(SOURCES),
     rounds: int = 1000,
     resume: bool = False,
@@ -47,6 +49,7 @@ def leave_one_source_out(
         "epochs": epochs,
         "frozen_epochs": frozen_epochs,
         "augment": augment,
+        "image_size": image_size,
     }
     for source in held_out:
         fold_dir = work_dir / f"without-{source}"
@@ -61,6 +64,7 @@ def leave_one_source_out(
                     frozen_epochs=frozen_epochs,
                     patience=epochs,
                     augment=augment,
+                    image_size=image_size,
                     extra={"loso_held_out": source},
                 )
             )
