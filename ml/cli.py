@@ -125,11 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", type=Path, default=weights_dir())
     train.add_argument("--image-size", type=int, default=IMAGE_SIZE)
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--epochs", type=int, default=24)
     train.add_argument("--frozen-epochs", type=int, default=2)
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--lr", type=float, default=2e-4)
-    train.add_argument("--patience", type=int, default=7)
+    train.add_argument("--patience", type=int, default=8)
     train.add_argument("--seed", type=int, default=20261129)
     train.add_argument(
         "--no-augment", action="store_true", help="ablation: no augmentation"
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loso.add_argument("--work", type=Path, default=Path("var/loso"))
     loso.add_argument("--out", type=Path, default=REPORT_DIR / "loso.json")
-    loso.add_argument("--epochs", type=int, default=6)
+    loso.add_argument("--epochs", type=int, default=12)
     loso.add_argument(
         "--held-out", nargs="+", choices=list(SOURCES), default=list(SOURCES)
     )

@@ -31,7 +31,7 @@ def leave_one_source_out(
     work_dir: Path,
     report_path: Path,
     *,
-    epochs: int = 6,
+    epochs: int = 12,
     frozen_epochs: int = 1,
     augment: bool = True,
     image_size: int = IMAGE_SIZE,

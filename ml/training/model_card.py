@@ -256,7 +256,7 @@ micrographs): {ood["corpus_flagged_rate"]:.3f} flagged. Not flagged: {", ".join(
 ## Reproduce
 ```
 python -m ml split busi bus-uclm breast-lesions-usg   # the committed splits
-python -m ml train      # ml/weights/ (about an hour on 2 shared CPU cores)
+python -m ml train      # ml/weights/ (24 epochs: about 20 minutes on 2 CPU cores)
 python -m ml loso       # ml/reports/loso.json (three shorter trainings)
 python -m ml evaluate   # ml/reports/ and this card
 ```

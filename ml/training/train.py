@@ -21,7 +21,7 @@ class TrainConfig:
     out_dir: Path
     sources: tuple[str, ...] = tuple(SOURCES)
     image_size: int = IMAGE_SIZE
-    epochs: int = 30
+    epochs: int = 24  # the schedule that trained the committed weights
     frozen_epochs: int = 2
     batch_size: int = 16
     learning_rate: float = 2e-4
@@ -29,7 +29,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seg_loss_weight: float = 1.0
     label_smoothing: float = 0.05
-    patience: int = 7
+    patience: int = 8
     seed: int = 20261129
     augment: bool = True
     select_best: bool = True
