@@ -174,6 +174,7 @@ def test_results_are_recorded_by_finishing_threads(make_analysis, analyzer, sett
     settings.ANALYSIS_RENDER_THREADS = 2
     settings.ANALYSIS_BATCH_SIZE = 2
     analyses = [make_analysis(name=f"{i}.png") for i in range(5)]
+    connected = _other_connections()  # other tests' threads may hold some
     tasks.analyze_scan.apply(args=[analyses[0].pk])
     assert analyzer.batches == [2, 2, 1]
     for analysis in analyses:
@@ -181,7 +182,7 @@ def test_results_are_recorded_by_finishing_threads(make_analysis, analyzer, sett
         assert analysis.status == Status.SUCCEEDED
         assert analysis.mask.name == f"analyses/{analysis.pk}/mask.png"
     # The threads kept their connections from batch to batch, and closed them at the end.
-    assert _other_connections() == 0
+    assert _other_connections() <= connected
 
 
 def _other_connections() -> int:
