@@ -114,7 +114,7 @@ class Scan(models.Model):
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="scans")
     original = models.FileField(upload_to=scan_original_path, max_length=255)
     original_filename = models.CharField(max_length=255)
-    # An 8-bit PNG at display size (ml.render.display_png), made once when the scan is
+    # An 8-bit PNG at display size (ml.render.display_copy), made once when the scan is
     # stored: pages, thumbnails and the report draw this, never the original.
     display = models.FileField(upload_to=scan_display_path, blank=True, max_length=255)
     sha256 = models.CharField(max_length=64, db_index=True)

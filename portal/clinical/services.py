@@ -86,10 +86,11 @@ def scan_display_name(*, scan: Scan) -> str:
     if scan.display and default_storage.exists(scan.display.name):
         return scan.display.name
     from ml.decode import decode_image
-    from ml.render import display_png
+    from ml.render import display_copy
 
     with default_storage.open(scan.original.name, "rb") as stored:
-        content = display_png(decode_image(stored).pixels)
+        original = stored.read()
+    content = display_copy(original, decode_image(original).pixels)
     missing = scan.display.name or ""  # never made, or lost from storage
     scan.display.save("display.png", ContentFile(content), save=False)
     updated = Scan.objects.filter(pk=scan.pk, display=missing).update(
