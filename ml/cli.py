@@ -15,6 +15,8 @@ from ml.config import (
 )
 from ml.training.sources import SOURCES
 
+CLASS_HEADS = ("global", "lesion")  # ml.model.CLASS_HEADS, without importing keras
+
 
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,6 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out_dir=args.out,
         sources=tuple(args.sources),
         image_size=args.image_size,
+        class_head=args.class_head,
         epochs=args.epochs,
         frozen_epochs=min(args.frozen_epochs, args.epochs),
         batch_size=args.batch_size,
@@ -84,6 +87,7 @@ def cmd_loso(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         augment=not args.no_augment,
         image_size=args.image_size,
+        class_head=args.class_head,
         held_out=tuple(args.held_out),
         rounds=args.bootstrap,
         resume=args.resume,
@@ -125,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", type=Path, default=weights_dir())
     train.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    train.add_argument(
+        "--class-head",
+        choices=CLASS_HEADS,
+        default="global",
+        help="what the classifier pools: the whole frame, or also the predicted lesion",
+    )
     train.add_argument("--epochs", type=int, default=24)
     train.add_argument("--frozen-epochs", type=int, default=2)
     train.add_argument("--batch-size", type=int, default=16)
@@ -177,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loso.add_argument(
         "--image-size", type=int, default=IMAGE_SIZE, help="ablation: input size"
+    )
+    loso.add_argument(
+        "--class-head", choices=CLASS_HEADS, default="global", help="ablation"
     )
     loso.add_argument("--bootstrap", type=int, default=1000)
     loso.add_argument(

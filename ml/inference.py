@@ -155,7 +155,7 @@ class Analyzer:
             raise ModelLoadError(
                 f"{directory}: classes {meta.classes} do not match {list(CLASSES)}"
             )
-        model = build_busnet(meta.image_size)
+        model = build_busnet(meta.image_size, class_head=meta.class_head)
         meta = weights_io.load_into(
             model, directory
         )  # the archive's calibration is authoritative

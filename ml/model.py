@@ -25,10 +25,42 @@ CLASS_GRADCAM_LAYER = "head_relu"
 SEG_GRADCAM_LAYER = "decoder1_conv2_relu"  # the stride-8 decoder stage
 CLASS_OUTPUT = "class_logits"
 SEG_OUTPUT = "seg_logits"
+# "global": the class head sees the spatial mean of the last encoder features.
+# "lesion": it also sees their mean weighted by the predicted lesion probability, so the
+# classifier looks at the lesion the decoder found rather than the whole frame.
+CLASS_HEADS = ("global", "lesion")
 
 
-def _class_head(features, dropout: float):
+class LesionPooling(layers.Layer):
+    """Mean of ``features`` weighted by the lesion probability at their resolution.
+
+    The weights are held constant for the class loss (stop-gradient): classification reads
+    the segmentation, it does not reshape it. With no lesion predicted the weights are all
+    near zero and ``epsilon`` keeps the result near zero instead of amplifying noise.
+    """
+
+    def __init__(self, epsilon: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, features, lesion):
+        weights = keras.ops.stop_gradient(lesion)
+        total = keras.ops.sum(features * weights, axis=(1, 2))
+        return total / (keras.ops.sum(weights, axis=(1, 2)) + self.epsilon)
+
+
+def _class_head(features, seg_logits, dropout: float, kind: str):
     pooled = layers.GlobalAveragePooling2D(name="class_pool")(features)
+    if kind == "lesion":
+        stride = seg_logits.shape[1] // features.shape[1]
+        lesion = layers.Activation("sigmoid", name="class_lesion_probability")(
+            seg_logits
+        )
+        lesion = layers.AveragePooling2D(stride, name="class_lesion_downsample")(lesion)
+        focused = LesionPooling(name="class_lesion_pool")(features, lesion)
+        pooled = layers.Concatenate(name="class_pools")([pooled, focused])
+    elif kind != "global":
+        raise ValueError(f"class head must be one of {CLASS_HEADS}, got {kind!r}")
     pooled = layers.Dropout(dropout, name="class_dropout")(pooled)
     return layers.Dense(len(CLASSES), name=CLASS_OUTPUT)(pooled)
 
@@ -51,7 +83,9 @@ def _decoder(x, skips: dict):
     return layers.UpSampling2D(2, interpolation="bilinear", name=SEG_OUTPUT)(x)
 
 
-def build_busnet(image_size: int = IMAGE_SIZE, *, dropout: float = 0.3) -> keras.Model:
+def build_busnet(
+    image_size: int = IMAGE_SIZE, *, class_head: str = "global", dropout: float = 0.3
+) -> keras.Model:
     """Outputs: ``class_logits`` (B, 3) and ``seg_logits`` (B, H, W, 1), both before activation."""
     encoder = build_efficientnet_lite0((image_size, image_size, 3), include_top=False)
     inputs = encoder.input
@@ -60,8 +94,10 @@ def build_busnet(image_size: int = IMAGE_SIZE, *, dropout: float = 0.3) -> keras
         for block in SKIP_BLOCKS
     }
 
-    class_logits = _class_head(encoder.get_layer(CLASS_GRADCAM_LAYER).output, dropout)
     seg_logits = _decoder(skips[SKIP_BLOCKS[-1]], skips)
+    class_logits = _class_head(
+        encoder.get_layer(CLASS_GRADCAM_LAYER).output, seg_logits, dropout, class_head
+    )
     return keras.Model(
         inputs, {CLASS_OUTPUT: class_logits, SEG_OUTPUT: seg_logits}, name="busnet"
     )

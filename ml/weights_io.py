@@ -31,6 +31,8 @@ class ModelMeta:
     version: str
     image_size: int
     classes: list[str]
+    # ml.model.CLASS_HEADS; weights saved before the option existed are "global"
+    class_head: str = "global"
     temperature: float = 1.0
     ood_threshold: float | None = None
     class_bias: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])

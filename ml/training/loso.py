@@ -35,6 +35,7 @@ def leave_one_source_out(
     frozen_epochs: int = 1,
     augment: bool = True,
     image_size: int = IMAGE_SIZE,
+    class_head: str = "global",
     held_out: tuple[str, ...] = tuple(SOURCES),
     rounds: int = 1000,
     resume: bool = False,
@@ -50,6 +51,7 @@ def leave_one_source_out(
         "frozen_epochs": frozen_epochs,
         "augment": augment,
         "image_size": image_size,
+        "class_head": class_head,
     }
     for source in held_out:
         fold_dir = work_dir / f"without-{source}"
@@ -65,6 +67,7 @@ def leave_one_source_out(
                     patience=epochs,
                     augment=augment,
                     image_size=image_size,
+                    class_head=class_head,
                     extra={"loso_held_out": source},
                 )
             )

@@ -21,6 +21,7 @@ class TrainConfig:
     out_dir: Path
     sources: tuple[str, ...] = tuple(SOURCES)
     image_size: int = IMAGE_SIZE
+    class_head: str = "global"  # ml.model.CLASS_HEADS
     epochs: int = 24  # the schedule that trained the committed weights
     frozen_epochs: int = 2
     batch_size: int = 16
@@ -98,7 +99,7 @@ def refit_ood(weights: Path, cache_dir: Path | None = DEFAULT_CACHE_DIR) -> str:
     from ml.model import build_busnet
 
     meta = weights_io.read_meta(weights)
-    model = build_busnet(meta.image_size)
+    model = build_busnet(meta.image_size, class_head=meta.class_head)
     meta = weights_io.load_into(model, weights)
     sources = meta.training.get("sources", list(SOURCES))
     train_set = load_split_arrays(sources, "train", meta.image_size, cache_dir)
@@ -135,7 +136,7 @@ def train(config: TrainConfig) -> dict:
         len(val_set),
         np.bincount(train_set.labels, minlength=len(CLASSES)).tolist(),
     )
-    model = build_busnet(config.image_size)
+    model = build_busnet(config.image_size, class_head=config.class_head)
     load_imagenet_weights(model, imagenet_weights_path())
     fit_config = FitConfig(
         **{name: getattr(config, name) for name in FitConfig.__dataclass_fields__}
@@ -151,6 +152,7 @@ def train(config: TrainConfig) -> dict:
         version="",
         image_size=config.image_size,
         classes=list(CLASSES),
+        class_head=config.class_head,
         temperature=temperature,
         class_bias=class_bias.tolist(),
         training={

@@ -92,3 +92,25 @@ def test_explaining_the_other_class_points_elsewhere():
         explanation.class_cam[0][~inside].mean()
         > explanation.class_cam[0][inside].mean()
     )
+
+
+def test_lesion_pooling_reads_the_features_under_the_lesion():
+    from ml.model import LesionPooling
+
+    features = np.zeros((2, 4, 4, 1), np.float32)
+    features[:, 0, 0, 0] = 8.0  # what lies under the lesion
+    features[:, 3, 3, 0] = -8.0  # elsewhere
+    lesion = np.zeros((2, 4, 4, 1), np.float32)
+    lesion[0, 0, 0, 0] = 1.0  # image 0: a lesion at the top left; image 1: none
+    pooled = np.asarray(LesionPooling(epsilon=0.05)(features, lesion))
+    assert pooled[0, 0] == pytest.approx(8.0 / 1.05)
+    assert pooled[1, 0] == 0.0
+
+
+def test_lesion_class_head_adds_one_pooled_copy_of_the_features_and_no_more():
+    model = build_busnet(256, class_head="lesion")
+    assert model.count_params() == 4_025_500 + 1280 * 3
+    outputs = model(np.zeros((1, 256, 256, 3), np.float32), training=False)
+    assert outputs["class_logits"].shape == (1, 3)
+    with pytest.raises(ValueError, match="class head"):
+        build_busnet(64, class_head="roi")
