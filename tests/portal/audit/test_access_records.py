@@ -31,75 +31,39 @@ def _target(instance):
     }
 
 
-def _artifact_url(kind):
-    return lambda s: reverse("analyses:artifact", args=[s.analyses.get().pk, kind])
+# Each page or download is reached by the primary key of what its record points at
+# (an artifact also by its kind): (url name, extra url args, target, action, detail).
+_CASES = [
+    ("clinical:patient_detail", (), "patient", "view", "patient page"),
+    ("clinical:study_detail", (), "study", "view", "study page"),
+    ("review:scan_review", (), "scan", "view", "review page"),
+    ("clinical:scan_original", (), "scan", "download", "original"),
+    ("review:scan_display", (), "scan", "download", "display image"),
+    ("review:study_report", (), "study", "download", "report"),
+    ("review:analysis_outline", (), "analysis", "download", "outline"),
+] + [
+    ("analyses:artifact", (kind,), "analysis", "download", kind)
+    for kind in ("mask", "overlay", "gradcam", "seg_gradcam")
+]
 
 
-@pytest.mark.parametrize(
-    ("url", "target", "action", "detail"),
-    [
-        (
-            lambda s: reverse("clinical:patient_detail", args=[s.study.patient_id]),
-            "patient",
-            "view",
-            "patient page",
-        ),
-        (
-            lambda s: reverse("clinical:study_detail", args=[s.study_id]),
-            "study",
-            "view",
-            "study page",
-        ),
-        (
-            lambda s: reverse("review:scan_review", args=[s.pk]),
-            "scan",
-            "view",
-            "review page",
-        ),
-        (
-            lambda s: reverse("clinical:scan_original", args=[s.pk]),
-            "scan",
-            "download",
-            "original",
-        ),
-        (
-            lambda s: reverse("review:scan_display", args=[s.pk]),
-            "scan",
-            "download",
-            "display image",
-        ),
-        (
-            lambda s: reverse("review:study_report", args=[s.study_id]),
-            "study",
-            "download",
-            "report",
-        ),
-        (
-            lambda s: reverse("review:analysis_outline", args=[s.analyses.get().pk]),
-            "analysis",
-            "download",
-            "outline",
-        ),
-    ]
-    + [
-        (_artifact_url(kind), "analysis", "download", kind)
-        for kind in ("mask", "overlay", "gradcam", "seg_gradcam")
-    ],
-)
+@pytest.mark.parametrize(("url_name", "url_args", "target", "action", "detail"), _CASES)
 def test_each_view_and_download_is_recorded(
-    client, user, scan, url, target, action, detail
+    client, user, scan, url_name, url_args, target, action, detail
 ):
-    client.force_login(user)
-    response = client.get(url(scan), REMOTE_ADDR="10.1.2.3")
-    assert response.status_code == 200
-    if hasattr(response, "streaming_content"):
-        b"".join(response.streaming_content)
     instance = {
         "patient": scan.study.patient,
         "study": scan.study,
         "scan": scan,
         "analysis": scan.analyses.get(),
     }[target]
+    client.force_login(user)
+    response = client.get(
+        reverse(url_name, args=[instance.pk, *url_args]), REMOTE_ADDR="10.1.2.3"
+    )
+    assert response.status_code == 200
+    if hasattr(response, "streaming_content"):
+        b"".join(response.streaming_content)
     _only_record(
         user=user,
         username=user.username,
