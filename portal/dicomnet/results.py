@@ -543,15 +543,13 @@ def _lesion_group(
         sop_instance_uid=seg.SOPInstanceUID,
         frame_number=1,
         segment_number=1,
-        source_image=hd.sr.SourceImageForSegmentation.from_source_image(
-            source, referenced_frame_numbers=_first_frame(source)
-        ),
+        source_image=_source_image(hd.sr.SourceImageForSegmentation, source),
     )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(analysis, "lesion", "Lesion"),
+    return _planar_lesion_finding(
+        analysis,
+        algorithm,
+        ("lesion", "Lesion"),
         referenced_segment=segment,
-        finding_type=codes.SCT.Lesion,
-        algorithm_id=algorithm,
         measurements=measurements,
     )
 
@@ -576,21 +574,31 @@ def _bbox_group(
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=corners,
-        source_image=hd.sr.SourceImageForRegion.from_source_image(
-            source, referenced_frame_numbers=_first_frame(source)
-        ),
+        source_image=_source_image(hd.sr.SourceImageForRegion, source),
     )
+    return _planar_lesion_finding(
+        analysis, algorithm, ("bbox", "Lesion bounding box"), referenced_region=region
+    )
+
+
+def _planar_lesion_finding(
+    analysis: Analysis, algorithm: Any, tracking: tuple[str, str], **content: Any
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A TID 1410 group whose finding is the lesion, located by `content` (its
+    referenced segment or region, with any measurements)."""
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(analysis, "bbox", "Lesion bounding box"),
-        referenced_region=region,
+        tracking_identifier=_tracking(analysis, *tracking),
         finding_type=codes.SCT.Lesion,
         algorithm_id=algorithm,
+        **content,
     )
 
 
-def _first_frame(source: Dataset) -> list[int] | None:
-    """The frame the model analysed, named only for a multi-frame source."""
-    return [1] if int(source.get("NumberOfFrames", 1) or 1) > 1 else None
+def _source_image(reference: Any, source: Dataset) -> Any:
+    """`reference` (a highdicom SourceImageFor... class) for the source image, naming
+    the frame the model analysed only for a multi-frame source."""
+    frames = [1] if int(source.get("NumberOfFrames", 1) or 1) > 1 else None
+    return reference.from_source_image(source, referenced_frame_numbers=frames)
 
 
 def _reading_group(
