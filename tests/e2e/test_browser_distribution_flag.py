@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import test_browser_review as review_workflow
-from tests.portal.review.conftest import analysed_scan
+from tests.portal.review.conftest import FLAGGED, analysed_scan
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -31,15 +31,7 @@ def flagged_study(people: dict[str, Any], media_root: Path) -> dict[str, int]:
     staff = people[STAFF]
     patient = patient_create(identifier="OOD-0001", name="Flag Test Patient")
     study = study_create(patient=patient, created_by=staff, accession_number="OOD-1")
-    flagged = analysed_scan(
-        study,
-        staff,
-        filename="holiday-photo.png",
-        in_distribution=False,
-        ood_score=97.25,
-        ood_threshold=41.5,
-        explained_class="malignant",
-    )
+    flagged = analysed_scan(study, staff, filename="holiday-photo.png", **FLAGGED)
     familiar = analysed_scan(
         study,
         staff,

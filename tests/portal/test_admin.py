@@ -77,16 +77,9 @@ def test_admin_links_files_through_the_portal_download_views(
 
 
 def test_admin_shows_the_distribution_flag_and_filters_by_it(client, staff_user, study):
-    from tests.portal.review.conftest import analysed_scan
+    from tests.portal.review.conftest import FLAGGED, analysed_scan
 
-    analysis = analysed_scan(
-        study,
-        staff_user,
-        in_distribution=False,
-        ood_score=97.25,
-        ood_threshold=41.5,
-        explained_class="malignant",
-    ).analyses.get()
+    analysis = analysed_scan(study, staff_user, **FLAGGED).analyses.get()
     client.force_login(staff_user)
     page = client.get(reverse("admin:analyses_analysis_change", args=[analysis.pk]))
     html = page.content.decode()

@@ -16,7 +16,7 @@ from portal.clinical.models import Patient, Scan, Study
 from portal.clinical.services import patient_create, study_create
 from portal.ingest.models import UploadBatch
 from tests.portal.ingest.factories import dicom, png, zip_of
-from tests.portal.review.conftest import analysed_scan
+from tests.portal.review.conftest import FLAGGED, analysed_scan
 
 pytestmark = pytest.mark.django_db
 
@@ -522,14 +522,7 @@ def test_a_model_validation_error_in_a_service_is_a_400(staff_api, monkeypatch):
 
 
 def test_analysis_and_schema_carry_the_distribution_flag(staff_api, study, user):
-    flagged = analysed_scan(
-        study,
-        user,
-        in_distribution=False,
-        ood_score=97.25,
-        ood_threshold=41.5,
-        explained_class="malignant",
-    ).analyses.get()
+    flagged = analysed_scan(study, user, **FLAGGED).analyses.get()
     body = staff_api.get(f"/api/v1/analyses/{flagged.pk}/").json()
     assert (body["in_distribution"], body["ood_score"]) == (False, 97.25)
     assert (body["ood_threshold"], body["explained_class"]) == (41.5, "malignant")

@@ -12,6 +12,15 @@ from PIL import Image
 
 from tests.conftest import TEST_MODEL_VERSION
 
+# Analysis fields of a result flagged out of distribution (its score above its model's
+# threshold), with the class its Grad-CAM explains: analysed_scan(..., **FLAGGED).
+FLAGGED = {
+    "in_distribution": False,
+    "ood_score": 97.25,
+    "ood_threshold": 41.5,
+    "explained_class": "malignant",
+}
+
 
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()

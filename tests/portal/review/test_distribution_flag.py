@@ -5,15 +5,11 @@ from __future__ import annotations
 
 from django.urls import reverse
 
+from tests.portal.review.conftest import FLAGGED
+
 from .pdftext import pdf_text
 
 WARNING = "Outside what the model was trained on"
-FLAGGED = {
-    "in_distribution": False,
-    "ood_score": 97.25,
-    "ood_threshold": 41.5,
-    "explained_class": "malignant",
-}
 
 
 def _review_page(client, scan) -> str:
