@@ -56,45 +56,34 @@ def _at(monkeypatch, when: datetime.datetime) -> None:
     monkeypatch.setattr(services.timezone, "now", lambda: when)
 
 
-def test_a_signed_reading_counts_once_in_its_cell(
-    study, user, radiologist, make_analysed_scan
+@pytest.mark.parametrize(
+    ("readings", "cell"),
+    [((None,), "malignant"), ((None, "normal"), "normal")],
+    ids=["a signed reading counts once", "an amendment replaces the reading it amends"],
+)
+def test_the_latest_signed_reading_counts_once_in_its_cell(
+    study, user, radiologist, make_analysed_scan, readings, cell
 ):
     scan = make_analysed_scan(study, user, probabilities=MALIGNANT)
-    _read(scan.analyses.get(), radiologist)
+    for label in readings:
+        _read(scan.analyses.get(), radiologist, label)
     month = timezone.localdate().replace(day=1)
-    assert _kept() == {("test-model-1", month, "malignant", "malignant"): 1}
+    assert _kept() == {("test-model-1", month, "malignant", cell): 1}
     assert _kept() == _from_reviews()
 
 
-def test_drafts_count_nowhere_until_signed(
-    study, user, radiologist, make_analysed_scan
+@pytest.mark.parametrize(
+    "signed_before", [0, 1], ids=["a first reading", "an amendment of a signed one"]
+)
+def test_a_draft_counts_nowhere_until_signed(
+    study, user, radiologist, make_analysed_scan, signed_before
 ):
     scan = make_analysed_scan(study, user, probabilities=MALIGNANT)
+    for _ in range(signed_before):
+        _read(scan.analyses.get(), radiologist)
     draft = _read(scan.analyses.get(), radiologist, "benign", sign=False)
-    assert _kept() == {} == _from_reviews()
-    review_sign(review=draft, user=radiologist)
-    assert sum(_kept().values()) == 1
+    assert sum(_kept().values()) == signed_before
     assert _kept() == _from_reviews()
-
-
-def test_an_amendment_replaces_the_reading_it_amends(
-    study, user, radiologist, make_analysed_scan
-):
-    scan = make_analysed_scan(study, user, probabilities=MALIGNANT)
-    _read(scan.analyses.get(), radiologist)
-    _read(scan.analyses.get(), radiologist, "normal")
-    month = timezone.localdate().replace(day=1)
-    assert _kept() == {("test-model-1", month, "malignant", "normal"): 1}
-    assert _kept() == _from_reviews()
-
-
-def test_an_amendment_signed_from_a_draft_replaces_the_reading_too(
-    study, user, radiologist, make_analysed_scan
-):
-    scan = make_analysed_scan(study, user, probabilities=MALIGNANT)
-    _read(scan.analyses.get(), radiologist)
-    draft = _read(scan.analyses.get(), radiologist, "benign", sign=False)
-    assert sum(_kept().values()) == 1
     review_sign(review=draft, user=radiologist)
     assert sum(_kept().values()) == 1
     assert _kept() == _from_reviews()
