@@ -80,10 +80,16 @@ def make_analysis(study, user, make_png):
     return make
 
 
+def _deliver(analysis: Analysis, *others: Analysis) -> None:
+    """Run the task on the analysis's message, then reload it and `others`."""
+    tasks.analyze_scan.apply(args=[analysis.pk])
+    for row in (analysis, *others):
+        row.refresh_from_db()
+
+
 def test_task_claims_runs_and_stores_results(make_analysis, analyzer):
     analysis = make_analysis()
-    tasks.analyze_scan.apply(args=[analysis.pk])
-    analysis.refresh_from_db()
+    _deliver(analysis)
     assert analysis.status == Status.SUCCEEDED
     assert (analysis.label, analysis.confidence, analysis.attempts) == (
         "benign",
@@ -130,8 +136,7 @@ def test_message_for_an_analysis_claimed_elsewhere_does_nothing(
 ):
     analysis = make_analysis()
     services.analysis_claim(analysis_id=analysis.pk, worker="other-worker")
-    tasks.analyze_scan.apply(args=[analysis.pk])
-    analysis.refresh_from_db()
+    _deliver(analysis)
     assert (analysis.status, analysis.worker) == (Status.RUNNING, "other-worker")
     assert analyzer.batches == []
 
@@ -203,9 +208,7 @@ def test_model_error_fails_only_the_bad_image_with_its_reason(make_analysis, ana
     good = make_analysis(width=40, name="good.png")
     bad = make_analysis(width=41, name="bad.png")
     analyzer.fail_on_width = 41
-    tasks.analyze_scan.apply(args=[good.pk])
-    good.refresh_from_db()
-    bad.refresh_from_db()
+    _deliver(good, bad)
     assert good.status == Status.SUCCEEDED
     assert bad.status == Status.FAILED
     assert "tensor shape mismatch" in bad.error
@@ -220,8 +223,7 @@ def test_model_that_cannot_load_fails_the_analysis_with_the_reason(
 
     monkeypatch.setattr(tasks, "get_analyzer", broken)
     analysis = make_analysis()
-    tasks.analyze_scan.apply(args=[analysis.pk])
-    analysis.refresh_from_db()
+    _deliver(analysis)
     assert analysis.status == Status.FAILED
     assert "model could not be loaded" in analysis.error
     assert "model.weights.h5" in analysis.error
@@ -230,8 +232,7 @@ def test_model_that_cannot_load_fails_the_analysis_with_the_reason(
 def test_analysis_for_another_model_version_fails_and_says_why(make_analysis, analyzer):
     analysis = make_analysis()
     analyzer.model_version = "test-model-2"
-    tasks.analyze_scan.apply(args=[analysis.pk])
-    analysis.refresh_from_db()
+    _deliver(analysis)
     assert analysis.status == Status.FAILED
     assert "test-model-2" in analysis.error
 
@@ -240,8 +241,7 @@ def test_transient_error_requeues_with_backoff(make_analysis, analyzer, enqueued
     analysis = make_analysis()
     analyzer.error = OSError("storage unavailable")
     enqueued.clear()
-    tasks.analyze_scan.apply(args=[analysis.pk])
-    analysis.refresh_from_db()
+    _deliver(analysis)
     assert analysis.status == Status.QUEUED
     assert "storage unavailable" in analysis.error
     assert enqueued == [(analysis.pk, services.retry_countdown(1))]
@@ -266,8 +266,7 @@ def test_unreadable_stored_scan_fails_with_reason(make_analysis, analyzer):
     analysis = make_analysis()
     with default_storage.open(analysis.scan.original.name, "wb") as stored:
         stored.write(b"corrupted on disk")
-    tasks.analyze_scan.apply(args=[analysis.pk])
-    analysis.refresh_from_db()
+    _deliver(analysis)
     assert analysis.status == Status.FAILED
     assert "stored scan could not be decoded" in analysis.error
 
@@ -281,8 +280,7 @@ def test_unexpected_error_is_recorded_not_left_running(
         raise KeyError("bug")
 
     monkeypatch.setattr(tasks, "_analyze", explode)
-    tasks.analyze_scan.apply(args=[analysis.pk])
-    analysis.refresh_from_db()
+    _deliver(analysis)
     assert analysis.status == Status.FAILED
     assert "internal error" in analysis.error
 
@@ -300,9 +298,7 @@ def test_a_scan_storage_cannot_read_is_requeued_and_the_rest_still_run(
 
     monkeypatch.setattr(tasks, "_load_scan", flaky)
     enqueued.clear()
-    tasks.analyze_scan.apply(args=[readable.pk])
-    readable.refresh_from_db()
-    unreadable.refresh_from_db()
+    _deliver(readable, unreadable)
     assert readable.status == Status.SUCCEEDED
     assert unreadable.status == Status.QUEUED
     assert "storage timed out" in unreadable.error
@@ -346,8 +342,7 @@ def test_a_database_error_while_claiming_more_requeues_the_claimed_row(
 
     monkeypatch.setattr(services, "analysis_claim_waiting", unavailable)
     enqueued.clear()
-    tasks.analyze_scan.apply(args=[analysis.pk])
-    analysis.refresh_from_db()
+    _deliver(analysis)
     assert analysis.status == Status.QUEUED
     assert enqueued == [(analysis.pk, services.retry_countdown(1))]
 
@@ -368,8 +363,7 @@ def test_task_stores_the_distribution_flag_and_the_explained_class(
 
     monkeypatch.setattr(analyzer, "analyze", unfamiliar)
     analysis = make_analysis()
-    tasks.analyze_scan.apply(args=[analysis.pk])
-    analysis.refresh_from_db()
+    _deliver(analysis)
     assert analysis.status == Status.SUCCEEDED
     assert (analysis.in_distribution, analysis.ood_score) == (False, 88.5)
     assert analysis.explained_class == "malignant"
@@ -393,9 +387,7 @@ def test_a_result_that_cannot_be_stored_fails_alone_and_the_batch_is_kept(
         ]
 
     monkeypatch.setattr(analyzer, "analyze", one_unstorable)
-    tasks.analyze_scan.apply(args=[analyses[0].pk])
-    for analysis in analyses:
-        analysis.refresh_from_db()
+    _deliver(*analyses)
     good, bad = [analyses[0], analyses[2]], analyses[1]
     assert [a.status for a in good] == [Status.SUCCEEDED, Status.SUCCEEDED]
     assert all(a.mask for a in good)
