@@ -1,8 +1,23 @@
 from __future__ import annotations
 
+import pytest
 from django.urls import reverse
 
 from portal.review.models import Review
+
+
+@pytest.fixture
+def spaced_scan(scan):
+    """The analysed scan with a known pixel spacing (0.1 mm a row, 0.2 mm a column)."""
+    scan.pixel_spacing_row_mm = 0.1
+    scan.pixel_spacing_col_mm = 0.2
+    scan.save()
+    return scan
+
+
+def _review_page(client, reader, scan) -> str:
+    client.force_login(reader)
+    return client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
 
 
 def _post(client, scan, **data):
@@ -21,8 +36,7 @@ def _post(client, scan, **data):
 def test_the_page_shows_layers_probabilities_area_and_version(
     client, radiologist, scan
 ):
-    client.force_login(radiologist)
-    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    page = _review_page(client, radiologist, scan)
     analysis = scan.analyses.get()
     for kind in ("outline", "gradcam", "seg_gradcam"):
         assert f'id="toggle-{kind}"' in page
@@ -44,13 +58,9 @@ def test_the_page_shows_layers_probabilities_area_and_version(
 
 
 def test_lesion_area_is_in_square_millimetres_when_spacing_is_known(
-    client, radiologist, scan
+    client, radiologist, spaced_scan
 ):
-    scan.pixel_spacing_row_mm = 0.1
-    scan.pixel_spacing_col_mm = 0.2
-    scan.save()
-    client.force_login(radiologist)
-    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    page = _review_page(client, radiologist, spaced_scan)
     # 20 x 20 mask pixels x 0.02 mm² = 8.0 mm²
     assert "8.0 mm²" in page
 
@@ -71,8 +81,7 @@ def test_earlier_analyses_of_the_scan_are_listed(
         lesion_area_fraction=0.1,
         queued_at=old.queued_at.replace(year=old.queued_at.year - 1),
     )
-    client.force_login(radiologist)
-    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    page = _review_page(client, radiologist, scan)
     assert 'id="earlier-analyses"' in page and "older-model" in page
 
 
@@ -114,8 +123,7 @@ def test_an_analysis_stored_before_heatmap_maps_shows_its_pictures(
 ):
     scan = make_analysed_scan(study, user, legacy=True)
     analysis = scan.analyses.get()
-    client.force_login(radiologist)
-    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    page = _review_page(client, radiologist, scan)
     for kind in ("gradcam", "seg_gradcam"):
         url = reverse("analyses:artifact", args=[analysis.pk, kind])
         assert f'data-layer="{kind}" data-source="picture" data-url="{url}"' in page
@@ -138,11 +146,9 @@ def test_the_page_reads_no_image_file(client, radiologist, scan, monkeypatch):
     assert opened == []
 
 
-def test_ruler_spacing_is_given_to_the_viewer_when_known(client, radiologist, scan):
-    scan.pixel_spacing_row_mm = 0.1
-    scan.pixel_spacing_col_mm = 0.2
-    scan.save()
-    client.force_login(radiologist)
-    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+def test_ruler_spacing_is_given_to_the_viewer_when_known(
+    client, radiologist, spaced_scan
+):
+    page = _review_page(client, radiologist, spaced_scan)
     assert 'data-spacing-row="0.1" data-spacing-col="0.2"' in page
     assert "the ruler measures in mm" in page
