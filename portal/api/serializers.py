@@ -57,16 +57,37 @@ class PatientBriefSerializer(serializers.ModelSerializer):
         fields = ("id", "identifier", "name", "birth_date")
 
 
+@extend_schema_field(OpenApiTypes.URI)
+class ArtifactUrlField(serializers.Field):
+    """The absolute URL of one of an analysis's stored files, by its kind; null when the
+    analysis has no such file."""
+
+    def __init__(self, kind: str, **kwargs: Any) -> None:
+        self.kind = kind
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, analysis: Analysis) -> str | None:
+        if self.kind not in available_kinds(analysis):
+            return None
+        return _absolute(
+            self.context,
+            reverse("api:analysis-artifact", args=[analysis.pk, self.kind]),
+        )
+
+
 class AnalysisSerializer(serializers.ModelSerializer):
     probabilities = serializers.SerializerMethodField()
     bbox = serializers.SerializerMethodField()
     scan = serializers.IntegerField(source="scan_id", read_only=True)
-    mask_url = serializers.SerializerMethodField()
-    overlay_url = serializers.SerializerMethodField()
-    gradcam_url = serializers.SerializerMethodField()
-    seg_gradcam_url = serializers.SerializerMethodField()
-    gradcam_map_url = serializers.SerializerMethodField()
-    seg_gradcam_map_url = serializers.SerializerMethodField()
+    mask_url = ArtifactUrlField("mask")
+    overlay_url = ArtifactUrlField("overlay")
+    gradcam_url = ArtifactUrlField("gradcam")
+    seg_gradcam_url = ArtifactUrlField("seg_gradcam")
+    gradcam_map_url = ArtifactUrlField(
+        "gradcam_map",
+        help_text="The classification heatmap as an 8-bit grey PNG at the network's size.",
+    )
+    seg_gradcam_map_url = ArtifactUrlField("seg_gradcam_map")
     retry_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -114,38 +135,6 @@ class AnalysisSerializer(serializers.ModelSerializer):
     )
     def get_bbox(self, analysis: Analysis) -> list[int] | None:
         return analysis.bbox
-
-    def _artifact(self, analysis: Analysis, kind: str) -> str | None:
-        if kind not in available_kinds(analysis):
-            return None
-        return _absolute(
-            self.context, reverse("api:analysis-artifact", args=[analysis.pk, kind])
-        )
-
-    @extend_schema_field(OpenApiTypes.URI)
-    def get_mask_url(self, analysis: Analysis) -> str | None:
-        return self._artifact(analysis, "mask")
-
-    @extend_schema_field(OpenApiTypes.URI)
-    def get_overlay_url(self, analysis: Analysis) -> str | None:
-        return self._artifact(analysis, "overlay")
-
-    @extend_schema_field(OpenApiTypes.URI)
-    def get_gradcam_url(self, analysis: Analysis) -> str | None:
-        return self._artifact(analysis, "gradcam")
-
-    @extend_schema_field(OpenApiTypes.URI)
-    def get_seg_gradcam_url(self, analysis: Analysis) -> str | None:
-        return self._artifact(analysis, "seg_gradcam")
-
-    @extend_schema_field(OpenApiTypes.URI)
-    def get_gradcam_map_url(self, analysis: Analysis) -> str | None:
-        """The classification heatmap as an 8-bit grey PNG at the network's size."""
-        return self._artifact(analysis, "gradcam_map")
-
-    @extend_schema_field(OpenApiTypes.URI)
-    def get_seg_gradcam_map_url(self, analysis: Analysis) -> str | None:
-        return self._artifact(analysis, "seg_gradcam_map")
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_retry_url(self, analysis: Analysis) -> str | None:
