@@ -19,6 +19,16 @@ def _absolute(context: dict[str, Any], path: str) -> str:
     return request.build_absolute_uri(path) if request is not None else path
 
 
+def _nullable_list(item_type: str, description: str) -> dict[str, Any]:
+    """The OpenAPI schema of a field that is a list of item_type, or null."""
+    return {
+        "type": "array",
+        "nullable": True,
+        "items": {"type": item_type},
+        "description": description,
+    }
+
+
 class TokenRequestSerializer(serializers.Serializer):
     username = serializers.CharField()
     password = serializers.CharField(
@@ -126,12 +136,9 @@ class AnalysisSerializer(serializers.ModelSerializer):
         return analysis.probabilities
 
     @extend_schema_field(
-        {
-            "type": "array",
-            "nullable": True,
-            "items": {"type": "integer"},
-            "description": "x_min, y_min, x_max, y_max in pixels (max exclusive)",
-        }
+        _nullable_list(
+            "integer", "x_min, y_min, x_max, y_max in pixels (max exclusive)"
+        )
     )
     def get_bbox(self, analysis: Analysis) -> list[int] | None:
         return analysis.bbox
@@ -167,14 +174,7 @@ class ScanSerializer(serializers.ModelSerializer):
         )
         read_only_fields = fields
 
-    @extend_schema_field(
-        {
-            "type": "array",
-            "nullable": True,
-            "items": {"type": "number"},
-            "description": "row, column spacing in mm (DICOM)",
-        }
-    )
+    @extend_schema_field(_nullable_list("number", "row, column spacing in mm (DICOM)"))
     def get_pixel_spacing_mm(self, scan: Scan) -> list[float] | None:
         if scan.pixel_spacing_row_mm is None or scan.pixel_spacing_col_mm is None:
             return None
@@ -256,25 +256,26 @@ class UploadRequestSerializer(serializers.Serializer):
     )
 
 
-class AcceptedFileSerializer(serializers.Serializer):
+# What every row of an upload report (item_row) starts with. A comment, not a
+# docstring: the schema would give it as the description of each row below.
+class _ReportedFileSerializer(serializers.Serializer):
     filename = serializers.CharField()
     archive = serializers.CharField(allow_null=True)
+
+
+class AcceptedFileSerializer(_ReportedFileSerializer):
     scan = serializers.IntegerField()
     analysis = serializers.IntegerField()
     status = serializers.CharField()
 
 
-class DuplicateFileSerializer(serializers.Serializer):
-    filename = serializers.CharField()
-    archive = serializers.CharField(allow_null=True)
+class DuplicateFileSerializer(_ReportedFileSerializer):
     scan = serializers.IntegerField()
     analysis = serializers.IntegerField(allow_null=True)
     status = serializers.CharField(allow_null=True)
 
 
-class RejectedFileSerializer(serializers.Serializer):
-    filename = serializers.CharField()
-    archive = serializers.CharField(allow_null=True)
+class RejectedFileSerializer(_ReportedFileSerializer):
     error = serializers.CharField()
 
 
