@@ -60,6 +60,16 @@ def _dead_worker_and_lost_message(
     return running, queued
 
 
+def _assert_queued_and_sent_again(
+    analysis: Analysis, enqueued: list, reason: str
+) -> None:
+    """The sweep queued the row again, saying why, and sent its message (and no other)."""
+    assert [pk for pk, _ in enqueued] == [analysis.pk]
+    analysis.refresh_from_db()
+    assert analysis.status == Status.QUEUED
+    assert reason in analysis.error
+
+
 def test_a_running_row_whose_worker_was_lost_is_requeued_and_sent_again(
     make_analysis, settings, enqueued
 ):
@@ -71,10 +81,7 @@ def test_a_running_row_whose_worker_was_lost_is_requeued_and_sent_again(
     result = reconcile(ids_in_broker=set())
 
     assert result.requeued == [analysis.pk]
-    assert [pk for pk, _ in enqueued] == [analysis.pk]
-    analysis.refresh_from_db()
-    assert analysis.status == Status.QUEUED
-    assert "stopped without a result" in analysis.error
+    _assert_queued_and_sent_again(analysis, enqueued, "stopped without a result")
 
 
 def test_a_slow_analysis_whose_worker_beats_is_left_alone_however_long_it_runs(
@@ -127,11 +134,8 @@ def test_a_queued_row_whose_message_was_lost_is_resent_once_per_sweep(
     result = reconcile(ids_in_broker=set())
 
     assert result.resent == [analysis.pk]
-    assert [pk for pk, _ in enqueued] == [analysis.pk]
-    analysis.refresh_from_db()
-    assert analysis.status == Status.QUEUED
+    _assert_queued_and_sent_again(analysis, enqueued, "message was lost")
     assert analysis.attempts == 1
-    assert "message was lost" in analysis.error
     # The next sweep waits a full period again before resending.
     assert reconcile(ids_in_broker=set()).resent == []
 
