@@ -22,7 +22,7 @@ from portal.api.views.base import (
     DownloadView,
     PortalAPIView,
     ServiceUnavailable,
-    not_found,
+    get_or_not_found,
 )
 from portal.audit.services import Action, record_access
 from portal.dicomnet.views import READ as DICOM_READ
@@ -32,10 +32,7 @@ from portal.storage_views import stream_from_storage
 
 
 def _get_analysis(pk: int) -> Analysis:
-    analysis = Analysis.objects.select_related("scan").filter(pk=pk).first()
-    if analysis is None:
-        raise not_found(Analysis, pk)
-    return analysis
+    return get_or_not_found(Analysis.objects.select_related("scan"), pk)
 
 
 class AnalysisDetailView(PortalAPIView):

@@ -4,9 +4,10 @@ for the cases DRF has no exception for, and file downloads."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from auditlog.context import auditlog_value
+from django.db.models import Model, QuerySet
 from rest_framework import exceptions, status
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
@@ -26,10 +27,17 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
-def not_found(model: type, pk: Any) -> exceptions.NotFound:
-    return exceptions.NotFound(
-        f"No {model._meta.verbose_name} with id {pk}, or it was deleted."
-    )
+_Row = TypeVar("_Row", bound=Model)
+
+
+def get_or_not_found(rows: QuerySet[_Row], pk: Any) -> _Row:
+    """The row with this id, or a 404 that names what was not found."""
+    row = rows.filter(pk=pk).first()
+    if row is None:
+        raise exceptions.NotFound(
+            f"No {rows.model._meta.verbose_name} with id {pk}, or it was deleted."
+        )
+    return row
 
 
 class PortalAPIView(APIView):

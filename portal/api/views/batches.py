@@ -13,7 +13,7 @@ from portal.api.serializers import (
     BatchSerializer,
     item_row,
 )
-from portal.api.views.base import PortalAPIView, not_found
+from portal.api.views.base import PortalAPIView, get_or_not_found
 from portal.ingest.models import UploadBatch, UploadItem
 from portal.ingest.selectors import batch_items, batch_progress
 
@@ -28,9 +28,7 @@ class BatchDetailView(PortalAPIView):
         summary="An upload's report and the progress of its analyses",
     )
     def get(self, request: Request, pk: int) -> Response:
-        batch = UploadBatch.objects.filter(pk=pk).first()
-        if batch is None:
-            raise not_found(UploadBatch, pk)
+        batch = get_or_not_found(UploadBatch.objects.all(), pk)
         progress = batch_progress(batch=batch)
         rows: dict[str, list[dict[str, Any]]] = {o: [] for o in Outcome.values}
         for item in batch_items(batch=batch):

@@ -14,7 +14,7 @@ from portal.api.permissions import needs
 from portal.api.serializers import (
     PatientSerializer,
 )
-from portal.api.views.base import PortalAPIView, not_found
+from portal.api.views.base import PortalAPIView, get_or_not_found
 from portal.clinical import selectors
 from portal.clinical.models import Patient
 from portal.clinical.services import patient_create
@@ -61,7 +61,4 @@ class PatientDetailView(PortalAPIView, generics.RetrieveAPIView):
     required_permissions = needs(GET=("clinical.view_patient",))
 
     def get_object(self) -> Patient:
-        patient = Patient.objects.filter(pk=self.kwargs["pk"]).first()
-        if patient is None:
-            raise not_found(Patient, self.kwargs["pk"])
-        return patient
+        return get_or_not_found(Patient.objects.all(), self.kwargs["pk"])

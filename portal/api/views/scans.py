@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 
 from portal.api.permissions import needs
-from portal.api.views.base import DownloadView, not_found
+from portal.api.views.base import DownloadView, get_or_not_found
 from portal.audit.services import Action, record_access
 from portal.clinical.models import Scan
 from portal.storage_views import stream_from_storage
@@ -22,8 +22,6 @@ class ScanOriginalView(DownloadView):
         summary="Download a scan's original file",
     )
     def get(self, request: Request, pk: int) -> FileResponse:
-        scan = Scan.objects.filter(pk=pk).first()
-        if scan is None:
-            raise not_found(Scan, pk)
+        scan = get_or_not_found(Scan.objects.all(), pk)
         record_access(request, scan, action=Action.DOWNLOAD, detail="original")
         return stream_from_storage(scan.original.name, download_name=f"scan-{scan.pk}")

@@ -27,7 +27,11 @@ from portal.api.serializers import (
     item_row,
 )
 from portal.api.throttles import UploadRateThrottle
-from portal.api.views.base import PortalAPIView, ServiceUnavailable, not_found
+from portal.api.views.base import (
+    PortalAPIView,
+    ServiceUnavailable,
+    get_or_not_found,
+)
 from portal.audit.services import Action, record_access
 from portal.clinical.models import Study
 from portal.clinical.services import study_create
@@ -120,10 +124,7 @@ class StudyListView(PortalAPIView, generics.ListCreateAPIView):
 
 
 def _get_study(pk: int) -> Study:
-    study = Study.objects.select_related("patient").filter(pk=pk).first()
-    if study is None:
-        raise not_found(Study, pk)
-    return study
+    return get_or_not_found(Study.objects.select_related("patient"), pk)
 
 
 class StudyDetailView(PortalAPIView):
@@ -136,15 +137,12 @@ class StudyDetailView(PortalAPIView):
         summary="A study with its scans and each scan's latest analysis",
     )
     def get(self, request: Request, pk: int) -> Response:
-        study = (
+        study = get_or_not_found(
             Study.objects.select_related("patient")
             .prefetch_related("scans__analyses")
-            .annotate(scan_count=Count("scans"))
-            .filter(pk=pk)
-            .first()
+            .annotate(scan_count=Count("scans")),
+            pk,
         )
-        if study is None:
-            raise not_found(Study, pk)
         record_access(request, study, action=Action.VIEW, detail="api study")
         return Response(StudyDetailSerializer(study, context={"request": request}).data)
 
