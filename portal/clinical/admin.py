@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models.fields.files import FieldFile
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -62,6 +63,14 @@ class StudyAdmin(admin.ModelAdmin):
     inlines = (ScanInline,)
 
 
+def _file_link(scan: Scan, stored: FieldFile, view: str, text: str) -> str:
+    """A link to the portal view that serves one of the scan's files ("-" without the
+    file): the admin never links the storage itself."""
+    if not stored:
+        return "-"
+    return format_html('<a href="{}">{}</a>', reverse(view, args=[scan.pk]), text)
+
+
 @admin.register(Scan)
 class ScanAdmin(admin.ModelAdmin):
     list_display = (
@@ -95,17 +104,11 @@ class ScanAdmin(admin.ModelAdmin):
 
     @admin.display(description="original")
     def original_file(self, scan: Scan) -> str:
-        if not scan.original:
-            return "-"
-        url = reverse("clinical:scan_original", args=[scan.pk])
-        return format_html('<a href="{}">download</a>', url)
+        return _file_link(scan, scan.original, "clinical:scan_original", "download")
 
     @admin.display(description="display copy")
     def display_file(self, scan: Scan) -> str:
-        if not scan.display:
-            return "-"
-        url = reverse("review:scan_display", args=[scan.pk])
-        return format_html('<a href="{}">display.png</a>', url)
+        return _file_link(scan, scan.display, "review:scan_display", "display.png")
 
     def has_add_permission(self, request: object) -> bool:
         return False  # scans come in through the upload page, which decodes them
