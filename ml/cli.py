@@ -8,14 +8,13 @@ import os
 from pathlib import Path
 
 from ml.config import (
+    CLASS_HEADS,
     IMAGE_SIZE,
     MODEL_CARD_PATH,
     REPORT_DIR,
     weights_dir,
 )
 from ml.training.sources import SOURCES
-
-CLASS_HEADS = ("global", "lesion")  # ml.model.CLASS_HEADS, without importing keras
 
 
 def _quiet_tensorflow() -> None:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 IMAGE_SIZE = 256
+# What the class head pools (ml.model): "global", the spatial mean of the last encoder
+# features; "lesion", also their mean weighted by the predicted lesion probability.
+CLASS_HEADS: tuple[str, ...] = ("global", "lesion")
 MODEL_NAME = "busnet-lite0"
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from ml.backbone import SKIP_BLOCKS, block_output_name, build_efficientnet_lite0
-from ml.config import CLASSES, IMAGE_SIZE
+from ml.config import CLASS_HEADS, CLASSES, IMAGE_SIZE
 
 # Decoder stages from stride 16 up to stride 2: (skip block, filters, convolutions).
 DECODER_STAGES: tuple[tuple[int, int, int], ...] = (
@@ -25,10 +25,6 @@ CLASS_GRADCAM_LAYER = "head_relu"
 SEG_GRADCAM_LAYER = "decoder1_conv2_relu"  # the stride-8 decoder stage
 CLASS_OUTPUT = "class_logits"
 SEG_OUTPUT = "seg_logits"
-# "global": the class head sees the spatial mean of the last encoder features.
-# "lesion": it also sees their mean weighted by the predicted lesion probability, so the
-# classifier looks at the lesion the decoder found rather than the whole frame.
-CLASS_HEADS = ("global", "lesion")
 
 
 class LesionPooling(layers.Layer):

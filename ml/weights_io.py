@@ -31,7 +31,7 @@ class ModelMeta:
     version: str
     image_size: int
     classes: list[str]
-    # ml.model.CLASS_HEADS; weights saved before the option existed are "global"
+    # ml.config.CLASS_HEADS; weights saved before the option existed are "global"
     class_head: str = "global"
     temperature: float = 1.0
     ood_threshold: float | None = None

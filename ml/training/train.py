@@ -21,7 +21,7 @@ class TrainConfig:
     out_dir: Path
     sources: tuple[str, ...] = tuple(SOURCES)
     image_size: int = IMAGE_SIZE
-    class_head: str = "global"  # ml.model.CLASS_HEADS
+    class_head: str = "global"  # ml.config.CLASS_HEADS
     epochs: int = 24  # the schedule that trained the committed weights
     frozen_epochs: int = 2
     batch_size: int = 16
