@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.config import CLASS_HEADS
+
 WEIGHTS_FILE = "weights.npz"
 META_FILE = "model.json"
 TEMPERATURE_KEY = "calibration/temperature"
@@ -78,13 +80,19 @@ def read_meta(weights_dir: Path) -> ModelMeta:
     try:
         payload = json.loads(meta_path.read_text())
         payload.pop("ood", None)
-        return ModelMeta(**payload)
+        meta = ModelMeta(**payload)
     except FileNotFoundError as exc:
         raise ModelLoadError(f"model description not found: {meta_path}") from exc
     except (json.JSONDecodeError, TypeError) as exc:
         raise ModelLoadError(
             f"model description {meta_path} is corrupt: {exc}"
         ) from exc
+    if meta.class_head not in CLASS_HEADS:
+        raise ModelLoadError(
+            f"model description {meta_path} names class head {meta.class_head!r}; "
+            f"this code builds {list(CLASS_HEADS)}"
+        )
+    return meta
 
 
 def load_into(model, weights_dir: Path, *, verify_checksum: bool = True) -> ModelMeta:

@@ -68,3 +68,14 @@ def test_weights_for_another_network_are_refused(tmp_path):
     other = keras.Model(inputs, keras.layers.Dense(2, name="other")(inputs))
     with pytest.raises(weights_io.ModelLoadError, match="do not fit"):
         weights_io.load_into(other, tmp_path)
+
+
+def test_a_class_head_this_code_cannot_build_is_refused(tmp_path):
+    meta = weights_io.ModelMeta(
+        name="tiny", version="", image_size=32, classes=["a", "b", "c"]
+    )
+    weights_io.save(tiny_model(), tmp_path, meta)
+    described = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**described, "class_head": "roi"}))
+    with pytest.raises(weights_io.ModelLoadError, match="class head 'roi'"):
+        weights_io.read_meta(tmp_path)
