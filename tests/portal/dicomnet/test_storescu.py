@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 from bench.launch import database_url, free_port, start_listener, stop_process
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
-from portal.ingest.models import UploadBatch
+from portal.ingest.models import UploadBatch, UploadItem
 from tests.portal.dicomnet.conftest import (
     SCANNER_AE,
     finished_batch,
@@ -143,8 +143,8 @@ def test_storescu_sends_jpeg_cine_and_a_file_without_pixels(
     assert "Received Store Response (Error: CannotUnderstand)" in log, log
     batch = finished_batch()
     items = list(batch.items.order_by("pk"))
-    outcomes = [i.outcome for i in items]
-    assert outcomes == ["accepted", "accepted", "rejected", "accepted"], log
+    accepted, rejected = UploadItem.Outcome.ACCEPTED, UploadItem.Outcome.REJECTED
+    assert [i.outcome for i in items] == [accepted, accepted, rejected, accepted], log
     assert items[2].reason == "DICOM file has no pixel data (not an image object)"
     assert batch.calling_ae_title == SCANNER_AE
     study = Study.objects.get(study_instance_uid=study_uid)
