@@ -6,7 +6,6 @@ import itertools
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from ml.config import CLASSES
 
@@ -33,6 +32,10 @@ def recalls(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def malignant_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    # Imported here so that importing ml.metrics stays cheap for the portal
+    # (ml.site_calibration uses the fitting functions below).
+    from sklearn.metrics import roc_auc_score
+
     positives = labels == MALIGNANT
     if positives.all() or not positives.any():
         return float("nan")

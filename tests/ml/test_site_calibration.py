@@ -1,0 +1,226 @@
+"""ml.site_calibration: a site's calibration and operating point, on simulated sites whose
+true posteriors are known (class-conditional Gaussians), so every check can fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ml import metrics
+from ml.config import CLASSES
+from ml.site_calibration import (
+    SiteCalibration,
+    estimate_prior_em,
+    evaluate_site_calibration,
+    fit_site_calibration,
+)
+from ml.training.calibration import calibrate
+
+MALIGNANT = CLASSES.index("malignant")
+MEANS = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 2.0]])
+
+
+def true_logits(x: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """log prior + log likelihood: softmax of these is the Bayes posterior."""
+    squared = ((x[:, None, :] - MEANS[None]) ** 2).sum(-1)
+    return np.log(prior)[None] - 0.5 * squared
+
+
+def simulate_site(
+    n: int, prior, *, seed: int, scale: float = 3.0, shift=(1.0, 0.0, -1.5)
+):
+    """A site: labels drawn from ``prior``; the 'network' is over-confident (``scale``) and
+    biased (``shift``) relative to the true posterior under that prior."""
+    rng = np.random.default_rng(seed)
+    prior = np.asarray(prior, float)
+    labels = rng.choice(len(CLASSES), size=n, p=prior)
+    x = MEANS[labels] + rng.normal(size=(n, 2))
+    truth = true_logits(x, prior)
+    return scale * truth + np.asarray(shift), labels, truth
+
+
+def test_round_trip_and_content_hash():
+    calibration = SiteCalibration(
+        temperature=1.3,
+        offsets=(0.5, 0.0, 1.0),
+        threshold=0.25,
+        target_sensitivity=0.9,
+        n=120,
+        fitted_on={"classes": {"normal": 40, "benign": 50, "malignant": 30}},
+    )
+    payload = json.loads(json.dumps(calibration.to_dict()))
+    again = SiteCalibration.from_dict(payload)
+    assert again == calibration
+    assert again.calibration_id == calibration.calibration_id
+    assert calibration.calibration_id.startswith("cal-")
+    # Any parameter changes the id; an id that does not match its parameters is refused.
+    moved = SiteCalibration.from_dict(
+        {**payload, "threshold": 0.3, "calibration_id": ""}
+    )
+    assert moved.calibration_id != calibration.calibration_id
+    with pytest.raises(ValueError, match="altered"):
+        SiteCalibration.from_dict({**payload, "threshold": 0.3})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"temperature": 0.0}, "temperature"),
+        ({"offsets": [1.0, 2.0]}, "offsets"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"target_sensitivity": 1.0}, "target_sensitivity"),
+        ({"classes": ["benign", "normal", "malignant"]}, "classes"),
+    ],
+)
+def test_bad_calibration_is_refused_clearly(change, message):
+    payload = SiteCalibration(
+        temperature=1.0, offsets=(0, 0, 0), threshold=None, target_sensitivity=0.9, n=0
+    ).to_dict()
+    payload.pop("calibration_id")
+    with pytest.raises(ValueError, match=message):
+        SiteCalibration.from_dict({**payload, **change})
+
+
+def test_probabilities_follow_the_documented_convention():
+    calibration = SiteCalibration(
+        temperature=2.0,
+        offsets=(0.5, 0.0, -1.0),
+        threshold=0.4,
+        target_sensitivity=0.9,
+        n=1,
+    )
+    logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    expected = metrics.softmax(logits + np.array([0.5, 0.0, -1.0]), 2.0)
+    np.testing.assert_allclose(calibration.probabilities(logits), expected)
+    with pytest.raises(ValueError, match="shape"):
+        calibration.probabilities(np.zeros((2, 2)))
+    flagged = calibration.suspicious(np.array([[0.2, 0.4, 0.4], [0.5, 0.11, 0.39]]))
+    assert flagged.tolist() == [True, False]
+
+
+def test_without_threshold_suspicious_is_the_malignant_label():
+    training = SiteCalibration.from_training(
+        temperature=1.2, class_bias=[0.75, 0.0, 1.0]
+    )
+    assert training.threshold is None and training.n == 0
+    probabilities = np.array([[0.1, 0.3, 0.6], [0.2, 0.45, 0.35]])
+    assert training.suspicious(probabilities).tolist() == [True, False]
+
+
+def test_fit_improves_calibration_and_reaches_the_target_with_the_highest_threshold():
+    logits, labels, _truth = simulate_site(600, [0.3, 0.45, 0.25], seed=1)
+    fitted = fit_site_calibration(logits, labels, target_sensitivity=0.9)
+    raw_ece = metrics.expected_calibration_error(labels, metrics.softmax(logits))
+    fitted_ece = metrics.expected_calibration_error(
+        labels, fitted.probabilities(logits)
+    )
+    assert fitted_ece < raw_ece / 2
+    # The network is 3x over-confident: the temperature undoes most of it.
+    assert 2.0 < fitted.temperature < 4.5
+    p_malignant = fitted.probabilities(logits)[labels == MALIGNANT, MALIGNANT]
+    assert (p_malignant >= fitted.threshold).mean() >= 0.9
+    above = p_malignant[p_malignant > fitted.threshold]
+    assert (
+        p_malignant >= above.min()
+    ).mean() < 0.9  # any higher threshold misses the target
+    assert fitted.fitted_on["classes"] == {
+        name: int((labels == c).sum()) for c, name in enumerate(CLASSES)
+    }
+    # The same fit as the training calibration (one implementation).
+    class_bias, temperature = calibrate(logits, labels)
+    assert tuple(class_bias) == fitted.offsets and temperature == fitted.temperature
+
+
+def test_fit_records_groups_and_scanners_and_leaves_no_threshold_without_malignant_cases():
+    logits, labels, _ = simulate_site(200, [0.5, 0.5, 0.0 + 1e-9], seed=2)
+    labels = np.where(labels == MALIGNANT, 1, labels)
+    fitted = fit_site_calibration(
+        logits, labels, groups=np.arange(200) // 2, scanners=["A"] * 150 + ["B"] * 50
+    )
+    assert fitted.threshold is None
+    assert fitted.fitted_on["groups"] == 100
+    assert fitted.fitted_on["scanners"] == {"A": 150, "B": 50}
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.array([0, 1, 3]), "0..2"),
+        (np.array([0.0, 1.0, 2.0]), "integer"),
+        (np.array([0, 1]), "3 labels"),
+    ],
+)
+def test_fit_refuses_bad_labels(labels, message):
+    with pytest.raises(ValueError, match=message):
+        fit_site_calibration(np.zeros((3, 3)), labels)
+
+
+def test_evaluation_is_cross_validated_by_patient_and_json_serialisable():
+    logits, labels, _ = simulate_site(400, [0.3, 0.45, 0.25], seed=3)
+    patients = np.arange(400) // 2
+    baseline = SiteCalibration.from_training(
+        temperature=1.0, class_bias=[0.0, 0.0, 0.0]
+    )
+    report = evaluate_site_calibration(
+        logits, labels, groups=patients, folds=5, baseline=baseline, bootstrap_rounds=50
+    )
+    json.dumps(report, allow_nan=False)
+    assert report["n"] == 400 and report["groups"] == 200 and report["folds"] == 5
+    before, after = report["before"], report["after"]
+    assert after["ece"] < before["ece"]
+    low, high = after["intervals"]["ece"]
+    assert low <= after["ece"] <= high
+    # Out-of-fold operating point: near the target, not exactly on it.
+    assert 0.8 <= after["sensitivity"] <= 1.0
+    assert len(after["reliability"]) == 10
+    assert sum(b["count"] for b in after["reliability"]) == 400
+    low, high = report["threshold_interval"]
+    assert low <= report["threshold"] <= high
+    assert (
+        report["calibration"]["calibration_id"]
+        == SiteCalibration.from_dict(report["calibration"]).calibration_id
+    )
+    assert report["baseline"] == baseline.calibration_id
+
+
+def test_group_folds_keep_a_patients_images_together():
+    from ml.site_calibration import _group_folds
+
+    groups = np.repeat(np.arange(30), 3)
+    folds = _group_folds(groups, 4, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(90))
+    for fold in folds:
+        others = np.setdiff1d(np.arange(90), fold)
+        assert not set(groups[fold]) & set(groups[others])
+
+
+def test_em_recovers_a_shifted_prior():
+    training_prior = np.array([0.3, 0.45, 0.25])
+    site_prior = np.array([0.15, 0.35, 0.5])
+    _, labels, _ = simulate_site(4000, site_prior, seed=4)
+    rng = np.random.default_rng(4)
+    x = MEANS[labels] + rng.normal(size=(len(labels), 2))
+    # Calibrated posteriors as the model trained under the training prior gives them.
+    posteriors = metrics.softmax(true_logits(x, training_prior))
+    estimate = estimate_prior_em(posteriors, training_prior)
+    naive = posteriors.mean(axis=0)
+    assert np.abs(estimate - site_prior).max() < 0.04
+    assert np.abs(estimate - site_prior).max() < np.abs(naive - site_prior).max()
+    np.testing.assert_allclose(estimate.sum(), 1.0)
+    with pytest.raises(ValueError, match="training_prior"):
+        estimate_prior_em(posteriors, [0.5, 0.5])
+
+
+def test_importing_it_loads_neither_tensorflow_nor_sklearn():
+    code = (
+        "import sys, ml.site_calibration; "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'sklearn', 'django') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
