@@ -168,6 +168,7 @@ INSTALLED_APPS = [
     "csp",
     "portal.accounts",
     "portal.clinical",
+    "portal.registry",
     "portal.analyses",
     "portal.review",
     "portal.audit",

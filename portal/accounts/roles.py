@@ -1,10 +1,11 @@
 """The portal's three roles, as Django groups holding model permissions.
 
 - staff: register patients and studies, upload images, follow analyses, download reports.
-- radiologist: see everything staff sees, plus the worklist, review and sign-off, and
-  the agreement monitor. Does not register patients or upload.
+- radiologist: see everything staff sees, plus the worklist, review and sign-off, the
+  agreement monitor, and the biopsy outcome of a study. Does not register patients or upload.
 - administrator: users and roles, the admin site, the audit trail and the agreement
-  monitor; reads clinical records but neither uploads nor signs.
+  monitor, and the site's calibration (fit, activate, roll back); reads clinical
+  records but neither uploads nor signs.
 
 Views check permissions (never group names) with `require_permissions`, so a site can
 reshape a role in the admin without touching code.
@@ -49,6 +50,7 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "review.sign_review",
         "review.view_worklist",
         "review.view_agreement",
+        "clinical.record_pathology",
     ),
     ADMINISTRATOR: (
         *_READ_CLINICAL,
@@ -63,6 +65,10 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "auth.delete_group",
         "audit.view_accessrecord",
         "auditlog.view_logentry",
+        # Site calibration: fit, activate, roll back (only administrators).
+        "registry.view_sitecalibration",
+        "registry.add_sitecalibration",
+        "registry.activate_sitecalibration",
     ),
 }
 

@@ -42,6 +42,10 @@ def analysis_composite_name(*, analysis: Analysis, kind: str) -> str:
     """The storage name of a composite, drawing and storing it first when needed."""
     if kind not in COMPOSITE_KINDS:
         raise ValueError(f"{kind!r} is not a composite; use one of {COMPOSITE_KINDS}")
+    if analysis.withheld:
+        raise CompositeUnavailable(
+            f"analysis {analysis.pk} was not analysed: not a breast ultrasound image"
+        )
     cached = getattr(analysis, kind)
     if cached and default_storage.exists(cached.name):
         return cached.name
@@ -92,6 +96,10 @@ def _draw(analysis: Analysis, kind: str, source_name: str) -> bytes:
 
 def analysis_artifact_name(*, analysis: Analysis, kind: str) -> str:
     """The storage name of any downloadable artifact: stored output or drawn picture."""
+    if analysis.withheld:
+        raise CompositeUnavailable(
+            f"analysis {analysis.pk} was not analysed: not a breast ultrasound image"
+        )
     if kind in COMPOSITE_KINDS:
         return analysis_composite_name(analysis=analysis, kind=kind)
     stored = getattr(analysis, kind)
@@ -104,6 +112,8 @@ def analysis_artifact_name(*, analysis: Analysis, kind: str) -> str:
 
 def available_kinds(analysis: Analysis) -> list[str]:
     """The artifacts a download of this analysis can give (pictures drawn on demand)."""
+    if analysis.withheld:
+        return []
     kinds = []
     for kind in ARTIFACT_KINDS:
         if getattr(analysis, kind) or (

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from django.conf import settings
 
+from ml.config import CLASSES
+from ml.site_calibration import SiteCalibration
+
 
 class ModelVersionUnavailable(RuntimeError):
     """No usable model.json in the weights directory; str() says which file and why."""
@@ -50,3 +53,52 @@ def ood_threshold(
     if isinstance(threshold, bool) or not isinstance(threshold, int | float):
         return None
     return float(threshold)
+
+
+def _installed(model_version: str, weights_dir: str | Path | None) -> dict | None:
+    _path, metadata = _metadata(weights_dir)
+    if str(metadata.get("version", "")).strip() != model_version:
+        return None
+    return metadata
+
+
+def model_calibration(
+    *, model_version: str, weights_dir: str | Path | None = None
+) -> SiteCalibration | None:
+    """The calibration `model_version` was trained with (its temperature and class bias),
+    as a SiteCalibration without a threshold; None when another model is installed."""
+    metadata = _installed(model_version, weights_dir)
+    if metadata is None:
+        return None
+    try:
+        return SiteCalibration.from_training(
+            temperature=float(metadata["temperature"]),
+            class_bias=[float(v) for v in metadata["class_bias"]],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelVersionUnavailable(
+            f"model.json of {model_version} has no usable temperature and class_bias: {exc}"
+        ) from None
+
+
+def training_class_prior(
+    *, model_version: str, weights_dir: str | Path | None = None
+) -> list[float] | None:
+    """The class frequencies (normal, benign, malignant) the model was trained on, from
+    model.json ("class_prior", or "training": {"class_prior"}); None when not recorded."""
+    metadata = _installed(model_version, weights_dir)
+    if metadata is None:
+        return None
+    prior = metadata.get("class_prior") or (metadata.get("training") or {}).get(
+        "class_prior"
+    )
+    if isinstance(prior, dict):
+        prior = [prior.get(name) for name in CLASSES]
+    if (
+        not isinstance(prior, list)
+        or len(prior) != len(CLASSES)
+        or not all(isinstance(v, int | float) and v > 0 for v in prior)
+    ):
+        return None
+    total = float(sum(prior))
+    return [float(v) / total for v in prior]

@@ -7,6 +7,7 @@ from django.db import models
 from django.utils import timezone
 
 from portal.clinical.models import Scan
+from portal.registry.models import SiteCalibration
 
 # What a worker stores: the model's output itself (a 1-bit mask, 8-bit grey heatmaps).
 STORED_KINDS = ("mask", "gradcam_map", "seg_gradcam_map")
@@ -32,7 +33,23 @@ RESULT_FIELDS = (
     "ood_score",
     "ood_threshold",
     "explained_class",
+    "withheld",
+    "gate_score",
+    "calibration",
+    "suspicious",
+    "operating_threshold",
 )
+# What a result shows of the model's verdict: nothing of it leaves a withheld analysis.
+VERDICT_FIELDS = (
+    "label",
+    "probabilities",
+    "confidence",
+    "lesion_area_fraction",
+    "bbox",
+    "explained_class",
+    "suspicious",
+)
+WITHHELD_MESSAGE = "not analysed: not a breast ultrasound image"
 
 
 def artifact_path(analysis: Analysis, filename: str) -> str:
@@ -98,6 +115,40 @@ class Analysis(models.Model):
         blank=True,
         help_text="The class the classification Grad-CAM explains (empty: not recorded).",
     )
+    # The gate: a scan that is not a breast B-mode ultrasound at all (a photo, a
+    # document, a Doppler frame) gets no label, probabilities or outline anywhere.
+    withheld = models.BooleanField(
+        default=False,
+        help_text="True when the scan is not a breast ultrasound image: the result is "
+        "not shown, only this verdict and its score.",
+    )
+    gate_score = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="The gate's score (higher: less like a breast ultrasound image).",
+    )
+    # The raw network output, before any calibration: a new site calibration re-scores
+    # the analysis from these without running the network again.
+    logits = models.JSONField(null=True, blank=True)
+    calibration = models.ForeignKey(
+        SiteCalibration,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="analyses",
+        help_text="The site calibration the result is shown with (empty: the model's "
+        "own calibration).",
+    )
+    suspicious = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="p(malignant) at or above the site's operating threshold.",
+    )
+    operating_threshold = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="The threshold on p(malignant) the suspicious flag was set with.",
+    )
 
     mask = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
     overlay = models.FileField(upload_to=artifact_path, blank=True, max_length=255)
@@ -136,6 +187,7 @@ class Analysis(models.Model):
             models.Index(fields=("scan", "status"), name="analysis_scan_status"),
             models.Index(fields=("confidence",), name="analysis_confidence"),
             models.Index(fields=("model_version",), name="analysis_model_version"),
+            models.Index(fields=("withheld", "status"), name="analysis_withheld"),
         )
 
     def __str__(self) -> str:
@@ -151,8 +203,15 @@ class Analysis(models.Model):
 
     @property
     def outside_training_distribution(self) -> bool:
-        """True only when the model checked and found the scan unlike its training images."""
-        return self.in_distribution is False
+        """True only when the model checked and found the scan unlike its training images.
+
+        A caution ("unusual for this model"), not a verdict; a withheld scan has none."""
+        return self.in_distribution is False and not self.withheld
+
+    @property
+    def shows_result(self) -> bool:
+        """A finished result a reader may see: succeeded and not withheld by the gate."""
+        return self.status == self.Status.SUCCEEDED and not self.withheld
 
     @property
     def malignant_probability(self) -> float | None:
@@ -167,7 +226,7 @@ class Analysis(models.Model):
 
     def to_status_dict(self) -> dict[str, Any]:
         """What the study page's poller needs; artifact URLs are added by the view."""
-        return {
+        status = {
             "id": self.pk,
             "scan_id": self.scan_id,
             "status": self.status,
@@ -183,5 +242,13 @@ class Analysis(models.Model):
             "ood_score": self.ood_score,
             "ood_threshold": self.ood_threshold,
             "explained_class": self.explained_class,
+            "withheld": self.withheld,
+            "gate_score": self.gate_score,
+            "suspicious": self.suspicious,
+            "calibration": self.calibration_id,
             "finished": self.is_finished,
         }
+        if self.withheld:
+            status.update(dict.fromkeys(VERDICT_FIELDS))
+            status["withheld_message"] = WITHHELD_MESSAGE
+        return status

@@ -33,6 +33,8 @@ def viewer_layers(analysis: Analysis) -> list[dict[str, str]]:
     analyses from before maps were stored have only the worker's blended picture
     ("picture"), shown as it is.
     """
+    if analysis.withheld:  # not a breast ultrasound: nothing of the model is drawn
+        return []
     layers = []
     for kind in ("gradcam", "seg_gradcam"):
         if getattr(analysis, f"{kind}_map"):

@@ -7,11 +7,13 @@ message, a reconciler and a user pressing Retry can race without doing work twic
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F, Q
@@ -21,16 +23,20 @@ from portal.analyses import queue
 from portal.analyses.modelinfo import (
     ModelVersionUnavailable,
     current_model_version,
+    model_calibration,
     ood_threshold,
 )
 from portal.analyses.models import (
     ARTIFACT_KINDS,
     COMPOSITE_KINDS,
     RESULT_FIELDS,
+    VERDICT_FIELDS,
     Analysis,
 )
 from portal.audit.services import audit_update
 from portal.clinical.models import Scan
+from portal.registry.models import SiteCalibration
+from portal.registry.selectors import site_calibration_active
 from portal.review.services import study_review_refresh
 
 logger = logging.getLogger(__name__)
@@ -173,6 +179,11 @@ def analyses_record_success(
     analyses = {analysis.pk: analysis for analysis in rows}
     # The rows as they were, for the audit records (one query, not one per row).
     before = Analysis.objects.in_bulk(list(analyses))
+    # Each result is shown through the site calibration active for its model now.
+    active = {
+        version: site_calibration_active(model_version=version)
+        for version in {analysis.model_version for analysis in analyses.values()}
+    }
     recorded: list[int] = []
     for analysis_id, result, artifacts in results:
         analysis = analyses.get(analysis_id)
@@ -186,12 +197,13 @@ def analyses_record_success(
                 analysis.status,
             )
             continue
-        _store_artifacts(analysis, artifacts)
-        _record_result(analysis, result)
+        _record_result(analysis, result, calibration=active[analysis.model_version])
+        # A withheld scan keeps no outline or heatmap: nothing to show, nothing to leak.
+        _store_artifacts(analysis, {} if analysis.withheld else artifacts)
         recorded.append(analysis_id)
     Analysis.objects.bulk_update(
         [analyses[pk] for pk in recorded],
-        ["status", "finished_at", "error", *RESULT_FIELDS, *ARTIFACT_KINDS],
+        ["status", "finished_at", "error", "logits", *RESULT_FIELDS, *ARTIFACT_KINDS],
     )
     for analysis_id in recorded:
         audit_update(before[analysis_id], analyses[analysis_id])
@@ -205,8 +217,9 @@ def _store_artifacts(analysis: Analysis, artifacts: dict[str, bytes]) -> None:
         field = getattr(analysis, kind)
         content = artifacts.get(kind)
         if content is None:
-            # A composite cached from an earlier result would show the wrong picture.
-            if field and kind in COMPOSITE_KINDS:
+            # A composite cached from an earlier result would show the wrong picture,
+            # and a withheld result keeps none of an earlier run's files.
+            if field and (kind in COMPOSITE_KINDS or analysis.withheld):
                 field.delete(save=False)
             continue
         if field:
@@ -219,7 +232,24 @@ def _store_artifacts(analysis: Analysis, artifacts: dict[str, bytes]) -> None:
         field.save(_artifact_file_name(kind), ContentFile(content), save=False)
 
 
-def _record_result(analysis: Analysis, result: dict[str, Any]) -> None:
+def _logits(result: dict[str, Any]) -> list[float] | None:
+    raw = result.get("logits")
+    if raw is None:
+        return None
+    logits = [float(v) for v in raw]
+    if len(logits) != len(Analysis.Label.values) or not all(
+        np.isfinite(v) for v in logits
+    ):
+        raise ValueError(f"logits must be {len(Analysis.Label.values)} finite numbers")
+    return logits
+
+
+def _record_result(
+    analysis: Analysis,
+    result: dict[str, Any],
+    *,
+    calibration: SiteCalibration | None = None,
+) -> None:
     # Checked here: a bulk update would cut an over-long string to the column's size.
     for key in ("label", "explained_class"):
         value = result.get(key) or ""
@@ -227,15 +257,68 @@ def _record_result(analysis: Analysis, result: dict[str, Any]) -> None:
             raise ValueError(f"{key} {str(value)[:40]!r} is not a label")
     probabilities = {str(k): float(v) for k, v in dict(result["probabilities"]).items()}
     bbox = result.get("bbox")
+    gate_score = result.get("gate_score")
     analysis.status = Status.SUCCEEDED
     analysis.finished_at = timezone.now()
     analysis.error = ""
+    analysis.logits = _logits(result)
+    analysis.withheld = bool(result.get("withheld") or False)
+    analysis.gate_score = None if gate_score is None else float(gate_score)
+    _record_distribution(analysis, result)
+    if analysis.withheld:
+        # Not a breast ultrasound: the model's verdict is kept nowhere it could be
+        # shown (the raw logits stay, for the record). The gate's verdict and score say
+        # why; an earlier run's calibration or threshold says nothing about it.
+        for name in VERDICT_FIELDS:
+            setattr(
+                analysis, name, "" if name in ("label", "explained_class") else None
+            )
+        analysis.calibration = None
+        analysis.operating_threshold = None
+        return
     analysis.label = str(result["label"])
     analysis.confidence = float(result["confidence"])
     analysis.probabilities = probabilities
     analysis.lesion_area_fraction = float(result["lesion_area_fraction"])
     analysis.bbox = [int(v) for v in bbox] if bbox is not None else None
-    _record_distribution(analysis, result)
+    if calibration is not None and analysis.logits is not None:
+        _apply_calibration(analysis, calibration)
+    else:
+        _apply_model_operating_point(analysis)
+
+
+def _site_calibration(calibration: SiteCalibration) -> Any:
+    from ml.site_calibration import SiteCalibration as Fitted
+
+    return Fitted.from_dict(calibration.parameters)
+
+
+def _apply_calibration(analysis: Analysis, calibration: SiteCalibration) -> None:
+    """Show the analysis through a site calibration, from its stored logits."""
+    fitted = _site_calibration(calibration)
+    _set_scores(analysis, fitted, np.asarray([analysis.logits]))
+    analysis.calibration = calibration
+
+
+def _apply_model_operating_point(analysis: Analysis) -> None:
+    """The model's own calibration and the training sites' operating point: suspicious
+    when the label is malignant (no threshold of the site's own yet)."""
+    analysis.calibration = None
+    analysis.operating_threshold = None
+    analysis.suspicious = analysis.label == Analysis.Label.MALIGNANT
+
+
+def _set_scores(analysis: Analysis, fitted: Any, logits: np.ndarray) -> None:
+    probabilities = fitted.probabilities(logits)
+    suspicious = fitted.suspicious(probabilities)
+    names = list(Analysis.Label.values)
+    row = probabilities[0]
+    best = int(row.argmax())
+    analysis.probabilities = {name: float(row[i]) for i, name in enumerate(names)}
+    analysis.label = names[best]
+    analysis.confidence = float(row[best])
+    analysis.suspicious = bool(suspicious[0])
+    analysis.operating_threshold = fitted.threshold
 
 
 def _record_distribution(analysis: Analysis, result: dict[str, Any]) -> None:
@@ -258,6 +341,101 @@ def _record_distribution(analysis: Analysis, result: dict[str, Any]) -> None:
                 "no out-of-distribution threshold for analysis %s", analysis.pk
             )
     analysis.explained_class = str(result.get("explained_class") or "")
+
+
+RESCORED_FIELDS = (
+    "label",
+    "confidence",
+    "probabilities",
+    "suspicious",
+    "operating_threshold",
+    "calibration",
+)
+
+
+def analyses_rescore(
+    *, model_version: str, calibration: SiteCalibration | None, chunk: int = 500
+) -> tuple[int, set[int]]:
+    """Show every finished analysis of `model_version` through `calibration` (None: the
+    model's own), recomputed from its stored logits without running the network.
+
+    Each row's earlier values stay in the audit trail (one change record per row). Rows
+    without stored logits (analysed before logits were kept) and withheld rows stay as
+    they are. Returns how many rows changed and the ids of their studies, whose
+    worklist columns the caller refreshes. Run inside the activation's transaction.
+    """
+    if calibration is None:
+        fitted = model_calibration(model_version=model_version)
+        if fitted is None:
+            raise ValidationError(
+                f"The model's own calibration of {model_version} is unknown (another "
+                "model is installed): its results cannot be re-scored to it."
+            )
+    else:
+        fitted = _site_calibration(calibration)
+    rows = (
+        Analysis.objects.filter(
+            model_version=model_version,
+            status=Status.SUCCEEDED,
+            withheld=False,
+            logits__isnull=False,
+        )
+        .select_for_update(of=("self",))
+        .select_related("scan")
+        .order_by("pk")
+    )
+    changed = 0
+    studies: set[int] = set()
+    for batch in _chunks(rows.iterator(chunk_size=chunk), chunk):
+        before = {analysis.pk: _copy(analysis) for analysis in batch}
+        logits = np.asarray([analysis.logits for analysis in batch], np.float64)
+        probabilities = fitted.probabilities(logits)
+        suspicious = fitted.suspicious(probabilities)
+        names = list(Analysis.Label.values)
+        for i, analysis in enumerate(batch):
+            best = int(probabilities[i].argmax())
+            analysis.probabilities = {
+                name: float(probabilities[i, c]) for c, name in enumerate(names)
+            }
+            analysis.label = names[best]
+            analysis.confidence = float(probabilities[i, best])
+            analysis.suspicious = bool(suspicious[i])
+            analysis.operating_threshold = fitted.threshold
+            analysis.calibration = calibration
+        Analysis.objects.bulk_update(batch, list(RESCORED_FIELDS))
+        for analysis in batch:
+            audit_update(before[analysis.pk], analysis)
+            studies.add(analysis.scan.study_id)
+        changed += len(batch)
+    logger.info(
+        "re-scored %d analyses of %s with calibration %s",
+        changed,
+        model_version,
+        calibration.pk if calibration else "(the model's own)",
+    )
+    return changed, studies
+
+
+def _copy(analysis: Analysis) -> Analysis:
+    copy = Analysis(
+        **{
+            f.attname: getattr(analysis, f.attname)
+            for f in Analysis._meta.concrete_fields
+        }
+    )
+    copy._state.adding = False
+    return copy
+
+
+def _chunks(items: Iterable[Analysis], size: int) -> Iterable[list[Analysis]]:
+    batch: list[Analysis] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def analysis_record_failure(*, analysis_id: int, error: str) -> bool:

@@ -13,6 +13,8 @@ def register_models() -> None:
         "clinical.Scan",
         "analyses.Analysis",
         "review.Review",
+        "registry.SiteCalibration",
+        "registry.CalibrationActivation",
     ):
         model = apps.get_model(label)
         if not auditlog.contains(model):

@@ -36,6 +36,11 @@ class Patient(models.Model):
         return reverse("clinical:patient_detail", args=[self.pk])
 
 
+class Pathology(models.TextChoices):
+    BENIGN = "benign", "benign (biopsy)"
+    MALIGNANT = "malignant", "malignant (biopsy)"
+
+
 class Study(models.Model):
     patient = models.ForeignKey(
         Patient, on_delete=models.PROTECT, related_name="studies"
@@ -66,6 +71,27 @@ class Study(models.Model):
         editable=False,
         help_text="Highest malignant probability of the study's finished analyses.",
     )
+    suspicious = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="A finished analysis is at or above the site's operating threshold.",
+    )
+    # The biopsy outcome of the lesion this study examines: ground truth, ahead of the
+    # radiologist's signed label, for the site's calibration. Entered on the study (a
+    # study here is the examination of one lesion; its scans are views of it) through
+    # clinical.services.study_record_pathology, which the audit trail follows.
+    pathology = models.CharField(
+        "pathology outcome", max_length=16, choices=Pathology.choices, blank=True
+    )
+    pathology_date = models.DateField("biopsy date", null=True, blank=True)
+    pathology_entered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    pathology_entered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = (
@@ -73,6 +99,7 @@ class Study(models.Model):
             "-id",
         )
         verbose_name_plural = "studies"
+        permissions = (("record_pathology", "Can record a biopsy outcome"),)
         indexes = (
             models.Index(fields=("study_date", "id"), name="study_date"),
             models.Index(fields=("accession_number",), name="study_accession"),
@@ -80,9 +107,9 @@ class Study(models.Model):
             # worklist's order. A partial index because SQLite filters a boolean as a
             # bare column, which no ordinary index serves.
             models.Index(
-                fields=("-max_malignant", "-study_date", "-id"),
+                fields=("-suspicious", "-max_malignant", "-study_date", "-id"),
                 condition=models.Q(awaiting_review=True),
-                name="study_worklist",
+                name="study_worklist_suspicious",
             ),
         )
         constraints = (

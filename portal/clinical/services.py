@@ -5,12 +5,20 @@ from __future__ import annotations
 import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.utils import timezone
 
 from portal.analyses.services import analysis_create
-from portal.clinical.models import FORMAT_EXTENSIONS, Patient, Scan, Study
+from portal.clinical.models import (
+    FORMAT_EXTENSIONS,
+    Pathology,
+    Patient,
+    Scan,
+    Study,
+)
 from portal.clinical.uploads import ValidatedUpload
 
 
@@ -100,3 +108,38 @@ def scan_display_name(*, scan: Scan) -> str:
         default_storage.delete(scan.display.name)
         scan.refresh_from_db(fields=["display"])
     return scan.display.name
+
+
+@transaction.atomic
+def study_record_pathology(
+    *,
+    study: Study,
+    outcome: str,
+    entered_by: AbstractBaseUser,
+    biopsy_date: datetime.date | None = None,
+) -> Study:
+    """Record (or clear, with outcome "") the study's biopsy outcome and who entered it.
+
+    Saved through save(), so the audit trail keeps every value it ever had. The outcome
+    is the ground truth a site calibration learns from, ahead of the signed label.
+    """
+    if outcome and outcome not in Pathology.values:
+        raise ValidationError(
+            f"{outcome!r} is not a pathology outcome (benign or malignant)."
+        )
+    if biopsy_date is not None and biopsy_date > timezone.localdate():
+        raise ValidationError("The biopsy date is in the future.")
+    study = Study.objects.select_for_update().get(pk=study.pk)
+    study.pathology = outcome
+    study.pathology_date = biopsy_date if outcome else None
+    study.pathology_entered_by = entered_by if outcome else None
+    study.pathology_entered_at = timezone.now() if outcome else None
+    study.save(
+        update_fields=[
+            "pathology",
+            "pathology_date",
+            "pathology_entered_by",
+            "pathology_entered_at",
+        ]
+    )
+    return study

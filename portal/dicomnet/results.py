@@ -52,7 +52,7 @@ from pydicom.uid import (
 
 from ml.decode import decode_image
 from ml.render import mask_overlay, read_mask
-from portal.analyses.models import Analysis
+from portal.analyses.models import WITHHELD_MESSAGE, Analysis
 from portal.clinical.models import Scan
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,14 @@ def analysis_results(*, analysis: Analysis, review: Any = None) -> DicomResults:
             f"analysis {analysis.pk} is {analysis.status}; only finished analyses "
             "have results"
         )
+    if analysis.withheld:
+        # No SEG, SR or outline: the gate found no breast ultrasound to report on.
+        gate = (
+            f" (gate score {analysis.gate_score:.2f})"
+            if analysis.gate_score is not None
+            else ""
+        )
+        raise ResultsUnavailable(f"analysis {analysis.pk}: {WITHHELD_MESSAGE}{gate}")
     if not analysis.mask:
         raise ResultsUnavailable(f"analysis {analysis.pk} has no lesion mask stored")
     scan = analysis.scan

@@ -61,10 +61,11 @@ class DashboardFilterForm(forms.Form):
         required=False,
         choices=[
             *_ANY,
-            ("outside", "outside the training distribution"),
-            ("inside", "within the training distribution"),
+            ("withheld", "withheld: not a breast ultrasound"),
+            ("outside", "unusual for this model (caution)"),
+            ("inside", "usual for this model"),
         ],
-        label="Training distribution",
+        label="Gate and caution",
     )
 
     def __init__(self, *args: object, model_versions: list[str], **kwargs: object):

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from portal.analyses.models import Analysis
+from portal.clinical.models import Pathology
 from portal.review.models import BiRads
 
 
@@ -32,3 +33,27 @@ class ReviewForm(forms.Form):
         if data.get("agrees_with_model") is False and not data.get("label"):
             self.add_error("label", "Choose the label you read.")
         return data
+
+
+class CalibrationFitForm(forms.Form):
+    target_sensitivity = forms.FloatField(
+        min_value=0.5,
+        max_value=0.99,
+        initial=0.90,
+        label="Target malignant sensitivity",
+        help_text="The share of malignant lesions the suspicious flag must catch on "
+        "this site's signed reads (0.5-0.99).",
+    )
+
+
+class PathologyForm(forms.Form):
+    outcome = forms.ChoiceField(
+        choices=[("", "none recorded"), *Pathology.choices],
+        required=False,
+        label="Biopsy outcome",
+    )
+    biopsy_date = forms.DateField(
+        required=False,
+        label="Biopsy date",
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )

@@ -25,7 +25,7 @@ from reportlab.platypus import (
 )
 
 from portal.analyses.composites import CompositeUnavailable, analysis_composite_name
-from portal.analyses.models import Analysis
+from portal.analyses.models import WITHHELD_MESSAGE, Analysis
 from portal.clinical.models import Study
 from portal.clinical.services import scan_display_name
 from portal.review import selectors
@@ -135,7 +135,7 @@ def _stored(name: str) -> bytes | None:
 
 
 def _picture(analysis: Analysis | None, kind: str) -> bytes | None:
-    if analysis is None:
+    if analysis is None or analysis.withheld:
         return None
     try:
         return _stored(analysis_composite_name(analysis=analysis, kind=kind))
@@ -182,6 +182,16 @@ def _model_rows(scan: Any, analysis: Analysis | None) -> list[tuple[str, str]]:
     if analysis.status != Analysis.Status.SUCCEEDED:
         detail = analysis.status + (f": {analysis.error}" if analysis.error else "")
         return [("Model output", detail), ("Model version", analysis.model_version)]
+    if analysis.withheld:
+        gate = (
+            f" (gate score {analysis.gate_score:.2f})"
+            if analysis.gate_score is not None
+            else ""
+        )
+        return [
+            ("Model output", WITHHELD_MESSAGE + gate),
+            ("Model version", analysis.model_version),
+        ]
     probabilities = analysis.probabilities or {}
     area = scan.area_mm2(analysis.lesion_area_fraction)
     area_text = _percent(analysis.lesion_area_fraction) + " of the image"
@@ -199,27 +209,46 @@ def _model_rows(scan: Any, analysis: Analysis | None) -> list[tuple[str, str]]:
             ),
         ),
         ("Lesion area", area_text),
+        ("Operating point", _operating_point(analysis)),
         ("Model version", analysis.model_version),
     ]
 
 
+def _operating_point(analysis: Analysis) -> str:
+    flag = "suspicious" if analysis.suspicious else "not suspicious"
+    if analysis.operating_threshold is None:
+        return f"{flag} (training sites' operating point: label malignant)"
+    return (
+        f"{flag} (p(malignant) {_percent(analysis.malignant_probability)} against the "
+        f"site's threshold {_percent(analysis.operating_threshold)})"
+    )
+
+
 def _distribution_warning(analysis: Analysis | None, styles: dict) -> list[Any]:
-    """The out-of-distribution warning above an image's results; none when the model
-    found the scan familiar or could not tell."""
+    """The "unusual for this model" caution above an image's results (or, for a
+    withheld one, why there are none); nothing when the model found the scan familiar
+    or could not tell."""
+    if analysis is not None and analysis.withheld:
+        return [
+            Paragraph(
+                "<b>Not analysed: not a breast ultrasound image.</b> No label, "
+                "probabilities or outline are given for this image.",
+                styles["warning"],
+            )
+        ]
     if analysis is None or not analysis.outside_training_distribution:
         return []
     figures = ""
     if analysis.ood_score is not None:
-        figures = f" Out-of-distribution score {analysis.ood_score:.2f}"
+        figures = f" Distance score {analysis.ood_score:.2f}"
         if analysis.ood_threshold is not None:
             figures += f", threshold {analysis.ood_threshold:.2f}"
         figures += " (higher is further from the training images)."
     return [
         Paragraph(
-            "<b>Outside what the model was trained on — result not reliable.</b> "
-            "This scan is unlike the breast ultrasound images the model learned from: "
-            "read it without relying on the model's label, probabilities or outline."
-            + _esc(figures),
+            "<b>Unusual for this model.</b> This breast ultrasound is far from the "
+            "images the model learned from (perhaps a scanner or preset it has not "
+            "seen): a caution, not a verdict." + _esc(figures),
             styles["warning"],
         )
     ]

@@ -70,7 +70,7 @@ class DashboardFilters:
     model_version: str = ""
     search: str = ""
     # "outside" | "inside" the training distribution | "" (results of models that cannot
-    # tell, in_distribution None, match neither).
+    # tell, in_distribution None, match neither). "withheld": not a breast ultrasound.
     distribution: str = ""
 
 
@@ -145,8 +145,12 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
         rows = rows.filter(status=filters.status)
     if filters.model_version:
         rows = rows.filter(model_version=filters.model_version)
-    if filters.distribution:
-        rows = rows.filter(in_distribution=filters.distribution == "inside")
+    if filters.distribution == "withheld":
+        rows = rows.filter(withheld=True)
+    elif filters.distribution:
+        rows = rows.filter(
+            in_distribution=filters.distribution == "inside", withheld=False
+        )
     return rows.order_by(*_newest_upload_first())
 
 
@@ -194,7 +198,7 @@ def filtered_studies(filters: DashboardFilters) -> QuerySet[Study]:
     return studies.order_by("-study_date", "-id")
 
 
-def dashboard_counts(rows: QuerySet[Analysis]) -> dict[str, dict[str, int]]:
+def dashboard_counts(rows: QuerySet[Analysis]) -> dict[str, Any]:
     """Counts per predicted label and per status of the filtered rows, in one query.
 
     Grouped by (status, label), which the analysis_status_label_scan index covers
@@ -205,18 +209,22 @@ def dashboard_counts(rows: QuerySet[Analysis]) -> dict[str, dict[str, int]]:
     """
     labels = dict.fromkeys(LABELS, 0)
     statuses = dict.fromkeys(STATUSES, 0)
+    withheld = 0
     groups = (
         rows.order_by()
-        .values_list("status", "label")
+        .values_list("status", "label", "withheld")
         .annotate(n=Count("*"))
-        .values_list("status", "label", "n")
+        .values_list("status", "label", "withheld", "n")
     )
-    for status, label, n in groups:
+    for status, label, is_withheld, n in groups:
         if status in statuses:
             statuses[status] += n
-        if label in labels:
+        if is_withheld:
+            withheld += n
+        elif label in labels:
             labels[label] += n
-    return {"labels": labels, "statuses": statuses}
+    # Withheld results (not a breast ultrasound) count apart from every label.
+    return {"labels": labels, "statuses": statuses, "withheld": withheld}
 
 
 def queue_state(*, now: datetime.datetime | None = None) -> dict[str, int]:
@@ -287,11 +295,17 @@ def study_review_columns() -> dict[str, Any]:
     return {
         "awaiting_review": Exists(_unreviewed_scans().filter(study_id=OuterRef("pk"))),
         "max_malignant": Subquery(highest, output_field=FloatField()),
+        "suspicious": Exists(
+            _finished_analyses().filter(
+                scan_id__in=study_scans, suspicious=True, withheld=False
+            )
+        ),
     }
 
 
 def worklist() -> QuerySet[Study]:
-    """Studies waiting for a radiologist, most suspicious (highest malignant p) first.
+    """Studies waiting for a radiologist: those flagged suspicious at the site's
+    operating point first, then by highest malignant p.
 
     Reads the study's own columns (kept by study_review_refresh) through the
     study_worklist index, so a page costs the same at 10 or 10,000 studies.
@@ -300,7 +314,7 @@ def worklist() -> QuerySet[Study]:
         Study.objects.filter(awaiting_review=True)
         .select_related("patient")
         .annotate(scan_count=study_scan_count())
-        .order_by("-max_malignant", "-study_date", "-id")
+        .order_by("-suspicious", "-max_malignant", "-study_date", "-id")
     )
 
 

@@ -32,6 +32,11 @@ def _fields(
     *, analysis: Analysis, agrees_with_model: bool, label: str, birads: str, note: str
 ) -> dict[str, Any]:
     if agrees_with_model:
+        if analysis.withheld:
+            raise ValidationError(
+                "The model gave no label for this image (not a breast ultrasound): "
+                "choose the label yourself."
+            )
         label = analysis.label
     if label not in Analysis.Label.values:
         raise ValidationError(f"{label!r} is not a label (normal, benign, malignant).")

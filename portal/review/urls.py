@@ -10,6 +10,20 @@ urlpatterns = [
     path("dashboard/", views.dashboard, name="dashboard"),
     path("worklist/", views.worklist, name="worklist"),
     path("agreement/", views.agreement, name="agreement"),
+    path("calibration/", views.calibration, name="calibration"),
+    path(
+        "calibration/<int:pk>/activate/",
+        views.calibration_activate,
+        name="calibration_activate",
+    ),
+    path(
+        "calibration/rollback/", views.calibration_rollback, name="calibration_rollback"
+    ),
+    path(
+        "studies/<int:pk>/pathology/",
+        views.study_pathology,
+        name="study_pathology",
+    ),
     path("scans/<int:pk>/review/", views.scan_review, name="scan_review"),
     path("scans/<int:pk>/display.png", views.scan_display, name="scan_display"),
     path(

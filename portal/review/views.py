@@ -8,17 +8,22 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION
 from portal.accounts.roles import require_permissions
+from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.analyses.models import Analysis
 from portal.analyses.selectors import viewer_layers
 from portal.audit.services import Action, record_access
 from portal.clinical.models import Scan, Study
-from portal.clinical.services import scan_display_name
+from portal.clinical.services import scan_display_name, study_record_pathology
+from portal.registry import selectors as registry_selectors
+from portal.registry.models import SiteCalibration
+from portal.review import calibration as site_calibration
 from portal.review import selectors, services
 from portal.review.filters import DashboardFilterForm
-from portal.review.forms import ReviewForm
+from portal.review.forms import CalibrationFitForm, PathologyForm, ReviewForm
 from portal.review.imaging import outline_layer_png
 from portal.review.models import Review
 from portal.review.report import study_report_pdf
@@ -149,6 +154,8 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _initial(latest: Review | None, analysis: Analysis) -> dict:
     if latest is None:
+        if analysis.withheld:  # nothing of the model's to agree with
+            return {"agrees_with_model": "no"}
         return {"agrees_with_model": "yes", "label": analysis.label}
     return {
         "agrees_with_model": "yes" if latest.agrees_with_model else "no",
@@ -174,7 +181,7 @@ def scan_display(request: HttpRequest, pk: int) -> HttpResponse:
 @require_permissions("clinical.view_scan", "analyses.view_analysis")
 def analysis_outline(request: HttpRequest, pk: int) -> HttpResponse:
     analysis = get_object_or_404(Analysis, pk=pk)
-    if not analysis.mask:
+    if analysis.withheld or not analysis.mask:
         raise Http404("this analysis has no mask")
     try:
         content = outline_layer_png(analysis.mask.name)
@@ -206,10 +213,15 @@ def agreement(request: HttpRequest) -> HttpResponse:
     if version and version not in versions:
         version = ""
     stats = selectors.agreement(model_version=version)
+    case_mix_version = version or _calibration_model_version(request)
     return render(
         request,
         "review/agreement.html",
         {
+            "case_mix": site_calibration.case_mix(model_version=case_mix_version)
+            if case_mix_version
+            else None,
+            "case_mix_version": case_mix_version,
             "stats": stats,
             "versions": versions,
             "version": version,
@@ -249,3 +261,153 @@ def _chart(months: list[dict]) -> dict | None:
         "polyline": " ".join(f"{c['x']},{c['y']}" for c in coords),
         "points": coords,
     }
+
+
+# --- site calibration (administrators) ------------------------------------------------
+
+
+def _calibration_model_version(request: HttpRequest) -> str:
+    """The model version the page is about: ?model_version= if known, else the
+    installed model's."""
+    wanted = request.GET.get("model_version") or request.POST.get("model_version")
+    versions = selectors.model_versions()
+    if wanted and wanted in versions:
+        return wanted
+    try:
+        return current_model_version()
+    except ModelVersionUnavailable:
+        return versions[-1] if versions else ""
+
+
+@require_http_methods(["GET", "POST"])
+@require_permissions("registry.view_sitecalibration")
+def calibration(request: HttpRequest) -> HttpResponse:
+    model_version = _calibration_model_version(request)
+    form = CalibrationFitForm(request.POST or None)
+    if request.method == "POST":
+        if not request.user.has_perm("registry.add_sitecalibration"):
+            raise PermissionDenied
+        if form.is_valid():
+            try:
+                fitted = site_calibration.site_calibration_fit(
+                    model_version=model_version,
+                    target_sensitivity=form.cleaned_data["target_sensitivity"],
+                    created_by=request.user,
+                )
+            except ValidationError as exc:
+                messages.error(request, " ".join(exc.messages))
+            else:
+                messages.success(
+                    request,
+                    f"Calibration {fitted.version} fitted on {fitted.reads} signed "
+                    "reads. Check its before/after, then activate it.",
+                )
+                return redirect(
+                    reverse("review:calibration") + f"?model_version={model_version}"
+                )
+    active = registry_selectors.calibration_activation_latest(
+        model_version=model_version
+    )
+    calibrations = [
+        {
+            "record": record,
+            "rows": site_calibration.calibration_summary(record.evaluation),
+            "svg": site_calibration.reliability_svg(record.evaluation),
+        }
+        for record in registry_selectors.site_calibrations(model_version=model_version)
+    ]
+    reads = site_calibration.signed_reads(model_version=model_version)
+    return render(
+        request,
+        "review/calibration.html",
+        {
+            "model_version": model_version,
+            "versions": selectors.model_versions(),
+            "form": form,
+            "active": active,
+            "calibrations": calibrations,
+            "history": registry_selectors.calibration_activations(
+                model_version=model_version
+            )[:50],
+            "reads": reads.n,
+            "reads_from_pathology": reads.from_pathology,
+            "min_reads": MIN_READS_FOR_SITE_CALIBRATION,
+            "can_fit": request.user.has_perm("registry.add_sitecalibration"),
+            "can_activate": request.user.has_perm("registry.activate_sitecalibration"),
+        },
+    )
+
+
+@require_POST
+@require_permissions(
+    "registry.view_sitecalibration", "registry.activate_sitecalibration"
+)
+def calibration_activate(request: HttpRequest, pk: int) -> HttpResponse:
+    record = get_object_or_404(SiteCalibration, pk=pk)
+    try:
+        activation = site_calibration.site_calibration_activate(
+            calibration=record, user=request.user
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(
+            request,
+            f"Calibration {record.version} is active; {activation.rescored} analyses "
+            "re-scored from their stored logits.",
+        )
+    return redirect(
+        reverse("review:calibration") + f"?model_version={record.model_version}"
+    )
+
+
+@require_POST
+@require_permissions(
+    "registry.view_sitecalibration", "registry.activate_sitecalibration"
+)
+def calibration_rollback(request: HttpRequest) -> HttpResponse:
+    model_version = _calibration_model_version(request)
+    try:
+        activation = site_calibration.site_calibration_rollback(
+            model_version=model_version, user=request.user
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        target = (
+            f"calibration {activation.calibration.version}"
+            if activation.calibration
+            else "the model's own calibration"
+        )
+        messages.success(
+            request,
+            f"Rolled back to {target}; {activation.rescored} analyses re-scored.",
+        )
+    return redirect(reverse("review:calibration") + f"?model_version={model_version}")
+
+
+# --- pathology outcome ------------------------------------------------------------------
+
+
+@require_POST
+@require_permissions("clinical.view_study", "clinical.record_pathology")
+def study_pathology(request: HttpRequest, pk: int) -> HttpResponse:
+    study = get_object_or_404(Study, pk=pk)
+    form = PathologyForm(request.POST)
+    if not form.is_valid():
+        messages.error(
+            request, f"The biopsy outcome was not recorded: {form.errors.as_text()}"
+        )
+        return redirect(study)
+    try:
+        study_record_pathology(
+            study=study,
+            outcome=form.cleaned_data["outcome"],
+            biopsy_date=form.cleaned_data["biopsy_date"],
+            entered_by=request.user,
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, "Biopsy outcome recorded.")
+    return redirect(study)

@@ -68,29 +68,45 @@
     return el("figure", {}, [el("a", { href: layer.download_url, title: "Download " + title }, [canvas]), el("figcaption", { text: title })]);
   }
 
-  // Same wording as templates/analyses/_distribution_warning.html. Nothing when the
-  // model found the scan familiar or could not tell (in_distribution null).
+  // Same wording as templates/analyses/_distribution_warning.html: a caution, not a
+  // verdict. Nothing when the model found the scan familiar, could not tell
+  // (in_distribution null) or withheld the result (withheldNotice says why).
   function distributionWarning(analysis) {
-    if (analysis.in_distribution !== false) return null;
+    if (analysis.in_distribution !== false || analysis.withheld) return null;
     let figures = "";
     if (analysis.ood_score !== null) {
-      figures = "Out-of-distribution score " + analysis.ood_score.toFixed(2);
+      figures = "Distance score " + analysis.ood_score.toFixed(2);
       if (analysis.ood_threshold !== null) figures += ", threshold " + analysis.ood_threshold.toFixed(2);
       figures += " (higher is further from the training images).";
     }
-    return el("div", { class: "ood-warning", role: "alert", "data-analysis": analysis.id }, [
+    return el("div", { class: "ood-warning", role: "note", "data-analysis": analysis.id }, [
       el("p", { class: "ood-title" }, [
         el("span", { "aria-hidden": "true", text: "⚠ " }),
-        el("strong", { text: "Outside what the model was trained on — result not reliable." }),
+        el("strong", { text: "Unusual for this model." }),
       ]),
-      el("p", { class: "small", text: "This scan is unlike the breast ultrasound images the model learned from: read it without relying on the model's label, probabilities or outline. " + figures }),
+      el("p", { class: "small", text: "This breast ultrasound is far from the images the model learned from (perhaps a scanner or preset it has not seen): a caution, not a verdict. Weigh the result with care. " + figures }),
+    ]);
+  }
+
+  // Same wording as templates/analyses/_withheld.html. The feed carries no label,
+  // probabilities or layers for a withheld analysis: there is nothing else to draw.
+  function withheldNotice(analysis) {
+    const figures = analysis.gate_score !== null && analysis.gate_score !== undefined
+      ? "Gate score " + analysis.gate_score.toFixed(2) + " (higher is less like a breast ultrasound)." : "";
+    return el("div", { class: "withheld-notice", role: "alert", "data-analysis": analysis.id }, [
+      el("p", { class: "withheld-title" }, [el("strong", { text: "Not analysed: not a breast ultrasound image." })]),
+      el("p", { class: "small", text: "No label, probabilities or outline are given for this image. " + figures }),
     ]);
   }
 
   function drawResult(entry, analysis) {
     const parts = [];
-    if (analysis.status === "succeeded") {
+    if (analysis.status === "succeeded" && analysis.withheld) {
+      parts.push(withheldNotice(analysis));
+      parts.push(el("p", { class: "muted small", text: "Model " + analysis.model_version }));
+    } else if (analysis.status === "succeeded") {
       parts.push(distributionWarning(analysis));
+      if (analysis.suspicious) parts.push(el("p", {}, [el("span", { class: "badge suspicious", text: "suspicious" })]));
       parts.push(el("p", { class: "label label-" + analysis.label }, [
         el("strong", { text: analysis.label }),
         document.createTextNode(" · confidence " + percent(analysis.confidence)),

@@ -1,5 +1,6 @@
-"""The out-of-distribution flag wherever a result is shown: review page, study page's
-status feed, PDF report, dashboard (with its filter); and which class Grad-CAM explains."""
+"""The "unusual for this model" caution (the old out-of-distribution flag: a caution,
+not a verdict) wherever a result is shown: review page, study page's status feed, PDF
+report, dashboard (with its filter); and which class Grad-CAM explains."""
 
 from __future__ import annotations
 
@@ -9,21 +10,25 @@ from tests.portal.review.conftest import FLAGGED
 
 from .pdftext import pdf_text
 
-WARNING = "Outside what the model was trained on"
+WARNING = "Unusual for this model"
 
 
 def _review_page(client, scan) -> str:
     return client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
 
 
-def test_the_review_page_warns_prominently_with_score_and_threshold(
+def test_the_review_page_cautions_prominently_with_score_and_threshold(
     client, radiologist, study, user, make_analysed_scan
 ):
     scan = make_analysed_scan(study, user, **FLAGGED)
     client.force_login(radiologist)
     page = _review_page(client, scan)
-    assert 'class="ood-warning" role="alert"' in page
-    assert f"{WARNING} — result not reliable." in page
+    assert 'class="ood-warning" role="note"' in page
+    assert f"<strong>{WARNING}.</strong>" in page
+    assert "a caution, not a verdict" in page
+    # The result is still shown: a caution does not withhold it.
+    assert '<p class="label label-malignant"><strong>malignant</strong>' in page
+    assert "not reliable" not in page
     assert '<span class="ood-score">97.25</span>' in page
     assert '<span class="ood-threshold">41.50</span>' in page
     # Before the viewer and the model's output, not buried under them.
@@ -83,8 +88,9 @@ def test_the_report_carries_the_warning_only_for_flagged_images(
     make_analysed_scan(study, user, filename="flagged.png", **FLAGGED)
     client.force_login(radiologist)
     text = pdf_text(client.get(reverse("review:study_report", args=[study.pk])).content)
-    assert WARNING in text and "result not reliable" in text
-    assert "Out-of-distribution score 97.25, threshold 41.50" in text
+    assert WARNING in text and "a caution, not a verdict" in text
+    assert "not reliable" not in text
+    assert "Distance score 97.25, threshold 41.50" in text
     assert text.count(WARNING) == 1
 
     make_analysed_scan(study, user, filename="familiar.png", in_distribution=True)
@@ -113,7 +119,7 @@ def test_the_dashboard_filters_and_marks_results_outside_the_training_distributi
     assert shown(distribution="outside") == {"flagged.png"}
     assert shown(distribution="inside") == {"familiar.png"}
     page = client.get(reverse("review:dashboard"), {"distribution": "outside"})
-    assert "outside the training distribution" in page.content.decode()
+    assert "unusual for this model" in page.content.decode()
     assert page.content.decode().count('class="badge ood"') == 1
     bad = client.get(reverse("review:dashboard"), {"distribution": "far"})
     assert "Some filters were not understood" in bad.content.decode()

@@ -1,0 +1,220 @@
+"""A withheld analysis (the gate: not a breast ultrasound image) shows no label,
+probabilities or outline anywhere: review page, study page feed, dashboard (counted
+apart, filterable), worklist, API, PDF report, DICOM objects, file downloads.
+
+The result is recorded through the worker's own path (analysis_record_success) with a
+full verdict and artifacts, so these tests also prove the service drops them."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from django.urls import reverse
+from PIL import Image
+
+from ml.render import heatmap_png, mask_png
+from portal.analyses.models import Analysis
+from portal.clinical.services import scan_create
+from portal.clinical.uploads import validate_content
+from tests.conftest import TEST_MODEL_VERSION
+from tests.results import record_result
+
+from .pdftext import pdf_text
+
+pytestmark = pytest.mark.django_db
+
+# A verdict no page may show: a distinctive malignant probability and its renderings.
+VERDICT = {
+    "label": "malignant",
+    "probabilities": {"normal": 0.0412, "benign": 0.0823, "malignant": 0.8765},
+    "confidence": 0.8765,
+    "lesion_area_fraction": 0.1234,
+    "bbox": [3, 4, 30, 40],
+    "explained_class": "malignant",
+    "logits": [-1.5, -0.25, 2.75],
+}
+LEAKS = ("0.8765", "0.877", "87.7", "87.6", "0.0823", "12.3%", "malignant")
+MESSAGE = "not analysed: not a breast ultrasound image"
+
+
+def _png(width: int = 64, height: int = 48) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width), 80, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _artifacts() -> dict[str, bytes]:
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 20:40] = True
+    heat = np.ones((16, 16), np.float32)
+    return {
+        "mask": mask_png(mask),
+        "gradcam_map": heatmap_png(heat),
+        "seg_gradcam_map": heatmap_png(heat),
+    }
+
+
+def _recorded(study, user, *, withheld: bool, filename: str) -> Analysis:
+    upload = validate_content(filename=filename, content=_png())
+    scan = scan_create(
+        study=study, upload=upload, uploaded_by=user, model_version=TEST_MODEL_VERSION
+    )
+    analysis = scan.analyses.get()
+    assert record_result(
+        analysis,
+        artifacts=_artifacts(),
+        withheld=withheld,
+        gate_score=9.75 if withheld else 0.5,
+        in_distribution=False,
+        ood_score=50.0,
+        **VERDICT,
+    )
+    analysis.refresh_from_db()
+    return analysis
+
+
+@pytest.fixture
+def withheld(study, user) -> Analysis:
+    return _recorded(study, user, withheld=True, filename="photo.png")
+
+
+def _no_verdict(text: str) -> None:
+    for leak in LEAKS:
+        assert leak not in text, leak
+
+
+def test_the_service_keeps_no_verdict_and_no_files_of_a_withheld_scan(withheld):
+    assert withheld.status == Analysis.Status.SUCCEEDED
+    assert (withheld.withheld, withheld.gate_score) == (True, 9.75)
+    assert withheld.label == "" and withheld.explained_class == ""
+    assert withheld.probabilities is None and withheld.confidence is None
+    assert withheld.bbox is None and withheld.lesion_area_fraction is None
+    assert withheld.suspicious is None
+    assert withheld.artifact_names() == {}
+    # The raw output is kept for the record (never shown), and the caution is not
+    # raised on top of the gate's verdict.
+    assert withheld.logits == VERDICT["logits"]
+    assert not withheld.outside_training_distribution
+
+
+def test_the_review_page_says_why_and_shows_nothing_of_the_model(
+    client, radiologist, withheld
+):
+    client.force_login(radiologist)
+    response = client.get(reverse("review:scan_review", args=[withheld.scan_id]))
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "Not analysed: not a breast ultrasound image." in page
+    assert '<span class="gate-score">9.75</span>' in page
+    assert 'class="probabilities"' not in page
+    assert 'data-layer="outline"' not in page and "ood-warning" not in page
+    assert "segmentation (SEG)" not in page
+    _no_verdict(page.split('id="review"')[0])
+
+
+def test_the_study_feed_carries_no_verdict(client, user, withheld):
+    client.force_login(user)
+    feed = client.get(reverse("clinical:study_status", args=[withheld.scan.study_id]))
+    analysis = feed.json()["scans"][0]["analysis"]
+    assert analysis["withheld"] is True and analysis["gate_score"] == 9.75
+    assert analysis["withheld_message"] == MESSAGE
+    assert analysis["layers"] == [] and analysis["artifacts"] == {}
+    for key in ("label", "probabilities", "confidence", "bbox", "suspicious"):
+        assert analysis[key] is None, key
+    _no_verdict(json.dumps(analysis))
+
+
+def test_the_dashboard_counts_withheld_apart_and_filters_them(
+    client, user, study, withheld
+):
+    shown = _recorded(study, user, withheld=False, filename="breast.png")
+    client.force_login(user)
+    page = client.get(reverse("review:dashboard")).content.decode()
+    assert '<span class="n">1</span> not analysed (not a breast ultrasound)' in page
+    # The shown one counts as malignant; the withheld one under no label.
+    assert '<div class="tile label-malignant"><span class="n">1</span>' in page
+    only = client.get(reverse("review:dashboard"), {"distribution": "withheld"})
+    only = only.content.decode()
+    assert "photo.png" in only and "breast.png" not in only
+    assert MESSAGE in only
+    _no_verdict(only.split('id="dashboard-rows"')[1])
+    others = client.get(reverse("review:dashboard"), {"distribution": "outside"})
+    assert "breast.png" in others.content.decode()
+    assert "photo.png" not in others.content.decode()
+    assert shown.label == "malignant"
+
+
+def test_the_api_gives_no_verdict(client, user, withheld):
+    client.force_login(user)
+    body = client.get(reverse("api:analysis-detail", args=[withheld.pk])).json()
+    assert body["withheld"] is True and body["gate_score"] == 9.75
+    assert body["label"] == "" and body["probabilities"] is None
+    assert body["mask_url"] is None and body["overlay_url"] is None
+    assert "logits" not in body
+    _no_verdict(json.dumps(body))
+    study = client.get(
+        reverse("api:study-detail", args=[withheld.scan.study_id])
+    ).content.decode()
+    _no_verdict(study)
+
+
+def test_the_pdf_report_says_why_and_gives_no_verdict(client, radiologist, withheld):
+    client.force_login(radiologist)
+    response = client.get(reverse("review:study_report", args=[withheld.scan.study_id]))
+    text = pdf_text(response.content)
+    assert "Not analysed: not a breast ultrasound image." in text
+    assert f"{MESSAGE} (gate score 9.75)" in text
+    _no_verdict(text)
+
+
+def test_no_file_of_a_withheld_analysis_can_be_downloaded(
+    client, radiologist, withheld
+):
+    client.force_login(radiologist)
+    for kind in ("mask", "overlay", "gradcam", "seg_gradcam", "gradcam_map"):
+        url = reverse("analyses:artifact", args=[withheld.pk, kind])
+        assert client.get(url).status_code == 404, kind
+    outline = reverse("review:analysis_outline", args=[withheld.pk])
+    assert client.get(outline).status_code == 404
+
+
+def test_no_dicom_object_is_made_and_the_refusal_says_why(
+    client, radiologist, withheld
+):
+    client.force_login(radiologist)
+    for kind in ("seg", "sr", "overlay", "zip"):
+        response = client.get(
+            reverse("dicomnet:analysis_dicom", args=[withheld.pk, kind])
+        )
+        assert response.status_code == 404, kind
+    from portal.dicomnet.results import ResultsUnavailable, analysis_results
+
+    with pytest.raises(ResultsUnavailable, match=MESSAGE):
+        analysis_results(analysis=withheld)
+
+
+def test_a_withheld_scan_cannot_be_agreed_with(radiologist, withheld):
+    from django.core.exceptions import ValidationError
+
+    from portal.review.services import review_save
+
+    with pytest.raises(ValidationError, match="gave no label"):
+        review_save(
+            analysis=withheld,
+            author=radiologist,
+            agrees_with_model=True,
+            label="",
+            birads="1",
+        )
+    review = review_save(
+        analysis=withheld,
+        author=radiologist,
+        agrees_with_model=False,
+        label="normal",
+        birads="1",
+        sign=True,
+    )
+    assert review.label == "normal"
