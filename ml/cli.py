@@ -1,10 +1,11 @@
-"""``python -m ml {split,train,evaluate,loso,predict}``; the benchmark is ``python -m bench ml``."""
+"""``python -m ml {split,train,evaluate,loso,predict,calibrate,fit-gate,site-curve}``; the benchmark is ``python -m bench ml``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from ml.config import (
@@ -102,10 +103,112 @@ def cmd_loso(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ml.predict import predict
 
-    failures = predict(
-        args.paths, args.out, weights=args.weights, batch_size=args.batch_size
-    )
+    try:
+        failures = predict(
+            args.paths,
+            args.out,
+            weights=args.weights,
+            batch_size=args.batch_size,
+            calibration=args.calibration,
+        )
+    except ValueError as exc:  # an unreadable calibration file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 1 if failures else 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from ml.site_calibration import (
+        MIN_READS_FOR_SITE_CALIBRATION,
+        evaluate_site_calibration,
+        fit_site_calibration,
+        read_labelled_predictions,
+    )
+
+    try:
+        logits, labels, _, patients, withheld = read_labelled_predictions(
+            args.predictions, args.labels
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if withheld:
+        print(f"{withheld} withheld image(s) (not a breast ultrasound) left out")
+    calibration = fit_site_calibration(
+        logits, labels, target_sensitivity=args.target_sensitivity, groups=patients
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
+    print(
+        f"{calibration.calibration_id}: temperature {calibration.temperature:.3f}, "
+        f"offsets {list(calibration.offsets)}, threshold {calibration.threshold} "
+        f"on {calibration.n} reads -> {args.out}"
+    )
+    if calibration.n < MIN_READS_FOR_SITE_CALIBRATION:
+        print(
+            f"warning: fewer than {MIN_READS_FOR_SITE_CALIBRATION} reads; "
+            "the portal keeps the training calibration below that"
+        )
+    if args.report is not None:
+        report = evaluate_site_calibration(
+            logits,
+            labels,
+            groups=patients,
+            target_sensitivity=args.target_sensitivity,
+        )
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        print(
+            f"cross-validated: ECE {report['before']['ece']:.3f} -> "
+            f"{report['after']['ece']:.3f}, sensitivity at the target "
+            f"{report['after']['sensitivity']:.3f}; report {args.report}"
+        )
+    return 0
+
+
+def cmd_fit_gate(args: argparse.Namespace) -> int:
+    import json
+
+    from ml.training.gate import gate_report
+
+    before = json.loads(args.before.read_text()) if args.before else None
+    report = gate_report(args.weights, ood_before=before)
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    for variant in report["variants"]:
+        for source, fold in variant["folds"].items():
+            print(
+                f"{variant['name']}, without {source}: held-out scans passing "
+                f"{fold['held_out_scans_passing']}, Doppler withheld "
+                f"{fold['doppler_withheld']}, corpus withheld (kind held out) "
+                f"{fold['corpus_withheld_kind_held_out']}"
+            )
+    production = report["production"]
+    print(
+        f"gate {production['gate_id']} (threshold {production['threshold']:.3f}) "
+        f"-> {args.weights / 'model.json'}; report {args.report}"
+    )
+    return 0
+
+
+def cmd_site_curve(args: argparse.Namespace) -> int:
+    import json
+
+    from ml.training.site_curve import site_curve
+
+    report = site_curve(args.loso, args.weights, draws=args.draws)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for source, fold in report["folds"].items():
+        row = fold["curve"].get("100")
+        if row:
+            print(
+                f"{source} ({'committed model' if fold['held_out_in_training'] else 'fold model'}): "
+                f"k=100 ECE {row['ece']['median']:.3f}, sensitivity "
+                f"{row['sensitivity']['median']:.3f}, normal recall "
+                f"{row['recall_normal']['median']:.3f}"
+            )
+    print(f"site-adaptation curve -> {args.out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +304,55 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, required=True)
     predict.add_argument("--weights", type=Path, default=None)
     predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="a site calibration (python -m ml calibrate): adds `calibration` and `suspicious`",
+    )
     predict.set_defaults(func=cmd_predict)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit a site calibration and operating point on predictions and signed labels",
+    )
+    calibrate.add_argument(
+        "--predictions", type=Path, required=True, help="predict's --out"
+    )
+    calibrate.add_argument(
+        "--labels", type=Path, required=True, help="CSV filename,label[,patient]"
+    )
+    calibrate.add_argument("--out", type=Path, required=True)
+    calibrate.add_argument("--target-sensitivity", type=float, default=0.9)
+    calibrate.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="also write the cross-validated before/after",
+    )
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    fit_gate = commands.add_parser(
+        "fit-gate",
+        help="fit the ultrasound gate into model.json (and judge it by LOSO)",
+    )
+    fit_gate.add_argument("--weights", type=Path, default=weights_dir())
+    fit_gate.add_argument(
+        "--evaluate", type=Path, default=None, help="LOSO report JSON"
+    )
+    fit_gate.set_defaults(func=cmd_fit_gate)
+
+    curve = commands.add_parser(
+        "site-curve",
+        help="site calibration on k of a held-out source's reads, per LOSO fold",
+    )
+    curve.add_argument(
+        "--loso", type=Path, default=None, help="folder of without-<source>/"
+    )
+    curve.add_argument("--weights", type=Path, default=weights_dir())
+    curve.add_argument("--draws", type=int, default=20)
+    curve.add_argument("--out", type=Path, default=REPORT_DIR / "site_curve.json")
+    curve.set_defaults(func=cmd_site_curve)
 
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from PIL import Image
 from ml import render
 from ml.config import CLASSES, weights_dir
 from ml.decode import DecodedImage, to_rgb
+from ml.gate import GateModel, gate_features
 from ml.weights_io import ModelLoadError
 
 __all__ = ["Analyzer", "ImageAnalysis", "ModelLoadError"]
@@ -44,6 +46,10 @@ class ImageAnalysis:
     # Out of distribution: None when the weights carry no statistics to judge by.
     in_distribution: bool | None = None
     ood_score: float | None = None
+    # The ultrasound gate (ml.gate): withheld = not a breast B-mode ultrasound, so no label,
+    # probabilities or outline may be shown. gate_score is None when the weights carry no gate.
+    withheld: bool = False
+    gate_score: float | None = None
 
     @cached_property
     def gradcam(self) -> np.ndarray:
@@ -71,6 +77,11 @@ class ImageAnalysis:
             "explained_class": self.explained_class,
             "in_distribution": self.in_distribution,
             "ood_score": self.ood_score,
+            "logits": None
+            if self.class_logits is None
+            else [float(v) for v in self.class_logits],
+            "withheld": self.withheld,
+            "gate_score": self.gate_score,
         }
 
     def stored_artifacts(self) -> dict[str, bytes]:
@@ -142,6 +153,18 @@ class Analyzer:
         self.temperature: float = meta.temperature
         self.class_bias = np.asarray(meta.class_bias, np.float64)
         self.ood = meta.ood
+        if self.ood is not None and meta.caution_threshold is not None:
+            # The caution re-set after training (model.json); the archive keeps its own.
+            self.ood = dataclasses.replace(
+                self.ood, threshold=float(meta.caution_threshold)
+            )
+        self.gate = GateModel.from_dict(meta.gate)
+        if self.gate is None:
+            logger.warning(
+                "%s carries no ultrasound gate: nothing is withheld "
+                "(fit one with `python -m ml fit-gate`)",
+                meta.version,
+            )
 
     @classmethod
     def load(cls, weights: str | Path | None = None) -> Analyzer:
@@ -205,6 +228,11 @@ class Analyzer:
             ood_scores = (
                 self.ood.score(explanation.features) if self.ood is not None else None
             )
+            gate_scores = (
+                None
+                if self.gate is None
+                else self.gate.score(np.stack([gate_features(b) for b in batch]))
+            )
             for i, image in enumerate(chunk):
                 height, width = image.shape[:2]
                 mask = (
@@ -232,6 +260,11 @@ class Analyzer:
                         if ood_scores is None
                         else bool(self.ood.in_distribution(ood_scores[i])),
                         ood_score=None if ood_scores is None else float(ood_scores[i]),
+                        withheld=gate_scores is not None
+                        and bool(self.gate.withheld(gate_scores[i])),
+                        gate_score=None
+                        if gate_scores is None
+                        else float(gate_scores[i]),
                     )
                 )
         return results

@@ -36,11 +36,17 @@ def predict(
     *,
     weights: Path | None = None,
     batch_size: int = 8,
+    calibration: Path | None = None,
 ) -> int:
     """Returns the number of files that failed; each failure is reported on stderr by name."""
     from ml.decode import DecodeError, decode_image
     from ml.inference import Analyzer
 
+    site = None
+    if calibration is not None:
+        from ml.site_calibration import read_calibration
+
+        site = read_calibration(calibration)  # a bad file fails before the model loads
     files = expand(paths)
     out_dir.mkdir(parents=True, exist_ok=True)
     analyzer = Analyzer.load(weights)
@@ -64,12 +70,30 @@ def predict(
                 n += 1
                 stem = f"{path.stem}-{n}"
             used_stems.add(stem)
-            (out_dir / f"{stem}.json").write_text(
-                json.dumps(result.to_dict(), indent=2) + "\n"
-            )
+            payload = result.to_dict()
+            if site is not None:
+                payload.update(_calibrated(site, result.class_logits))
+            (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+            if result.withheld:  # not a breast ultrasound: no outline is drawn
+                print(f"{path}: withheld, not a breast ultrasound image")
+                continue
             for name, png in result.render_artifacts(image.pixels).items():
                 (out_dir / f"{stem}_{name}.png").write_bytes(png)
             print(f"{path}: {result.label} ({result.confidence:.2f})")
         analysed += len(chunk)
     logger.info("%d analysed, %d failed", analysed, failures)
     return failures
+
+
+def _calibrated(site, logits) -> dict:
+    """The site calibration's id, its probabilities and the operating point's verdict."""
+    from ml.config import CLASSES
+
+    probabilities = site.probabilities(logits[None])
+    return {
+        "calibration": site.calibration_id,
+        "calibrated_probabilities": {
+            name: float(probabilities[0, c]) for c, name in enumerate(CLASSES)
+        },
+        "suspicious": bool(site.suspicious(probabilities)[0]),
+    }

@@ -538,3 +538,97 @@ def estimate_prior_em(
         if converged:
             break
     return prior
+
+
+def read_calibration(path) -> SiteCalibration:
+    """A calibration written by ``python -m ml calibrate`` (or the portal's export)."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ValueError(f"calibration file not found: {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"calibration file {path} is not JSON: {exc}") from exc
+    try:
+        return SiteCalibration.from_dict(payload)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"calibration file {path}: {exc}") from exc
+
+
+def read_labelled_predictions(
+    predictions_dir, labels_csv
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None, int]:
+    """Logits and labels of the images named in ``labels_csv`` (columns ``filename,label``,
+    optional ``patient``; ``filename`` = the image's name without extension, as ``predict``
+    names its JSON; ``label`` a class name or index) from ``predictions_dir/<filename>.json``.
+
+    Returns logits, labels, names, patients (or None) and how many withheld images (not a
+    breast ultrasound by the gate) were left out. Every problem is a ValueError naming the row.
+    """
+    import csv
+    from pathlib import Path
+
+    predictions_dir, labels_csv = Path(predictions_dir), Path(labels_csv)
+    if not predictions_dir.is_dir():
+        raise ValueError(f"predictions folder not found: {predictions_dir}")
+    try:
+        handle = labels_csv.open(newline="")
+    except FileNotFoundError as exc:
+        raise ValueError(f"labels file not found: {labels_csv}") from exc
+    logits, labels, names, patients = [], [], [], []
+    withheld = 0
+    with handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or [])
+        if not {"filename", "label"} <= columns:
+            raise ValueError(
+                f"{labels_csv}: needs the columns filename,label; has {sorted(columns)}"
+            )
+        has_patient = "patient" in columns
+        seen: set[str] = set()
+        for line, row in enumerate(reader, start=2):
+            name = (row["filename"] or "").strip()
+            label = (row["label"] or "").strip().lower()
+            if not name:
+                raise ValueError(f"{labels_csv}:{line}: empty filename")
+            if name in seen:
+                raise ValueError(f"{labels_csv}:{line}: {name!r} is listed twice")
+            seen.add(name)
+            if label in CLASSES:
+                index = CLASSES.index(label)
+            elif label.isdigit() and int(label) < len(CLASSES):
+                index = int(label)
+            else:
+                raise ValueError(
+                    f"{labels_csv}:{line}: label {row['label']!r} is not one of {CLASSES}"
+                )
+            path = predictions_dir / f"{name}.json"
+            if not path.is_file():
+                raise ValueError(f"{labels_csv}:{line}: no prediction {path}")
+            try:
+                prediction = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} is not JSON: {exc}") from exc
+            if prediction.get("withheld"):
+                withheld += 1
+                continue
+            row_logits = prediction.get("logits")
+            if not isinstance(row_logits, list) or len(row_logits) != len(CLASSES):
+                raise ValueError(
+                    f"{path} has no logits: re-run `python -m ml predict` with this version"
+                )
+            logits.append([float(v) for v in row_logits])
+            labels.append(index)
+            names.append(name)
+            patients.append((row.get("patient") or name).strip())
+    if not labels:
+        raise ValueError(f"{labels_csv}: no labelled predictions to fit on")
+    return (
+        np.asarray(logits, np.float64),
+        np.asarray(labels, np.int64),
+        names,
+        np.asarray(patients) if has_patient else None,
+        withheld,
+    )

@@ -41,6 +41,11 @@ class ModelMeta:
     seg_threshold: float = 0.5
     weights_sha256: str = ""
     training: dict = field(default_factory=dict)
+    # The ultrasound gate (ml.gate.GateModel.to_dict()) and the caution's threshold on the
+    # out-of-distribution score when it was re-set after training (issue 16). Both live in
+    # model.json only; weights saved before them have neither (see ml.inference.Analyzer).
+    gate: dict | None = None
+    caution_threshold: float | None = None
     # Filled by load_into from the archive; not part of model.json.
     ood: object = field(default=None, repr=False, compare=False)
 

@@ -107,6 +107,132 @@ def _ablation_section(report_dir: Path, loso: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _gate_section(report_dir: Path) -> str:
+    """From ``gate.json`` (``python -m ml fit-gate --evaluate``); empty without it."""
+    path = report_dir / "gate.json"
+    if not path.is_file():
+        return ""
+    gate = json.loads(path.read_text())
+    rows = [
+        (
+            "| gate | held out | held-out scans passing | Doppler frames withheld | "
+            "corpus withheld (kind held out) |"
+        ),
+        "|---|---|---:|---:|---:|",
+    ]
+    for variant in gate["variants"]:
+        for source, fold in variant["folds"].items():
+            rows.append(
+                f"| {variant['name']} | {source} | {_rate(fold.get('held_out_scans_passing'))} | "
+                f"{_rate(fold.get('doppler_withheld'))} | "
+                f"{_rate(fold.get('corpus_withheld_kind_held_out'))} |"
+            )
+    chosen = gate["variants"][-1]
+    kinds = sorted(next(iter(chosen["folds"].values()))["corpus_withheld_per_kind"])
+    per_kind = "\n".join(
+        f"| {kind} | "
+        + " | ".join(
+            _rate(fold["corpus_withheld_per_kind"][kind])
+            for fold in chosen["folds"].values()
+        )
+        + " |"
+        for kind in kinds
+    )
+    header = " | ".join(f"without {s}" for s in chosen["folds"])
+    production = gate["production"]
+    return f"""
+## Not a breast ultrasound: the gate (analysis withheld)
+{gate["description"]}
+
+Judged leave one source out: fitted on two sources' scans, tested on the third's; every
+corpus kind ({gate["corpus_images"]} images, {gate["corpus_kinds"]} kinds) withheld-tested by a
+gate fitted without that kind; BUS-UCLM's {gate["doppler_frames"]} real colour-Doppler frames
+are never fitted on. Targets: held-out scans passing >= 0.99, corpus >= 0.95, Doppler >= 0.90.
+
+{chr(10).join(rows)}
+
+Corpus withheld per kind, the kind held out (last gate above):
+
+| kind | {header} |
+|---|{"---:|" * len(chosen["folds"])}
+{per_kind}
+
+Shipped gate `{production["gate_id"]}` (all three sources, every kind; in `model.json`):
+threshold {production["threshold"]:.3f} on the log-odds, training scans withheld
+{_rate(production["training_scans_withheld"])}.
+"""
+
+
+def _rate(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _caution_section(report_dir: Path) -> str:
+    path = report_dir / "caution.json"
+    if not path.is_file():
+        return ""
+    caution = json.loads(path.read_text())
+    rows = "\n".join(
+        f"| {row['model']} | {row['source']} | {row['n']} | {_rate(row['passing_before'])} | "
+        f"{_rate(row['passing_after'])} | {row['note']} |"
+        for row in caution["rows"]
+    )
+    return f"""
+## Unusual for this model: the caution
+{caution["description"]}
+
+| model | source | images | passing, old threshold | passing, new threshold | |
+|---|---|---:|---:|---:|---|
+{rows}
+"""
+
+
+def _site_curve_section(report_dir: Path) -> str:
+    path = report_dir / "site_curve.json"
+    if not path.is_file():
+        return ""
+    curve = json.loads(path.read_text())
+    lines = [
+        (
+            "| site (held out) | model | k reads | ECE | recall normal | recall benign | "
+            "recall malignant | sensitivity at 0.90 | draws in 0.85–0.95 |"
+        ),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def cell(row: dict, key: str) -> str:
+        value = row[key]
+        if isinstance(value, dict):
+            return f"{value['median']:.3f} ({value['p10']:.2f}–{value['p90']:.2f})"
+        return _rate(value)
+
+    for source, fold in curve["folds"].items():
+        model = (
+            "committed (source in its training)"
+            if fold["held_out_in_training"]
+            else "fold model"
+        )
+        for k, row in fold["curve"].items():
+            share = row.get("sensitivity_in_0_85_0_95")
+            lines.append(
+                f"| {source} | {model} | {k} | {cell(row, 'ece')} | "
+                f"{cell(row, 'recall_normal')} | {cell(row, 'recall_benign')} | "
+                f"{cell(row, 'recall_malignant')} | {cell(row, 'sensitivity')} | "
+                f"{_rate(share)} |"
+            )
+    return f"""
+## Site calibration: the site-adaptation curve
+`python -m ml site-curve` ({curve["draws"]} draws per k, by patient, seed {curve["seed"]}).
+Each held-out source plays a new site: a `SiteCalibration` (`ml/site_calibration.py`,
+the portal's and `python -m ml calibrate`'s) is fitted on k of its reads and judged on the
+rest (median, 10th–90th percentile over draws). Row "training": the weights' own
+calibration and the malignant label as the operating point, on all of the source.
+{curve.get("note", "")}
+
+{chr(10).join(lines)}
+"""
+
+
 def write_model_card(report_dir: Path, card_path: Path) -> None:
     report = json.loads((report_dir / "metrics.json").read_text())
     loso_path = report_dir / "loso.json"
@@ -232,7 +358,7 @@ validation images' scores. Pooled test images judged in distribution:
 (`ml/training/ood_corpus.py`: documents, screenshots, blank frames, noise, gradients, colour
 bars, chest X-ray-like and CT-like synthetic images, and scikit-image's photographs and
 micrographs): {ood["corpus_flagged_rate"]:.3f} flagged. Not flagged: {", ".join(ood["corpus_not_flagged"]) or "none"}.
-
+{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}
 ## Ablation (effect of each choice on LOSO)
 {_ablation_section(report_dir, loso)}
 

@@ -7,6 +7,7 @@ download). Nothing is fetched at run time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -140,6 +141,7 @@ SKIMAGE_IMAGES = (
 )  # fmt: skip
 
 
+@functools.cache
 def _skimage_images() -> dict[str, np.ndarray]:
     try:
         from skimage import data
@@ -178,3 +180,247 @@ def save_corpus(out_dir, seed: int = 0) -> list[str]:
     for name, pixels in corpus(seed).items():
         Image.fromarray(pixels).save(out_dir / f"{name}.png")
     return sorted(corpus(seed))
+
+
+# --- Kinds for the ultrasound gate (ml.gate), held out by kind in its evaluation. ---
+
+
+def _speckle(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """A B-mode-like grey speckle field (Rayleigh noise smeared along the beam)."""
+    field = rng.rayleigh(1.0, (size, size))
+    image = Image.fromarray((field / field.max() * 255).astype(np.uint8))
+    image = image.filter(ImageFilter.BoxBlur(1)).resize((size, size))
+    depth = np.linspace(1.0, 0.45, size)[:, None]
+    return np.clip(np.asarray(image, np.float64) * 1.6 * depth, 0, 255)
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """The jet colour map of values in [0, 1], as RGB floats in [0, 255]."""
+    v = np.clip(values, 0, 1)[..., None]
+    red = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
+    green = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
+    blue = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
+    return np.concatenate([red, green, blue], axis=-1) * 255
+
+
+def elastography_overlay(grey_rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A strain-elastography frame: a box of a blended jet colour map over a B-mode image."""
+    out = np.asarray(grey_rgb, np.float64).copy()
+    height, width = out.shape[:2]
+    h, w = int(height * rng.uniform(0.35, 0.7)), int(width * rng.uniform(0.35, 0.7))
+    y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
+    smooth = Image.fromarray(
+        (rng.random((max(h // 24, 2), max(w // 24, 2))) * 255).astype(np.uint8)
+    ).resize((w, h), Image.BICUBIC)
+    colour = _jet(np.asarray(smooth, np.float64) / 255)
+    alpha = rng.uniform(0.5, 0.85)
+    out[y : y + h, x : x + w] = (1 - alpha) * out[y : y + h, x : x + w] + alpha * colour
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def doppler_overlay(grey_rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A colour-Doppler frame: a few small red/orange and blue/cyan flow blobs."""
+    out = np.asarray(grey_rgb, np.uint8).copy()
+    height, width = out.shape[:2]
+    image = Image.fromarray(out)
+    draw = ImageDraw.Draw(image)
+    palette = [
+        (220, 30, 20),
+        (255, 120, 20),
+        (250, 200, 40),
+        (30, 60, 230),
+        (40, 180, 250),
+    ]
+    for _ in range(int(rng.integers(1, 6))):
+        radius = max(2, int(min(height, width) * rng.uniform(0.01, 0.05)))
+        cx, cy = (
+            int(rng.integers(radius, width - radius)),
+            int(rng.integers(radius, height - radius)),
+        )
+        for _ in range(int(rng.integers(1, 4))):
+            r = max(1, int(radius * rng.uniform(0.4, 1.0)))
+            ox, oy = rng.integers(-radius, radius + 1, 2)
+            colour = palette[int(rng.integers(len(palette)))]
+            draw.ellipse(
+                [cx + ox - r, cy + oy - r, cx + ox + r, cy + oy + r], fill=colour
+            )
+    return np.asarray(image)
+
+
+def _mammogram(rng: np.random.Generator) -> np.ndarray:
+    image = Image.new("L", (SIZE, int(SIZE * 1.25)), 5)
+    draw = ImageDraw.Draw(image)
+    reach = int(rng.uniform(0.55, 0.8) * SIZE)
+    draw.ellipse(
+        [-reach, 20, reach, image.height - 20], fill=int(rng.integers(120, 170))
+    )
+    image = image.filter(ImageFilter.GaussianBlur(6))
+    tissue = rng.normal(0, 1, (image.height // 16, SIZE // 16))
+    tissue = np.asarray(
+        Image.fromarray(
+            ((tissue - tissue.min()) / np.ptp(tissue) * 255).astype(np.uint8)
+        ).resize((SIZE, image.height), Image.BICUBIC),
+        np.float64,
+    )
+    pixels = np.asarray(image, np.float64)
+    pixels = (
+        pixels + (pixels > 40) * (tissue - 128) * 0.4 + rng.normal(0, 3, pixels.shape)
+    )
+    return _rgb(pixels)
+
+
+def _mri(rng: np.random.Generator) -> np.ndarray:
+    image = Image.new("L", (SIZE, SIZE), 0)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([40, 30, SIZE - 40, SIZE - 30], fill=int(rng.integers(90, 140)))
+    for _ in range(int(rng.integers(4, 9))):
+        x, y = rng.integers(70, SIZE - 110, 2)
+        w, h = rng.integers(20, 90, 2)
+        draw.ellipse([x, y, x + w, y + h], fill=int(rng.integers(20, 250)))
+    image = image.filter(ImageFilter.GaussianBlur(2))
+    return _rgb(np.asarray(image, np.float64) + rng.normal(0, 5, (SIZE, SIZE)))
+
+
+def _chart(rng: np.random.Generator) -> np.ndarray:
+    image = Image.new("RGB", (int(SIZE * 1.4), SIZE), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.line(
+        [40, 20, 40, SIZE - 30, image.width - 10, SIZE - 30], fill=(0, 0, 0), width=2
+    )
+    for series in range(int(rng.integers(1, 4))):
+        colour = tuple(int(c) for c in rng.integers(0, 220, 3))
+        ys = SIZE - 40 - np.cumsum(rng.normal(2, 8, 30)).clip(-200, 300)
+        points = [
+            (45 + i * (image.width - 60) / 29, float(np.clip(y, 25, SIZE - 35)))
+            for i, y in enumerate(ys)
+        ]
+        draw.line(points, fill=colour, width=2)
+    draw.text(
+        (60, 5),
+        f"Figure {rng.integers(1, 9)}",
+        fill=(0, 0, 0),
+        font=ImageFont.load_default(size=13),
+    )
+    return np.asarray(image)
+
+
+def _ecg(rng: np.random.Generator) -> np.ndarray:
+    width, height = int(SIZE * 1.6), SIZE
+    image = Image.new("RGB", (width, height), (255, 240, 240))
+    draw = ImageDraw.Draw(image)
+    for x in range(0, width, 8):
+        draw.line(
+            [x, 0, x, height], fill=(250, 190, 190) if x % 40 else (235, 120, 120)
+        )
+    for y in range(0, height, 8):
+        draw.line([0, y, width, y], fill=(250, 190, 190) if y % 40 else (235, 120, 120))
+    period = int(rng.integers(90, 140))
+    xs = np.arange(width)
+    phase = (xs % period) / period
+    trace = 0.1 * np.sin(2 * np.pi * phase) + np.where(
+        np.abs(phase - 0.4) < 0.02, 1.0, 0.0
+    )
+    for row in range(3):
+        base = 60 + row * 110
+        points = [
+            (int(x), int(base - 70 * t + rng.normal(0, 0.8)))
+            for x, t in zip(xs, trace, strict=True)
+        ]
+        draw.line(points, fill=(10, 10, 10), width=2)
+    return np.asarray(image)
+
+
+def _barcode(rng: np.random.Generator) -> np.ndarray:
+    cells = rng.integers(0, 2, (29, 29)) * 255
+    qr = np.asarray(
+        Image.fromarray(cells.astype(np.uint8)).resize(
+            (SIZE - 64, SIZE - 64), Image.NEAREST
+        )
+    )
+    page = np.full((SIZE, SIZE), 255.0)
+    page[32:-32, 32:-32] = qr
+    return _rgb(page)
+
+
+def _speckle_colour(kind: str) -> Callable[[np.random.Generator], np.ndarray]:
+    def make(rng: np.random.Generator) -> np.ndarray:
+        base = _rgb(_speckle(rng))
+        if kind == "doppler":
+            return doppler_overlay(base, rng)
+        return elastography_overlay(base, rng)
+
+    return make
+
+
+def _photo_crop(name: str) -> Callable[[np.random.Generator], np.ndarray]:
+    def make(rng: np.random.Generator) -> np.ndarray:
+        pixels = _skimage_images()[name]
+        height, width = pixels.shape[:2]
+        scale = rng.uniform(0.6, 1.0)
+        h, w = max(32, int(height * scale)), max(32, int(width * scale))
+        y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        crop = pixels[y : y + h, x : x + w]
+        return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+    return make
+
+
+GREY_PHOTOS = ("camera", "moon", "coins", "clock", "horse", "brick", "grass", "gravel")
+COLOUR_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "colorwheel", "logo")
+MICROGRAPHS = (
+    "cell",
+    "immunohistochemistry",
+    "microaneurysms",
+    "retina",
+    "hubble_deep_field",
+)
+SCANNED_TEXT = ("page", "text")
+
+
+def _gate_kinds() -> dict[str, tuple[Callable[[np.random.Generator], np.ndarray], ...]]:
+    """Kind -> the generators that make its images; every kind is held out in turn."""
+    generated = _generated()
+    kinds = {
+        "blank": tuple(
+            generated[k] for k in ("blank_black", "blank_white", "blank_grey")
+        ),
+        "noise": (generated["uniform_noise"], generated["gaussian_noise_grey"]),
+        "test_pattern": tuple(
+            generated[k]
+            for k in (
+                "gradient_horizontal",
+                "gradient_vertical",
+                "gradient_radial",
+                "colour_bars",
+                "stripes",
+            )
+        ),
+        "document": (_document,),
+        "screenshot": (_screenshot,),
+        "chest_xray_like": (_chest_xray,),
+        "ct_like": (_ct_slice,),
+        "mammogram_like": (_mammogram,),
+        "mri_like": (_mri,),
+        "chart": (_chart,),
+        "ecg": (_ecg,),
+        "barcode": (_barcode,),
+        "doppler_like": (_speckle_colour("doppler"),),
+        "elastography_like": (_speckle_colour("elastography"),),
+    }
+    if _skimage_images():
+        kinds["grey_photo"] = tuple(_photo_crop(n) for n in GREY_PHOTOS)
+        kinds["colour_photo"] = tuple(_photo_crop(n) for n in COLOUR_PHOTOS)
+        kinds["micrograph"] = tuple(_photo_crop(n) for n in MICROGRAPHS)
+        kinds["scanned_text"] = tuple(_photo_crop(n) for n in SCANNED_TEXT)
+    return kinds
+
+
+def gate_corpus(seed: int = 0, per_kind: int = 8) -> list[tuple[str, np.ndarray]]:
+    """(kind, RGB uint8 image) pairs, ``per_kind`` of each kind, the kind's generators in
+    turn with their own random draws: the non-ultrasound corpus of the gate."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for kind, makers in _gate_kinds().items():
+        for i in range(per_kind):
+            out.append((kind, np.ascontiguousarray(makers[i % len(makers)](rng))))
+    return out

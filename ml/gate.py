@@ -1,0 +1,183 @@
+"""Is this a breast B-mode ultrasound at all? The gate in front of the analysis (pure numpy).
+
+Two questions get two answers (issue 16). This module answers the first: photos,
+documents, screenshots, other modalities, blank or noise frames and colour-Doppler or
+elastography frames are *withheld* (no label, probabilities or outline). The second, "a
+breast ultrasound unusual for this model", stays the Mahalanobis caution of ``ml.ood``.
+
+The gate does not look through the task network: a few colour, intensity and texture
+statistics of the image at the network's input size (what a B-mode frame is: grey speckle
+with a dark background; a Doppler or elastography frame carries saturated colour map
+pixels; a document or screenshot is flat with a few grey levels; noise has no spatial
+correlation; a photo is colourful) and a logistic model over them, fitted on real scans of
+the training sources against the non-ultrasound corpus (``ml.training.gate``). So its
+leave-one-source-out check is cheap and independent of the task model's folds. Its
+parameters travel in ``model.json`` (``"gate"``); weights without them run without a gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+FEATURES: tuple[str, ...] = (
+    "log_colour_fraction",  # chroma > 0.2
+    "log_doppler_red_fraction",  # red/orange of a Doppler map
+    "log_doppler_blue_fraction",  # blue/cyan of a Doppler map
+    "log_colour_map_fraction",  # green/yellow/any strong hue over a large area
+    "mean_chroma",
+    "mean_grey",
+    "std_grey",
+    "black_fraction",
+    "white_fraction",
+    "histogram_entropy",
+    "flat_fraction",
+    "correlation_lag1",
+    "correlation_lag4",
+    "laplacian_ratio",
+    "grey_levels",
+    "centre_to_whole",
+    "skewness",
+    "log_kurtosis",
+)
+
+
+def _log_fraction(mask: np.ndarray) -> float:
+    return float(np.log10(mask.mean() + 1e-4))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 1e-12 else 1.0
+
+
+def gate_features(image: np.ndarray) -> np.ndarray:
+    """(len(FEATURES),) float64 statistics of an RGB uint8 image (the network's input,
+    ``IMAGE_SIZE`` square; any size works but the gate was fitted at that size).
+
+    Colour is counted at full size (a Doppler flow spot is a few pixels at 256); the grey
+    statistics use the image halved (2x2 means), which is also where the time goes."""
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    # Channel planes and elementwise max/min: reductions over a last axis of 3 are slow.
+    red, green, blue = (pixels[..., c].astype(np.int16) for c in range(3))
+    chroma = np.maximum(np.maximum(red, green), blue) - np.minimum(
+        np.minimum(red, green), blue
+    )
+    doppler_red = (red - np.maximum(green, blue) > 51) & (red - blue > 76)
+    doppler_blue = (blue - np.maximum(red, green) > 38) | (
+        (blue - red > 76) & (green - red > 51)
+    )
+    height, width = (pixels.shape[0] // 2) * 2, (pixels.shape[1] // 2) * 2
+    total = (red + green + blue)[:height, :width].astype(np.float32)
+    grey = (
+        total[0::2, 0::2] + total[1::2, 0::2] + total[0::2, 1::2] + total[1::2, 1::2]
+    ) / (4 * 3 * 255.0)
+    h, w = grey.shape
+    centre = grey[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
+    levels = np.bincount((grey * 255).astype(np.uint8).ravel(), minlength=256)
+    histogram = levels.reshape(64, 4).sum(axis=1)
+    p = histogram[histogram > 0] / histogram.sum()
+    centre_levels = np.bincount((centre * 255).astype(np.uint8).ravel(), minlength=256)
+    dx = np.abs(np.diff(grey, axis=1))
+    laplacian = np.abs(
+        4 * centre[1:-1, 1:-1]
+        - centre[:-2, 1:-1]
+        - centre[2:, 1:-1]
+        - centre[1:-1, :-2]
+        - centre[1:-1, 2:]
+    )
+    centred = centre - centre.mean()
+    centre_std = float(centred.std())
+    if centre_std > 1e-6:
+        skewness = float((centred**3).mean() / centre_std**3)
+        kurtosis = float((centred**4).mean() / centre_std**4)
+    else:
+        skewness, kurtosis = 0.0, 1.0
+    return np.array(
+        [
+            _log_fraction(chroma > 51),
+            _log_fraction(doppler_red),
+            _log_fraction(doppler_blue),
+            _log_fraction(chroma > 89),
+            float(chroma.mean()) / 255.0,
+            float(grey.mean()),
+            float(grey.std()),
+            float((grey < 0.03).mean()),
+            float((grey > 0.9).mean()),
+            float(-(p * np.log(p)).sum() / math.log(64)),
+            float((dx < 0.5 / 255).mean()),
+            _correlation(centre[:, 1:], centre[:, :-1]),
+            _correlation(centre[:, 4:], centre[:, :-4]),
+            float(laplacian.mean() / (centre_std + 0.01)),
+            float((centre_levels > 0).sum() / 256.0),
+            float(centre.mean() / (grey.mean() + 0.01)),
+            float(np.clip(skewness, -10, 10)),
+            float(np.log10(np.clip(kurtosis, 1.0, 1e4))),
+        ],
+        np.float64,
+    )
+
+
+@dataclass(frozen=True)
+class GateModel:
+    """A logistic model over standardised :func:`gate_features`; the score is the log-odds
+    of "not a breast B-mode ultrasound", withheld above ``threshold``."""
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    threshold: float
+    features: tuple[str, ...] = FEATURES
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(features, np.float64))
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        return z @ np.asarray(self.coef) + self.intercept
+
+    def withheld(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) > self.threshold
+
+    @property
+    def gate_id(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return "gate-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        return {
+            "features": list(self.features),
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+            "coef": list(self.coef),
+            "intercept": self.intercept,
+            "threshold": self.threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> GateModel | None:
+        """``None`` for weights saved without a gate, or with features this code does not
+        compute (the gate must then be refitted: ``python -m ml fit-gate``)."""
+        if not d:
+            return None
+        if tuple(d.get("features", ())) != FEATURES:
+            return None
+        sizes = {len(d[k]) for k in ("mean", "scale", "coef")}
+        if sizes != {len(FEATURES)}:
+            raise ValueError(
+                f"gate parameters need {len(FEATURES)} values each, got {sizes}"
+            )
+        return cls(
+            mean=tuple(float(v) for v in d["mean"]),
+            scale=tuple(float(v) for v in d["scale"]),
+            coef=tuple(float(v) for v in d["coef"]),
+            intercept=float(d["intercept"]),
+            threshold=float(d["threshold"]),
+        )
