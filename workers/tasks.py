@@ -382,7 +382,7 @@ def _prepare(
             )
             return None
         try:
-            return _result_of(outcome), outcome.stored_artifacts()
+            return outcome.to_dict(), outcome.stored_artifacts()
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:
@@ -398,18 +398,6 @@ def _prepare(
         logger.exception("recording analysis %s failed", analysis_id)
         _fail_after(analysis_id, exc)
     return None
-
-
-def _result_of(outcome: Any) -> dict[str, Any]:
-    """The result to store: the model's dict, with its raw logits (a site calibration
-    re-scores from them) and the gate's verdict and score."""
-    result = outcome.to_dict()
-    logits = getattr(outcome, "class_logits", None)
-    if result.get("logits") is None and logits is not None:
-        result["logits"] = [float(v) for v in logits]
-    result.setdefault("withheld", bool(getattr(outcome, "withheld", False)))
-    result.setdefault("gate_score", getattr(outcome, "gate_score", None))
-    return result
 
 
 def _record_one(

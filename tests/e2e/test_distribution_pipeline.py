@@ -1,6 +1,10 @@
-"""A scan that is not breast ultrasound, end to end with real processes (a live portal,
-Redis, a `celery -A workers worker` running the real model): it is analysed and flagged
-as outside what the model was trained on, through the API and on the review page."""
+"""Scans that are not breast ultrasound beside real ones, end to end with real processes
+(a live portal, Redis, a `celery -A workers worker` running the real model).
+
+The real fixture scans pass the ultrasound gate and keep their raw logits. A photo and
+a document are withheld (no label, probabilities or outline; the page says why) when the
+installed weights carry a gate; weights without one flag them "unusual for this model"
+(the caution), as the single out-of-distribution flag did before."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from django.conf import settings
 from PIL import Image, ImageDraw
 
 from bench.launch import tail
+from tests.conftest import SCANS_DIR
 from tests.e2e.conftest import PIXEL_LIMIT, api_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -56,12 +61,22 @@ def _text_document() -> bytes:
     return buffer.getvalue()
 
 
-def test_a_photo_and_a_document_are_flagged_outside_the_training_distribution(
+REAL_SCANS = ("benign/case009.png", "malignant/case050.png")
+
+
+def test_real_scans_pass_the_gate_and_a_photo_and_a_document_do_not(
     ood_threshold, live_server, django_user_model, real_worker, settings
 ):
     from skimage import data
 
     from portal.accounts.roles import RADIOLOGIST, STAFF, assign_role
+    from portal.analyses.models import Analysis
+
+    has_gate = bool(
+        json.loads((Path(settings.ML_WEIGHTS_DIR) / "model.json").read_text()).get(
+            "gate"
+        )
+    )
 
     settings.UPLOAD_MAX_PIXELS = PIXEL_LIMIT
     process, log_path = real_worker
@@ -83,6 +98,7 @@ def test_a_photo_and_a_document_are_flagged_outside_the_training_distribution(
     uploads = {
         "astronaut.png": _png(data.astronaut()),
         "letter.png": _text_document(),
+        **{Path(name).name: (SCANS_DIR / name).read_bytes() for name in REAL_SCANS},
     }
     response = api.post(
         f"{base}/api/v1/studies/{study_id}/scans/",
@@ -105,11 +121,27 @@ def test_a_photo_and_a_document_are_flagged_outside_the_training_distribution(
         assert time.monotonic() < deadline, f"not done after {TIMEOUT_S}s"
         time.sleep(1)
 
+    not_ultrasound = ("astronaut.png", "letter.png")
     for name, body in results.items():
-        assert body["in_distribution"] is False, (name, body["ood_score"])
-        assert body["ood_score"] > ood_threshold
-        assert body["ood_threshold"] == pytest.approx(ood_threshold)
-        assert body["explained_class"] == body["label"]
+        # Every analysis keeps the raw network output a site calibration re-scores.
+        logits = Analysis.objects.get(pk=analyses[name]).logits
+        assert len(logits) == 3 and all(np.isfinite(logits)), name
+        assert "logits" not in body
+        if name not in not_ultrasound:
+            assert body["withheld"] is False, (name, body["gate_score"])
+            assert body["label"] in ("normal", "benign", "malignant")
+            assert body["suspicious"] == (body["label"] == "malignant")
+        elif has_gate:
+            assert body["withheld"] is True, (name, body["gate_score"])
+            assert body["gate_score"] is not None
+            assert body["label"] == "" and body["probabilities"] is None
+            assert body["mask_url"] is None and body["bbox"] is None
+        else:
+            assert body["withheld"] is False and body["gate_score"] is None
+            assert body["in_distribution"] is False, (name, body["ood_score"])
+            assert body["ood_score"] > ood_threshold
+            assert body["ood_threshold"] == pytest.approx(ood_threshold)
+            assert body["explained_class"] == body["label"]
 
     reader = requests.Session()
     reader.get(f"{base}/accounts/login/", timeout=30)
@@ -128,4 +160,9 @@ def test_a_photo_and_a_document_are_flagged_outside_the_training_distribution(
     ]
     page = reader.get(f"{base}/scans/{scan_id}/review/", timeout=30)
     assert page.status_code == 200
-    assert "Outside what the model was trained on — result not reliable." in page.text
+    if has_gate:
+        assert "Not analysed: not a breast ultrasound image." in page.text
+        assert 'class="probabilities"' not in page.text
+    else:
+        assert "<strong>Unusual for this model.</strong>" in page.text
+        assert "a caution, not a verdict" in page.text

@@ -369,6 +369,34 @@ def test_task_stores_the_distribution_flag_and_the_explained_class(
     assert analysis.explained_class == "malignant"
 
 
+def test_task_stores_the_logits_and_a_withheld_scan_without_its_verdict(
+    make_analysis, analyzer, monkeypatch
+):
+    logits = np.array([0.25, -1.0, 2.5], np.float32)
+
+    def gated(images: list[Any], *, batch_size: int = 8) -> list[ImageAnalysis]:
+        return [
+            replace(
+                fake_result(image, label="malignant"),
+                class_logits=logits,
+                withheld=image.width == 41,
+                gate_score=7.5 if image.width == 41 else 0.25,
+            )
+            for image in images
+        ]
+
+    monkeypatch.setattr(analyzer, "analyze", gated)
+    photo, scan = make_analysis(width=41, name="photo.png"), make_analysis()
+    _deliver(photo, scan)
+    assert photo.status == scan.status == Status.SUCCEEDED
+    assert photo.logits == scan.logits == pytest.approx(logits.tolist())
+    assert (photo.withheld, photo.gate_score) == (True, 7.5)
+    assert photo.label == "" and photo.probabilities is None
+    assert photo.bbox is None and not photo.mask and not photo.gradcam_map
+    assert (scan.withheld, scan.gate_score, scan.label) == (False, 0.25, "malignant")
+    assert scan.mask and scan.suspicious is True
+
+
 def test_a_result_that_cannot_be_stored_fails_alone_and_the_batch_is_kept(
     make_analysis, analyzer, monkeypatch, settings
 ):
