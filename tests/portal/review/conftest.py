@@ -104,6 +104,53 @@ def analysed_scan(
     return scan
 
 
+def withheld_scan(
+    study: Any,
+    uploaded_by: Any,
+    *,
+    filename: str = "photo.png",
+    gate_score: float = 9.75,
+) -> Any:
+    """A scan the gate withheld (not a breast ultrasound), recorded as a worker records
+    it: the model's full verdict and files handed to analysis_record_success, which
+    keeps none of them."""
+    from ml.render import heatmap_png, mask_png
+    from portal.analyses import services
+    from portal.analyses.models import Analysis
+
+    scan = analysed_scan(study, uploaded_by, filename=filename, legacy=False)
+    scan.analyses.all().delete()
+    analysis = Analysis.objects.create(
+        scan=scan, model_version=TEST_MODEL_VERSION, status=Analysis.Status.QUEUED
+    )
+    services.analysis_claim(analysis_id=analysis.pk, worker="test-worker")
+    mask = np.zeros((scan.height, scan.width), bool)
+    mask[10:30, 20:40] = True
+    heat = np.ones((16, 16), np.float32)
+    assert services.analysis_record_success(
+        analysis_id=analysis.pk,
+        result={
+            "label": "malignant",
+            "probabilities": {"normal": 0.0412, "benign": 0.0823, "malignant": 0.8765},
+            "confidence": 0.8765,
+            "lesion_area_fraction": 0.1234,
+            "bbox": [20, 10, 40, 30],
+            "explained_class": "malignant",
+            "logits": [-1.5, -0.25, 2.75],
+            "withheld": True,
+            "gate_score": gate_score,
+            "in_distribution": False,
+            "ood_score": 50.0,
+        },
+        artifacts={
+            "mask": mask_png(mask),
+            "gradcam_map": heatmap_png(heat),
+            "seg_gradcam_map": heatmap_png(heat),
+        },
+    )
+    return scan
+
+
 @pytest.fixture
 def make_analysed_scan():
     return analysed_scan
