@@ -16,6 +16,10 @@ ARTIFACT_TITLES = {
     "seg_gradcam_map": "Seg-Grad-CAM map (grey)",
 }
 
+# The raw logits are the model's verdict before calibration: for a withheld scan (not a
+# breast ultrasound) they are kept for the record and shown nowhere.
+HIDDEN_FIELDS = (*ARTIFACT_KINDS, "logits")
+
 
 @admin.register(Analysis)
 class AnalysisAdmin(admin.ModelAdmin):
@@ -26,12 +30,20 @@ class AnalysisAdmin(admin.ModelAdmin):
         "label",
         "confidence",
         "model_version",
+        "withheld",
         "in_distribution",
         "attempts",
         "queued_at",
         "finished_at",
     )
-    list_filter = ("status", "label", "in_distribution", "model_version", "queued_at")
+    list_filter = (
+        "status",
+        "label",
+        "withheld",
+        "in_distribution",
+        "model_version",
+        "queued_at",
+    )
     search_fields = (
         "=id",
         "scan__original_filename",
@@ -42,12 +54,12 @@ class AnalysisAdmin(admin.ModelAdmin):
     # Results are written by workers only; the admin shows them. Files are linked through
     # the authorised download view (pictures drawn on first request), not by storage URL;
     # as form fields their widget would ask storage for one, which the S3 storage refuses.
-    exclude = ARTIFACT_KINDS
+    exclude = HIDDEN_FIELDS
     readonly_fields = (
         *(
             f.name
             for f in Analysis._meta.get_fields()
-            if f.concrete and not f.auto_created and f.name not in ARTIFACT_KINDS
+            if f.concrete and not f.auto_created and f.name not in HIDDEN_FIELDS
         ),
         "result_files",
     )

@@ -13,6 +13,10 @@ Per analysed scan:
 - **Secondary capture**: the scan with the lesion outline burned in, for viewers that
   show neither SEG nor SR.
 
+A withheld scan (the gate found it is not a breast ultrasound image) gets only the SR,
+whose one measurement group says so with the gate's score: no SEG, no outline, no
+class or probability.
+
 UIDs are derived, not random: the same analysis always gives the same UIDs, so a
 download and a send are the same instances and sending twice replaces rather than
 duplicates. They come from the scan's random UUID (unique across installations) plus
@@ -52,7 +56,7 @@ from pydicom.uid import (
 
 from ml.decode import decode_image
 from ml.render import mask_overlay, read_mask
-from portal.analyses.models import WITHHELD_MESSAGE, Analysis
+from portal.analyses.models import Analysis
 from portal.clinical.models import Scan
 
 logger = logging.getLogger(__name__)
@@ -67,6 +71,11 @@ NOT_RELIABLE = hd.sr.CodedConcept(
     "OOD", SCHEME, "Input unlike the model's training data"
 )
 OOD_SCORE = hd.sr.CodedConcept("OODSCORE", SCHEME, "Out-of-distribution score")
+# The gate's verdict on a withheld scan: the SR says why there is no result.
+NOT_ANALYSED = hd.sr.CodedConcept(
+    "NOTBUS", SCHEME, "Not analysed: not a breast ultrasound image"
+)
+GATE_SCORE = hd.sr.CodedConcept("GATESCORE", SCHEME, "Ultrasound gate score")
 CLASS_CODES = {
     "normal": codes.SCT.Normal,
     "benign": codes.SCT.Benign,
@@ -116,23 +125,28 @@ def derived_uid(*parts: object) -> str:
 
 @dataclass
 class DicomResults:
-    """The DICOM objects of one analysis; `source` only when the scan was not DICOM."""
+    """The DICOM objects of one analysis; `source` only when the scan was not DICOM;
+    no `seg` or `overlay` for a withheld scan (its SR says why)."""
 
-    seg: Dataset
+    seg: Dataset | None
     sr: Dataset
-    overlay: Dataset
+    overlay: Dataset | None
     source: Dataset | None = None
     names: dict[str, Dataset] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.names = {"seg": self.seg, "sr": self.sr, "overlay": self.overlay}
-        if self.source is not None:
-            self.names["source"] = self.source
+        candidates = {
+            "seg": self.seg,
+            "sr": self.sr,
+            "overlay": self.overlay,
+            "source": self.source,
+        }
+        self.names = {k: v for k, v in candidates.items() if v is not None}
 
     def datasets(self) -> list[Dataset]:
         """In sending order: what is referenced goes before what references it."""
-        ordered = [self.source] if self.source is not None else []
-        return [*ordered, self.seg, self.overlay, self.sr]
+        ordered = [self.source, self.seg, self.overlay, self.sr]
+        return [dataset for dataset in ordered if dataset is not None]
 
 
 def encode(dataset: Dataset) -> bytes:
@@ -149,13 +163,7 @@ def analysis_results(*, analysis: Analysis, review: Any = None) -> DicomResults:
             "have results"
         )
     if analysis.withheld:
-        # No SEG, SR or outline: the gate found no breast ultrasound to report on.
-        gate = (
-            f" (gate score {analysis.gate_score:.2f})"
-            if analysis.gate_score is not None
-            else ""
-        )
-        raise ResultsUnavailable(f"analysis {analysis.pk}: {WITHHELD_MESSAGE}{gate}")
+        return _withheld_results(analysis, review)
     if not analysis.mask:
         raise ResultsUnavailable(f"analysis {analysis.pk} has no lesion mask stored")
     scan = analysis.scan
@@ -177,6 +185,20 @@ def analysis_results(*, analysis: Analysis, review: Any = None) -> DicomResults:
     sr = _report(analysis, source, seg, review)
     return DicomResults(
         seg=seg, sr=sr, overlay=overlay, source=source if synthesized else None
+    )
+
+
+def _withheld_results(analysis: Analysis, review: Any) -> DicomResults:
+    """A withheld scan (not a breast ultrasound): an SR that says so, with the gate's
+    score, and no SEG or outline; the scan's own source where it was not DICOM."""
+    scan = analysis.scan
+    with default_storage.open(scan.original.name, "rb") as stored:
+        original = stored.read()
+    image = decode_image(original, max_pixels=settings.UPLOAD_MAX_PIXELS).pixels
+    source, synthesized = _source_dataset(scan, original, image)
+    sr = _report(analysis, source, None, review)
+    return DicomResults(
+        seg=None, sr=sr, overlay=None, source=source if synthesized else None
     )
 
 
@@ -409,7 +431,9 @@ def _person_name(user: Any) -> str:
     return _single_component_name(user.get_username())
 
 
-def _report(analysis: Analysis, source: Dataset, seg: Dataset, review: Any) -> Dataset:
+def _report(
+    analysis: Analysis, source: Dataset, seg: Dataset | None, review: Any
+) -> Dataset:
     scan = analysis.scan
     algorithm = hd.sr.AlgorithmIdentification(
         name=MODEL_NAME, version=analysis.model_version, manufacturer=MANUFACTURER
@@ -435,13 +459,16 @@ def _report(analysis: Analysis, source: Dataset, seg: Dataset, review: Any) -> D
         observer_person_context=person, observer_device_context=device
     )
     source_for_group = hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
-    groups: list[Any] = [
-        _model_output_group(analysis, algorithm, source_for_group),
-        _lesion_group(analysis, algorithm, source, seg),
-    ]
-    bbox_group = _bbox_group(analysis, algorithm, source)
-    if bbox_group is not None:
-        groups.append(bbox_group)
+    if seg is None:  # withheld: the gate's verdict is the whole model output
+        groups: list[Any] = [_withheld_group(analysis, algorithm, source_for_group)]
+    else:
+        groups = [
+            _model_output_group(analysis, algorithm, source_for_group),
+            _lesion_group(analysis, algorithm, source, seg),
+        ]
+        bbox_group = _bbox_group(analysis, algorithm, source)
+        if bbox_group is not None:
+            groups.append(bbox_group)
     if review is not None:
         groups.append(_reading_group(analysis, review, source_for_group))
     report = hd.sr.MeasurementReport(
@@ -452,7 +479,7 @@ def _report(analysis: Analysis, source: Dataset, seg: Dataset, review: Any) -> D
     version = f"{review.pk}" if review is not None else "model"
     signed = review is not None
     return hd.sr.ComprehensiveSR(
-        evidence=[source, seg],
+        evidence=[source] if seg is None else [source, seg],
         content=report[0],
         series_instance_uid=derived_uid("sr-series", scan.uuid),
         series_number=SERIES_NUMBERS["sr"],
@@ -515,6 +542,32 @@ def _model_output_group(
         finding_type=CLASS_CODES[analysis.label],
         qualitative_evaluations=evaluations or None,
         measurements=measurements,
+        source_images=[source],
+    )
+
+
+def _withheld_group(
+    analysis: Analysis, algorithm: Any, source: Any
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """Why there is no result: the gate found this is not a breast ultrasound image."""
+    measurements = []
+    if analysis.gate_score is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=GATE_SCORE,
+                value=float(analysis.gate_score),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            )
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(analysis, "output", "Model output"),
+        algorithm_id=algorithm,
+        finding_type=NOT_ANALYSED,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=NOT_ANALYSED, value=codes.SCT.Yes)
+        ],
+        measurements=measurements or None,
         source_images=[source],
     )
 

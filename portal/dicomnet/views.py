@@ -47,6 +47,10 @@ def results_file(analysis: Analysis, kind: str) -> tuple[bytes, str, str]:
                 archive.writestr(f"analysis-{analysis.pk}-{name}.dcm", encode(dataset))
         return buffer.getvalue(), f"analysis-{analysis.pk}-dicom.zip", "application/zip"
     dataset = results.names.get(kind)
+    if dataset is None and analysis.withheld:
+        raise Http404(
+            "not analysed: not a breast ultrasound image; only its SR (saying so) exists"
+        )
     if dataset is None:
         raise Http404("this scan was DICOM: it is its own source")
     return (

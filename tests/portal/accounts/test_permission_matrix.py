@@ -51,6 +51,28 @@ def _batch(objects: Any) -> Any:
     return batch
 
 
+def _calibration(objects: Any) -> Any:
+    from portal.registry.models import SiteCalibration
+
+    calibration, _ = SiteCalibration.objects.get_or_create(
+        model_version=objects.analysis.model_version,
+        version=1,
+        defaults={
+            "parameters": {
+                "temperature": 1.0,
+                "offsets": [0.0, 0.0, 0.0],
+                "threshold": 0.5,
+                "target_sensitivity": 0.9,
+                "n": 100,
+            },
+            "target_sensitivity": 0.9,
+            "reads": 100,
+            "created_by": objects.study.created_by,
+        },
+    )
+    return calibration
+
+
 # url name -> the rules (one per method worth checking)
 MATRIX: dict[str, list[Rule]] = {
     "home": [Rule(SIGNED_IN)],
@@ -88,6 +110,31 @@ MATRIX: dict[str, list[Rule]] = {
     "review:scan_display": [Rule(READERS, kwargs=_pk("scan"))],
     "review:analysis_outline": [Rule(READERS, kwargs=_pk("analysis"))],
     "review:study_report": [Rule(READERS, kwargs=_pk("study"))],
+    # Site calibration: administrators only; the biopsy outcome: radiologists.
+    "review:calibration": [
+        Rule(frozenset({ADMINISTRATOR})),
+        Rule(
+            frozenset({ADMINISTRATOR}),
+            method="POST",
+            data={"target_sensitivity": "0.9"},
+        ),
+    ],
+    "review:calibration_activate": [
+        Rule(
+            frozenset({ADMINISTRATOR}),
+            method="POST",
+            kwargs=lambda o: {"pk": _calibration(o).pk},
+        )
+    ],
+    "review:calibration_rollback": [Rule(frozenset({ADMINISTRATOR}), method="POST")],
+    "review:study_pathology": [
+        Rule(
+            frozenset({RADIOLOGIST}),
+            method="POST",
+            kwargs=_pk("study"),
+            data={"outcome": "benign"},
+        )
+    ],
     # Uploads (portal/ingest)
     "ingest:batch_detail": [Rule(READERS, kwargs=lambda o: {"pk": _batch(o).pk})],
     "ingest:batch_progress": [Rule(READERS, kwargs=lambda o: {"pk": _batch(o).pk})],

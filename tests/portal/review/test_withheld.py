@@ -181,19 +181,40 @@ def test_no_file_of_a_withheld_analysis_can_be_downloaded(
     assert client.get(outline).status_code == 404
 
 
-def test_no_dicom_object_is_made_and_the_refusal_says_why(
+def test_the_dicom_sr_says_why_and_there_is_no_seg_or_outline(
     client, radiologist, withheld
 ):
+    import zipfile
+
+    import pydicom
+
     client.force_login(radiologist)
-    for kind in ("seg", "sr", "overlay", "zip"):
+    for kind in ("seg", "overlay"):
         response = client.get(
             reverse("dicomnet:analysis_dicom", args=[withheld.pk, kind])
         )
         assert response.status_code == 404, kind
-    from portal.dicomnet.results import ResultsUnavailable, analysis_results
-
-    with pytest.raises(ResultsUnavailable, match=MESSAGE):
-        analysis_results(analysis=withheld)
+    response = client.get(reverse("dicomnet:analysis_dicom", args=[withheld.pk, "sr"]))
+    assert response.status_code == 200
+    sr = pydicom.dcmread(io.BytesIO(response.content))
+    text = str(sr)
+    assert "Not analysed: not a breast ultrasound image" in text
+    assert "Ultrasound gate score" in text and "9.75" in text
+    for absent in ("Malignant", "Benign", "Probability", "Segmentation"):
+        assert absent not in text, absent
+    # Only the SR references the source image: there is no SEG to reference.
+    assert (
+        len(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence)
+        == 1
+    )
+    archive = client.get(
+        reverse("dicomnet:analysis_dicom", args=[withheld.pk, "zip"])
+    ).content
+    names = zipfile.ZipFile(io.BytesIO(archive)).namelist()
+    assert sorted(names) == [
+        f"analysis-{withheld.pk}-source.dcm",
+        f"analysis-{withheld.pk}-sr.dcm",
+    ]
 
 
 def test_a_withheld_scan_cannot_be_agreed_with(radiologist, withheld):
