@@ -179,6 +179,7 @@ INSTALLED_APPS = [
     "portal.ingest",
     "portal.api",
     "portal.dicomnet",
+    "portal.pages",
 ]
 
 MIDDLEWARE = [

@@ -216,13 +216,13 @@ def test_activating_rescores_history_from_stored_logits_with_audit_rows(
 def test_a_new_result_is_shown_through_the_active_calibration(
     fitted, administrator, study, user, make_png
 ):
-    from portal.clinical.services import scan_create
+    from portal.analyses.services import scan_submit
     from portal.clinical.uploads import validate_content
     from tests.results import record_result
 
     site_calibration.site_calibration_activate(calibration=fitted, user=administrator)
     upload = validate_content(filename="new.png", content=make_png())
-    scan = scan_create(
+    scan = scan_submit(
         study=study, upload=upload, uploaded_by=user, model_version=TEST_MODEL_VERSION
     )
     analysis = scan.analyses.get()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ml.render import heatmap_png, mask_png
 from portal.analyses.models import Analysis
-from portal.clinical.services import scan_create
+from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
 from tests.conftest import TEST_MODEL_VERSION
 from tests.results import record_result
@@ -59,7 +59,7 @@ def _artifacts() -> dict[str, bytes]:
 
 def _recorded(study, user, *, withheld: bool, filename: str) -> Analysis:
     upload = validate_content(filename=filename, content=_png())
-    scan = scan_create(
+    scan = scan_submit(
         study=study, upload=upload, uploaded_by=user, model_version=TEST_MODEL_VERSION
     )
     analysis = scan.analyses.get()
