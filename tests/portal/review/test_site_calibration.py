@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from auditlog.models import LogEntry
 from django.core.exceptions import ValidationError
+from django.urls import reverse
 from django.utils import timezone
 
 from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION
@@ -298,7 +299,9 @@ def test_the_biopsy_outcome_takes_precedence_over_the_signed_label(user, radiolo
         study_record_pathology(study=study, outcome="normal", entered_by=radiologist)
 
 
-def test_suspicious_studies_lead_the_worklist(study, user, make_analysed_scan):
+def test_suspicious_studies_lead_the_worklist(
+    client, radiologist, study, user, make_analysed_scan
+):
     from portal.review.selectors import worklist
 
     make_analysed_scan(
@@ -316,6 +319,11 @@ def test_suspicious_studies_lead_the_worklist(study, user, make_analysed_scan):
         filename="b.png",
     )
     assert [s.pk for s in worklist()] == [other.pk, study.pk]
+    client.force_login(radiologist)
+    rows = client.get(reverse("review:worklist")).content.decode()
+    rows = rows.split('id="worklist-rows"')[1]
+    assert rows.count('<span class="badge suspicious">suspicious</span>') == 1
+    assert rows.index("40%") < rows.index("45%")
 
 
 def _bayes_model_json(weights_dir) -> None:
