@@ -194,10 +194,12 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
 def cmd_site_curve(args: argparse.Namespace) -> int:
     import json
 
-    from ml.training.site_curve import site_curve
+    from ml.training.site_curve import caution_report, site_curve
 
     report = site_curve(args.loso, args.weights, draws=args.draws)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    caution = caution_report(args.weights, REPORT_DIR / "loso.json")
+    (args.out.parent / "caution.json").write_text(json.dumps(caution, indent=2) + "\n")
     for source, fold in report["folds"].items():
         row = fold["curve"].get("100")
         if row:
@@ -337,8 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit the ultrasound gate into model.json (and judge it by LOSO)",
     )
     fit_gate.add_argument("--weights", type=Path, default=weights_dir())
+    fit_gate.add_argument("--report", type=Path, default=REPORT_DIR / "gate.json")
     fit_gate.add_argument(
-        "--evaluate", type=Path, default=None, help="LOSO report JSON"
+        "--before",
+        type=Path,
+        default=None,
+        help="a measured row for the flag it replaces",
     )
     fit_gate.set_defaults(func=cmd_fit_gate)
 

@@ -43,6 +43,10 @@ FEATURES: tuple[str, ...] = (
     "centre_to_whole",
     "skewness",
     "log_kurtosis",
+    "log_colour_blob_fraction",  # colour pixels whose 4 neighbours are colour too
+    "log_central_colour_fraction",  # colour away from the frame's margins (UI lives there)
+    "horizontal_line",  # longest thin horizontal ridge / width (a Doppler box's edge)
+    "vertical_line",  # longest thin vertical ridge / height
 )
 
 
@@ -55,6 +59,24 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     b = b - b.mean()
     denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / denominator) if denominator > 1e-12 else 1.0
+
+
+def _longest_run(mask: np.ndarray) -> np.ndarray:
+    """Per column, the longest run of True down the rows."""
+    counts = np.cumsum(mask, axis=0, dtype=np.int32)
+    reset = np.maximum.accumulate(np.where(mask, 0, counts), axis=0)
+    return (counts - reset).max(axis=0)
+
+
+def _line_features(grey: np.ndarray) -> tuple[float, float]:
+    """Longest thin ridge along rows and along columns, as fractions of the frame (the
+    outermost 6 pixels, the frame's own border, left out)."""
+    height, width = grey.shape
+    across = np.abs(grey[1:-1] - (grey[:-2] + grey[2:]) / 2) > 0.03
+    down = np.abs(grey[:, 1:-1] - (grey[:, :-2] + grey[:, 2:]) / 2) > 0.03
+    horizontal = _longest_run(across.T)[6:-6].max(initial=0) / width
+    vertical = _longest_run(down)[6:-6].max(initial=0) / height
+    return float(horizontal), float(vertical)
 
 
 def gate_features(image: np.ndarray) -> np.ndarray:
@@ -80,6 +102,19 @@ def gate_features(image: np.ndarray) -> np.ndarray:
     grey = (
         total[0::2, 0::2] + total[1::2, 0::2] + total[0::2, 1::2] + total[1::2, 1::2]
     ) / (4 * 3 * 255.0)
+    colour = chroma > 51
+    blob = colour.copy()
+    blob[1:-1, 1:-1] &= (
+        colour[:-2, 1:-1] & colour[2:, 1:-1] & colour[1:-1, :-2] & colour[1:-1, 2:]
+    )
+    blob[[0, -1], :] = False
+    blob[:, [0, -1]] = False
+    full_h, full_w = colour.shape
+    central_colour = colour[
+        full_h // 10 : full_h - full_h // 10, full_w // 10 : full_w - full_w // 10
+    ]
+    fine_grey = (red + green + blue).astype(np.float32) / (3 * 255.0)
+    horizontal, vertical = _line_features(fine_grey)
     h, w = grey.shape
     centre = grey[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
     levels = np.bincount((grey * 255).astype(np.uint8).ravel(), minlength=256)
@@ -101,9 +136,9 @@ def gate_features(image: np.ndarray) -> np.ndarray:
         kurtosis = float((centred**4).mean() / centre_std**4)
     else:
         skewness, kurtosis = 0.0, 1.0
-    return np.array(
+    features = np.array(
         [
-            _log_fraction(chroma > 51),
+            _log_fraction(colour),
             _log_fraction(doppler_red),
             _log_fraction(doppler_blue),
             _log_fraction(chroma > 89),
@@ -121,27 +156,46 @@ def gate_features(image: np.ndarray) -> np.ndarray:
             float(centre.mean() / (grey.mean() + 0.01)),
             float(np.clip(skewness, -10, 10)),
             float(np.log10(np.clip(kurtosis, 1.0, 1e4))),
+            _log_fraction(blob),
+            _log_fraction(central_colour),
+            horizontal,
+            vertical,
         ],
         np.float64,
     )
+    # A frame too small for a statistic (empty centre) gets 0, not NaN.
+    return np.nan_to_num(features, nan=0.0, posinf=1e3, neginf=-1e3)
+
+
+def standardise(features: np.ndarray, mean, scale) -> np.ndarray:
+    """Standardised features, clipped to +-8 so that one wild statistic cannot swamp the
+    rest (it still says "not like a scan")."""
+    x = np.atleast_2d(np.asarray(features, np.float64))
+    return np.clip((x - np.asarray(mean)) / np.asarray(scale), -8.0, 8.0)
 
 
 @dataclass(frozen=True)
 class GateModel:
-    """A logistic model over standardised :func:`gate_features`; the score is the log-odds
-    of "not a breast B-mode ultrasound", withheld above ``threshold``."""
+    """A logistic model over standardised :func:`gate_features` and their squares (so an
+    image far from a scan in any statistic, too smooth as well as too rough, can be told
+    apart); the score is the log-odds of "not a breast B-mode ultrasound", withheld above
+    ``threshold``."""
 
     mean: tuple[float, ...]
     scale: tuple[float, ...]
     coef: tuple[float, ...]
+    quadratic: tuple[float, ...]
     intercept: float
     threshold: float
     features: tuple[str, ...] = FEATURES
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(features, np.float64))
-        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-        return z @ np.asarray(self.coef) + self.intercept
+        z = standardise(features, self.mean, self.scale)
+        return (
+            z @ np.asarray(self.coef)
+            + (z * z) @ np.asarray(self.quadratic)
+            + self.intercept
+        )
 
     def withheld(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
@@ -157,6 +211,7 @@ class GateModel:
             "mean": list(self.mean),
             "scale": list(self.scale),
             "coef": list(self.coef),
+            "quadratic": list(self.quadratic),
             "intercept": self.intercept,
             "threshold": self.threshold,
         }
@@ -169,7 +224,7 @@ class GateModel:
             return None
         if tuple(d.get("features", ())) != FEATURES:
             return None
-        sizes = {len(d[k]) for k in ("mean", "scale", "coef")}
+        sizes = {len(d[k]) for k in ("mean", "scale", "coef", "quadratic")}
         if sizes != {len(FEATURES)}:
             raise ValueError(
                 f"gate parameters need {len(FEATURES)} values each, got {sizes}"
@@ -178,6 +233,7 @@ class GateModel:
             mean=tuple(float(v) for v in d["mean"]),
             scale=tuple(float(v) for v in d["scale"]),
             coef=tuple(float(v) for v in d["coef"]),
+            quadratic=tuple(float(v) for v in d["quadratic"]),
             intercept=float(d["intercept"]),
             threshold=float(d["threshold"]),
         )

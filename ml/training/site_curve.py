@@ -196,4 +196,62 @@ def site_curve(
                 seed=seed,
             ),
         }
+    if any(f["held_out_in_training"] for f in report["folds"].values()):
+        report["note"] = (
+            "**No LOSO fold model existed when this was run**, so the committed model scored "
+            'every source, and each "held-out" source was in its training: its logits are '
+            "better separated than a new hospital's would be. What the curve shows honestly "
+            "is how a site calibration moves calibration and the operating point with k; "
+            "re-run `python -m ml site-curve --loso DIR` once fold models exist."
+        )
     return report
+
+
+def caution_report(weights: Path, loso_report: Path) -> dict:
+    """What can be said of the "unusual for this model" caution without fold models: the
+    held-out pass rates the last LOSO run measured at each fold's own threshold, and the
+    committed model's pass rates on every source (which it was trained on)."""
+    from ml.weights_io import read_meta
+
+    meta = read_meta(weights)
+    threshold = meta.caution_threshold or meta.ood_threshold
+    rows = []
+    if Path(loso_report).is_file():
+        for source, fold in json.loads(Path(loso_report).read_text())["folds"].items():
+            rate = fold["metrics"].get("in_distribution_rate", {}).get("value")
+            rows.append(
+                {
+                    "model": fold["model_version"],
+                    "source": source,
+                    "n": fold["images"],
+                    "passing_before": rate,
+                    "passing_after": None,
+                    "note": "LOSO fold (held out); its per-image scores were not kept",
+                }
+            )
+    for source in SOURCES:
+        scored = score_source(weights, source)
+        used = ~scored["doppler"]
+        rows.append(
+            {
+                "model": meta.version,
+                "source": source,
+                "n": int(used.sum()),
+                "passing_before": float(
+                    (scored["ood_score"][used] <= threshold).mean()
+                ),
+                "passing_after": None,
+                "note": "committed model; the source was in its training",
+            }
+        )
+    description = (
+        "The Mahalanobis score of `ml/ood.py`, unchanged; shown as a caution, not a verdict "
+        f"(threshold {threshold:.2f}, the 97.5th percentile of the validation scores). The "
+        "issue asks for a threshold at which >= 95% of each held-out source's scans pass "
+        "in every LOSO fold. That needs the fold models' per-image scores on their held-out "
+        "source; no fold model existed during this work (the issue-20 LOSO run was "
+        "training its first fold), so the threshold was **not** re-set. `model.json` "
+        "takes a `caution_threshold` that overrides the archive's (honoured by "
+        "`Analyzer`, tested), for when the fold scores exist."
+    )
+    return {"threshold": threshold, "description": description, "rows": rows}

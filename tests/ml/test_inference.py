@@ -95,20 +95,34 @@ def test_missing_or_corrupt_weights_fail_with_the_file_named(tmp_path):
 
 
 def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
+    from ml.site_calibration import SiteCalibration
+    from ml.training.ood_corpus import corpus
+
     inputs = tmp_path / "in"
     inputs.mkdir()
     for path in SAMPLES[1:]:
         shutil.copy(busi / path, inputs / path.split("/")[1].replace(" ", "_"))
     (inputs / "notes.png").write_text("not an image")
+    Image.fromarray(corpus()["document_1"]).save(inputs / "letter.png")
+    site = SiteCalibration(
+        temperature=1.5,
+        offsets=(0.5, 0.0, 0.8),
+        threshold=0.3,
+        target_sensitivity=0.9,
+        n=120,
+    )
+    calibration = tmp_path / "site.json"
+    calibration.write_text(json.dumps(site.to_dict()))
     out = tmp_path / "out"
     completed = subprocess.run(
-        [sys.executable, "-m", "ml", "predict", str(inputs), "--out", str(out)],
+        [sys.executable, "-m", "ml", "predict", str(inputs), "--out", str(out),
+         "--calibration", str(calibration)],
         check=False,
         cwd=REPO_DIR,
         capture_output=True,
         text=True,
         timeout=300,
-    )
+    )  # fmt: skip
     assert completed.returncode == 1, completed.stderr
     assert (
         "notes.png" in completed.stderr and "not a recognised image" in completed.stderr
@@ -125,8 +139,23 @@ def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
             "explained_class",
             "in_distribution",
             "ood_score",
+            "logits",
+            "withheld",
+            "gate_score",
+            "calibration",
+            "calibrated_probabilities",
+            "suspicious",
         }
         assert result["explained_class"] == result["label"]
+        assert result["withheld"] is False and isinstance(result["gate_score"], float)
+        assert result["calibration"] == site.calibration_id
+        calibrated = site.probabilities(np.array([result["logits"]]))
+        assert result["suspicious"] == bool(site.suspicious(calibrated)[0])
+        np.testing.assert_allclose(
+            [result["calibrated_probabilities"][c] for c in CLASSES],
+            calibrated[0],
+            rtol=1e-6,
+        )
         with (
             Image.open(inputs / f"{stem}.png") as original,
             Image.open(out / f"{stem}_mask.png") as mask,
@@ -137,6 +166,27 @@ def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
             with Image.open(out / f"{stem}_{suffix}.png") as picture:
                 assert picture.size == original.size
     assert not (out / "notes.json").exists()
+    # A document is withheld: its JSON says so, and no outline or heatmap is drawn.
+    letter = json.loads((out / "letter.json").read_text())
+    assert letter["withheld"] is True and isinstance(letter["gate_score"], float)
+    assert not list(out.glob("letter_*.png"))
+    assert "letter.png: withheld" in completed.stdout
+
+
+def test_a_bad_calibration_file_is_refused_before_the_model_loads(tmp_path):
+    calibration = tmp_path / "site.json"
+    calibration.write_text(json.dumps({"temperature": -1}))
+    completed = subprocess.run(
+        [sys.executable, "-m", "ml", "predict", str(tmp_path), "--out", str(tmp_path / "o"),
+         "--calibration", str(calibration)],
+        check=False,
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert "site.json" in completed.stderr and "lacks" in completed.stderr
 
 
 def test_what_a_worker_stores_reads_back_as_the_model_produced_it(analyzer, busi):
@@ -155,3 +205,24 @@ def test_what_a_worker_stores_reads_back_as_the_model_produced_it(analyzer, busi
             assert np.abs(back - full).mean() < 2 / 255, kind
             assert np.abs(back - full).max() < 0.1, kind
             assert len(stored[kind]) < 8 * 1024
+
+
+def test_weights_without_a_gate_or_caution_threshold_still_analyse(analyzer, busi):
+    """model.json written before issue 16 has neither: nothing is withheld, gate_score is
+    None, and the caution keeps the archive's own threshold."""
+    meta = copy.copy(analyzer.meta)
+    meta.gate, meta.caution_threshold = None, None
+    meta.ood = copy.deepcopy(analyzer.meta.ood)
+    archive_threshold = meta.ood.threshold
+    old = Analyzer(analyzer._model, meta)
+    assert old.gate is None
+    [result] = old.analyze([decode_image(busi / SAMPLES[0])])
+    assert result.withheld is False and result.gate_score is None
+    assert result.to_dict()["gate_score"] is None
+    assert old.ood.threshold == archive_threshold
+    # A caution threshold in model.json replaces the archive's.
+    meta = copy.copy(meta)
+    meta.ood = copy.deepcopy(analyzer.meta.ood)
+    meta.caution_threshold = result.ood_score - 1e-3
+    [again] = Analyzer(analyzer._model, meta).analyze([decode_image(busi / SAMPLES[0])])
+    assert again.in_distribution is False

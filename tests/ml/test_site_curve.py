@@ -1,0 +1,37 @@
+"""The site-adaptation curve (ml.training.site_curve) on a simulated site."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ml.site_calibration import SiteCalibration
+from ml.training.site_curve import _draw_by_patient, curve
+
+
+def test_draws_take_whole_patients():
+    groups = np.repeat(np.arange(40), 5)
+    rng = np.random.default_rng(0)
+    drawn = _draw_by_patient(groups, 23, rng)
+    assert len(drawn) == 23
+    # Whole patients, except the last one cut at k.
+    counts = np.bincount(groups[drawn])
+    assert (counts[counts > 0] == 5).sum() >= 4
+
+
+def test_a_site_calibration_repairs_a_miscalibrated_site():
+    rng = np.random.default_rng(1)
+    n = 600
+    labels = rng.choice(3, n, p=[0.3, 0.45, 0.25])
+    truth = rng.normal(size=(n, 3)) + 2.0 * np.eye(3)[labels]
+    logits = 4.0 * truth + np.array([3.0, 0.0, -2.0])  # over-confident, shifted
+    groups = np.arange(n) // 3
+    baseline = SiteCalibration.from_training(temperature=1.0, class_bias=[0, 0, 0])
+    rows = curve(logits, labels, groups, ks=(100, 200), draws=5, baseline=baseline)
+    assert set(rows) == {"training", "100", "200"}
+    for k in ("100", "200"):
+        assert rows[k]["ece"]["median"] < rows["training"]["ece"] / 2
+        assert rows[k]["n_test"]["median"] <= n - int(k)
+        assert 0.8 <= rows[k]["sensitivity"]["median"] <= 1.0
+    assert (
+        rows["training"]["recall_malignant"] < rows["200"]["recall_malignant"]["median"]
+    )
