@@ -166,6 +166,12 @@ def train(config: TrainConfig) -> dict:
             "augment": config.augment,
             "train_images": len(train_set),
             "val_images": len(val_set),
+            # The class counts the calibration was fitted under: the prior its posteriors
+            # assume, which a site's EM prior estimate starts from (issue 16).
+            "class_prior": {
+                name: int((np.asarray(val_set.labels) == c).sum())
+                for c, name in enumerate(CLASSES)
+            },
             **config.extra,
         },
     )

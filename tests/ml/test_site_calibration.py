@@ -224,3 +224,13 @@ def test_importing_it_loads_neither_tensorflow_nor_sklearn():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_committed_model_records_the_prior_its_calibration_assumes():
+    from ml.config import DEFAULT_WEIGHTS_DIR
+
+    training = json.loads((DEFAULT_WEIGHTS_DIR / "model.json").read_text())["training"]
+    prior = training["class_prior"]
+    assert list(prior) == list(CLASSES)
+    assert all(v > 0 for v in prior.values())
+    assert sum(prior.values()) == training["val_images"]
