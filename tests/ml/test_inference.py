@@ -226,3 +226,18 @@ def test_weights_without_a_gate_or_caution_threshold_still_analyse(analyzer, bus
     meta.caution_threshold = result.ood_score - 1e-3
     [again] = Analyzer(analyzer._model, meta).analyze([decode_image(busi / SAMPLES[0])])
     assert again.in_distribution is False
+
+
+def test_stored_logits_re_score_to_what_the_analysis_showed(analyzer, busi):
+    """A site calibration re-scores history from the stored logits: with the weights' own
+    calibration the logits give back exactly the probabilities the analysis showed."""
+    from ml.site_calibration import SiteCalibration
+
+    results = analyzer.analyze([decode_image(busi / path) for path in SAMPLES])
+    own = SiteCalibration.from_training(
+        temperature=analyzer.temperature, class_bias=analyzer.class_bias
+    )
+    stored = np.array([r.to_dict()["logits"] for r in results])
+    rescored = own.probabilities(stored)
+    shown = np.array([[r.probabilities[c] for c in CLASSES] for r in results])
+    np.testing.assert_allclose(rescored, shown, atol=1e-6)
