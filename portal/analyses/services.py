@@ -394,12 +394,14 @@ def analyses_rescore(
             )
     else:
         fitted = _site_calibration(calibration)
+    # Running rows are locked too, in id order as a worker locks its batch: a result
+    # being stored while the calibration changes is waited for and then re-scored (the
+    # lock sees its committed version), and a worker that stores after this commits
+    # reads the new calibration. Filtered here, not in SQL, for that reason.
     rows = (
         Analysis.objects.filter(
             model_version=model_version,
-            status=Status.SUCCEEDED,
-            withheld=False,
-            logits__isnull=False,
+            status__in=(Status.RUNNING, Status.SUCCEEDED),
         )
         .select_for_update(of=("self",))
         .select_related("scan")
@@ -407,7 +409,16 @@ def analyses_rescore(
     )
     changed = 0
     studies: set[int] = set()
-    for batch in _chunks(rows.iterator(chunk_size=chunk), chunk):
+    for locked in _chunks(rows.iterator(chunk_size=chunk), chunk):
+        batch = [
+            analysis
+            for analysis in locked
+            if analysis.status == Status.SUCCEEDED
+            and not analysis.withheld
+            and analysis.logits is not None
+        ]
+        if not batch:
+            continue
         before = {analysis.pk: _copy(analysis) for analysis in batch}
         logits = np.asarray([analysis.logits for analysis in batch], np.float64)
         probabilities = fitted.probabilities(logits)

@@ -373,3 +373,95 @@ def test_the_case_mix_check_does_not_warn_on_a_site_like_training(user, weights_
     mix = site_calibration.case_mix(model_version=TEST_MODEL_VERSION)
     assert mix.site_malignant == pytest.approx(0.3, abs=0.06)
     assert not mix.warning
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_result_stored_while_a_calibration_is_activated_is_rescored_too(
+    study, user, administrator, make_png
+):
+    """A worker storing a result holds its row; the activation waits for it and then
+    re-scores it, instead of missing a row it could not yet see as finished."""
+    import threading
+
+    from django.db import connection
+
+    from portal.analyses import services
+    from portal.analyses.signals import results_recorded
+    from portal.clinical.uploads import validate_content
+    from portal.registry.services import site_calibration_create
+
+    calibration = site_calibration_create(
+        model_version=TEST_MODEL_VERSION,
+        parameters=Fitted(
+            temperature=2.0,
+            offsets=(0.0, 0.0, 1.0),
+            threshold=0.2,
+            target_sensitivity=0.9,
+            n=120,
+        ).to_dict(),
+        evaluation={},
+        target_sensitivity=0.9,
+        reads=120,
+        created_by=administrator,
+    )
+    upload = validate_content(filename="racing.png", content=make_png())
+    scan = services.scan_submit(
+        study=study, upload=upload, uploaded_by=user, model_version=TEST_MODEL_VERSION
+    )
+    analysis = scan.analyses.get()
+    services.analysis_claim(analysis_id=analysis.pk, worker="racing-worker")
+    logits = [0.2, 0.1, 0.6]
+    stored, go = threading.Event(), threading.Event()
+
+    def hold(sender, **kwargs):  # inside the worker's transaction, before its commit
+        if threading.current_thread().name == "worker":
+            stored.set()
+            go.wait(30)
+
+    def worker() -> None:
+        try:
+            services.analysis_record_success(
+                analysis_id=analysis.pk,
+                result={
+                    "label": "malignant",
+                    "probabilities": {"normal": 0.3, "benign": 0.2, "malignant": 0.5},
+                    "confidence": 0.5,
+                    "lesion_area_fraction": 0.0,
+                    "bbox": None,
+                    "logits": logits,
+                },
+                artifacts={},
+            )
+        finally:
+            connection.close()
+
+    def activate() -> None:
+        try:
+            site_calibration.site_calibration_activate(
+                calibration=calibration, user=administrator
+            )
+        finally:
+            connection.close()
+
+    results_recorded.connect(hold, weak=False)
+    try:
+        storing = threading.Thread(target=worker, name="worker")
+        storing.start()
+        assert stored.wait(30)
+        activating = threading.Thread(target=activate, name="activation")
+        activating.start()
+        activating.join(2)
+        assert activating.is_alive(), "the activation did not wait for the stored row"
+        go.set()
+        storing.join(30)
+        activating.join(60)
+    finally:
+        go.set()
+        results_recorded.disconnect(hold)
+    analysis.refresh_from_db()
+    expected = Fitted.from_dict(calibration.parameters).probabilities(
+        np.asarray([logits])
+    )[0]
+    assert analysis.calibration_id == calibration.pk
+    assert analysis.probabilities["malignant"] == pytest.approx(expected[2])
+    assert CalibrationActivation.objects.get().rescored == 1
