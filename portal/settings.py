@@ -433,6 +433,12 @@ DICOM_ALLOWED_CALLING_AE_TITLES = [
     _ae_title("DICOM_ALLOWED_CALLING_AE_TITLES", title)
     for title in env_list("DICOM_ALLOWED_CALLING_AE_TITLES", [])
 ]
+# A DICOM file whose Patient ID matches a patient with a different name or birth date:
+# "reject" refuses it (C000 with the reason); "accept" files it under that patient and
+# flags it for review in the upload report.
+DICOM_PATIENT_MISMATCH = env_choice(
+    "DICOM_PATIENT_MISMATCH", "reject", ("reject", "accept")
+)
 # The account recorded as uploader of received instances (created, unable to log in,
 # if it does not exist).
 DICOM_RECEIVER_USERNAME = env_str("DICOM_RECEIVER_USERNAME", "dicom-receiver")

@@ -5,7 +5,10 @@ Every received instance goes through the same ingestion as an upload
 its own tags, deduplicated by SHA-256, stored, and its analysis queued on commit. One
 association is one upload batch, whose report (/uploads/<id>/) lists each instance with
 its outcome; a refused instance gets a failure status with the reason and the
-association goes on with the next one.
+association goes on with the next one. An instance refused for a passing fault (the
+database, the storage - a disk or S3 - or the queue, or a simultaneous association that
+kept colliding) is answered A700 "out of resources", a status senders retry; C000
+("cannot understand") is kept for instances that would be refused again.
 
 Only calling AE titles on DICOM_ALLOWED_CALLING_AE_TITLES get an association; everyone
 else is rejected before sending anything. Nothing here logs a tag value: only ids, AE
@@ -41,7 +44,7 @@ from ml.decode import readable_transfer_syntaxes
 from portal.analyses.modelinfo import current_model_version
 from portal.ingest.models import UploadBatch, UploadItem
 from portal.ingest.placement import ByDicomTags
-from portal.ingest.services import BatchIngester, IncomingFile
+from portal.ingest.services import BatchIngester, IncomingFile, transient_errors
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +165,13 @@ class Receiver:
         )
 
     def on_store(self, event: Any) -> int | Dataset:
-        session = self._session(event.assoc)
+        try:
+            session = self._session(event.assoc)
+        except transient_errors():
+            logger.exception("an association's upload report could not be opened")
+            return _status(OUT_OF_RESOURCES, "cannot store now; send it again later")
         if session is None:
-            return OUT_OF_RESOURCES
+            return _status(OUT_OF_RESOURCES, "no model installed; send it again later")
         with session.lock:
             session.received += 1
             name = (
@@ -175,6 +182,20 @@ class Receiver:
                 item = session.ingester.ingest_now(
                     IncomingFile(name=name, file=io.BytesIO(content), size=len(content))
                 )
+            except transient_errors():
+                logger.exception(
+                    "upload %s: a received instance could not be stored",
+                    session.ingester.batch.pk,
+                )
+                session.ingester.reject(
+                    name,
+                    "it could not be stored (logged for administrators); the sender "
+                    "was asked to send it again",
+                    retryable=True,
+                )
+                return _status(
+                    OUT_OF_RESOURCES, "cannot store now; send it again later"
+                )
             except Exception:
                 logger.exception(
                     "upload %s: a received instance could not be handled",
@@ -184,9 +205,13 @@ class Receiver:
                     name,
                     "internal error while receiving it (logged for administrators)",
                 )
-                return _refused("internal error; see the portal's upload report")
+                return _status(
+                    REFUSED, "internal error; see the portal's upload report"
+                )
         if item.outcome == UploadItem.Outcome.REJECTED:
-            return _refused(item.reason)
+            if item.retryable:
+                return _status(OUT_OF_RESOURCES, item.reason)
+            return _status(REFUSED, item.reason)
         return SUCCESS
 
     def on_end(self, event: Any) -> None:
@@ -242,9 +267,10 @@ class Receiver:
         return session
 
 
-def _refused(reason: str) -> Dataset:
+def _status(code: int, reason: str) -> Dataset:
+    """A failure status (REFUSED or OUT_OF_RESOURCES) with the reason as its comment."""
     status = Dataset()
-    status.Status = REFUSED
+    status.Status = code
     # The Error Comment is one LO value: at most 64 characters, no backslash.
     comment = reason.replace("\\", "/")
     if len(comment) > ERROR_COMMENT_LENGTH:
