@@ -189,8 +189,8 @@ class Receiver:
                 )
                 session.ingester.reject(
                     name,
-                    "it could not be stored (logged for administrators); the sender "
-                    "was asked to send it again",
+                    "could not be stored now; the sender was asked to send it "
+                    "again (the error is logged for the administrators)",
                     retryable=True,
                 )
                 return _status(

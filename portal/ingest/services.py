@@ -247,16 +247,16 @@ class BatchIngester:
             logger.warning("upload %s: a file met a simultaneous upload", self.batch.pk)
             retryable = True
             reason = (
-                "it collided with another upload of the same patient or study at the "
-                "same moment; send or upload it again"
+                "met a simultaneous upload of this patient or study; send it again "
+                "(it collided with that upload each time it was stored)"
             )
         except transient_errors():
             # Storage, database or queue trouble with this file: the others still go on.
             logger.exception("upload %s: a file could not be stored", self.batch.pk)
             retryable = True
             reason = (
-                "it could not be stored (the error is logged for the administrators); "
-                "send or upload it again later"
+                "could not be stored now; send or upload it again later (the error is "
+                "logged for the administrators)"
             )
         else:
             self.result.items.append(item)
