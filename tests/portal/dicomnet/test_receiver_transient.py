@@ -99,3 +99,40 @@ def test_an_s3_outage_answers_a700_and_the_retry_is_stored(
     assoc.release()
     assert Scan.objects.count() == 2
     assert len(enqueued) == 2
+
+
+def test_a_database_outage_answers_a700_and_the_next_instance_is_stored(
+    receiver: dict[str, Any], enqueued: list
+) -> None:
+    """The receiver's database connections are cut (as a PostgreSQL restart or a
+    failover does): the instance that meets it is answered A700, and the association's
+    next instance, on a new connection, is stored."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("cuts PostgreSQL connections (pg_terminate_backend)")
+    study_uid = generate_uid()
+    contents = []
+    for seed in (1, 2, 3):
+        pixels = GREY.copy()
+        pixels[0, 0] = seed
+        contents.append(pydicom.dcmread(io.BytesIO(dicom(pixels, study_uid=study_uid))))
+    ae = AE(ae_title=SCANNER_AE)
+    ae.add_requested_context(UltrasoundImageStorage)
+    assoc = ae.associate("127.0.0.1", receiver["port"], ae_title=receiver["ae_title"])
+    assert assoc.send_c_store(contents[0]).Status == 0x0000
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        (cut,) = cursor.fetchone()
+    assert cut >= 1
+    during = assoc.send_c_store(contents[1])
+    after = assoc.send_c_store(contents[2])
+    assoc.release()
+
+    assert during.Status == 0xA700
+    assert after.Status == 0x0000
+    assert Scan.objects.count() == 2
+    assert len(enqueued) == 2
