@@ -308,3 +308,68 @@ def test_allow_list_entries_are_validated() -> None:
     assert _allowed_calling_entry("X", "PACS") == "PACS"
     with pytest.raises(ImproperlyConfigured, match="not an IP address or network"):
         _allowed_calling_entry("X", "US_ROOM1@scanner.example.org")
+
+
+@needs_dcmtk
+@pytest.mark.django_db(transaction=True)
+def test_the_deployed_listener_speaks_tls_from_its_settings(
+    pki: Path, media_root: Path, weights_dir: Path, tmp_path: Path
+) -> None:
+    """`manage.py dicom_listener` configured by DICOM_TLS_* only, as deployed; DCMTK's
+    storescu --enable-tls is the scanner."""
+    import os
+    import uuid
+
+    from django.conf import settings
+    from django.db import connection
+
+    from bench.launch import database_url, start_listener, stop_process
+    from tests.portal.dicomnet.conftest import redis_or_skip
+
+    client, url = redis_or_skip(14)
+    queue = f"inference-tls-{uuid.uuid4().hex[:12]}"
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+            "DATABASE_URL": database_url(connection.settings_dict),
+            "REDIS_URL": url,
+            "CELERY_INFERENCE_QUEUE": queue,
+            "MEDIA_ROOT": str(media_root),
+            "STORAGE_BACKEND": "local",
+            "ML_WEIGHTS_DIR": str(weights_dir),
+            "SECRET_KEY": settings.SECRET_KEY,
+            "DICOM_AE_TITLE": RECEIVER_AE,
+            "DICOM_PORT": str(port),
+            "DICOM_ALLOWED_CALLING_AE_TITLES": f"{SCANNER_AE}@127.0.0.1",
+            "DICOM_TLS_CERT_FILE": str(pki / "listener.pem"),
+            "DICOM_TLS_KEY_FILE": str(pki / "listener.key"),
+            "DICOM_TLS_CA_FILE": str(pki / "ca.pem"),
+        }
+    )
+    log = tmp_path / "listener.log"
+    process = start_listener(env, log)
+    try:
+        assert "over TLS" in log.read_text()
+        path = tmp_path / "scan.dcm"
+        path.write_bytes(dicom(study_uid=generate_uid()))
+        secure = storescu(
+            port,
+            path,
+            "--enable-tls",
+            str(pki / "scanner.key"),
+            str(pki / "scanner.pem"),
+            "--add-cert-file",
+            str(pki / "ca.pem"),
+        )
+        assert secure.returncode == 0, secure.stderr
+        assert "Received Store Response (Success)" in secure.stdout + secure.stderr
+        assert storescu(port, path).returncode != 0  # no TLS: refused
+        assert Scan.objects.count() == 1
+        assert client.llen(queue) == 1
+    finally:
+        stop_process(process)
+        client.delete(queue)
+        client.close()
+        connection.close()
