@@ -239,3 +239,18 @@ def test_a_withheld_scan_cannot_be_agreed_with(radiologist, withheld):
         sign=True,
     )
     assert review.label == "normal"
+
+
+def test_the_withheld_sr_passes_dciodvfy(withheld, tmp_path):
+    from portal.dicomnet.results import analysis_results
+    from tests.portal.dicomnet.test_results_conformance import (
+        DCIODVFY,
+        dciodvfy_errors,
+    )
+
+    if DCIODVFY is None:
+        pytest.skip("dicom3tools' dciodvfy is not installed")
+    results = analysis_results(analysis=withheld)
+    assert set(results.names) == {"sr", "source"}
+    for kind, dataset in results.names.items():
+        assert dciodvfy_errors(dataset, tmp_path / f"{kind}.dcm") == [], kind
