@@ -174,3 +174,32 @@ def test_the_agreement_monitor_shows_the_case_mix(client, administrator, user):
     assert 'id="case-mix"' in page
     assert "EM prior adjustment" in page
     assert '<tr data-label="malignant">' in page
+
+
+def test_the_review_page_and_report_show_the_operating_point(
+    client, radiologist, administrator, study, user, make_analysed_scan
+):
+    from portal.analyses.models import Analysis
+    from portal.review.calibration import site_calibration_activate
+
+    from .pdftext import pdf_text
+
+    scan = make_analysed_scan(study, user, logits=[0.1, 0.2, 0.9])
+    client.force_login(radiologist)
+    review = reverse("review:scan_review", args=[scan.pk])
+    page = client.get(review).content.decode()
+    assert "The training sites' operating point" in page
+    site_calibration_activate(
+        calibration=_calibration(administrator), user=administrator
+    )
+    analysis = Analysis.objects.get(scan=scan)
+    assert analysis.suspicious is True and analysis.operating_threshold == 0.3
+    page = client.get(review).content.decode()
+    assert (
+        '<span class="badge suspicious" id="suspicious-flag">suspicious</span>' in page
+    )
+    assert "against this site's threshold 0.300 (site calibration 1" in page
+    report = pdf_text(
+        client.get(reverse("review:study_report", args=[study.pk])).content
+    )
+    assert "suspicious (p(malignant)" in report and "threshold 30.0%" in report
