@@ -19,6 +19,7 @@ from django.db.models import (
     Exists,
     F,
     FloatField,
+    IntegerField,
     Max,
     OuterRef,
     Q,
@@ -63,7 +64,8 @@ class DashboardFilters:
     date_from: datetime.date | None = None
     date_to: datetime.date | None = None
     label: str = ""
-    confidence_min: float | None = None  # 0..1
+    # 0..1: kept from confidence_min (inclusive), up to confidence_max (exclusive).
+    confidence_min: float | None = None
     confidence_max: float | None = None
     review: str = ""  # "reviewed" | "unreviewed" | ""
     status: str = ""
@@ -136,7 +138,7 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
     if filters.confidence_min is not None:
         rows = rows.filter(confidence__gte=filters.confidence_min)
     if filters.confidence_max is not None:
-        rows = rows.filter(confidence__lte=filters.confidence_max)
+        rows = rows.filter(confidence__lt=filters.confidence_max)
     if filters.review == "reviewed":
         rows = rows.filter(reviewed=True)
     elif filters.review == "unreviewed":
@@ -268,20 +270,45 @@ def _unreviewed_scans() -> QuerySet[Scan]:
     ).exclude(Exists(signed_reviews().filter(scan_id=OuterRef("pk"))))
 
 
+def _malignant() -> Cast:
+    return Cast(KeyTextTransform("malignant", "probabilities"), FloatField())
+
+
+def _scan_malignant(scan_ref: str = "pk") -> Subquery:
+    """The highest malignant probability of a scan's finished analyses."""
+    return Subquery(
+        _finished_analyses()
+        .filter(scan_id=OuterRef(scan_ref))
+        .order_by()
+        .values("scan_id")
+        .annotate(highest=Max(_malignant()))
+        .values("highest"),
+        output_field=FloatField(),
+    )
+
+
 def study_review_columns() -> dict[str, Any]:
     """The rule behind Study.awaiting_review and Study.max_malignant, as expressions
-    over an outer Study row (services write them; the worklist reads them)."""
-    malignant = Cast(KeyTextTransform("malignant", "probabilities"), FloatField())
+    over an outer Study row (services write them; the worklist reads them).
+
+    max_malignant is the highest malignant probability of the study's *unsigned*
+    analysed images: what is left to read drives the worklist's order, not an image a
+    radiologist has already signed.
+    """
     # The study's scans first, then each one's finished result (analysis_scan_status):
     # joined to scans, SQLite read every finished analysis of every study instead
     # (30-90 ms per result recorded or review signed at 10,000 studies).
-    study_scans = Scan.objects.filter(study_id=OuterRef(OuterRef("pk"))).values("pk")
+    unsigned_scans = (
+        Scan.objects.filter(study_id=OuterRef(OuterRef("pk")))
+        .exclude(Exists(signed_reviews().filter(scan_id=OuterRef("pk"))))
+        .values("pk")
+    )
     highest = (
         _finished_analyses()
-        .filter(scan_id__in=study_scans)
+        .filter(scan_id__in=unsigned_scans)
         .order_by()
         .values("status")  # one group: every row here has the same status
-        .annotate(highest=Max(malignant))
+        .annotate(highest=Max(_malignant()))
         .values("highest")
     )
     return {
@@ -290,17 +317,104 @@ def study_review_columns() -> dict[str, Any]:
     }
 
 
+_WORKLIST_ORDER = ("-max_malignant", "-study_date", "-id")
+
+
 def worklist() -> QuerySet[Study]:
-    """Studies waiting for a radiologist, most suspicious (highest malignant p) first.
+    """Studies waiting for a radiologist, most suspicious unsigned image first.
 
     Reads the study's own columns (kept by study_review_refresh) through the
-    study_worklist index, so a page costs the same at 10 or 10,000 studies.
+    study_worklist index, so a page costs the same at 10 or 10,000 studies. Each row
+    also names its most suspicious unsigned image (next_scan_id, next_scan_name),
+    counts its unsigned and all images, and says whether an unsigned image was flagged
+    outside the training distribution: subqueries run for the page's rows only.
     """
+    unsigned = _unreviewed_scans().filter(study_id=OuterRef("pk"))
+    most_suspicious = unsigned.annotate(malignant=_scan_malignant()).order_by(
+        F("malignant").desc(nulls_last=True), "pk"
+    )
     return (
         Study.objects.filter(awaiting_review=True)
         .select_related("patient")
-        .annotate(scan_count=study_scan_count())
-        .order_by("-max_malignant", "-study_date", "-id")
+        .annotate(
+            scan_count=study_scan_count(),
+            unsigned_count=Subquery(
+                unsigned.order_by()
+                .values("study_id")
+                .annotate(n=Count("pk"))
+                .values("n"),
+                output_field=IntegerField(),
+            ),
+            next_scan_id=Subquery(most_suspicious.values("pk")[:1]),
+            next_scan_name=Subquery(most_suspicious.values("original_filename")[:1]),
+            unsigned_outside=Exists(
+                _finished_analyses()
+                .filter(scan__study_id=OuterRef("pk"), in_distribution=False)
+                .exclude(_scan_is_reviewed())
+            ),
+        )
+        .order_by(*_WORKLIST_ORDER)
+    )
+
+
+def reading_queue(*, study_id: int | None = None) -> list[tuple[int, int]]:
+    """The unsigned analysed scans in reading order, as (scan id, study id): the
+    worklist's order of studies (or one study), and in a study its most suspicious
+    image first."""
+    scans = _unreviewed_scans().filter(study__awaiting_review=True)
+    if study_id is not None:
+        scans = scans.filter(study_id=study_id)
+    study_order = [
+        F(f"study__{name.lstrip('-')}").desc()
+        if name.startswith("-")
+        else F(f"study__{name}").asc()
+        for name in _WORKLIST_ORDER
+    ]
+    return list(
+        scans.annotate(malignant=_scan_malignant())
+        .order_by(*study_order, F("malignant").desc(nulls_last=True), "pk")
+        .values_list("pk", "study_id")
+    )
+
+
+@dataclass(frozen=True)
+class ReadingPlace:
+    """Where a scan stands in a reading queue (see reading_queue)."""
+
+    position: int | None  # 1-based; None when the scan is not waiting (signed)
+    total: int
+    previous: int | None
+    next: int | None
+    after_signing: int | None
+
+
+def reading_place(
+    *, scan_id: int, study_id: int, only_study: bool = False
+) -> ReadingPlace:
+    """The waiting scans around a scan (of study `study_id`) in the reading order.
+
+    `next` is the following scan, or from the last one the first (skipped scans come
+    round again). `after_signing` is where "Sign and next" goes: the study's other
+    waiting scans first, then the first waiting scan of the queue. Signing changes the
+    order (a study's most suspicious unsigned image drives it), so this is decided
+    from the queue as it stands before the signing.
+    """
+    queue = reading_queue(study_id=study_id if only_study else None)
+    ids = [pk for pk, _ in queue]
+    others = [(pk, study) for pk, study in queue if pk != scan_id]
+    same_study = [pk for pk, study in others if study == study_id]
+    after_signing = (same_study or [pk for pk, _ in others] or [None])[0]
+    if scan_id not in ids:
+        first = others[0][0] if others else None
+        return ReadingPlace(None, len(ids), None, first, after_signing)
+    index = ids.index(scan_id)
+    following = ids[index + 1 :] or [pk for pk, _ in others]
+    return ReadingPlace(
+        position=index + 1,
+        total=len(ids),
+        previous=ids[index - 1] if index else None,
+        next=following[0] if following else None,
+        after_signing=after_signing,
     )
 
 
