@@ -563,3 +563,19 @@ def test_studies_are_filtered_by_the_distribution_flag(staff_api, user):
     assert ids(distribution="outside") == {flagged.pk}
     assert ids(distribution="inside") == {familiar.pk}
     assert staff_api.get("/api/v1/studies/", {"distribution": "x"}).status_code == 400
+
+
+def test_the_docs_show_probabilities_and_percent_filters_as_the_pages_do(staff_api):
+    schema = staff_api.get(
+        "/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json"
+    ).json()
+    probabilities = schema["components"]["schemas"]["Analysis"]["properties"][
+        "probabilities"
+    ]
+    order = ["normal", "benign", "malignant"]
+    assert list(probabilities["properties"]) == order
+    assert list(probabilities["example"]) == order
+    parameters = {
+        p["name"]: p for p in schema["paths"]["/api/v1/studies/"]["get"]["parameters"]
+    }
+    assert "one decimal" in parameters["confidence_min"]["description"]
