@@ -357,32 +357,25 @@ def worklist() -> QuerySet[Study]:
     )
 
 
-def reading_queue(*, study_id: int | None = None) -> list[tuple[int, int]]:
-    """The unsigned analysed scans in reading order, as (scan id, study id): the
-    worklist's order of studies (or one study), and in a study its most suspicious
-    image first."""
-    scans = _unreviewed_scans().filter(study__awaiting_review=True)
-    if study_id is not None:
-        scans = scans.filter(study_id=study_id)
-    study_order = [
-        F(f"study__{name.lstrip('-')}").desc()
-        if name.startswith("-")
-        else F(f"study__{name}").asc()
-        for name in _WORKLIST_ORDER
-    ]
+def _waiting_in_study(study_id: int) -> list[int]:
+    """A study's unsigned analysed scans, most suspicious first."""
     return list(
-        scans.annotate(malignant=_scan_malignant())
-        .order_by(*study_order, F("malignant").desc(nulls_last=True), "pk")
-        .values_list("pk", "study_id")
+        _unreviewed_scans()
+        .filter(study_id=study_id)
+        .annotate(malignant=_scan_malignant())
+        .order_by(F("malignant").desc(nulls_last=True), "pk")
+        .values_list("pk", flat=True)
     )
 
 
 @dataclass(frozen=True)
 class ReadingPlace:
-    """Where a scan stands in a reading queue (see reading_queue)."""
+    """Where a scan stands in the reading order (see reading_place)."""
 
-    position: int | None  # 1-based; None when the scan is not waiting (signed)
-    total: int
+    study_position: int | None  # 1-based in the worklist; None: not on it
+    studies: int
+    image_position: int | None  # 1-based among its study's unsigned scans
+    images: int
     previous: int | None
     next: int | None
     after_signing: int | None
@@ -391,29 +384,65 @@ class ReadingPlace:
 def reading_place(
     *, scan_id: int, study_id: int, only_study: bool = False
 ) -> ReadingPlace:
-    """The waiting scans around a scan (of study `study_id`) in the reading order.
+    """The unsigned scans before and after a scan in the reading order: the worklist's
+    order of studies (or the scan's study alone), and in a study its most suspicious
+    image first.
 
-    `next` is the following scan, or from the last one the first (skipped scans come
-    round again). `after_signing` is where "Sign and next" goes: the study's other
-    waiting scans first, then the first waiting scan of the queue. Signing changes the
-    order (a study's most suspicious unsigned image drives it), so this is decided
-    from the queue as it stands before the signing.
+    `next` is the following scan; from the last one, the first still waiting (skipped
+    scans come round again). `after_signing` is where "Sign and next" goes: the study's
+    other unsigned scans first, then the top of the worklist. Signing changes the
+    order (a study's most suspicious unsigned image drives it), so both are decided
+    before the signing. Reads the worklist's study ids (its index) and the unsigned
+    scans of at most three studies, whatever the size of the worklist.
     """
-    queue = reading_queue(study_id=study_id if only_study else None)
-    ids = [pk for pk, _ in queue]
-    others = [(pk, study) for pk, study in queue if pk != scan_id]
-    same_study = [pk for pk, study in others if study == study_id]
-    after_signing = (same_study or [pk for pk, _ in others] or [None])[0]
-    if scan_id not in ids:
-        first = others[0][0] if others else None
-        return ReadingPlace(None, len(ids), None, first, after_signing)
-    index = ids.index(scan_id)
-    following = ids[index + 1 :] or [pk for pk, _ in others]
+    own = _waiting_in_study(study_id)
+    own_others = [pk for pk in own if pk != scan_id]
+    if only_study:
+        studies = [study_id]
+    else:
+        studies = list(
+            Study.objects.filter(awaiting_review=True)
+            .order_by(*_WORKLIST_ORDER)
+            .values_list("pk", flat=True)
+        )
+    index = studies.index(study_id) if study_id in studies else None
+
+    def first_elsewhere(candidates: list[int]) -> int | None:
+        for other in candidates:
+            waiting = _waiting_in_study(other) if other != study_id else []
+            if waiting:
+                return waiting[0]
+        return None
+
+    top = first_elsewhere(studies[:2])
+    after_signing = own_others[0] if own_others else top
+    if scan_id not in own:
+        return ReadingPlace(
+            study_position=None if index is None else index + 1,
+            studies=len(studies),
+            image_position=None,
+            images=len(own),
+            previous=None,
+            next=after_signing,
+            after_signing=after_signing,
+        )
+    position = own.index(scan_id)
+    previous = own[position - 1] if position else None
+    if previous is None and index:
+        earlier = _waiting_in_study(studies[index - 1])
+        previous = earlier[-1] if earlier else None
+    following = own[position + 1] if position + 1 < len(own) else None
+    if following is None and index is not None:
+        following = first_elsewhere(studies[index + 1 : index + 2]) or top
+    if following is None and own[0] != scan_id:
+        following = own[0]
     return ReadingPlace(
-        position=index + 1,
-        total=len(ids),
-        previous=ids[index - 1] if index else None,
-        next=following[0] if following else None,
+        study_position=None if index is None else index + 1,
+        studies=len(studies),
+        image_position=position + 1,
+        images=len(own),
+        previous=previous,
+        next=following,
         after_signing=after_signing,
     )
 

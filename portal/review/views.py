@@ -71,14 +71,15 @@ def worklist(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.worklist(), PAGE_SIZE).get_page(request.GET.get("page"))
     studies = list(page.object_list)
     _mark_ties(studies)
-    queue = selectors.reading_queue()
+    # Reading starts at the top of the worklist, whichever page is shown.
+    top = studies[0] if page.number == 1 and studies else selectors.worklist().first()
     return render(
         request,
         "review/worklist.html",
         {
             "page": page,
             "studies": studies,
-            "first_unsigned": queue[0][0] if queue else None,
+            "first_unsigned": top.next_scan_id if top else None,
         },
     )
 

@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from portal.clinical.services import patient_create, study_create
 from portal.review.models import Review
-from portal.review.selectors import reading_place, reading_queue
+from portal.review.selectors import reading_place
 
 
 def _study(user, identifier):
@@ -48,17 +48,16 @@ def test_the_queue_follows_the_worklist_then_the_most_suspicious_image(
     h1 = _scan(make_analysed_scan, high, user, "h1.png", 0.6)
     h2 = _scan(make_analysed_scan, high, user, "h2.png", 0.9)
     l1 = _scan(make_analysed_scan, low, user, "l1.png", 0.3)
-    assert [pk for pk, _ in reading_queue()] == [h2.pk, h1.pk, l1.pk]
-    assert reading_queue(study_id=low.pk) == [(l1.pk, low.pk)]
     place = reading_place(scan_id=h1.pk, study_id=high.pk)
-    assert (place.position, place.total, place.previous, place.next) == (
-        2,
-        3,
-        h2.pk,
-        l1.pk,
-    )
+    assert (place.study_position, place.studies) == (1, 2)
+    assert (place.image_position, place.images) == (2, 2)
+    assert (place.previous, place.next) == (h2.pk, l1.pk)
+    low_place = reading_place(scan_id=l1.pk, study_id=low.pk)
+    assert low_place.previous == h1.pk  # the last of the study before
     # From the last, the first still waiting (a skipped scan comes round again).
-    assert reading_place(scan_id=l1.pk, study_id=low.pk).next == h2.pk
+    assert low_place.next == h2.pk
+    in_study = reading_place(scan_id=h1.pk, study_id=high.pk, only_study=True)
+    assert (in_study.previous, in_study.next) == (h2.pk, h2.pk)
     # Signing h2 goes on in its study, before the next study.
     assert reading_place(scan_id=h2.pk, study_id=high.pk).after_signing == h1.pk
 
@@ -116,7 +115,7 @@ def test_the_page_links_the_previous_and_next_scan_and_lists_its_keys(
     page = client.get(_review_url(b, "worklist")).content.decode()
     assert f'href="{_review_url(a, "worklist")}" id="previous-scan"' in page
     assert f'href="{_review_url(c, "worklist")}" id="next-scan"' in page
-    assert "2 of 3 unsigned in the worklist" in page
+    assert "Study 1 of 1 in the worklist · image 2 of 3 unsigned in this study" in page
     assert 'id="shortcuts"' in page and 'id="sign-next"' in page
     assert 'value="4"' in page  # BI-RADS 4, not subdivided
 
