@@ -324,18 +324,22 @@ def worklist() -> QuerySet[Study]:
     """Studies waiting for a radiologist, most suspicious unsigned image first.
 
     Reads the study's own columns (kept by study_review_refresh) through the
-    study_worklist index, so a page costs the same at 10 or 10,000 studies. Each row
-    also names its most suspicious unsigned image (next_scan_id, next_scan_name),
-    counts its unsigned and all images, and says whether an unsigned image was flagged
-    outside the training distribution: subqueries run for the page's rows only.
+    study_worklist index, so a page costs the same at 10 or 10,000 studies. The rows
+    of a page are read whole by WorklistPages.
     """
+    return Study.objects.filter(awaiting_review=True).order_by(*_WORKLIST_ORDER)
+
+
+def _worklist_rows() -> QuerySet[Study]:
+    """Worklist rows with what each shows: its most suspicious unsigned image
+    (next_scan_id, next_scan_name), its unsigned and all images, and whether an
+    unsigned image was flagged outside the training distribution."""
     unsigned = _unreviewed_scans().filter(study_id=OuterRef("pk"))
     most_suspicious = unsigned.annotate(malignant=_scan_malignant()).order_by(
         F("malignant").desc(nulls_last=True), "pk"
     )
     return (
-        Study.objects.filter(awaiting_review=True)
-        .select_related("patient")
+        Study.objects.select_related("patient")
         .annotate(
             scan_count=study_scan_count(),
             unsigned_count=Subquery(
@@ -355,6 +359,26 @@ def worklist() -> QuerySet[Study]:
         )
         .order_by(*_WORKLIST_ORDER)
     )
+
+
+@dataclass(frozen=True)
+class WorklistPages:
+    """What the worklist's paginator slices: a page's study ids from the index, then
+    those rows with their per-row facts. Computed in one step, PostgreSQL worked out
+    the facts of every study before the page too (700 ms for page 20 at 2,000
+    studies on a loaded machine)."""
+
+    studies: QuerySet[Study]
+
+    def count(self) -> int:
+        return self.studies.count()
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __getitem__(self, page: slice) -> list[Study]:
+        ids = list(self.studies.values_list("pk", flat=True)[page])
+        return list(_worklist_rows().filter(pk__in=ids))
 
 
 def _waiting_in_study(study_id: int) -> list[int]:

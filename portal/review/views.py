@@ -68,11 +68,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 @require_permissions("review.view_worklist", *READ_RESULTS)
 def worklist(request: HttpRequest) -> HttpResponse:
-    page = Paginator(selectors.worklist(), PAGE_SIZE).get_page(request.GET.get("page"))
+    pages = selectors.WorklistPages(selectors.worklist())
+    page = Paginator(pages, PAGE_SIZE).get_page(request.GET.get("page"))
     studies = list(page.object_list)
     _mark_ties(studies)
     # Reading starts at the top of the worklist, whichever page is shown.
-    top = studies[0] if page.number == 1 and studies else selectors.worklist().first()
+    top = studies[0] if page.number == 1 and studies else next(iter(pages[:1]), None)
     return render(
         request,
         "review/worklist.html",
@@ -163,7 +164,7 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
 
     form = ReviewForm(
         request.POST or None,
-        initial=_initial(latest, analysis),
+        initial=_initial(latest),
         model_label=analysis.label,
     )
     if request.method == "POST":
@@ -227,12 +228,14 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-def _initial(latest: Review | None, analysis: Analysis) -> dict:
+def _initial(latest: Review | None) -> dict:
+    """The form as the latest review left it; a corrected label only for a correction
+    (the model's own label is no correction)."""
     if latest is None:
         return {"agrees_with_model": "yes"}
     return {
         "agrees_with_model": "yes" if latest.agrees_with_model else "no",
-        "label": latest.label,
+        "label": "" if latest.agrees_with_model else latest.label,
         "birads": latest.birads,
         "note": latest.note,
     }
