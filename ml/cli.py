@@ -107,7 +107,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ml.predict import predict
 
     failures = predict(
-        args.paths, args.out, weights=args.weights, batch_size=args.batch_size
+        args.paths,
+        args.out,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        overlays=args.overlays,
     )
     return 1 if failures else 0
 
@@ -224,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, required=True)
     predict.add_argument("--weights", type=Path, default=None)
     predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument(
+        "--overlays",
+        action="store_true",
+        help="also draw the full-resolution outline and heatmap overlays",
+    )
     predict.set_defaults(func=cmd_predict)
 
     return parser
