@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from portal.accounts.roles import require_permissions
 from portal.analyses.models import Analysis
-from portal.analyses.selectors import viewer_layers
+from portal.analyses.selectors import study_malignancies, viewer_layers
 from portal.audit.services import Action, record_access
 from portal.clinical.models import Scan, Study
 from portal.clinical.services import scan_display_name
@@ -59,6 +59,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "counts": counts,
             "queue": selectors.queue_state(),
             "query": query.urlencode(),
+            "study_malignancies": study_malignancies(
+                study_ids={row.scan.study_id for row in page}
+            ),
         },
     )
 
@@ -67,7 +70,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_permissions("review.view_worklist", *READ_RESULTS)
 def worklist(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.worklist(), PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "review/worklist.html", {"page": page})
+    malignancies = study_malignancies(study_ids=[study.pk for study in page])
+    return render(
+        request,
+        "review/worklist.html",
+        {"page": page, "study_malignancies": malignancies},
+    )
 
 
 def _selected_analysis(request: HttpRequest, analyses: list[Analysis]) -> Analysis:
