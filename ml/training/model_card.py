@@ -115,14 +115,18 @@ def _ablation_section(report_dir: Path, loso: dict | None) -> str:
         "| recipe | held out | AUC m-vs-b | Dice | ECE |",
         "|---|---|---:|---:|---:|",
     ]
+    others = []
     for name, report in rows:
-        for source, fold in report["folds"].items():
+        for source, fold in report.get("folds", {}).items():
             m = fold["metrics"]
             lines.append(
                 f"| {name} | {source} | {_figure(m.get('auc_malignant_vs_benign'))} | "
                 f"{_figure(m.get('dice_lesion_mean'))} | {_figure(m.get('ece'))} |"
             )
-    return "\n".join(lines)
+        if report.get("result"):  # a row judged otherwise than by LOSO folds (so far)
+            command = f" (`{report['command']}`)" if report.get("command") else ""
+            others.append(f"- **{name}**: {report['result']}{command}")
+    return "\n".join(lines + ([""] + others if others else []))
 
 
 def write_model_card(report_dir: Path, card_path: Path) -> None:

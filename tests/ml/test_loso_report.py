@@ -155,3 +155,24 @@ def test_heldout_outputs_of_the_real_network_line_up_with_collect(busi, tmp_path
     assert outputs["lesion"].dtype == np.uint8
     assert outputs["groups"].tolist() == results["groups"].tolist()
     assert np.all(outputs["lesion_max"] >= outputs["lesion_mean_in_mask"])
+
+
+def test_ablation_rows_judged_without_folds_are_listed_with_their_command(tmp_path):
+    from ml.training.model_card import _ablation_section
+
+    (tmp_path / "ablation.json").write_text(
+        json.dumps(
+            {
+                "no augmentation": {"schedule": LEGACY, "folds": {}},
+                "flip TTA": {
+                    "result": "AUC 0.90 -> 0.91 on the test splits; not adopted",
+                    "command": "python -m ml.training.posthoc judge --fit a --test b",
+                },
+            }
+        )
+    )
+    text = _ablation_section(tmp_path, {"folds": {}})
+    assert (
+        "- **flip TTA**: AUC 0.90 -> 0.91 on the test splits; not adopted "
+        "(`python -m ml.training.posthoc judge --fit a --test b`)" in text
+    )
