@@ -85,6 +85,46 @@ def patient_auc(
     return float(roc_auc_score(truth[kept], values[kept])), int(kept.sum())
 
 
+def patient_auc_intervals(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    malignant: np.ndarray,
+    rounds: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """95% bootstrap intervals (resampling patients) of each rule's per-patient AUC, and of
+    the paired difference max - mean."""
+    from sklearn.metrics import roc_auc_score
+
+    names = np.unique(groups)
+    truth = np.array(
+        [
+            1
+            if (labels[groups == n] == MALIGNANT).any()
+            else 0
+            if (labels[groups == n] == BENIGN).any()
+            else -1
+            for n in names
+        ]
+    )
+    values = {rule: per_group(groups, malignant, rule)[1] for rule in RULES}
+    kept = np.nonzero(truth >= 0)[0]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {rule: [] for rule in (*RULES, "max_minus_mean")}
+    for _ in range(rounds):
+        chosen = rng.choice(kept, len(kept))
+        if len(np.unique(truth[chosen])) < 2:
+            continue
+        aucs = {r: roc_auc_score(truth[chosen], values[r][chosen]) for r in RULES}
+        for rule in RULES:
+            samples[rule].append(aucs[rule])
+        samples["max_minus_mean"].append(aucs["max"] - aucs["mean"])
+    return {
+        key: [float(v) for v in np.percentile(values_, [2.5, 97.5])]
+        for key, values_ in samples.items()
+    }
+
+
 def source_recalls(
     labels: np.ndarray, predicted: np.ndarray, sources: np.ndarray
 ) -> dict[str, list[float | None]]:
@@ -191,6 +231,11 @@ def judge(fit: dict, test: dict) -> dict:
     temperature, own_bias = test["temperature"], test["class_bias"]
     report: dict = {"images": len(test["labels"])}
     report["as_shipped"] = _figures(test, test["net_logits"], own_bias, temperature)
+    report["as_shipped"]["patient_auc_ci95"] = patient_auc_intervals(
+        test["labels"],
+        test["groups"],
+        probabilities(test["net_logits"], own_bias, temperature)[:, MALIGNANT],
+    )
     report["as_shipped"]["normals_with_lesion_over_1pct"] = normals_with_lesion(
         test["labels"], test["area"], np.ones(len(test["labels"]), bool)
     )
