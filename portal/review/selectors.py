@@ -276,9 +276,18 @@ def study_review_columns() -> dict[str, Any]:
     # joined to scans, SQLite read every finished analysis of every study instead
     # (30-90 ms per result recorded or review signed at 10,000 studies).
     study_scans = Scan.objects.filter(study_id=OuterRef(OuterRef("pk"))).values("pk")
+    # Each scan's latest finished result only (the study-level result's rule,
+    # portal.analyses.selectors.study_malignancies): a scan analysed again by another
+    # model no longer ranks by its superseded result.
+    superseded = _finished_analyses().filter(
+        Q(queued_at__gt=OuterRef("queued_at"))
+        | Q(queued_at=OuterRef("queued_at"), pk__gt=OuterRef("pk")),
+        scan_id=OuterRef("scan_id"),
+    )
     highest = (
         _finished_analyses()
         .filter(scan_id__in=study_scans)
+        .exclude(Exists(superseded))
         .order_by()
         .values("status")  # one group: every row here has the same status
         .annotate(highest=Max(malignant))

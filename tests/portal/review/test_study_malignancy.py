@@ -129,3 +129,37 @@ def test_the_api_gives_the_study_malignancy_in_list_and_detail(
     assert detail.json()["study_malignancy"] == expected
     listed = api.get("/api/v1/studies/").json()["results"]
     assert [s["study_malignancy"] for s in listed] == [expected]
+
+
+def test_the_worklist_ranks_by_each_scans_latest_result(
+    client: Any, radiologist: Any, user: Any, make_analysed_scan: Any
+) -> None:
+    from portal.clinical.models import Study
+    from portal.review.services import study_review_refresh
+
+    first = study_create(
+        patient=patient_create(identifier="H-81", name="First"), created_by=user
+    )
+    second = study_create(
+        patient=patient_create(identifier="H-82", name="Second"), created_by=user
+    )
+    reanalysed = make_analysed_scan(first, user, probabilities=_p(0.9))
+    make_analysed_scan(second, user, probabilities=_p(0.6))
+    old = reanalysed.analyses.get()
+    Analysis.objects.create(
+        scan=reanalysed,
+        model_version=f"{old.model_version}-newer",
+        status=Analysis.Status.SUCCEEDED,
+        label="benign",
+        confidence=0.7,
+        probabilities=_p(0.3),
+        queued_at=old.queued_at.replace(year=old.queued_at.year + 1),
+    )
+    study_review_refresh(study_id=first.pk)
+    first.refresh_from_db()
+    assert first.max_malignant == pytest.approx(0.3)
+    assert first.max_malignant == pytest.approx(study_malignancy(study=first).malignant)
+    client.force_login(radiologist)
+    ordered = list(client.get(reverse("review:worklist")).context["page"].object_list)
+    assert [s.pk for s in ordered] == [second.pk, first.pk]
+    assert Study.objects.get(pk=second.pk).max_malignant == pytest.approx(0.6)
