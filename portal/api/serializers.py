@@ -330,6 +330,8 @@ def item_row(item: UploadItem) -> dict[str, Any]:
     row["scan"] = item.scan_id
     row["analysis"] = item.analysis_id
     row["status"] = item.analysis.status if item.analysis else None
+    if item.review_flag:
+        row["review_flag"] = item.review_flag
     return row
 
 
