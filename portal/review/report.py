@@ -26,6 +26,7 @@ from reportlab.platypus import (
 
 from portal.analyses.composites import CompositeUnavailable, analysis_composite_name
 from portal.analyses.models import Analysis
+from portal.analyses.selectors import study_malignancy
 from portal.clinical.models import Study
 from portal.clinical.services import scan_display_name
 from portal.review import selectors
@@ -249,6 +250,20 @@ def _review_rows(review: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def _study_malignancy_text(study: Study, scans: list[Any]) -> str:
+    result = study_malignancy(study=study)
+    if result is None:
+        return "—"
+    number = next(
+        (n for n, scan in enumerate(scans, start=1) if scan.pk == result.scan_id), None
+    )
+    return (
+        f"{_percent(result.malignant)} (the most suspicious of {result.images} analysed "
+        f"image{'s' if result.images != 1 else ''}: image {number}, "
+        f"{result.filename})"
+    )
+
+
 def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
     styles = _styles()
     patient = study.patient
@@ -280,6 +295,7 @@ def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
                 ("Description", study.description or "—"),
                 ("Review status", selectors.study_review_state(study=study)),
                 ("Images", str(len(scans))),
+                ("Study malignancy", _study_malignancy_text(study, scans)),
             ],
             styles,
         ),

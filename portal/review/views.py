@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from portal.accounts.roles import require_permissions
 from portal.analyses.models import Analysis
-from portal.analyses.selectors import viewer_layers
+from portal.analyses.selectors import study_malignancies, viewer_layers
 from portal.audit.services import Action, record_access
 from portal.clinical.models import Scan, Study
 from portal.clinical.services import scan_display_name
@@ -61,6 +61,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "counts": counts,
             "queue": selectors.queue_state(),
             "query": query.urlencode(),
+            "study_malignancies": study_malignancies(
+                study_ids={row.scan.study_id for row in page}
+            ),
         },
     )
 
@@ -81,6 +84,9 @@ def worklist(request: HttpRequest) -> HttpResponse:
             "page": page,
             "studies": studies,
             "first_unsigned": top.next_scan_id if top else None,
+            "study_malignancies": study_malignancies(
+                study_ids=[study.pk for study in studies]
+            ),
         },
     )
 
