@@ -605,16 +605,33 @@ AUTHENTICATION_BACKENDS = [
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5, minimum=1)
 LOGIN_MAX_FAILURES_PER_IP = env_int("LOGIN_MAX_FAILURES_PER_IP", 50, minimum=1)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60, minimum=1)
-# Proxies in front of the portal that append to X-Forwarded-For (0: use REMOTE_ADDR).
+# The client address (login lockout, access records; portal/clientaddress.py): proxies
+# in front of the portal that append to X-Forwarded-For (0: use REMOTE_ADDR), and the
+# addresses or networks those proxies connect from. The header is believed only from a
+# peer in TRUSTED_PROXIES, so a client that reaches the portal directly cannot choose
+# the address its failures are counted under.
 NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+try:
+    from portal.clientaddress import parse_networks
+
+    parse_networks(TRUSTED_PROXIES)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from None
+if NUM_PROXIES and not TRUSTED_PROXIES:
+    raise ImproperlyConfigured(
+        f"NUM_PROXIES={NUM_PROXIES} needs TRUSTED_PROXIES, the addresses the proxies "
+        "connect from (such as 10.0.0.5 or 172.18.0.0/16): without them any client "
+        "could set X-Forwarded-For and choose its own address"
+    )
 # django-axes counts failures per name and per address in the cache; the two limits
 # above and the messages come from portal/accounts/lockout.py.
 AXES_HANDLER = "portal.accounts.lockout.LockoutHandler"
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
 AXES_FAILURE_LIMIT = LOGIN_MAX_FAILURES
 AXES_COOLOFF_TIME = "portal.accounts.lockout.cool_off"
 AXES_USERNAME_CALLABLE = "portal.accounts.lockout.lockout_username"
-AXES_CLIENT_IP_CALLABLE = "portal.accounts.lockout.client_address"
+AXES_CLIENT_IP_CALLABLE = "portal.clientaddress.client_address"
 AXES_LOCKOUT_CALLABLE = "portal.accounts.lockout.keep_the_views_answer"
 # The cache handler keeps no rows for the admin to show.
 AXES_ENABLE_ADMIN = False

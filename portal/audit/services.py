@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from auditlog.diff import model_instance_diff
@@ -13,19 +12,11 @@ from django.db import models
 from django.http import HttpRequest
 
 from portal.audit.models import AccessRecord
+from portal.clientaddress import client_address
 
 logger = logging.getLogger(__name__)
 
 Action = AccessRecord.Action
-
-
-def client_address(request: HttpRequest) -> str | None:
-    """The peer address. X-Forwarded-For is not trusted: any client can set it."""
-    address = request.META.get("REMOTE_ADDR") or ""
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return None
 
 
 def record_access(
