@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -166,13 +167,14 @@ INSTALLED_APPS = [
     "auditlog",
     "axes",
     "csp",
+    # Before portal.accounts, whose admin replaces knox's (which would show digests).
+    "knox",
     "portal.accounts",
     "portal.clinical",
     "portal.analyses",
     "portal.review",
     "portal.audit",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served from our own static files
     "portal.ingest",
@@ -476,7 +478,7 @@ API_THROTTLE_UPLOADS = env_rate("API_THROTTLE_UPLOADS", "30/minute")
 API_THROTTLE_ANON = env_rate("API_THROTTLE_ANON", "20/minute")
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -503,6 +505,18 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "portal.api.errors.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+# API tokens (django-rest-knox): only a SHA-512 digest is stored, so nobody (superusers
+# included) can read a token back; each expires API_TOKEN_TTL_HOURS after it was issued
+# and all of a user's tokens are revoked when the password changes or the account is
+# deactivated (portal/accounts/tokens.py). "Authorization: Token <key>" as before.
+API_TOKEN_TTL_HOURS = env_int("API_TOKEN_TTL_HOURS", 10, minimum=1)
+API_TOKENS_PER_USER = env_int("API_TOKENS_PER_USER", 10, minimum=1)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=API_TOKEN_TTL_HOURS),
+    "TOKEN_LIMIT_PER_USER": API_TOKENS_PER_USER,
+    "AUTO_REFRESH": False,
+    "AUTH_HEADER_PREFIX": "Token",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "BUS-AI portal API",

@@ -21,4 +21,6 @@ class AccountsConfig(AppConfig):
     label = "accounts"
 
     def ready(self) -> None:
+        from portal.accounts import tokens  # noqa: F401  (revocation receiver)
+
         post_migrate.connect(_sync_roles, dispatch_uid="portal.accounts.sync_roles")

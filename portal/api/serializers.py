@@ -38,6 +38,7 @@ class TokenRequestSerializer(serializers.Serializer):
 
 class TokenSerializer(serializers.Serializer):
     token = serializers.CharField(read_only=True)
+    expiry = serializers.DateTimeField(read_only=True)
 
 
 class PatientSerializer(serializers.ModelSerializer):
