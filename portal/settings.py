@@ -196,7 +196,7 @@ MIDDLEWARE = [
     "portal.logs.RequestContextMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     # Puts the signed-in user and client address on every audit log entry.
-    "auditlog.middleware.AuditlogMiddleware",
+    "portal.audit.middleware.AuditlogMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as axes asks: it sees the response of a refused login.
