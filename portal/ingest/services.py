@@ -27,7 +27,12 @@ from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_ver
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
 from portal.clinical.services import scan_create
-from portal.clinical.uploads import UploadRejected, ValidatedUpload, validate_content
+from portal.clinical.uploads import (
+    UploadRejected,
+    ValidatedUpload,
+    safe_filename,
+    validate_content,
+)
 from portal.ingest.archives import (
     ArchiveBudget,
     ArchiveLimits,
@@ -264,7 +269,7 @@ class BatchIngester:
                 return UploadItem.objects.create(
                     batch=self.batch,
                     filename=upload.original_filename[:500],
-                    archive=archive[:255],
+                    archive=safe_filename(archive)[:255] if archive else "",
                     outcome=Outcome.DUPLICATE,
                     reason=f"already uploaded as scan {existing.pk}{where}; not analysed again",
                     sha256=upload.sha256,
@@ -281,7 +286,7 @@ class BatchIngester:
             return UploadItem.objects.create(
                 batch=self.batch,
                 filename=upload.original_filename[:500],
-                archive=archive[:255],
+                archive=safe_filename(archive)[:255] if archive else "",
                 outcome=Outcome.ACCEPTED,
                 sha256=upload.sha256,
                 scan=scan,
@@ -295,8 +300,8 @@ class BatchIngester:
         self.result.items.append(
             UploadItem.objects.create(
                 batch=self.batch,
-                filename=(name or "(no name)")[:500],
-                archive=archive[:255],
+                filename=safe_filename(name or "")[:500],
+                archive=safe_filename(archive)[:255] if archive else "",
                 outcome=Outcome.REJECTED,
                 reason=reason,
                 sha256=sha256,
