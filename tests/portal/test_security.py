@@ -263,6 +263,32 @@ def test_polling_does_not_keep_an_idle_session_alive(client, clinician, settings
     assert client.session[LAST_ACTIVITY_KEY] == idle_since
 
 
+def test_the_idle_clock_runs_when_only_polls_arrive(
+    client, clinician, settings, monkeypatch
+):
+    """Signed in, then only the study page's status polls: the session still ends
+    SESSION_IDLE_TIMEOUT after the last request of the user's own."""
+    import portal.security
+
+    start = time.time()
+    client.force_login(clinician)
+    poll = "/studies/999999/status.json"
+    client.get(poll)  # before any page of the user's own
+    later = start + settings.SESSION_IDLE_TIMEOUT + 5
+    monkeypatch.setattr(portal.security.time, "time", lambda: later)
+
+    response = client.get(poll)
+
+    assert not _signed_in(client)
+    assert response.status_code in (302, 401, 403)
+
+
+def test_a_login_starts_the_idle_clock(client, clinician):
+    _login(client, "clinician", PASSWORD)
+    assert _signed_in(client)
+    assert client.session[LAST_ACTIVITY_KEY] >= time.time() - 60
+
+
 def test_sessions_have_a_bounded_life_and_end_with_the_browser(settings):
     assert settings.SESSION_EXPIRE_AT_BROWSER_CLOSE is True
     assert settings.SESSION_COOKIE_AGE <= 24 * 3600
