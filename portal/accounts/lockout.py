@@ -47,6 +47,19 @@ from portal.clientaddress import client_address
 logger = logging.getLogger(__name__)
 
 
+DIRECTORY_UNAVAILABLE = (
+    "The hospital directory cannot be reached right now, so directory accounts cannot "
+    "sign in. Try again in a few minutes; this attempt does not count as a failed "
+    "sign-in."
+)
+
+
+def directory_unavailable(request: HttpRequest | None) -> bool:
+    """Whether this request's sign-in failed because the directory was unreachable
+    (set by portal/accounts/directory.py), not because of a wrong password."""
+    return bool(getattr(request, "directory_unavailable", False))
+
+
 def lockout_username(request: HttpRequest | None, credentials: dict | None) -> str:
     """The name failures are counted under: case and spaces folded, because a
     directory backend matches "Ann" and "ann " to the same account."""
@@ -154,6 +167,9 @@ class LockoutHandler(AxesCacheHandler):
     ) -> None:
         if request is None:
             return
+        if directory_unavailable(request):
+            logger.warning("login not checked: the directory is unavailable")
+            return
         timeout = get_cache_timeout(request)
         for key, _, _ in _counters(request, credentials):
             try:
@@ -199,6 +215,10 @@ class LockoutAuthenticationForm(AuthenticationForm):
         try:
             return super().clean()
         except ValidationError:
+            if directory_unavailable(self.request):
+                raise ValidationError(
+                    DIRECTORY_UNAVAILABLE, code="directory_unavailable"
+                ) from None
             if self.request is not None:
                 credentials = {"username": self.cleaned_data.get("username") or ""}
                 reason = lockout_reason(self.request, credentials)

@@ -16,13 +16,14 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
+from portal.accounts.lockout import DIRECTORY_UNAVAILABLE, directory_unavailable
 from portal.accounts.tokens import token_issue, tokens_revoke
 from portal.api.permissions import needs
 from portal.api.serializers import (
     TokenRequestSerializer,
     TokenSerializer,
 )
-from portal.api.views.base import PortalAPIView
+from portal.api.views.base import PortalAPIView, ServiceUnavailable
 
 
 class TokenView(APIView):
@@ -56,6 +57,8 @@ class TokenView(APIView):
             username=serializer.validated_data["username"],
             password=serializer.validated_data["password"],
         )
+        if user is None and directory_unavailable(request._request):
+            raise ServiceUnavailable(DIRECTORY_UNAVAILABLE)
         if user is None or not user.is_active:
             # The same answer for a wrong name, a wrong password and a locked account.
             raise exceptions.AuthenticationFailed(
