@@ -180,6 +180,7 @@ INSTALLED_APPS = [
     "portal.ingest",
     "portal.api",
     "portal.dicomnet",
+    "portal.pages",
 ]
 
 MIDDLEWARE = [
