@@ -10,6 +10,7 @@ import pytest
 from django.contrib.auth.password_validation import validate_password
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
@@ -217,6 +218,11 @@ def test_failures_from_elsewhere_do_not_lock_the_account_owner_out(
 
     _login(client, "clinician", PASSWORD, REMOTE_ADDR="10.20.30.40")
 
+    assert _signed_in(client)
+    client.logout()
+    # The documented way to lift the pair's lock.
+    call_command("axes_reset_ip_username", "192.0.2.66", "clinician")
+    _login(client, "clinician", PASSWORD, REMOTE_ADDR="192.0.2.66")
     assert _signed_in(client)
 
 
