@@ -523,7 +523,8 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "BUS-AI portal API",
     "DESCRIPTION": (
         "Patients, studies, scan uploads (images, DICOM, zips) and analysis results. "
-        "Authenticate with `Authorization: Token <key>` (POST /api/v1/auth/token/). "
+        "Authenticate with `Authorization: Token <key>` (POST /api/v1/auth/token/; "
+        "a token expires after API_TOKEN_TTL_HOURS and with a password change). "
         "Results are decision support, not diagnosis."
     ),
     "VERSION": "1",
