@@ -39,6 +39,7 @@ class TokenRequestSerializer(serializers.Serializer):
 
 class TokenSerializer(serializers.Serializer):
     token = serializers.CharField(read_only=True)
+    expiry = serializers.DateTimeField(read_only=True)
 
 
 class PatientSerializer(serializers.ModelSerializer):

@@ -234,7 +234,7 @@ def _review_rows(review: Any) -> list[tuple[str, str]]:
     rows = [
         ("Radiologist label", f"{review.label} ({reading})"),
         ("BI-RADS", review.get_birads_display()),
-        ("Note", review.note or "—"),
+        ("Note", "below" if review.note.strip() else "—"),
         (
             "Signed by",
             (
@@ -262,6 +262,22 @@ def _study_malignancy_text(study: Study, scans: list[Any]) -> str:
         f"image{'s' if result.images != 1 else ''}: image {number}, "
         f"{result.filename})"
     )
+
+
+def _note(review: Any, styles: dict) -> list[Any]:
+    """The signed note as paragraphs after the table, one per line of it.
+
+    A table cell cannot split across pages, so a note longer than a page in the table
+    raised reportlab's LayoutError (a 500 for everyone until an amendment); paragraphs
+    wrap and split wherever the page ends.
+    """
+    if review is None or not review.note.strip():
+        return []
+    lines = [line.strip() for line in review.note.splitlines() if line.strip()]
+    return [
+        Paragraph("<b>Note</b>", styles["body"]),
+        *(Paragraph(_esc(line), styles["body"]) for line in lines),
+    ]
 
 
 def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
@@ -316,10 +332,10 @@ def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
                     _scan_images(scan, analysis),
                     Spacer(1, 3 * mm),
                     _table(_model_rows(scan, analysis) + _review_rows(review), styles),
-                    Spacer(1, 5 * mm),
                 ]
             )
         )
+        story.extend([*_note(review, styles), Spacer(1, 5 * mm)])
     generated = timezone.localtime()
     story.append(
         Paragraph(
