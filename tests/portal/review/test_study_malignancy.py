@@ -111,13 +111,12 @@ def test_the_pdf_reports_the_study_malignancy(
 def test_the_api_gives_the_study_malignancy_in_list_and_detail(
     make_user: Any, study: Any, three_scans: list[Any]
 ) -> None:
-    from rest_framework.authtoken.models import Token
+    from knox.models import AuthToken
     from rest_framework.test import APIClient
 
+    _, key = AuthToken.objects.create(make_user("staff", "api-staff"))
     api = APIClient()
-    api.credentials(
-        HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=make_user('staff', 'api-staff')).key}"
-    )
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     expected = {
         "malignant": pytest.approx(0.8),
         "scan": three_scans[1].pk,
