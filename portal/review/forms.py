@@ -5,6 +5,7 @@ from django import forms
 from portal.analyses.models import Analysis
 from portal.clinical.models import Pathology
 from portal.review.models import BiRads
+from portal.review.services import correction_error
 
 
 class ReviewForm(forms.Form):
@@ -16,7 +17,7 @@ class ReviewForm(forms.Form):
         initial="yes",
     )
     label = forms.ChoiceField(
-        choices=Analysis.Label.choices,
+        choices=[("", "—"), *Analysis.Label.choices],
         required=False,
         label="Corrected label",
     )
@@ -28,10 +29,19 @@ class ReviewForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4}), required=False, label="Note"
     )
 
+    def __init__(self, *args: object, model_label: str = "", **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.model_label = model_label
+
     def clean(self) -> dict:
         data = super().clean()
-        if data.get("agrees_with_model") is False and not data.get("label"):
-            self.add_error("label", "Choose the label you read.")
+        if data.get("agrees_with_model") is False:
+            if not data.get("label"):
+                self.add_error("label", "Choose the label you read.")
+            elif problem := correction_error(
+                model_label=self.model_label, label=data["label"]
+            ):
+                self.add_error("label", problem)
         return data
 
 

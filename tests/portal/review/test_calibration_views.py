@@ -198,7 +198,7 @@ def test_the_review_page_and_report_show_the_operating_point(
     assert (
         '<span class="badge suspicious" id="suspicious-flag">suspicious</span>' in page
     )
-    assert "against this site's threshold 0.300 (site calibration 1" in page
+    assert "against this site's threshold 30.0% (site calibration 1" in page
     report = pdf_text(
         client.get(reverse("review:study_report", args=[study.pk])).content
     )

@@ -4,6 +4,8 @@ report, dashboard (with its filter); and which class Grad-CAM explains."""
 
 from __future__ import annotations
 
+import re
+
 from django.urls import reverse
 
 from tests.portal.review.conftest import FLAGGED
@@ -27,7 +29,7 @@ def test_the_review_page_cautions_prominently_with_score_and_threshold(
     assert f"<strong>{WARNING}.</strong>" in page
     assert "a caution, not a verdict" in page
     # The result is still shown: a caution does not withhold it.
-    assert '<p class="label label-malignant"><strong>malignant</strong>' in page
+    assert '<p class="label label-malignant">Model: <strong>malignant</strong>' in page
     assert "not reliable" not in page
     assert '<span class="ood-score">97.25</span>' in page
     assert '<span class="ood-threshold">41.50</span>' in page
@@ -109,10 +111,12 @@ def test_the_dashboard_filters_and_marks_results_outside_the_training_distributi
 
     def shown(**params: str) -> set[str]:
         page = client.get(reverse("review:dashboard"), params).content.decode()
+        # A row's own link (each row's study-malignancy cell also names the study's
+        # driving image, with a title between the address and the name).
         return {
             name
             for name in ("flagged.png", "familiar.png", "unchecked.png")
-            if name in page
+            if re.search(rf'\?analysis=\d+">{re.escape(name)}</a>', page)
         }
 
     assert shown() == {"flagged.png", "familiar.png", "unchecked.png"}

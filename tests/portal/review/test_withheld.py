@@ -254,3 +254,55 @@ def test_the_withheld_sr_passes_dciodvfy(withheld, tmp_path):
     assert set(results.names) == {"sr", "source"}
     for kind, dataset in results.names.items():
         assert dciodvfy_errors(dataset, tmp_path / f"{kind}.dcm") == [], kind
+
+
+def test_a_withheld_image_counts_for_no_study_malignancy_and_no_worklist_rank(
+    client, radiologist, study, user, make_analysed_scan
+):
+    """The worklist (issue 19/20) ranks a study by its most suspicious unsigned image and
+    shows the study's malignancy: an image withheld as not a breast ultrasound is in
+    neither, even where it was analysed before with a high malignant p (the latest
+    result counts), and it raises no "unusual for this model" marker on the row."""
+    from portal.analyses import services
+    from portal.analyses.selectors import study_malignancies
+    from portal.clinical.models import Study
+
+    other = make_analysed_scan(
+        study,
+        user,
+        probabilities={"normal": 0.5, "benign": 0.3, "malignant": 0.2},
+        filename="other.png",
+    )
+    earlier = make_analysed_scan(
+        study,
+        user,
+        probabilities={"normal": 0.01, "benign": 0.02, "malignant": 0.97},
+        filename="photo.png",
+        model_version="older-model",  # analysed again below by the gated model
+    )
+    again = Analysis.objects.create(
+        scan=earlier, model_version=TEST_MODEL_VERSION, status=Analysis.Status.QUEUED
+    )
+    services.analysis_claim(analysis_id=again.pk, worker="test-worker")
+    assert services.analysis_record_success(
+        analysis_id=again.pk,
+        result={
+            **VERDICT,
+            "withheld": True,
+            "gate_score": 9.75,
+            "in_distribution": False,
+            "ood_score": 50.0,
+        },
+        artifacts=_artifacts(),
+    )
+    result = study_malignancies(study_ids=[study.pk])[study.pk]
+    assert (result.scan_id, result.images) == (other.pk, 1)
+    assert result.malignant == pytest.approx(0.2)
+    study = Study.objects.get(pk=study.pk)
+    assert study.awaiting_review and study.max_malignant == pytest.approx(0.2)
+    client.force_login(radiologist)
+    rows = client.get(reverse("review:worklist")).content.decode()
+    rows = rows.split('id="worklist-rows"')[1]
+    assert "20.0%" in rows
+    assert "97.0%" not in rows and "87.7%" not in rows
+    assert "unusual for this model" not in rows
