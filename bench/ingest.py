@@ -13,7 +13,6 @@ database: every one is decoded, stored and enqueued.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -40,6 +39,7 @@ from bench.launch import (
     tail,
     wait_until_ready,
 )
+from ml.weights_io import placeholder_meta, write_meta
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def run(
                     )
                 weights = work / "weights"
                 weights.mkdir()
-                (weights / "model.json").write_text(json.dumps({"version": "bench"}))
+                write_meta(weights, placeholder_meta("bench"))
             media = work / "media"
             media.mkdir()
             database = database_url or f"sqlite:///{work / 'bench.sqlite3'}"
