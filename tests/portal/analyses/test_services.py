@@ -62,6 +62,34 @@ def test_claim_is_a_compare_and_set(analysis):
     assert analysis.started_at is not None
 
 
+def test_claim_waiting_takes_a_batch_in_three_queries_and_leaves_taken_rows(
+    study, user, make_png, django_assert_num_queries
+):
+    waiting = [
+        scan_submit(
+            study=study,
+            upload=validate_content(filename=f"{i}.png", content=make_png()),
+            uploaded_by=user,
+            model_version=TEST_MODEL_VERSION,
+        ).analyses.get()
+        for i in range(6)
+    ]
+    # Taken by another worker: not queued, not taken again.
+    services.analysis_claim(analysis_id=waiting[1].pk, worker="other")
+    # Pick, update, read back: three queries for a batch of any size (a claim per row
+    # was one UPDATE each).
+    with django_assert_num_queries(3):
+        claimed = services.analysis_claim_waiting(
+            model_version=TEST_MODEL_VERSION, worker="w", limit=5
+        )
+    assert claimed == [waiting[0].pk, *[a.pk for a in waiting[2:6]]]
+    rows = Analysis.objects.in_bulk(claimed)
+    assert {(r.status, r.worker, r.attempts) for r in rows.values()} == {
+        (Analysis.Status.RUNNING, "w", 1)
+    }
+    assert Analysis.objects.get(pk=waiting[1].pk).worker == "other"
+
+
 def test_one_analysis_per_scan_and_model_version(analysis):
     from django.db import IntegrityError
 
