@@ -150,6 +150,17 @@ def _run_against_processes(
 def cmd_ingest(args: argparse.Namespace) -> int:
     from bench import ingest
 
+    if args.scale:
+        sizes = sorted(int(size) for size in args.scale.split(","))
+        _write(
+            ingest.scale(
+                sizes=sizes,
+                busi_dir=args.busi_dir,
+                database_url=args.database_url,
+                report=_report,
+            )
+        )
+        return 0
     result = _run_against_processes(ingest, args, (OSError,), analyse=args.analyse)
     return 2 if result is None else 0
 
@@ -249,6 +260,15 @@ def _add_ingest(parser: argparse.ArgumentParser) -> None:
         "--analyse",
         action="store_true",
         help="then run a worker and time the analyses (needs a trained model)",
+    )
+    parser.add_argument(
+        "--scale",
+        default=None,
+        metavar="N,N",
+        help=(
+            "instead: one zip of each size (e.g. 500,5000) through the API and through "
+            "import_scans; time per file and peak memory, flat or not"
+        ),
     )
 
 
