@@ -22,6 +22,7 @@ from portal.clinical.services import patient_create
 
 class PatientListView(PortalAPIView, generics.ListCreateAPIView):
     serializer_class = PatientSerializer
+    keyset_ordering = ("identifier",)  # unique (see portal.api.pagination)
     required_permissions = needs(
         GET=("clinical.view_patient",),
         POST=("clinical.view_patient", "clinical.add_patient"),

@@ -82,6 +82,8 @@ STUDY_FILTERS = [
 
 class StudyListView(PortalAPIView, generics.ListCreateAPIView):
     serializer_class = StudySerializer
+    # Newest first, walked on the study_date index (see portal.api.pagination).
+    keyset_ordering = ("-study_date", "-id")
     required_permissions = needs(
         GET=("clinical.view_study",),
         POST=("clinical.view_patient", "clinical.add_study"),
