@@ -4,6 +4,7 @@ from django import forms
 
 from portal.analyses.models import Analysis
 from portal.review.models import BiRads
+from portal.review.services import correction_error
 
 
 class ReviewForm(forms.Form):
@@ -15,7 +16,7 @@ class ReviewForm(forms.Form):
         initial="yes",
     )
     label = forms.ChoiceField(
-        choices=Analysis.Label.choices,
+        choices=[("", "—"), *Analysis.Label.choices],
         required=False,
         label="Corrected label",
     )
@@ -27,8 +28,17 @@ class ReviewForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4}), required=False, label="Note"
     )
 
+    def __init__(self, *args: object, model_label: str = "", **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.model_label = model_label
+
     def clean(self) -> dict:
         data = super().clean()
-        if data.get("agrees_with_model") is False and not data.get("label"):
-            self.add_error("label", "Choose the label you read.")
+        if data.get("agrees_with_model") is False:
+            if not data.get("label"):
+                self.add_error("label", "Choose the label you read.")
+            elif problem := correction_error(
+                model_label=self.model_label, label=data["label"]
+            ):
+                self.add_error("label", problem)
         return data
