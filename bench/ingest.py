@@ -322,7 +322,9 @@ class ImportBenchResult:
     seconds: float  # the whole command, its start-up included
     stored_seconds: float  # from the first scan stored to the last
     peak_rss_mb: float  # the command's peak resident set size
-    imported: int
+    imported: int  # messages in the queue
+    summary: str  # the command's last line: accepted, duplicates, rejected
+    rejections: list[str]  # the first few "rejected" lines
 
     @property
     def ms_per_file(self) -> float:
@@ -374,7 +376,7 @@ def run_import(
             ],
             cwd=REPO_ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
+            stdout=open(work / "import.out", "wb"),  # noqa: SIM115 - closed with the process
             stderr=open(work / "import.log", "wb"),  # noqa: SIM115 - closed with the process
         )
         _, status, usage = os.wait4(process.pid, 0)
@@ -383,7 +385,10 @@ def run_import(
         if process.returncode != 0:
             raise RuntimeError(f"import_scans failed:\n{tail(work / 'import.log')}")
         span = _manage(env, "shell", "--verbosity", "0", "-c", STORED_SPAN)
+        said = (work / "import.out").read_text().splitlines()
         return ImportBenchResult(
+            summary=said[-1] if said else "",
+            rejections=[line for line in said if line.startswith("rejected")][:3],
             n=n,
             seconds=seconds,
             stored_seconds=float(span.strip().splitlines()[-1]),
@@ -425,6 +430,9 @@ def scale(
             f"{command.peak_rss_mb:>15.0f}  API {api.accepted}/{api.enqueued}, "
             f"import {command.imported}"
         )
+    for n, _, command in rows:
+        lines.append(f"import_scans at {n}: {command.summary}")
+        lines.extend(f"  {line}" for line in command.rejections)
     (small, api_s, cmd_s), (large, api_l, cmd_l) = rows[0], rows[-1]
     for what, t_small, t_large, m_small, m_large in (
         (
