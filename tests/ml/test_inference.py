@@ -14,11 +14,14 @@ from ml.config import CLASSES, DEFAULT_WEIGHTS_DIR, REPO_DIR
 from ml.decode import decode_image
 from ml.inference import Analyzer, ModelLoadError
 from ml.weights_io import sha256_of
+from tests.conftest import SCANS_DIR
 
+# Real scans kept with the tests (tests/fixtures/scans/README.md): no dataset needed.
+# Three sizes, grey PNG and RGB JPEG.
 SAMPLES = (
-    "normal/normal (3).png",
-    "benign/benign (10).png",
-    "malignant/malignant (12).png",
+    "normal/case209.png",
+    "benign/case014.jpg",
+    "malignant/case050.png",
 )
 
 
@@ -35,8 +38,8 @@ def test_the_committed_weights_match_their_version():
     assert size < 25 * 1024 * 1024
 
 
-def test_it_analyses_real_scans_of_any_size(analyzer, busi):
-    images = [decode_image(busi / path) for path in SAMPLES]
+def test_it_analyses_real_scans_of_any_size(analyzer):
+    images = [decode_image(SCANS_DIR / path) for path in SAMPLES]
     results = analyzer.analyze(images, batch_size=2)
     assert len(results) == 3
     for image, result in zip(images, results, strict=True):
@@ -55,8 +58,8 @@ def test_it_analyses_real_scans_of_any_size(analyzer, busi):
         assert result.model_version == analyzer.model_version
 
 
-def test_it_explains_a_class_the_caller_names(analyzer, busi):
-    image = decode_image(busi / SAMPLES[2])
+def test_it_explains_a_class_the_caller_names(analyzer):
+    image = decode_image(SCANS_DIR / SAMPLES[2])
     (as_benign,), (as_malignant,) = (
         analyzer.analyze([image], class_index=[1]),
         analyzer.analyze([image], class_index=[2]),
@@ -65,8 +68,8 @@ def test_it_explains_a_class_the_caller_names(analyzer, busi):
     assert not np.allclose(as_benign.gradcam, as_malignant.gradcam)
 
 
-def test_grad_cam_explains_the_calibrated_label_not_the_raw_argmax(analyzer, busi):
-    image = decode_image(busi / SAMPLES[1])
+def test_grad_cam_explains_the_calibrated_label_not_the_raw_argmax(analyzer):
+    image = decode_image(SCANS_DIR / SAMPLES[1])
     (plain,) = analyzer.analyze([image])
     assert plain.explained_class == plain.label
     raw_winner = int(np.argmax(plain.class_logits))
@@ -105,14 +108,17 @@ def _predict(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
+def test_predict_cli_writes_results_and_names_bad_files(tmp_path):
     from ml.site_calibration import SiteCalibration
     from ml.training.ood_corpus import corpus
 
     inputs = tmp_path / "in"
     inputs.mkdir()
+    names = {}  # stem -> file name
     for path in SAMPLES[1:]:
-        shutil.copy(busi / path, inputs / path.split("/")[1].replace(" ", "_"))
+        source = SCANS_DIR / path
+        shutil.copy(source, inputs / source.name)
+        names[source.stem] = source.name
     (inputs / "notes.png").write_text("not an image")
     Image.fromarray(corpus()["document_1"]).save(inputs / "letter.png")
     site = SiteCalibration(
@@ -135,7 +141,7 @@ def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
         "notes.png" in completed.stderr and "not a recognised image" in completed.stderr
     )
     assert "marginal time:" in completed.stderr and "ms per image" in completed.stderr
-    for stem in ("benign_(10)", "malignant_(12)"):
+    for stem, name in names.items():
         result = json.loads((out / f"{stem}.json").read_text())
         assert set(result) >= {
             "label",
@@ -165,7 +171,7 @@ def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
             rtol=1e-6,
         )
         with (
-            Image.open(inputs / f"{stem}.png") as original,
+            Image.open(inputs / name) as original,
             Image.open(out / f"{stem}_mask.png") as mask,
         ):
             assert mask.size == original.size
@@ -194,9 +200,9 @@ def test_a_bad_calibration_file_is_refused_before_the_model_loads(tmp_path):
     assert "site.json" in completed.stderr and "lacks" in completed.stderr
 
 
-def test_predict_cli_draws_the_overlays_only_when_asked(busi, tmp_path):
+def test_predict_cli_draws_the_overlays_only_when_asked(tmp_path):
     image = tmp_path / "scan.png"
-    shutil.copy(busi / SAMPLES[-1], image)
+    shutil.copy(SCANS_DIR / SAMPLES[-1], image)
     out = tmp_path / "out"
     completed = _predict(str(image), "--out", str(out), "--overlays")
     assert completed.returncode == 0, completed.stderr
@@ -207,10 +213,10 @@ def test_predict_cli_draws_the_overlays_only_when_asked(busi, tmp_path):
     assert (out / "scan.json").is_file() and (out / "scan_mask.png").is_file()
 
 
-def test_what_a_worker_stores_reads_back_as_the_model_produced_it(analyzer, busi):
+def test_what_a_worker_stores_reads_back_as_the_model_produced_it(analyzer):
     from ml.render import read_heatmap, read_mask
 
-    images = [decode_image(busi / path) for path in SAMPLES]
+    images = [decode_image(SCANS_DIR / path) for path in SAMPLES]
     for image, result in zip(images, analyzer.analyze(images), strict=True):
         stored = result.stored_artifacts()
         assert (read_mask(stored["mask"]) == result.lesion_mask).all()
@@ -225,7 +231,7 @@ def test_what_a_worker_stores_reads_back_as_the_model_produced_it(analyzer, busi
             assert len(stored[kind]) < 8 * 1024
 
 
-def test_weights_without_a_gate_or_caution_threshold_still_analyse(analyzer, busi):
+def test_weights_without_a_gate_or_caution_threshold_still_analyse(analyzer):
     """model.json written before issue 16 has neither: nothing is withheld, gate_score is
     None, and the caution keeps the archive's own threshold."""
     meta = copy.copy(analyzer.meta)
@@ -234,7 +240,7 @@ def test_weights_without_a_gate_or_caution_threshold_still_analyse(analyzer, bus
     archive_threshold = meta.ood.threshold
     old = Analyzer(analyzer._model, meta)
     assert old.gate is None
-    [result] = old.analyze([decode_image(busi / SAMPLES[0])])
+    [result] = old.analyze([decode_image(SCANS_DIR / SAMPLES[0])])
     assert result.withheld is False and result.gate_score is None
     assert result.to_dict()["gate_score"] is None
     assert old.ood.threshold == archive_threshold
@@ -242,16 +248,18 @@ def test_weights_without_a_gate_or_caution_threshold_still_analyse(analyzer, bus
     meta = copy.copy(meta)
     meta.ood = copy.deepcopy(analyzer.meta.ood)
     meta.caution_threshold = result.ood_score - 1e-3
-    [again] = Analyzer(analyzer._model, meta).analyze([decode_image(busi / SAMPLES[0])])
+    [again] = Analyzer(analyzer._model, meta).analyze(
+        [decode_image(SCANS_DIR / SAMPLES[0])]
+    )
     assert again.in_distribution is False
 
 
-def test_stored_logits_re_score_to_what_the_analysis_showed(analyzer, busi):
+def test_stored_logits_re_score_to_what_the_analysis_showed(analyzer):
     """A site calibration re-scores history from the stored logits: with the weights' own
     calibration the logits give back exactly the probabilities the analysis showed."""
     from ml.site_calibration import SiteCalibration
 
-    results = analyzer.analyze([decode_image(busi / path) for path in SAMPLES])
+    results = analyzer.analyze([decode_image(SCANS_DIR / path) for path in SAMPLES])
     own = SiteCalibration.from_training(
         temperature=analyzer.temperature, class_bias=analyzer.class_bias
     )

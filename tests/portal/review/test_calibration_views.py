@@ -4,13 +4,12 @@ case-mix panel of the agreement monitor."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from auditlog.models import LogEntry
 from django.urls import reverse
 
 from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION
+from ml.weights_io import placeholder_meta, write_meta
 from portal.registry.models import CalibrationActivation, SiteCalibration
 from tests.conftest import TEST_MODEL_VERSION
 
@@ -21,15 +20,16 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def model_json(weights_dir):
-    (weights_dir / "model.json").write_text(
-        json.dumps(
-            {
-                "version": TEST_MODEL_VERSION,
-                "temperature": 1.25,
-                "class_bias": [0.75, 0.0, 1.0],
-                "class_prior": TRAINING_PRIOR,
-            }
-        )
+    # A whole model.json (read_meta refuses a partial one); the class prior where
+    # training records it.
+    write_meta(
+        weights_dir,
+        placeholder_meta(
+            TEST_MODEL_VERSION,
+            temperature=1.25,
+            class_bias=[0.75, 0.0, 1.0],
+            training={"class_prior": TRAINING_PRIOR},
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION
 from ml.site_calibration import SiteCalibration as Fitted
+from ml.weights_io import placeholder_meta, write_meta
 from portal.analyses.models import Analysis
 from portal.clinical.models import Patient, Scan, Study
 from portal.registry.models import CalibrationActivation, SiteCalibration
@@ -34,15 +35,16 @@ TRAINING_PRIOR = [0.2, 0.5, 0.3]
 
 @pytest.fixture(autouse=True)
 def model_json(weights_dir):
-    (weights_dir / "model.json").write_text(
-        json.dumps(
-            {
-                "version": TEST_MODEL_VERSION,
-                "temperature": TEMPERATURE,
-                "class_bias": CLASS_BIAS,
-                "class_prior": TRAINING_PRIOR,
-            }
-        )
+    # A whole model.json (read_meta refuses a partial one); the class prior where
+    # training records it.
+    write_meta(
+        weights_dir,
+        placeholder_meta(
+            TEST_MODEL_VERSION,
+            temperature=TEMPERATURE,
+            class_bias=CLASS_BIAS,
+            training={"class_prior": TRAINING_PRIOR},
+        ),
     )
 
 
@@ -331,15 +333,16 @@ def _bayes_model_json(weights_dir) -> None:
     prior, of logits drawn as 3 * onehot(class) + N(0, 0.5^2): temperature 0.5^2 / 3
     and offsets T * log(prior). EM's estimate then converges on the site's prior."""
     temperature = 0.25 / 3
-    (weights_dir / "model.json").write_text(
-        json.dumps(
-            {
-                "version": TEST_MODEL_VERSION,
-                "temperature": temperature,
-                "class_bias": [temperature * np.log(p) for p in TRAINING_PRIOR],
-                "class_prior": TRAINING_PRIOR,
-            }
-        )
+    # A whole model.json (read_meta refuses a partial one); the class prior where
+    # training records it.
+    write_meta(
+        weights_dir,
+        placeholder_meta(
+            TEST_MODEL_VERSION,
+            temperature=temperature,
+            class_bias=[temperature * np.log(p) for p in TRAINING_PRIOR],
+            training={"class_prior": TRAINING_PRIOR},
+        ),
     )
 
 
