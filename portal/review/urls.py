@@ -17,5 +17,6 @@ urlpatterns = [
         views.analysis_outline,
         name="analysis_outline",
     ),
+    path("reviews/<int:pk>/outline.png", views.review_outline, name="review_outline"),
     path("studies/<int:pk>/report.pdf", views.study_report, name="study_report"),
 ]

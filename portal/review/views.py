@@ -185,6 +185,19 @@ def analysis_outline(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_GET
+@require_permissions("clinical.view_scan", "review.view_review")
+def review_outline(request: HttpRequest, pk: int) -> HttpResponse:
+    """The reader's corrected lesion mask of one review version (1-bit PNG)."""
+    review = get_object_or_404(Review, pk=pk)
+    if not review.outline:
+        raise Http404("this review has no corrected outline")
+    record_access(request, review, action=Action.DOWNLOAD, detail="corrected outline")
+    return stream_from_storage(
+        review.outline.name, download_name=f"review-{review.pk}-outline"
+    )
+
+
+@require_GET
 @require_permissions(*READ_RESULTS, "review.view_review")
 def study_report(request: HttpRequest, pk: int) -> HttpResponse:
     study = get_object_or_404(Study.objects.select_related("patient"), pk=pk)

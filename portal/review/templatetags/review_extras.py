@@ -22,3 +22,26 @@ def percent(fraction: Any, digits: int = 1) -> str:
     if fraction is None or fraction == "":
         return ""
     return f"{float(fraction) * 100:.{int(digits)}f}%"
+
+
+@register.inclusion_tag("review/_outline_editor.html")
+def outline_editor(analysis: Any, latest: Any) -> dict[str, Any]:
+    """The outline editor for a review form: starts from the latest version's outline
+    (the reader's mask where corrected, else the model's)."""
+    from django.urls import reverse
+
+    state = latest.outline_state if latest is not None else "model"
+    return {
+        "scan": analysis.scan,
+        "state": state,
+        "model_url": (
+            reverse("analyses:artifact", args=[analysis.pk, "mask"])
+            if analysis.mask
+            else ""
+        ),
+        "review_url": (
+            reverse("review:review_outline", args=[latest.pk])
+            if latest is not None and latest.outline
+            else ""
+        ),
+    }
