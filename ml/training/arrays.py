@@ -31,6 +31,13 @@ class ArraySet:
     groups: np.ndarray = field(
         default=None
     )  # (N,) what a bootstrap resamples: patient or duplicate group
+    seg_known: np.ndarray = field(
+        default=None
+    )  # (N,) bool: False where no outline is known (classification only)
+
+    def __post_init__(self) -> None:
+        if self.seg_known is None:
+            self.seg_known = np.ones(len(self.keys), bool)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -44,6 +51,7 @@ class ArraySet:
             self.labels[keep],
             self.sources[keep],
             self.groups[keep],
+            self.seg_known[keep],
         )
 
 
@@ -55,6 +63,7 @@ def concatenate(sets: list[ArraySet]) -> ArraySet:
         np.concatenate([s.labels for s in sets]),
         np.concatenate([s.sources for s in sets]),
         np.concatenate([s.groups for s in sets]),
+        np.concatenate([s.seg_known for s in sets]),
     )
 
 
@@ -124,6 +133,7 @@ def load_arrays(
         labels,
         np.array([source] * len(paths)),
         np.array(group_names(source, paths, records)),
+        np.array([records[p].has_segmentation for p in paths], bool),
     )
 
 

@@ -91,7 +91,9 @@ def loss_function(seg_loss_weight: float, label_smoothing: float):
 
     classes = len(CLASSES)
 
-    def loss_fn(labels, masks, outputs):
+    def loss_fn(labels, masks, outputs, seg_known=None):
+        """seg_known (N,): 1 where the image's outline is known, 0 where it trains the
+        classifier only (its segmentation output is left out of the loss)."""
         class_logits, seg_logits = outputs["class_logits"], outputs["seg_logits"]
         targets = tf.one_hot(labels, classes) * (1.0 - label_smoothing) + (
             label_smoothing / classes
@@ -99,10 +101,17 @@ def loss_function(seg_loss_weight: float, label_smoothing: float):
         class_loss = tf.reduce_mean(
             tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=class_logits)
         )
-        bce = tf.reduce_mean(
-            tf.nn.sigmoid_cross_entropy_with_logits(labels=masks, logits=seg_logits)
+        if seg_known is None:
+            seg_known = tf.ones(tf.shape(masks)[:1])
+        weight = tf.cast(seg_known, tf.float32)
+        per_image = tf.reduce_mean(
+            tf.nn.sigmoid_cross_entropy_with_logits(labels=masks, logits=seg_logits),
+            axis=[1, 2, 3],
         )
-        probabilities = tf.sigmoid(seg_logits)
+        bce = tf.reduce_sum(per_image * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
+        pixel_weight = weight[:, None, None, None]
+        probabilities = tf.sigmoid(seg_logits) * pixel_weight
+        masks = masks * pixel_weight
         # Dice over the whole batch, so images with empty masks (normal) do not divide by zero.
         dice = (2.0 * tf.reduce_sum(probabilities * masks) + 1.0) / (
             tf.reduce_sum(probabilities) + tf.reduce_sum(masks) + 1.0
@@ -132,10 +141,12 @@ def predict_arrays(
 def validate(model, val: ArraySet, batch_size: int) -> dict:
     logits, lesion = predict_arrays(model, val.images, batch_size)
     predicted_masks = lesion >= 0.5
+    dice = metrics.dice_per_image(val.masks, predicted_masks).astype(float)
+    dice[~val.seg_known] = np.nan
     return metrics.summary(
         val.labels,
         metrics.softmax(logits),
-        metrics.dice_per_image(val.masks, predicted_masks),
+        dice,
         predicted_masks.reshape(len(predicted_masks), -1).mean(1),
     )
 
@@ -175,14 +186,16 @@ def fit(
         variables = model.trainable_variables
 
         @tf.function
-        def step(images, masks, labels):
+        def step(images, masks, labels, seg_known):
             images = tf.cast(images, tf.float32)
             masks = tf.cast(masks, tf.float32)
             if augment is not None:
                 images, masks = augment(images, masks)
             with tf.GradientTape() as tape:
                 outputs = model(network_input(images), training=True)
-                loss, class_loss, seg_loss = loss_fn(labels, masks[..., None], outputs)
+                loss, class_loss, seg_loss = loss_fn(
+                    labels, masks[..., None], outputs, seg_known
+                )
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss, class_loss, seg_loss
 
@@ -228,7 +241,10 @@ def fit(
                 totals += [
                     float(v)
                     for v in step(
-                        train.images[batch], train.masks[batch], train.labels[batch]
+                        train.images[batch],
+                        train.masks[batch],
+                        train.labels[batch],
+                        train.seg_known[batch].astype(np.float32),
                     )
                 ]
             seconds = time.perf_counter() - started

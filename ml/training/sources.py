@@ -5,6 +5,11 @@ columns differ a little: BUSI lists several mask files per image and has no pati
 (its duplicate groups are computed in :mod:`ml.training.splits`); BUS-UCLM and
 BrEaST-Lesions_USG name the patient, and BUS-UCLM flags colour-Doppler and side-by-side
 images, which are not used (see the model card).
+
+A site's own source (the portal's ``export_training_set``: the same layout, with
+``label_origin`` and ``segmentation`` columns) is read by the same reader once registered
+by path with :func:`register_source`. Its rows with ``segmentation`` ``none`` have no
+outline: they train the classifier only.
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ class Source:
     country: str
     licence: str
     citation: str
+    path: Path | None = None  # an external source registered by path
 
     def root(self) -> Path:
+        if self.path is not None:
+            return self.path
         return dataset_dir(self.name, self.env_var)
 
 
@@ -70,6 +78,10 @@ class Record:
     excluded: str | None = None  # why the image is not used, e.g. "colour Doppler"
     pixel_sha256: str | None = None
     pixel_size_mm: float | None = None
+    # False: no outline is known (a site row whose reader signed none); the image
+    # trains the classifier only and is left out of Dice.
+    has_segmentation: bool = True
+    label_origin: str | None = None  # site sources: "reader" or "pathology"
 
     @property
     def class_index(self) -> int:
@@ -101,6 +113,22 @@ def _pixel_size_mm(value: str | None) -> float | None:
         return None
 
 
+def register_source(path: Path, name: str | None = None) -> str:
+    """Make a folder in the export format (``MANIFEST.csv``, ``images/``, ``masks/``) a
+    source the readers, splits and training know by name; returns the name."""
+    root = Path(path).resolve()
+    if not (root / "MANIFEST.csv").is_file():
+        raise FileNotFoundError(f"no MANIFEST.csv in {root}")
+    name = name or f"site-{root.name}"
+    known = SOURCES.get(name)
+    if known is not None and known.path != root:
+        raise ValueError(
+            f"source name {name!r} is taken by {known.path or known.env_var}"
+        )
+    SOURCES[name] = Source(name, "", "", "the site's own", f"site export {root}", root)
+    return name
+
+
 def read_manifest(source: str, root: Path | None = None) -> list[Record]:
     """Every row of a source's manifest as a :class:`Record`."""
     if source not in SOURCES:
@@ -127,6 +155,8 @@ def read_manifest(source: str, root: Path | None = None) -> list[Record]:
                     excluded=_exclusion(row),
                     pixel_sha256=row.get("rgb_pixel_sha256") or None,
                     pixel_size_mm=_pixel_size_mm(row.get("pixel_size")),
+                    has_segmentation=(row.get("segmentation") or "").strip() != "none",
+                    label_origin=row.get("label_origin") or None,
                 )
             )
     return records
@@ -151,6 +181,6 @@ def load_mask(root: Path, record: Record, size: tuple[int, int]) -> np.ndarray:
             if mask_image.size != size:
                 mask_image = mask_image.resize(size, Image.NEAREST)
             combined |= np.asarray(mask_image) > 0
-    if record.label != "normal" and not record.mask_paths:
+    if record.label != "normal" and not record.mask_paths and record.has_segmentation:
         raise ValueError(f"{record.key}: a {record.label} image without a mask file")
     return combined
