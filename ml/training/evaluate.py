@@ -63,6 +63,8 @@ def collect(analyzer, source: str, paths: list[str], batch_size: int = 8) -> dic
             rows["probabilities"].append([result.probabilities[c] for c in CLASSES])
             rows["dice"].append(
                 metrics.dice_per_image(truth[None], result.lesion_mask[None])[0]
+                if record.has_segmentation
+                else np.nan  # no known outline: left out of Dice
             )
             rows["area"].append(result.lesion_area_fraction)
             rows["ood_score"].append(

@@ -57,10 +57,17 @@ class FitConfig:
     seed: int
     augment: bool
     select_best: bool  # False: keep the last epoch and never stop early
+    # Fine-tuning (ml.training.finetune): images drawn per epoch (None: as many as the
+    # training set), a share of the draws per source (the rest split by the usual rule),
+    # and a wall-clock budget: no epoch starts that the last one says would overrun it.
+    epoch_images: int | None = None
+    source_shares: dict | None = None
+    time_budget_s: float | None = None
 
 
-def sampling_weights(train: ArraySet) -> np.ndarray:
-    """Per-image sampling probability: sources by 1/sqrt(size), then every class equal.
+def sampling_weights(train: ArraySet, shares: dict | None = None) -> np.ndarray:
+    """Per-image sampling probability: sources by 1/sqrt(size), then every class equal;
+    ``shares`` then sets the total probability of some sources (fine-tuning's site source).
 
     The square root keeps the small Polish set from being drowned by BUSI without repeating
     its 180 images three times as often; equal class totals keep malignant (a quarter of the
@@ -74,14 +81,33 @@ def sampling_weights(train: ArraySet) -> np.ndarray:
         in_class = train.labels == c
         if in_class.any():
             weights[in_class] /= weights[in_class].sum()
-    return weights / weights.sum()
+    weights /= weights.sum()
+    if shares:
+        rest = ~np.isin(train.sources, list(shares))
+        rest_total = weights[rest].sum()
+        for source, share in shares.items():
+            in_source = train.sources == source
+            if in_source.any():
+                weights[in_source] *= share / weights[in_source].sum()
+        if rest.any():
+            weights[rest] *= max(0.0, 1.0 - sum(shares.values())) / rest_total
+        weights /= weights.sum()
+    return weights
 
 
 def epoch_batches(
-    train: ArraySet, batch_size: int, rng: np.random.Generator
+    train: ArraySet,
+    batch_size: int,
+    rng: np.random.Generator,
+    *,
+    images: int | None = None,
+    shares: dict | None = None,
 ) -> Iterator[np.ndarray]:
-    """One epoch (as many draws as images) of index batches, drawn by :func:`sampling_weights`."""
-    draws = rng.choice(len(train), size=len(train), p=sampling_weights(train))
+    """One epoch (as many draws as images, or ``images``) of index batches, drawn by
+    :func:`sampling_weights`."""
+    draws = rng.choice(
+        len(train), size=images or len(train), p=sampling_weights(train, shares)
+    )
     for start in range(0, len(draws) - batch_size + 1, batch_size):
         yield draws[start : start + batch_size]
 
@@ -180,7 +206,8 @@ def fit(
     augment = augmenter(config.image_size, config.seed) if config.augment else None
     loss_fn = loss_function(config.seg_loss_weight, config.label_smoothing)
     rng = np.random.default_rng(config.seed)
-    steps_per_epoch = len(train) // config.batch_size
+    steps_per_epoch = max(1, (config.epoch_images or len(train)) // config.batch_size)
+    fit_started = time.perf_counter()
 
     def make_step(optimizer):
         variables = model.trainable_variables
@@ -231,7 +258,13 @@ def fit(
             started = time.perf_counter()
             totals = np.zeros(3)
             batches = tqdm(
-                epoch_batches(train, config.batch_size, rng),
+                epoch_batches(
+                    train,
+                    config.batch_size,
+                    rng,
+                    images=config.epoch_images,
+                    shares=config.source_shares,
+                ),
                 total=steps_per_epoch,
                 desc=f"epoch {epoch}/{config.epochs}",
                 leave=False,
@@ -288,6 +321,20 @@ def fit(
                 best = {"score": score, "epoch": epoch, "weights": model.get_weights()}
             elif epoch - best["epoch"] >= config.patience and not frozen:
                 logger.info("no improvement for %d epochs; stopping", config.patience)
+                break
+            spent = time.perf_counter() - fit_started
+            if (
+                config.time_budget_s is not None
+                and epoch < config.epochs
+                and spent + spent / epoch > config.time_budget_s
+            ):
+                logger.info(
+                    "time budget: %.0f s spent of %.0f s; another epoch would "
+                    "overrun it; stopping after epoch %d",
+                    spent,
+                    config.time_budget_s,
+                    epoch,
+                )
                 break
     model.set_weights(best["weights"])
     return {

@@ -121,10 +121,8 @@ def register_source(path: Path, name: str | None = None) -> str:
         raise FileNotFoundError(f"no MANIFEST.csv in {root}")
     name = name or f"site-{root.name}"
     known = SOURCES.get(name)
-    if known is not None and known.path != root:
-        raise ValueError(
-            f"source name {name!r} is taken by {known.path or known.env_var}"
-        )
+    if known is not None and known.path is None:
+        raise ValueError(f"source name {name!r} is one of the original sources")
     SOURCES[name] = Source(name, "", "", "the site's own", f"site export {root}", root)
     return name
 
