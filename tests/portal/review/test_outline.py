@@ -189,3 +189,30 @@ def test_the_outline_needs_the_right_to_see_reviews(
     client.force_login(make_user(None, "nobody"))
     response = client.get(reverse("review:review_outline", args=[review.pk]))
     assert response.status_code in (302, 403)
+
+
+def test_the_report_shows_the_signed_outline_beside_the_models(
+    client, radiologist, study, user
+):
+    from tests.portal.review.conftest import analysed_scan
+    from tests.portal.review.pdftext import image_draws, pdf_text
+
+    corrected = analysed_scan(study, user, filename="left.png")
+    plain = analysed_scan(study, user, filename="right.png")
+    _save(
+        corrected.analyses.get(),
+        radiologist,
+        sign=True,
+        outline_state="corrected",
+        outline_mask=_mask(slice(2, 12), slice(2, 12)),
+    )
+    _save(plain.analyses.get(), radiologist, sign=True)
+    client.force_login(radiologist)
+    content = client.get(reverse("review:study_report", args=[study.pk])).content
+    text = pdf_text(content)
+    assert "Lesion outline (signed by the radiologist)" in text
+    assert "Lesion outline (model)" in text
+    assert "corrected and signed by the radiologist" in text
+    assert "the model's, not corrected" in text
+    # Five pictures for the corrected scan, four for the other.
+    assert image_draws(content) == 9
