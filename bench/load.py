@@ -190,8 +190,9 @@ def _upload(
     study_ids: list[int],
 ) -> None:
     """Upload `count` scans; ids are appended as they go (the sampler reads them)."""
+    from portal.analyses.services import scan_submit
     from portal.clinical.models import Patient
-    from portal.clinical.services import scan_create, study_create
+    from portal.clinical.services import study_create
     from portal.clinical.uploads import validate_content
 
     rng = np.random.default_rng(7)
@@ -204,7 +205,7 @@ def _upload(
         upload = validate_content(
             filename=f"load-{index}.png", content=blob_png(rng, size)
         )
-        scan = scan_create(
+        scan = scan_submit(
             study=study, upload=upload, uploaded_by=user, model_version=model_version
         )
         ids.append(scan.analyses.values_list("pk", flat=True).get())

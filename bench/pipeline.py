@@ -33,8 +33,9 @@ from bench.launch import (
 )
 from portal.analyses.modelinfo import current_model_version
 from portal.analyses.models import Analysis
+from portal.analyses.services import scan_submit
 from portal.clinical.models import Patient, Scan, Study
-from portal.clinical.services import patient_create, scan_create, study_create
+from portal.clinical.services import patient_create, study_create
 from portal.clinical.uploads import validate_content
 
 logger = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def _upload(
     ids = []
     for index, content in enumerate(contents):
         upload = validate_content(filename=f"bench-{index}.png", content=content)
-        scan = scan_create(
+        scan = scan_submit(
             study=study, upload=upload, uploaded_by=user, model_version=model_version
         )
         ids.append(scan.analyses.values_list("pk", flat=True).get())

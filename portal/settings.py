@@ -178,6 +178,7 @@ INSTALLED_APPS = [
     "portal.ingest",
     "portal.api",
     "portal.dicomnet",
+    "portal.pages",
 ]
 
 MIDDLEWARE = [

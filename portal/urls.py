@@ -12,7 +12,7 @@ urlpatterns = [
     path("metrics", metrics.metrics, name="metrics"),
     path("accounts/", include("portal.accounts.urls")),
     path("admin/", admin.site.urls),
-    path("", include("portal.clinical.urls")),
+    path("", include("portal.pages.urls")),
     path("", include("portal.analyses.urls")),
     path("", include("portal.ingest.urls")),
     path("", include("portal.dicomnet.urls")),

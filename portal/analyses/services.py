@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F, Q
@@ -29,9 +30,11 @@ from portal.analyses.models import (
     RESULT_FIELDS,
     Analysis,
 )
+from portal.analyses.signals import results_recorded
 from portal.audit.services import audit_update
-from portal.clinical.models import Scan
-from portal.review.services import study_review_refresh
+from portal.clinical.models import Scan, Study
+from portal.clinical.services import scan_create
+from portal.clinical.uploads import ValidatedUpload
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,20 @@ def analysis_create(*, scan: Scan, model_version: str | None = None) -> Analysis
     )
     _enqueue_on_commit(analysis.pk)
     return analysis
+
+
+@transaction.atomic
+def scan_submit(
+    *,
+    study: Study,
+    upload: ValidatedUpload,
+    uploaded_by: AbstractBaseUser,
+    model_version: str,
+) -> Scan:
+    """Store a validated upload and queue its analysis (sent once the transaction commits)."""
+    scan = scan_create(study=study, upload=upload, uploaded_by=uploaded_by)
+    analysis_create(scan=scan, model_version=model_version)
+    return scan
 
 
 @transaction.atomic
@@ -195,8 +212,12 @@ def analyses_record_success(
     )
     for analysis_id in recorded:
         audit_update(before[analysis_id], analyses[analysis_id])
-    for study_id in sorted({analyses[pk].scan.study_id for pk in recorded}):
-        study_review_refresh(study_id=study_id)
+    # In this transaction: the review app keeps each study's worklist columns.
+    results_recorded.send(
+        sender=Analysis,
+        analysis_ids=recorded,
+        study_ids=sorted({analyses[pk].scan.study_id for pk in recorded}),
+    )
     return recorded
 
 

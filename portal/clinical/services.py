@@ -9,7 +9,6 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from portal.analyses.services import analysis_create
 from portal.clinical.models import FORMAT_EXTENSIONS, Patient, Scan, Study
 from portal.clinical.uploads import ValidatedUpload
 
@@ -54,9 +53,12 @@ def scan_create(
     study: Study,
     upload: ValidatedUpload,
     uploaded_by: AbstractBaseUser,
-    model_version: str,
 ) -> Scan:
-    """Store a validated upload and queue its analysis (sent once the transaction commits)."""
+    """Store a validated upload and its display copy.
+
+    Its analysis is queued by the layer above (portal.analyses.services.scan_submit):
+    clinical imports no app above it.
+    """
     scan = Scan(
         study=study,
         original_filename=upload.original_filename,
@@ -73,7 +75,6 @@ def scan_create(
     scan.original.save(f"original.{extension}", ContentFile(upload.content), save=False)
     scan.display.save("display.png", ContentFile(upload.display), save=False)
     scan.save()
-    analysis_create(scan=scan, model_version=model_version)
     return scan
 
 

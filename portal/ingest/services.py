@@ -25,8 +25,8 @@ from django.utils import timezone
 
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.analyses.models import Analysis
+from portal.analyses.services import scan_submit
 from portal.clinical.models import Scan, Study
-from portal.clinical.services import scan_create
 from portal.clinical.uploads import UploadRejected, ValidatedUpload, validate_content
 from portal.ingest.archives import (
     ArchiveBudget,
@@ -272,7 +272,7 @@ class BatchIngester:
                     analysis=_latest_analysis(existing),
                 )
             study = self.placement.study_for(upload, folders)
-            scan = scan_create(
+            scan = scan_submit(
                 study=study,
                 upload=upload,
                 uploaded_by=self.uploaded_by,

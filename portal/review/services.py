@@ -17,9 +17,9 @@ from django.utils import timezone
 from ml.render import mask_png
 from portal.analyses.models import Analysis
 from portal.clinical.models import Study
-from portal.dicomnet.services import queue_results_send
 from portal.review.models import AgreementCount, BiRads, OutlineState, Review
 from portal.review.selectors import agreement_cells, study_review_columns
+from portal.review.signals import reading_signed
 
 
 class ReviewLocked(ValidationError):
@@ -136,12 +136,16 @@ def _agreement_add(review: Review, readings: int) -> None:
 
 def _reading_signed(review: Review, *, study_id: int) -> None:
     """What follows a signing, in its transaction: the study's worklist columns are
-    recomputed, and the agreement monitor counts the reading in place of the signed
-    reading it amends (which stops being current)."""
+    recomputed, the agreement monitor counts the reading in place of the signed
+    reading it amends (which stops being current), and the apps above hear of it (the
+    signed reading goes to the PACS as a new, verified SR: portal.dicomnet.receivers)."""
     study_review_refresh(study_id=study_id)
     _agreement_add(review, +1)
     if review.amends is not None:
         _agreement_add(review.amends, -1)
+    reading_signed.send(
+        sender=Review, analysis_id=review.analysis_id, review_id=review.pk
+    )
 
 
 @transaction.atomic
@@ -215,7 +219,6 @@ def review_save(
             latest.signed_at = now
         latest.save()
         if sign:
-            queue_results_send(analysis_id=analysis.pk, review_id=latest.pk)
             _reading_signed(latest, study_id=analysis.scan.study_id)
         return latest
     outline = _outline(
@@ -241,8 +244,6 @@ def review_save(
             "Someone else saved a review of this scan at the same moment; reload."
         ) from None
     if sign:
-        # The signed reading goes to the PACS as a new, verified SR.
-        queue_results_send(analysis_id=analysis.pk, review_id=review.pk)
         _reading_signed(review, study_id=analysis.scan.study_id)
     return review
 

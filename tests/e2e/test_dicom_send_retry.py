@@ -99,13 +99,13 @@ def analysed(
 ) -> Callable[[], Analysis]:
     """Uploads a scan and returns its analysis once the worker has finished it."""
     from portal.analyses.modelinfo import current_model_version
-    from portal.clinical.services import scan_create
+    from portal.analyses.services import scan_submit
     from portal.clinical.uploads import validate_content
 
     settings.UPLOAD_MAX_PIXELS = PIXEL_LIMIT
 
     def analyse() -> Analysis:
-        scan = scan_create(
+        scan = scan_submit(
             study=study,
             upload=validate_content(filename=SCAN.name, content=SCAN.read_bytes()),
             uploaded_by=user,

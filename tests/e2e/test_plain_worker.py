@@ -26,13 +26,13 @@ def test_a_worker_started_without_queue_options_finishes_an_analysis(
 ):
     from portal.analyses.modelinfo import current_model_version
     from portal.analyses.models import Analysis
-    from portal.clinical.services import scan_create
+    from portal.analyses.services import scan_submit
     from portal.clinical.uploads import validate_content
 
     settings.UPLOAD_MAX_PIXELS = PIXEL_LIMIT
     process, log_path = plain_worker
     assert "-Q" not in process.args and "--queues" not in process.args
-    scan = scan_create(
+    scan = scan_submit(
         study=study,
         upload=validate_content(filename="scan.png", content=png_bytes(320, 240)),
         uploaded_by=user,

@@ -30,8 +30,9 @@ def create(count: int, size: int) -> list[int]:
 
     from bench.load import blob_png
     from portal.analyses.modelinfo import current_model_version
+    from portal.analyses.services import scan_submit
     from portal.clinical.models import Patient
-    from portal.clinical.services import patient_create, scan_create, study_create
+    from portal.clinical.services import patient_create, study_create
     from portal.clinical.uploads import validate_content
 
     user, _ = get_user_model().objects.get_or_create(username="fault-driver")
@@ -45,7 +46,7 @@ def create(count: int, size: int) -> list[int]:
             filename=f"scan-{index}.png",
             content=blob_png(np.random.default_rng(number * 10_000 + index), size),
         )
-        scan = scan_create(
+        scan = scan_submit(
             study=study, upload=upload, uploaded_by=user, model_version=version
         )
         ids.append(scan.analyses.get().pk)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from portal.clinical.services import scan_create
+from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
 
 pytestmark = pytest.mark.django_db
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 def test_admin_lists_and_searches_domain_models(
     client, staff_user, study, make_png, model
 ):
-    scan_create(
+    scan_submit(
         study=study,
         upload=validate_content(filename="a.png", content=make_png()),
         uploaded_by=staff_user,

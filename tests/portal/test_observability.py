@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portal.analyses.models import Analysis
-from portal.clinical.services import scan_create
+from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
 from portal.logs import ContextFilter, JsonFormatter, log_context
 from tests.conftest import TEST_MODEL_VERSION
@@ -24,7 +24,7 @@ TOKEN = "scrape-token-for-tests-0123456789"
 def analyses(study: Any, user: Any, make_png: Any) -> list[Analysis]:
     made = []
     for index in range(4):
-        scan = scan_create(
+        scan = scan_submit(
             study=study,
             upload=validate_content(
                 filename=f"{index}.png", content=make_png(40 + index, 32)

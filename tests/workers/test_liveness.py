@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from portal.analyses import services
 from portal.analyses.models import Analysis
-from portal.clinical.services import scan_create
+from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
 from workers import liveness
 
@@ -22,7 +22,7 @@ Status = Analysis.Status
 @pytest.fixture
 def claimed(study: Any, user: Any, make_png: Any) -> Any:
     def claim(name: str, worker: str) -> Analysis:
-        scan = scan_create(
+        scan = scan_submit(
             study=study,
             upload=validate_content(filename=name, content=make_png()),
             uploaded_by=user,

@@ -12,7 +12,7 @@ from PIL import Image
 from ml.inference import ImageAnalysis
 from portal.analyses import services
 from portal.analyses.models import Analysis
-from portal.clinical.services import scan_create
+from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
 from workers import tasks
 
@@ -69,7 +69,7 @@ def analyzer(monkeypatch: pytest.MonkeyPatch) -> FakeAnalyzer:
 def make_analysis(study, user, make_png):
     def make(width: int = 40, name: str = "scan.png") -> Analysis:
         upload = validate_content(filename=name, content=make_png(width, 32))
-        scan = scan_create(
+        scan = scan_submit(
             study=study,
             upload=upload,
             uploaded_by=user,

@@ -16,7 +16,7 @@ from portal.analyses import broker, queue, services
 from portal.analyses.models import Analysis
 from portal.analyses.queue import send_analysis as really_send
 from portal.analyses.reconciler import reconcile, rescue_dead_workers
-from portal.clinical.services import scan_create
+from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
 from tests.conftest import TEST_MODEL_VERSION
 from tests.e2e.conftest import redis_reachable
@@ -29,7 +29,7 @@ BROKER_TEST_DB = 13
 @pytest.fixture
 def make_analysis(study: Any, user: Any, make_png: Any):
     def make(name: str = "a.png") -> Analysis:
-        scan = scan_create(
+        scan = scan_submit(
             study=study,
             upload=validate_content(filename=name, content=make_png()),
             uploaded_by=user,
@@ -304,7 +304,7 @@ def test_an_upload_succeeds_while_the_broker_is_down_and_the_row_waits_for_the_s
 
     monkeypatch.setattr("portal.analyses.queue.send_analysis", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
-        scan = scan_create(
+        scan = scan_submit(
             study=study,
             upload=validate_content(filename="a.png", content=make_png()),
             uploaded_by=user,

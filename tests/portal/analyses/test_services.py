@@ -10,7 +10,7 @@ from portal.analyses import services
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.analyses.models import Analysis
 from portal.analyses.reconciler import reconcile
-from portal.clinical.services import scan_create
+from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
 from tests.results import model_result, record_result
 
@@ -22,7 +22,7 @@ TEST_MODEL_VERSION = "test-model-1"
 @pytest.fixture
 def analysis(study, user, make_png):
     upload = validate_content(filename="a.png", content=make_png())
-    scan = scan_create(
+    scan = scan_submit(
         study=study, upload=upload, uploaded_by=user, model_version=TEST_MODEL_VERSION
     )
     return scan.analyses.get()
@@ -63,7 +63,7 @@ def test_claim_waiting_takes_oldest_queued_of_the_same_model(
     study, user, make_png, analysis
 ):
     others = [
-        scan_create(
+        scan_submit(
             study=study,
             upload=validate_content(filename=f"{i}.png", content=make_png()),
             uploaded_by=user,
@@ -203,7 +203,7 @@ def test_reconcile_requeues_lost_running_rows_and_resends_old_queued_ones(
     services.analysis_claim(analysis_id=analysis.pk, worker="dead")
     long_ago = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT * 3)
     Analysis.objects.filter(pk=analysis.pk).update(heartbeat_at=long_ago)
-    waiting = scan_create(
+    waiting = scan_submit(
         study=study,
         upload=validate_content(filename="b.png", content=make_png()),
         uploaded_by=user,
@@ -233,7 +233,7 @@ def test_a_batch_is_stored_together_and_each_study_recounted_once(
     analyses = []
     for index, target in enumerate([study, study, study, other_study]):
         upload = validate_content(filename=f"{index}.png", content=make_png())
-        scan = scan_create(
+        scan = scan_submit(
             study=target,
             upload=upload,
             uploaded_by=user,

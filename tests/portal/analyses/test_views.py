@@ -5,7 +5,7 @@ from django.urls import reverse
 
 from portal.analyses import services
 from portal.analyses.models import Analysis
-from portal.clinical.services import scan_create
+from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
 from tests.results import record_result
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def analysis(study, user, make_png):
     upload = validate_content(filename="a.png", content=make_png())
-    scan = scan_create(
+    scan = scan_submit(
         study=study, upload=upload, uploaded_by=user, model_version="test-model-1"
     )
     return scan.analyses.get()

@@ -50,11 +50,11 @@ def test_scan_and_analysis_creation_and_changes_are_logged(study, user):
 
 def test_a_stored_result_is_logged_as_the_change_of_its_analysis(study, user, make_png):
     # The worker writes a batch's rows in bulk: each still gets its change record.
-    from portal.clinical.services import scan_create
+    from portal.analyses.services import scan_submit
     from portal.clinical.uploads import validate_content
 
     upload = validate_content(filename="a.png", content=make_png())
-    scan = scan_create(study=study, upload=upload, uploaded_by=user, model_version="m1")
+    scan = scan_submit(study=study, upload=upload, uploaded_by=user, model_version="m1")
     analysis = scan.analyses.get()
     assert record_result(analysis, artifacts={"mask": b"m"})
     change = _entries(analysis).filter(action=LogEntry.Action.UPDATE).get()

@@ -8,7 +8,8 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 
 from portal.analyses.models import Analysis
-from portal.clinical.services import patient_create, scan_create, study_create
+from portal.analyses.services import scan_submit
+from portal.clinical.services import patient_create, study_create
 from portal.clinical.uploads import validate_content
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +37,7 @@ def test_scan_create_stores_the_file_under_a_name_without_patient_data(
     content = make_png(80, 60)
     upload = _upload("Jane Example H-0001 left.png", content)
     with django_capture_on_commit_callbacks(execute=True):
-        scan = scan_create(
+        scan = scan_submit(
             study=study, upload=upload, uploaded_by=user, model_version="v1"
         )
 
@@ -55,7 +56,7 @@ def test_scan_create_stores_the_file_under_a_name_without_patient_data(
 
 def test_nothing_is_enqueued_before_commit(study, user, make_png, enqueued):
     # Inside the test transaction nothing commits, so no message may be sent yet.
-    scan_create(
+    scan_submit(
         study=study,
         upload=_upload("a.png", make_png()),
         uploaded_by=user,
@@ -69,7 +70,7 @@ def test_upload_of_a_bmp_keeps_its_format(study, user):
 
     buffer = BytesIO()
     Image.new("RGB", (40, 36)).save(buffer, format="BMP")
-    scan = scan_create(
+    scan = scan_submit(
         study=study,
         upload=_upload("x.png", buffer.getvalue()),
         uploaded_by=user,
@@ -77,3 +78,16 @@ def test_upload_of_a_bmp_keeps_its_format(study, user):
     )
     assert scan.format == "BMP"
     assert scan.original.name.endswith(".bmp")
+
+
+def test_scan_create_stores_the_scan_and_leaves_its_analysis_to_the_layer_above(
+    study, user, make_png, enqueued
+):
+    from portal.clinical.services import scan_create
+
+    scan = scan_create(
+        study=study, upload=_upload("a.png", make_png()), uploaded_by=user
+    )
+    assert scan.pk is not None and scan.display.name
+    assert not Analysis.objects.filter(scan=scan).exists()
+    assert enqueued == []

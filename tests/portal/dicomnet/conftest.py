@@ -32,12 +32,12 @@ def receiver(transactional_db: None) -> Iterator[dict[str, Any]]:
 
 def store_scan(study: Any, user: Any, content: bytes, name: str = "scan.dcm") -> Any:
     """A scan stored through the same service as an upload (its analysis is queued)."""
-    from portal.clinical.services import scan_create
+    from portal.analyses.services import scan_submit
     from portal.clinical.uploads import validate_content
     from tests.conftest import TEST_MODEL_VERSION
 
     upload = validate_content(filename=name, content=content)
-    return scan_create(
+    return scan_submit(
         study=study, upload=upload, uploaded_by=user, model_version=TEST_MODEL_VERSION
     )
 

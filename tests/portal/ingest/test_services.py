@@ -364,14 +364,14 @@ def test_a_file_that_cannot_be_stored_is_rejected_and_the_others_go_on(
 ):
     from portal.ingest import services
 
-    real = services.scan_create
+    real = services.scan_submit
 
     def flaky(**kwargs: Any):
         if kwargs["upload"].original_filename == "full-disk.png":
             raise OSError(28, "No space left on device")
         return real(**kwargs)
 
-    monkeypatch.setattr(services, "scan_create", flaky)
+    monkeypatch.setattr(services, "scan_submit", flaky)
     result = upload(
         study, user, ("full-disk.png", png(value=31)), ("ok.png", png(value=32))
     )

@@ -61,7 +61,7 @@ def test_uploaded_files_reach_the_view_as_temporary_files_on_disk(
         seen.extend(type(f) for f in kwargs["files"])
         return real(**kwargs)
 
-    monkeypatch.setattr("portal.clinical.views.upload_to_study", spy)
+    monkeypatch.setattr("portal.pages.views.upload_to_study", spy)
     noise = bytes(range(256)) * 400  # stored as is: about 100 KB
     big = zip_of([("a.png", png(value=1)), ("noise.bin", noise)], compression=0)
     assert len(big) > settings.FILE_UPLOAD_MAX_MEMORY_SIZE

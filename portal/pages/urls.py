@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from django.urls import path
 
-from portal.clinical import views
+from portal.pages import views
 
+# The namespace these pages had when they lived in portal.clinical: links and
+# reverse() calls everywhere name them clinical:study_detail and so on.
 app_name = "clinical"
 
 urlpatterns = [
