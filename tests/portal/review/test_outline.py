@@ -216,3 +216,21 @@ def test_the_report_shows_the_signed_outline_beside_the_models(
     assert "the model's, not corrected" in text
     # Five pictures for the corrected scan, four for the other.
     assert image_draws(content) == 9
+
+
+def test_an_outline_edit_is_in_the_change_log(analysis, radiologist):
+    from auditlog.models import LogEntry
+
+    draft = _save(analysis, radiologist)
+    _save(
+        analysis,
+        radiologist,
+        outline_state="corrected",
+        outline_mask=_mask(slice(1, 9), slice(1, 9)),
+    )
+    update = LogEntry.objects.get_for_object(draft).filter(
+        action=LogEntry.Action.UPDATE
+    )
+    changes = update.latest("timestamp").changes_dict
+    assert changes["outline_state"] == ["model", "corrected"]
+    assert "outline" in changes

@@ -139,3 +139,21 @@ def test_an_existing_folder_is_not_overwritten(site_key, tmp_path, db):
     Image.new("L", (2, 2)).save(tmp_path / "old" / "keep.png")
     with pytest.raises(CommandError, match="not empty"):
         call_command("export_training_set", "--out", str(tmp_path / "old"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"pathology": "malignant"}, "malignant"),  # issue 16's Study.pathology
+        ({"pathology": "benign"}, "benign"),
+        ({"pathology": ""}, None),  # not recorded: the signed label stands
+        ({"pathology_outcome": "Malignant"}, "malignant"),
+        ({}, None),  # the field is not there yet
+    ],
+)
+def test_the_pathology_outcome_is_read_where_recorded(fields, expected):
+    from types import SimpleNamespace
+
+    from portal.review.training_export import pathology_label
+
+    assert pathology_label(SimpleNamespace(**fields)) == expected
