@@ -365,6 +365,21 @@ def signed_outline_mask(review: Review) -> Any:
         return read_mask(stored.read())
 
 
+def signed_outline_layer(review: Review | None) -> dict[str, str] | None:
+    """The viewer layer of a signed reading's corrected outline (beside the model's)."""
+    from django.urls import reverse
+
+    if review is None or not review.is_signed or not review.outline:
+        return None
+    return {
+        "kind": "signed_outline",
+        "title": f"Radiologist's outline (signed, v{review.version})",
+        "source": "picture",
+        "url": reverse("review:review_outline_layer", args=[review.pk]),
+        "download_url": reverse("review:review_outline", args=[review.pk]),
+    }
+
+
 def scan_analyses(*, scan: Scan) -> list[Analysis]:
     return list(scan.analyses.order_by("-queued_at", "-id"))
 

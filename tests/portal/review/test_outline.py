@@ -234,3 +234,31 @@ def test_an_outline_edit_is_in_the_change_log(analysis, radiologist):
     changes = update.latest("timestamp").changes_dict
     assert changes["outline_state"] == ["model", "corrected"]
     assert "outline" in changes
+
+
+def test_the_review_page_offers_the_signed_outline_beside_the_models(
+    client, make_user, radiologist, scan
+):
+    edit = _mask(slice(5, 20), slice(8, 30))
+    review = _save(
+        scan.analyses.get(),
+        radiologist,
+        sign=True,
+        outline_state="corrected",
+        outline_mask=edit,
+    )
+    reader = make_user("staff", "front-desk")  # sees results, cannot write reviews
+    client.force_login(reader)
+    page = client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
+    url = reverse("review:review_outline_layer", args=[review.pk])
+    assert 'id="toggle-signed_outline"' in page and f'data-url="{url}"' in page
+    assert "Radiologist&#x27;s outline (signed, v1)" in page
+    assert "Model&#x27;s lesion outline" in page
+    layer = client.get(url)
+    assert layer.status_code == 200
+    with Image.open(io.BytesIO(layer.content)) as image:
+        alpha = np.asarray(image.convert("RGBA"))[..., 3] > 0
+    assert alpha[5, 8:30].all() and not alpha[12, 15]  # the boundary, not the inside
+    assert AccessRecord.objects.filter(
+        object_id=str(review.pk), user=reader, detail="corrected outline"
+    ).exists()
