@@ -98,17 +98,6 @@ def site_split(name: str, *, seed: int, test: float, val: float) -> dict:
     }
 
 
-def _limited(arrays: ArraySet, limit: int | None, seed: int) -> ArraySet:
-    if not limit:
-        return arrays
-    rng = np.random.default_rng(seed)
-    keep = np.zeros(len(arrays), bool)
-    for source in np.unique(arrays.sources):
-        where = np.nonzero(arrays.sources == source)[0]
-        keep[rng.permutation(where)[:limit]] = True
-    return arrays.select(keep)
-
-
 def _original(
     sources: list[str], part: str, config: FinetuneConfig, size: int
 ) -> ArraySet:
