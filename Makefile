@@ -16,7 +16,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: help venv run migrate redis redis-stop admin test lint format bench bench-ml \
-	bench-pipeline train evaluate loso clean
+	bench-pipeline train evaluate loso clean backup restore
 
 help:
 	@echo "make run       set up .venv, migrate, start Redis if needed, create an admin,"
@@ -26,6 +26,8 @@ help:
 	@echo "make bench     ml throughput, then portal -> Redis -> worker throughput (N=$(N))"
 	@echo "make train     python -m ml train \$$ARGS;  make evaluate / make loso: python -m ml evaluate / loso \$$ARGS"
 	@echo "make redis-stop  stop a Redis that make run started"
+	@echo "make backup BACKUP_DIR=DIR   database (pg_dump) + stored files (local or S3) into DIR"
+	@echo "make restore BACKUP_DIR=DIR  into an empty database and storage, checksums checked"
 
 venv: $(VENV_STAMP)
 
@@ -61,6 +63,16 @@ admin: migrate
 
 run: migrate redis admin
 	$(PY) scripts/run_dev.py --host $(HOST) --port $(PORT)
+
+BACKUP_DIR ?= var/backups/$(shell date -u +%Y%m%dT%H%M%SZ)
+
+backup: venv
+	$(PY) scripts/backup.py backup --to $(BACKUP_DIR)
+
+restore: venv
+	@test -n "$(filter command line environment,$(origin BACKUP_DIR))" || \
+	  { echo "name the backup: make restore BACKUP_DIR=var/backups/..." >&2; exit 2; }
+	$(PY) scripts/backup.py restore --from $(BACKUP_DIR)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -235,6 +235,18 @@ def cmd_pages(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paint(args: argparse.Namespace) -> int:
+    from bench import paint
+
+    result = paint.run(loads=args.loads, report=_report)
+    _write(result.lines())
+    return 0
+
+
+def _add_paint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--loads", type=int, default=10, help="page loads to time")
+
+
 def _add_pages(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--studies", type=int, default=10_000)
     parser.add_argument("--scans", type=int, default=20, help="scans per study")
@@ -283,6 +295,15 @@ COMMANDS: dict[
         ),
         _add_pages,
         cmd_pages,
+        True,
+    ),
+    "paint": (
+        (
+            "in a throwaway database of the configured kind: first paint of the review "
+            "page (1024 px display copy) in headless Chromium at 1366x768"
+        ),
+        _add_paint,
+        cmd_paint,
         True,
     ),
     "ingest": (

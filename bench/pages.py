@@ -295,6 +295,9 @@ def _pages(rng: random.Random) -> dict[str, Callable[[], str]]:
         "study page": lambda: f"/studies/{rng.choice(ids)}/",
         "study status poll": lambda: f"/studies/{rng.choice(ids)}/status.json",
         "review page": lambda: f"/scans/{rng.choice(scan_ids)}/review/",
+        "review page, reading the worklist": lambda: (
+            f"/scans/{rng.choice(scan_ids)}/review/?flow=worklist"
+        ),
         "patients": lambda: "/patients/",
         "agreement monitor": lambda: "/agreement/",
         "API study list": lambda: "/api/v1/studies/",

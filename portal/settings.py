@@ -7,6 +7,7 @@ The defaults make a bare checkout work: SQLite and media under var/, a local Red
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -119,6 +120,21 @@ def _ae_title(name: str, value: str) -> str:
             "no backslash)"
         )
     return title
+
+
+def _allowed_calling_entry(name: str, value: str) -> str:
+    """An allow-list entry: an AE title, or TITLE@ADDRESS (an IP address or network)."""
+    title, at, address = value.strip().rpartition("@")
+    if not at:
+        return _ae_title(name, value)
+    try:
+        network = ipaddress.ip_network(address.strip(), strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}: {value!r} pairs an AE title with {address!r}, which is not an IP "
+            "address or network (write TITLE@10.1.2.3 or TITLE@10.1.2.0/24)"
+        ) from None
+    return f"{_ae_title(name, title)}@{network}"
 
 
 def env_ae_title(name: str, default: str) -> str:
@@ -430,10 +446,33 @@ if DICOM_PORT > 65535:
 DICOM_BIND_ADDRESS = env_str("DICOM_BIND_ADDRESS", "127.0.0.1")
 # Calling AE titles whose associations are accepted; every other one is rejected at
 # association. Empty: the listener refuses to start (it would accept nobody).
+# An entry TITLE@ADDRESS (an IP address or a network such as 10.1.2.0/24) accepts that
+# title only from that address (host pairing); a bare TITLE from anywhere.
 DICOM_ALLOWED_CALLING_AE_TITLES = [
-    _ae_title("DICOM_ALLOWED_CALLING_AE_TITLES", title)
-    for title in env_list("DICOM_ALLOWED_CALLING_AE_TITLES", [])
+    _allowed_calling_entry("DICOM_ALLOWED_CALLING_AE_TITLES", entry)
+    for entry in env_list("DICOM_ALLOWED_CALLING_AE_TITLES", [])
 ]
+# DICOM TLS (PS3.15 secure transport). DICOM_TLS_CERT_FILE and DICOM_TLS_KEY_FILE (PEM)
+# are this node's certificate and key: set, the listener speaks TLS only, and sending
+# presents them as the client certificate. DICOM_TLS_CA_FILE: the CA certificates that
+# peers' certificates must chain to; set, the listener requires a client certificate
+# (mutual TLS), and sending verifies the PACS against it (else the system's CAs).
+DICOM_TLS_CERT_FILE = env_str("DICOM_TLS_CERT_FILE").strip()
+DICOM_TLS_KEY_FILE = env_str("DICOM_TLS_KEY_FILE").strip()
+DICOM_TLS_CA_FILE = env_str("DICOM_TLS_CA_FILE").strip()
+if bool(DICOM_TLS_CERT_FILE) != bool(DICOM_TLS_KEY_FILE):
+    raise ImproperlyConfigured(
+        "DICOM_TLS_CERT_FILE and DICOM_TLS_KEY_FILE go together: set both or neither"
+    )
+# Send results to DICOM_DESTINATION over TLS (its certificate checked, host name
+# included).
+DICOM_DESTINATION_TLS = env_bool("DICOM_DESTINATION_TLS", False)
+# A DICOM file whose Patient ID matches a patient with a different name or birth date:
+# "reject" refuses it (C000 with the reason); "accept" files it under that patient and
+# flags it for review in the upload report.
+DICOM_PATIENT_MISMATCH = env_choice(
+    "DICOM_PATIENT_MISMATCH", "reject", ("reject", "accept")
+)
 # The account recorded as uploader of received instances (created, unable to log in,
 # if it does not exist).
 DICOM_RECEIVER_USERNAME = env_str("DICOM_RECEIVER_USERNAME", "dicom-receiver")

@@ -12,6 +12,7 @@ from portal.analyses.models import RESULT_FIELDS, Analysis
 from portal.analyses.selectors import latest_analysis
 from portal.clinical.models import Patient, Scan, Study
 from portal.ingest.models import UploadItem
+from portal.review.formats import LABELS, in_label_order
 from portal.review.selectors import current_signed_review
 
 
@@ -128,13 +129,18 @@ class AnalysisSerializer(serializers.ModelSerializer):
         {
             "type": "object",
             "nullable": True,
-            "properties": {
-                k: {"type": "number"} for k in ("normal", "benign", "malignant")
-            },
+            "description": (
+                "Class probabilities as fractions (0-1), in the order normal, benign, "
+                "malignant; pages and the PDF show them as percents with one decimal."
+            ),
+            "properties": {k: {"type": "number"} for k in LABELS},
+            "example": {"normal": 0.031, "benign": 0.172, "malignant": 0.797},
         }
     )
     def get_probabilities(self, analysis: Analysis) -> dict[str, float] | None:
-        return analysis.probabilities
+        if analysis.probabilities is None:
+            return None
+        return dict(in_label_order(analysis.probabilities))
 
     @extend_schema_field(
         _nullable_list(
@@ -333,6 +339,8 @@ def item_row(item: UploadItem) -> dict[str, Any]:
     row["scan"] = item.scan_id
     row["analysis"] = item.analysis_id
     row["status"] = item.analysis.status if item.analysis else None
+    if item.review_flag:
+        row["review_flag"] = item.review_flag
     return row
 
 

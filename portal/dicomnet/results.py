@@ -60,7 +60,13 @@ logger = logging.getLogger(__name__)
 MANUFACTURER = "BUSAI"
 MODEL_NAME = "BUSAI breast ultrasound analysis"
 DEVICE_SERIAL = "1"
-SERIES_NUMBERS = {"source": 900, "seg": 901, "sr": 902, "overlay": 903}
+SERIES_NUMBERS = {
+    "source": 900,
+    "seg": 901,
+    "sr": 902,
+    "overlay": 903,
+    "reading": 904,
+}
 # Concepts that have no standard code: a private coding scheme (99 prefix, PS3.16 8.2).
 SCHEME = "99BUSAI"
 NOT_RELIABLE = hd.sr.CodedConcept(
@@ -72,6 +78,56 @@ CLASS_CODES = {
     "benign": codes.SCT.Benign,
     "malignant": codes.SCT.Malignant,
 }
+# Each class's probability is its own concept, so that a reader (dsrdump, a viewer)
+# shows which class a number is for; DICOM has no standard code for a per-class
+# probability of this model's classes.
+CLASS_PROBABILITY_CODES = {
+    label: hd.sr.CodedConcept(f"P-{label.upper()}", SCHEME, f"Probability of {label}")
+    for label in CLASS_CODES
+}
+# BI-RADS assessment categories: the SNOMED CT codes of DICOM CID 6026 (Breast
+# Assessment; meanings shortened to the 64 characters of an LO), DCM 111125 for
+# category 6. SNOMED CT has no code for the ultrasound
+# subcategories 4A/4B/4C: they are coded as category 4, and the subcategory is a second
+# evaluation in the private scheme (BIRADS_SUBCATEGORY).
+BIRADS_CODES = {
+    "0": hd.sr.CodedConcept(
+        "397138000",
+        "SCT",
+        "Mammography assessment (Category 0) - Need additional imaging",
+    ),
+    "1": hd.sr.CodedConcept(
+        "397140005", "SCT", "Mammography assessment (Category 1) - Negative"
+    ),
+    "2": hd.sr.CodedConcept(
+        "397141009", "SCT", "Mammography assessment (Category 2) - Benign finding"
+    ),
+    "3": hd.sr.CodedConcept(
+        "397143007",
+        "SCT",
+        "Mammography assessment (Category 3) - Probably benign finding",
+    ),
+    "5": hd.sr.CodedConcept(
+        "397145000",
+        "SCT",
+        "Mammography assessment (Category 5) - Highly suggestive",
+    ),
+    "6": hd.sr.CodedConcept("111125", "DCM", "Known biopsy proven malignancy"),
+}
+_CATEGORY_4 = hd.sr.CodedConcept(
+    "397144001",
+    "SCT",
+    "Mammography assessment (Category 4) - Suspicious abnormality",
+)
+BIRADS_CODES |= {"4A": _CATEGORY_4, "4B": _CATEGORY_4, "4C": _CATEGORY_4}
+BIRADS_SUBCATEGORY = hd.sr.CodedConcept(
+    "BIRADS-SUB", SCHEME, "BI-RADS category 4 subcategory"
+)
+# DICOM's Laterality (R/L) as SNOMED CT codes for the SR's finding site.
+LATERALITY_CODES = {"R": codes.SCT.Right, "L": codes.SCT.Left}
+# Series attributes copied from the source image to every derived object: which breast
+# (a wrong-side risk otherwise) and what part of the body.
+SERIES_ANATOMY = ("Laterality", "BodyPartExamined")
 PATIENT_AND_STUDY = (
     "PatientName",
     "PatientID",
@@ -282,7 +338,11 @@ def _secondary_capture(
     ds.BurnedInAnnotation = "YES" if derived else "NO"
     ds.ContentDate = now.strftime("%Y%m%d")
     ds.ContentTime = now.strftime("%H%M%S")
-    ds.PatientOrientation = ""
+    _copy_anatomy(reference, ds)
+    ds.PatientOrientation = reference.get("PatientOrientation", "")
+    if derived and "PixelSpacing" in reference:
+        # Same pixel grid as the source: the same millimetres per pixel.
+        ds.PixelSpacing = reference.PixelSpacing
     rgb = np.ascontiguousarray(pixels, dtype=np.uint8)
     ds.Rows, ds.Columns = int(rgb.shape[0]), int(rgb.shape[1])
     ds.SamplesPerPixel = 3
@@ -313,6 +373,19 @@ def _reader_mask(review: Any, shape: tuple[int, int]) -> np.ndarray | None:
             f"scan {shape[1]}x{shape[0]}"
         )
     return mask
+
+
+def _copy_anatomy(source: Dataset, target: Dataset) -> None:
+    """Laterality and body part, from the source to an object derived from it.
+
+    Laterality (General Series, type 2C) is written empty when the source does not say
+    (DICOM's "unknown"), never guessed; the image-level Image Laterality of a source
+    counts as its laterality.
+    """
+    laterality = str(source.get("Laterality", "") or source.get("ImageLaterality", ""))
+    target.Laterality = laterality if laterality in ("R", "L") else ""
+    if source.get("BodyPartExamined"):
+        target.BodyPartExamined = source.BodyPartExamined
 
 
 def _lesion_mask(analysis: Analysis, shape: tuple[int, int]) -> np.ndarray:
@@ -359,9 +432,12 @@ def _segmentation(
         tracking_id="Lesion",
     )
     # Without a frame of reference (ultrasound, secondary capture) the SEG lies on the
-    # source's pixel grid and the millimetres stay with the source. highdicom would copy
-    # Pixel Spacing into a Pixel Measures item without the Slice Thickness its own reader
-    # requires (and that a 2D ultrasound image does not have), so it is left out.
+    # source's pixel grid. Its Pixel Measures carry the source's Pixel Spacing so that
+    # viewers can measure on it, and no Slice Thickness: since CP 1426 the Pixel
+    # Measures macro requires Slice Thickness in a SEG only when a Frame of Reference is
+    # present, and a 2D ultrasound image has no thickness to copy (highdicom 0.28's
+    # reader is stricter than the standard here and refuses such a SEG; dciodvfy, the
+    # standard's checker, accepts it).
     # Its own elements (the pixel data shared, never changed): what is changed below must
     # not change the source the SR references.
     grid = Dataset()
@@ -406,6 +482,20 @@ def _segmentation(
         # An empty mask is a finding too ("no lesion"): keep its frame.
         omit_empty_frames=bool(mask.any()),
     )
+    spacing = source.get("PixelSpacing")
+    if spacing is not None and len(spacing) == 2:
+        measures = Dataset()
+        measures.PixelSpacing = list(spacing)
+        seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence = [measures]
+    # The SEG IOD takes the side as Image Laterality (General Image); its General
+    # Series Laterality "may not be present" (dciodvfy). Unknown: left out.
+    laterality = str(source.get("Laterality", "") or source.get("ImageLaterality", ""))
+    if laterality in ("R", "L"):
+        seg.ImageLaterality = laterality
+    if source.get("BodyPartExamined"):
+        seg.BodyPartExamined = source.BodyPartExamined
+    # Type 2C (no Image Orientation (Patient) here): the source's, empty if unknown.
+    seg.PatientOrientation = source.get("PatientOrientation", "")
     if frames > 1:
         references = [
             image
@@ -435,10 +525,23 @@ def _single_component_name(name: str) -> str:
 
 
 def _person_name(user: Any) -> str:
+    """The reader's name as a DICOM PN (Family^Given); an account with no name on record
+    gives its username as a one-component name."""
     last, first = (user.last_name or "").strip(), (user.first_name or "").strip()
     if last or first:
-        return f"{last}^{first}"
+        return f"{last}^{first}"[:64]
     return _single_component_name(user.get_username())
+
+
+def _finding_sites(source: Dataset) -> list[hd.sr.FindingSite] | None:
+    """The breast, with its side when the source says which: where the finding is."""
+    laterality = str(source.get("Laterality", "") or source.get("ImageLaterality", ""))
+    return [
+        hd.sr.FindingSite(
+            anatomic_location=codes.SCT.Breast,
+            laterality=LATERALITY_CODES.get(laterality),
+        )
+    ]
 
 
 def _report(analysis: Analysis, source: Dataset, seg: Dataset, review: Any) -> Dataset:
@@ -467,15 +570,16 @@ def _report(analysis: Analysis, source: Dataset, seg: Dataset, review: Any) -> D
         observer_person_context=person, observer_device_context=device
     )
     source_for_group = hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
+    sites = _finding_sites(source)
     groups: list[Any] = [
-        _model_output_group(analysis, algorithm, source_for_group),
-        _lesion_group(analysis, algorithm, source, seg),
+        _model_output_group(analysis, algorithm, source_for_group, sites),
+        _lesion_group(analysis, algorithm, source, seg, sites),
     ]
-    bbox_group = _bbox_group(analysis, algorithm, source)
+    bbox_group = _bbox_group(analysis, algorithm, source, sites)
     if bbox_group is not None:
         groups.append(bbox_group)
     if review is not None:
-        groups.append(_reading_group(analysis, review, source_for_group))
+        groups.append(_reading_group(analysis, review, source_for_group, sites))
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=codes.SCT.UltrasonographyOfBreast,
@@ -483,11 +587,13 @@ def _report(analysis: Analysis, source: Dataset, seg: Dataset, review: Any) -> D
     )
     version = f"{review.pk}" if review is not None else "model"
     signed = review is not None
+    # The reader's SR is the reader's document: a series of its own, not the AI's.
+    series = ("reading-series", "reading") if signed else ("sr-series", "sr")
     return hd.sr.ComprehensiveSR(
         evidence=[source, seg],
         content=report[0],
-        series_instance_uid=derived_uid("sr-series", scan.uuid),
-        series_number=SERIES_NUMBERS["sr"],
+        series_instance_uid=derived_uid(series[0], scan.uuid),
+        series_number=SERIES_NUMBERS[series[1]],
         sop_instance_uid=derived_uid("sr", scan.uuid, analysis.model_version, version),
         instance_number=review.version + 1 if signed else 1,
         manufacturer=MANUFACTURER,
@@ -496,7 +602,11 @@ def _report(analysis: Analysis, source: Dataset, seg: Dataset, review: Any) -> D
         is_verified=signed,
         verifying_observer_name=_person_name(review.author) if signed else None,
         verifying_organization=MANUFACTURER if signed else None,
-        series_description=f"AI analysis ({analysis.model_version})"[:64],
+        series_description=(
+            f"Radiologist reading ({analysis.model_version} analysis)"
+            if signed
+            else f"AI analysis ({analysis.model_version})"
+        )[:64],
     )
 
 
@@ -508,7 +618,7 @@ def _tracking(analysis: Analysis, what: str, label: str) -> hd.sr.TrackingIdenti
 
 
 def _model_output_group(
-    analysis: Analysis, algorithm: Any, source: Any
+    analysis: Analysis, algorithm: Any, source: Any, sites: Any
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     evaluations = []
     in_distribution = getattr(analysis, "in_distribution", None)
@@ -521,10 +631,9 @@ def _model_output_group(
         )
     measurements = [
         hd.sr.Measurement(
-            name=codes.DCM.Probability,
+            name=CLASS_PROBABILITY_CODES[label],
             value=float(probability),
             unit=codes.UCUM.NoUnits,
-            qualifier=CLASS_CODES[label],
             algorithm_id=algorithm,
         )
         for label, probability in sorted((analysis.probabilities or {}).items())
@@ -545,6 +654,7 @@ def _model_output_group(
         algorithm_id=algorithm,
         # TID 1501's Finding is the predicted class.
         finding_type=CLASS_CODES[analysis.label],
+        finding_sites=sites,
         qualitative_evaluations=evaluations or None,
         measurements=measurements,
         source_images=[source],
@@ -552,7 +662,7 @@ def _model_output_group(
 
 
 def _lesion_group(
-    analysis: Analysis, algorithm: Any, source: Dataset, seg: Dataset
+    analysis: Analysis, algorithm: Any, source: Dataset, seg: Dataset, sites: Any
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     scan = analysis.scan
     measurements = []
@@ -585,17 +695,25 @@ def _lesion_group(
         segment_number=1,
         source_image=_source_image(hd.sr.SourceImageForSegmentation, source),
     )
+    # The Image Reference macro allows a Referenced Segment Number or a Referenced
+    # Frame Number, not both (each is required only when the other is absent): the
+    # segment number alone names it in a one-frame SEG.
+    for item in segment:
+        for reference in item.get("ReferencedSOPSequence", []):
+            if "ReferencedSegmentNumber" in reference:
+                reference.pop("ReferencedFrameNumber", None)
     return _planar_lesion_finding(
         analysis,
         algorithm,
         ("lesion", "Lesion"),
         referenced_segment=segment,
         measurements=measurements,
+        finding_sites=sites,
     )
 
 
 def _bbox_group(
-    analysis: Analysis, algorithm: Any, source: Dataset
+    analysis: Analysis, algorithm: Any, source: Dataset, sites: Any
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | None:
     if not analysis.bbox:
         return None
@@ -617,7 +735,11 @@ def _bbox_group(
         source_image=_source_image(hd.sr.SourceImageForRegion, source),
     )
     return _planar_lesion_finding(
-        analysis, algorithm, ("bbox", "Lesion bounding box"), referenced_region=region
+        analysis,
+        algorithm,
+        ("bbox", "Lesion bounding box"),
+        referenced_region=region,
+        finding_sites=sites,
     )
 
 
@@ -642,24 +764,28 @@ def _source_image(reference: Any, source: Dataset) -> Any:
 
 
 def _reading_group(
-    analysis: Analysis, review: Any, source: Any
+    analysis: Analysis, review: Any, source: Any, sites: Any
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     evaluations = [
         hd.sr.QualitativeEvaluation(
-            name=codes.DCM.AssessmentCategory,
-            value=hd.sr.CodedConcept(
-                f"BIRADS-{review.birads}",
-                SCHEME,
-                # ASCII: the SR's default character set has no en dash.
-                f"BI-RADS {review.get_birads_display()}".replace("\u2013", "-")[:64],
-            ),
+            name=codes.DCM.AssessmentCategory, value=BIRADS_CODES[review.birads]
         ),
     ]
+    if review.birads.startswith("4") and len(review.birads) == 2:
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                name=BIRADS_SUBCATEGORY,
+                value=hd.sr.CodedConcept(
+                    f"BIRADS-{review.birads}", SCHEME, f"BI-RADS {review.birads}"
+                ),
+            )
+        )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(
             analysis, f"reading-{review.pk}", f"Radiologist reading v{review.version}"
         ),
         finding_type=CLASS_CODES[review.label],
+        finding_sites=sites,
         qualitative_evaluations=evaluations,
         source_images=[source],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
@@ -28,15 +29,21 @@ def send_datasets(
     host: str,
     port: int,
     timeout: float = 30,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Send the datasets in one association; raises SendFailed unless all are stored."""
+    """Send the datasets in one association; raises SendFailed unless all are stored.
+
+    With an SSL context the association runs over TLS, the PACS's certificate checked
+    against the host name.
+    """
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class in dict.fromkeys(str(d.SOPClassUID) for d in datasets):
         ae.add_requested_context(
             sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         )
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    tls_args = (ssl_context, host) if ssl_context is not None else None
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
         state = "rejected" if assoc.is_rejected else "could not be opened"
         raise SendFailed(f"the association with {ae_title} at {host}:{port} {state}")

@@ -99,6 +99,7 @@ def results_send(*, analysis_id: int, review_id: int | None = None) -> list[str]
     """
     from portal.dicomnet.results import analysis_results
     from portal.dicomnet.sender import send_datasets
+    from portal.dicomnet.tls import destination_context
 
     destination = settings.DICOM_DESTINATION
     if not destination:
@@ -120,6 +121,7 @@ def results_send(*, analysis_id: int, review_id: int | None = None) -> list[str]
         ae_title=destination["ae_title"],
         host=destination["host"],
         port=destination["port"],
+        ssl_context=destination_context(),
     )
     record_send(analysis=analysis, what="+".join(_kinds(results)))
     logger.info(

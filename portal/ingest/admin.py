@@ -10,7 +10,15 @@ from portal.ingest.models import UploadBatch, UploadItem
 
 class UploadItemInline(admin.TabularInline):
     model = UploadItem
-    fields = ("filename", "archive", "outcome", "reason", "scan", "analysis")
+    fields = (
+        "filename",
+        "archive",
+        "outcome",
+        "reason",
+        "review_flag",
+        "scan",
+        "analysis",
+    )
     readonly_fields = fields
     extra = 0
     can_delete = False

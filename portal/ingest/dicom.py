@@ -1,4 +1,9 @@
-"""What a DICOM file says about its patient and study, in the portal's terms."""
+"""What a DICOM file says about its patient and study, in the portal's terms.
+
+Values are taken as the file has them, never shortened: a Patient ID longer than the
+64 characters of its VR (LO) is refused by the placement rules, because cutting it could
+file two different patients as one.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +23,21 @@ class DicomIdentity:
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> DicomIdentity:
         return cls(
-            patient_identifier=tags.get("PatientID", "").strip()[:64],
+            patient_identifier=tags.get("PatientID", "").strip(),
             patient_name=person_name(tags.get("PatientName", ""))[:200],
             birth_date=dicom_date(tags.get("PatientBirthDate", "")),
             study_instance_uid=tags.get("StudyInstanceUID", "").strip()[:64],
             accession_number=tags.get("AccessionNumber", "").strip()[:64],
             study_date=dicom_date(tags.get("StudyDate", "")),
         )
+
+
+PATIENT_ID_MAX_LENGTH = 64  # LO, and the portal's Patient.identifier
+
+
+def same_person_name(a: str, b: str) -> bool:
+    """Whether two names (portal form) are the same, ignoring case and spacing."""
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
 
 
 def person_name(value: str) -> str:

@@ -69,6 +69,12 @@ class UploadItem(models.Model):
     archive = models.CharField(max_length=255, blank=True)
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     reason = models.TextField(blank=True)
+    # Stored, but someone should look: e.g. a DICOM Patient ID that matched a patient
+    # whose name or birth date differs (accepted because DICOM_PATIENT_MISMATCH=accept).
+    review_flag = models.TextField(blank=True)
+    # Refused for a passing reason (database, storage or queue trouble): the sender
+    # should send it again (the DICOM receiver answers A700 instead of C000).
+    retryable = models.BooleanField(default=False)
     sha256 = models.CharField(max_length=64, blank=True)
     scan = models.ForeignKey(
         Scan, on_delete=models.PROTECT, null=True, blank=True, related_name="+"

@@ -3,24 +3,90 @@
 Ingestion (services.py) validates and stores files; a placement decides where each one
 goes, from the study the user chose, from the file's DICOM tags, or from the folders it
 was found in. Each rule refuses a file it cannot place with UploadRejected, saying
-why, and may create the patient or study it names (inside the caller's transaction).
+why, and may create the patient or study it names (inside the caller's transaction,
+holding a lock on the patient identifier and study UID so that simultaneous uploads of
+the same new patient or study wait for each other rather than collide). What a rule
+stores but wants a person to check (a DICOM Patient ID matching a patient whose name or
+birth date differs, with DICOM_PATIENT_MISMATCH=accept) it appends to `flags`, which the
+upload report shows.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
 from portal.clinical.models import Patient, Study
 from portal.clinical.services import patient_create, study_create
 from portal.clinical.uploads import UploadRejected, ValidatedUpload
-from portal.ingest.dicom import DicomIdentity
+from portal.ingest.dicom import PATIENT_ID_MAX_LENGTH, DicomIdentity, same_person_name
+from portal.ingest.locks import advisory_lock
+
+NAME_NOT_GIVEN = "(name not given)"
 
 
 class Placement(Protocol):
-    def study_for(self, upload: ValidatedUpload, folders: tuple[str, ...]) -> Study:
+    def study_for(
+        self, upload: ValidatedUpload, folders: tuple[str, ...], *, flags: list[str]
+    ) -> Study:
         """The study a validated file belongs to; raises UploadRejected if there is none."""
+
+
+def check_identifier_length(identifier: str) -> None:
+    """Refuse a Patient ID the portal would have to shorten (which could merge two
+    patients whose IDs differ only after the limit)."""
+    if len(identifier) > PATIENT_ID_MAX_LENGTH:
+        raise UploadRejected(
+            f"Patient ID is over {PATIENT_ID_MAX_LENGTH} characters "
+            f"({len(identifier)}); refused, not shortened: shortening could file two "
+            "different patients as one. Correct the Patient ID (0010,0020) at the source"
+        )
+
+
+def check_demographics(
+    patient: Patient,
+    identity: DicomIdentity,
+    *,
+    flags: list[str],
+    policy: str | None = None,
+) -> None:
+    """A file whose Patient ID names `patient` but whose name or birth date differ is
+    refused (policy "reject") or filed and flagged (policy "accept"); the policy is
+    DICOM_PATIENT_MISMATCH unless given.
+
+    A value missing on either side is no disagreement. Neither value is repeated in the
+    reason: the report says which attribute differs and which patient it matched.
+    """
+    differ = []
+    if (
+        identity.patient_name
+        and patient.name
+        and patient.name != NAME_NOT_GIVEN
+        and not same_person_name(identity.patient_name, patient.name)
+    ):
+        differ.append("name")
+    if (
+        identity.birth_date
+        and patient.birth_date
+        and identity.birth_date != patient.birth_date
+    ):
+        differ.append("birth date")
+    if not differ:
+        return
+    what = " and ".join(differ)
+    if (policy or settings.DICOM_PATIENT_MISMATCH) == "accept":
+        flags.append(
+            f"its Patient ID matches patient {patient.pk}, whose {what} differ from the "
+            "file's; it was filed under that patient. Check that it is the same person"
+        )
+        return
+    raise UploadRejected(
+        f"Patient ID matches a patient with another {what}; refused: patient "
+        f"{patient.pk} has this Patient ID but a different {what}. Check which patient "
+        "this is (DICOM_PATIENT_MISMATCH=reject)"
+    )
 
 
 class IntoStudy:
@@ -29,11 +95,14 @@ class IntoStudy:
     def __init__(self, study: Study) -> None:
         self.study = study
 
-    def study_for(self, upload: ValidatedUpload, folders: tuple[str, ...]) -> Study:
+    def study_for(
+        self, upload: ValidatedUpload, folders: tuple[str, ...], *, flags: list[str]
+    ) -> Study:
         if not upload.dicom:
             return self.study
         identity = DicomIdentity.from_tags(upload.dicom)
         patient = self.study.patient
+        check_identifier_length(identity.patient_identifier)
         if (
             identity.patient_identifier
             and identity.patient_identifier != patient.identifier
@@ -43,6 +112,9 @@ class IntoStudy:
                 f"this study's patient ({patient.identifier}); upload it to a study of "
                 "that patient"
             )
+        if identity.patient_identifier:
+            # The uploader chose this study: filed, and flagged for a second look.
+            check_demographics(patient, identity, flags=flags, policy="accept")
         if identity.study_instance_uid:
             _adopt_study_instance_uid(self.study, identity)
         return self.study
@@ -86,7 +158,9 @@ class ByTagsAndFolders:
     def __init__(self, *, created_by: AbstractBaseUser) -> None:
         self.created_by = created_by
 
-    def study_for(self, upload: ValidatedUpload, folders: tuple[str, ...]) -> Study:
+    def study_for(
+        self, upload: ValidatedUpload, folders: tuple[str, ...], *, flags: list[str]
+    ) -> Study:
         identity = DicomIdentity.from_tags(upload.dicom) if upload.dicom else None
         identifier = (identity and identity.patient_identifier) or (
             folders[0] if folders else ""
@@ -97,8 +171,14 @@ class ByTagsAndFolders:
                 "named by the patient's hospital identifier (PATIENT/STUDY/file), "
                 "or import it with --study"
             )
-        patient = self._patient(identifier[:64], identity)
+        check_identifier_length(identifier)
         uid = identity.study_instance_uid if identity else ""
+        # Serialise with every other transaction placing a file of this patient or
+        # study: the second one waits, then finds what the first created.
+        advisory_lock("patient", identifier)
+        if uid:
+            advisory_lock("study", uid)
+        patient = self._patient(identifier, identity, flags=flags)
         if uid:
             study = Study.objects.filter(study_instance_uid=uid).first()
             if study is not None:
@@ -119,6 +199,7 @@ class ByTagsAndFolders:
             )
         study = None
         if accession:
+            advisory_lock("accession", f"{patient.pk}/{accession}")
             study = (
                 Study.objects.select_for_update()
                 .filter(patient=patient, accession_number=accession)
@@ -138,14 +219,18 @@ class ByTagsAndFolders:
             study.save(update_fields=["study_instance_uid"])
         return study
 
-    def _patient(self, identifier: str, identity: DicomIdentity | None) -> Patient:
+    def _patient(
+        self, identifier: str, identity: DicomIdentity | None, *, flags: list[str]
+    ) -> Patient:
         patient = Patient.objects.filter(identifier=identifier).first()
         if patient is not None:
+            if identity is not None:
+                check_demographics(patient, identity, flags=flags)
             return patient
         name = identity.patient_name if identity else ""
         return patient_create(
             identifier=identifier,
-            name=name or "(name not given)",
+            name=name or NAME_NOT_GIVEN,
             birth_date=identity.birth_date if identity else None,
         )
 
@@ -153,7 +238,9 @@ class ByTagsAndFolders:
 class ByDicomTags(ByTagsAndFolders):
     """Place DICOM instances received over the network by their own tags only."""
 
-    def study_for(self, upload: ValidatedUpload, folders: tuple[str, ...]) -> Study:
+    def study_for(
+        self, upload: ValidatedUpload, folders: tuple[str, ...], *, flags: list[str]
+    ) -> Study:
         identity = DicomIdentity.from_tags(upload.dicom) if upload.dicom else None
         if identity is None:
             raise UploadRejected("not a DICOM instance")
@@ -166,4 +253,4 @@ class ByDicomTags(ByTagsAndFolders):
                 "it has neither a Study Instance UID (0020,000D) nor an Accession "
                 "Number (0008,0050), so it cannot be matched to a study"
             )
-        return super().study_for(upload, ())
+        return super().study_for(upload, (), flags=flags)

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
@@ -37,6 +37,7 @@ from portal.ingest.archives import (
     iter_zip,
     other_archive_kind,
 )
+from portal.ingest.locks import advisory_lock
 from portal.ingest.models import UploadBatch, UploadItem
 from portal.ingest.placement import IntoStudy, Placement
 
@@ -49,6 +50,9 @@ ACCEPTED_KINDS = "PNG, JPEG, BMP, TIFF or DICOM"
 # and not yet stored, which bounds the memory an upload can take.
 DECODE_THREADS = 2
 DECODE_WINDOW = 4
+# A file whose transaction met a simultaneous one on a unique constraint is stored again
+# from the start this many times (the locks in placement make this rare).
+STORE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -82,15 +86,27 @@ def archive_limits() -> ArchiveLimits:
 
 
 def _lock_digest(sha256: str) -> None:
-    """Serialise ingestion of the same image, so two uploads cannot both store it.
+    """Serialise ingestion of the same image, so two uploads cannot both store it."""
+    advisory_lock("image", sha256)
 
-    PostgreSQL: a transaction-scoped advisory lock on the digest. SQLite: transactions
-    already take the write lock when they begin (IMMEDIATE mode in settings).
-    """
-    if connection.vendor == "postgresql":
-        key = int.from_bytes(bytes.fromhex(sha256[:16]), "big", signed=True)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions of a passing fault: the database, the storage (a disk, or S3 and its
+    client library) or the queue. A file refused for one of these can be sent again."""
+    errors: list[type[BaseException]] = [OSError, DatabaseError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # S3 support not installed
+        pass
+    else:
+        errors += [BotoCoreError, ClientError]
+    try:
+        from kombu.exceptions import OperationalError as QueueError
+    except ImportError:
+        pass
+    else:
+        errors.append(QueueError)
+    return tuple(errors)
 
 
 def _latest_analysis(scan: Scan) -> Analysis | None:
@@ -221,28 +237,48 @@ class BatchIngester:
             self.reject(name, str(exc), archive=archive)
             return
         self.decoded += 1
+        retryable = False
         try:
-            item = self._store(upload, archive=archive, folders=folders)
+            item = self._store_retrying(upload, archive=archive, folders=folders)
         except UploadRejected as exc:
             reason = str(exc)
         except IntegrityError:
-            # Another upload created the same patient or study UID at the same moment.
+            # Met a simultaneous upload of the same patient or study every time.
             logger.warning("upload %s: a file met a simultaneous upload", self.batch.pk)
+            retryable = True
             reason = (
-                "it collided with another upload of the same patient or study at the "
-                "same moment; upload it again"
+                "met a simultaneous upload of this patient or study; send it again "
+                "(it collided with that upload each time it was stored)"
             )
-        except (OSError, DatabaseError):
-            # Storage or database trouble with this file: the others still go on.
+        except transient_errors():
+            # Storage, database or queue trouble with this file: the others still go on.
             logger.exception("upload %s: a file could not be stored", self.batch.pk)
+            retryable = True
             reason = (
-                "it could not be stored (the error is logged for the administrators); "
-                "upload it again later"
+                "could not be stored now; send or upload it again later (the error is "
+                "logged for the administrators)"
             )
         else:
             self.result.items.append(item)
             return
-        self.reject(name, reason, archive=archive, sha256=upload.sha256)
+        self.reject(
+            name, reason, archive=archive, sha256=upload.sha256, retryable=retryable
+        )
+
+    def _store_retrying(
+        self, upload: ValidatedUpload, *, archive: str, folders: tuple[str, ...]
+    ) -> UploadItem:
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                return self._store(upload, archive=archive, folders=folders)
+            except IntegrityError:
+                if attempt == STORE_ATTEMPTS:
+                    raise
+                logger.info(
+                    "upload %s: a file met a simultaneous upload; storing it again",
+                    self.batch.pk,
+                )
+        raise AssertionError("unreachable")
 
     def _store(
         self, upload: ValidatedUpload, *, archive: str, folders: tuple[str, ...]
@@ -271,7 +307,8 @@ class BatchIngester:
                     scan=existing,
                     analysis=_latest_analysis(existing),
                 )
-            study = self.placement.study_for(upload, folders)
+            flags: list[str] = []
+            study = self.placement.study_for(upload, folders, flags=flags)
             scan = scan_submit(
                 study=study,
                 upload=upload,
@@ -283,25 +320,46 @@ class BatchIngester:
                 filename=upload.original_filename[:500],
                 archive=archive[:255],
                 outcome=Outcome.ACCEPTED,
+                review_flag="; ".join(flags),
                 sha256=upload.sha256,
                 scan=scan,
                 analysis=scan.analyses.get(model_version=self.model_version),
             )
 
     def reject(
-        self, name: str, reason: str, *, archive: str = "", sha256: str = ""
+        self,
+        name: str,
+        reason: str,
+        *,
+        archive: str = "",
+        sha256: str = "",
+        retryable: bool = False,
     ) -> None:
-        """Record a refused file (also used by callers that refuse before reading)."""
-        self.result.items.append(
-            UploadItem.objects.create(
-                batch=self.batch,
-                filename=(name or "(no name)")[:500],
-                archive=archive[:255],
-                outcome=Outcome.REJECTED,
-                reason=reason,
-                sha256=sha256,
-            )
+        """Record a refused file (also used by callers that refuse before reading).
+
+        retryable: refused for a passing fault, worth sending again. When even the
+        report row cannot be written (the database is down), the row is kept in memory
+        only, so that the caller still learns the outcome.
+        """
+        item = UploadItem(
+            batch=self.batch,
+            filename=(name or "(no name)")[:500],
+            archive=archive[:255],
+            outcome=Outcome.REJECTED,
+            reason=reason,
+            sha256=sha256,
+            retryable=retryable,
         )
+        try:
+            item.save()
+        except DatabaseError:
+            if not retryable:
+                raise
+            logger.exception(
+                "upload %s: the report row of a refused file was not saved",
+                self.batch.pk,
+            )
+        self.result.items.append(item)
 
     def close(self) -> None:
         """Stop the decoder threads (files not stored yet are dropped)."""

@@ -202,7 +202,11 @@ def _upload_response(
 def study_status(request: HttpRequest, pk: int) -> JsonResponse:
     study = get_object_or_404(Study, pk=pk)
     return JsonResponse(
-        {"study_id": study.pk, "scans": study_status_entries(study=study)}
+        {
+            "study_id": study.pk,
+            "review_state": study_review_state(study=study),
+            "scans": study_status_entries(study=study),
+        }
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from django import forms
 
 from portal.analyses.models import Analysis
+from portal.review.formats import shown_percent_bound
 from portal.review.selectors import DashboardFilters, model_versions
 
 
@@ -72,26 +73,39 @@ class DashboardFilterForm(forms.Form):
         self.fields["model_version"].choices = _ANY + [(v, v) for v in model_versions]
 
     def filters(self) -> DashboardFilters:
-        if not self.is_valid():
-            return DashboardFilters()
-        data = self.cleaned_data
+        """The filters whose values are valid; a refused value drops that filter only
+        (`ignored` names it), never the others."""
+        self.is_valid()  # an unbound form has no cleaned_data: no filter
+        data = getattr(self, "cleaned_data", {})
 
-        def fraction(value: float | None) -> float | None:
-            return None if value is None else value / 100.0
+        def value(name: str, default: Any = "") -> Any:
+            found = data.get(name)
+            return default if found in (None, "") else found
 
         return DashboardFilters(
-            patient=data["patient"].strip(),
-            date_from=data["date_from"],
-            date_to=data["date_to"],
-            label=data["label"],
-            confidence_min=fraction(data["confidence_min"]),
-            confidence_max=fraction(data["confidence_max"]),
-            review=data["review"],
-            status=data["status"],
-            model_version=data["model_version"],
-            search=data["q"].strip(),
-            distribution=data["distribution"],
+            patient=value("patient").strip(),
+            date_from=value("date_from", None),
+            date_to=value("date_to", None),
+            label=value("label"),
+            confidence_min=shown_percent_bound(value("confidence_min", None), "min"),
+            confidence_max=shown_percent_bound(value("confidence_max", None), "max"),
+            review=value("review"),
+            status=value("status"),
+            model_version=value("model_version"),
+            search=value("q").strip(),
+            distribution=value("distribution"),
         )
+
+    def ignored(self) -> list[str]:
+        """What the page says it dropped: "<field label> (<value>): <why>", one a filter."""
+        if not self.is_bound or self.is_valid():
+            return []
+        return [
+            f"{self.fields[name].label} ({self.data.get(name, '')}): {' '.join(errors)}"
+            if name in self.fields
+            else " ".join(errors)
+            for name, errors in self.errors.items()
+        ]
 
 
 def read_filters(query: Mapping[str, Any]) -> DashboardFilters:

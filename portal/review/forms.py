@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from portal.analyses.models import Analysis
 from portal.review.models import BiRads, OutlineState
 from portal.review.outlines import decode_outline_png
+from portal.review.services import correction_error
 
 
 class ReviewForm(forms.Form):
@@ -17,7 +18,7 @@ class ReviewForm(forms.Form):
         initial="yes",
     )
     label = forms.ChoiceField(
-        choices=Analysis.Label.choices,
+        choices=[("", "—"), *Analysis.Label.choices],
         required=False,
         label="Corrected label",
     )
@@ -28,6 +29,10 @@ class ReviewForm(forms.Form):
     note = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4}), required=False, label="Note"
     )
+
+    def __init__(self, *args: object, model_label: str = "", **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.model_label = model_label
 
     # Written by the outline editor (review/_outline_editor.html): empty keeps the
     # outline of the version before; "corrected" comes with the mask as a PNG data URL.
@@ -48,6 +53,11 @@ class ReviewForm(forms.Form):
 
     def clean(self) -> dict:
         data = super().clean()
-        if data.get("agrees_with_model") is False and not data.get("label"):
-            self.add_error("label", "Choose the label you read.")
+        if data.get("agrees_with_model") is False:
+            if not data.get("label"):
+                self.add_error("label", "Choose the label you read.")
+            elif problem := correction_error(
+                model_label=self.model_label, label=data["label"]
+            ):
+                self.add_error("label", problem)
         return data

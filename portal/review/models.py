@@ -20,6 +20,8 @@ class BiRads(models.TextChoices):
     CAT_1 = "1", "1 – negative"
     CAT_2 = "2", "2 – benign"
     CAT_3 = "3", "3 – probably benign"
+    # BI-RADS allows 4 alone when the reader does not subdivide it.
+    CAT_4 = "4", "4 – suspicious of malignancy"
     CAT_4A = "4A", "4A – low suspicion of malignancy"
     CAT_4B = "4B", "4B – moderate suspicion of malignancy"
     CAT_4C = "4C", "4C – high suspicion of malignancy"

@@ -31,6 +31,7 @@ from portal.analyses.models import Analysis
 from portal.clinical.models import Study
 from portal.clinical.services import scan_display_name
 from portal.review import selectors
+from portal.review.formats import percent_text
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def _scan_images(scan: Any, analysis: Analysis | None, review: Any = None) -> Ta
 
 
 def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.1f}%"
+    return "—" if value is None else percent_text(value)
 
 
 def _model_rows(scan: Any, analysis: Analysis | None) -> list[tuple[str, str]]:

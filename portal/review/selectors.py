@@ -19,6 +19,7 @@ from django.db.models import (
     Exists,
     F,
     FloatField,
+    IntegerField,
     Max,
     OuterRef,
     Q,
@@ -63,7 +64,8 @@ class DashboardFilters:
     date_from: datetime.date | None = None
     date_to: datetime.date | None = None
     label: str = ""
-    confidence_min: float | None = None  # 0..1
+    # 0..1: kept from confidence_min (inclusive), up to confidence_max (exclusive).
+    confidence_min: float | None = None
     confidence_max: float | None = None
     review: str = ""  # "reviewed" | "unreviewed" | ""
     status: str = ""
@@ -136,7 +138,7 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
     if filters.confidence_min is not None:
         rows = rows.filter(confidence__gte=filters.confidence_min)
     if filters.confidence_max is not None:
-        rows = rows.filter(confidence__lte=filters.confidence_max)
+        rows = rows.filter(confidence__lt=filters.confidence_max)
     if filters.review == "reviewed":
         rows = rows.filter(reviewed=True)
     elif filters.review == "unreviewed":
@@ -268,20 +270,45 @@ def _unreviewed_scans() -> QuerySet[Scan]:
     ).exclude(Exists(signed_reviews().filter(scan_id=OuterRef("pk"))))
 
 
+def _malignant() -> Cast:
+    return Cast(KeyTextTransform("malignant", "probabilities"), FloatField())
+
+
+def _scan_malignant(scan_ref: str = "pk") -> Subquery:
+    """The highest malignant probability of a scan's finished analyses."""
+    return Subquery(
+        _finished_analyses()
+        .filter(scan_id=OuterRef(scan_ref))
+        .order_by()
+        .values("scan_id")
+        .annotate(highest=Max(_malignant()))
+        .values("highest"),
+        output_field=FloatField(),
+    )
+
+
 def study_review_columns() -> dict[str, Any]:
     """The rule behind Study.awaiting_review and Study.max_malignant, as expressions
-    over an outer Study row (services write them; the worklist reads them)."""
-    malignant = Cast(KeyTextTransform("malignant", "probabilities"), FloatField())
+    over an outer Study row (services write them; the worklist reads them).
+
+    max_malignant is the highest malignant probability of the study's *unsigned*
+    analysed images: what is left to read drives the worklist's order, not an image a
+    radiologist has already signed.
+    """
     # The study's scans first, then each one's finished result (analysis_scan_status):
     # joined to scans, SQLite read every finished analysis of every study instead
     # (30-90 ms per result recorded or review signed at 10,000 studies).
-    study_scans = Scan.objects.filter(study_id=OuterRef(OuterRef("pk"))).values("pk")
+    unsigned_scans = (
+        Scan.objects.filter(study_id=OuterRef(OuterRef("pk")))
+        .exclude(Exists(signed_reviews().filter(scan_id=OuterRef("pk"))))
+        .values("pk")
+    )
     highest = (
         _finished_analyses()
-        .filter(scan_id__in=study_scans)
+        .filter(scan_id__in=unsigned_scans)
         .order_by()
         .values("status")  # one group: every row here has the same status
-        .annotate(highest=Max(malignant))
+        .annotate(highest=Max(_malignant()))
         .values("highest")
     )
     return {
@@ -290,17 +317,157 @@ def study_review_columns() -> dict[str, Any]:
     }
 
 
+_WORKLIST_ORDER = ("-max_malignant", "-study_date", "-id")
+
+
 def worklist() -> QuerySet[Study]:
-    """Studies waiting for a radiologist, most suspicious (highest malignant p) first.
+    """Studies waiting for a radiologist, most suspicious unsigned image first.
 
     Reads the study's own columns (kept by study_review_refresh) through the
-    study_worklist index, so a page costs the same at 10 or 10,000 studies.
+    study_worklist index, so a page costs the same at 10 or 10,000 studies. The rows
+    of a page are read whole by WorklistPages.
     """
+    return Study.objects.filter(awaiting_review=True).order_by(*_WORKLIST_ORDER)
+
+
+def _worklist_rows() -> QuerySet[Study]:
+    """Worklist rows with what each shows: its most suspicious unsigned image
+    (next_scan_id, next_scan_name), its unsigned and all images, and whether an
+    unsigned image was flagged outside the training distribution."""
+    unsigned = _unreviewed_scans().filter(study_id=OuterRef("pk"))
+    most_suspicious = unsigned.annotate(malignant=_scan_malignant()).order_by(
+        F("malignant").desc(nulls_last=True), "pk"
+    )
     return (
-        Study.objects.filter(awaiting_review=True)
-        .select_related("patient")
-        .annotate(scan_count=study_scan_count())
-        .order_by("-max_malignant", "-study_date", "-id")
+        Study.objects.select_related("patient")
+        .annotate(
+            scan_count=study_scan_count(),
+            unsigned_count=Subquery(
+                unsigned.order_by()
+                .values("study_id")
+                .annotate(n=Count("pk"))
+                .values("n"),
+                output_field=IntegerField(),
+            ),
+            next_scan_id=Subquery(most_suspicious.values("pk")[:1]),
+            next_scan_name=Subquery(most_suspicious.values("original_filename")[:1]),
+            unsigned_outside=Exists(
+                _finished_analyses()
+                .filter(scan__study_id=OuterRef("pk"), in_distribution=False)
+                .exclude(_scan_is_reviewed())
+            ),
+        )
+        .order_by(*_WORKLIST_ORDER)
+    )
+
+
+@dataclass(frozen=True)
+class WorklistPages:
+    """What the worklist's paginator slices: a page's study ids from the index, then
+    those rows with their per-row facts. Computed in one step, PostgreSQL worked out
+    the facts of every study before the page too (700 ms for page 20 at 2,000
+    studies on a loaded machine)."""
+
+    studies: QuerySet[Study]
+
+    def count(self) -> int:
+        return self.studies.count()
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __getitem__(self, page: slice) -> list[Study]:
+        ids = list(self.studies.values_list("pk", flat=True)[page])
+        return list(_worklist_rows().filter(pk__in=ids))
+
+
+def _waiting_in_study(study_id: int) -> list[int]:
+    """A study's unsigned analysed scans, most suspicious first."""
+    return list(
+        _unreviewed_scans()
+        .filter(study_id=study_id)
+        .annotate(malignant=_scan_malignant())
+        .order_by(F("malignant").desc(nulls_last=True), "pk")
+        .values_list("pk", flat=True)
+    )
+
+
+@dataclass(frozen=True)
+class ReadingPlace:
+    """Where a scan stands in the reading order (see reading_place)."""
+
+    study_position: int | None  # 1-based in the worklist; None: not on it
+    studies: int
+    image_position: int | None  # 1-based among its study's unsigned scans
+    images: int
+    previous: int | None
+    next: int | None
+    after_signing: int | None
+
+
+def reading_place(
+    *, scan_id: int, study_id: int, only_study: bool = False
+) -> ReadingPlace:
+    """The unsigned scans before and after a scan in the reading order: the worklist's
+    order of studies (or the scan's study alone), and in a study its most suspicious
+    image first.
+
+    `next` is the following scan; from the last one, the first still waiting (skipped
+    scans come round again). `after_signing` is where "Sign and next" goes: the study's
+    other unsigned scans first, then the top of the worklist. Signing changes the
+    order (a study's most suspicious unsigned image drives it), so both are decided
+    before the signing. Reads the worklist's study ids (its index) and the unsigned
+    scans of at most three studies, whatever the size of the worklist.
+    """
+    own = _waiting_in_study(study_id)
+    own_others = [pk for pk in own if pk != scan_id]
+    if only_study:
+        studies = [study_id]
+    else:
+        studies = list(
+            Study.objects.filter(awaiting_review=True)
+            .order_by(*_WORKLIST_ORDER)
+            .values_list("pk", flat=True)
+        )
+    index = studies.index(study_id) if study_id in studies else None
+
+    def first_elsewhere(candidates: list[int]) -> int | None:
+        for other in candidates:
+            waiting = _waiting_in_study(other) if other != study_id else []
+            if waiting:
+                return waiting[0]
+        return None
+
+    top = first_elsewhere(studies[:2])
+    after_signing = own_others[0] if own_others else top
+    if scan_id not in own:
+        return ReadingPlace(
+            study_position=None if index is None else index + 1,
+            studies=len(studies),
+            image_position=None,
+            images=len(own),
+            previous=None,
+            next=after_signing,
+            after_signing=after_signing,
+        )
+    position = own.index(scan_id)
+    previous = own[position - 1] if position else None
+    if previous is None and index:
+        earlier = _waiting_in_study(studies[index - 1])
+        previous = earlier[-1] if earlier else None
+    following = own[position + 1] if position + 1 < len(own) else None
+    if following is None and index is not None:
+        following = first_elsewhere(studies[index + 1 : index + 2]) or top
+    if following is None and own[0] != scan_id:
+        following = own[0]
+    return ReadingPlace(
+        study_position=None if index is None else index + 1,
+        studies=len(studies),
+        image_position=position + 1,
+        images=len(own),
+        previous=previous,
+        next=following,
+        after_signing=after_signing,
     )
 
 

@@ -31,6 +31,40 @@ def _check_analysis(analysis: Analysis) -> None:
         raise ValidationError("Only a finished analysis can be reviewed.")
 
 
+# BI-RADS categories that disagree with a reading's label: signing one is allowed (the
+# reader may have a reason, which the note can give) but the page warns first.
+_BIRADS_AT_ODDS: dict[str, frozenset[str]] = {
+    "normal": frozenset(BiRads.values) - {BiRads.CAT_1},
+    "benign": frozenset({BiRads.CAT_4C, BiRads.CAT_5, BiRads.CAT_6}),
+    "malignant": frozenset({BiRads.CAT_1, BiRads.CAT_2, BiRads.CAT_3}),
+}
+
+
+def birads_at_odds() -> dict[str, list[str]]:
+    """Per label, the BI-RADS categories that disagree with it (for the page's script)."""
+    return {label: sorted(cats) for label, cats in _BIRADS_AT_ODDS.items()}
+
+
+def birads_warning(*, label: str, birads: str) -> str | None:
+    """A warning (never a refusal) when the reading's label and category disagree."""
+    if birads not in _BIRADS_AT_ODDS.get(label, ()):
+        return None
+    return (
+        f"BI-RADS {birads} is unusual for a reading of {label}: check the category "
+        "or say why in the note."
+    )
+
+
+def correction_error(*, model_label: str, label: str) -> str | None:
+    """Why a correction is refused: it must name a label other than the model's."""
+    if label == model_label:
+        return (
+            f"A correction must differ from the model's label ({model_label}): "
+            "choose another label, or agree with the model."
+        )
+    return None
+
+
 def _fields(
     *, analysis: Analysis, agrees_with_model: bool, label: str, birads: str, note: str
 ) -> dict[str, Any]:
@@ -38,6 +72,10 @@ def _fields(
         label = analysis.label
     if label not in Analysis.Label.values:
         raise ValidationError(f"{label!r} is not a label (normal, benign, malignant).")
+    if not agrees_with_model and (
+        problem := correction_error(model_label=analysis.label, label=label)
+    ):
+        raise ValidationError(problem)
     if birads not in BiRads.values:
         raise ValidationError(f"{birads!r} is not a BI-RADS category.")
     return {

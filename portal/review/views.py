@@ -18,6 +18,7 @@ from portal.clinical.models import Scan, Study
 from portal.clinical.services import scan_display_name
 from portal.review import selectors, services
 from portal.review.filters import DashboardFilterForm
+from portal.review.formats import SHOWN_DIGITS, percent_text
 from portal.review.forms import ReviewForm
 from portal.review.imaging import outline_layer_png
 from portal.review.models import Review
@@ -55,6 +56,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "review/dashboard.html",
         {
             "form": form,
+            "ignored": form.ignored(),
             "page": page,
             "counts": counts,
             "queue": selectors.queue_state(),
@@ -66,8 +68,35 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 @require_permissions("review.view_worklist", *READ_RESULTS)
 def worklist(request: HttpRequest) -> HttpResponse:
-    page = Paginator(selectors.worklist(), PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "review/worklist.html", {"page": page})
+    pages = selectors.WorklistPages(selectors.worklist())
+    page = Paginator(pages, PAGE_SIZE).get_page(request.GET.get("page"))
+    studies = list(page.object_list)
+    _mark_ties(studies)
+    # Reading starts at the top of the worklist, whichever page is shown.
+    top = studies[0] if page.number == 1 and studies else next(iter(pages[:1]), None)
+    return render(
+        request,
+        "review/worklist.html",
+        {
+            "page": page,
+            "studies": studies,
+            "first_unsigned": top.next_scan_id if top else None,
+        },
+    )
+
+
+def _mark_ties(studies: list[Study]) -> None:
+    """Where neighbouring rows show the same percent, show them with a second decimal
+    (malignant_shown), so the order the list is in can be seen."""
+    shown = [percent_text(s.max_malignant) for s in studies]
+    for index, study in enumerate(studies):
+        ties = any(
+            0 <= other < len(studies) and shown[other] == shown[index]
+            for other in (index - 1, index + 1)
+        )
+        study.malignant_shown = percent_text(
+            study.max_malignant, SHOWN_DIGITS + 1 if ties else SHOWN_DIGITS
+        )
 
 
 def _selected_analysis(request: HttpRequest, analyses: list[Analysis]) -> Analysis:
@@ -79,6 +108,36 @@ def _selected_analysis(request: HttpRequest, analyses: list[Analysis]) -> Analys
         raise Http404("no such analysis of this scan")
     finished = [a for a in analyses if a.status == Analysis.Status.SUCCEEDED]
     return (finished or analyses)[0]
+
+
+# The reading flows a review page moves through: the worklist's unsigned scans, or (the
+# default, as opened from a study page) the unsigned scans of the scan's study.
+FLOWS = ("worklist", "study")
+
+
+def _flow(request: HttpRequest) -> str:
+    flow = request.POST.get("flow") or request.GET.get("flow") or "study"
+    return flow if flow in FLOWS else "study"
+
+
+def _reading_place(flow: str, scan: Scan) -> selectors.ReadingPlace:
+    return selectors.reading_place(
+        scan_id=scan.pk, study_id=scan.study_id, only_study=flow == "study"
+    )
+
+
+def _review_url(scan_id: int, flow: str) -> str:
+    return f"{reverse('review:scan_review', args=[scan_id])}?flow={flow}"
+
+
+def _after_signing(flow: str, scan: Scan, place: selectors.ReadingPlace) -> str:
+    """Where "Sign and next" goes: the next unsigned scan of the flow, or, when none
+    is left, the worklist or the study page it came from."""
+    if place.after_signing is not None:
+        return _review_url(place.after_signing, flow)
+    if flow == "worklist":
+        return reverse("review:worklist")
+    return reverse("clinical:study_detail", args=[scan.study_id])
 
 
 @require_http_methods(["GET", "POST"])
@@ -98,10 +157,19 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
         and not latest.is_signed
         and latest.author_id != request.user.pk
     )
+    flow = _flow(request)
+    # Read before a signing takes this scan out of the queue: "next" is the scan that
+    # followed it.
+    place = _reading_place(flow, scan)
 
-    form = ReviewForm(request.POST or None, initial=_initial(latest, analysis))
+    form = ReviewForm(
+        request.POST or None,
+        initial=_initial(latest),
+        model_label=analysis.label,
+    )
     if request.method == "POST":
-        sign = request.POST.get("action") == "sign"
+        action = request.POST.get("action")
+        sign = action in ("sign", "sign_next")
         if not can_write or (sign and not can_sign):
             raise PermissionDenied
         if form.is_valid():
@@ -117,10 +185,16 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
             else:
                 messages.success(
                     request,
-                    f"Review version {review.version} "
+                    f"{scan.original_filename}: review version {review.version} "
                     + ("signed." if review.is_signed else "saved as a draft."),
                 )
-                return redirect("review:scan_review", pk=scan.pk)
+                if warning := services.birads_warning(
+                    label=review.label, birads=review.birads
+                ):
+                    messages.warning(request, f"{scan.original_filename}: {warning}")
+                if action == "sign_next":
+                    return redirect(_after_signing(flow, scan, place))
+                return redirect(_review_url(scan.pk, flow))
     else:
         record_access(request, scan, action=Action.VIEW, detail="review page")
 
@@ -146,16 +220,25 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
             "layers": layers,
             "area_mm2": scan.area_mm2(analysis.lesion_area_fraction),
             "display_url": reverse("review:scan_display", args=[scan.pk]),
+            "flow": flow,
+            "place": place,
+            "next_url": _review_url(place.next, flow) if place.next else None,
+            "previous_url": _review_url(place.previous, flow)
+            if place.previous
+            else None,
+            "birads_at_odds": services.birads_at_odds(),
         },
     )
 
 
-def _initial(latest: Review | None, analysis: Analysis) -> dict:
+def _initial(latest: Review | None) -> dict:
+    """The form as the latest review left it; a corrected label only for a correction
+    (the model's own label is no correction)."""
     if latest is None:
-        return {"agrees_with_model": "yes", "label": analysis.label}
+        return {"agrees_with_model": "yes"}
     return {
         "agrees_with_model": "yes" if latest.agrees_with_model else "no",
-        "label": latest.label,
+        "label": "" if latest.agrees_with_model else latest.label,
         "birads": latest.birads,
         "note": latest.note,
     }
@@ -235,7 +318,19 @@ def agreement(request: HttpRequest) -> HttpResponse:
     versions = selectors.model_versions()
     version = request.GET.get("model_version", "")
     if version and version not in versions:
-        version = ""
+        # Counting every version under a name that matches none would mislead.
+        return render(
+            request,
+            "review/agreement.html",
+            {
+                "error": f"There is no model version {version!r}: choose one of "
+                "the versions below, or all versions.",
+                "versions": versions,
+                "version": version,
+                "labels": selectors.LABELS,
+            },
+            status=400,
+        )
     stats = selectors.agreement(model_version=version)
     return render(
         request,

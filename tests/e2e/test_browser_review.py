@@ -245,6 +245,10 @@ def _watch_until_done(page: Any, shoot: Any, check_worker: Callable[[], None]) -
         assert time.monotonic() < deadline, f"still {texts} after {TIMEOUT_S:.0f}s"
         page.wait_for_timeout(1000)
     assert seen_pending, "the page never showed a queued or running analysis"
+    # The study's review state follows the live panel: results in, now to be read.
+    page.wait_for_function(
+        "document.getElementById('study-review-state').textContent === 'unreviewed'"
+    )
     assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
     page.wait_for_selector("article.scan .probabilities >> nth=2")
     # Each scan's three result pictures are drawn in the page from the stored outputs.

@@ -31,6 +31,7 @@ from bench.launch import free_port, tail
 from ml.render import read_mask
 from portal.settings import s3_storage
 from tests.e2e.conftest import PIXEL_LIMIT
+from tests.portal.dicomnet.conftest import read_seg
 from tests.portal.ingest.factories import dicom
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -354,7 +355,7 @@ def test_the_whole_flow_runs_on_a_private_s3_bucket(
         for dataset in objects.values():
             assert dataset.PatientID == PATIENT["identifier"]
             assert dataset.StudyInstanceUID == source.StudyInstanceUID
-        seg = hd.seg.segread(io.BytesIO(contents["seg"]))
+        seg = read_seg(contents["seg"])
         referenced = seg.ReferencedSeriesSequence[0]
         assert referenced.SeriesInstanceUID == source.SeriesInstanceUID
         assert [

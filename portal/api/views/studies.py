@@ -8,7 +8,12 @@ from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
 from django.db.models import Count, QuerySet
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+)
 from rest_framework import exceptions, generics, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -58,10 +63,22 @@ STUDY_FILTERS = [
         description="Predicted label of a scan",
     ),
     OpenApiParameter(
-        "confidence_min", float, description="Confidence from, in percent (0-100)"
+        "confidence_min",
+        float,
+        description=(
+            "Confidence from, in percent (0-100), compared as the pages show it (one "
+            "decimal, half up): 80 keeps a confidence of 0.7995, shown as 80.0%"
+        ),
+        examples=[OpenApiExample("80 percent", value=80)],
     ),
     OpenApiParameter(
-        "confidence_max", float, description="Confidence to, in percent (0-100)"
+        "confidence_max",
+        float,
+        description=(
+            "Confidence to, in percent (0-100), compared as the pages show it: 79.9 "
+            "leaves out a confidence of 0.7995, shown as 80.0%"
+        ),
+        examples=[OpenApiExample("95.5 percent", value=95.5)],
     ),
     OpenApiParameter("review", str, enum=["reviewed", "unreviewed"]),
     OpenApiParameter(

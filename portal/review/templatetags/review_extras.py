@@ -4,6 +4,8 @@ from typing import Any
 
 from django import template
 
+from portal.review import formats
+
 register = template.Library()
 
 
@@ -17,11 +19,17 @@ def get_item(mapping: Any, key: Any) -> Any:
 
 
 @register.filter
-def percent(fraction: Any, digits: int = 1) -> str:
-    """0.1964 -> "19.6%"; empty for None."""
+def percent(fraction: Any, digits: int = formats.SHOWN_DIGITS) -> str:
+    """0.1964 -> "19.6%" (formats.percent_text); empty for None."""
     if fraction is None or fraction == "":
         return ""
-    return f"{float(fraction) * 100:.{int(digits)}f}%"
+    return formats.percent_text(float(fraction), int(digits))
+
+
+@register.filter
+def in_label_order(probabilities: Any) -> list[tuple[str, float]]:
+    """(label, p) pairs in the product's one class order (formats.in_label_order)."""
+    return formats.in_label_order(probabilities)
 
 
 @register.inclusion_tag("review/_outline_editor.html")

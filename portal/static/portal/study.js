@@ -23,8 +23,21 @@
     return node;
   }
 
+  // As portal/review/formats.py: one decimal, half up, and one class order.
   function percent(value) {
-    return (value * 100).toFixed(1) + "%";
+    return (Math.round(Number((value * 1000).toPrecision(12))) / 10).toFixed(1) + "%";
+  }
+  const LABEL_ORDER = ["normal", "benign", "malignant"];
+  function inLabelOrder(probabilities) {
+    return LABEL_ORDER.filter((name) => name in probabilities).map((name) => [name, probabilities[name]]);
+  }
+
+  // The study's review state, as the page drew it at load and the server counts it now.
+  function showReviewState(state) {
+    const badge = document.getElementById("study-review-state");
+    if (!badge || !state || badge.textContent === state) return;
+    badge.textContent = state;
+    badge.className = "badge " + (state === "reviewed" ? "reviewed" : "unreviewed");
   }
 
   function cardFor(entry) {
@@ -95,7 +108,7 @@
         el("strong", { text: analysis.label }),
         document.createTextNode(" · confidence " + percent(analysis.confidence)),
       ]));
-      const rows = Object.entries(analysis.probabilities || {}).map(([name, p]) =>
+      const rows = inLabelOrder(analysis.probabilities || {}).map(([name, p]) =>
         el("tr", {}, [
           el("th", { text: name }),
           el("td", {}, [el("span", { class: "bar", width: Math.round(p * 100) + "%" })]),
@@ -145,7 +158,11 @@
     let pending = true;
     try {
       const response = await fetch(statusUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-      if (response.ok) pending = render((await response.json()).scans);
+      if (response.ok) {
+        const status = await response.json();
+        pending = render(status.scans);
+        showReviewState(status.review_state);
+      }
     } catch (err) {
       console.warn("status poll failed", err);
     }

@@ -394,7 +394,8 @@ def test_analysis_has_results_and_authorised_download_urls(staff_api, study, use
     analysis = analysed_scan(study, user).analyses.get()
     body = staff_api.get(f"/api/v1/analyses/{analysis.pk}/").json()
     assert body["status"] == "succeeded" and body["label"] == "malignant"
-    assert set(body["probabilities"]) == {"normal", "benign", "malignant"}
+    # One class order everywhere (PostgreSQL's jsonb alone gives benign, normal, ...).
+    assert list(body["probabilities"]) == ["normal", "benign", "malignant"]
     assert body["confidence"] == 0.7 and body["bbox"] == [20, 10, 40, 30]
     assert body["model_version"] == analysis.model_version and body["error"] == ""
     kinds = ("mask", "overlay", "gradcam", "seg_gradcam")
@@ -562,3 +563,19 @@ def test_studies_are_filtered_by_the_distribution_flag(staff_api, user):
     assert ids(distribution="outside") == {flagged.pk}
     assert ids(distribution="inside") == {familiar.pk}
     assert staff_api.get("/api/v1/studies/", {"distribution": "x"}).status_code == 400
+
+
+def test_the_docs_show_probabilities_and_percent_filters_as_the_pages_do(staff_api):
+    schema = staff_api.get(
+        "/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json"
+    ).json()
+    probabilities = schema["components"]["schemas"]["Analysis"]["properties"][
+        "probabilities"
+    ]
+    order = ["normal", "benign", "malignant"]
+    assert list(probabilities["properties"]) == order
+    assert list(probabilities["example"]) == order
+    parameters = {
+        p["name"]: p for p in schema["paths"]["/api/v1/studies/"]["get"]["parameters"]
+    }
+    assert "one decimal" in parameters["confidence_min"]["description"]

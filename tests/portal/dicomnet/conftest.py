@@ -138,3 +138,26 @@ def redis_or_skip(db: int) -> tuple[Any, str]:
     except redis.RedisError:
         pytest.skip(f"Redis is not reachable at {url}")
     return client, url
+
+
+def read_seg(content: bytes) -> Any:
+    """A SEG read with highdicom's reader.
+
+    highdicom (0.28) refuses a Pixel Measures item without Slice Thickness, which the
+    standard does not require of a SEG without a Frame of Reference (CP 1426) and which a
+    2D ultrasound image cannot give. The item is checked here and then left out of the
+    copy highdicom reads; everything else is highdicom's own reading.
+    """
+    import io
+
+    import highdicom as hd
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(content))
+    shared = dataset.SharedFunctionalGroupsSequence[0]
+    if "PixelMeasuresSequence" in shared:
+        (measures,) = shared.PixelMeasuresSequence
+        assert "FrameOfReferenceUID" not in dataset
+        assert len(measures.PixelSpacing) == 2
+        del shared.PixelMeasuresSequence
+    return hd.seg.Segmentation.from_dataset(dataset)

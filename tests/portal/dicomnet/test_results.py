@@ -13,6 +13,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 from portal.dicomnet.results import (
+    CLASS_PROBABILITY_CODES,
     MODEL_NAME,
     NOT_RELIABLE,
     OOD_SCORE,
@@ -20,7 +21,7 @@ from portal.dicomnet.results import (
     analysis_results,
     encode,
 )
-from tests.portal.dicomnet.conftest import finish_analysis, store_scan
+from tests.portal.dicomnet.conftest import finish_analysis, read_seg, store_scan
 from tests.portal.ingest.factories import GREY, RGB, dicom, png
 
 
@@ -80,7 +81,7 @@ def test_seg_references_the_source_and_keeps_the_mask(dicom_scan: Any) -> None:
     source = pydicom.dcmread(dicom_scan.original.open("rb"))
     assert results.source is None  # the scan was DICOM: it is its own source
 
-    seg = hd.seg.segread(io.BytesIO(encode(results.seg)))
+    seg = read_seg(encode(results.seg))
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
     assert seg.StudyInstanceUID == source.StudyInstanceUID
     assert seg.PatientID == source.PatientID == "H-0001"
@@ -125,12 +126,14 @@ def test_sr_says_class_probabilities_area_box_and_model(dicom_scan: Any) -> None
     assert model.finding_type == codes.SCT.Malignant
     assert model.tracking_identifier == "Model output"
     probabilities = {
-        m.qualifier.meaning: m.value
-        for m in model.get_measurements(name=codes.DCM.Probability)
+        label: model.get_measurements(name=concept)[0].value
+        for label, concept in CLASS_PROBABILITY_CODES.items()
     }
     assert probabilities == pytest.approx(
-        {"Normal": 0.05, "Benign": 0.25, "Malignant": 0.7}
+        {"normal": 0.05, "benign": 0.25, "malignant": 0.7}
     )
+    # No bare "Probability" whose class is only in a qualifier.
+    assert not model.get_measurements(name=codes.DCM.Probability)
     texts = text_items(sr)
     assert ("Algorithm Version", analysis.model_version) in texts
     assert ("Algorithm Name", MODEL_NAME) in texts
@@ -223,7 +226,10 @@ def test_signed_reading_goes_in_and_verifies_the_sr(
     assert reading.finding_type == codes.SCT.Benign
     assert reading.tracking_identifier == "Radiologist reading v1"
     category = reading.get_qualitative_evaluations(name=codes.DCM.AssessmentCategory)[0]
-    assert category.value.value == "BIRADS-3"
+    assert (category.value.value, category.value.scheme_designator) == (
+        "397143007",
+        "SCT",
+    )
 
 
 def test_png_scan_gets_a_secondary_capture_source_with_stable_uids(
@@ -272,7 +278,7 @@ def test_cine_clip_seg_marks_the_analysed_first_frame(study: Any, user: Any) -> 
     )
     mask = lesion_mask()
     results = analysis_results(analysis=finish_analysis(scan, mask=mask))
-    seg = hd.seg.segread(io.BytesIO(encode(results.seg)))
+    seg = read_seg(encode(results.seg))
     assert seg.NumberOfFrames == 1
     derivation = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
     source_ref = derivation.SourceImageSequence[0]

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import pydicom
 import pytest
 from django.db import transaction
@@ -18,9 +17,11 @@ from pydicom.uid import generate_uid
 from bench.launch import free_port, point_celery_at, stop_process
 from portal.audit.models import AccessRecord
 from portal.dicomnet import services
+from portal.dicomnet.results import encode
 from portal.dicomnet.sender import SendFailed
 from tests.portal.dicomnet.conftest import (
     finish_analysis,
+    read_seg,
     redis_or_skip,
     start_storescp,
     store_scan,
@@ -84,7 +85,7 @@ def test_seg_sr_and_capture_reach_the_configured_pacs(
     }
     # What the PACS stored reads back as what was written.
     source = pydicom.dcmread(scan.original.open("rb"))
-    seg = hd.seg.Segmentation.from_dataset(by_class["Segmentation Storage"])
+    seg = read_seg(encode(by_class["Segmentation Storage"]))
     assert seg.StudyInstanceUID == source.StudyInstanceUID
     assert seg.get_segment_description(1).segment_label == "Lesion"
     sr = by_class["Comprehensive SR Storage"]

@@ -187,3 +187,69 @@ def test_echoscu_is_answered(listener: dict[str, Any]) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_four_storescu_associations_sending_one_new_study_at_once_all_store(
+    listener: dict[str, Any], queue: tuple[redis.Redis, str, str], tmp_path: Path
+) -> None:
+    """Issue 18 finding 7: four associations x 20 instances of the same new patient and
+    study, at the same moment. On PostgreSQL each used to race to create the patient
+    and the study; the losers' instances were refused (C000) and lost."""
+    client, _, queue_name = queue
+    study_uid = generate_uid()
+    senders, per_sender = 4, 20
+    folders = []
+    for sender in range(senders):
+        folder = tmp_path / f"sender{sender}"
+        folder.mkdir()
+        for number in range(per_sender):
+            pixels = GREY.copy()
+            pixels[0, :2] = (sender, number)  # a distinct image (sha256) each
+            (folder / f"{number:02d}.dcm").write_bytes(
+                dicom(
+                    pixels,
+                    study_uid=study_uid,
+                    patient_id="RACE-1",
+                    accession="RACE-ACC",
+                    instance_number=sender * per_sender + number + 1,
+                )
+            )
+        folders.append(sorted(folder.iterdir()))
+    command = [
+        "storescu",
+        "-v",
+        "--required",
+        "--no-halt",
+        "-aet",
+        SCANNER_AE,
+        "-aec",
+        LISTENER_AE,
+        "127.0.0.1",
+        str(listener["port"]),
+    ]
+    processes = [
+        subprocess.Popen(
+            command + [str(f) for f in files],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for files in folders
+    ]
+    logs = [process.communicate(timeout=300)[0] for process in processes]
+
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 0, log
+        assert log.count("Received Store Response (Success)") == per_sender, log
+    deadline = time.monotonic() + 30
+    while UploadBatch.objects.filter(finished_at__isnull=False).count() < senders:
+        assert time.monotonic() < deadline, "the associations' reports never closed"
+        time.sleep(0.1)
+    assert UploadItem.objects.filter(outcome=UploadItem.Outcome.ACCEPTED).count() == 80
+    study = Study.objects.get(study_instance_uid=study_uid)
+    assert study.patient.identifier == "RACE-1"
+    assert Study.objects.count() == 1
+    scans = Scan.objects.filter(study=study)
+    assert scans.count() == senders * per_sender
+    assert Analysis.objects.filter(scan__in=scans, status="queued").count() == 80
+    assert client.llen(queue_name) == 80

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from pydicom.uid import generate_uid
 
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
@@ -404,3 +405,38 @@ def test_files_are_stored_in_the_order_they_came(study, user):
         Scan.objects.order_by("pk").values_list("original_filename", flat=True)
     )
     assert scans == names
+
+
+def test_a_dicom_whose_name_differs_from_the_chosen_studys_patient_is_flagged(user):
+    patient = patient_create(identifier="Z-2", name="Zed Other")
+    study = study_create(patient=patient, created_by=user)
+    uid = generate_uid()
+    (item,) = upload(
+        study, user, ("z.dcm", dicom(patient_id="Z-2", study_uid=uid))
+    ).items
+    assert item.outcome == Outcome.ACCEPTED
+    assert item.review_flag.startswith(
+        f"its Patient ID matches patient {patient.pk}, whose name differ"
+    )
+    (same,) = upload(
+        study,
+        user,
+        (
+            "same.dcm",
+            dicom(
+                np.flipud(GREY).copy(),
+                patient_id="Z-2",
+                patient_name="OTHER^ZED",
+                study_uid=uid,
+            ),
+        ),
+    ).items
+    assert same.outcome == Outcome.ACCEPTED and same.review_flag == ""
+
+
+def test_a_patient_id_over_64_characters_is_refused_not_shortened(user):
+    patient = patient_create(identifier="L" * 64, name="Jane Example")
+    study = study_create(patient=patient, created_by=user)
+    (item,) = upload(study, user, ("long.dcm", dicom(patient_id="L" * 65))).items
+    assert item.outcome == Outcome.REJECTED
+    assert item.reason.startswith("Patient ID is over 64 characters (65)")

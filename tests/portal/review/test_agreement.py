@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime
+import html
 
 from django.urls import reverse
 from django.utils import timezone
@@ -68,3 +69,25 @@ def test_the_page_draws_a_chart_and_a_confusion_table(
 def test_staff_do_not_see_the_agreement_monitor(client, user):
     client.force_login(user)
     assert client.get(reverse("review:agreement")).status_code == 403
+
+
+def test_an_unknown_model_version_is_an_error_not_every_version(
+    client, study, user, radiologist, make_analysed_scan
+):
+    _read(make_analysed_scan(study, user), radiologist, None)
+    client.force_login(radiologist)
+    response = client.get(reverse("review:agreement"), {"model_version": "nope-9"})
+    assert response.status_code == 400
+    page = html.unescape(response.content.decode())
+    assert 'id="agreement-error"' in page
+    assert "There is no model version 'nope-9'" in page
+    assert 'id="agreement-rate"' not in page
+
+
+def test_a_correction_is_counted_by_the_readers_label(
+    client, study, user, radiologist, make_analysed_scan
+):
+    _read(make_analysed_scan(study, user), radiologist, "benign")
+    stats = agreement()
+    assert (stats.total, stats.agreed) == (1, 0)
+    assert stats.confusion["malignant"]["benign"] == 1

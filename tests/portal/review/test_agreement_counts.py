@@ -45,7 +45,8 @@ def _read(analysis, radiologist, label=None, *, sign=True):
     return review_save(
         analysis=analysis,
         author=radiologist,
-        agrees_with_model=label is None,
+        # Reading the model's own label is agreeing: a correction must differ from it.
+        agrees_with_model=label in (None, analysis.label),
         label=label or "",
         birads="3",
         sign=sign,

@@ -286,3 +286,40 @@ def test_on_sqlite_a_page_walks_the_upload_index_and_counts_read_indexes(user):
     # The page's ids picked from indexes; only those rows read whole.
     pages = DashboardPages(unreviewed_malignant)
     assert pages.count() == len(pages[0:50])
+
+
+def test_one_invalid_filter_is_dropped_alone_and_named(staff_client, user):
+    bulk_studies(12, user)
+    malignant = set(
+        Analysis.objects.filter(label="malignant").values_list("pk", flat=True)
+    )
+    response = _page(staff_client, label="malignant", confidence_min="150")
+    shown = {row.pk for row in response.context["page"].object_list}
+    assert shown == malignant and len(malignant) < 12
+    page = response.content.decode()
+    assert 'id="filters-ignored"' in page
+    assert "Confidence from (%) (150)" in page
+    assert "Predicted label" not in response.context["ignored"][0]
+
+
+def test_the_dashboard_and_the_api_refuse_the_same_values(staff_client, user):
+    from portal.review.filters import InvalidFilters, read_filters
+
+    query = {"label": "malignant", "confidence_min": "150"}
+    with pytest.raises(InvalidFilters) as refused:
+        read_filters(query)
+    assert set(refused.value.errors) == {"confidence_min"}
+    ignored = _page(staff_client, **query).context["ignored"]
+    assert len(ignored) == 1 and refused.value.errors["confidence_min"][0] in ignored[0]
+
+
+def test_a_confidence_filter_compares_the_percent_the_page_shows(staff_client, user):
+    bulk_studies(1, user)
+    shown_as_80 = Analysis.objects.get()
+    shown_as_80.confidence = 0.7995
+    shown_as_80.save()
+    page = _page(staff_client, confidence_min="80")
+    assert [row.pk for row in page.context["page"].object_list] == [shown_as_80.pk]
+    assert ">80.0%<" in page.content.decode()
+    assert not list(_page(staff_client, confidence_max="79.9").context["page"])
+    assert list(_page(staff_client, confidence_max="80").context["page"])

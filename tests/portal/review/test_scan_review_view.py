@@ -20,7 +20,7 @@ def _review_page(client, reader, scan) -> str:
     return client.get(reverse("review:scan_review", args=[scan.pk])).content.decode()
 
 
-def _post(client, scan, **data):
+def _post(client, scan, *, follow=False, **data):
     payload = {
         "analysis": scan.analyses.get().pk,
         "agrees_with_model": "no",
@@ -30,7 +30,9 @@ def _post(client, scan, **data):
         "action": "sign",
     }
     payload.update(data)
-    return client.post(reverse("review:scan_review", args=[scan.pk]), payload)
+    return client.post(
+        reverse("review:scan_review", args=[scan.pk]), payload, follow=follow
+    )
 
 
 def test_the_page_shows_layers_probabilities_area_and_version(
@@ -99,7 +101,7 @@ def test_a_radiologist_signs_off_with_a_corrected_label(client, radiologist, sca
 def test_posting_again_after_sign_off_amends(client, radiologist, scan):
     client.force_login(radiologist)
     _post(client, scan)
-    _post(client, scan, label="malignant", birads="4C")
+    _post(client, scan, agrees_with_model="yes", label="", birads="4C")
     first, second = Review.objects.order_by("version")
     assert (first.label, second.label) == ("benign", "malignant")
     assert second.amends == first
@@ -152,3 +154,55 @@ def test_ruler_spacing_is_given_to_the_viewer_when_known(
     page = _review_page(client, radiologist, spaced_scan)
     assert 'data-spacing-row="0.1" data-spacing-col="0.2"' in page
     assert "the ruler measures in mm" in page
+
+
+def test_correcting_to_the_models_own_label_is_refused_on_the_form(
+    client, radiologist, scan
+):
+    client.force_login(radiologist)
+    response = _post(client, scan, label="malignant")
+    assert response.status_code == 200
+    assert "must differ from the model" in response.content.decode()
+    assert not Review.objects.exists()
+
+
+def test_signing_birads_at_odds_with_the_label_warns_but_signs(
+    client, radiologist, scan
+):
+    client.force_login(radiologist)
+    response = _post(
+        client, scan, agrees_with_model="yes", label="", birads="2", follow=True
+    )
+    review = Review.objects.get()
+    assert review.is_signed and (review.label, review.birads) == ("malignant", "2")
+    assert (
+        "BI-RADS 2 is unusual for a reading of malignant" in response.content.decode()
+    )
+
+
+def test_probabilities_are_percent_in_one_class_order(
+    client, radiologist, study, user, make_analysed_scan
+):
+    scan = make_analysed_scan(
+        study,
+        user,
+        probabilities={"benign": 0.1994, "normal": 0.0011, "malignant": 0.7995},
+    )
+    page = _review_page(client, radiologist, scan)
+    table = page[page.index('class="probabilities"') :]
+    order = ("normal", "benign", "malignant")
+    positions = [table.index(f"<th>{label}</th>") for label in order]
+    assert positions == sorted(positions)
+    for shown in ("0.1%", "19.9%", "80.0%"):
+        assert shown in table
+    assert "0.799" not in table
+
+
+def test_the_study_pages_live_status_carries_its_review_state(
+    client, radiologist, scan
+):
+    client.force_login(radiologist)
+    status_url = reverse("clinical:study_status", args=[scan.study_id])
+    assert client.get(status_url).json()["review_state"] == "unreviewed"
+    _post(client, scan)
+    assert client.get(status_url).json()["review_state"] == "reviewed"

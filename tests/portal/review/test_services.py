@@ -89,3 +89,26 @@ def test_an_unfinished_analysis_cannot_be_reviewed(analysis, radiologist):
 def test_an_unknown_birads_category_is_refused(analysis, radiologist):
     with pytest.raises(ValidationError):
         _save(analysis, radiologist, birads="7")
+
+
+def test_a_correction_naming_the_models_own_label_is_refused(analysis, radiologist):
+    assert analysis.label == "malignant"
+    with pytest.raises(ValidationError, match="must differ from the model's label"):
+        _save(analysis, radiologist, agrees_with_model=False, label="malignant")
+    assert not Review.objects.exists()
+
+
+def test_birads_at_odds_with_the_label_is_a_warning():
+    from portal.review.services import birads_warning
+
+    assert birads_warning(label="malignant", birads="2")
+    assert birads_warning(label="benign", birads="4C")
+    assert birads_warning(label="normal", birads="3")
+    assert birads_warning(label="normal", birads="1") is None
+    assert birads_warning(label="malignant", birads="4") is None
+    assert birads_warning(label="benign", birads="3") is None
+
+
+def test_category_4_without_subdivision_can_be_signed(analysis, radiologist):
+    review = _save(analysis, radiologist, birads="4", sign=True)
+    assert review.birads == "4" and review.is_signed

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from django.urls import reverse
 
 from portal.analyses.services import (
@@ -140,7 +141,8 @@ def test_a_study_joins_the_worklist_when_a_result_arrives_and_leaves_when_signed
     _sign(one, radiologist)
     assert _columns(study) == (True, 0.75)
     review = _sign(two, radiologist)
-    assert _columns(study) == (False, 0.75)
+    # Nothing left to read: no image drives the order.
+    assert _columns(study) == (False, None)
     assert worklist_count() == 0
 
     # An amendment keeps the scan read; a new scan's result brings the study back.
@@ -153,9 +155,10 @@ def test_a_study_joins_the_worklist_when_a_result_arrives_and_leaves_when_signed
         sign=True,
     )
     assert Review.objects.filter(amends=review).exists()
-    assert _columns(study) == (False, 0.75)
+    assert _columns(study) == (False, None)
+    # The new, unsigned image drives the order, not the signed one at 75%.
     _finish(_queued_scan(study, user, "c.png"), 0.5)
-    assert _columns(study) == (True, 0.75)
+    assert _columns(study) == (True, 0.5)
 
 
 def test_a_draft_signed_later_takes_the_study_off(user, radiologist, study, enqueued):
@@ -169,7 +172,7 @@ def test_a_draft_signed_later_takes_the_study_off(user, radiologist, study, enqu
     )
     assert _columns(study) == (True, 0.6)
     review_sign(review=draft, user=radiologist)
-    assert _columns(study) == (False, 0.6)
+    assert _columns(study) == (False, None)
 
 
 def test_the_columns_match_the_rule_they_cache(
@@ -199,3 +202,65 @@ def test_the_columns_match_the_rule_they_cache(
     )
     assert {pk: columns[0] for pk, columns in cached.items()} == expected
     assert [cached[s.pk][0] for s in studies] == [False, True, True, True]
+
+
+def test_the_most_suspicious_unsigned_image_orders_and_names_the_row(
+    client, user, radiologist, make_analysed_scan
+):
+    # A study at 70% whose only unsigned image is at 11%, and one at 40%.
+    read = _study(user, "READ")
+    signed = make_analysed_scan(
+        read,
+        user,
+        filename="signed-70.png",
+        probabilities={"normal": 0.1, "benign": 0.2, "malignant": 0.7},
+    )
+    make_analysed_scan(
+        read,
+        user,
+        filename="left-11.png",
+        probabilities={"normal": 0.8, "benign": 0.09, "malignant": 0.11},
+        in_distribution=False,
+    )
+    _sign(signed.analyses.get(), radiologist)
+    other = _study(user, "OTHER")
+    make_analysed_scan(
+        other,
+        user,
+        filename="other-40.png",
+        probabilities={"normal": 0.3, "benign": 0.3, "malignant": 0.4},
+    )
+    client.force_login(radiologist)
+    response = client.get(reverse("review:worklist"))
+    rows = response.context["studies"]
+    assert [s.patient.identifier for s in rows] == ["OTHER", "READ"]
+    assert rows[1].max_malignant == pytest.approx(0.11)
+    assert (rows[1].next_scan_name, rows[1].unsigned_count, rows[1].scan_count) == (
+        "left-11.png",
+        1,
+        2,
+    )
+    assert rows[1].unsigned_outside and not rows[0].unsigned_outside
+    page = response.content.decode()
+    assert "left-11.png" in page and "signed-70.png" not in page
+    assert ">1 / 2<" in page
+    assert page.count('class="badge ood"') == 1
+
+
+def test_rows_that_tie_at_one_decimal_show_two_and_the_exact_value_on_hover(
+    client, user, radiologist, make_analysed_scan
+):
+    for name, malignant in (("A", 0.6512), ("B", 0.6508), ("C", 0.2)):
+        make_analysed_scan(
+            _study(user, name),
+            user,
+            probabilities={
+                "normal": 1 - malignant,
+                "benign": 0.0,
+                "malignant": malignant,
+            },
+        )
+    client.force_login(radiologist)
+    page = client.get(reverse("review:worklist")).content.decode()
+    assert ">65.12%<" in page and ">65.08%<" in page and ">20.0%<" in page
+    assert 'title="malignant p 65.12%"' in page

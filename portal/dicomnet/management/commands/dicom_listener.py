@@ -7,10 +7,12 @@ import threading
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.dicomnet.receiver import Receiver, receiver_user
+from portal.dicomnet.tls import listener_context
 
 
 class Command(BaseCommand):
@@ -49,18 +51,22 @@ class Command(BaseCommand):
             options["bind"] or settings.DICOM_BIND_ADDRESS,
             options["port"] or settings.DICOM_PORT,
         )
+        try:
+            context = listener_context()
+        except (ImproperlyConfigured, OSError) as exc:
+            raise CommandError(f"DICOM TLS: {exc}") from None
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         try:
-            server = receiver.start(address)
+            server = receiver.start(address, ssl_context=context)
         except OSError as exc:
             raise CommandError(
                 f"cannot listen on {address[0]}:{address[1]}: {exc}"
             ) from None
         self.stdout.write(
             f"DICOM receiver {settings.DICOM_AE_TITLE} listening on "
-            f"{address[0]}:{address[1]}",
+            f"{address[0]}:{address[1]}" + (" over TLS" if context else ""),
         )
         self.stdout.flush()
         try:

@@ -52,10 +52,21 @@
     };
   }
 
+  // The reading layout fills the window below the page's head (messages included): its
+  // height is the window's less what sits above it, so the page itself never scrolls.
+  function fitLayout() {
+    const layout = document.getElementById("review-layout");
+    if (!layout) return;
+    const top = layout.getBoundingClientRect().top + window.scrollY;
+    document.documentElement.style.setProperty("--reading-top", Math.ceil(top + 12) + "px");
+  }
+
+  // The canvas fills the viewer (sized by the layout); the scan is fitted inside it.
   function resize() {
+    fitLayout();
     const ratio = window.devicePixelRatio || 1;
     const width = viewer.clientWidth;
-    const height = Math.min(Math.round((width * imageHeight) / imageWidth), Math.round(window.innerHeight * 0.75));
+    const height = viewer.clientHeight;
     canvas.style.width = width + "px";
     canvas.style.height = height + "px";
     canvas.width = Math.round(width * ratio);
