@@ -128,10 +128,10 @@
     controls.size.value = String(editor.size);
     const words = {
       model: "The model's outline (not corrected).",
-      corrected: "Your corrected outline",
+      corrected: "The reader's corrected outline.",
       no_lesion: "No lesion.",
     };
-    controls.status.textContent = words[editor.state] + (editor.changed ? " Saved with the review." : "");
+    controls.status.textContent = words[editor.state] + (editor.changed ? " Changed: kept when you save or sign." : "");
   }
 
   function refresh() {
