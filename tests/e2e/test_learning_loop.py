@@ -56,7 +56,8 @@ def test_signed_scans_export_finetune_and_compare(
         review_save(
             analysis=scan.analyses.get(),
             author=reader,
-            agrees_with_model=False,
+            # A correction must differ from the model's label (malignant here).
+            agrees_with_model=label == "malignant",
             label=label,
             birads="3",
             sign=True,

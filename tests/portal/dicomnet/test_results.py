@@ -332,7 +332,7 @@ def test_once_signed_the_readers_outline_is_the_seg(
     signed = analysis_results(analysis=analysis, review=review)
     source = pydicom.dcmread(dicom_scan.original.open("rb"))
 
-    seg = hd.seg.segread(io.BytesIO(encode(signed.seg)))
+    seg = read_seg(encode(signed.seg))
     pixels = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1]
     )
@@ -341,7 +341,7 @@ def test_once_signed_the_readers_outline_is_the_seg(
     assert signed.seg.SOPInstanceUID != model.seg.SOPInstanceUID
     assert "radiologist" in signed.overlay.SeriesDescription
     # Without the signed reading the model's own outline is sent, as the model's.
-    model_seg = hd.seg.segread(io.BytesIO(encode(model.seg)))
+    model_seg = read_seg(encode(model.seg))
     assert model_seg.get_segment_description(1).SegmentAlgorithmType == "AUTOMATIC"
 
     # "No lesion" signed: an empty SEG frame.
