@@ -125,14 +125,14 @@ def _manage(env: dict[str, str], *args: str) -> str:
 
 SETUP_USER = """
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
+from portal.accounts.tokens import token_issue
 from portal.accounts.roles import STAFF, assign_role
 from portal.clinical.services import patient_create, study_create
 user = get_user_model().objects.create_user(username="bench-ingest")
 assign_role(user, STAFF)
 patient = patient_create(identifier="BENCH-1", name="Benchmark")
 study = study_create(patient=patient, created_by=user, description="ingest benchmark")
-print(Token.objects.create(user=user).key, study.pk)
+print(token_issue(user=user)[1], study.pk)
 """
 
 

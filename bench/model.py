@@ -1,8 +1,9 @@
 """``python -m bench ml``: per-image time of the full analysis, against the earlier prototype.
 
-Full analysis = decode the file, preprocess, classify, segment, both heatmaps, encode what
-a worker stores (the 1-bit mask and two small grey heatmap PNGs; pictures are drawn where
-they are shown, not here). The prototype configuration is EfficientNetB7 at 600x600, classification
+Full analysis = decode the file, preprocess, classify, segment, both heatmaps, the
+out-of-distribution gate, encode what a worker stores (the 1-bit mask and two small grey heatmap PNGs; pictures are drawn where
+they are shown, not here). The machine's load average is printed before and after: a figure
+measured while other work shares the cores says so. The prototype configuration is EfficientNetB7 at 600x600, classification
 only, with random weights (timing does not depend on the values).
 """
 
@@ -105,6 +106,7 @@ def run(
     from ml.inference import Analyzer
 
     files, source = _sample_files(data_dir, images)
+    load_before = os.getloadavg()[0]
     analyzer = Analyzer.load(weights)
     time_full_analysis(analyzer, files[:8], 8, 1)  # warm-up: traces batch 8
     time_full_analysis(analyzer, files[:1], 1, 1)
@@ -116,6 +118,9 @@ def run(
         "model_version": analyzer.model_version,
         "images": f"{len(files)} {source}",
         "cpu_count": os.cpu_count(),
+        "load_average_1min_before_after": (
+            f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"
+        ),
         "gpu": bool(tf.config.list_physical_devices("GPU")),
         "full_analysis_batch1_ms": round(batch1 * 1000, 1),
         "full_analysis_batch8_ms_per_image": round(batch8 * 1000, 1),

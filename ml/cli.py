@@ -84,14 +84,18 @@ def cmd_loso(args: argparse.Namespace) -> int:
         args.work,
         args.out,
         epochs=args.epochs,
+        frozen_epochs=args.frozen_epochs,
+        patience=args.patience,
         augment=not args.no_augment,
         image_size=args.image_size,
         class_head=args.class_head,
-        held_out=tuple(args.held_out),
+        held_out=tuple(dict.fromkeys(args.fold or args.held_out)),
         rounds=args.bootstrap,
         resume=args.resume,
     )
     for source, fold in report["folds"].items():
+        if args.fold and source not in args.fold:
+            continue
         figures = ", ".join(
             f"{key} {value['value']:.3f}" for key, value in fold["metrics"].items()
         )
@@ -103,7 +107,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ml.predict import predict
 
     failures = predict(
-        args.paths, args.out, weights=args.weights, batch_size=args.batch_size
+        args.paths,
+        args.out,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        overlays=args.overlays,
     )
     return 1 if failures else 0
 
@@ -223,7 +231,26 @@ def build_parser() -> argparse.ArgumentParser:
     loso.add_argument("--out", type=Path, default=REPORT_DIR / "loso.json")
     loso.add_argument("--epochs", type=int, default=12)
     loso.add_argument(
+        "--frozen-epochs",
+        type=int,
+        default=1,
+        help="epochs with the encoder frozen (production: 2)",
+    )
+    loso.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="early stopping (production: 8); default: never stop early",
+    )
+    loso.add_argument(
         "--held-out", nargs="+", choices=list(SOURCES), default=list(SOURCES)
+    )
+    loso.add_argument(
+        "--fold",
+        action="append",
+        choices=list(SOURCES),
+        help="run only this held-out source's fold (repeatable); its row is merged "
+        "into the existing report",
     )
     loso.add_argument(
         "--no-augment", action="store_true", help="ablation: no augmentation"
@@ -245,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, required=True)
     predict.add_argument("--weights", type=Path, default=None)
     predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument(
+        "--overlays",
+        action="store_true",
+        help="also draw the full-resolution outline and heatmap overlays",
+    )
     predict.set_defaults(func=cmd_predict)
 
     finetune = commands.add_parser(

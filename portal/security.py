@@ -70,6 +70,16 @@ class SessionIdleTimeoutMiddleware:
             if last is not None and now - float(last) > settings.SESSION_IDLE_TIMEOUT:
                 logger.info("session of user %s ended after idle timeout", user.pk)
                 logout(request)
-            elif not any(p.search(request.path) for p in self.passive):
+            elif last is None or not any(p.search(request.path) for p in self.passive):
+                # A session with no stamp yet (signed in, then only polls) starts its
+                # clock here; a poll never moves a running clock.
                 request.session[LAST_ACTIVITY_KEY] = now
         return self.get_response(request)
+
+
+def stamp_activity_at_login(
+    sender: object, request: HttpRequest, **kwargs: object
+) -> None:
+    """Signing in is activity: the idle clock starts then, whatever comes next."""
+    if request is not None and hasattr(request, "session"):
+        request.session[LAST_ACTIVITY_KEY] = time.time()

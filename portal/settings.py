@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -182,13 +183,14 @@ INSTALLED_APPS = [
     "auditlog",
     "axes",
     "csp",
+    # Before portal.accounts, whose admin replaces knox's (which would show digests).
+    "knox",
     "portal.accounts",
     "portal.clinical",
     "portal.analyses",
     "portal.review",
     "portal.audit",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served from our own static files
     "portal.ingest",
@@ -211,7 +213,7 @@ MIDDLEWARE = [
     "portal.logs.RequestContextMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     # Puts the signed-in user and client address on every audit log entry.
-    "auditlog.middleware.AuditlogMiddleware",
+    "portal.audit.middleware.AuditlogMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as axes asks: it sees the response of a refused login.
@@ -516,7 +518,7 @@ API_THROTTLE_UPLOADS = env_rate("API_THROTTLE_UPLOADS", "30/minute")
 API_THROTTLE_ANON = env_rate("API_THROTTLE_ANON", "20/minute")
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -544,11 +546,24 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "portal.api.errors.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
+# API tokens (django-rest-knox): only a SHA-512 digest is stored, so nobody (superusers
+# included) can read a token back; each expires API_TOKEN_TTL_HOURS after it was issued
+# and all of a user's tokens are revoked when the password changes or the account is
+# deactivated (portal/accounts/tokens.py). "Authorization: Token <key>" as before.
+API_TOKEN_TTL_HOURS = env_int("API_TOKEN_TTL_HOURS", 10, minimum=1)
+API_TOKENS_PER_USER = env_int("API_TOKENS_PER_USER", 10, minimum=1)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=API_TOKEN_TTL_HOURS),
+    "TOKEN_LIMIT_PER_USER": API_TOKENS_PER_USER,
+    "AUTO_REFRESH": False,
+    "AUTH_HEADER_PREFIX": "Token",
+}
 SPECTACULAR_SETTINGS = {
     "TITLE": "BUS-AI portal API",
     "DESCRIPTION": (
         "Patients, studies, scan uploads (images, DICOM, zips) and analysis results. "
-        "Authenticate with `Authorization: Token <key>` (POST /api/v1/auth/token/). "
+        "Authenticate with `Authorization: Token <key>` (POST /api/v1/auth/token/; "
+        "a token expires after API_TOKEN_TTL_HOURS and with a password change). "
         "Results are decision support, not diagnosis."
     ),
     "VERSION": "1",
@@ -645,16 +660,33 @@ AUTHENTICATION_BACKENDS = [
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5, minimum=1)
 LOGIN_MAX_FAILURES_PER_IP = env_int("LOGIN_MAX_FAILURES_PER_IP", 50, minimum=1)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60, minimum=1)
-# Proxies in front of the portal that append to X-Forwarded-For (0: use REMOTE_ADDR).
+# The client address (login lockout, access records; portal/clientaddress.py): proxies
+# in front of the portal that append to X-Forwarded-For (0: use REMOTE_ADDR), and the
+# addresses or networks those proxies connect from. The header is believed only from a
+# peer in TRUSTED_PROXIES, so a client that reaches the portal directly cannot choose
+# the address its failures are counted under.
 NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+try:
+    from portal.clientaddress import parse_networks
+
+    parse_networks(TRUSTED_PROXIES)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from None
+if NUM_PROXIES and not TRUSTED_PROXIES:
+    raise ImproperlyConfigured(
+        f"NUM_PROXIES={NUM_PROXIES} needs TRUSTED_PROXIES, the addresses the proxies "
+        "connect from (such as 10.0.0.5 or 172.18.0.0/16): without them any client "
+        "could set X-Forwarded-For and choose its own address"
+    )
 # django-axes counts failures per name and per address in the cache; the two limits
 # above and the messages come from portal/accounts/lockout.py.
 AXES_HANDLER = "portal.accounts.lockout.LockoutHandler"
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
 AXES_FAILURE_LIMIT = LOGIN_MAX_FAILURES
 AXES_COOLOFF_TIME = "portal.accounts.lockout.cool_off"
 AXES_USERNAME_CALLABLE = "portal.accounts.lockout.lockout_username"
-AXES_CLIENT_IP_CALLABLE = "portal.accounts.lockout.client_address"
+AXES_CLIENT_IP_CALLABLE = "portal.clientaddress.client_address"
 AXES_LOCKOUT_CALLABLE = "portal.accounts.lockout.keep_the_views_answer"
 # The cache handler keeps no rows for the admin to show.
 AXES_ENABLE_ADMIN = False

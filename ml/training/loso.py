@@ -1,10 +1,16 @@
 """``python -m ml loso``: leave one source out — train on two hospitals, test on the whole third.
 
 The honest estimate of how the model does at a hospital it has never seen, computed from the
-data the project has. Each fold trains with the production recipe on a shorter schedule
-(see ``--epochs``), selects its epoch and fits its calibration and out-of-distribution
-statistics on the two training sources' validation splits, and is scored on every used
-image of the held-out source. A fold whose weights exist is reused with ``--resume``.
+data the project has. Each fold trains with the production recipe (on the schedule given by
+``--epochs``/``--frozen-epochs``/``--patience``), selects its epoch and fits its calibration
+and out-of-distribution statistics on the two training sources' validation splits, and is
+scored on every used image of the held-out source.
+
+Folds run one at a time (``--fold NAME``, hours apart if need be): each fold's row is merged
+into the existing report and records the schedule that trained it. A fold whose weights exist
+is reused with ``--resume``. Every fold also leaves its held-out per-image outputs in
+``<work>/without-<source>/heldout.npz`` (see :func:`heldout_outputs`) so that aggregates,
+offsets, test-time augmentation and ensembles can be judged without running the network again.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from ml.config import IMAGE_SIZE
 from ml.training.evaluate import collect, with_intervals
@@ -21,10 +29,46 @@ from ml.training.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
+HELDOUT_FILE = "heldout.npz"
+
 
 def held_out_paths(source: str) -> list[str]:
     split = load_split(source)
     return sorted(path for part in SPLITS for path in split[part])
+
+
+def heldout_outputs(analyzer, source: str, paths: list[str], results: dict) -> dict:
+    """``collect``'s per-image results plus what a second look at the network gives cheaply:
+    the raw outputs at the network's resolution for the image and its horizontal mirror
+    (un-mirrored), so flip test-time augmentation and mask-confidence rules can be judged
+    offline. Lesion probabilities are stored as uint8 (probability x 255)."""
+    from ml.training.arrays import load_arrays
+    from ml.training.fit import predict_arrays
+
+    arrays = load_arrays(source, paths, analyzer.image_size)
+    model = analyzer._model
+    logits, lesion = predict_arrays(model, arrays.images, 8)
+    flip_logits, flip_lesion = predict_arrays(model, arrays.images[:, :, ::-1], 8)
+    flip_lesion = flip_lesion[:, :, ::-1]
+    in_mask = lesion >= analyzer.meta.seg_threshold
+    outputs = {key: value for key, value in results.items() if key != "threshold"}
+    outputs.update(
+        paths=np.asarray(paths),
+        ood_threshold=np.float64(results["threshold"]),
+        temperature=np.float64(analyzer.temperature),
+        class_bias=np.asarray(analyzer.class_bias, np.float64),
+        net_logits=logits.astype(np.float32),
+        net_logits_flip=flip_logits.astype(np.float32),
+        lesion_max=lesion.reshape(len(paths), -1).max(1).astype(np.float32),
+        lesion_mean_in_mask=np.where(
+            in_mask.any((1, 2)),
+            (lesion * in_mask).sum((1, 2)) / np.maximum(in_mask.sum((1, 2)), 1),
+            0.0,
+        ).astype(np.float32),
+        lesion=np.round(lesion * 255).astype(np.uint8),
+        lesion_flip=np.round(flip_lesion * 255).astype(np.uint8),
+    )
+    return outputs
 
 
 def leave_one_source_out(
@@ -33,6 +77,7 @@ def leave_one_source_out(
     *,
     epochs: int = 12,
     frozen_epochs: int = 1,
+    patience: int | None = None,
     augment: bool = True,
     image_size: int = IMAGE_SIZE,
     class_head: str = "global",
@@ -40,15 +85,20 @@ def leave_one_source_out(
     rounds: int = 1000,
     resume: bool = False,
 ) -> dict:
+    """Train and score the folds of ``held_out``; rows of other folds already in
+    ``report_path`` are kept, so folds can be run one at a time."""
     from ml.inference import Analyzer
 
-    report = (
-        json.loads(report_path.read_text()) if resume and report_path.is_file() else {}
-    )
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     report.setdefault("folds", {})
-    report["schedule"] = {
+    legacy = report.pop("schedule", None)  # one schedule for all folds (old reports)
+    if legacy is not None:
+        for fold in report["folds"].values():
+            fold.setdefault("schedule", legacy)
+    schedule = {
         "epochs": epochs,
         "frozen_epochs": frozen_epochs,
+        "patience": epochs if patience is None else patience,
         "augment": augment,
         "image_size": image_size,
         "class_head": class_head,
@@ -56,7 +106,15 @@ def leave_one_source_out(
     for source in held_out:
         fold_dir = work_dir / f"without-{source}"
         training_sources = tuple(s for s in SOURCES if s != source)
-        if not (resume and (fold_dir / "model.json").is_file()):
+        fold_schedule = dict(schedule)
+        if resume and (fold_dir / "model.json").is_file():
+            summary = fold_dir / "training_summary.json"
+            if summary.is_file():  # the schedule that trained the reused weights
+                config = json.loads(summary.read_text()).get("config", {})
+                fold_schedule.update(
+                    {key: config[key] for key in schedule if key in config}
+                )
+        else:
             logger.info("LOSO fold: train on %s, test on %s", training_sources, source)
             train(
                 TrainConfig(
@@ -64,7 +122,7 @@ def leave_one_source_out(
                     sources=training_sources,
                     epochs=epochs,
                     frozen_epochs=frozen_epochs,
-                    patience=epochs,
+                    patience=schedule["patience"],
                     augment=augment,
                     image_size=image_size,
                     class_head=class_head,
@@ -72,11 +130,18 @@ def leave_one_source_out(
                 )
             )
         analyzer = Analyzer.load(fold_dir)
-        results = collect(analyzer, source, held_out_paths(source))
+        paths = held_out_paths(source)
+        results = collect(analyzer, source, paths)
+        np.savez_compressed(
+            fold_dir / HELDOUT_FILE,
+            **heldout_outputs(analyzer, source, paths, results),
+        )
         report["folds"][source] = {
             "trained_on": list(training_sources),
             "model_version": analyzer.model_version,
+            "schedule": fold_schedule,
             "best_epoch": analyzer.meta.training.get("best_epoch"),
+            "epochs_run": analyzer.meta.training.get("epochs_run"),
             "images": len(results["labels"]),
             "metrics": with_intervals(results, rounds),
         }

@@ -63,15 +63,33 @@ def _metrics_table(columns: dict[str, dict], keys: tuple[str, ...]) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def schedule_text(schedule: dict | None) -> str:
+    """A fold's training schedule in a few words (``loso.json`` rows record it)."""
+    if not schedule:
+        return "not recorded"
+    epochs = schedule["epochs"]
+    parts = [f"{epochs} epochs, {schedule.get('frozen_epochs', '?')} frozen"]
+    patience = schedule.get("patience")
+    if patience is not None and patience < epochs:
+        parts.append(f"patience {patience}")
+    if schedule.get("image_size", 256) != 256:
+        parts.append(f"{schedule['image_size']} px")
+    if schedule.get("class_head", "global") != "global":
+        parts.append(f"{schedule['class_head']} head")
+    if not schedule.get("augment", True):
+        parts.append("no augmentation")
+    return "; ".join(parts)
+
+
 def _loso_table(report: dict) -> str:
     header = (
-        "| held-out source (trained on the other two) | "
+        "| held-out source (trained on the other two) | schedule | "
         + " | ".join(LABELS[c] for c in LOSO_COLUMNS)
         + " |"
     )
-    rule = "|---|" + "---:|" * len(LOSO_COLUMNS)
+    rule = "|---|---|" + "---:|" * len(LOSO_COLUMNS)
     rows = [
-        f"| {source} | "
+        f"| {source} | {schedule_text(fold.get('schedule', report.get('schedule')))} | "
         + " | ".join(_figure(fold["metrics"].get(c)) for c in LOSO_COLUMNS)
         + " |"
         for source, fold in report["folds"].items()
@@ -97,14 +115,18 @@ def _ablation_section(report_dir: Path, loso: dict | None) -> str:
         "| recipe | held out | AUC m-vs-b | Dice | ECE |",
         "|---|---|---:|---:|---:|",
     ]
+    others = []
     for name, report in rows:
-        for source, fold in report["folds"].items():
+        for source, fold in report.get("folds", {}).items():
             m = fold["metrics"]
             lines.append(
                 f"| {name} | {source} | {_figure(m.get('auc_malignant_vs_benign'))} | "
                 f"{_figure(m.get('dice_lesion_mean'))} | {_figure(m.get('ece'))} |"
             )
-    return "\n".join(lines)
+        if report.get("result"):  # a row judged otherwise than by LOSO folds (so far)
+            command = f" (`{report['command']}`)" if report.get("command") else ""
+            others.append(f"- **{name}**: {report['result']}{command}")
+    return "\n".join(lines + ([""] + others if others else []))
 
 
 def write_model_card(report_dir: Path, card_path: Path) -> None:
@@ -141,9 +163,10 @@ def write_model_card(report_dir: Path, card_path: Path) -> None:
     )
     test_counts = ", ".join(f"{k} {v}" for k, v in report["test_images"].items())
     loso_text = (
-        f"Schedule per fold: {loso['schedule']['epochs']} epochs "
-        f"({loso['schedule']['frozen_epochs']} with the encoder frozen), the production recipe "
-        "otherwise; each fold selects its epoch, fits its calibration and OOD statistics on the "
+        "Each row names the schedule that trained its fold (folds run one at a time, "
+        "`--fold NAME`; the production schedule is 24 epochs, 2 with the encoder frozen, "
+        "patience 8); the production recipe otherwise. Each fold selects its epoch, fits its "
+        "calibration and OOD statistics on the "
         "two training sources' validation splits, and is scored on every used image of the "
         "held-out source (95% intervals resample patients / duplicate groups).\n\n"
         + _loso_table(loso)

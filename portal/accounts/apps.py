@@ -21,4 +21,13 @@ class AccountsConfig(AppConfig):
     label = "accounts"
 
     def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_in
+
+        from portal.accounts import tokens  # noqa: F401  (revocation receiver)
+        from portal.security import stamp_activity_at_login
+
+        user_logged_in.connect(
+            stamp_activity_at_login, dispatch_uid="portal.security.stamp_activity"
+        )
+
         post_migrate.connect(_sync_roles, dispatch_uid="portal.accounts.sync_roles")

@@ -13,7 +13,9 @@ must not take that account over. Directory users get an unusable local password.
 Lockout is not handled here. The lockout backend comes before this one in
 AUTHENTICATION_BACKENDS and refuses a locked name or address before the directory is
 asked; a password the directory refuses ends as an ordinary failed login
-(user_login_failed), counted like any other.
+(user_login_failed), counted like any other. A directory that cannot be reached
+(server down, timeout) is no wrong password: the request is marked, the lockout does not
+count it and the login form and API say the directory is unavailable.
 """
 
 from __future__ import annotations
@@ -21,17 +23,38 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import ldap
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.dispatch import receiver
 from django.http import HttpRequest
-from django_auth_ldap.backend import LDAPBackend
+from django_auth_ldap.backend import LDAPBackend, ldap_error
 
 from portal.accounts.directory_settings import roles_of
 from portal.accounts.roles import ADMINISTRATOR, ROLES
 
 logger = logging.getLogger(__name__)
+
+
+# The directory could not be asked, as opposed to answering "no".
+OUTAGES = (ldap.SERVER_DOWN, ldap.TIMEOUT, ldap.CONNECT_ERROR, ldap.UNAVAILABLE)
+
+
+@receiver(ldap_error, dispatch_uid="portal.accounts.directory.outage")
+def _note_outage(
+    sender: Any,
+    context: str,
+    request: HttpRequest | None = None,
+    exception: Exception | None = None,
+    **kwargs: Any,
+) -> None:
+    # Any step of a sign-in (looking the user up, binding as them, reading groups).
+    if isinstance(exception, OUTAGES):
+        if request is not None:
+            request.directory_unavailable = True  # type: ignore[attr-defined]
+        logger.error("directory unavailable: %s", type(exception).__name__)
 
 
 def _is_local_account(username: str) -> bool:

@@ -5,10 +5,16 @@ Axes' backend (first in AUTHENTICATION_BACKENDS) refuses a locked name or addres
 any backend that checks passwords runs, and its receivers of Django's login signals count
 failures whichever backend refused them: the model backend today, a directory (LDAP)
 backend beside it tomorrow. This module gives axes the two rules axes has no setting
-for: a user name locks after LOGIN_MAX_FAILURES failures, a client address (password
-spraying across many names) after LOGIN_MAX_FAILURES_PER_IP, each for
-LOGIN_LOCKOUT_SECONDS after its last failure; and a successful login clears the name's
-count only, so one good account cannot wipe an address's record.
+for: a user name locks, from the address its failures came from, after
+LOGIN_MAX_FAILURES failures (a lock per (name, address) pair, so nobody can lock someone
+else out by failing with their name), and a client address (password spraying across
+many names) after LOGIN_MAX_FAILURES_PER_IP, each for LOGIN_LOCKOUT_SECONDS after its
+last failure; and a successful login clears the pair's count only, so one good account
+cannot wipe an address's record. The address comes from portal/clientaddress.py:
+X-Forwarded-For counts only from TRUSTED_PROXIES.
+
+A failure because the directory (LDAP) could not be reached is no wrong password: it
+is not counted, and the login form says that the directory is unavailable.
 
 Counts live in Django's cache under hashed keys (no user name in a key or a log line).
 Set CACHE_URL to a shared Redis in production so that every web process sees the same
@@ -36,23 +42,22 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 
+from portal.clientaddress import client_address
+
 logger = logging.getLogger(__name__)
 
 
-def client_address(request: HttpRequest | None) -> str:
-    """The client's address; behind NUM_PROXIES proxies, as the nearest one saw it."""
-    if request is None:
-        return ""
-    proxies = settings.NUM_PROXIES
-    if proxies:
-        forwarded = [
-            part.strip()
-            for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
-            if part.strip()
-        ]
-        if len(forwarded) >= proxies:
-            return forwarded[-proxies]
-    return str(request.META.get("REMOTE_ADDR", ""))
+DIRECTORY_UNAVAILABLE = (
+    "The hospital directory cannot be reached right now, so directory accounts cannot "
+    "sign in. Try again in a few minutes; this attempt does not count as a failed "
+    "sign-in."
+)
+
+
+def directory_unavailable(request: HttpRequest | None) -> bool:
+    """Whether this request's sign-in failed because the directory was unreachable
+    (set by portal/accounts/directory.py), not because of a wrong password."""
+    return bool(getattr(request, "directory_unavailable", False))
 
 
 def lockout_username(request: HttpRequest | None, credentials: dict | None) -> str:
@@ -83,34 +88,44 @@ def keep_the_views_answer(
 def _counters(
     request: HttpRequest, credentials: dict | None
 ) -> list[tuple[str, int, str]]:
-    """(cache key, limit, message) for the name and the address of this attempt."""
+    """(cache key, limit, message) for the (name, address) pair and for the address.
+
+    A name is locked only together with the address its failures came from: counted by
+    name alone, anyone could lock anyone out by typing their name wrongly five times.
+    """
     minutes = max(1, settings.LOGIN_LOCKOUT_SECONDS // 60)
-    rules = (
-        (
-            "username",
-            get_client_username(request, credentials) or "",
-            settings.LOGIN_MAX_FAILURES,
-            (
-                "Too many failed sign-in attempts for this account. It is locked for "
-                f"{minutes} minutes; ask an administrator if you need access sooner."
-            ),
-        ),
-        (
-            "ip_address",
-            get_client_ip_address(request) or "",
-            settings.LOGIN_MAX_FAILURES_PER_IP,
-            (
-                "Too many failed sign-in attempts from this network address. "
-                f"Try again in {minutes} minutes."
-            ),
-        ),
-    )
+    username = get_client_username(request, credentials) or ""
+    address = get_client_ip_address(request) or ""
     counters = []
-    for parameter, value, limit, message in rules:
-        if value:
-            key = make_cache_key_list([{parameter: value}])[0]
-            counters.append((key, limit, message))
+    if username:
+        counters.append(
+            (
+                _pair_key(username, address),
+                settings.LOGIN_MAX_FAILURES,
+                (
+                    "Too many failed sign-in attempts for this account from this "
+                    f"network address. It is locked here for {minutes} minutes; ask an "
+                    "administrator if you need access sooner."
+                ),
+            )
+        )
+    if address:
+        counters.append(
+            (
+                make_cache_key_list([{"ip_address": address}])[0],
+                settings.LOGIN_MAX_FAILURES_PER_IP,
+                (
+                    "Too many failed sign-in attempts from this network address. "
+                    f"Try again in {minutes} minutes."
+                ),
+            )
+        )
     return counters
+
+
+def _pair_key(username: str, address: str) -> str:
+    # The same key axes makes for the lockout parameter ["username", "ip_address"].
+    return make_cache_key_list([{"username": username, "ip_address": address}])[0]
 
 
 def _count(key: str) -> int:
@@ -152,6 +167,9 @@ class LockoutHandler(AxesCacheHandler):
     ) -> None:
         if request is None:
             return
+        if directory_unavailable(request):
+            logger.warning("login not checked: the directory is unavailable")
+            return
         timeout = get_cache_timeout(request)
         for key, _, _ in _counters(request, credentials):
             try:
@@ -178,8 +196,9 @@ class LockoutHandler(AxesCacheHandler):
         self, sender: Any, request: HttpRequest, user: Any, **kwargs: Any
     ) -> None:
         username = lockout_username(request, {"username": user.get_username()})
+        address = get_client_ip_address(request) or ""
         try:
-            self.cache.delete(make_cache_key_list([{"username": username}])[0])
+            self.cache.delete(_pair_key(username, address))
         except Exception:
             logger.warning("login lockout: cache unavailable", exc_info=True)
 
@@ -196,6 +215,10 @@ class LockoutAuthenticationForm(AuthenticationForm):
         try:
             return super().clean()
         except ValidationError:
+            if directory_unavailable(self.request):
+                raise ValidationError(
+                    DIRECTORY_UNAVAILABLE, code="directory_unavailable"
+                ) from None
             if self.request is not None:
                 credentials = {"username": self.cleaned_data.get("username") or ""}
                 reason = lockout_reason(self.request, credentials)

@@ -6,6 +6,7 @@ from django.utils.html import format_html, format_html_join
 
 from portal.analyses.composites import available_kinds
 from portal.analyses.models import ARTIFACT_KINDS, Analysis
+from portal.audit.adminreads import RecordedReadsAdminMixin
 
 ARTIFACT_TITLES = {
     "mask": "lesion mask (1-bit)",
@@ -18,7 +19,7 @@ ARTIFACT_TITLES = {
 
 
 @admin.register(Analysis)
-class AnalysisAdmin(admin.ModelAdmin):
+class AnalysisAdmin(RecordedReadsAdminMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "scan",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.urls import reverse
 
+from ml.study import DEFAULT_RULE, aggregate
 from portal.analyses.composites import available_kinds
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
@@ -96,3 +99,68 @@ def study_status(*, study: Study) -> list[dict[str, Any]]:
             }
         )
     return entries
+
+
+@dataclass(frozen=True)
+class StudyMalignancy:
+    """A study's malignancy (ml.study.aggregate over the latest finished result of each
+    scan) and the image that drives it."""
+
+    malignant: float
+    scan_id: int
+    analysis_id: int
+    filename: str
+    images: int  # finished results aggregated
+    rule: str
+    driver_in_distribution: bool | None
+
+
+def study_malignancies(*, study_ids: Iterable[int]) -> dict[int, StudyMalignancy]:
+    """Per study id (those with a finished result only), in one query for them all."""
+    ids = list(study_ids)
+    if not ids:
+        return {}
+    rows = (
+        Analysis.objects.filter(
+            status=Analysis.Status.SUCCEEDED, scan__study_id__in=ids
+        )
+        .order_by("scan_id", "-queued_at", "-pk")
+        .values(
+            "pk",
+            "scan_id",
+            "scan__study_id",
+            "scan__original_filename",
+            "probabilities",
+            "in_distribution",
+        )
+    )
+    latest: dict[int, list[dict[str, Any]]] = {}
+    seen: set[int] = set()
+    for row in rows:
+        if row["scan_id"] in seen:  # an older result of a scan already counted
+            continue
+        seen.add(row["scan_id"])
+        malignant = (row["probabilities"] or {}).get("malignant")
+        if malignant is not None:
+            latest.setdefault(row["scan__study_id"], []).append(
+                {**row, "malignant": float(malignant)}
+            )
+    results = {}
+    for study_id, candidates in latest.items():
+        candidates.sort(key=lambda row: row["scan_id"])  # ties: the first uploaded
+        study = aggregate([row["malignant"] for row in candidates], DEFAULT_RULE)
+        driver = candidates[study.driver]
+        results[study_id] = StudyMalignancy(
+            malignant=study.malignant,
+            scan_id=driver["scan_id"],
+            analysis_id=driver["pk"],
+            filename=driver["scan__original_filename"],
+            images=study.images,
+            rule=DEFAULT_RULE,
+            driver_in_distribution=driver["in_distribution"],
+        )
+    return results
+
+
+def study_malignancy(*, study: Study) -> StudyMalignancy | None:
+    return study_malignancies(study_ids=[study.pk]).get(study.pk)

@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from portal.analyses.composites import available_kinds
 from portal.analyses.models import RESULT_FIELDS, Analysis
-from portal.analyses.selectors import latest_analysis
+from portal.analyses.selectors import latest_analysis, study_malignancies
 from portal.clinical.models import Patient, Scan, Study
 from portal.ingest.models import UploadItem
 from portal.review.formats import LABELS, in_label_order
@@ -40,6 +40,7 @@ class TokenRequestSerializer(serializers.Serializer):
 
 class TokenSerializer(serializers.Serializer):
     token = serializers.CharField(read_only=True)
+    expiry = serializers.DateTimeField(read_only=True)
 
 
 class PatientSerializer(serializers.ModelSerializer):
@@ -235,10 +236,34 @@ class ScanSerializer(serializers.ModelSerializer):
         }
 
 
+class StudyMalignancySerializer(serializers.Serializer):
+    """The study-level result: the most suspicious image's calibrated malignant
+    probability, and which image (scan and analysis) drives it."""
+
+    malignant = serializers.FloatField()
+    scan = serializers.IntegerField(source="scan_id")
+    analysis = serializers.IntegerField(source="analysis_id")
+    filename = serializers.CharField()
+    images = serializers.IntegerField(help_text="finished results aggregated")
+    rule = serializers.CharField(help_text="how the images' results are combined")
+
+
+class StudyListSerializer(serializers.ListSerializer):
+    """Reads the study-level results of a whole page in one query."""
+
+    def to_representation(self, data: Any) -> list[Any]:
+        studies = list(data.all() if hasattr(data, "all") else data)
+        self.context["study_malignancies"] = study_malignancies(
+            study_ids=[study.pk for study in studies]
+        )
+        return super().to_representation(studies)
+
+
 class StudySerializer(serializers.ModelSerializer):
     patient = PatientBriefSerializer(read_only=True)
     scan_count = serializers.IntegerField(read_only=True)
     url = serializers.SerializerMethodField()
+    study_malignancy = serializers.SerializerMethodField()
 
     class Meta:
         model = Study
@@ -252,12 +277,22 @@ class StudySerializer(serializers.ModelSerializer):
             "created_at",
             "scan_count",
             "url",
+            "study_malignancy",
         )
         read_only_fields = fields
+        list_serializer_class = StudyListSerializer
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_url(self, study: Study) -> str:
         return _absolute(self.context, reverse("api:study-detail", args=[study.pk]))
+
+    @extend_schema_field(StudyMalignancySerializer(allow_null=True))
+    def get_study_malignancy(self, study: Study) -> dict[str, Any] | None:
+        known = self.context.get("study_malignancies")
+        if known is None:
+            known = study_malignancies(study_ids=[study.pk])
+        result = known.get(study.pk)
+        return None if result is None else StudyMalignancySerializer(result).data
 
 
 class StudyDetailSerializer(StudySerializer):

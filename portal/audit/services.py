@@ -1,9 +1,10 @@
-"""Recording reads: every view of a study or scan page and every file that leaves storage."""
+"""Recording reads: every page, API answer or admin page that shows patient data, and
+every file that leaves storage. A list is recorded row by row in one insert."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+from collections.abc import Iterable
 
 from auditlog.diff import model_instance_diff
 from auditlog.models import LogEntry
@@ -13,19 +14,11 @@ from django.db import models
 from django.http import HttpRequest
 
 from portal.audit.models import AccessRecord
+from portal.clientaddress import client_address
 
 logger = logging.getLogger(__name__)
 
 Action = AccessRecord.Action
-
-
-def client_address(request: HttpRequest) -> str | None:
-    """The peer address. X-Forwarded-For is not trusted: any client can set it."""
-    address = request.META.get("REMOTE_ADDR") or ""
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return None
 
 
 def record_access(
@@ -46,6 +39,41 @@ def record_access(
         detail=detail[:32],
         path=request.path[:255],
     )
+
+
+def record_accesses(
+    request: HttpRequest,
+    targets: Iterable[models.Model],
+    *,
+    action: str = Action.VIEW,
+    detail: str = "",
+) -> int:
+    """One access record per row shown (a list page, a search, an API page), written
+    in a single insert. Returns how many were written."""
+    rows = [target for target in targets if target is not None and target.pk]
+    if not rows:
+        return 0
+    user = request.user if request.user.is_authenticated else None
+    username = user.get_username() if user else ""
+    address = client_address(request)
+    path = request.path[:255]
+    types = ContentType.objects.get_for_models(*{type(row) for row in rows})
+    AccessRecord.objects.bulk_create(
+        [
+            AccessRecord(
+                user=user,
+                username=username,
+                client_address=address,
+                action=action,
+                content_type=types[type(row)],
+                object_id=str(row.pk),
+                detail=detail[:32],
+                path=path,
+            )
+            for row in rows
+        ]
+    )
+    return len(rows)
 
 
 def audit_update(before: models.Model, after: models.Model) -> None:

@@ -5,6 +5,7 @@ from django.db.models.fields.files import FieldFile
 from django.urls import reverse
 from django.utils.html import format_html
 
+from portal.audit.adminreads import RecordedReadsAdminMixin
 from portal.clinical.models import Patient, Scan, Study
 
 
@@ -17,7 +18,7 @@ class StudyInline(admin.TabularInline):
 
 
 @admin.register(Patient)
-class PatientAdmin(admin.ModelAdmin):
+class PatientAdmin(RecordedReadsAdminMixin, admin.ModelAdmin):
     list_display = ("identifier", "name", "birth_date", "created_at")
     search_fields = ("identifier", "name")
     list_filter = ("created_at",)
@@ -41,7 +42,7 @@ class ScanInline(admin.TabularInline):
 
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(RecordedReadsAdminMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "patient",
@@ -72,7 +73,7 @@ def _file_link(scan: Scan, stored: FieldFile, view: str, text: str) -> str:
 
 
 @admin.register(Scan)
-class ScanAdmin(admin.ModelAdmin):
+class ScanAdmin(RecordedReadsAdminMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "study",

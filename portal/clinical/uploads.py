@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import unicodedata
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -12,6 +13,16 @@ from ml.decode import DecodeError, decode_image
 from ml.render import display_copy
 
 logger = logging.getLogger(__name__)
+
+
+def safe_filename(name: str) -> str:
+    """A file name as it may be stored and shown: without control and format
+    characters. Bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069, the
+    marks) are format characters: "\u202egnp.exe" would show as "exe.png"."""
+    cleaned = "".join(
+        char for char in name if unicodedata.category(char) not in ("Cc", "Cf")
+    )
+    return cleaned.strip() or "(no name)"
 
 
 class UploadRejected(ValueError):
@@ -58,7 +69,7 @@ def validate_content(
         raise UploadRejected("file could not be read as an image") from None
     check_scan_shape(width=image.width, height=image.height)
     return ValidatedUpload(
-        original_filename=filename[:255],
+        original_filename=safe_filename(filename)[:255],
         content=content,
         sha256=hashlib.sha256(content).hexdigest(),
         width=image.width,

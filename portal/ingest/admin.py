@@ -5,6 +5,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
+from portal.audit.adminreads import RecordedReadsAdminMixin
 from portal.ingest.models import UploadBatch, UploadItem
 
 
@@ -28,7 +29,7 @@ class UploadItemInline(admin.TabularInline):
 
 
 @admin.register(UploadBatch)
-class UploadBatchAdmin(admin.ModelAdmin):
+class UploadBatchAdmin(RecordedReadsAdminMixin, admin.ModelAdmin):
     """Upload reports are records of what happened: readable, never edited."""
 
     list_display = (

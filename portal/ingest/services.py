@@ -27,7 +27,12 @@ from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_ver
 from portal.analyses.models import Analysis
 from portal.analyses.services import scan_submit
 from portal.clinical.models import Scan, Study
-from portal.clinical.uploads import UploadRejected, ValidatedUpload, validate_content
+from portal.clinical.uploads import (
+    UploadRejected,
+    ValidatedUpload,
+    safe_filename,
+    validate_content,
+)
 from portal.ingest.archives import (
     ArchiveBudget,
     ArchiveLimits,
@@ -300,7 +305,7 @@ class BatchIngester:
                 return UploadItem.objects.create(
                     batch=self.batch,
                     filename=upload.original_filename[:500],
-                    archive=archive[:255],
+                    archive=safe_filename(archive)[:255] if archive else "",
                     outcome=Outcome.DUPLICATE,
                     reason=f"already uploaded as scan {existing.pk}{where}; not analysed again",
                     sha256=upload.sha256,
@@ -318,7 +323,7 @@ class BatchIngester:
             return UploadItem.objects.create(
                 batch=self.batch,
                 filename=upload.original_filename[:500],
-                archive=archive[:255],
+                archive=safe_filename(archive)[:255] if archive else "",
                 outcome=Outcome.ACCEPTED,
                 review_flag="; ".join(flags),
                 sha256=upload.sha256,
@@ -343,8 +348,8 @@ class BatchIngester:
         """
         item = UploadItem(
             batch=self.batch,
-            filename=(name or "(no name)")[:500],
-            archive=archive[:255],
+            filename=safe_filename(name or "(no name)")[:500],
+            archive=safe_filename(archive)[:255] if archive else "",
             outcome=Outcome.REJECTED,
             reason=reason,
             sha256=sha256,

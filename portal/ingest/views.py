@@ -39,4 +39,5 @@ def batch_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_permissions(*READ)
 def batch_progress_json(request: HttpRequest, pk: int) -> JsonResponse:
     batch = get_object_or_404(UploadBatch, pk=pk)
+    record_access(request, batch, action=AccessRecord.Action.VIEW, detail="status poll")
     return JsonResponse(batch_progress(batch=batch))

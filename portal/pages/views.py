@@ -15,8 +15,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from portal.accounts.roles import require_permissions
 from portal.analyses.modelinfo import ModelVersionUnavailable
+from portal.analyses.selectors import study_malignancy
 from portal.analyses.selectors import study_status as study_status_entries
-from portal.audit.services import Action, record_access
+from portal.audit.services import Action, record_access, record_accesses
 from portal.clinical import selectors, services
 from portal.clinical.forms import PatientForm, ScanUploadForm, StudyForm
 from portal.clinical.models import Patient, Scan, Study
@@ -38,12 +39,20 @@ def patient_list(request: HttpRequest) -> HttpResponse:
         patient = services.patient_create(**form.cleaned_data)
         messages.success(request, f"Patient {patient.identifier} created.")
         return redirect(patient)
-    patients = Paginator(selectors.patient_list(search=search), PAGE_SIZE)
+    page = Paginator(selectors.patient_list(search=search), PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    record_accesses(
+        request,
+        page.object_list,
+        action=Action.VIEW,
+        detail="patient search" if search else "patient list",
+    )
     return render(
         request,
         "clinical/patient_list.html",
         {
-            "page": patients.get_page(request.GET.get("page")),
+            "page": page,
             "form": form,
             "search": search,
             "query": urlencode({"q": search}) if search else "",
@@ -91,6 +100,7 @@ def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "rejections": request.session.pop(f"rejections-{study.pk}", []),
             "review_state": study_review_state(study=study),
             "scan_reviews": scan_review_states(study=study),
+            "study_malignancy": study_malignancy(study=study),
         },
     )
 
@@ -201,6 +211,7 @@ def _upload_response(
 @require_permissions("clinical.view_study", "analyses.view_analysis")
 def study_status(request: HttpRequest, pk: int) -> JsonResponse:
     study = get_object_or_404(Study, pk=pk)
+    record_access(request, study, action=Action.VIEW, detail="status poll")
     return JsonResponse(
         {
             "study_id": study.pk,

@@ -3,11 +3,12 @@ from __future__ import annotations
 from django.contrib import admin
 
 from portal.audit.admin import ReadOnlyAdminMixin
+from portal.audit.adminreads import RecordedReadsAdminMixin
 from portal.review.models import Review
 
 
 @admin.register(Review)
-class ReviewAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class ReviewAdmin(RecordedReadsAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """Reviews are written on the review page only: signed ones never change."""
 
     list_display = (

@@ -28,6 +28,7 @@ from reportlab.platypus import (
 from ml.render import mask_overlay, png_bytes
 from portal.analyses.composites import CompositeUnavailable, analysis_composite_name
 from portal.analyses.models import Analysis
+from portal.analyses.selectors import study_malignancy
 from portal.clinical.models import Study
 from portal.clinical.services import scan_display_name
 from portal.review import selectors
@@ -276,7 +277,7 @@ def _review_rows(review: Any) -> list[tuple[str, str]]:
     rows = [
         ("Radiologist label", f"{review.label} ({reading})"),
         ("BI-RADS", review.get_birads_display()),
-        ("Note", review.note or "—"),
+        ("Note", "below" if review.note.strip() else "—"),
         (
             "Signed by",
             (
@@ -291,6 +292,36 @@ def _review_rows(review: Any) -> list[tuple[str, str]]:
         ("Lesion outline", OUTLINE_WORDS.get(review.outline_state, "—")),
     ]
     return rows
+
+
+def _study_malignancy_text(study: Study, scans: list[Any]) -> str:
+    result = study_malignancy(study=study)
+    if result is None:
+        return "—"
+    number = next(
+        (n for n, scan in enumerate(scans, start=1) if scan.pk == result.scan_id), None
+    )
+    return (
+        f"{_percent(result.malignant)} (the most suspicious of {result.images} analysed "
+        f"image{'s' if result.images != 1 else ''}: image {number}, "
+        f"{result.filename})"
+    )
+
+
+def _note(review: Any, styles: dict) -> list[Any]:
+    """The signed note as paragraphs after the table, one per line of it.
+
+    A table cell cannot split across pages, so a note longer than a page in the table
+    raised reportlab's LayoutError (a 500 for everyone until an amendment); paragraphs
+    wrap and split wherever the page ends.
+    """
+    if review is None or not review.note.strip():
+        return []
+    lines = [line.strip() for line in review.note.splitlines() if line.strip()]
+    return [
+        Paragraph("<b>Note</b>", styles["body"]),
+        *(Paragraph(_esc(line), styles["body"]) for line in lines),
+    ]
 
 
 def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
@@ -324,6 +355,7 @@ def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
                 ("Description", study.description or "—"),
                 ("Review status", selectors.study_review_state(study=study)),
                 ("Images", str(len(scans))),
+                ("Study malignancy", _study_malignancy_text(study, scans)),
             ],
             styles,
         ),
@@ -344,10 +376,10 @@ def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
                     _scan_images(scan, analysis, review),
                     Spacer(1, 3 * mm),
                     _table(_model_rows(scan, analysis) + _review_rows(review), styles),
-                    Spacer(1, 5 * mm),
                 ]
             )
         )
+        story.extend([*_note(review, styles), Spacer(1, 5 * mm)])
     generated = timezone.localtime()
     story.append(
         Paragraph(

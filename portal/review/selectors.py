@@ -303,9 +303,18 @@ def study_review_columns() -> dict[str, Any]:
         .exclude(Exists(signed_reviews().filter(scan_id=OuterRef("pk"))))
         .values("pk")
     )
+    # Each scan's latest finished result only (the study-level result's rule,
+    # portal.analyses.selectors.study_malignancies): a scan analysed again by another
+    # model no longer ranks by its superseded result.
+    superseded = _finished_analyses().filter(
+        Q(queued_at__gt=OuterRef("queued_at"))
+        | Q(queued_at=OuterRef("queued_at"), pk__gt=OuterRef("pk")),
+        scan_id=OuterRef("scan_id"),
+    )
     highest = (
         _finished_analyses()
         .filter(scan_id__in=unsigned_scans)
+        .exclude(Exists(superseded))
         .order_by()
         .values("status")  # one group: every row here has the same status
         .annotate(highest=Max(_malignant()))

@@ -12,8 +12,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from portal.accounts.roles import require_permissions
 from portal.analyses.models import Analysis
-from portal.analyses.selectors import viewer_layers
-from portal.audit.services import Action, record_access
+from portal.analyses.selectors import study_malignancies, viewer_layers
+from portal.audit.services import Action, record_access, record_accesses
 from portal.clinical.models import Scan, Study
 from portal.clinical.services import scan_display_name
 from portal.review import selectors, services
@@ -49,6 +49,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     # Every row has one status: the counts already say how many rows there are.
     paginator.count = sum(counts["statuses"].values())
     page = paginator.get_page(request.GET.get("page"))
+    record_accesses(request, page.object_list, action=Action.VIEW, detail="dashboard")
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -61,6 +62,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "counts": counts,
             "queue": selectors.queue_state(),
             "query": query.urlencode(),
+            "study_malignancies": study_malignancies(
+                study_ids={row.scan.study_id for row in page}
+            ),
         },
     )
 
@@ -72,6 +76,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
     page = Paginator(pages, PAGE_SIZE).get_page(request.GET.get("page"))
     studies = list(page.object_list)
     _mark_ties(studies)
+    record_accesses(request, studies, action=Action.VIEW, detail="worklist")
     # Reading starts at the top of the worklist, whichever page is shown.
     top = studies[0] if page.number == 1 and studies else next(iter(pages[:1]), None)
     return render(
@@ -81,6 +86,9 @@ def worklist(request: HttpRequest) -> HttpResponse:
             "page": page,
             "studies": studies,
             "first_unsigned": top.next_scan_id if top else None,
+            "study_malignancies": study_malignancies(
+                study_ids=[study.pk for study in studies]
+            ),
         },
     )
 

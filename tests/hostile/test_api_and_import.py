@@ -23,11 +23,11 @@ NAME_MAX = 200  # bytes a test may use for one file name on any file system
 
 @pytest.fixture
 def token_client(client: Any, user: Any) -> Any:
-    from rest_framework.authtoken.models import Token
+    from portal.accounts.tokens import token_issue
 
     cache.clear()  # upload throttles count per user in the cache
-    token = Token.objects.create(user=user)
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {token.key}"
+    _, key = token_issue(user=user)
+    client.defaults["HTTP_AUTHORIZATION"] = f"Token {key}"
     yield client
     cache.clear()
 

@@ -54,8 +54,7 @@ def pipeline(
     client, user, monkeypatch, caplog, settings, django_capture_on_commit_callbacks
 ):
     """Upload (page and API) and analyse scans of a patient whose name is everywhere."""
-    from rest_framework.authtoken.models import Token
-
+    from portal.accounts.tokens import token_issue
     from portal.clinical.services import patient_create, study_create
     from workers import tasks
 
@@ -90,11 +89,11 @@ def pipeline(
                 ]
             },
         )
-        token = Token.objects.create(user=user)
+        _, token = token_issue(user=user)
         Client().post(
             reverse("api:study-scans", args=[study.pk]),
             {"files": [SimpleUploadedFile(f"{named}-api.png", _png(2))]},
-            HTTP_AUTHORIZATION=f"Token {token.key}",
+            HTTP_AUTHORIZATION=f"Token {token}",
         )
     analyses = list(Analysis.objects.filter(scan__study=study))
     assert len(analyses) == 3
@@ -151,14 +150,14 @@ def _leaked(response: Any) -> bool:
 def test_file_urls_are_denied_to_anonymous_and_to_a_user_without_a_role(
     pipeline, make_user
 ):
-    from rest_framework.authtoken.models import Token
+    from portal.accounts.tokens import token_issue
 
     urls = _file_urls(pipeline)
     assert len(urls) >= 20
     nobody = make_user(None)
     signed_in = Client()
     signed_in.force_login(nobody)
-    token = Client(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=nobody).key}")
+    token = Client(HTTP_AUTHORIZATION=f"Token {token_issue(user=nobody)[1]}")
     for url in urls:
         for who, client in (
             ("anonymous", Client()),

@@ -10,6 +10,7 @@ import pytest
 from django.contrib.auth.password_validation import validate_password
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
@@ -172,6 +173,7 @@ def test_behind_a_proxy_the_forwarded_address_is_throttled_not_the_proxy(
     client, clinician, settings
 ):
     settings.NUM_PROXIES = 1
+    settings.TRUSTED_PROXIES = ["10.0.0.0/29"]
     settings.LOGIN_MAX_FAILURES_PER_IP = 2
     proxy = {"REMOTE_ADDR": "10.0.0.1"}
     for name in ("ann", "bob"):
@@ -180,6 +182,64 @@ def test_behind_a_proxy_the_forwarded_address_is_throttled_not_the_proxy(
     _login(client, "clinician", PASSWORD, HTTP_X_FORWARDED_FOR="198.51.100.2", **proxy)
 
     assert _signed_in(client)
+
+
+def test_a_forged_forwarded_for_does_not_evade_the_address_limit(
+    client, clinician, settings
+):
+    """NUM_PROXIES=1 and port 8000 reachable directly: a client sending its own
+    X-Forwarded-For is still counted under its own address."""
+    settings.NUM_PROXIES = 1
+    settings.TRUSTED_PROXIES = ["10.0.0.1"]
+    settings.LOGIN_MAX_FAILURES_PER_IP = 3
+    attacker = {"REMOTE_ADDR": "192.0.2.50"}
+    for number, name in enumerate(("ann", "bob", "cat")):
+        _login(
+            client, name, "x", HTTP_X_FORWARDED_FOR=f"203.0.113.{number}", **attacker
+        )
+
+    refused = _login(
+        client, "clinician", PASSWORD, HTTP_X_FORWARDED_FOR="203.0.113.99", **attacker
+    )
+
+    assert "from this network address" in refused.text
+    assert not _signed_in(client)
+
+
+def test_failures_from_elsewhere_do_not_lock_the_account_owner_out(
+    client, clinician, settings
+):
+    """Anyone can type someone's name: the lock holds (name, address) pairs."""
+    for _ in range(settings.LOGIN_MAX_FAILURES):
+        _login(client, "clinician", "wrong-password", REMOTE_ADDR="192.0.2.66")
+    still_locked = _login(client, "clinician", PASSWORD, REMOTE_ADDR="192.0.2.66")
+    assert "Too many failed sign-in attempts for this account" in still_locked.text
+    assert not _signed_in(client)
+
+    _login(client, "clinician", PASSWORD, REMOTE_ADDR="10.20.30.40")
+
+    assert _signed_in(client)
+    client.logout()
+    # The documented way to lift the pair's lock.
+    call_command("axes_reset_ip_username", "192.0.2.66", "clinician")
+    _login(client, "clinician", PASSWORD, REMOTE_ADDR="192.0.2.66")
+    assert _signed_in(client)
+
+
+def test_forwarded_for_needs_the_proxies_addresses():
+    result = run_python(
+        "-c",
+        "import portal.settings",
+        env={"DEBUG": "true", "NUM_PROXIES": "1", "TRUSTED_PROXIES": ""},
+    )
+    assert result.returncode != 0
+    assert "NUM_PROXIES=1 needs TRUSTED_PROXIES" in result.stderr
+    bad = run_python(
+        "-c",
+        "import portal.settings",
+        env={"DEBUG": "true", "NUM_PROXIES": "1", "TRUSTED_PROXIES": "proxy.local"},
+    )
+    assert "TRUSTED_PROXIES: 'proxy.local' is not an IP address" in bad.stderr
 
 
 def test_failed_logins_never_log_the_user_name(client, caplog, db):
@@ -207,6 +267,32 @@ def test_polling_does_not_keep_an_idle_session_alive(client, clinician, settings
     client.get("/studies/999999/status.json")
 
     assert client.session[LAST_ACTIVITY_KEY] == idle_since
+
+
+def test_the_idle_clock_runs_when_only_polls_arrive(
+    client, clinician, settings, monkeypatch
+):
+    """Signed in, then only the study page's status polls: the session still ends
+    SESSION_IDLE_TIMEOUT after the last request of the user's own."""
+    import portal.security
+
+    start = time.time()
+    client.force_login(clinician)
+    poll = "/studies/999999/status.json"
+    client.get(poll)  # before any page of the user's own
+    later = start + settings.SESSION_IDLE_TIMEOUT + 5
+    monkeypatch.setattr(portal.security.time, "time", lambda: later)
+
+    response = client.get(poll)
+
+    assert not _signed_in(client)
+    assert response.status_code in (302, 401, 403)
+
+
+def test_a_login_starts_the_idle_clock(client, clinician):
+    _login(client, "clinician", PASSWORD)
+    assert _signed_in(client)
+    assert client.session[LAST_ACTIVITY_KEY] >= time.time() - 60
 
 
 def test_sessions_have_a_bounded_life_and_end_with_the_browser(settings):

@@ -43,6 +43,7 @@ class AnalysisDetailView(PortalAPIView):
     )
     def get(self, request: Request, pk: int) -> Response:
         analysis = _get_analysis(pk)
+        record_access(request, analysis, action=Action.VIEW, detail="api analysis")
         return Response(AnalysisSerializer(analysis, context={"request": request}).data)
 
 

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from portal.api.permissions import PortalPermissions, needs
+from portal.audit.services import Action, record_accesses
 
 
 class ServiceUnavailable(exceptions.APIException):
@@ -54,6 +55,22 @@ class PortalAPIView(APIView):
             return
         if context.get("actor") is None and request.user.is_authenticated:
             context["actor"] = request.user
+
+
+class RecordedListMixin:
+    """A GET of a list records every row of the page it answers (one insert)."""
+
+    access_detail = "api list"
+    request: Request
+
+    def paginate_queryset(self, queryset: Any) -> Any:
+        page = super().paginate_queryset(queryset)  # type: ignore[misc]
+        if self.request.method == "GET":
+            rows = page if page is not None else list(queryset)
+            record_accesses(
+                self.request, rows, action=Action.VIEW, detail=self.access_detail
+            )
+        return page
 
 
 class FileContentNegotiation(BaseContentNegotiation):

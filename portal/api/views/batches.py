@@ -14,6 +14,7 @@ from portal.api.serializers import (
     item_row,
 )
 from portal.api.views.base import PortalAPIView, get_or_not_found
+from portal.audit.services import Action, record_access
 from portal.ingest.models import UploadBatch, UploadItem
 from portal.ingest.selectors import batch_items, batch_progress
 
@@ -29,6 +30,7 @@ class BatchDetailView(PortalAPIView):
     )
     def get(self, request: Request, pk: int) -> Response:
         batch = get_or_not_found(UploadBatch.objects.all(), pk)
+        record_access(request, batch, action=Action.VIEW, detail="api batch")
         progress = batch_progress(batch=batch)
         rows: dict[str, list[dict[str, Any]]] = {o: [] for o in Outcome.values}
         for item in batch_items(batch=batch):

@@ -14,14 +14,20 @@ from portal.api.permissions import needs
 from portal.api.serializers import (
     PatientSerializer,
 )
-from portal.api.views.base import PortalAPIView, get_or_not_found
+from portal.api.views.base import (
+    PortalAPIView,
+    RecordedListMixin,
+    get_or_not_found,
+)
+from portal.audit.services import Action, record_access
 from portal.clinical import selectors
 from portal.clinical.models import Patient
 from portal.clinical.services import patient_create
 
 
-class PatientListView(PortalAPIView, generics.ListCreateAPIView):
+class PatientListView(RecordedListMixin, PortalAPIView, generics.ListCreateAPIView):
     serializer_class = PatientSerializer
+    access_detail = "api patient list"
     required_permissions = needs(
         GET=("clinical.view_patient",),
         POST=("clinical.view_patient", "clinical.add_patient"),
@@ -61,4 +67,6 @@ class PatientDetailView(PortalAPIView, generics.RetrieveAPIView):
     required_permissions = needs(GET=("clinical.view_patient",))
 
     def get_object(self) -> Patient:
-        return get_or_not_found(Patient.objects.all(), self.kwargs["pk"])
+        patient = get_or_not_found(Patient.objects.all(), self.kwargs["pk"])
+        record_access(self.request, patient, action=Action.VIEW, detail="api patient")
+        return patient

@@ -34,6 +34,7 @@ from portal.api.serializers import (
 from portal.api.throttles import UploadRateThrottle
 from portal.api.views.base import (
     PortalAPIView,
+    RecordedListMixin,
     ServiceUnavailable,
     get_or_not_found,
 )
@@ -97,8 +98,9 @@ STUDY_FILTERS = [
 ]
 
 
-class StudyListView(PortalAPIView, generics.ListCreateAPIView):
+class StudyListView(RecordedListMixin, PortalAPIView, generics.ListCreateAPIView):
     serializer_class = StudySerializer
+    access_detail = "api study list"
     required_permissions = needs(
         GET=("clinical.view_study",),
         POST=("clinical.view_patient", "clinical.add_study"),

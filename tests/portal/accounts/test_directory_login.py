@@ -341,3 +341,32 @@ def test_an_unreachable_directory_refuses_directory_users_and_spares_local_ones(
     assert signed_in_user(client) is None
 
     assert sign_in(client, "sonographer", "pw-123456!").status_code == 302
+
+
+def test_a_directory_outage_says_so_and_does_not_count_toward_lockout(
+    settings, directory
+):
+    """Issue 18, finding 6: an outage showed "wrong password" and locked the account."""
+    configure(settings, f"ldap://127.0.0.1:{slapd.free_port()}")
+    client = csrf_client()
+    for _ in range(settings.LOGIN_MAX_FAILURES + 1):
+        response = sign_in(client, "alice", PASSWORDS["alice"])
+        assert response.status_code == 200
+        assert signed_in_user(client) is None
+        text = response.content.decode()
+        assert "The hospital directory cannot be reached right now" in text
+        assert "Please enter a correct username and password" not in text
+        assert "locked" not in text
+    token = Client().post(
+        "/api/v1/auth/token/",
+        {"username": "alice", "password": PASSWORDS["alice"]},
+        content_type="application/json",
+    )
+    assert token.status_code == 503, token.content
+    assert "directory cannot be reached" in token.json()["error"]
+
+    # The directory is back: the same person signs in at once, nothing was counted.
+    configure(settings, directory.uri)
+    response = sign_in(client, "alice", PASSWORDS["alice"])
+    assert response.status_code == 302
+    assert signed_in_user(client).username == "alice"

@@ -23,15 +23,14 @@ def api() -> Any:
 def as_role(make_user: Any):
     """as_role("staff") -> an API client sending that role's token (None: no role)."""
 
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
+
+    from portal.accounts.tokens import token_issue
 
     def client_for(role: str | None, username: str | None = None) -> Any:
         user = make_user(role, username or f"api-{role or 'nobody'}")
         client = APIClient()
-        client.credentials(
-            HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}"
-        )
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user=user)[1]}")
         client.user = user
         return client
 

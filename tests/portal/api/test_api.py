@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from django.utils import timezone
+from knox.models import AuthToken
 from PIL import Image
-from rest_framework.authtoken.models import Token
 
 from portal.analyses.models import Analysis
 from portal.audit.models import AccessRecord
@@ -31,14 +35,88 @@ def files(*pairs: tuple[str, bytes]) -> dict[str, Any]:
 
 
 def test_a_token_is_exchanged_for_username_and_password(api, make_user):
-    user = make_user("staff", "nurse")
+    make_user("staff", "nurse")
     response = api.post(
         "/api/v1/auth/token/", {"username": "nurse", "password": PASSWORD}
     )
     assert response.status_code == 200
-    assert response.json() == {"token": Token.objects.get(user=user).key}
+    body = response.json()
+    assert set(body) == {"token", "expiry"}
+    api.credentials(HTTP_AUTHORIZATION=f"Token {body['token']}")
+    assert api.get("/api/v1/patients/").status_code == 200
+    # Each call issues a token of its own; both work until revoked or expired.
+    api.credentials()
     again = api.post("/api/v1/auth/token/", {"username": "nurse", "password": PASSWORD})
-    assert again.json()["token"] == response.json()["token"]
+    assert again.json()["token"] != body["token"]
+
+
+def test_tokens_are_stored_as_digests_and_never_shown_to_superusers(
+    api, client, make_user, django_user_model
+):
+    make_user("staff", "nurse")
+    key = api.post(
+        "/api/v1/auth/token/", {"username": "nurse", "password": PASSWORD}
+    ).json()["token"]
+    stored = AuthToken.objects.get(user__username="nurse")
+    assert key not in {stored.digest, stored.token_key}
+    assert stored.digest == hashlib.sha512(key.encode()).hexdigest()
+    root = django_user_model.objects.create_superuser("root", "", PASSWORD)
+    client.force_login(root)
+    listing = client.get(reverse("admin:knox_authtoken_changelist"))
+    change = client.get(
+        reverse("admin:knox_authtoken_change", args=[stored.pk]), follow=True
+    )
+    assert listing.status_code == 200
+    for page in (listing, change):
+        assert key not in page.text
+        assert key[:15] not in page.text  # not even the part knox keeps to look it up
+    # Nobody mints a token in the admin (it would be shown there once, in clear).
+    assert client.get(reverse("admin:knox_authtoken_add")).status_code == 403
+
+
+def test_a_token_expires(api, make_user, settings):
+    make_user("staff", "nurse")
+    key = api.post(
+        "/api/v1/auth/token/", {"username": "nurse", "password": PASSWORD}
+    ).json()["token"]
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert api.get("/api/v1/patients/").status_code == 200
+    AuthToken.objects.filter(user__username="nurse").update(
+        expiry=timezone.now() - timedelta(seconds=1)
+    )
+
+    response = api.get("/api/v1/patients/")
+
+    assert response.status_code == 401
+    assert not AuthToken.objects.filter(user__username="nurse").exists()
+
+
+def test_a_password_change_or_deactivation_revokes_every_token(api, make_user):
+    nurse = make_user("staff", "nurse")
+    keys = [
+        api.post(
+            "/api/v1/auth/token/", {"username": "nurse", "password": PASSWORD}
+        ).json()["token"]
+        for _ in range(2)
+    ]
+    nurse.set_password("another-long-passphrase-77")
+    nurse.save()
+    for key in keys:
+        api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        assert api.get("/api/v1/patients/").status_code == 401
+
+    api.credentials()
+    key = api.post(
+        "/api/v1/auth/token/",
+        {"username": "nurse", "password": "another-long-passphrase-77"},
+    ).json()["token"]
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert api.get("/api/v1/patients/").status_code == 200
+    nurse.refresh_from_db()
+    nurse.is_active = False
+    nurse.save()
+    assert not AuthToken.objects.filter(user=nurse).exists()
+    assert api.get("/api/v1/patients/").status_code == 401
 
 
 def test_wrong_credentials_get_a_json_error_that_says_what_to_do(api, make_user):

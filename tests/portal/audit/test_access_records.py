@@ -92,6 +92,20 @@ def test_a_forwarded_for_header_does_not_replace_the_peer_address(client, user, 
     _only_record(client_address="10.0.0.9")
 
 
+def test_behind_a_trusted_proxy_the_record_carries_the_client_address(
+    client, user, scan, settings
+):
+    settings.NUM_PROXIES = 1
+    settings.TRUSTED_PROXIES = ["10.0.0.9"]
+    client.force_login(user)
+    client.get(
+        reverse("clinical:study_detail", args=[scan.study_id]),
+        REMOTE_ADDR="10.0.0.9",
+        HTTP_X_FORWARDED_FOR="198.51.100.23",
+    )
+    _only_record(client_address="198.51.100.23")
+
+
 def test_a_retry_is_recorded(client, user, scan):
     analysis = scan.analyses.get()
     analysis.status = "failed"

@@ -90,3 +90,16 @@ def test_a_delete_is_logged(db):
     assert LogEntry.objects.filter(
         object_pk=str(pk), action=LogEntry.Action.DELETE
     ).exists()
+
+
+def test_a_change_record_ignores_a_forged_forwarded_for(client, user):
+    """django-auditlog's own middleware took the first X-Forwarded-For entry."""
+    client.force_login(user)
+    client.post(
+        reverse("clinical:patient_list"),
+        {"identifier": "P-78", "name": "Ada Example"},
+        REMOTE_ADDR="10.9.8.7",
+        HTTP_X_FORWARDED_FOR="6.6.6.6",
+    )
+    (entry,) = _entries(Patient.objects.get(identifier="P-78"))
+    assert entry.remote_addr == "10.9.8.7"

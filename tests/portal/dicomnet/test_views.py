@@ -10,8 +10,8 @@ import pydicom
 import pytest
 from django.urls import reverse
 from pydicom.uid import generate_uid
-from rest_framework.authtoken.models import Token
 
+from portal.accounts.tokens import token_issue
 from portal.audit.models import AccessRecord
 from tests.portal.dicomnet.conftest import finish_analysis, store_scan
 from tests.portal.ingest.factories import GREY, dicom, png
@@ -93,19 +93,19 @@ def test_the_api_serves_the_objects_to_a_token(
     client: Any, make_user: Any, analysis: Any
 ) -> None:
     reader = make_user("radiologist")
-    token = Token.objects.create(user=reader)
+    _, token = token_issue(user=reader)
     url = reverse("api:analysis-dicom", args=[analysis.pk, "seg"])
-    response = client.get(url, HTTP_AUTHORIZATION=f"Token {token.key}")
+    response = client.get(url, HTTP_AUTHORIZATION=f"Token {token}")
     assert response.status_code == 200
     assert pydicom.dcmread(io.BytesIO(b"".join(response))).Modality == "SEG"
     assert AccessRecord.objects.filter(
         action=AccessRecord.Action.DOWNLOAD, detail="dicom seg"
     ).exists()
-    nobody = Token.objects.create(user=make_user(None))
-    assert client.get(url, HTTP_AUTHORIZATION=f"Token {nobody.key}").status_code == 403
+    _, nobody = token_issue(user=make_user(None))
+    assert client.get(url, HTTP_AUTHORIZATION=f"Token {nobody}").status_code == 403
     missing = client.get(
         reverse("api:analysis-dicom", args=[analysis.pk, "nope"]),
-        HTTP_AUTHORIZATION=f"Token {token.key}",
+        HTTP_AUTHORIZATION=f"Token {token}",
     )
     assert missing.status_code == 404
     assert "error" in missing.json()

@@ -107,6 +107,9 @@ FILTERED = {
 
 def test_the_number_of_queries_does_not_grow_with_the_data(staff_client, user):
     bulk_studies(5, user)
+    _page(
+        staff_client
+    )  # the process's content-type cache, read once for access records
     small = _queries(staff_client)
     small_filtered = _queries(staff_client, **FILTERED)
     bulk_studies(10_000, user, start=5)
@@ -115,7 +118,7 @@ def test_the_number_of_queries_does_not_grow_with_the_data(staff_client, user):
     large_filtered = _queries(staff_client, **FILTERED, page="2")
     assert small == large
     assert small_filtered == large_filtered
-    assert large <= 12
+    assert large <= 13  # 12 before every dashboard view wrote its access records
 
 
 def test_rows_are_newest_first_and_paginated(staff_client, user):

@@ -3,6 +3,8 @@ status feed, PDF report, dashboard (with its filter); and which class Grad-CAM e
 
 from __future__ import annotations
 
+import re
+
 from django.urls import reverse
 
 from tests.portal.review.conftest import FLAGGED
@@ -103,10 +105,12 @@ def test_the_dashboard_filters_and_marks_results_outside_the_training_distributi
 
     def shown(**params: str) -> set[str]:
         page = client.get(reverse("review:dashboard"), params).content.decode()
+        # A row's own link (each row's study-malignancy cell also names the study's
+        # driving image, with a title between the address and the name).
         return {
             name
             for name in ("flagged.png", "familiar.png", "unchecked.png")
-            if name in page
+            if re.search(rf'\?analysis=\d+">{re.escape(name)}</a>', page)
         }
 
     assert shown() == {"flagged.png", "familiar.png", "unchecked.png"}

@@ -73,3 +73,32 @@ def test_staff_can_download_the_report_but_not_without_a_role(
     assert (
         client.get(reverse("review:study_report", args=[study.pk])).status_code == 403
     )
+
+
+def test_a_long_signed_note_is_wrapped_across_pages_not_a_500(
+    client, radiologist, study, user, make_analysed_scan
+):
+    """A 5,000-character note (one more line than a page holds) used to raise
+    reportlab's LayoutError: the note sat in one table cell, which cannot split."""
+    scan = make_analysed_scan(study, user, filename="left-breast.png")
+    words = [f"w{index:04d}" for index in range(840)]  # 840 x 6 = 5,040 characters
+    note = " ".join(words) + "\n" + "end-of-note"
+    assert len(note) >= 5000
+    review_save(
+        analysis=scan.analyses.get(),
+        author=radiologist,
+        agrees_with_model=True,
+        label="malignant",
+        birads="5",
+        note=note,
+        sign=True,
+    )
+    client.force_login(radiologist)
+    response = client.get(reverse("review:study_report", args=[study.pk]))
+
+    assert response.status_code == 200
+    text = pdf_text(response.content)
+    # Every word of the note is in the report, first to last.
+    for word in (words[0], words[400], words[-1], "end-of-note"):
+        assert word in text, word
+    assert page_count(response.content) >= 2

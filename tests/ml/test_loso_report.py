@@ -1,0 +1,178 @@
+"""``python -m ml loso --fold NAME``: a fold's row is merged into the report with the
+schedule that trained it, and its held-out outputs are saved. Training and the network are
+replaced by fakes here (a real fold takes hours on two cores); the report logic is real."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ml.training import loso
+from ml.training.model_card import _loso_table, schedule_text
+
+LEGACY = {"epochs": 12, "frozen_epochs": 1, "augment": True, "image_size": 256}
+
+
+def _results(n: int = 12) -> dict:
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 3
+    probabilities = rng.dirichlet(np.ones(3), n)
+    return {
+        "labels": labels,
+        "logits": np.log(probabilities),
+        "probabilities": probabilities,
+        "dice": rng.uniform(0, 1, n),
+        "area": rng.uniform(0, 0.1, n),
+        "ood_score": rng.uniform(0, 5, n),
+        "groups": np.array([f"p{i // 2}" for i in range(n)]),
+        "sources": np.array(["busi"] * n),
+        "threshold": 10.0,
+    }
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch):
+    trained: list = []
+
+    def fake_train(config):
+        trained.append(config)
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        (config.out_dir / "model.json").write_text("{}")
+        (config.out_dir / "training_summary.json").write_text(
+            json.dumps({"config": {"epochs": config.epochs, "patience": 8}})
+        )
+
+    analyzer = SimpleNamespace(
+        model_version="busnet-lite0-fake",
+        meta=SimpleNamespace(training={"best_epoch": 20, "epochs_run": 24}),
+    )
+    import ml.inference
+
+    monkeypatch.setattr(loso, "train", fake_train)
+    monkeypatch.setattr(
+        ml.inference.Analyzer, "load", classmethod(lambda cls, d: analyzer)
+    )
+    monkeypatch.setattr(
+        loso, "held_out_paths", lambda source: [f"{source}/{i}.png" for i in range(12)]
+    )
+    monkeypatch.setattr(loso, "collect", lambda a, source, paths: _results())
+    monkeypatch.setattr(
+        loso,
+        "heldout_outputs",
+        lambda a, source, paths, results: {
+            "paths": np.asarray(paths),
+            "labels": results["labels"],
+        },
+    )
+    return trained
+
+
+def test_one_fold_is_merged_with_its_schedule_and_the_others_kept(
+    tmp_path: Path, fakes
+):
+    report_path = tmp_path / "loso.json"
+    old_row = {"trained_on": ["a", "b"], "metrics": {"n": {"value": 640, "ci95": None}}}
+    report_path.write_text(
+        json.dumps(
+            {"schedule": LEGACY, "folds": {"busi": old_row, "bus-uclm": old_row}}
+        )
+    )
+    report = loso.leave_one_source_out(
+        tmp_path / "work",
+        report_path,
+        epochs=24,
+        frozen_epochs=2,
+        patience=8,
+        held_out=("busi",),
+        rounds=5,
+    )
+    assert [config.epochs for config in fakes] == [24]
+    assert fakes[0].sources == ("bus-uclm", "breast-lesions-usg")
+    saved = json.loads(report_path.read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert "schedule" not in saved  # every row carries its own
+    assert saved["folds"]["bus-uclm"]["schedule"] == LEGACY  # the old row kept
+    busi = saved["folds"]["busi"]
+    assert busi["schedule"]["epochs"] == 24 and busi["schedule"]["patience"] == 8
+    assert busi["model_version"] == "busnet-lite0-fake" and busi["images"] == 12
+    assert busi["metrics"]["n"]["value"] == 12
+    with np.load(tmp_path / "work" / "without-busi" / loso.HELDOUT_FILE) as heldout:
+        assert heldout["paths"].tolist() == [f"busi/{i}.png" for i in range(12)]
+
+    table = _loso_table(saved)
+    assert "| busi | 24 epochs, 2 frozen; patience 8 |" in table
+    assert "| bus-uclm | 12 epochs, 1 frozen |" in table
+
+
+def test_resume_reuses_a_trained_fold_and_records_its_own_schedule(
+    tmp_path: Path, fakes
+):
+    fold = tmp_path / "work" / "without-bus-uclm"
+    fold.mkdir(parents=True)
+    (fold / "model.json").write_text("{}")
+    (fold / "training_summary.json").write_text(
+        json.dumps({"config": {"epochs": 24, "frozen_epochs": 2, "patience": 8}})
+    )
+    report = loso.leave_one_source_out(
+        tmp_path / "work",
+        tmp_path / "loso.json",
+        held_out=("bus-uclm",),
+        rounds=5,
+        resume=True,
+    )
+    assert fakes == []  # not trained again
+    assert report["folds"]["bus-uclm"]["schedule"]["epochs"] == 24
+
+
+def test_schedule_text_names_what_differs_from_production():
+    assert schedule_text(None) == "not recorded"
+    assert (
+        schedule_text(
+            {"epochs": 12, "frozen_epochs": 1, "image_size": 320, "augment": False}
+        )
+        == "12 epochs, 1 frozen; 320 px; no augmentation"
+    )
+
+
+def test_heldout_outputs_of_the_real_network_line_up_with_collect(busi, tmp_path):
+    """The extra look at the network (plain and mirrored) matches the Analyzer's logits."""
+    from ml.inference import Analyzer
+    from ml.training.evaluate import collect
+
+    analyzer = Analyzer.load()
+    paths = loso.held_out_paths("busi")[::200][:4]
+    results = collect(analyzer, "busi", paths)
+    outputs = loso.heldout_outputs(analyzer, "busi", paths, results)
+    np.testing.assert_allclose(outputs["net_logits"], results["logits"], atol=1e-3)
+    assert outputs["net_logits_flip"].shape == (4, 3)
+    assert not np.allclose(outputs["net_logits_flip"], outputs["net_logits"])
+    size = analyzer.image_size
+    assert outputs["lesion"].shape == outputs["lesion_flip"].shape == (4, size, size)
+    assert outputs["lesion"].dtype == np.uint8
+    assert outputs["groups"].tolist() == results["groups"].tolist()
+    assert np.all(outputs["lesion_max"] >= outputs["lesion_mean_in_mask"])
+
+
+def test_ablation_rows_judged_without_folds_are_listed_with_their_command(tmp_path):
+    from ml.training.model_card import _ablation_section
+
+    (tmp_path / "ablation.json").write_text(
+        json.dumps(
+            {
+                "no augmentation": {"schedule": LEGACY, "folds": {}},
+                "flip TTA": {
+                    "result": "AUC 0.90 -> 0.91 on the test splits; not adopted",
+                    "command": "python -m ml.training.posthoc judge --fit a --test b",
+                },
+            }
+        )
+    )
+    text = _ablation_section(tmp_path, {"folds": {}})
+    assert (
+        "- **flip TTA**: AUC 0.90 -> 0.91 on the test splits; not adopted "
+        "(`python -m ml.training.posthoc judge --fit a --test b`)" in text
+    )
