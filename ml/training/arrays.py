@@ -15,7 +15,12 @@ import numpy as np
 from PIL import Image
 
 from ml.config import REPO_DIR
-from ml.training.sources import SOURCES, load_image, load_mask, read_manifest
+from ml.training.sources import (
+    get_source,
+    load_image,
+    load_mask,
+    read_manifest,
+)
 from ml.training.splits import split_path
 
 DEFAULT_CACHE_DIR = REPO_DIR / "var" / "cache"
@@ -97,7 +102,7 @@ def load_arrays(
     source: str, paths: list[str], size: int, cache_dir: Path | None = DEFAULT_CACHE_DIR
 ) -> ArraySet:
     """Images and OR-combined masks of ``paths`` (relative to the source root) at ``size``."""
-    root = SOURCES[source].root()
+    root = get_source(source).root()
     records = {record.path: record for record in read_manifest(source, root)}
     unknown = [p for p in paths if p not in records]
     if unknown:

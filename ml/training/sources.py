@@ -68,6 +68,11 @@ SOURCES: dict[str, Source] = {
 }
 
 
+# Sources registered by path (a site's export): kept apart from SOURCES, which stays
+# the original training sources every default ("all sources") means.
+REGISTERED: dict[str, Source] = {}
+
+
 @dataclass(frozen=True)
 class Record:
     source: str
@@ -120,18 +125,26 @@ def register_source(path: Path, name: str | None = None) -> str:
     if not (root / "MANIFEST.csv").is_file():
         raise FileNotFoundError(f"no MANIFEST.csv in {root}")
     name = name or f"site-{root.name}"
-    known = SOURCES.get(name)
-    if known is not None and known.path is None:
+    if name in SOURCES:
         raise ValueError(f"source name {name!r} is one of the original sources")
-    SOURCES[name] = Source(name, "", "", "the site's own", f"site export {root}", root)
+    REGISTERED[name] = Source(
+        name, "", "", "the site's own", f"site export {root}", root
+    )
     return name
+
+
+def get_source(name: str) -> Source:
+    """An original source, or one registered by path."""
+    found = SOURCES.get(name) or REGISTERED.get(name)
+    if found is None:
+        known = sorted(SOURCES) + sorted(REGISTERED)
+        raise KeyError(f"unknown source {name!r}; known: {known}")
+    return found
 
 
 def read_manifest(source: str, root: Path | None = None) -> list[Record]:
     """Every row of a source's manifest as a :class:`Record`."""
-    if source not in SOURCES:
-        raise KeyError(f"unknown source {source!r}; known: {sorted(SOURCES)}")
-    root = root or SOURCES[source].root()
+    root = root or get_source(source).root()
     manifest = root / "MANIFEST.csv"
     if not manifest.is_file():
         raise FileNotFoundError(f"{source} manifest not found: {manifest}")

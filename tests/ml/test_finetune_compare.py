@@ -259,3 +259,15 @@ def test_compare_refuses_an_export_that_is_not_the_one_split(
     Image.new("RGB", (80, 60)).save(first)  # one image changed since the split
     with pytest.raises(ValueError, match="not the export"):
         compare(tiny_base, out, [other], tmp_path / "r.json", original_sources=[])
+
+
+def test_a_registered_site_source_is_not_one_of_the_original_sources(tmp_path):
+    from ml.training.sources import SOURCES, get_source, register_source
+
+    before = list(SOURCES)
+    name = register_source(_site_source(tmp_path / "elsewhere", patients=2))
+    # "All sources" (training defaults, the base's sources) still means the originals.
+    assert list(SOURCES) == before and name not in SOURCES
+    assert get_source(name).root() == (tmp_path / "elsewhere").resolve()
+    with pytest.raises(ValueError, match="original sources"):
+        register_source(_site_source(tmp_path / "x" / "busi", patients=2), "busi")
