@@ -52,6 +52,12 @@ def cmd_ml(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from bench import pipeline
 
+    if args.profile:
+        figures = pipeline.profile(
+            n=args.n, busi_dir=args.busi_dir, stats_path=args.stats, report=_report
+        )
+        _write([figures])
+        return 0
     r = pipeline.run(
         n=args.n, timeout=args.timeout, busi_dir=args.busi_dir, report=_report
     )
@@ -64,6 +70,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     bare = f"{r.bare_rate:.2f} images/s ({r.bare_seconds:.1f}s)"
     stored = f"{r.bare_with_artifacts_rate:.2f} images/s"
     ratio = f"{r.ratio:.1%} (target >= {PIPELINE_TARGET_RATIO:.0%}: {verdict})"
+    drain_verdict = "met" if r.drain_ratio >= PIPELINE_TARGET_RATIO else "NOT met"
+    drain_ratio = (
+        f"{r.drain_ratio:.1%} (target >= {PIPELINE_TARGET_RATIO:.0%}: {drain_verdict})"
+    )
+    drain = (
+        f"{r.drain_rate:.2f} images/s ({r.drain_seconds:.1f}s from sending the "
+        f"messages to the last result; failed: {r.drain_failed})"
+    )
+    load = " ".join(f"{v:.2f}" for v in r.load_average) + " (1, 5, 15 min)"
     overhead_verdict = (
         "met" if r.worker_overhead <= PIPELINE_TARGET_WORKER_OVERHEAD else "NOT met"
     )
@@ -80,7 +95,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             f"bare ml Analyzer.analyze: {bare}",
             f"bare ml analyze + encoding the stored outputs: {stored}",
             f"ratio pipeline / bare analyze: {ratio}",
+            f"worker drain ({r.n} stored scans queued first): {drain}",
+            f"ratio worker drain / bare analyze: {drain_ratio}",
             f"worker time (first claim to last result) {overhead}",
+            f"load average at the end: {load}",
         ]
     )
     return 0
@@ -132,6 +150,17 @@ def _run_against_processes(
 def cmd_ingest(args: argparse.Namespace) -> int:
     from bench import ingest
 
+    if args.scale:
+        sizes = sorted(int(size) for size in args.scale.split(","))
+        _write(
+            ingest.scale(
+                sizes=sizes,
+                busi_dir=args.busi_dir,
+                database_url=args.database_url,
+                report=_report,
+            )
+        )
+        return 0
     result = _run_against_processes(ingest, args, (OSError,), analyse=args.analyse)
     return 2 if result is None else 0
 
@@ -178,6 +207,20 @@ def _add_pipeline(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--busi-dir", default=None, help="dataset root (default BUSI_DIR)"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help=(
+            "instead: run the worker's pipeline on N stored scans in this process "
+            "under cProfile, every stage inline, and print where the time goes"
+        ),
+    )
+    parser.add_argument(
+        "--stats",
+        type=Path,
+        default=None,
+        help="with --profile: also write the raw stats",
+    )
 
 
 def _add_load(parser: argparse.ArgumentParser) -> None:
@@ -217,6 +260,15 @@ def _add_ingest(parser: argparse.ArgumentParser) -> None:
         "--analyse",
         action="store_true",
         help="then run a worker and time the analyses (needs a trained model)",
+    )
+    parser.add_argument(
+        "--scale",
+        default=None,
+        metavar="N,N",
+        help=(
+            "instead: one zip of each size (e.g. 500,5000) through the API and through "
+            "import_scans; time per file and peak memory, flat or not"
+        ),
     )
 
 

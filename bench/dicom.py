@@ -36,6 +36,7 @@ from pydicom.uid import generate_uid
 from bench.ingest import _manage, _rss_mb, busi_scans
 from bench.launch import bench_scratch, start_listener, stop_process
 from bench.synthetic import ultrasound_dicom
+from ml.weights_io import placeholder_meta, write_meta
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def run(
 
             weights = work / "weights"
             weights.mkdir()
-            (weights / "model.json").write_text(json.dumps({"version": "bench"}))
+            write_meta(weights, placeholder_meta("bench"))
             media = work / "media"
             media.mkdir()
             port = 11112 + 100 + secrets.randbelow(1000)

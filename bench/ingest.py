@@ -13,7 +13,6 @@ database: every one is decoded, stored and enqueued.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -40,6 +39,7 @@ from bench.launch import (
     tail,
     wait_until_ready,
 )
+from ml.weights_io import placeholder_meta, write_meta
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,44 @@ print(token_issue(user=user)[1], study.pk)
 """
 
 
+def _portal_env(
+    work: Path,
+    broker: str,
+    queue: str,
+    database_url: str | None,
+    *,
+    need_model: bool = False,
+) -> tuple[dict[str, str], str]:
+    """The environment of a portal process of this run (its own media, database and
+    queue), and its database URL."""
+    weights = Path(settings.ML_WEIGHTS_DIR)
+    if not (weights / "model.json").exists():
+        if need_model:
+            raise FileNotFoundError(f"--analyse needs a trained model in {weights}")
+        weights = work / "weights"
+        weights.mkdir()
+        write_meta(weights, placeholder_meta("bench"))
+    media = work / "media"
+    media.mkdir()
+    database = database_url or f"sqlite:///{work / 'bench.sqlite3'}"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "DATABASE_URL": database,
+        "REDIS_URL": broker,
+        "MEDIA_ROOT": str(media),
+        "ML_WEIGHTS_DIR": str(weights),
+        "STORAGE_BACKEND": "local",
+        "SECURE_COOKIES": "0",
+        "LOG_LEVEL": "WARNING",
+        "API_THROTTLE_UPLOADS": "1000/minute",
+        "CELERY_INFERENCE_QUEUE": queue,
+    }
+    return env, database
+
+
 def run(
     *,
     n: int,
@@ -157,38 +195,17 @@ def run(
             zip_mb = zip_path.stat().st_size / 1024**2
             report(f"{n} BUSI images from {busi_dir} in one zip of {zip_mb:.1f} MB")
 
-            weights = Path(settings.ML_WEIGHTS_DIR)
-            if not (weights / "model.json").exists():
-                if analyse:
-                    raise FileNotFoundError(
-                        f"--analyse needs a trained model in {weights}"
-                    )
-                weights = work / "weights"
-                weights.mkdir()
-                (weights / "model.json").write_text(json.dumps({"version": "bench"}))
-            media = work / "media"
-            media.mkdir()
-            database = database_url or f"sqlite:///{work / 'bench.sqlite3'}"
-            env = {
-                **os.environ,
-                "DJANGO_SETTINGS_MODULE": "portal.settings",
-                "DEBUG": "0",
-                "SECRET_KEY": secrets.token_urlsafe(40),
-                "DATABASE_URL": database,
-                "REDIS_URL": broker,
-                "MEDIA_ROOT": str(media),
-                "ML_WEIGHTS_DIR": str(weights),
-                "STORAGE_BACKEND": "local",
-                "SECURE_COOKIES": "0",
-                "LOG_LEVEL": "WARNING",
-                "API_THROTTLE_UPLOADS": "1000/minute",
-                "CELERY_INFERENCE_QUEUE": queue,
-            }
+            env, database = _portal_env(
+                work, broker, queue, database_url, need_model=analyse
+            )
+            media = Path(env["MEDIA_ROOT"])
             report("migrating a fresh database")
             _manage(env, "migrate", "--noinput")
             output = _manage(env, "shell", "--verbosity", "0", "-c", SETUP_USER)
             token, study_id = output.strip().splitlines()[-1].split()
 
+            # A second a file: 5,000 files on a loaded 2-core machine outlast 600 s.
+            request_timeout = max(600, n)
             port = 8000 + secrets.randbelow(1000) + 100
             server = subprocess.Popen(
                 [
@@ -201,7 +218,7 @@ def run(
                     "--bind",
                     f"127.0.0.1:{port}",
                     "--timeout",
-                    "600",
+                    str(request_timeout),
                 ],
                 cwd=REPO_ROOT,
                 env=env,
@@ -247,7 +264,7 @@ def run(
                     upload_url,
                     headers=headers,
                     files={"files": ("bench.zip", handle, "application/zip")},
-                    timeout=600,
+                    timeout=request_timeout,
                 )
             seconds = time.perf_counter() - started
             rss_peak = _rss_mb(web_pid, "VmHWM")
@@ -297,6 +314,159 @@ def run(
                 stop_worker(worker)
             if server is not None:
                 stop_process(server)
+
+
+@dataclass
+class ImportBenchResult:
+    n: int
+    seconds: float  # the whole command, its start-up included
+    stored_seconds: float  # from the first scan stored to the last
+    peak_rss_mb: float  # the command's peak resident set size
+    imported: int  # messages in the queue
+    summary: str  # the command's last line: accepted, duplicates, rejected
+    rejections: list[str]  # the first few "rejected" lines
+
+    @property
+    def ms_per_file(self) -> float:
+        """Time per file while importing: the start-up (seconds on a loaded machine)
+        would otherwise make small imports look slow per file."""
+        return self.stored_seconds / max(1, self.n - 1) * 1000
+
+
+STORED_SPAN = """
+from django.db.models import Max, Min
+from portal.clinical.models import Scan
+span = Scan.objects.aggregate(first=Min("uploaded_at"), last=Max("uploaded_at"))
+print((span["last"] - span["first"]).total_seconds())
+"""
+
+
+def run_import(
+    *,
+    n: int,
+    busi_dir: Path | None = None,
+    database_url: str | None = None,
+    report: Callable[[str], None] = logger.info,
+) -> ImportBenchResult:
+    """`manage.py import_scans` on one zip of N BUSI images into a fresh database: its
+    wall time and its peak resident memory (wait4's rusage of that one process)."""
+    busi_dir = Path(busi_dir or settings.BUSI_DIR)
+    with bench_scratch("import", BENCH_REDIS_DB) as (broker, client, queue, work):
+        zip_path = work / "import.zip"
+        build_zip(busi_scans(busi_dir, n), zip_path)
+        env, _ = _portal_env(work, broker, queue, database_url)
+        _manage(env, "migrate", "--noinput")
+        output = _manage(env, "shell", "--verbosity", "0", "-c", SETUP_USER)
+        _, study_id = output.strip().splitlines()[-1].split()
+        report(
+            f"import_scans: {n} images in one zip of {zip_path.stat().st_size / 1024**2:.1f} MB"
+        )
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "import_scans",
+                str(zip_path),
+                "--study",
+                study_id,
+                "--user",
+                "bench-ingest",
+                "--no-progress",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=open(work / "import.out", "wb"),  # noqa: SIM115 - closed with the process
+            stderr=open(work / "import.log", "wb"),  # noqa: SIM115 - closed with the process
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise RuntimeError(f"import_scans failed:\n{tail(work / 'import.log')}")
+        span = _manage(env, "shell", "--verbosity", "0", "-c", STORED_SPAN)
+        said = (work / "import.out").read_text().splitlines()
+        return ImportBenchResult(
+            summary=said[-1] if said else "",
+            rejections=[line for line in said if line.startswith("rejected")][:3],
+            n=n,
+            seconds=seconds,
+            stored_seconds=float(span.strip().splitlines()[-1]),
+            peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+            imported=int(client.llen(queue)),
+        )
+
+
+SCALE_TIME_GROWTH = 0.20  # per-file time at the largest size within 20% of the smallest
+SCALE_MEMORY_MB = 100.0  # peak memory at the largest size within 100 MB of the smallest
+
+
+def scale(
+    *,
+    sizes: list[int],
+    busi_dir: Path | None = None,
+    database_url: str | None = None,
+    report: Callable[[str], None] = logger.info,
+) -> list[str]:
+    """Both ways in (the API's zip upload, import_scans) at each size: time per file and
+    peak memory, and whether they stay flat from the smallest size to the largest."""
+    rows: list[tuple[int, IngestBenchResult, ImportBenchResult]] = []
+    for n in sizes:
+        api = run(n=n, busi_dir=busi_dir, database_url=database_url, report=report)
+        command = run_import(
+            n=n, busi_dir=busi_dir, database_url=database_url, report=report
+        )
+        rows.append((n, api, command))
+    lines = [
+        (
+            f"{'files':>6} {'API ms/file':>12} {'API peak MB':>12} {'API growth MB':>14} "
+            f"{'import ms/file':>15} {'import peak MB':>15}  accepted / queued"
+        )
+    ]
+    for n, api, command in rows:
+        lines.append(
+            f"{n:>6} {api.seconds / n * 1000:>12.1f} {api.rss_peak_mb:>12.0f} "
+            f"{api.memory_growth_mb:>14.1f} {command.ms_per_file:>15.1f} "
+            f"{command.peak_rss_mb:>15.0f}  API {api.accepted}/{api.enqueued}, "
+            f"import {command.imported}"
+        )
+    for n, _, command in rows:
+        lines.append(f"import_scans at {n}: {command.summary}")
+        lines.extend(f"  {line}" for line in command.rejections)
+    (small, api_s, cmd_s), (large, api_l, cmd_l) = rows[0], rows[-1]
+    for what, t_small, t_large, m_small, m_large in (
+        (
+            "API",
+            api_s.seconds / small,
+            api_l.seconds / large,
+            api_s.rss_peak_mb,
+            api_l.rss_peak_mb,
+        ),
+        (
+            "import_scans",
+            cmd_s.ms_per_file,
+            cmd_l.ms_per_file,
+            cmd_s.peak_rss_mb,
+            cmd_l.peak_rss_mb,
+        ),
+    ):
+        growth = t_large / t_small - 1
+        memory = m_large - m_small
+        time_ok = growth <= SCALE_TIME_GROWTH
+        memory_ok = memory <= SCALE_MEMORY_MB
+        lines.append(
+            f"{what}: per-file time at {large} is {growth:+.1%} of that at {small} "
+            f"(target within {SCALE_TIME_GROWTH:.0%}: {'met' if time_ok else 'NOT met'}); "
+            f"peak memory {memory:+.0f} MB (target within {SCALE_MEMORY_MB:.0f} MB: "
+            f"{'met' if memory_ok else 'NOT met'})"
+        )
+    lines.append(
+        "load average at the end: "
+        + " ".join(f"{v:.2f}" for v in os.getloadavg())
+        + " (1, 5, 15 min); API ms/file: the POST's whole time; import ms/file: first "
+        "scan stored to last (the command's start-up left out)"
+    )
+    return lines
 
 
 def summary(r: IngestBenchResult) -> list[str]:

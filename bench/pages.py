@@ -301,8 +301,25 @@ def _pages(rng: random.Random) -> dict[str, Callable[[], str]]:
         "patients": lambda: "/patients/",
         "agreement monitor": lambda: "/agreement/",
         "API study list": lambda: "/api/v1/studies/",
+        "API study list, next page": lambda: _api_next_page("/api/v1/studies/"),
+        "API patient list": lambda: "/api/v1/patients/",
         "API study": lambda: f"/api/v1/studies/{rng.choice(ids)}/",
     }
+
+
+_next_pages: dict[str, str] = {}
+
+
+def _api_next_page(first: str) -> str:
+    """The second page of an API list (its keyset cursor), found once."""
+    if first not in _next_pages:
+        from django.contrib.auth import get_user_model
+        from django.test import Client
+
+        client = Client(HTTP_HOST="localhost")
+        client.force_login(get_user_model().objects.get(username="bench-radiologist"))
+        _next_pages[first] = client.get(first).json()["next"]
+    return _next_pages[first]
 
 
 def _time_nav_count(result: PagesResult, requests: int) -> None:

@@ -3,23 +3,40 @@ database, against bare `Analyzer.analyze` on the same images in the same run.
 
 The worker is started and warmed up (model loaded, batch shape traced) before the clock
 starts, and the bare model gets the same warm-up, so the ratio compares steady states.
+
+Two figures against the bare model:
+- pipeline: the clock runs from the first upload to the last result (uploads and the
+  worker share the machine);
+- worker drain: the same N images stored and their analyses queued first (messages held
+  back), then the clock starts, their N messages go to Redis, and it stops at the last
+  result the worker records: the worker's own cost, as a production queue backlog sees it.
+
+`profile(n=...)` runs the worker's pipeline in this process under cProfile, every stage
+inline, on N stored scans (`python -m bench pipeline --profile`).
 """
 
 from __future__ import annotations
 
+import cProfile
+import io
 import logging
+import os
+import pstats
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Max, Min
 from django.test.utils import override_settings
+from django.utils import timezone
 
 from bench.ingest import busi_scans
 from bench.launch import (
@@ -31,6 +48,7 @@ from bench.launch import (
     tail,
     wait_until_ready,
 )
+from portal.analyses import queue
 from portal.analyses.modelinfo import current_model_version
 from portal.analyses.models import Analysis
 from portal.analyses.services import scan_submit
@@ -52,6 +70,11 @@ class BenchResult:
     worker_seconds: float
     bare_seconds: float
     bare_with_artifacts_seconds: float  # bare analyze + encoding what a worker stores
+    drain_seconds: (
+        float  # worker alone on N queued analyses: messages sent to last result
+    )
+    drain_failed: int
+    load_average: tuple[float, float, float]  # at the end of the run (others' work)
 
     @property
     def pipeline_rate(self) -> float:
@@ -68,6 +91,14 @@ class BenchResult:
     @property
     def ratio(self) -> float:
         return self.pipeline_rate / self.bare_rate
+
+    @property
+    def drain_rate(self) -> float:
+        return self.n / self.drain_seconds
+
+    @property
+    def drain_ratio(self) -> float:
+        return self.drain_rate / self.bare_rate
 
     @property
     def model_ms_per_scan(self) -> float:
@@ -171,6 +202,11 @@ def run(
                     )
                 )
                 report(f"{failed} analyses failed: {sorted(errors)[:3]}")
+
+            report(f"storing {n} scans with their messages held back (worker drain)")
+            drain_seconds, drain_failed = _drain(
+                study, user, contents, model_version, timeout, log_path
+            )
             stop_worker(worker)
             worker = None
     finally:
@@ -190,7 +226,111 @@ def run(
         worker_seconds=worker_seconds,
         bare_seconds=bare_seconds,
         bare_with_artifacts_seconds=with_artifacts_seconds,
+        drain_seconds=drain_seconds,
+        drain_failed=drain_failed,
+        load_average=os.getloadavg(),
     )
+
+
+@contextmanager
+def _messages_held_back() -> Iterator[list[int]]:
+    """Rows are stored and queued, but no message is sent (their ids are collected)."""
+    held: list[int] = []
+    with mock.patch.object(queue, "send_analysis", held.append):
+        yield held
+
+
+def _drain(
+    study: Study,
+    user: object,
+    contents: list[bytes],
+    model_version: str,
+    timeout: float,
+    log_path: Path,
+) -> tuple[float, int]:
+    """The warm worker alone on N stored scans: seconds from sending their messages
+    to the last recorded result, and how many failed."""
+    with _messages_held_back() as held:
+        ids = _upload(study, user, contents, model_version)
+    assert sorted(held) == sorted(ids), "every upload queues one analysis"
+    started = timezone.now()
+    for analysis_id in ids:
+        queue.send_analysis(analysis_id)
+    failed = _wait_finished(ids, timeout, log_path)
+    last = Analysis.objects.filter(pk__in=ids).aggregate(last=Max("finished_at"))
+    return (last["last"] - started).total_seconds(), failed
+
+
+def profile(
+    *,
+    n: int,
+    busi_dir: Path | None = None,
+    top: int = 40,
+    stats_path: Path | None = None,
+    report: Callable[[str], None] = logger.info,
+) -> str:
+    """The worker's pipeline on N stored scans, in this process under cProfile, with
+    every stage inline (ANALYSIS_RENDER_THREADS=0, so the profile sees them all); the
+    statistics sorted by own time and by cumulative time."""
+    from portal.analyses.services import analysis_claim
+    from workers.analyzer import get_analyzer
+    from workers.tasks import Pipeline
+
+    def drain(ids: list[int]) -> None:  # as analyze_scan does for its message
+        assert analysis_claim(analysis_id=ids[0], worker="bench-profile")
+        Pipeline(analyzer, worker="bench-profile").drain(first_id=ids[0])
+
+    busi_dir = Path(busi_dir or settings.BUSI_DIR)
+    contents = [p.read_bytes() for p in busi_scans(busi_dir, n)]
+    warmup = [
+        p.read_bytes() for p in busi_scans(busi_dir, settings.ANALYSIS_BATCH_SIZE)
+    ]
+    model_version = current_model_version()
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    storages = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(work_dir)},
+        },
+    }
+    user, _ = get_user_model().objects.get_or_create(username="bench-pipeline")
+    patient = patient_create(identifier=f"BENCH-{time.time_ns()}", name="Benchmark")
+    study = study_create(patient=patient, created_by=user, description="profile")
+    try:
+        with override_settings(
+            STORAGES=storages, MEDIA_ROOT=work_dir, ANALYSIS_RENDER_THREADS=0
+        ):
+            analyzer = get_analyzer()
+            with _messages_held_back():
+                warm_ids = _upload(study, user, warmup, model_version)
+            drain(warm_ids)
+            with _messages_held_back():
+                ids = _upload(study, user, contents, model_version)
+            report(f"profiling the worker's pipeline on {n} stored scans")
+            profiler = cProfile.Profile()
+            started = time.perf_counter()
+            profiler.enable()
+            drain(ids)
+            profiler.disable()
+            seconds = time.perf_counter() - started
+            done = Analysis.objects.filter(
+                pk__in=ids, status=Analysis.Status.SUCCEEDED
+            ).count()
+    finally:
+        _cleanup(study, patient)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    out = io.StringIO()
+    out.write(
+        f"{done}/{n} analyses in {seconds:.2f}s ({seconds / n * 1000:.1f} ms a scan), "
+        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n"
+    )
+    if stats_path is not None:  # for snakeviz, or pstats' browser
+        profiler.dump_stats(stats_path)
+    stats = pstats.Stats(profiler, stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
 
 
 def _upload(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.config import CLASS_HEADS
+from ml.config import CLASS_HEADS, CLASSES, IMAGE_SIZE, MODEL_NAME
 
 WEIGHTS_FILE = "weights.npz"
 META_FILE = "model.json"
@@ -70,9 +70,28 @@ def save(model, out_dir: Path, meta: ModelMeta, ood=None) -> ModelMeta:
     np.savez_compressed(weights_path, **arrays)
     meta.weights_sha256 = sha256_of(weights_path)
     meta.version = f"{meta.name}-{meta.weights_sha256[:12]}"
-    payload = {f.name: getattr(meta, f.name) for f in fields(meta) if f.name != "ood"}
-    (out_dir / META_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+    write_meta(out_dir, meta)
     return meta
+
+
+def placeholder_meta(version: str, **values: object) -> ModelMeta:
+    """The description of a model that has no weights, for benchmarks and tests that
+    need a model.json but never load a network."""
+    return ModelMeta(
+        name=MODEL_NAME,
+        version=version,
+        image_size=IMAGE_SIZE,
+        classes=list(CLASSES),
+        **values,  # type: ignore[arg-type]
+    )
+
+
+def write_meta(out_dir: Path, meta: ModelMeta) -> Path:
+    """Write ``model.json`` for ``meta`` (what read_meta reads back); its path."""
+    payload = {f.name: getattr(meta, f.name) for f in fields(meta) if f.name != "ood"}
+    path = Path(out_dir) / META_FILE
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
 
 
 def read_meta(weights_dir: Path) -> ModelMeta:
@@ -83,7 +102,11 @@ def read_meta(weights_dir: Path) -> ModelMeta:
         meta = ModelMeta(**payload)
     except FileNotFoundError as exc:
         raise ModelLoadError(f"model description not found: {meta_path}") from exc
-    except (json.JSONDecodeError, TypeError) as exc:
+    except OSError as exc:
+        raise ModelLoadError(
+            f"model description {meta_path} could not be read: {exc}"
+        ) from exc
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object
         raise ModelLoadError(
             f"model description {meta_path} is corrupt: {exc}"
         ) from exc

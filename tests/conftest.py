@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,12 +40,21 @@ def media_root(settings: Any, tmp_path: Path) -> Path:
     return root
 
 
+def write_model_json(
+    directory: Path, version: str = TEST_MODEL_VERSION, **fields: Any
+) -> Path:
+    """A model.json as ml.weights_io writes it (no weights beside it)."""
+    from ml.weights_io import placeholder_meta, write_meta
+
+    return write_meta(directory, placeholder_meta(version, **fields))
+
+
 @pytest.fixture
 def weights_dir(settings: Any, tmp_path: Path) -> Path:
     """A weights directory whose model.json names TEST_MODEL_VERSION (no real weights)."""
     directory = tmp_path / "weights"
     directory.mkdir()
-    (directory / "model.json").write_text(json.dumps({"version": TEST_MODEL_VERSION}))
+    write_model_json(directory)
     settings.ML_WEIGHTS_DIR = directory
     return directory
 

@@ -99,12 +99,6 @@ def settings_names() -> set[str]:
     return names
 
 
-needs_settings = pytest.mark.skipif(
-    not (REPO_ROOT / "portal" / "settings.py").exists(),
-    reason="portal/settings.py does not exist yet: nothing to check the names against",
-)
-
-
 def test_compose_defines_the_stack(compose):
     assert set(compose["services"]) >= {*APP_SERVICES, "redis", "postgres"}
 
@@ -168,13 +162,11 @@ def test_env_example_documents_every_fixed_name():
     assert FIXED_ENV_NAMES - settings_part == set()
 
 
-@needs_settings
 def test_env_example_lists_only_names_the_settings_read():
     settings_part, _ = env_example_sections()
     assert settings_part - settings_names() == set()
 
 
-@needs_settings
 def test_every_name_the_settings_read_is_in_env_example():
     settings_part, _ = env_example_sections()
     assert settings_names() - settings_part == set(), "document these in .env.example"

@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from django.conf import settings
@@ -35,7 +37,14 @@ from workers import liveness
 from workers.analyzer import get_analyzer, preload
 from workers.celery_app import inference_task
 
+if TYPE_CHECKING:  # ml.inference imports TensorFlow: only the worker process loads it
+    from ml.inference import Analyzer, ImageAnalysis
+
+    # What the model gave for one image: its analysis, or the error it raised on it.
+    Outcome = ImageAnalysis | Exception
+
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -54,10 +63,6 @@ except ImportError:  # pragma: no cover - botocore ships with django-storages[s3
 worker_process_init.connect(liveness.start, weak=False)
 worker_process_init.connect(preload, weak=False)
 
-_finish_pool: ThreadPoolExecutor | None = None
-_finish_threads = 0  # the size _finish_pool was made with
-_load_pool: ThreadPoolExecutor | None = None
-
 
 @dataclass
 class _Work:
@@ -67,7 +72,7 @@ class _Work:
 
 
 @inference_task(bind=True, name=queue.ANALYZE_SCAN)
-def analyze_scan(self: Any, analysis_id: int) -> None:
+def analyze_scan(self: Task, analysis_id: int) -> None:
     worker = liveness.worker_name()
     if not services.analysis_claim(analysis_id=analysis_id, worker=worker):
         logger.info("analysis %s is not queued; nothing to do", analysis_id)
@@ -78,74 +83,129 @@ def analyze_scan(self: Any, analysis_id: int) -> None:
         logger.exception("model could not be loaded")
         _fail([analysis_id], f"the model could not be loaded: {exc}")
         return
-    _drain(analyzer, first_id=analysis_id, worker=worker)
+    Pipeline(analyzer, worker=worker).drain(first_id=analysis_id)
 
 
-def _drain(analyzer: Any, *, first_id: int, worker: str) -> None:
-    """Run the claimed analysis and whatever else is waiting, one batch at a time.
+class Pipeline:
+    """One task's run of the claimed analysis and whatever else is waiting, one batch
+    at a time, in three overlapping stages: the model runs batch k, a loader thread
+    claims and decodes batch k+1, and finishing threads store the results of batch k-1.
 
-    Three things overlap: the model runs batch k, a loader claims and decodes batch k+1,
-    and finishing threads store the results of batch k-1.
+    The threads live as long as the task (ANALYSIS_RENDER_THREADS finishing threads,
+    one loader; with 0 every stage runs inline in the task's thread).
     """
-    stop_claiming_at = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT * 0.5
-    batch_size = settings.ANALYSIS_BATCH_SIZE
 
-    # Rows this task has already had (one it requeued waits for its own, later message).
-    seen = {first_id}
+    def __init__(self, analyzer: Analyzer, *, worker: str) -> None:
+        self.analyzer = analyzer
+        self.worker = worker
+        self.batch_size: int = settings.ANALYSIS_BATCH_SIZE
+        self.threads: int = settings.ANALYSIS_RENDER_THREADS
+        self.stop_claiming_at = (
+            time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT * 0.5
+        )
+        # Rows this task has already had (one it requeued waits for its own message).
+        self.seen: set[int] = set()
+        self._load_pool: ThreadPoolExecutor | None = None
+        self._finish_pool: ThreadPoolExecutor | None = None
 
-    def claim_next() -> list[_Work]:
-        if time.monotonic() >= stop_claiming_at:
+    def drain(self, *, first_id: int) -> None:
+        analyzer = self.analyzer
+        self.seen.add(first_id)
+        work: list[_Work] = []
+        in_hand = [first_id]  # claimed by this task, not yet run: released on an error
+        upcoming: Future[list[_Work]] | None = None
+        finishing: list[Future[None]] = []
+        try:
+            in_hand = [first_id] + services.analysis_claim_waiting(
+                model_version=analyzer.model_version,
+                worker=self.worker,
+                limit=self.batch_size - 1,
+                exclude=[first_id],
+            )
+            self.seen.update(in_hand)
+            work = _load(in_hand, analyzer)
+            in_hand = _ids(work)
+            while work:
+                upcoming = self._submit_load()
+                outcomes = _analyze(analyzer, work)
+                finishing.append(self._submit_finish(work, outcomes))
+                in_hand = []
+                work, upcoming = upcoming.result(), None
+                in_hand = _ids(work)
+        except TRANSIENT_ERRORS as exc:
+            logger.warning(
+                "transient error on analyses %s; requeueing", in_hand, exc_info=True
+            )
+            _release(in_hand, f"temporary error: {type(exc).__name__}: {exc}")
+        except SoftTimeLimitExceeded:
+            logger.warning("analyses %s hit the time limit; requeueing", in_hand)
+            limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
+            _release(in_hand, f"took longer than the {limit} s limit")
+        except Exception as exc:
+            logger.exception("analyses %s failed unexpectedly", in_hand)
+            _fail(in_hand, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if upcoming is not None:
+                # Loaded but never run: back to the queue, with no attempt used up.
+                _release(_ids(upcoming.result()), "", count_attempt=False)
+            for future in finishing:
+                future.result()
+            self._close()
+
+    def _claim_next(self) -> list[_Work]:
+        if time.monotonic() >= self.stop_claiming_at:
             return []
         claimed = services.analysis_claim_waiting(
-            model_version=analyzer.model_version,
-            worker=worker,
-            limit=batch_size,
-            exclude=list(seen),
+            model_version=self.analyzer.model_version,
+            worker=self.worker,
+            limit=self.batch_size,
+            exclude=list(self.seen),
         )
-        seen.update(claimed)
-        return _load(claimed, analyzer)
+        self.seen.update(claimed)
+        return _load(claimed, self.analyzer)
 
-    work: list[_Work] = []
-    in_hand = [first_id]  # claimed by this task, not yet run: released on an error
-    upcoming: Future[list[_Work]] | None = None
-    finishing: list[Future[None]] = []
-    try:
-        in_hand = [first_id] + services.analysis_claim_waiting(
-            model_version=analyzer.model_version,
-            worker=worker,
-            limit=batch_size - 1,
-            exclude=[first_id],
-        )
-        seen.update(in_hand)
-        work = _load(in_hand, analyzer)
-        in_hand = _ids(work)
-        while work:
-            upcoming = _submit_load(claim_next)
-            outcomes = _analyze(analyzer, work)
-            finishing.append(_submit_finish(work, outcomes))
-            in_hand = []
-            work, upcoming = upcoming.result(), None
-            in_hand = _ids(work)
-    except TRANSIENT_ERRORS as exc:
-        logger.warning(
-            "transient error on analyses %s; requeueing", in_hand, exc_info=True
-        )
-        _release(in_hand, f"temporary error: {type(exc).__name__}: {exc}")
-    except SoftTimeLimitExceeded:
-        logger.warning("analyses %s hit the time limit; requeueing", in_hand)
-        limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
-        _release(in_hand, f"took longer than the {limit} s limit")
-    except Exception as exc:
-        logger.exception("analyses %s failed unexpectedly", in_hand)
-        _fail(in_hand, f"internal error: {type(exc).__name__}: {exc}")
-    finally:
-        if upcoming is not None:
-            # Loaded but never run: back to the queue, with no attempt used up.
-            _release(_ids(upcoming.result()), "", count_attempt=False)
-        for future in finishing:
-            future.result()
-        _close_connections(_load_pool, 1)
-        _close_connections(_finish_pool, _finish_threads)
+    def _submit_load(self) -> Future[list[_Work]]:
+        """Claim and decode the next batch beside the model (inline without threads)."""
+        if self.threads <= 0:
+            future: Future[list[_Work]] = Future()
+            future.set_result(self._safe_claim_next())
+            return future
+        if self._load_pool is None:
+            self._load_pool = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="load"
+            )
+        return self._load_pool.submit(_in_thread, self._safe_claim_next)
+
+    def _safe_claim_next(self) -> list[_Work]:
+        # A failure here only means no prefetched batch: the rows it claimed (if any)
+        # are released by _load or found later by the reconciler; the task goes on.
+        try:
+            return self._claim_next()
+        except Exception:
+            logger.exception("claiming the next batch failed")
+            return []
+
+    def _submit_finish(
+        self, work: list[_Work], outcomes: list[Outcome]
+    ) -> Future[None]:
+        if self.threads <= 0:
+            future: Future[None] = Future()
+            _finish(work, outcomes)
+            future.set_result(None)
+            return future
+        if self._finish_pool is None:
+            self._finish_pool = ThreadPoolExecutor(
+                max_workers=self.threads, thread_name_prefix="finish"
+            )
+        return self._finish_pool.submit(_in_thread, _finish, work, outcomes)
+
+    def _close(self) -> None:
+        """Close each pool thread's database connection, then the pools."""
+        for pool, threads in ((self._load_pool, 1), (self._finish_pool, self.threads)):
+            if pool is not None:
+                _close_connections(pool, threads)
+                pool.shutdown(wait=True)
+        self._load_pool = self._finish_pool = None
 
 
 def _ids(work: list[_Work]) -> list[int]:
@@ -160,7 +220,7 @@ def _ids(work: list[_Work]) -> list[int]:
     ignore_result=True,
 )
 def send_dicom_results(
-    self: Any, analysis_id: int, review_id: int | None = None
+    self: Task, analysis_id: int, review_id: int | None = None
 ) -> None:
     """C-STORE an analysis's DICOM objects to DICOM_DESTINATION, retrying with backoff.
 
@@ -226,7 +286,7 @@ def _load_scan(analysis: Analysis) -> DecodedImage:
     return decode_image(content, max_pixels=settings.UPLOAD_MAX_PIXELS)
 
 
-def _load(analysis_ids: list[int], analyzer: Any) -> list[_Work]:
+def _load(analysis_ids: list[int], analyzer: Analyzer) -> list[_Work]:
     """Decode the stored scans of claimed analyses; rows that cannot run are settled here."""
     analyses = Analysis.objects.select_related("scan").in_bulk(analysis_ids)
     work: list[_Work] = []
@@ -256,29 +316,7 @@ def _load(analysis_ids: list[int], analyzer: Any) -> list[_Work]:
     return work
 
 
-def _submit_load(claim_next: Any) -> Future[list[_Work]]:
-    """Claim and decode the next batch beside the model (inline without threads)."""
-    global _load_pool
-    if settings.ANALYSIS_RENDER_THREADS <= 0:
-        future: Future[list[_Work]] = Future()
-        future.set_result(_safe_claim_next(claim_next))
-        return future
-    if _load_pool is None:
-        _load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
-    return _load_pool.submit(_in_thread, _safe_claim_next, claim_next)
-
-
-def _safe_claim_next(claim_next: Any) -> list[_Work]:
-    # A failure here only means no prefetched batch: the rows it claimed (if any) are
-    # released by _load or found later by the reconciler; the task goes on.
-    try:
-        return claim_next()
-    except Exception:
-        logger.exception("claiming the next batch failed")
-        return []
-
-
-def _in_thread(function: Any, *args: Any) -> Any:
+def _in_thread(function: Callable[..., T], *args: Any) -> T:
     # A pool thread keeps its database connection for its next job in this task (on
     # PostgreSQL a new one costs ~8 ms: a tenth of the model's time on a batch) and
     # drops it after an error, which may have left it unusable (a database restart).
@@ -312,23 +350,7 @@ def _close_connections(pool: ThreadPoolExecutor | None, threads: int) -> None:
         future.result()
 
 
-def _submit_finish(work: list[_Work], outcomes: list[Any]) -> Future[None]:
-    global _finish_pool, _finish_threads
-    threads = settings.ANALYSIS_RENDER_THREADS
-    if threads <= 0:
-        future: Future[None] = Future()
-        _finish(work, outcomes)
-        future.set_result(None)
-        return future
-    if _finish_pool is None:
-        _finish_pool = ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix="finish"
-        )
-        _finish_threads = threads
-    return _finish_pool.submit(_in_thread, _finish, work, outcomes)
-
-
-def _finish(work: list[_Work], outcomes: list[Any]) -> None:
+def _finish(work: list[_Work], outcomes: list[Outcome]) -> None:
     """Store one batch's results, recording success or the reason each failed. Never raises.
 
     What is stored is the model's output (mask, grey heatmaps): pictures of it are drawn
@@ -370,7 +392,7 @@ def _finish(work: list[_Work], outcomes: list[Any]) -> None:
 
 
 def _prepare(
-    item: _Work, outcome: Any
+    item: _Work, outcome: Outcome
 ) -> tuple[dict[str, Any], dict[str, bytes]] | None:
     """The result and the files to store, or None with the failure recorded."""
     analysis_id = item.analysis_id
@@ -447,7 +469,7 @@ def _fail_after(analysis_id: int, exc: BaseException) -> None:
         logger.exception("could not record the failure of analysis %s", analysis_id)
 
 
-def _analyze(analyzer: Any, work: list[_Work]) -> list[Any]:
+def _analyze(analyzer: Analyzer, work: list[_Work]) -> list[Outcome]:
     """Run one batch; if it fails, run the images one by one to find the bad one."""
     if not work:
         return []

@@ -1,38 +1,40 @@
-"""Which model version new analyses are created for, read without TensorFlow."""
+"""Which model version new analyses are created for, read without TensorFlow.
+
+model.json is read by ml.weights_io, the one reader the worker's model loader uses too.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from django.conf import settings
+
+from ml.weights_io import META_FILE, ModelLoadError, ModelMeta, read_meta
 
 
 class ModelVersionUnavailable(RuntimeError):
     """No usable model.json in the weights directory; str() says which file and why."""
 
 
-def _metadata(weights_dir: str | Path | None) -> tuple[Path, dict]:
-    path = Path(weights_dir or settings.ML_WEIGHTS_DIR) / "model.json"
+def _metadata(weights_dir: str | Path | None) -> tuple[Path, ModelMeta]:
+    directory = Path(weights_dir or settings.ML_WEIGHTS_DIR)
+    path = directory / META_FILE
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelVersionUnavailable(
-            f"no model is installed: {path} does not exist (set ML_WEIGHTS_DIR or train one)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ModelVersionUnavailable(
-            f"{path} could not be read as JSON: {exc}"
-        ) from None
-    return path, metadata if isinstance(metadata, dict) else {}
+        return path, read_meta(directory)
+    except ModelLoadError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            raise ModelVersionUnavailable(
+                f"no model is installed: {path} does not exist "
+                "(set ML_WEIGHTS_DIR or train one)"
+            ) from None
+        raise ModelVersionUnavailable(str(exc)) from None
 
 
 def current_model_version(weights_dir: str | Path | None = None) -> str:
-    path, metadata = _metadata(weights_dir)
-    version = metadata.get("version")
-    if not isinstance(version, str) or not version.strip():
+    path, meta = _metadata(weights_dir)
+    if not isinstance(meta.version, str) or not meta.version.strip():
         raise ModelVersionUnavailable(f'{path} has no "version" string')
-    return version.strip()
+    return meta.version.strip()
 
 
 def ood_threshold(
@@ -43,10 +45,10 @@ def ood_threshold(
     None when another model is installed (its threshold does not apply) or the installed
     one carries no out-of-distribution statistics.
     """
-    _path, metadata = _metadata(weights_dir)
-    if str(metadata.get("version", "")).strip() != model_version:
+    _path, meta = _metadata(weights_dir)
+    if str(meta.version).strip() != model_version:
         return None
-    threshold = metadata.get("ood_threshold")
+    threshold = meta.ood_threshold
     if isinstance(threshold, bool) or not isinstance(threshold, int | float):
         return None
     return float(threshold)

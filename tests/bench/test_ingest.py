@@ -35,3 +35,15 @@ def test_a_small_benchmark_run_reports_both_figures(settings, capsys):
     out = capsys.readouterr().out
     assert "accepted 6, rejected 0, messages in the queue 6" in out
     assert "accepted and enqueued in" in out and "growth" in out
+
+
+@pytest.mark.slow
+def test_the_scale_run_reports_both_ways_in_at_each_size(settings, capsys):
+    if not redis_reachable(settings.REDIS_URL):
+        pytest.skip(f"Redis is not reachable at {settings.REDIS_URL}")
+    sizes = "2,4"
+    assert main(["ingest", "--scale", sizes, "--busi-dir", str(SCANS_DIR)]) == 0
+    out = capsys.readouterr().out
+    assert "API 2/2, import 2" in out and "API 4/4, import 4" in out
+    assert "API: per-file time at 4 is" in out
+    assert "import_scans: per-file time at 4 is" in out and "peak memory" in out

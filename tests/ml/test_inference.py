@@ -14,11 +14,14 @@ from ml.config import CLASSES, DEFAULT_WEIGHTS_DIR, REPO_DIR
 from ml.decode import decode_image
 from ml.inference import Analyzer, ModelLoadError
 from ml.weights_io import sha256_of
+from tests.conftest import SCANS_DIR
 
+# Real scans kept with the tests (tests/fixtures/scans/README.md): no dataset needed.
+# Three sizes, grey PNG and RGB JPEG.
 SAMPLES = (
-    "normal/normal (3).png",
-    "benign/benign (10).png",
-    "malignant/malignant (12).png",
+    "normal/case209.png",
+    "benign/case014.jpg",
+    "malignant/case050.png",
 )
 
 
@@ -35,8 +38,8 @@ def test_the_committed_weights_match_their_version():
     assert size < 25 * 1024 * 1024
 
 
-def test_it_analyses_real_scans_of_any_size(analyzer, busi):
-    images = [decode_image(busi / path) for path in SAMPLES]
+def test_it_analyses_real_scans_of_any_size(analyzer):
+    images = [decode_image(SCANS_DIR / path) for path in SAMPLES]
     results = analyzer.analyze(images, batch_size=2)
     assert len(results) == 3
     for image, result in zip(images, results, strict=True):
@@ -55,8 +58,8 @@ def test_it_analyses_real_scans_of_any_size(analyzer, busi):
         assert result.model_version == analyzer.model_version
 
 
-def test_it_explains_a_class_the_caller_names(analyzer, busi):
-    image = decode_image(busi / SAMPLES[2])
+def test_it_explains_a_class_the_caller_names(analyzer):
+    image = decode_image(SCANS_DIR / SAMPLES[2])
     (as_benign,), (as_malignant,) = (
         analyzer.analyze([image], class_index=[1]),
         analyzer.analyze([image], class_index=[2]),
@@ -65,8 +68,8 @@ def test_it_explains_a_class_the_caller_names(analyzer, busi):
     assert not np.allclose(as_benign.gradcam, as_malignant.gradcam)
 
 
-def test_grad_cam_explains_the_calibrated_label_not_the_raw_argmax(analyzer, busi):
-    image = decode_image(busi / SAMPLES[1])
+def test_grad_cam_explains_the_calibrated_label_not_the_raw_argmax(analyzer):
+    image = decode_image(SCANS_DIR / SAMPLES[1])
     (plain,) = analyzer.analyze([image])
     assert plain.explained_class == plain.label
     raw_winner = int(np.argmax(plain.class_logits))
@@ -105,11 +108,14 @@ def _predict(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
+def test_predict_cli_writes_results_and_names_bad_files(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
+    names = {}  # stem -> file name
     for path in SAMPLES[1:]:
-        shutil.copy(busi / path, inputs / path.split("/")[1].replace(" ", "_"))
+        source = SCANS_DIR / path
+        shutil.copy(source, inputs / source.name)
+        names[source.stem] = source.name
     (inputs / "notes.png").write_text("not an image")
     out = tmp_path / "out"
     # Batches of one: the marginal time is measured over the batches after the first.
@@ -119,7 +125,7 @@ def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
         "notes.png" in completed.stderr and "not a recognised image" in completed.stderr
     )
     assert "marginal time:" in completed.stderr and "ms per image" in completed.stderr
-    for stem in ("benign_(10)", "malignant_(12)"):
+    for stem, name in names.items():
         result = json.loads((out / f"{stem}.json").read_text())
         assert set(result) >= {
             "label",
@@ -134,7 +140,7 @@ def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
         }
         assert result["explained_class"] == result["label"]
         with (
-            Image.open(inputs / f"{stem}.png") as original,
+            Image.open(inputs / name) as original,
             Image.open(out / f"{stem}_mask.png") as mask,
         ):
             assert mask.size == original.size
@@ -148,9 +154,9 @@ def test_predict_cli_writes_results_and_names_bad_files(busi, tmp_path):
     assert not (out / "notes.json").exists()
 
 
-def test_predict_cli_draws_the_overlays_only_when_asked(busi, tmp_path):
+def test_predict_cli_draws_the_overlays_only_when_asked(tmp_path):
     image = tmp_path / "scan.png"
-    shutil.copy(busi / SAMPLES[-1], image)
+    shutil.copy(SCANS_DIR / SAMPLES[-1], image)
     out = tmp_path / "out"
     completed = _predict(str(image), "--out", str(out), "--overlays")
     assert completed.returncode == 0, completed.stderr
@@ -161,10 +167,10 @@ def test_predict_cli_draws_the_overlays_only_when_asked(busi, tmp_path):
     assert (out / "scan.json").is_file() and (out / "scan_mask.png").is_file()
 
 
-def test_what_a_worker_stores_reads_back_as_the_model_produced_it(analyzer, busi):
+def test_what_a_worker_stores_reads_back_as_the_model_produced_it(analyzer):
     from ml.render import read_heatmap, read_mask
 
-    images = [decode_image(busi / path) for path in SAMPLES]
+    images = [decode_image(SCANS_DIR / path) for path in SAMPLES]
     for image, result in zip(images, analyzer.analyze(images), strict=True):
         stored = result.stored_artifacts()
         assert (read_mask(stored["mask"]) == result.lesion_mask).all()

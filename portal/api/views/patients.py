@@ -27,6 +27,7 @@ from portal.clinical.services import patient_create
 
 class PatientListView(RecordedListMixin, PortalAPIView, generics.ListCreateAPIView):
     serializer_class = PatientSerializer
+    keyset_ordering = ("identifier",)  # unique (see portal.api.pagination)
     access_detail = "api patient list"
     required_permissions = needs(
         GET=("clinical.view_patient",),

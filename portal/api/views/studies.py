@@ -100,6 +100,8 @@ STUDY_FILTERS = [
 
 class StudyListView(RecordedListMixin, PortalAPIView, generics.ListCreateAPIView):
     serializer_class = StudySerializer
+    # Newest first, walked on the study_date index (see portal.api.pagination).
+    keyset_ordering = ("-study_date", "-id")
     access_detail = "api study list"
     required_permissions = needs(
         GET=("clinical.view_study",),

@@ -12,6 +12,7 @@ from portal.analyses.models import Analysis
 from portal.analyses.reconciler import reconcile
 from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
+from tests.conftest import write_model_json
 from tests.results import model_result, record_result
 
 pytestmark = pytest.mark.django_db
@@ -38,6 +39,17 @@ def test_model_version_comes_from_model_json(weights_dir):
         current_model_version()
 
 
+def test_model_json_is_read_by_the_same_rules_as_the_worker_loads_it(weights_dir):
+    # ml.weights_io.read_meta refuses what the worker could not load: the portal must
+    # not queue analyses for a model.json the worker will refuse.
+    write_model_json(weights_dir, "test-model-3", class_head="no-such-head")
+    with pytest.raises(ModelVersionUnavailable, match="class head"):
+        current_model_version()
+    (weights_dir / "model.json").write_text("[1, 2]")
+    with pytest.raises(ModelVersionUnavailable, match="corrupt"):
+        current_model_version()
+
+
 def test_claim_is_a_compare_and_set(analysis):
     assert services.analysis_claim(analysis_id=analysis.pk, worker="w1")
     assert not services.analysis_claim(analysis_id=analysis.pk, worker="w2")
@@ -48,6 +60,34 @@ def test_claim_is_a_compare_and_set(analysis):
         1,
     )
     assert analysis.started_at is not None
+
+
+def test_claim_waiting_takes_a_batch_in_three_queries_and_leaves_taken_rows(
+    study, user, make_png, django_assert_num_queries
+):
+    waiting = [
+        scan_submit(
+            study=study,
+            upload=validate_content(filename=f"{i}.png", content=make_png()),
+            uploaded_by=user,
+            model_version=TEST_MODEL_VERSION,
+        ).analyses.get()
+        for i in range(6)
+    ]
+    # Taken by another worker: not queued, not taken again.
+    services.analysis_claim(analysis_id=waiting[1].pk, worker="other")
+    # Pick, update, read back: three queries for a batch of any size (a claim per row
+    # was one UPDATE each).
+    with django_assert_num_queries(3):
+        claimed = services.analysis_claim_waiting(
+            model_version=TEST_MODEL_VERSION, worker="w", limit=5
+        )
+    assert claimed == [waiting[0].pk, *[a.pk for a in waiting[2:6]]]
+    rows = Analysis.objects.in_bulk(claimed)
+    assert {(r.status, r.worker, r.attempts) for r in rows.values()} == {
+        (Analysis.Status.RUNNING, "w", 1)
+    }
+    assert Analysis.objects.get(pk=waiting[1].pk).worker == "other"
 
 
 def test_one_analysis_per_scan_and_model_version(analysis):
@@ -97,9 +137,7 @@ def test_record_success_stores_results_and_artifacts(analysis):
 def test_record_success_stores_the_distribution_flag_score_threshold_and_cam_class(
     analysis, weights_dir
 ):
-    (weights_dir / "model.json").write_text(
-        json.dumps({"version": TEST_MODEL_VERSION, "ood_threshold": 41.5})
-    )
+    write_model_json(weights_dir, TEST_MODEL_VERSION, ood_threshold=41.5)
     record_result(
         analysis, in_distribution=False, ood_score=97.25, explained_class="malignant"
     )
@@ -123,9 +161,7 @@ def test_a_model_without_distribution_statistics_leaves_the_flag_empty(analysis)
 
 
 def test_the_threshold_of_other_installed_weights_is_not_kept(analysis, weights_dir):
-    (weights_dir / "model.json").write_text(
-        json.dumps({"version": "another-model", "ood_threshold": 41.5})
-    )
+    write_model_json(weights_dir, "another-model", ood_threshold=41.5)
     record_result(analysis, in_distribution=True, ood_score=3.0)
     analysis.refresh_from_db()
     assert (analysis.in_distribution, analysis.ood_score) == (True, 3.0)
@@ -180,7 +216,7 @@ def test_retry_requeues_a_failed_analysis_of_the_current_model(
 def test_retry_with_a_new_model_keeps_the_old_analysis(analysis, weights_dir):
     services.analysis_claim(analysis_id=analysis.pk, worker="w")
     services.analysis_record_failure(analysis_id=analysis.pk, error="bad")
-    (weights_dir / "model.json").write_text(json.dumps({"version": "test-model-2"}))
+    write_model_json(weights_dir, "test-model-2")
     retried = services.analysis_retry(analysis=analysis)
     assert retried.pk != analysis.pk
     assert retried.model_version == "test-model-2"

@@ -265,7 +265,55 @@ def test_patients_are_created_and_searched_by_identifier_or_name(staff_api):
     by_name = staff_api.get("/api/v1/patients/", {"search": "maria"}).json()
     assert [p["identifier"] for p in by_name["results"]] == ["H-77"]
     by_id = staff_api.get("/api/v1/patients/", {"search": "H-7"}).json()
-    assert by_id["count"] == 2
+    assert [p["identifier"] for p in by_id["results"]] == ["H-77", "H-78"]
+    assert by_id["next"] is None
+
+
+def test_lists_are_walked_by_keyset_without_counting_the_table(staff_api, user):
+    import datetime
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from portal.clinical.models import Patient
+
+    patients = Patient.objects.bulk_create(
+        Patient(identifier=f"K-{i:02d}", name=f"Keyset {i}") for i in range(7)
+    )
+    day = datetime.date(2025, 3, 1)
+    # Several studies share a date: the cursor must carry the id too.
+    made = [
+        study_create(
+            patient=patients[i],
+            created_by=user,
+            study_date=day - datetime.timedelta(days=i // 3),
+        )
+        for i in range(7)
+    ]
+    expected = [
+        s.pk for s in sorted(made, key=lambda s: (s.study_date, s.pk), reverse=True)
+    ]
+    seen: list[int] = []
+    url = "/api/v1/studies/?page_size=3"
+    pages = 0
+    while url:
+        with CaptureQueriesContext(connection) as queries:
+            body = staff_api.get(url).json()
+        # QuerySet.count(), as a page-number paginator runs it on every page.
+        assert not any('"__count"' in q["sql"] for q in queries.captured_queries)
+        seen.extend(s["id"] for s in body["results"])
+        url, pages = body["next"], pages + 1
+        assert "count" not in body and pages <= 3
+    assert seen == expected
+    identifiers = []
+    url = "/api/v1/patients/?page_size=2&search=K-"
+    while url:
+        body = staff_api.get(url).json()
+        identifiers.extend(p["identifier"] for p in body["results"])
+        url = body["next"]
+    assert identifiers == [f"K-{i:02d}" for i in range(7)]
+    bad = staff_api.get("/api/v1/studies/", {"cursor": "not-a-cursor"})
+    assert bad.status_code == 400 and "cursor" in bad.json()["fields"]
 
 
 def test_a_duplicate_identifier_and_a_bad_date_are_explained(staff_api):
