@@ -1,4 +1,4 @@
-"""``python -m ml {split,train,evaluate,loso,predict,calibrate,fit-gate,site-curve}``; the benchmark is ``python -m bench ml``."""
+"""``python -m ml {split,train,evaluate,loso,predict,calibrate,fit-gate,site-curve,finetune,compare}``; the benchmark is ``python -m bench ml``."""
 
 from __future__ import annotations
 
@@ -218,6 +218,50 @@ def cmd_site_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from ml.training.finetune import FinetuneConfig, finetune
+
+    summary = finetune(
+        FinetuneConfig(
+            base=args.base,
+            site_sources=tuple(args.source),
+            out_dir=args.out,
+            epochs=args.epochs,
+            epoch_images=args.epoch_images,
+            site_share=args.site_share,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            augment=not args.no_augment,
+            original_limit=args.original_limit or None,
+            time_budget_s=args.time_budget_min * 60,
+            seed=args.seed,
+        )
+    )
+    print(
+        f"fine-tuned {summary['finetuned_from']['version']} -> {summary['version']} "
+        f"(best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
+        f"{summary['seconds']['total']:.0f} s) in {args.out}"
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ml.training.compare import compare
+
+    report = compare(
+        args.baseline,
+        args.candidate,
+        args.source,
+        args.out,
+        split_file=args.split,
+        original_sources=args.original_sources,
+        original_limit=args.original_limit,
+        rounds=args.bootstrap,
+    )
+    print(report["markdown"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -388,6 +432,66 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--draws", type=int, default=20)
     curve.add_argument("--out", type=Path, default=REPORT_DIR / "site_curve.json")
     curve.set_defaults(func=cmd_site_curve)
+
+    finetune = commands.add_parser(
+        "finetune",
+        help="continue training on a site's exported source mixed with the originals",
+    )
+    finetune.add_argument("--base", type=Path, default=weights_dir())
+    finetune.add_argument(
+        "--source",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="folders written by the portal's export_training_set",
+    )
+    finetune.add_argument("--out", type=Path, required=True)
+    finetune.add_argument("--epochs", type=int, default=6)
+    finetune.add_argument(
+        "--epoch-images",
+        type=int,
+        default=None,
+        help="images drawn an epoch (default: twice the site train images, >= 128)",
+    )
+    finetune.add_argument(
+        "--site-share", type=float, default=0.5, help="share of draws from the site"
+    )
+    finetune.add_argument("--batch-size", type=int, default=8)
+    finetune.add_argument("--lr", type=float, default=5e-5)
+    finetune.add_argument(
+        "--original-limit",
+        type=int,
+        default=120,
+        help="original images per source and split part (0: all)",
+    )
+    finetune.add_argument("--time-budget-min", type=float, default=20.0)
+    finetune.add_argument("--seed", type=int, default=20261203)
+    finetune.add_argument("--no-augment", action="store_true")
+    finetune.set_defaults(func=cmd_finetune)
+
+    compare = commands.add_parser(
+        "compare",
+        help="candidate vs baseline on the site's held-back split and the original "
+        "test splits, with paired bootstrap intervals and verdicts",
+    )
+    compare.add_argument("--baseline", type=Path, required=True)
+    compare.add_argument("--candidate", type=Path, required=True)
+    compare.add_argument("--source", type=Path, nargs="+", required=True)
+    compare.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help="site split file (default: site_split.json beside the candidate)",
+    )
+    compare.add_argument("--out", type=Path, default=None)
+    compare.add_argument(
+        "--original-sources", nargs="*", choices=list(SOURCES), default=None
+    )
+    compare.add_argument(
+        "--original-limit", type=int, default=None, help="images per original source"
+    )
+    compare.add_argument("--bootstrap", type=int, default=1000)
+    compare.set_defaults(func=cmd_compare)
 
     return parser
 

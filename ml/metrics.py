@@ -85,6 +85,8 @@ def summary(
     recall = recalls(labels, predicted)
     lesion, normal = labels != NORMAL, labels == NORMAL
     lesion_dice = dice[lesion]
+    # NaN: an image whose outline is not known (a site row without a signed outline).
+    lesion_dice = lesion_dice[~np.isnan(lesion_dice)]
     nan = float("nan")
     return {
         "n": len(labels),
@@ -97,8 +99,10 @@ def summary(
         "auc_malignant_vs_rest": malignant_auc(labels, probabilities),
         "auc_malignant_vs_benign": malignant_vs_benign_auc(labels, probabilities),
         "ece": expected_calibration_error(labels, probabilities),
-        "dice_lesion_mean": float(lesion_dice.mean()) if lesion.any() else nan,
-        "dice_lesion_median": float(np.median(lesion_dice)) if lesion.any() else nan,
+        "dice_lesion_mean": float(lesion_dice.mean()) if lesion_dice.size else nan,
+        "dice_lesion_median": float(np.median(lesion_dice))
+        if lesion_dice.size
+        else nan,
         "lesions_missed_dice_under_0_05": int((lesion_dice < 0.05).sum()),
         "normal_with_lesion_over_1pct": float(
             (lesion_area[normal] > LESION_FALSE_POSITIVE_AREA).mean()

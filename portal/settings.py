@@ -743,3 +743,8 @@ if LDAP_SERVER_URI:
         *AUTHENTICATION_BACKENDS,
         "portal.accounts.directory.DirectoryBackend",
     ]
+
+# The site's key for pseudonymous patient keys in training exports (export_training_set):
+# an HMAC of the patient identifier, not reversible without it. Keep it secret and
+# stable: the same key gives a patient the same key in every export.
+TRAINING_EXPORT_KEY = env_str("TRAINING_EXPORT_KEY")

@@ -15,7 +15,12 @@ import numpy as np
 from PIL import Image
 
 from ml.config import REPO_DIR
-from ml.training.sources import SOURCES, load_image, load_mask, read_manifest
+from ml.training.sources import (
+    get_source,
+    load_image,
+    load_mask,
+    read_manifest,
+)
 from ml.training.splits import split_path
 
 DEFAULT_CACHE_DIR = REPO_DIR / "var" / "cache"
@@ -31,6 +36,13 @@ class ArraySet:
     groups: np.ndarray = field(
         default=None
     )  # (N,) what a bootstrap resamples: patient or duplicate group
+    seg_known: np.ndarray = field(
+        default=None
+    )  # (N,) bool: False where no outline is known (classification only)
+
+    def __post_init__(self) -> None:
+        if self.seg_known is None:
+            self.seg_known = np.ones(len(self.keys), bool)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -44,6 +56,7 @@ class ArraySet:
             self.labels[keep],
             self.sources[keep],
             self.groups[keep],
+            self.seg_known[keep],
         )
 
 
@@ -55,6 +68,7 @@ def concatenate(sets: list[ArraySet]) -> ArraySet:
         np.concatenate([s.labels for s in sets]),
         np.concatenate([s.sources for s in sets]),
         np.concatenate([s.groups for s in sets]),
+        np.concatenate([s.seg_known for s in sets]),
     )
 
 
@@ -88,7 +102,7 @@ def load_arrays(
     source: str, paths: list[str], size: int, cache_dir: Path | None = DEFAULT_CACHE_DIR
 ) -> ArraySet:
     """Images and OR-combined masks of ``paths`` (relative to the source root) at ``size``."""
-    root = SOURCES[source].root()
+    root = get_source(source).root()
     records = {record.path: record for record in read_manifest(source, root)}
     unknown = [p for p in paths if p not in records]
     if unknown:
@@ -124,6 +138,7 @@ def load_arrays(
         labels,
         np.array([source] * len(paths)),
         np.array(group_names(source, paths, records)),
+        np.array([records[p].has_segmentation for p in paths], bool),
     )
 
 

@@ -15,7 +15,13 @@ import numpy as np
 
 from ml import metrics
 from ml.config import CLASSES
-from ml.training.sources import SOURCES, load_image, load_mask, read_manifest
+from ml.training.sources import (
+    SOURCES,
+    get_source,
+    load_image,
+    load_mask,
+    read_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +51,7 @@ def collect(analyzer, source: str, paths: list[str], batch_size: int = 8) -> dic
     """Run the analyzer over a source's ``paths``; Dice at each image's own resolution."""
     from ml.training.arrays import group_names
 
-    root = SOURCES[source].root()
+    root = get_source(source).root()
     records = {record.path: record for record in read_manifest(source, root)}
     rows: dict[str, list] = {
         key: []
@@ -63,6 +69,8 @@ def collect(analyzer, source: str, paths: list[str], batch_size: int = 8) -> dic
             rows["probabilities"].append([result.probabilities[c] for c in CLASSES])
             rows["dice"].append(
                 metrics.dice_per_image(truth[None], result.lesion_mask[None])[0]
+                if record.has_segmentation
+                else np.nan  # no known outline: left out of Dice
             )
             rows["area"].append(result.lesion_area_fraction)
             rows["ood_score"].append(

@@ -57,10 +57,17 @@ class FitConfig:
     seed: int
     augment: bool
     select_best: bool  # False: keep the last epoch and never stop early
+    # Fine-tuning (ml.training.finetune): images drawn per epoch (None: as many as the
+    # training set), a share of the draws per source (the rest split by the usual rule),
+    # and a wall-clock budget: no epoch starts that the last one says would overrun it.
+    epoch_images: int | None = None
+    source_shares: dict | None = None
+    time_budget_s: float | None = None
 
 
-def sampling_weights(train: ArraySet) -> np.ndarray:
-    """Per-image sampling probability: sources by 1/sqrt(size), then every class equal.
+def sampling_weights(train: ArraySet, shares: dict | None = None) -> np.ndarray:
+    """Per-image sampling probability: sources by 1/sqrt(size), then every class equal;
+    ``shares`` then sets the total probability of some sources (fine-tuning's site source).
 
     The square root keeps the small Polish set from being drowned by BUSI without repeating
     its 180 images three times as often; equal class totals keep malignant (a quarter of the
@@ -74,14 +81,33 @@ def sampling_weights(train: ArraySet) -> np.ndarray:
         in_class = train.labels == c
         if in_class.any():
             weights[in_class] /= weights[in_class].sum()
-    return weights / weights.sum()
+    weights /= weights.sum()
+    if shares:
+        rest = ~np.isin(train.sources, list(shares))
+        rest_total = weights[rest].sum()
+        for source, share in shares.items():
+            in_source = train.sources == source
+            if in_source.any():
+                weights[in_source] *= share / weights[in_source].sum()
+        if rest.any():
+            weights[rest] *= max(0.0, 1.0 - sum(shares.values())) / rest_total
+        weights /= weights.sum()
+    return weights
 
 
 def epoch_batches(
-    train: ArraySet, batch_size: int, rng: np.random.Generator
+    train: ArraySet,
+    batch_size: int,
+    rng: np.random.Generator,
+    *,
+    images: int | None = None,
+    shares: dict | None = None,
 ) -> Iterator[np.ndarray]:
-    """One epoch (as many draws as images) of index batches, drawn by :func:`sampling_weights`."""
-    draws = rng.choice(len(train), size=len(train), p=sampling_weights(train))
+    """One epoch (as many draws as images, or ``images``) of index batches, drawn by
+    :func:`sampling_weights`."""
+    draws = rng.choice(
+        len(train), size=images or len(train), p=sampling_weights(train, shares)
+    )
     for start in range(0, len(draws) - batch_size + 1, batch_size):
         yield draws[start : start + batch_size]
 
@@ -91,7 +117,9 @@ def loss_function(seg_loss_weight: float, label_smoothing: float):
 
     classes = len(CLASSES)
 
-    def loss_fn(labels, masks, outputs):
+    def loss_fn(labels, masks, outputs, seg_known=None):
+        """seg_known (N,): 1 where the image's outline is known, 0 where it trains the
+        classifier only (its segmentation output is left out of the loss)."""
         class_logits, seg_logits = outputs["class_logits"], outputs["seg_logits"]
         targets = tf.one_hot(labels, classes) * (1.0 - label_smoothing) + (
             label_smoothing / classes
@@ -99,10 +127,17 @@ def loss_function(seg_loss_weight: float, label_smoothing: float):
         class_loss = tf.reduce_mean(
             tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=class_logits)
         )
-        bce = tf.reduce_mean(
-            tf.nn.sigmoid_cross_entropy_with_logits(labels=masks, logits=seg_logits)
+        if seg_known is None:
+            seg_known = tf.ones(tf.shape(masks)[:1])
+        weight = tf.cast(seg_known, tf.float32)
+        per_image = tf.reduce_mean(
+            tf.nn.sigmoid_cross_entropy_with_logits(labels=masks, logits=seg_logits),
+            axis=[1, 2, 3],
         )
-        probabilities = tf.sigmoid(seg_logits)
+        bce = tf.reduce_sum(per_image * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
+        pixel_weight = weight[:, None, None, None]
+        probabilities = tf.sigmoid(seg_logits) * pixel_weight
+        masks = masks * pixel_weight
         # Dice over the whole batch, so images with empty masks (normal) do not divide by zero.
         dice = (2.0 * tf.reduce_sum(probabilities * masks) + 1.0) / (
             tf.reduce_sum(probabilities) + tf.reduce_sum(masks) + 1.0
@@ -132,10 +167,12 @@ def predict_arrays(
 def validate(model, val: ArraySet, batch_size: int) -> dict:
     logits, lesion = predict_arrays(model, val.images, batch_size)
     predicted_masks = lesion >= 0.5
+    dice = metrics.dice_per_image(val.masks, predicted_masks).astype(float)
+    dice[~val.seg_known] = np.nan
     return metrics.summary(
         val.labels,
         metrics.softmax(logits),
-        metrics.dice_per_image(val.masks, predicted_masks),
+        dice,
         predicted_masks.reshape(len(predicted_masks), -1).mean(1),
     )
 
@@ -169,20 +206,23 @@ def fit(
     augment = augmenter(config.image_size, config.seed) if config.augment else None
     loss_fn = loss_function(config.seg_loss_weight, config.label_smoothing)
     rng = np.random.default_rng(config.seed)
-    steps_per_epoch = len(train) // config.batch_size
+    steps_per_epoch = max(1, (config.epoch_images or len(train)) // config.batch_size)
+    fit_started = time.perf_counter()
 
     def make_step(optimizer):
         variables = model.trainable_variables
 
         @tf.function
-        def step(images, masks, labels):
+        def step(images, masks, labels, seg_known):
             images = tf.cast(images, tf.float32)
             masks = tf.cast(masks, tf.float32)
             if augment is not None:
                 images, masks = augment(images, masks)
             with tf.GradientTape() as tape:
                 outputs = model(network_input(images), training=True)
-                loss, class_loss, seg_loss = loss_fn(labels, masks[..., None], outputs)
+                loss, class_loss, seg_loss = loss_fn(
+                    labels, masks[..., None], outputs, seg_known
+                )
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss, class_loss, seg_loss
 
@@ -218,7 +258,13 @@ def fit(
             started = time.perf_counter()
             totals = np.zeros(3)
             batches = tqdm(
-                epoch_batches(train, config.batch_size, rng),
+                epoch_batches(
+                    train,
+                    config.batch_size,
+                    rng,
+                    images=config.epoch_images,
+                    shares=config.source_shares,
+                ),
                 total=steps_per_epoch,
                 desc=f"epoch {epoch}/{config.epochs}",
                 leave=False,
@@ -228,7 +274,10 @@ def fit(
                 totals += [
                     float(v)
                     for v in step(
-                        train.images[batch], train.masks[batch], train.labels[batch]
+                        train.images[batch],
+                        train.masks[batch],
+                        train.labels[batch],
+                        train.seg_known[batch].astype(np.float32),
                     )
                 ]
             seconds = time.perf_counter() - started
@@ -272,6 +321,20 @@ def fit(
                 best = {"score": score, "epoch": epoch, "weights": model.get_weights()}
             elif epoch - best["epoch"] >= config.patience and not frozen:
                 logger.info("no improvement for %d epochs; stopping", config.patience)
+                break
+            spent = time.perf_counter() - fit_started
+            if (
+                config.time_budget_s is not None
+                and epoch < config.epochs
+                and spent + spent / epoch > config.time_budget_s
+            ):
+                logger.info(
+                    "time budget: %.0f s spent of %.0f s; another epoch would "
+                    "overrun it; stopping after epoch %d",
+                    spent,
+                    config.time_budget_s,
+                    epoch,
+                )
                 break
     model.set_weights(best["weights"])
     return {

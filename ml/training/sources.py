@@ -5,6 +5,11 @@ columns differ a little: BUSI lists several mask files per image and has no pati
 (its duplicate groups are computed in :mod:`ml.training.splits`); BUS-UCLM and
 BrEaST-Lesions_USG name the patient, and BUS-UCLM flags colour-Doppler and side-by-side
 images, which are not used (see the model card).
+
+A site's own source (the portal's ``export_training_set``: the same layout, with
+``label_origin`` and ``segmentation`` columns) is read by the same reader once registered
+by path with :func:`register_source`. Its rows with ``segmentation`` ``none`` have no
+outline: they train the classifier only.
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ class Source:
     country: str
     licence: str
     citation: str
+    path: Path | None = None  # an external source registered by path
 
     def root(self) -> Path:
+        if self.path is not None:
+            return self.path
         return dataset_dir(self.name, self.env_var)
 
 
@@ -60,6 +68,11 @@ SOURCES: dict[str, Source] = {
 }
 
 
+# Sources registered by path (a site's export): kept apart from SOURCES, which stays
+# the original training sources every default ("all sources") means.
+REGISTERED: dict[str, Source] = {}
+
+
 @dataclass(frozen=True)
 class Record:
     source: str
@@ -70,6 +83,10 @@ class Record:
     excluded: str | None = None  # why the image is not used, e.g. "colour Doppler"
     pixel_sha256: str | None = None
     pixel_size_mm: float | None = None
+    # False: no outline is known (a site row whose reader signed none); the image
+    # trains the classifier only and is left out of Dice.
+    has_segmentation: bool = True
+    label_origin: str | None = None  # site sources: "reader" or "pathology"
 
     @property
     def class_index(self) -> int:
@@ -101,11 +118,33 @@ def _pixel_size_mm(value: str | None) -> float | None:
         return None
 
 
+def register_source(path: Path, name: str | None = None) -> str:
+    """Make a folder in the export format (``MANIFEST.csv``, ``images/``, ``masks/``) a
+    source the readers, splits and training know by name; returns the name."""
+    root = Path(path).resolve()
+    if not (root / "MANIFEST.csv").is_file():
+        raise FileNotFoundError(f"no MANIFEST.csv in {root}")
+    name = name or f"site-{root.name}"
+    if name in SOURCES:
+        raise ValueError(f"source name {name!r} is one of the original sources")
+    REGISTERED[name] = Source(
+        name, "", "", "the site's own", f"site export {root}", root
+    )
+    return name
+
+
+def get_source(name: str) -> Source:
+    """An original source, or one registered by path."""
+    found = SOURCES.get(name) or REGISTERED.get(name)
+    if found is None:
+        known = sorted(SOURCES) + sorted(REGISTERED)
+        raise KeyError(f"unknown source {name!r}; known: {known}")
+    return found
+
+
 def read_manifest(source: str, root: Path | None = None) -> list[Record]:
     """Every row of a source's manifest as a :class:`Record`."""
-    if source not in SOURCES:
-        raise KeyError(f"unknown source {source!r}; known: {sorted(SOURCES)}")
-    root = root or SOURCES[source].root()
+    root = root or get_source(source).root()
     manifest = root / "MANIFEST.csv"
     if not manifest.is_file():
         raise FileNotFoundError(f"{source} manifest not found: {manifest}")
@@ -127,6 +166,8 @@ def read_manifest(source: str, root: Path | None = None) -> list[Record]:
                     excluded=_exclusion(row),
                     pixel_sha256=row.get("rgb_pixel_sha256") or None,
                     pixel_size_mm=_pixel_size_mm(row.get("pixel_size")),
+                    has_segmentation=(row.get("segmentation") or "").strip() != "none",
+                    label_origin=row.get("label_origin") or None,
                 )
             )
     return records
@@ -151,6 +192,6 @@ def load_mask(root: Path, record: Record, size: tuple[int, int]) -> np.ndarray:
             if mask_image.size != size:
                 mask_image = mask_image.resize(size, Image.NEAREST)
             combined |= np.asarray(mask_image) > 0
-    if record.label != "normal" and not record.mask_paths:
+    if record.label != "normal" and not record.mask_paths and record.has_segmentation:
         raise ValueError(f"{record.key}: a {record.label} image without a mask file")
     return combined

@@ -35,6 +35,9 @@ class TrainConfig:
     augment: bool = True
     select_best: bool = True
     limit: int | None = None  # this many images per source and split part (smoke runs)
+    epoch_images: int | None = None  # see FitConfig
+    source_shares: dict | None = None
+    time_budget_s: float | None = None
     cache_dir: Path | None = DEFAULT_CACHE_DIR
     log_path: Path | None = None
     extra: dict = field(

@@ -25,7 +25,7 @@ def latest_analysis(*, scan: Scan) -> Analysis | None:
 LAYER_TITLES = {
     "gradcam": "Classification Grad-CAM",
     "seg_gradcam": "Segmentation Grad-CAM",
-    "outline": "Lesion outline",
+    "outline": "Model's lesion outline",
 }
 
 

@@ -13,6 +13,7 @@ from portal.analyses.selectors import latest_analysis, study_malignancies
 from portal.clinical.models import Patient, Scan, Study
 from portal.ingest.models import UploadItem
 from portal.review.formats import LABELS, in_label_order
+from portal.review.selectors import current_signed_review
 
 
 def _absolute(context: dict[str, Any], path: str) -> str:
@@ -164,6 +165,7 @@ class ScanSerializer(serializers.ModelSerializer):
     pixel_spacing_mm = serializers.SerializerMethodField()
     original_url = serializers.SerializerMethodField()
     latest_analysis = serializers.SerializerMethodField()
+    signed_outline = serializers.SerializerMethodField()
 
     class Meta:
         model = Scan
@@ -178,6 +180,7 @@ class ScanSerializer(serializers.ModelSerializer):
             "uploaded_at",
             "original_url",
             "latest_analysis",
+            "signed_outline",
         )
         read_only_fields = fields
 
@@ -197,6 +200,40 @@ class ScanSerializer(serializers.ModelSerializer):
         if analysis is None:
             return None
         return AnalysisSerializer(analysis, context=self.context).data
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "description": "The lesion outline of the signed reading (null: not signed "
+            "yet). state: corrected (mask_url is the reader's mask), no_lesion, or "
+            "model (the model's outline stands, labelled as the model's: "
+            "latest_analysis.mask_url).",
+            "properties": {
+                "state": {
+                    "type": "string",
+                    "enum": ["corrected", "no_lesion", "model"],
+                },
+                "review_version": {"type": "integer"},
+                "mask_url": {"type": "string", "format": "uri", "nullable": True},
+            },
+        }
+    )
+    def get_signed_outline(self, scan: Scan) -> dict[str, Any] | None:
+        review = current_signed_review(scan=scan)
+        if review is None:
+            return None
+        return {
+            "state": review.outline_state,
+            "review_version": review.version,
+            "mask_url": (
+                _absolute(
+                    self.context, reverse("api:scan-signed-outline", args=[scan.pk])
+                )
+                if review.outline
+                else None
+            ),
+        }
 
 
 class StudyMalignancySerializer(serializers.Serializer):

@@ -31,6 +31,11 @@ urlpatterns = [
         _api(scans.ScanOriginalView),
         name="scan-original",
     ),
+    path(
+        "scans/<int:pk>/signed-outline/",
+        _api(scans.ScanSignedOutlineView),
+        name="scan-signed-outline",
+    ),
     path("batches/<int:pk>/", _api(batches.BatchDetailView), name="batch-detail"),
     path(
         "analyses/<int:pk>/", _api(analyses.AnalysisDetailView), name="analysis-detail"

@@ -228,14 +228,26 @@ def analysis_results(*, analysis: Analysis, review: Any = None) -> DicomResults:
     image = decode_image(original, max_pixels=settings.UPLOAD_MAX_PIXELS).pixels
     source, synthesized = _source_dataset(scan, original, image)
     mask = _lesion_mask(analysis, image.shape[:2])
-    seg = _segmentation(analysis, source, mask)
+    # Once signed, the reading's outline (the reader's mask, or "no lesion") is the
+    # one sent; the model's stays in the portal as the model's.
+    reader = _reader_mask(review, image.shape[:2])
+    if reader is not None:
+        mask = reader
+        whose = f"reader-{review.pk}"
+        outline_title = f"Lesion outline (radiologist, reading v{review.version})"
+    else:
+        whose = analysis.model_version
+        outline_title = f"Lesion outline ({analysis.model_version})"
+    seg = _segmentation(
+        analysis, source, mask, reader=review if reader is not None else None
+    )
     overlay = _secondary_capture(
         reference=source,
         pixels=mask_overlay(image, mask),
         series_uid=derived_uid("overlay-series", scan.uuid),
-        sop_uid=derived_uid("overlay", scan.uuid, analysis.model_version),
+        sop_uid=derived_uid("overlay", scan.uuid, whose),
         series_number=SERIES_NUMBERS["overlay"],
-        description=f"Lesion outline ({analysis.model_version})",
+        description=outline_title,
         derived=True,
     )
     sr = _report(analysis, source, seg, review)
@@ -378,6 +390,21 @@ def _secondary_capture(
     return ds
 
 
+def _reader_mask(review: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    """A signed reading's own outline at the image's size, or None (the model's stands)."""
+    from portal.review.selectors import signed_outline_mask
+
+    if review is None or review.signed_at is None:
+        return None
+    mask = signed_outline_mask(review)
+    if mask is not None and mask.shape != shape:
+        raise ResultsUnavailable(
+            f"review {review.pk}: its outline is {mask.shape[1]}x{mask.shape[0]}, the "
+            f"scan {shape[1]}x{shape[0]}"
+        )
+    return mask
+
+
 def _copy_anatomy(source: Dataset, target: Dataset) -> None:
     """Laterality and body part, from the source to an object derived from it.
 
@@ -413,16 +440,25 @@ def _algorithm(analysis: Analysis) -> hd.AlgorithmIdentificationSequence:
     )
 
 
-def _segmentation(analysis: Analysis, source: Dataset, mask: np.ndarray) -> Dataset:
+def _segmentation(
+    analysis: Analysis, source: Dataset, mask: np.ndarray, *, reader: Any = None
+) -> Dataset:
+    """The lesion SEG: the model's (AUTOMATIC), or with ``reader`` the signed reading's
+    outline (MANUAL, its own UIDs)."""
     stack = mask[None]
+    whose = analysis.model_version if reader is None else f"reader-{reader.pk}"
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="Lesion",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Lesion,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=_algorithm(analysis),
-        tracking_uid=derived_uid("lesion", analysis.scan.uuid, analysis.model_version),
+        algorithm_type=(
+            hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+            if reader is None
+            else hd.seg.SegmentAlgorithmTypeValues.MANUAL
+        ),
+        algorithm_identification=_algorithm(analysis) if reader is None else None,
+        tracking_uid=derived_uid("lesion", analysis.scan.uuid, whose),
         tracking_id="Lesion",
     )
     # Without a frame of reference (ultrasound, secondary capture) the SEG lies on the
@@ -462,13 +498,17 @@ def _segmentation(analysis: Analysis, source: Dataset, mask: np.ndarray) -> Data
         segment_descriptions=[description],
         series_instance_uid=derived_uid("seg-series", analysis.scan.uuid),
         series_number=SERIES_NUMBERS["seg"],
-        sop_instance_uid=derived_uid("seg", analysis.scan.uuid, analysis.model_version),
+        sop_instance_uid=derived_uid("seg", analysis.scan.uuid, whose),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME,
         software_versions=analysis.model_version,
         device_serial_number=DEVICE_SERIAL,
-        series_description=f"Lesion segmentation ({analysis.model_version})"[:64],
+        series_description=(
+            f"Lesion segmentation ({analysis.model_version})"
+            if reader is None
+            else f"Lesion segmentation (radiologist v{reader.version})"
+        )[:64],
         # An empty mask is a finding too ("no lesion"): keep its frame.
         omit_empty_frames=bool(mask.any()),
     )

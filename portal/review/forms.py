@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from django import forms
+from django.core.exceptions import ValidationError
 
 from portal.analyses.models import Analysis
 from portal.clinical.models import Pathology
-from portal.review.models import BiRads
+from portal.review.models import BiRads, OutlineState
+from portal.review.outlines import decode_outline_png
 from portal.review.services import correction_error
 
 
@@ -32,6 +34,23 @@ class ReviewForm(forms.Form):
     def __init__(self, *args: object, model_label: str = "", **kwargs: object):
         super().__init__(*args, **kwargs)
         self.model_label = model_label
+
+    # Written by the outline editor (review/_outline_editor.html): empty keeps the
+    # outline of the version before; "corrected" comes with the mask as a PNG data URL.
+    outline_state = forms.ChoiceField(
+        choices=[("", "keep"), *OutlineState.choices],
+        required=False,
+        widget=forms.HiddenInput,
+    )
+    outline_mask = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def clean_outline_mask(self):
+        value = self.cleaned_data.get("outline_mask") or ""
+        if self.data.get("outline_state") != OutlineState.CORRECTED:
+            return None
+        if not value:
+            raise ValidationError("A corrected outline comes with its mask.")
+        return decode_outline_png(value)
 
     def clean(self) -> dict:
         data = super().clean()

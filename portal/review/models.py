@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import uuid
+from pathlib import PurePosixPath
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -26,6 +29,25 @@ class BiRads(models.TextChoices):
     CAT_6 = "6", "6 – known biopsy-proven malignancy"
 
 
+class OutlineState(models.TextChoices):
+    """What a review says of the lesion outline."""
+
+    # The reader did not correct it: the model's outline stands, as the model's.
+    MODEL = "model", "the model's outline, not corrected"
+    # The reader drew (or confirmed) it: Review.outline holds the mask.
+    CORRECTED = "corrected", "corrected by the reader"
+    # The reader says there is no lesion to outline.
+    NO_LESION = "no_lesion", "no lesion"
+
+
+def review_outline_path(review: Review, filename: str) -> str:
+    # A random name: never patient data. Files are never rewritten, so an amendment
+    # that keeps the outline points at the same file.
+    return str(
+        PurePosixPath("reviews", str(review.scan_id), f"{uuid.uuid4()}-outline.png")
+    )
+
+
 class Review(models.Model):
     """A radiologist's reading of one analysed scan.
 
@@ -50,6 +72,14 @@ class Review(models.Model):
     label = models.CharField(max_length=16, choices=LABEL_CHOICES)
     birads = models.CharField("BI-RADS", max_length=2, choices=BiRads.choices)
     note = models.TextField(blank=True)
+    outline_state = models.CharField(
+        max_length=16, choices=OutlineState.choices, default=OutlineState.MODEL
+    )
+    # The reader's lesion mask at the scan's size (1-bit PNG), when outline_state is
+    # "corrected".
+    outline = models.FileField(
+        upload_to=review_outline_path, blank=True, max_length=255
+    )
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )

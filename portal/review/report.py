@@ -7,6 +7,7 @@ import io
 import logging
 from typing import Any
 
+import numpy as np
 from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image as PILImage
@@ -24,6 +25,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from ml.render import mask_overlay, png_bytes
 from portal.analyses.composites import CompositeUnavailable, analysis_composite_name
 from portal.analyses.models import WITHHELD_MESSAGE, Analysis
 from portal.analyses.selectors import study_malignancy
@@ -42,11 +44,13 @@ DECISION_SUPPORT = (
 )
 IMAGE_TITLES = (
     ("original", "Scan"),
-    ("overlay", "Lesion outline"),
+    ("overlay", "Lesion outline (model)"),
     ("gradcam", "Grad-CAM"),
     ("seg_gradcam", "Seg-Grad-CAM"),
 )
+SIGNED_OUTLINE_TITLE = "Lesion outline (signed by the radiologist)"
 THUMB_WIDTH = 42 * mm
+ROW_WIDTH = 174 * mm  # A4 less the margins
 THUMB_PIXELS = 600  # about 360 dpi at THUMB_WIDTH
 
 
@@ -108,7 +112,7 @@ def _table(rows: list[tuple[str, str]], styles: dict) -> Table:
     return table
 
 
-def _image(content: bytes | None) -> Any:
+def _image(content: bytes | None, width: float = THUMB_WIDTH) -> Any:
     if not content:
         return Paragraph("(not available)", _styles()["small"])
     # A thumbnail as JPEG keeps a many-image report to a few hundred kilobytes.
@@ -120,8 +124,8 @@ def _image(content: bytes | None) -> Any:
     buffer.seek(0)
     picture = Image(buffer)
     ratio = picture.imageHeight / picture.imageWidth if picture.imageWidth else 1
-    picture.drawWidth = THUMB_WIDTH
-    picture.drawHeight = THUMB_WIDTH * ratio
+    picture.drawWidth = width
+    picture.drawHeight = width * ratio
     return picture
 
 
@@ -153,7 +157,32 @@ def _picture(analysis: Analysis | None, kind: str) -> bytes | None:
         return None
 
 
-def _scan_images(scan: Any, analysis: Analysis | None) -> Table:
+def _signed_outline_picture(display: bytes | None, review: Any) -> bytes | None:
+    """The signed reading's outline drawn on the display copy, as the model's is."""
+    if display is None or review is None:
+        return None
+    try:
+        mask = selectors.signed_outline_mask(review)
+        if mask is None:
+            return None
+        with PILImage.open(io.BytesIO(display)) as source:
+            pixels = np.asarray(source.convert("RGB"))
+        if mask.shape != pixels.shape[:2]:  # the display copy may be smaller
+            resized = PILImage.fromarray(mask).resize(
+                (pixels.shape[1], pixels.shape[0]), PILImage.NEAREST
+            )
+            mask = np.asarray(resized)
+        return png_bytes(mask_overlay(pixels, mask))
+    except Exception:
+        logger.warning(
+            "report: the signed outline of review %s could not be drawn",
+            review.pk,
+            exc_info=True,
+        )
+        return None
+
+
+def _scan_images(scan: Any, analysis: Analysis | None, review: Any = None) -> Table:
     contents: list[bytes | None] = []
     try:
         contents.append(_stored(scan_display_name(scan=scan)))
@@ -162,13 +191,20 @@ def _scan_images(scan: Any, analysis: Analysis | None) -> Table:
         contents.append(None)
     for kind, _title in IMAGE_TITLES[1:]:
         contents.append(_picture(analysis, kind))
+    titles = [title for _kind, title in IMAGE_TITLES]
+    signed = _signed_outline_picture(contents[0], review)
+    if signed is not None:
+        # The reading of record's outline first; the model's stays, as the model's.
+        contents.insert(1, signed)
+        titles.insert(1, SIGNED_OUTLINE_TITLE)
     styles = _styles()
+    width = min(THUMB_WIDTH, ROW_WIDTH / len(contents) - 2 * mm)
     table = Table(
         [
-            [_image(content) for content in contents],
-            [Paragraph(title, styles["small"]) for _kind, title in IMAGE_TITLES],
+            [_image(content, width) for content in contents],
+            [Paragraph(title, styles["small"]) for title in titles],
         ],
-        colWidths=[THUMB_WIDTH + 2 * mm] * len(IMAGE_TITLES),
+        colWidths=[width + 2 * mm] * len(contents),
     )
     table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
     return table
@@ -256,6 +292,13 @@ def _distribution_warning(analysis: Analysis | None, styles: dict) -> list[Any]:
     ]
 
 
+OUTLINE_WORDS = {
+    "corrected": "corrected and signed by the radiologist",
+    "no_lesion": "no lesion (signed by the radiologist)",
+    "model": "the model's, not corrected",
+}
+
+
 def _review_rows(review: Any) -> list[tuple[str, str]]:
     if review is None:
         return [("Radiologist review", "not yet reviewed and signed")]
@@ -275,6 +318,7 @@ def _review_rows(review: Any) -> list[tuple[str, str]]:
             "Review version",
             str(review.version) + (" (amendment)" if review.amends_id else ""),
         ),
+        ("Lesion outline", OUTLINE_WORDS.get(review.outline_state, "—")),
     ]
     return rows
 
@@ -358,7 +402,7 @@ def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
                         f"Image {number}: {_esc(scan.original_filename)}", styles["h3"]
                     ),
                     *_distribution_warning(analysis, styles),
-                    _scan_images(scan, analysis),
+                    _scan_images(scan, analysis, review),
                     Spacer(1, 3 * mm),
                     _table(_model_rows(scan, analysis) + _review_rows(review), styles),
                 ]

@@ -35,7 +35,7 @@ from django.utils import timezone
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
 from portal.clinical.selectors import study_scan_count
-from portal.review.models import AgreementCount, Review
+from portal.review.models import AgreementCount, OutlineState, Review
 
 Status = Analysis.Status
 LABELS = tuple(Analysis.Label.values)
@@ -533,6 +533,47 @@ def scan_review_states(*, study: Study) -> dict[int, Review | None]:
 
 
 # --- review page --------------------------------------------------------------------
+
+
+def current_signed_review(*, scan: Scan) -> Review | None:
+    """The scan's reading of record: its latest signed review, or None."""
+    return (
+        scan.reviews.filter(signed_at__isnull=False)
+        .select_related("author", "analysis")
+        .order_by("-version")
+        .first()
+    )
+
+
+def signed_outline_mask(review: Review) -> Any:
+    """The signed reading's lesion mask (bool, the scan's size) where the reader
+    corrected the outline or said "no lesion"; None where the model's outline stands."""
+    import numpy as np
+    from django.core.files.storage import default_storage
+
+    from ml.render import read_mask
+
+    if review.outline_state == OutlineState.NO_LESION:
+        return np.zeros((review.scan.height, review.scan.width), bool)
+    if review.outline_state != OutlineState.CORRECTED or not review.outline:
+        return None
+    with default_storage.open(review.outline.name, "rb") as stored:
+        return read_mask(stored.read())
+
+
+def signed_outline_layer(review: Review | None) -> dict[str, str] | None:
+    """The viewer layer of a signed reading's corrected outline (beside the model's)."""
+    from django.urls import reverse
+
+    if review is None or not review.is_signed or not review.outline:
+        return None
+    return {
+        "kind": "signed_outline",
+        "title": f"Radiologist's outline (signed, v{review.version})",
+        "source": "picture",
+        "url": reverse("review:review_outline_layer", args=[review.pk]),
+        "download_url": reverse("review:review_outline", args=[review.pk]),
+    }
 
 
 def scan_analyses(*, scan: Scan) -> list[Analysis]:

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from ml.render import mask_png
 from portal.analyses.models import Analysis
 from portal.clinical.models import Study
-from portal.review.models import AgreementCount, BiRads, Review
+from portal.review.models import AgreementCount, BiRads, OutlineState, Review
 from portal.review.selectors import agreement_cells, study_review_columns
 from portal.review.signals import reading_signed
 
@@ -86,6 +89,46 @@ def _fields(
         "birads": birads,
         "note": note.strip(),
     }
+
+
+def _outline(
+    *,
+    analysis: Analysis,
+    state: str,
+    mask: np.ndarray | None,
+    before: Review | None,
+) -> tuple[str, str | ContentFile]:
+    """The (outline_state, outline) a version gets: the posted edit, or with no state
+    posted the outline of the version before it (a file name: files are never
+    rewritten), or the model's outline for a first version."""
+    if not state:
+        if before is None:
+            return OutlineState.MODEL, ""
+        return before.outline_state, before.outline.name
+    if state not in OutlineState.values:
+        raise ValidationError(f"{state!r} is not an outline state.")
+    if state != OutlineState.CORRECTED:
+        return state, ""
+    if mask is None:
+        raise ValidationError("A corrected outline comes with its mask.")
+    scan = analysis.scan
+    if mask.shape != (scan.height, scan.width):
+        raise ValidationError(
+            f"The outline is {mask.shape[1]}x{mask.shape[0]} pixels; the scan is "
+            f"{scan.width}x{scan.height}."
+        )
+    if not mask.any():
+        return OutlineState.NO_LESION, ""
+    return OutlineState.CORRECTED, ContentFile(mask_png(mask), name="outline.png")
+
+
+def _set_outline(review: Review, outline: tuple[str, str | ContentFile]) -> None:
+    state, content = outline
+    review.outline_state = state
+    if isinstance(content, ContentFile):
+        review.outline.save(content.name, content, save=False)
+    else:
+        review.outline.name = content
 
 
 @transaction.atomic
@@ -171,12 +214,16 @@ def review_save(
     birads: str,
     note: str = "",
     sign: bool = False,
+    outline_state: str = "",
+    outline_mask: np.ndarray | None = None,
 ) -> Review:
     """Create or update the author's open draft of a scan, and sign it if asked.
 
     With no review yet this makes version 1. After a signed review it makes the next
     version, an amendment pointing at the latest signed one. An open draft by someone
-    else is not touched.
+    else is not touched. The lesion outline is versioned with the label: outline_state
+    "corrected" with outline_mask (bool, the scan's height x width; empty means no
+    lesion), "no_lesion", "model", or "" to keep the outline of the version before.
     """
     _check_analysis(analysis)
     values = _fields(
@@ -200,6 +247,15 @@ def review_save(
             )
         for name, value in values.items():
             setattr(latest, name, value)
+        _set_outline(
+            latest,
+            _outline(
+                analysis=analysis,
+                state=outline_state,
+                mask=outline_mask,
+                before=latest,
+            ),
+        )
         latest.analysis = analysis
         latest.updated_at = now
         if sign:
@@ -208,18 +264,24 @@ def review_save(
         if sign:
             _reading_signed(latest, study_id=analysis.scan.study_id)
         return latest
+    outline = _outline(
+        analysis=analysis, state=outline_state, mask=outline_mask, before=latest
+    )
+    review = Review(
+        scan_id=analysis.scan_id,
+        analysis=analysis,
+        version=(latest.version + 1) if latest else 1,
+        amends=latest,
+        author=author,
+        created_at=now,
+        updated_at=now,
+        signed_at=now if sign else None,
+        **values,
+    )
+    _set_outline(review, outline)
     try:
-        review = Review.objects.create(
-            scan_id=analysis.scan_id,
-            analysis=analysis,
-            version=(latest.version + 1) if latest else 1,
-            amends=latest,
-            author=author,
-            created_at=now,
-            updated_at=now,
-            signed_at=now if sign else None,
-            **values,
-        )
+        with transaction.atomic():
+            review.save(force_insert=True)
     except IntegrityError:
         raise ReviewLocked(
             "Someone else saved a review of this scan at the same moment; reload."

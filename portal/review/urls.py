@@ -31,5 +31,11 @@ urlpatterns = [
         views.analysis_outline,
         name="analysis_outline",
     ),
+    path("reviews/<int:pk>/outline.png", views.review_outline, name="review_outline"),
+    path(
+        "reviews/<int:pk>/outline-layer.png",
+        views.review_outline_layer,
+        name="review_outline_layer",
+    ),
     path("studies/<int:pk>/report.pdf", views.study_report, name="study_report"),
 ]

@@ -212,6 +212,9 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
         record_access(request, scan, action=Action.VIEW, detail="review page")
 
     layers = viewer_layers(analysis)
+    signed = next((r for r in reviews if r.is_signed), None)
+    if (signed_layer := selectors.signed_outline_layer(signed)) is not None:
+        layers.append(signed_layer)
     return render(
         request,
         "review/scan_review.html",
@@ -279,6 +282,34 @@ def analysis_outline(request: HttpRequest, pk: int) -> HttpResponse:
     except FileNotFoundError:
         raise Http404("file is missing from storage") from None
     record_access(request, analysis, action=Action.DOWNLOAD, detail="outline")
+    return _private(HttpResponse(content, content_type="image/png"))
+
+
+@require_GET
+@require_permissions("clinical.view_scan", "review.view_review")
+def review_outline(request: HttpRequest, pk: int) -> HttpResponse:
+    """The reader's corrected lesion mask of one review version (1-bit PNG)."""
+    review = get_object_or_404(Review, pk=pk)
+    if not review.outline:
+        raise Http404("this review has no corrected outline")
+    record_access(request, review, action=Action.DOWNLOAD, detail="corrected outline")
+    return stream_from_storage(
+        review.outline.name, download_name=f"review-{review.pk}-outline"
+    )
+
+
+@require_GET
+@require_permissions("clinical.view_scan", "review.view_review")
+def review_outline_layer(request: HttpRequest, pk: int) -> HttpResponse:
+    """The boundary of a review's corrected outline on a transparent layer."""
+    review = get_object_or_404(Review, pk=pk)
+    if not review.outline:
+        raise Http404("this review has no corrected outline")
+    try:
+        content = outline_layer_png(review.outline.name)
+    except FileNotFoundError:
+        raise Http404("file is missing from storage") from None
+    record_access(request, review, action=Action.DOWNLOAD, detail="corrected outline")
     return _private(HttpResponse(content, content_type="image/png"))
 
 

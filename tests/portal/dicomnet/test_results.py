@@ -307,3 +307,52 @@ def test_an_empty_mask_is_a_seg_with_an_empty_frame(dicom_scan: Any) -> None:
 def test_an_unfinished_analysis_has_no_results(dicom_scan: Any) -> None:
     with pytest.raises(ResultsUnavailable, match="queued"):
         analysis_results(analysis=dicom_scan.analyses.get())
+
+
+def test_once_signed_the_readers_outline_is_the_seg(
+    dicom_scan: Any, make_user: Any
+) -> None:
+    from portal.review.services import review_save
+
+    analysis = finish_analysis(dicom_scan, mask=lesion_mask())
+    reader = make_user("radiologist", "dr-outline")
+    edit = np.zeros((48, 64), bool)
+    edit[20:40, 5:25] = True
+    review = review_save(
+        analysis=analysis,
+        author=reader,
+        sign=True,
+        agrees_with_model=True,
+        label="",
+        birads="4A",
+        outline_state="corrected",
+        outline_mask=edit,
+    )
+    model = analysis_results(analysis=analysis)
+    signed = analysis_results(analysis=analysis, review=review)
+    source = pydicom.dcmread(dicom_scan.original.open("rb"))
+
+    seg = read_seg(encode(signed.seg))
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1]
+    )
+    np.testing.assert_array_equal(pixels[0, ..., 0].astype(bool), edit)
+    assert seg.get_segment_description(1).SegmentAlgorithmType == "MANUAL"
+    assert signed.seg.SOPInstanceUID != model.seg.SOPInstanceUID
+    assert "radiologist" in signed.overlay.SeriesDescription
+    # Without the signed reading the model's own outline is sent, as the model's.
+    model_seg = read_seg(encode(model.seg))
+    assert model_seg.get_segment_description(1).SegmentAlgorithmType == "AUTOMATIC"
+
+    # "No lesion" signed: an empty SEG frame.
+    no_lesion = review_save(
+        analysis=analysis,
+        author=reader,
+        sign=True,
+        agrees_with_model=True,
+        label="",
+        birads="1",
+        outline_state="no_lesion",
+    )
+    empty = analysis_results(analysis=analysis, review=no_lesion)
+    assert not np.asarray(empty.seg.pixel_array).any()

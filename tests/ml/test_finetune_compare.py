@@ -1,0 +1,273 @@
+"""Fine-tuning on a site source in the export format, and the side-by-side comparison:
+one epoch of a tiny model, the patient-grouped split written down, the lineage in
+model.json, and the comparison's paired intervals and verdicts by the written rule."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml.training.compare import RULE, compare, verdict
+from ml.training.finetune import (
+    SITE_SPLIT_FILE,
+    FinetuneConfig,
+    finetune,
+    source_sha256,
+)
+
+SIZE = 64  # a tiny network: the test is about the loop, not the model
+
+
+def _site_source(root: Path, patients: int = 10) -> Path:
+    """A folder as export_training_set writes it: two scans a patient, one row in three
+    without an outline (classification only)."""
+    rng = np.random.default_rng(7)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = []
+    classes = ("normal", "benign", "malignant")
+    for p in range(patients):
+        for s in range(2):
+            name = f"{p:02d}{s}"
+            label = classes[(p + s) % 3]
+            pixels = rng.integers(40, 90, (60, 80, 3), dtype=np.uint8)
+            mask = np.zeros((60, 80), bool)
+            if label != "normal":
+                mask[15:40, 20:55] = True
+                pixels[mask] = 20 if label == "benign" else 160
+            Image.fromarray(pixels).save(root / f"images/{name}.png")
+            segmentation = (
+                "none"
+                if label != "normal" and p % 3 == 0
+                else ("reader" if label != "normal" else "no_lesion")
+            )
+            mask_path = ""
+            if segmentation != "none":
+                mask_path = f"masks/{name}.png"
+                Image.fromarray(mask.astype(np.uint8) * 255).save(root / mask_path)
+            rows.append(
+                {
+                    "path": f"images/{name}.png",
+                    "class": label,
+                    "patient": f"key{p:02d}",
+                    "mask_path": mask_path,
+                    "scanner": "unknown",
+                    "pixel_size": "",
+                    "label_origin": "reader",
+                    "segmentation": segmentation,
+                    "width": 80,
+                    "height": 60,
+                }
+            )
+    with (root / "MANIFEST.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, all_sources) -> Path:
+    """Untrained tiny BUSNet weights that name the three original sources."""
+    from ml import weights_io
+    from ml.config import CLASSES, MODEL_NAME
+    from ml.model import build_busnet
+
+    out = tmp_path_factory.mktemp("base")
+    meta = weights_io.ModelMeta(
+        name=MODEL_NAME,
+        version="",
+        image_size=SIZE,
+        classes=list(CLASSES),
+        training={"sources": list(all_sources)},
+    )
+    weights_io.save(build_busnet(SIZE), out, meta)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, tiny_base) -> tuple[Path, Path, dict]:
+    site = _site_source(tmp_path_factory.mktemp("site") / "hospital")
+    out = tmp_path_factory.mktemp("tuned")
+    summary = finetune(
+        FinetuneConfig(
+            base=tiny_base,
+            site_sources=(site,),
+            out_dir=out,
+            epochs=1,
+            epoch_images=16,
+            batch_size=8,
+            original_limit=3,
+            augment=False,
+            cache_dir=None,
+        )
+    )
+    return site, out, summary
+
+
+def test_one_epoch_writes_weights_with_their_lineage(tiny_base, tuned):
+    from ml import weights_io
+    from ml.inference import Analyzer
+
+    site, out, summary = tuned
+    base = weights_io.read_meta(tiny_base)
+    analyzer = Analyzer.load(out)
+    assert analyzer.model_version == summary["version"] != base.version
+    training = analyzer.meta.training
+    assert training["finetuned_from"]["version"] == base.version
+    (info,) = training["site_sources"]
+    assert info["source_sha256"] == source_sha256(site)
+    assert info["images"] == 20 and info["patients"] == 10
+    assert sum(info["split"].values()) == 20
+    assert info["without_outline"] == 4  # patients 0, 3, 6, 9: their lesion rows
+    assert training["epochs_run"] == 1
+    # Calibration and out-of-distribution statistics are refitted.
+    assert analyzer.ood is not None and np.isfinite(analyzer.ood.threshold)
+    assert analyzer.temperature > 0
+    (result,) = analyzer.analyze([np.full((60, 80, 3), 70, np.uint8)])
+    assert result.lesion_mask.shape == (60, 80)
+
+
+def test_the_site_split_is_written_down_and_grouped_by_patient(tuned):
+    site, out, _ = tuned
+    (split,) = json.loads((out / SITE_SPLIT_FILE).read_text()).values()
+    assert split["source_sha256"] == source_sha256(site)
+    parts = {part: set(split[part]) for part in ("train", "val", "test")}
+    assert sum(map(len, parts.values())) == 20
+    patient_of = {}
+    with (site / "MANIFEST.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            patient_of[row["path"]] = row["patient"]
+    owners = {part: {patient_of[p] for p in paths} for part, paths in parts.items()}
+    assert not owners["train"] & owners["test"]
+    assert not owners["train"] & owners["val"]
+    assert not owners["val"] & owners["test"]
+    assert parts["test"] and parts["val"]
+
+
+def test_a_source_without_an_outline_trains_the_classifier_only():
+    import tensorflow as tf
+
+    from ml.training.fit import loss_function
+
+    loss_fn = loss_function(1.0, 0.0)
+    masks = tf.ones((2, 8, 8, 1))
+    outputs = {
+        "class_logits": tf.zeros((2, 3)),
+        "seg_logits": tf.fill((2, 8, 8, 1), -5.0),  # predicts no lesion: a bad seg loss
+    }
+    labels = tf.constant([1, 2])
+    _, _, seg_known = loss_fn(labels, masks, outputs, tf.ones(2))
+    _, _, seg_unknown = loss_fn(labels, masks, outputs, tf.zeros(2))
+    _, _, default = loss_fn(labels, masks, outputs)
+    assert float(seg_known) > 1.0
+    assert float(seg_unknown) == pytest.approx(0.0)
+    assert float(default) == pytest.approx(float(seg_known))
+
+
+def test_the_site_share_of_draws():
+    from ml.training.arrays import ArraySet
+    from ml.training.fit import sampling_weights
+
+    sources = np.array(["site"] * 3 + ["busi"] * 30 + ["bus-uclm"] * 20)
+    labels = np.arange(len(sources)) % 3
+    arrays = ArraySet(
+        list(map(str, range(len(sources)))),
+        np.zeros((len(sources), 1, 1, 3), np.uint8),
+        np.zeros((len(sources), 1, 1), bool),
+        labels,
+        sources,
+        sources,
+    )
+    weights = sampling_weights(arrays, {"site": 0.5})
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[sources == "site"].sum() == pytest.approx(0.5)
+    # Without shares, a 3-image source would get far less.
+    assert sampling_weights(arrays)[sources == "site"].sum() < 0.3
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [
+        ((0.001, 0.05), "better"),
+        ((0.0, 0.05), "not worse"),
+        ((-0.01, 0.02), "not worse"),
+        ((-0.0101, 0.02), "worse"),
+        ((-0.2, -0.1), "worse"),
+        (None, "n/a"),
+        ((float("nan"), float("nan")), "n/a"),
+    ],
+)
+def test_the_verdict_rule(interval, expected):
+    assert verdict(interval, 0.01) == expected
+
+
+def test_a_model_compared_with_itself_is_not_worse_and_not_better(tiny_base, tuned):
+    site, out, _ = tuned
+    report = compare(
+        tiny_base,
+        tiny_base,
+        [site],
+        out / "self.json",
+        split_file=out / SITE_SPLIT_FILE,
+        original_limit=2,
+        rounds=50,
+    )
+    for result in report["sets"].values():
+        for name, measure in result["measures"].items():
+            if measure["verdict"] == "n/a":
+                continue
+            assert measure["difference"] == 0.0, name
+            assert measure["ci95"] == (0.0, 0.0) or list(measure["ci95"]) == [0, 0]
+            assert measure["verdict"] == "not worse"
+
+
+def test_compare_reports_every_measure_on_the_held_back_and_original_sets(
+    tiny_base, tuned, all_sources
+):
+    site, out, _ = tuned
+    report = compare(tiny_base, out, [site], original_limit=2, rounds=50)
+    assert report["candidate"] != report["baseline"]
+    (split,) = json.loads((out / SITE_SPLIT_FILE).read_text()).values()
+    site_set = report["sets"][f"site:site-{site.name}"]
+    assert site_set["n"] == len(split["test"])
+    assert set(report["sets"]) == {f"site:site-{site.name}"} | {
+        f"original:{s}" for s in all_sources
+    }
+    for result in report["sets"].values():
+        assert set(result["measures"]) == set(RULE)
+        for measure in result["measures"].values():
+            assert measure["verdict"] in {"better", "not worse", "worse", "n/a"}
+    saved = json.loads((out / "compare_report.json").read_text())
+    assert next(iter(saved)) == "rule"  # written ahead of the figures
+    assert (out / "compare_report.md").read_text().count("| site:") == len(RULE)
+
+
+def test_compare_refuses_an_export_that_is_not_the_one_split(
+    tiny_base, tuned, tmp_path
+):
+    site, out, _ = tuned
+    other = tmp_path / site.name
+    shutil.copytree(site, other)
+    first = min((other / "images").iterdir())
+    Image.new("RGB", (80, 60)).save(first)  # one image changed since the split
+    with pytest.raises(ValueError, match="not the export"):
+        compare(tiny_base, out, [other], tmp_path / "r.json", original_sources=[])
+
+
+def test_a_registered_site_source_is_not_one_of_the_original_sources(tmp_path):
+    from ml.training.sources import SOURCES, get_source, register_source
+
+    before = list(SOURCES)
+    name = register_source(_site_source(tmp_path / "elsewhere", patients=2))
+    # "All sources" (training defaults, the base's sources) still means the originals.
+    assert list(SOURCES) == before and name not in SOURCES
+    assert get_source(name).root() == (tmp_path / "elsewhere").resolve()
+    with pytest.raises(ValueError, match="original sources"):
+        register_source(_site_source(tmp_path / "x" / "busi", patients=2), "busi")
