@@ -13,12 +13,18 @@ import time
 import pytest
 
 from bench.launch import tail
-from tests.conftest import png_bytes
+from tests.conftest import SCANS_DIR
 from tests.e2e.conftest import PIXEL_LIMIT
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 TIMEOUT_S = float(os.environ.get("E2E_TIMEOUT", "420"))
+
+
+def _fixture_scan() -> bytes:
+    """A real breast ultrasound scan: a flat grey frame is withheld by the gate (issue 16)
+    and would leave no label to check."""
+    return min((SCANS_DIR / "benign").glob("*.png")).read_bytes()
 
 
 def test_a_worker_started_without_queue_options_finishes_an_analysis(
@@ -34,7 +40,7 @@ def test_a_worker_started_without_queue_options_finishes_an_analysis(
     assert "-Q" not in process.args and "--queues" not in process.args
     scan = scan_submit(
         study=study,
-        upload=validate_content(filename="scan.png", content=png_bytes(320, 240)),
+        upload=validate_content(filename="scan.png", content=_fixture_scan()),
         uploaded_by=user,
         model_version=current_model_version(real_weights_dir),
     )

@@ -51,6 +51,35 @@ def _batch(objects: Any) -> Any:
     return batch
 
 
+def _signed_outline(objects: Any) -> Any:
+    """The scan's reading, signed with a corrected outline (made once per test)."""
+    import numpy as np
+    from django.contrib.auth import get_user_model
+
+    from portal.accounts.roles import assign_role
+    from portal.review.models import Review
+    from portal.review.services import review_save
+
+    review = Review.objects.filter(analysis__scan=objects.scan).first()
+    if review is None:
+        reader, created = get_user_model().objects.get_or_create(username="outliner")
+        if created:
+            assign_role(reader, RADIOLOGIST)
+        mask = np.zeros((objects.scan.height, objects.scan.width), bool)
+        mask[: objects.scan.height // 2, : objects.scan.width // 2] = True
+        review = review_save(
+            analysis=objects.analysis,
+            author=reader,
+            agrees_with_model=True,
+            label="",
+            birads="3",
+            sign=True,
+            outline_state="corrected",
+            outline_mask=mask,
+        )
+    return review
+
+
 def _calibration(objects: Any) -> Any:
     from portal.registry.models import SiteCalibration
 
@@ -110,6 +139,13 @@ MATRIX: dict[str, list[Rule]] = {
     "review:scan_display": [Rule(READERS, kwargs=_pk("scan"))],
     "review:analysis_outline": [Rule(READERS, kwargs=_pk("analysis"))],
     "review:study_report": [Rule(READERS, kwargs=_pk("study"))],
+    # The reader's corrected outline: whoever may read reviews.
+    "review:review_outline": [
+        Rule(READERS, kwargs=lambda o: {"pk": _signed_outline(o).pk})
+    ],
+    "review:review_outline_layer": [
+        Rule(READERS, kwargs=lambda o: {"pk": _signed_outline(o).pk})
+    ],
     # Site calibration: administrators only; the biopsy outcome: radiologists.
     "review:calibration": [
         Rule(frozenset({ADMINISTRATOR})),
@@ -166,6 +202,9 @@ MATRIX: dict[str, list[Rule]] = {
         for kind in ("mask", "overlay", "gradcam", "seg_gradcam")
     ],
     "api:scan-original": [Rule(READERS, kwargs=_pk("scan"))],
+    "api:scan-signed-outline": [
+        Rule(READERS, kwargs=lambda o: {"pk": _signed_outline(o).analysis.scan_id})
+    ],
     "api:analysis-dicom": [
         Rule(READERS, kwargs=lambda o: {"pk": o.analysis.pk, "kind": "zip"})
     ],
