@@ -277,21 +277,33 @@ def analysis_outline(request: HttpRequest, pk: int) -> HttpResponse:
     analysis = get_object_or_404(Analysis, pk=pk)
     if analysis.withheld or not analysis.mask:
         raise Http404("this analysis has no mask")
+    return _outline_layer(request, analysis, analysis.mask.name, detail="outline")
+
+
+def _outline_layer(
+    request: HttpRequest, target: Analysis | Review, mask_name: str, *, detail: str
+) -> HttpResponse:
+    """The boundary of a stored mask on a transparent layer (PNG), its access recorded."""
     try:
-        content = outline_layer_png(analysis.mask.name)
+        content = outline_layer_png(mask_name)
     except FileNotFoundError:
         raise Http404("file is missing from storage") from None
-    record_access(request, analysis, action=Action.DOWNLOAD, detail="outline")
+    record_access(request, target, action=Action.DOWNLOAD, detail=detail)
     return _private(HttpResponse(content, content_type="image/png"))
+
+
+def _corrected_review(pk: int) -> Review:
+    review = get_object_or_404(Review, pk=pk)
+    if not review.outline:
+        raise Http404("this review has no corrected outline")
+    return review
 
 
 @require_GET
 @require_permissions("clinical.view_scan", "review.view_review")
 def review_outline(request: HttpRequest, pk: int) -> HttpResponse:
     """The reader's corrected lesion mask of one review version (1-bit PNG)."""
-    review = get_object_or_404(Review, pk=pk)
-    if not review.outline:
-        raise Http404("this review has no corrected outline")
+    review = _corrected_review(pk)
     record_access(request, review, action=Action.DOWNLOAD, detail="corrected outline")
     return stream_from_storage(
         review.outline.name, download_name=f"review-{review.pk}-outline"
@@ -302,15 +314,10 @@ def review_outline(request: HttpRequest, pk: int) -> HttpResponse:
 @require_permissions("clinical.view_scan", "review.view_review")
 def review_outline_layer(request: HttpRequest, pk: int) -> HttpResponse:
     """The boundary of a review's corrected outline on a transparent layer."""
-    review = get_object_or_404(Review, pk=pk)
-    if not review.outline:
-        raise Http404("this review has no corrected outline")
-    try:
-        content = outline_layer_png(review.outline.name)
-    except FileNotFoundError:
-        raise Http404("file is missing from storage") from None
-    record_access(request, review, action=Action.DOWNLOAD, detail="corrected outline")
-    return _private(HttpResponse(content, content_type="image/png"))
+    review = _corrected_review(pk)
+    return _outline_layer(
+        request, review, review.outline.name, detail="corrected outline"
+    )
 
 
 @require_GET
