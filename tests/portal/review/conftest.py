@@ -22,6 +22,32 @@ FLAGGED = {
 }
 
 
+# A verdict no page may show of a withheld scan: a distinctive malignant probability.
+VERDICT = {
+    "label": "malignant",
+    "probabilities": {"normal": 0.0412, "benign": 0.0823, "malignant": 0.8765},
+    "confidence": 0.8765,
+    "lesion_area_fraction": 0.1234,
+    "bbox": [20, 10, 40, 30],
+    "explained_class": "malignant",
+    "logits": [-1.5, -0.25, 2.75],
+}
+
+
+def verdict_artifacts(height: int, width: int) -> dict[str, bytes]:
+    """The files a worker hands over with a verdict: a lesion mask and two heat maps."""
+    from ml.render import heatmap_png, mask_png
+
+    mask = np.zeros((height, width), bool)
+    mask[10:30, 20:40] = True
+    heat = np.ones((16, 16), np.float32)
+    return {
+        "mask": mask_png(mask),
+        "gradcam_map": heatmap_png(heat),
+        "seg_gradcam_map": heatmap_png(heat),
+    }
+
+
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
@@ -114,39 +140,22 @@ def withheld_scan(
     """A scan the gate withheld (not a breast ultrasound), recorded as a worker records
     it: the model's full verdict and files handed to analysis_record_success, which
     keeps none of them."""
-    from ml.render import heatmap_png, mask_png
-    from portal.analyses import services
     from portal.analyses.models import Analysis
+    from tests.results import record_result
 
     scan = analysed_scan(study, uploaded_by, filename=filename, legacy=False)
     scan.analyses.all().delete()
     analysis = Analysis.objects.create(
         scan=scan, model_version=TEST_MODEL_VERSION, status=Analysis.Status.QUEUED
     )
-    services.analysis_claim(analysis_id=analysis.pk, worker="test-worker")
-    mask = np.zeros((scan.height, scan.width), bool)
-    mask[10:30, 20:40] = True
-    heat = np.ones((16, 16), np.float32)
-    assert services.analysis_record_success(
-        analysis_id=analysis.pk,
-        result={
-            "label": "malignant",
-            "probabilities": {"normal": 0.0412, "benign": 0.0823, "malignant": 0.8765},
-            "confidence": 0.8765,
-            "lesion_area_fraction": 0.1234,
-            "bbox": [20, 10, 40, 30],
-            "explained_class": "malignant",
-            "logits": [-1.5, -0.25, 2.75],
-            "withheld": True,
-            "gate_score": gate_score,
-            "in_distribution": False,
-            "ood_score": 50.0,
-        },
-        artifacts={
-            "mask": mask_png(mask),
-            "gradcam_map": heatmap_png(heat),
-            "seg_gradcam_map": heatmap_png(heat),
-        },
+    assert record_result(
+        analysis,
+        artifacts=verdict_artifacts(scan.height, scan.width),
+        withheld=True,
+        gate_score=gate_score,
+        in_distribution=False,
+        ood_score=50.0,
+        **VERDICT,
     )
     return scan
 

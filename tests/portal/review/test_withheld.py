@@ -15,27 +15,17 @@ import pytest
 from django.urls import reverse
 from PIL import Image
 
-from ml.render import heatmap_png, mask_png
 from portal.analyses.models import Analysis
 from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
 from tests.conftest import TEST_MODEL_VERSION
+from tests.portal.review.conftest import VERDICT, verdict_artifacts
 from tests.results import record_result
 
 from .pdftext import pdf_text
 
 pytestmark = pytest.mark.django_db
 
-# A verdict no page may show: a distinctive malignant probability and its renderings.
-VERDICT = {
-    "label": "malignant",
-    "probabilities": {"normal": 0.0412, "benign": 0.0823, "malignant": 0.8765},
-    "confidence": 0.8765,
-    "lesion_area_fraction": 0.1234,
-    "bbox": [3, 4, 30, 40],
-    "explained_class": "malignant",
-    "logits": [-1.5, -0.25, 2.75],
-}
 LEAKS = ("0.8765", "0.877", "87.7", "87.6", "0.0823", "12.3%", "malignant")
 MESSAGE = "not analysed: not a breast ultrasound image"
 
@@ -46,17 +36,6 @@ def _png(width: int = 64, height: int = 48) -> bytes:
     return buffer.getvalue()
 
 
-def _artifacts() -> dict[str, bytes]:
-    mask = np.zeros((48, 64), bool)
-    mask[10:30, 20:40] = True
-    heat = np.ones((16, 16), np.float32)
-    return {
-        "mask": mask_png(mask),
-        "gradcam_map": heatmap_png(heat),
-        "seg_gradcam_map": heatmap_png(heat),
-    }
-
-
 def _recorded(study, user, *, withheld: bool, filename: str) -> Analysis:
     upload = validate_content(filename=filename, content=_png())
     scan = scan_submit(
@@ -65,7 +44,7 @@ def _recorded(study, user, *, withheld: bool, filename: str) -> Analysis:
     analysis = scan.analyses.get()
     assert record_result(
         analysis,
-        artifacts=_artifacts(),
+        artifacts=verdict_artifacts(48, 64),
         withheld=withheld,
         gate_score=9.75 if withheld else 0.5,
         in_distribution=False,
@@ -293,7 +272,7 @@ def test_a_withheld_image_counts_for_no_study_malignancy_and_no_worklist_rank(
             "in_distribution": False,
             "ood_score": 50.0,
         },
-        artifacts=_artifacts(),
+        artifacts=verdict_artifacts(48, 64),
     )
     result = study_malignancies(study_ids=[study.pk])[study.pk]
     assert (result.scan_id, result.images) == (other.pk, 1)
