@@ -9,28 +9,13 @@ from auditlog.models import LogEntry
 from django.urls import reverse
 
 from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION
-from ml.weights_io import placeholder_meta, write_meta
 from portal.registry.models import CalibrationActivation, SiteCalibration
 from tests.conftest import TEST_MODEL_VERSION
 
-from .test_site_calibration import TRAINING_PRIOR, _analysed
+# model_json: the same whole model.json, written for every test here too (autouse).
+from .test_site_calibration import _analysed, model_json  # noqa: F401
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def model_json(weights_dir):
-    # A whole model.json (read_meta refuses a partial one); the class prior where
-    # training records it.
-    write_meta(
-        weights_dir,
-        placeholder_meta(
-            TEST_MODEL_VERSION,
-            temperature=1.25,
-            class_bias=[0.75, 0.0, 1.0],
-            training={"class_prior": TRAINING_PRIOR},
-        ),
-    )
 
 
 def _calibration(user) -> SiteCalibration:
