@@ -24,6 +24,15 @@ def _scan(make_analysed_scan, study, user, name, malignant):
     )
 
 
+def _high_and_low(user, make_analysed_scan, *, l1_malignant=0.3):
+    """Two studies: HIGH with h1 (60%) and h2 (90%), LOW with l1."""
+    high, low = _study(user, "HIGH"), _study(user, "LOW")
+    h1 = _scan(make_analysed_scan, high, user, "h1.png", 0.6)
+    h2 = _scan(make_analysed_scan, high, user, "h2.png", 0.9)
+    l1 = _scan(make_analysed_scan, low, user, "l1.png", l1_malignant)
+    return high, low, h1, h2, l1
+
+
 def _sign_next(client, scan, flow):
     return client.post(
         reverse("review:scan_review", args=[scan.pk]),
@@ -44,10 +53,7 @@ def _review_url(scan, flow):
 def test_the_queue_follows_the_worklist_then_the_most_suspicious_image(
     user, make_analysed_scan
 ):
-    high, low = _study(user, "HIGH"), _study(user, "LOW")
-    h1 = _scan(make_analysed_scan, high, user, "h1.png", 0.6)
-    h2 = _scan(make_analysed_scan, high, user, "h2.png", 0.9)
-    l1 = _scan(make_analysed_scan, low, user, "l1.png", 0.3)
+    high, low, h1, h2, l1 = _high_and_low(user, make_analysed_scan)
     place = reading_place(scan_id=h1.pk, study_id=high.pk)
     assert (place.study_position, place.studies) == (1, 2)
     assert (place.image_position, place.images) == (2, 2)
@@ -78,10 +84,7 @@ def test_sign_and_next_finishes_a_study_whose_order_drops_as_it_is_read(
 def test_sign_and_next_walks_the_worklist_and_ends_on_it(
     client, user, radiologist, make_analysed_scan
 ):
-    high, low = _study(user, "HIGH"), _study(user, "LOW")
-    h1 = _scan(make_analysed_scan, high, user, "h1.png", 0.6)
-    h2 = _scan(make_analysed_scan, high, user, "h2.png", 0.9)
-    l1 = _scan(make_analysed_scan, low, user, "l1.png", 0.3)
+    _, _, h1, h2, l1 = _high_and_low(user, make_analysed_scan)
     client.force_login(radiologist)
     assert _sign_next(client, h2, "worklist").url == _review_url(h1, "worklist")
     assert _sign_next(client, h1, "worklist").url == _review_url(l1, "worklist")
@@ -92,10 +95,7 @@ def test_sign_and_next_walks_the_worklist_and_ends_on_it(
 def test_sign_and_next_in_a_study_stays_in_it_and_ends_on_its_page(
     client, user, radiologist, make_analysed_scan
 ):
-    high, low = _study(user, "HIGH"), _study(user, "LOW")
-    h1 = _scan(make_analysed_scan, high, user, "h1.png", 0.6)
-    h2 = _scan(make_analysed_scan, high, user, "h2.png", 0.9)
-    _scan(make_analysed_scan, low, user, "l1.png", 0.95)
+    high, _, h1, h2, _ = _high_and_low(user, make_analysed_scan, l1_malignant=0.95)
     client.force_login(radiologist)
     # Another study's scan is more suspicious, but the study's own comes next.
     assert _sign_next(client, h1, "study").url == _review_url(h2, "study")
