@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import (
+    Case,
     Count,
     DateField,
     Exists,
@@ -26,6 +27,7 @@ from django.db.models import (
     QuerySet,
     Subquery,
     Sum,
+    When,
 )
 from django.db.models.expressions import Col
 from django.db.models.fields.json import KeyTextTransform
@@ -283,15 +285,15 @@ def _malignant() -> Cast:
 
 
 def _scan_malignant(scan_ref: str = "pk") -> Subquery:
-    """The highest malignant probability of a scan's finished analyses (a withheld
-    one has none to show)."""
+    """The malignant probability of a scan's latest finished result (the rule of
+    study_review_columns and of portal.analyses.selectors.study_malignancies): none
+    where that result is withheld, whatever a result it superseded said."""
     return Subquery(
         _finished_analyses()
-        .filter(scan_id=OuterRef(scan_ref), withheld=False)
-        .order_by()
-        .values("scan_id")
-        .annotate(highest=Max(_malignant()))
-        .values("highest"),
+        .filter(scan_id=OuterRef(scan_ref))
+        .order_by("-queued_at", "-pk")
+        .annotate(malignant=Case(When(withheld=False, then=_malignant()), default=None))
+        .values("malignant")[:1],
         output_field=FloatField(),
     )
 

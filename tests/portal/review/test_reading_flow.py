@@ -129,3 +129,31 @@ def test_the_worklist_starts_reading_at_the_first_unsigned_scan(
     client.force_login(radiologist)
     page = client.get(reverse("review:worklist")).content.decode()
     assert f'id="start-reading" href="{_review_url(top, "worklist")}"' in page
+
+
+def test_an_image_ranks_by_its_latest_result_not_a_superseded_one(
+    user, make_analysed_scan
+):
+    import datetime
+
+    from portal.analyses.models import Analysis
+    from portal.review.selectors import WorklistPages, worklist
+
+    study = _study(user, "S")
+    rerun = _scan(make_analysed_scan, study, user, "rerun.png", 0.9)
+    steady = _scan(make_analysed_scan, study, user, "steady.png", 0.5)
+    superseded = rerun.analyses.get()
+    # Analysed again by another model: 10% now, its 90% superseded (the worklist
+    # column's and the study result's rule).
+    Analysis.objects.create(
+        scan=rerun,
+        model_version="m-next",
+        status=Analysis.Status.SUCCEEDED,
+        label="normal",
+        confidence=0.9,
+        probabilities={"normal": 0.9, "benign": 0.0, "malignant": 0.1},
+        queued_at=superseded.queued_at + datetime.timedelta(minutes=1),
+    )
+    place = reading_place(scan_id=steady.pk, study_id=study.pk)
+    assert (place.image_position, place.next) == (1, rerun.pk)
+    assert WorklistPages(worklist())[0:1][0].next_scan_id == steady.pk
