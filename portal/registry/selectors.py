@@ -10,12 +10,7 @@ from portal.registry.models import CalibrationActivation, SiteCalibration
 def calibration_activation_latest(
     *, model_version: str
 ) -> CalibrationActivation | None:
-    return (
-        CalibrationActivation.objects.filter(model_version=model_version)
-        .select_related("calibration", "activated_by")
-        .order_by("-activated_at", "-id")
-        .first()
-    )
+    return calibration_activations(model_version=model_version).first()
 
 
 def site_calibration_active(*, model_version: str) -> SiteCalibration | None:

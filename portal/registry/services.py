@@ -16,7 +16,10 @@ from django.db import transaction
 from django.db.models import Max
 
 from portal.registry.models import CalibrationActivation, SiteCalibration
-from portal.registry.selectors import calibration_activation_latest
+from portal.registry.selectors import (
+    calibration_activation_latest,
+    calibration_activations,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +94,7 @@ def calibration_rollback_target(*, model_version: str) -> SiteCalibration | None
     """What a rollback returns to: the calibration active before the current one.
 
     Raises ValidationError when nothing was active before (nothing to roll back)."""
-    activations = list(
-        CalibrationActivation.objects.filter(model_version=model_version)
-        .select_related("calibration")
-        .order_by("-activated_at", "-id")[:2]
-    )
+    activations = list(calibration_activations(model_version=model_version)[:2])
     if not activations:
         raise ValidationError(
             "No calibration has been activated: nothing to roll back."
