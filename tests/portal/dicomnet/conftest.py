@@ -86,6 +86,24 @@ def finish_analysis(
     return analysis
 
 
+def signed_review(analysis: Any, make_user: Any, *, birads: str, note: str = "") -> Any:
+    """A benign reading signed by radiologist Ada Reader, disagreeing with the model."""
+    from portal.review.services import review_save
+
+    reader = make_user("radiologist", "dr-reader")
+    reader.first_name, reader.last_name = "Ada", "Reader"
+    reader.save()
+    return review_save(
+        analysis=analysis,
+        author=reader,
+        sign=True,
+        agrees_with_model=False,
+        label="benign",
+        birads=birads,
+        note=note,
+    )
+
+
 def start_storescp(folder: Any, port: int, ae_title: str) -> Any:
     """DCMTK's storage SCP (the PACS of the tests), writing what it gets into folder."""
     import subprocess

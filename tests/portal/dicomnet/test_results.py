@@ -23,7 +23,12 @@ from portal.dicomnet.results import (
     analysis_results,
     encode,
 )
-from tests.portal.dicomnet.conftest import finish_analysis, read_seg, store_scan
+from tests.portal.dicomnet.conftest import (
+    finish_analysis,
+    read_seg,
+    signed_review,
+    store_scan,
+)
 from tests.portal.ingest.factories import GREY, RGB, dicom, png
 
 
@@ -199,21 +204,8 @@ def test_not_reliable_flag_and_ood_score_when_the_analysis_has_them(
 def test_signed_reading_goes_in_and_verifies_the_sr(
     dicom_scan: Any, make_user: Any
 ) -> None:
-    from portal.review.services import review_save
-
     analysis = finish_analysis(dicom_scan)
-    reader = make_user("radiologist", "dr-reader")
-    reader.first_name, reader.last_name = "Ada", "Reader"
-    reader.save()
-    review = review_save(
-        analysis=analysis,
-        author=reader,
-        sign=True,
-        agrees_with_model=False,
-        label="benign",
-        birads="3",
-        note="stable cyst",
-    )
+    review = signed_review(analysis, make_user, birads="3", note="stable cyst")
     unsigned = analysis_results(analysis=analysis)
     results = analysis_results(analysis=analysis, review=review)
     sr = roundtrip(results.sr)
