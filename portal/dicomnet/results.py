@@ -134,9 +134,6 @@ BIRADS_SUBCATEGORY = hd.sr.CodedConcept(
 )
 # DICOM's Laterality (R/L) as SNOMED CT codes for the SR's finding site.
 LATERALITY_CODES = {"R": codes.SCT.Right, "L": codes.SCT.Left}
-# Series attributes copied from the source image to every derived object: which breast
-# (a wrong-side risk otherwise) and what part of the body.
-SERIES_ANATOMY = ("Laterality", "BodyPartExamined")
 PATIENT_AND_STUDY = (
     "PatientName",
     "PatientID",
@@ -561,7 +558,7 @@ def _person_name(user: Any) -> str:
     return _single_component_name(user.get_username())
 
 
-def _finding_sites(source: Dataset) -> list[hd.sr.FindingSite] | None:
+def _finding_sites(source: Dataset) -> list[hd.sr.FindingSite]:
     """The breast, with its side when the source says which: where the finding is."""
     return [
         hd.sr.FindingSite(
