@@ -141,6 +141,44 @@ def finished_batch(timeout: float = 20) -> Any:
     raise AssertionError("the association's upload report was never closed")
 
 
+def listener_env(
+    *,
+    port: int,
+    redis_url: str,
+    queue: str,
+    media_root: Any,
+    weights_dir: Any,
+    ae_title: str,
+    allowed: str,
+    **more: str,
+) -> dict[str, str]:
+    """The whole environment of `manage.py dicom_listener` as deployed, on this test's
+    database, storage and Redis queue; `more` adds settings (DICOM_TLS_*)."""
+    import os
+
+    from django.conf import settings
+    from django.db import connection
+
+    from bench.launch import database_url
+
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "REDIS_URL": redis_url,
+        "CELERY_INFERENCE_QUEUE": queue,
+        "MEDIA_ROOT": str(media_root),
+        "STORAGE_BACKEND": "local",
+        "ML_WEIGHTS_DIR": str(weights_dir),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DICOM_AE_TITLE": ae_title,
+        "DICOM_PORT": str(port),
+        "DICOM_ALLOWED_CALLING_AE_TITLES": allowed,
+        "PYTHONUNBUFFERED": "1",
+        **more,
+    }
+
+
 def redis_or_skip(db: int) -> tuple[Any, str]:
     """A client of Redis database db on the configured server, and its URL; skips the
     test where that server is not reachable."""

@@ -304,36 +304,27 @@ def test_the_deployed_listener_speaks_tls_from_its_settings(
 ) -> None:
     """`manage.py dicom_listener` configured by DICOM_TLS_* only, as deployed; DCMTK's
     storescu --enable-tls is the scanner."""
-    import os
     import uuid
 
-    from django.conf import settings
     from django.db import connection
 
-    from bench.launch import database_url, start_listener, stop_process
-    from tests.portal.dicomnet.conftest import redis_or_skip
+    from bench.launch import start_listener, stop_process
+    from tests.portal.dicomnet.conftest import listener_env, redis_or_skip
 
     client, url = redis_or_skip(14)
     queue = f"inference-tls-{uuid.uuid4().hex[:12]}"
     port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "portal.settings",
-            "DATABASE_URL": database_url(connection.settings_dict),
-            "REDIS_URL": url,
-            "CELERY_INFERENCE_QUEUE": queue,
-            "MEDIA_ROOT": str(media_root),
-            "STORAGE_BACKEND": "local",
-            "ML_WEIGHTS_DIR": str(weights_dir),
-            "SECRET_KEY": settings.SECRET_KEY,
-            "DICOM_AE_TITLE": RECEIVER_AE,
-            "DICOM_PORT": str(port),
-            "DICOM_ALLOWED_CALLING_AE_TITLES": f"{SCANNER_AE}@127.0.0.1",
-            "DICOM_TLS_CERT_FILE": str(pki / "listener.pem"),
-            "DICOM_TLS_KEY_FILE": str(pki / "listener.key"),
-            "DICOM_TLS_CA_FILE": str(pki / "ca.pem"),
-        }
+    env = listener_env(
+        port=port,
+        redis_url=url,
+        queue=queue,
+        media_root=media_root,
+        weights_dir=weights_dir,
+        ae_title=RECEIVER_AE,
+        allowed=f"{SCANNER_AE}@127.0.0.1",
+        DICOM_TLS_CERT_FILE=str(pki / "listener.pem"),
+        DICOM_TLS_KEY_FILE=str(pki / "listener.key"),
+        DICOM_TLS_CA_FILE=str(pki / "ca.pem"),
     )
     log = tmp_path / "listener.log"
     process = start_listener(env, log)
