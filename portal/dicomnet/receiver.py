@@ -13,8 +13,8 @@ kept colliding) is answered A700 "out of resources", a status senders retry; C00
 Only calling AE titles on DICOM_ALLOWED_CALLING_AE_TITLES get an association; everyone
 else is rejected before sending anything. An entry TITLE@ADDRESS (an IP address or a
 network) accepts that title only from that address, so a title copied onto another
-machine is rejected too. With an SSL context (DICOM_TLS_*) the listener speaks TLS only. Nothing here logs a tag value: only ids, AE
-titles and peer addresses.
+machine is rejected too. With an SSL context (DICOM_TLS_*) the listener speaks TLS
+only. Nothing here logs a tag value: only ids, AE titles and peer addresses.
 """
 
 from __future__ import annotations

@@ -134,9 +134,6 @@ BIRADS_SUBCATEGORY = hd.sr.CodedConcept(
 )
 # DICOM's Laterality (R/L) as SNOMED CT codes for the SR's finding site.
 LATERALITY_CODES = {"R": codes.SCT.Right, "L": codes.SCT.Left}
-# Series attributes copied from the source image to every derived object: which breast
-# (a wrong-side risk otherwise) and what part of the body.
-SERIES_ANATOMY = ("Laterality", "BodyPartExamined")
 PATIENT_AND_STUDY = (
     "PatientName",
     "PatientID",
@@ -218,15 +215,22 @@ def analysis_results(*, analysis: Analysis, review: Any = None) -> DicomResults:
             f"analysis {analysis.pk} is {analysis.status}; only finished analyses "
             "have results"
         )
-    if analysis.withheld:
-        return _withheld_results(analysis, review)
-    if not analysis.mask:
+    if not analysis.withheld and not analysis.mask:
         raise ResultsUnavailable(f"analysis {analysis.pk} has no lesion mask stored")
     scan = analysis.scan
     with default_storage.open(scan.original.name, "rb") as stored:
         original = stored.read()
     image = decode_image(original, max_pixels=settings.UPLOAD_MAX_PIXELS).pixels
     source, synthesized = _source_dataset(scan, original, image)
+    if analysis.withheld:
+        # Not a breast ultrasound image: an SR that says so with the gate's score, and
+        # no SEG or outline.
+        return DicomResults(
+            seg=None,
+            sr=_report(analysis, source, None, review),
+            overlay=None,
+            source=source if synthesized else None,
+        )
     mask = _lesion_mask(analysis, image.shape[:2])
     # Once signed, the reading's outline (the reader's mask, or "no lesion") is the
     # one sent; the model's stays in the portal as the model's.
@@ -253,20 +257,6 @@ def analysis_results(*, analysis: Analysis, review: Any = None) -> DicomResults:
     sr = _report(analysis, source, seg, review)
     return DicomResults(
         seg=seg, sr=sr, overlay=overlay, source=source if synthesized else None
-    )
-
-
-def _withheld_results(analysis: Analysis, review: Any) -> DicomResults:
-    """A withheld scan (not a breast ultrasound): an SR that says so, with the gate's
-    score, and no SEG or outline; the scan's own source where it was not DICOM."""
-    scan = analysis.scan
-    with default_storage.open(scan.original.name, "rb") as stored:
-        original = stored.read()
-    image = decode_image(original, max_pixels=settings.UPLOAD_MAX_PIXELS).pixels
-    source, synthesized = _source_dataset(scan, original, image)
-    sr = _report(analysis, source, None, review)
-    return DicomResults(
-        seg=None, sr=sr, overlay=None, source=source if synthesized else None
     )
 
 
@@ -405,6 +395,13 @@ def _reader_mask(review: Any, shape: tuple[int, int]) -> np.ndarray | None:
     return mask
 
 
+def _laterality(source: Dataset) -> str:
+    """The source's side, "R" or "L" (its Image Laterality when the series does not
+    say), or "" when unknown: never guessed."""
+    laterality = str(source.get("Laterality", "") or source.get("ImageLaterality", ""))
+    return laterality if laterality in ("R", "L") else ""
+
+
 def _copy_anatomy(source: Dataset, target: Dataset) -> None:
     """Laterality and body part, from the source to an object derived from it.
 
@@ -412,8 +409,7 @@ def _copy_anatomy(source: Dataset, target: Dataset) -> None:
     (DICOM's "unknown"), never guessed; the image-level Image Laterality of a source
     counts as its laterality.
     """
-    laterality = str(source.get("Laterality", "") or source.get("ImageLaterality", ""))
-    target.Laterality = laterality if laterality in ("R", "L") else ""
+    target.Laterality = _laterality(source)
     if source.get("BodyPartExamined"):
         target.BodyPartExamined = source.BodyPartExamined
 
@@ -519,8 +515,7 @@ def _segmentation(
         seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence = [measures]
     # The SEG IOD takes the side as Image Laterality (General Image); its General
     # Series Laterality "may not be present" (dciodvfy). Unknown: left out.
-    laterality = str(source.get("Laterality", "") or source.get("ImageLaterality", ""))
-    if laterality in ("R", "L"):
+    if laterality := _laterality(source):
         seg.ImageLaterality = laterality
     if source.get("BodyPartExamined"):
         seg.BodyPartExamined = source.BodyPartExamined
@@ -563,13 +558,12 @@ def _person_name(user: Any) -> str:
     return _single_component_name(user.get_username())
 
 
-def _finding_sites(source: Dataset) -> list[hd.sr.FindingSite] | None:
+def _finding_sites(source: Dataset) -> list[hd.sr.FindingSite]:
     """The breast, with its side when the source says which: where the finding is."""
-    laterality = str(source.get("Laterality", "") or source.get("ImageLaterality", ""))
     return [
         hd.sr.FindingSite(
             anatomic_location=codes.SCT.Breast,
-            laterality=LATERALITY_CODES.get(laterality),
+            laterality=LATERALITY_CODES.get(_laterality(source)),
         )
     ]
 

@@ -123,6 +123,8 @@ class IntoStudy:
 def _adopt_study_instance_uid(study: Study, identity: DicomIdentity) -> None:
     """Give a study the UID of its first DICOM file; refuse files of another exam."""
     uid = identity.study_instance_uid
+    # The same lock ByTagsAndFolders takes before it files a study under this UID.
+    advisory_lock("study", uid)
     current = Study.objects.select_for_update().get(pk=study.pk)
     if current.study_instance_uid == uid:
         return

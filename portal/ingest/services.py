@@ -95,6 +95,11 @@ def _lock_digest(sha256: str) -> None:
     advisory_lock("image", sha256)
 
 
+def _archive_name(archive: str) -> str:
+    """The archive a file came from, as UploadItem.archive stores it ("" for none)."""
+    return safe_filename(archive)[:255] if archive else ""
+
+
 def transient_errors() -> tuple[type[BaseException], ...]:
     """Exceptions of a passing fault: the database, the storage (a disk, or S3 and its
     client library) or the queue. A file refused for one of these can be sent again."""
@@ -305,7 +310,7 @@ class BatchIngester:
                 return UploadItem.objects.create(
                     batch=self.batch,
                     filename=upload.original_filename[:500],
-                    archive=safe_filename(archive)[:255] if archive else "",
+                    archive=_archive_name(archive),
                     outcome=Outcome.DUPLICATE,
                     reason=f"already uploaded as scan {existing.pk}{where}; not analysed again",
                     sha256=upload.sha256,
@@ -323,7 +328,7 @@ class BatchIngester:
             return UploadItem.objects.create(
                 batch=self.batch,
                 filename=upload.original_filename[:500],
-                archive=safe_filename(archive)[:255] if archive else "",
+                archive=_archive_name(archive),
                 outcome=Outcome.ACCEPTED,
                 review_flag="; ".join(flags),
                 sha256=upload.sha256,
@@ -349,7 +354,7 @@ class BatchIngester:
         item = UploadItem(
             batch=self.batch,
             filename=safe_filename(name or "(no name)")[:500],
-            archive=safe_filename(archive)[:255] if archive else "",
+            archive=_archive_name(archive),
             outcome=Outcome.REJECTED,
             reason=reason,
             sha256=sha256,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -65,6 +66,20 @@ def column_values(url: str, table: str, column: str) -> list[str]:
     with psycopg.connect(url) as db, db.cursor() as cursor:
         cursor.execute(f"SELECT {column} FROM {table} WHERE {column} <> ''")
         return [value for (value,) in cursor.fetchall()]
+
+
+def backup(to: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`scripts/backup.py backup --to` in a process of its own, as `make backup` runs it."""
+    return run_python(
+        "scripts/backup.py", "backup", "--to", str(to), env=env, timeout=300
+    )
+
+
+def restore(source: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`scripts/backup.py restore --from`, as `make restore` runs it."""
+    return run_python(
+        "scripts/backup.py", "restore", "--from", str(source), env=env, timeout=300
+    )
 
 
 def portal_env(url: str, media: Path) -> dict[str, str]:
@@ -184,14 +199,7 @@ def test_backup_mid_use_and_restore_into_a_fresh_database_and_storage(
     writer.start()
     try:
         backup_dir = tmp_path / "backup"
-        backed_up = run_python(
-            "scripts/backup.py",
-            "backup",
-            "--to",
-            str(backup_dir),
-            env=portal_env(source_url, media_root),
-            timeout=300,
-        )
+        backed_up = backup(backup_dir, portal_env(source_url, media_root))
     finally:
         stop.set()
         writer.join(timeout=120)
@@ -200,14 +208,7 @@ def test_backup_mid_use_and_restore_into_a_fresh_database_and_storage(
 
     restored_media = tmp_path / "restored-media"
     restored_media.mkdir()
-    restored = run_python(
-        "scripts/backup.py",
-        "restore",
-        "--from",
-        str(backup_dir),
-        env=portal_env(fresh_database, restored_media),
-        timeout=300,
-    )
+    restored = restore(backup_dir, portal_env(fresh_database, restored_media))
     assert restored.returncode == 0, restored.stderr
     summary = json.loads(restored.stdout)["restore"]
 
@@ -266,26 +267,9 @@ def test_restore_refuses_a_database_that_is_in_use(
 ) -> None:
     source_url = database_url(connection.settings_dict)
     backup_dir = tmp_path / "backup"
-    assert (
-        run_python(
-            "scripts/backup.py",
-            "backup",
-            "--to",
-            str(backup_dir),
-            env=portal_env(source_url, media_root),
-            timeout=300,
-        ).returncode
-        == 0
-    )
+    assert backup(backup_dir, portal_env(source_url, media_root)).returncode == 0
     # Over the running portal's own database: refused before anything is written.
-    refused = run_python(
-        "scripts/backup.py",
-        "restore",
-        "--from",
-        str(backup_dir),
-        env=portal_env(source_url, tmp_path / "empty-media"),
-        timeout=300,
-    )
+    refused = restore(backup_dir, portal_env(source_url, tmp_path / "empty-media"))
     assert refused.returncode == 1
     assert "already has tables" in refused.stderr
     # A backup whose dump was altered is refused before the database is touched.
@@ -293,13 +277,8 @@ def test_restore_refuses_a_database_that_is_in_use(
     content = bytearray(dump.read_bytes())
     content[len(content) // 2] ^= 0xFF
     dump.write_bytes(bytes(content))
-    tampered = run_python(
-        "scripts/backup.py",
-        "restore",
-        "--from",
-        str(backup_dir),
-        env=portal_env(fresh_database, tmp_path / "empty-media-2"),
-        timeout=300,
+    tampered = restore(
+        backup_dir, portal_env(fresh_database, tmp_path / "empty-media-2")
     )
     assert tampered.returncode == 1
     assert "does not match its checksum" in tampered.stderr
@@ -381,23 +360,9 @@ def test_backup_and_restore_with_s3_storage(
 
         source_url = database_url(connection.settings_dict)
         backup_dir = tmp_path / "backup"
-        backed_up = run_python(
-            "scripts/backup.py",
-            "backup",
-            "--to",
-            str(backup_dir),
-            env=env(source_url, "drill-source"),
-            timeout=300,
-        )
+        backed_up = backup(backup_dir, env(source_url, "drill-source"))
         assert backed_up.returncode == 0, backed_up.stderr
-        restored = run_python(
-            "scripts/backup.py",
-            "restore",
-            "--from",
-            str(backup_dir),
-            env=env(fresh_database, "drill-restored"),
-            timeout=300,
-        )
+        restored = restore(backup_dir, env(fresh_database, "drill-restored"))
         assert restored.returncode == 0, restored.stderr
 
         def digest(bucket: str, key: str) -> str:

@@ -86,6 +86,24 @@ def finish_analysis(
     return analysis
 
 
+def signed_review(analysis: Any, make_user: Any, *, birads: str, note: str = "") -> Any:
+    """A benign reading signed by radiologist Ada Reader, disagreeing with the model."""
+    from portal.review.services import review_save
+
+    reader = make_user("radiologist", "dr-reader")
+    reader.first_name, reader.last_name = "Ada", "Reader"
+    reader.save()
+    return review_save(
+        analysis=analysis,
+        author=reader,
+        sign=True,
+        agrees_with_model=False,
+        label="benign",
+        birads=birads,
+        note=note,
+    )
+
+
 def start_storescp(folder: Any, port: int, ae_title: str) -> Any:
     """DCMTK's storage SCP (the PACS of the tests), writing what it gets into folder."""
     import subprocess
@@ -121,6 +139,44 @@ def finished_batch(timeout: float = 20) -> Any:
             return batch
         time.sleep(0.05)
     raise AssertionError("the association's upload report was never closed")
+
+
+def listener_env(
+    *,
+    port: int,
+    redis_url: str,
+    queue: str,
+    media_root: Any,
+    weights_dir: Any,
+    ae_title: str,
+    allowed: str,
+    **more: str,
+) -> dict[str, str]:
+    """The whole environment of `manage.py dicom_listener` as deployed, on this test's
+    database, storage and Redis queue; `more` adds settings (DICOM_TLS_*)."""
+    import os
+
+    from django.conf import settings
+    from django.db import connection
+
+    from bench.launch import database_url
+
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "REDIS_URL": redis_url,
+        "CELERY_INFERENCE_QUEUE": queue,
+        "MEDIA_ROOT": str(media_root),
+        "STORAGE_BACKEND": "local",
+        "ML_WEIGHTS_DIR": str(weights_dir),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DICOM_AE_TITLE": ae_title,
+        "DICOM_PORT": str(port),
+        "DICOM_ALLOWED_CALLING_AE_TITLES": allowed,
+        "PYTHONUNBUFFERED": "1",
+        **more,
+    }
 
 
 def redis_or_skip(db: int) -> tuple[Any, str]:

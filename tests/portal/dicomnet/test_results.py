@@ -14,14 +14,21 @@ from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 from portal.dicomnet.results import (
     CLASS_PROBABILITY_CODES,
+    GATE_SCORE,
     MODEL_NAME,
+    NOT_ANALYSED,
     NOT_RELIABLE,
     OOD_SCORE,
     ResultsUnavailable,
     analysis_results,
     encode,
 )
-from tests.portal.dicomnet.conftest import finish_analysis, read_seg, store_scan
+from tests.portal.dicomnet.conftest import (
+    finish_analysis,
+    read_seg,
+    signed_review,
+    store_scan,
+)
 from tests.portal.ingest.factories import GREY, RGB, dicom, png
 
 
@@ -197,21 +204,8 @@ def test_not_reliable_flag_and_ood_score_when_the_analysis_has_them(
 def test_signed_reading_goes_in_and_verifies_the_sr(
     dicom_scan: Any, make_user: Any
 ) -> None:
-    from portal.review.services import review_save
-
     analysis = finish_analysis(dicom_scan)
-    reader = make_user("radiologist", "dr-reader")
-    reader.first_name, reader.last_name = "Ada", "Reader"
-    reader.save()
-    review = review_save(
-        analysis=analysis,
-        author=reader,
-        sign=True,
-        agrees_with_model=False,
-        label="benign",
-        birads="3",
-        note="stable cyst",
-    )
+    review = signed_review(analysis, make_user, birads="3", note="stable cyst")
     unsigned = analysis_results(analysis=analysis)
     results = analysis_results(analysis=analysis, review=review)
     sr = roundtrip(results.sr)
@@ -356,3 +350,50 @@ def test_once_signed_the_readers_outline_is_the_seg(
     )
     empty = analysis_results(analysis=analysis, review=no_lesion)
     assert not np.asarray(empty.seg.pixel_array).any()
+
+
+def withhold(scan: Any, gate_score: float) -> Any:
+    """Record the gate's verdict "not a breast ultrasound" as a worker does."""
+    from portal.analyses import services
+
+    analysis = scan.analyses.get()
+    assert services.analysis_claim(analysis_id=analysis.pk, worker="test")
+    services.analysis_record_success(
+        analysis_id=analysis.pk,
+        result={
+            "label": "malignant",
+            "probabilities": {"normal": 0.1, "benign": 0.2, "malignant": 0.7},
+            "confidence": 0.7,
+            "lesion_area_fraction": 0.1,
+            "bbox": None,
+            "withheld": True,
+            "gate_score": gate_score,
+        },
+        artifacts={},
+    )
+    analysis.refresh_from_db()
+    assert analysis.withheld and not analysis.mask
+    return analysis
+
+
+def test_a_withheld_scan_gets_only_an_sr_saying_why(
+    dicom_scan: Any, study: Any, user: Any
+) -> None:
+    results = analysis_results(analysis=withhold(dicom_scan, 0.12))
+    assert results.seg is None and results.overlay is None and results.source is None
+    assert results.datasets() == [results.sr]
+    assert set(results.names) == {"sr"}
+    source = pydicom.dcmread(dicom_scan.original.open("rb"))
+    assert roundtrip(results.sr).StudyInstanceUID == source.StudyInstanceUID
+    (group,) = groups(results.sr).get_image_measurement_groups()
+    assert group.finding_type == NOT_ANALYSED
+    assert group.get_measurements(name=GATE_SCORE)[0].value == pytest.approx(0.12)
+    for concept in CLASS_PROBABILITY_CODES.values():
+        assert not group.get_measurements(name=concept)
+    # A PNG upload: its portal-made source goes before the SR that references it.
+    png_scan = store_scan(study, user, png(64, 48, value=70), name="a.png")
+    png_results = analysis_results(analysis=withhold(png_scan, 0.3))
+    assert png_results.seg is None and png_results.overlay is None
+    assert png_results.source is not None
+    assert png_results.source.SOPClassUID == SecondaryCaptureImageStorage
+    assert png_results.datasets() == [png_results.source, png_results.sr]

@@ -27,7 +27,12 @@ from portal.dicomnet.results import (
     analysis_results,
     encode,
 )
-from tests.portal.dicomnet.conftest import finish_analysis, read_seg, store_scan
+from tests.portal.dicomnet.conftest import (
+    finish_analysis,
+    read_seg,
+    signed_review,
+    store_scan,
+)
 from tests.portal.ingest.factories import GREY, png
 
 DCIODVFY = shutil.which("dciodvfy")
@@ -70,30 +75,13 @@ def right_breast_scan(study: Any, user: Any) -> Any:
     return store_scan(study, user, buffer.getvalue())
 
 
-def signed_review(analysis: Any, make_user: Any) -> Any:
-    from portal.review.services import review_save
-
-    reader = make_user("radiologist", "dr-reader")
-    reader.first_name, reader.last_name = "Ada", "Reader"
-    reader.save()
-    return review_save(
-        analysis=analysis,
-        author=reader,
-        sign=True,
-        agrees_with_model=False,
-        label="benign",
-        birads="4A",
-        note="",
-    )
-
-
 @needs_dciodvfy
 def test_seg_sr_and_sc_pass_dciodvfy_with_no_error(
     study: Any, user: Any, make_user: Any, tmp_path: Path
 ) -> None:
     scan = right_breast_scan(study, user)
     analysis = finish_analysis(scan)
-    review = signed_review(analysis, make_user)
+    review = signed_review(analysis, make_user, birads="4A")
     model = analysis_results(analysis=analysis)
     reading = analysis_results(analysis=analysis, review=review)
     objects = {
@@ -165,7 +153,7 @@ def test_probabilities_are_class_named_concepts_and_birads_standard_codes(
     analysis = finish_analysis(
         scan, probabilities={"normal": 0.05, "benign": 0.25, "malignant": 0.7}
     )
-    review = signed_review(analysis, make_user)
+    review = signed_review(analysis, make_user, birads="4A")
     model = analysis_results(analysis=analysis)
     reading = analysis_results(analysis=analysis, review=review)
     sr = hd.sr.srread(io.BytesIO(encode(model.sr)))

@@ -6,7 +6,6 @@ queue of its own, so "queued" means a message really is in the broker.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -18,17 +17,17 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from django.conf import settings
 from django.db import connection
 from pydicom.uid import generate_uid
 
-from bench.launch import database_url, free_port, start_listener, stop_process
+from bench.launch import free_port, start_listener, stop_process
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan, Study
 from portal.ingest.models import UploadBatch, UploadItem
 from tests.portal.dicomnet.conftest import (
     SCANNER_AE,
     finished_batch,
+    listener_env,
     redis_or_skip,
 )
 from tests.portal.ingest.factories import GREY, RGB, dicom
@@ -63,22 +62,14 @@ def listener(
 ) -> Iterator[dict[str, Any]]:
     _, url, queue_name = queue
     port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "portal.settings",
-            "DATABASE_URL": database_url(connection.settings_dict),
-            "REDIS_URL": url,
-            "CELERY_INFERENCE_QUEUE": queue_name,
-            "MEDIA_ROOT": str(media_root),
-            "STORAGE_BACKEND": "local",
-            "ML_WEIGHTS_DIR": str(weights_dir),
-            "SECRET_KEY": settings.SECRET_KEY,
-            "DICOM_AE_TITLE": LISTENER_AE,
-            "DICOM_PORT": str(port),
-            "DICOM_ALLOWED_CALLING_AE_TITLES": f"{SCANNER_AE},PACS_MAIN",
-            "PYTHONUNBUFFERED": "1",
-        }
+    env = listener_env(
+        port=port,
+        redis_url=url,
+        queue=queue_name,
+        media_root=media_root,
+        weights_dir=weights_dir,
+        ae_title=LISTENER_AE,
+        allowed=f"{SCANNER_AE},PACS_MAIN",
     )
     log_path = tmp_path / "listener.log"
     process = start_listener(env, log_path)

@@ -136,9 +136,20 @@ def tls_receiver(transactional_db: None, pki: Path) -> Iterator[dict[str, Any]]:
     server.shutdown()
 
 
-def storescu(port: int, path: Path, *tls: str) -> subprocess.CompletedProcess[str]:
+def tls(pki: Path, *, cert: str = "scanner", trust: str = "ca") -> tuple[str, ...]:
+    """storescu's TLS options: present `cert`'s key and certificate, trust `trust`."""
+    return (
+        "--enable-tls",
+        str(pki / f"{cert}.key"),
+        str(pki / f"{cert}.pem"),
+        "--add-cert-file",
+        str(pki / f"{trust}.pem"),
+    )
+
+
+def storescu(port: int, path: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["storescu", "-v", *tls, "-aet", SCANNER_AE, "-aec", RECEIVER_AE]
+        ["storescu", "-v", *options, "-aet", SCANNER_AE, "-aec", RECEIVER_AE]
         + ["127.0.0.1", str(port), str(path)],
         check=False,
         capture_output=True,
@@ -155,15 +166,7 @@ def test_storescu_over_tls_stores_and_plain_or_unknown_certificates_are_refused(
     path.write_bytes(dicom(study_uid=generate_uid()))
     port = tls_receiver["port"]
 
-    secure = storescu(
-        port,
-        path,
-        "--enable-tls",
-        str(pki / "scanner.key"),
-        str(pki / "scanner.pem"),
-        "--add-cert-file",
-        str(pki / "ca.pem"),
-    )
+    secure = storescu(port, path, *tls(pki))
     assert secure.returncode == 0, secure.stderr
     assert "Received Store Response (Success)" in secure.stdout + secure.stderr
     assert Scan.objects.count() == 1
@@ -171,26 +174,10 @@ def test_storescu_over_tls_stores_and_plain_or_unknown_certificates_are_refused(
 
     plain = storescu(port, path)
     assert plain.returncode != 0
-    rogue = storescu(
-        port,
-        path,
-        "--enable-tls",
-        str(pki / "rogue.key"),
-        str(pki / "rogue.pem"),
-        "--add-cert-file",
-        str(pki / "ca.pem"),
-    )
+    rogue = storescu(port, path, *tls(pki, cert="rogue"))
     assert rogue.returncode != 0
     # storescu checks the listener too: a CA it does not trust fails the handshake.
-    untrusted = storescu(
-        port,
-        path,
-        "--enable-tls",
-        str(pki / "scanner.key"),
-        str(pki / "scanner.pem"),
-        "--add-cert-file",
-        str(pki / "rogue.pem"),
-    )
+    untrusted = storescu(port, path, *tls(pki, trust="rogue"))
     assert untrusted.returncode != 0
     assert Scan.objects.count() == 1
 
@@ -317,36 +304,27 @@ def test_the_deployed_listener_speaks_tls_from_its_settings(
 ) -> None:
     """`manage.py dicom_listener` configured by DICOM_TLS_* only, as deployed; DCMTK's
     storescu --enable-tls is the scanner."""
-    import os
     import uuid
 
-    from django.conf import settings
     from django.db import connection
 
-    from bench.launch import database_url, start_listener, stop_process
-    from tests.portal.dicomnet.conftest import redis_or_skip
+    from bench.launch import start_listener, stop_process
+    from tests.portal.dicomnet.conftest import listener_env, redis_or_skip
 
     client, url = redis_or_skip(14)
     queue = f"inference-tls-{uuid.uuid4().hex[:12]}"
     port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "portal.settings",
-            "DATABASE_URL": database_url(connection.settings_dict),
-            "REDIS_URL": url,
-            "CELERY_INFERENCE_QUEUE": queue,
-            "MEDIA_ROOT": str(media_root),
-            "STORAGE_BACKEND": "local",
-            "ML_WEIGHTS_DIR": str(weights_dir),
-            "SECRET_KEY": settings.SECRET_KEY,
-            "DICOM_AE_TITLE": RECEIVER_AE,
-            "DICOM_PORT": str(port),
-            "DICOM_ALLOWED_CALLING_AE_TITLES": f"{SCANNER_AE}@127.0.0.1",
-            "DICOM_TLS_CERT_FILE": str(pki / "listener.pem"),
-            "DICOM_TLS_KEY_FILE": str(pki / "listener.key"),
-            "DICOM_TLS_CA_FILE": str(pki / "ca.pem"),
-        }
+    env = listener_env(
+        port=port,
+        redis_url=url,
+        queue=queue,
+        media_root=media_root,
+        weights_dir=weights_dir,
+        ae_title=RECEIVER_AE,
+        allowed=f"{SCANNER_AE}@127.0.0.1",
+        DICOM_TLS_CERT_FILE=str(pki / "listener.pem"),
+        DICOM_TLS_KEY_FILE=str(pki / "listener.key"),
+        DICOM_TLS_CA_FILE=str(pki / "ca.pem"),
     )
     log = tmp_path / "listener.log"
     process = start_listener(env, log)
@@ -354,15 +332,7 @@ def test_the_deployed_listener_speaks_tls_from_its_settings(
         assert "over TLS" in log.read_text()
         path = tmp_path / "scan.dcm"
         path.write_bytes(dicom(study_uid=generate_uid()))
-        secure = storescu(
-            port,
-            path,
-            "--enable-tls",
-            str(pki / "scanner.key"),
-            str(pki / "scanner.pem"),
-            "--add-cert-file",
-            str(pki / "ca.pem"),
-        )
+        secure = storescu(port, path, *tls(pki))
         assert secure.returncode == 0, secure.stderr
         assert "Received Store Response (Success)" in secure.stdout + secure.stderr
         assert storescu(port, path).returncode != 0  # no TLS: refused

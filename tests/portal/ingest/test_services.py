@@ -382,6 +382,37 @@ def test_a_file_that_cannot_be_stored_is_rejected_and_the_others_go_on(
     assert Scan.objects.count() == 1
 
 
+def test_a_file_that_meets_a_simultaneous_upload_is_stored_again(
+    study, user, monkeypatch
+):
+    from django.db import IntegrityError
+
+    from portal.ingest import services
+
+    real = services.scan_submit
+    clashes = {"again.png": 1, "always.png": services.STORE_ATTEMPTS}
+
+    def clashing(**kwargs: Any):
+        name = kwargs["upload"].original_filename
+        if clashes.get(name, 0) > 0:
+            clashes[name] -= 1
+            raise IntegrityError("duplicate key value violates unique constraint")
+        return real(**kwargs)
+
+    monkeypatch.setattr(services, "scan_submit", clashing)
+    result = upload(
+        study, user, ("again.png", png(value=41)), ("always.png", png(value=42))
+    )
+    again, always = result.items
+    # The first clash is rolled back and the file stored on the next attempt.
+    assert again.outcome == Outcome.ACCEPTED and not again.retryable
+    # Clashing on every attempt: refused, as worth sending again.
+    assert always.outcome == Outcome.REJECTED and always.retryable
+    assert always.reason.startswith("met a simultaneous upload")
+    assert clashes == {"again.png": 0, "always.png": 0}
+    assert Scan.objects.count() == 1
+
+
 def test_decoded_pixels_are_not_kept_while_files_wait_to_be_stored():
     from dataclasses import fields
 
