@@ -48,21 +48,40 @@ def malignant_vs_benign_auc(labels: np.ndarray, probabilities: np.ndarray) -> fl
     return malignant_auc(labels[lesion], probabilities[lesion])
 
 
+def reliability_bins(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
+) -> list[dict]:
+    """Top-label reliability diagram: equal-width confidence bins, each with its count, mean
+    confidence and accuracy (``None`` when empty)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    out = []
+    for low, high in itertools.pairwise(np.linspace(0.0, 1.0, bins + 1)):
+        in_bin = (confidence > low) & (confidence <= high)
+        count = int(in_bin.sum())
+        out.append(
+            {
+                "low": float(low),
+                "high": float(high),
+                "count": count,
+                "confidence": float(confidence[in_bin].mean()) if count else None,
+                "accuracy": float(correct[in_bin].mean()) if count else None,
+            }
+        )
+    return out
+
+
 def expected_calibration_error(
     labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
 ) -> float:
-    """Top-label ECE with equal-width confidence bins (Guo et al., 2017)."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for low, high in itertools.pairwise(edges):
-        in_bin = (confidence > low) & (confidence <= high)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(
-                correct[in_bin].mean() - confidence[in_bin].mean()
-            )
-    return float(ece)
+    """Top-label ECE over the bins of :func:`reliability_bins` (Guo et al., 2017)."""
+    return float(
+        sum(
+            b["count"] / len(labels) * abs(b["accuracy"] - b["confidence"])
+            for b in reliability_bins(labels, probabilities, bins)
+            if b["count"]
+        )
+    )
 
 
 def dice_per_image(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:

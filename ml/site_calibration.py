@@ -22,7 +22,6 @@ calibrated label being malignant, the training operating point.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ import numpy as np
 
 from ml import metrics
 from ml.config import CLASSES
+from ml.metrics import reliability_bins
 
 __all__ = [
     "MIN_MALIGNANT_FOR_THRESHOLD",
@@ -317,29 +317,6 @@ def fit_site_calibration(
         n=len(labels),
         fitted_on=fitted_on,
     )
-
-
-def reliability_bins(
-    labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
-) -> list[dict]:
-    """Top-label reliability diagram, the bins of ``metrics.expected_calibration_error``."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    out = []
-    for low, high in itertools.pairwise(edges):
-        in_bin = (confidence > low) & (confidence <= high)
-        count = int(in_bin.sum())
-        out.append(
-            {
-                "low": float(low),
-                "high": float(high),
-                "count": count,
-                "confidence": float(confidence[in_bin].mean()) if count else None,
-                "accuracy": float(correct[in_bin].mean()) if count else None,
-            }
-        )
-    return out
 
 
 def _group_folds(groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
