@@ -415,27 +415,23 @@ def evaluate_site_calibration(
     final = fit_site_calibration(
         logits, labels, target_sensitivity=target_sensitivity, groups=groups
     )
-    threshold_samples = []
-    rng = np.random.default_rng(seed + 1)
-    names, inverse = np.unique(groups, return_inverse=True)
-    members = [np.nonzero(inverse == g)[0] for g in range(len(names))]
-    for _ in range(bootstrap_rounds):
-        drawn = np.concatenate(
-            [members[g] for g in rng.integers(0, len(members), len(members))]
+
+    def refitted_threshold(indices: np.ndarray) -> dict:
+        # NaN (left out of the interval) for a draw without a malignant case.
+        if not (labels[indices] == MALIGNANT).any():
+            return {"threshold": float("nan")}
+        refit = fit_site_calibration(
+            logits[indices], labels[indices], target_sensitivity=target_sensitivity
         )
-        if (labels[drawn] == MALIGNANT).any():
-            refit = fit_site_calibration(
-                logits[drawn], labels[drawn], target_sensitivity=target_sensitivity
-            )
-            threshold_samples.append(refit.threshold)
-    threshold_interval = (
-        [
-            float(np.percentile(threshold_samples, 2.5)),
-            float(np.percentile(threshold_samples, 97.5)),
-        ]
-        if threshold_samples
-        else None
-    )
+        return {"threshold": refit.threshold}
+
+    threshold_interval = None
+    if (labels == MALIGNANT).any():
+        interval = metrics.bootstrap_intervals(
+            refitted_threshold, groups, rounds=bootstrap_rounds, seed=seed + 1
+        ).get("threshold")
+        if interval is not None and not np.isnan(interval[0]):
+            threshold_interval = list(interval)
 
     def side(name: str, probabilities: np.ndarray, flagged: np.ndarray) -> dict:
         measured = _measures(labels, probabilities, flagged)
