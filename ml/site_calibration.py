@@ -31,7 +31,7 @@ import numpy as np
 
 from ml import metrics
 from ml.config import CLASSES
-from ml.metrics import reliability_bins
+from ml.metrics import MALIGNANT, reliability_bins
 
 __all__ = [
     "MIN_MALIGNANT_FOR_THRESHOLD",
@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-MALIGNANT = CLASSES.index("malignant")
 
 # Below this many signed reads a site keeps the training calibration and operating point.
 # The targets are stated at 100 reads (ECE <= 0.04, sensitivity within 0.85-0.95 at

@@ -26,11 +26,11 @@ import numpy as np
 
 from ml import metrics
 from ml.config import CLASSES
+from ml.metrics import BENIGN, MALIGNANT, NORMAL
 from ml.study import RULES, per_group
 
 logger = logging.getLogger(__name__)
 
-NORMAL, BENIGN, MALIGNANT = 0, 1, 2
 KEYS = (
     "labels",
     "sources",
