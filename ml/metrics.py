@@ -178,21 +178,31 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fit_class_bias(
-    logits: np.ndarray, labels: np.ndarray, *, grid: np.ndarray | None = None
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    grid: np.ndarray | None = None,
+    objective: Callable[[np.ndarray], float] | None = None,
 ) -> np.ndarray:
     """Per-class logit offsets maximising balanced accuracy on validation data.
 
     A decision rule for unequal class costs and priors (logit adjustment): benign stays at 0,
     normal and malignant move on a coarse grid; among equally good offsets the smallest wins,
-    so the rule moves only as far as the validation data supports.
+    so the rule moves only as far as the validation data supports. ``objective`` scores the
+    predicted labels in place of balanced accuracy.
     """
     grid = np.arange(-1.0, 2.01, 0.25) if grid is None else grid
+    if objective is None:
+
+        def objective(predicted: np.ndarray) -> float:
+            return float(np.nanmean(recalls(labels, predicted)))
+
     best, best_key = np.zeros(len(CLASSES)), None
     for normal_bias in grid:
         for malignant_bias in grid:
             bias = np.zeros(len(CLASSES))
             bias[NORMAL], bias[MALIGNANT] = normal_bias, malignant_bias
-            score = float(np.nanmean(recalls(labels, (logits + bias).argmax(1))))
+            score = objective((logits + bias).argmax(1))
             key = (round(score, 6), -abs(normal_bias) - abs(malignant_bias))
             if best_key is None or key > best_key:
                 best, best_key = bias, key

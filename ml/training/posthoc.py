@@ -144,24 +144,24 @@ def fit_source_balanced_bias(
 ) -> np.ndarray:
     """Class offsets maximising the mean recall over every (source, class) cell present,
     so each source's normals weigh as much as another's (the pooled objective lets the
-    largest source's normals decide). Ties: the smallest move, as ``fit_class_bias``."""
-    grid = np.arange(-1.0, 2.51, 0.25) if grid is None else grid
+    largest source's normals decide): ``metrics.fit_class_bias``'s search, ties to the smallest
+    move, on a wider grid."""
     cells = [
         (sources == s) & (labels == c)
         for s in np.unique(sources)
         for c in range(len(CLASSES))
         if ((sources == s) & (labels == c)).sum() >= 3
     ]
-    best, best_key = np.zeros(len(CLASSES)), None
-    for normal_bias in grid:
-        for malignant_bias in grid:
-            bias = np.array([normal_bias, 0.0, malignant_bias])
-            predicted = (logits + bias).argmax(1)
-            score = float(np.mean([(predicted[c] == labels[c]).mean() for c in cells]))
-            key = (round(score, 6), -abs(normal_bias) - abs(malignant_bias))
-            if best_key is None or key > best_key:
-                best, best_key = bias, key
-    return best
+
+    def cell_recall(predicted: np.ndarray) -> float:
+        return float(np.mean([(predicted[c] == labels[c]).mean() for c in cells]))
+
+    return metrics.fit_class_bias(
+        logits,
+        labels,
+        grid=np.arange(-1.0, 2.51, 0.25) if grid is None else grid,
+        objective=cell_recall,
+    )
 
 
 def normals_with_lesion(
