@@ -207,3 +207,14 @@ def fit_class_bias(
             if best_key is None or key > best_key:
                 best, best_key = bias, key
     return best
+
+
+def fit_offsets_and_temperature(
+    logits: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Per-class logit offsets maximising balanced recall, then the temperature minimising the
+    NLL of ``softmax((logits + offsets) / T)``: the training calibration
+    (``ml.training.calibration``) and a site's (``ml.site_calibration``)."""
+    class_bias = fit_class_bias(logits, labels)
+    temperature = fit_temperature(logits + class_bias, labels)
+    return class_bias, temperature

@@ -7,8 +7,9 @@ Convention: calibrated probabilities are ``softmax((logits + offsets) / temperat
 network's raw class logits (``ImageAnalysis.class_logits``, before the training calibration),
 exactly as the weights' own calibration is applied (``ml.inference``). The offsets and the
 temperature are fitted as ``ml.training.calibration`` fits the training calibration (one
-implementation, :func:`fit_offsets_and_temperature`): per-class offsets maximising balanced
-recall, then the temperature minimising the negative log-likelihood (Guo et al., 2017).
+implementation, :func:`ml.metrics.fit_offsets_and_temperature`): per-class offsets
+maximising balanced recall, then the temperature minimising the negative log-likelihood
+(Guo et al., 2017).
 
 The operating point is a threshold on calibrated p(malignant): the highest threshold at
 which at least ``target_sensitivity`` of the signed malignant cases are flagged
@@ -31,7 +32,7 @@ import numpy as np
 
 from ml import metrics
 from ml.config import CLASSES
-from ml.metrics import MALIGNANT, reliability_bins
+from ml.metrics import MALIGNANT, fit_offsets_and_temperature, reliability_bins
 
 __all__ = [
     "MIN_MALIGNANT_FOR_THRESHOLD",
@@ -242,16 +243,6 @@ class SiteCalibration:
         if self.threshold is None:
             return array.argmax(axis=1) == MALIGNANT
         return array[:, MALIGNANT] >= self.threshold
-
-
-def fit_offsets_and_temperature(
-    logits: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, float]:
-    """Per-class logit offsets maximising balanced recall, then the temperature minimising the
-    NLL of ``softmax((logits + offsets) / T)``: the training calibration and the site's."""
-    class_bias = metrics.fit_class_bias(logits, labels)
-    temperature = metrics.fit_temperature(logits + class_bias, labels)
-    return class_bias, temperature
 
 
 def _threshold_for(p_malignant: np.ndarray, target_sensitivity: float) -> float | None:
