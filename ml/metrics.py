@@ -48,21 +48,40 @@ def malignant_vs_benign_auc(labels: np.ndarray, probabilities: np.ndarray) -> fl
     return malignant_auc(labels[lesion], probabilities[lesion])
 
 
+def reliability_bins(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
+) -> list[dict]:
+    """Top-label reliability diagram: equal-width confidence bins, each with its count, mean
+    confidence and accuracy (``None`` when empty)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    out = []
+    for low, high in itertools.pairwise(np.linspace(0.0, 1.0, bins + 1)):
+        in_bin = (confidence > low) & (confidence <= high)
+        count = int(in_bin.sum())
+        out.append(
+            {
+                "low": float(low),
+                "high": float(high),
+                "count": count,
+                "confidence": float(confidence[in_bin].mean()) if count else None,
+                "accuracy": float(correct[in_bin].mean()) if count else None,
+            }
+        )
+    return out
+
+
 def expected_calibration_error(
     labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
 ) -> float:
-    """Top-label ECE with equal-width confidence bins (Guo et al., 2017)."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for low, high in itertools.pairwise(edges):
-        in_bin = (confidence > low) & (confidence <= high)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(
-                correct[in_bin].mean() - confidence[in_bin].mean()
-            )
-    return float(ece)
+    """Top-label ECE over the bins of :func:`reliability_bins` (Guo et al., 2017)."""
+    return float(
+        sum(
+            b["count"] / len(labels) * abs(b["accuracy"] - b["confidence"])
+            for b in reliability_bins(labels, probabilities, bins)
+            if b["count"]
+        )
+    )
 
 
 def dice_per_image(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -159,22 +178,43 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fit_class_bias(
-    logits: np.ndarray, labels: np.ndarray, *, grid: np.ndarray | None = None
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    grid: np.ndarray | None = None,
+    objective: Callable[[np.ndarray], float] | None = None,
 ) -> np.ndarray:
     """Per-class logit offsets maximising balanced accuracy on validation data.
 
     A decision rule for unequal class costs and priors (logit adjustment): benign stays at 0,
     normal and malignant move on a coarse grid; among equally good offsets the smallest wins,
-    so the rule moves only as far as the validation data supports.
+    so the rule moves only as far as the validation data supports. ``objective`` scores the
+    predicted labels in place of balanced accuracy.
     """
     grid = np.arange(-1.0, 2.01, 0.25) if grid is None else grid
+    if objective is None:
+
+        def objective(predicted: np.ndarray) -> float:
+            return float(np.nanmean(recalls(labels, predicted)))
+
     best, best_key = np.zeros(len(CLASSES)), None
     for normal_bias in grid:
         for malignant_bias in grid:
             bias = np.zeros(len(CLASSES))
             bias[NORMAL], bias[MALIGNANT] = normal_bias, malignant_bias
-            score = float(np.nanmean(recalls(labels, (logits + bias).argmax(1))))
+            score = objective((logits + bias).argmax(1))
             key = (round(score, 6), -abs(normal_bias) - abs(malignant_bias))
             if best_key is None or key > best_key:
                 best, best_key = bias, key
     return best
+
+
+def fit_offsets_and_temperature(
+    logits: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Per-class logit offsets maximising balanced recall, then the temperature minimising the
+    NLL of ``softmax((logits + offsets) / T)``: the training calibration
+    (``ml.training.calibration``) and a site's (``ml.site_calibration``)."""
+    class_bias = fit_class_bias(logits, labels)
+    temperature = fit_temperature(logits + class_bias, labels)
+    return class_bias, temperature

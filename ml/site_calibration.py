@@ -7,8 +7,9 @@ Convention: calibrated probabilities are ``softmax((logits + offsets) / temperat
 network's raw class logits (``ImageAnalysis.class_logits``, before the training calibration),
 exactly as the weights' own calibration is applied (``ml.inference``). The offsets and the
 temperature are fitted as ``ml.training.calibration`` fits the training calibration (one
-implementation, :func:`fit_offsets_and_temperature`): per-class offsets maximising balanced
-recall, then the temperature minimising the negative log-likelihood (Guo et al., 2017).
+implementation, :func:`ml.metrics.fit_offsets_and_temperature`): per-class offsets
+maximising balanced recall, then the temperature minimising the negative log-likelihood
+(Guo et al., 2017).
 
 The operating point is a threshold on calibrated p(malignant): the highest threshold at
 which at least ``target_sensitivity`` of the signed malignant cases are flagged
@@ -22,7 +23,6 @@ calibrated label being malignant, the training operating point.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -32,6 +32,7 @@ import numpy as np
 
 from ml import metrics
 from ml.config import CLASSES
+from ml.metrics import MALIGNANT, fit_offsets_and_temperature, reliability_bins
 
 __all__ = [
     "MIN_MALIGNANT_FOR_THRESHOLD",
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-MALIGNANT = CLASSES.index("malignant")
 
 # Below this many signed reads a site keeps the training calibration and operating point.
 # The issue's targets are stated at 100 reads (ECE <= 0.04, sensitivity within 0.85-0.95 at
@@ -245,16 +245,6 @@ class SiteCalibration:
         return array[:, MALIGNANT] >= self.threshold
 
 
-def fit_offsets_and_temperature(
-    logits: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, float]:
-    """Per-class logit offsets maximising balanced recall, then the temperature minimising the
-    NLL of ``softmax((logits + offsets) / T)``: the training calibration and the site's."""
-    class_bias = metrics.fit_class_bias(logits, labels)
-    temperature = metrics.fit_temperature(logits + class_bias, labels)
-    return class_bias, temperature
-
-
 def _threshold_for(p_malignant: np.ndarray, target_sensitivity: float) -> float | None:
     """The highest threshold t with mean(p >= t) >= target over the malignant cases given."""
     if p_malignant.size == 0:
@@ -317,29 +307,6 @@ def fit_site_calibration(
         n=len(labels),
         fitted_on=fitted_on,
     )
-
-
-def reliability_bins(
-    labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
-) -> list[dict]:
-    """Top-label reliability diagram, the bins of ``metrics.expected_calibration_error``."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    out = []
-    for low, high in itertools.pairwise(edges):
-        in_bin = (confidence > low) & (confidence <= high)
-        count = int(in_bin.sum())
-        out.append(
-            {
-                "low": float(low),
-                "high": float(high),
-                "count": count,
-                "confidence": float(confidence[in_bin].mean()) if count else None,
-                "accuracy": float(correct[in_bin].mean()) if count else None,
-            }
-        )
-    return out
 
 
 def _group_folds(groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -438,27 +405,23 @@ def evaluate_site_calibration(
     final = fit_site_calibration(
         logits, labels, target_sensitivity=target_sensitivity, groups=groups
     )
-    threshold_samples = []
-    rng = np.random.default_rng(seed + 1)
-    names, inverse = np.unique(groups, return_inverse=True)
-    members = [np.nonzero(inverse == g)[0] for g in range(len(names))]
-    for _ in range(bootstrap_rounds):
-        drawn = np.concatenate(
-            [members[g] for g in rng.integers(0, len(members), len(members))]
+
+    def refitted_threshold(indices: np.ndarray) -> dict:
+        # NaN (left out of the interval) for a draw without a malignant case.
+        if not (labels[indices] == MALIGNANT).any():
+            return {"threshold": float("nan")}
+        refit = fit_site_calibration(
+            logits[indices], labels[indices], target_sensitivity=target_sensitivity
         )
-        if (labels[drawn] == MALIGNANT).any():
-            refit = fit_site_calibration(
-                logits[drawn], labels[drawn], target_sensitivity=target_sensitivity
-            )
-            threshold_samples.append(refit.threshold)
-    threshold_interval = (
-        [
-            float(np.percentile(threshold_samples, 2.5)),
-            float(np.percentile(threshold_samples, 97.5)),
-        ]
-        if threshold_samples
-        else None
-    )
+        return {"threshold": refit.threshold}
+
+    threshold_interval = None
+    if (labels == MALIGNANT).any():
+        interval = metrics.bootstrap_intervals(
+            refitted_threshold, groups, rounds=bootstrap_rounds, seed=seed + 1
+        ).get("threshold")
+        if interval is not None and not np.isnan(interval[0]):
+            threshold_interval = list(interval)
 
     def side(name: str, probabilities: np.ndarray, flagged: np.ndarray) -> dict:
         measured = _measures(labels, probabilities, flagged)

@@ -11,14 +11,14 @@ import logging
 
 import numpy as np
 
-from ml.site_calibration import fit_offsets_and_temperature
+from ml.metrics import fit_offsets_and_temperature
 
 logger = logging.getLogger(__name__)
 
 
 def calibrate(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
     """Class logit offsets for balanced recall, then the temperature, from validation logits."""
-    # One implementation with the sites' own calibration (ml.site_calibration).
+    # The same two steps as a site's own calibration (ml.site_calibration).
     class_bias, temperature = fit_offsets_and_temperature(logits, labels)
     logger.info(
         "calibration on %d validation images: class bias %s, temperature %.3f",

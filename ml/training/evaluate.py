@@ -6,7 +6,6 @@ intervals that resample patients (or BUSI's duplicate groups), not images.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from pathlib import Path
@@ -197,13 +196,9 @@ def plot_all(results: dict, temperature: float, out_dir: Path) -> list[str]:
         ("before (T=1)", metrics.softmax(results["logits"])),
         (f"after (T={temperature:.2f})", probabilities),
     ):
-        confidence, correct = probs.max(1), probs.argmax(1) == labels
-        centres, accuracy = [], []
-        for low, high in itertools.pairwise(np.linspace(0, 1, 11)):
-            selected = (confidence > low) & (confidence <= high)
-            if selected.sum() >= 3:
-                centres.append(confidence[selected].mean())
-                accuracy.append(correct[selected].mean())
+        shown = [b for b in metrics.reliability_bins(labels, probs) if b["count"] >= 3]
+        centres = [b["confidence"] for b in shown]
+        accuracy = [b["accuracy"] for b in shown]
         ece = metrics.expected_calibration_error(labels, probs)
         ax.plot(centres, accuracy, "o-", label=f"{name}, ECE {ece:.3f}")
     ax.plot([0, 1], [0, 1], ":", color="grey")

@@ -225,6 +225,8 @@ def finetune(config: FinetuneConfig) -> dict:
         temperature=temperature,
         class_bias=class_bias.tolist(),
         seg_threshold=base_meta.seg_threshold,
+        # The gate judges the image, not the network's features: the base's still holds.
+        gate=base_meta.gate,
         training={
             # The original sources (what refit_ood and evaluate read by name).
             "sources": original,

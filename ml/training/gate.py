@@ -251,12 +251,12 @@ def evaluate_gate(
     kinds, corpus = corpus_features()
     real_doppler = np.concatenate([features[s]["real_doppler"] for s in SOURCES])
     folds = {}
-    for held_out in SOURCES:
-        training = [s for s in SOURCES if s != held_out]
+
+    def fit_without(training: list[str], kind: str | None) -> GateModel:
         positives, negatives, scans = _training_sets(
-            training, features, kinds, corpus, without_kind=None, augment=augment
+            training, features, kinds, corpus, without_kind=kind, augment=augment
         )
-        gate = fit_gate(
+        return fit_gate(
             positives,
             negatives,
             threshold_on=scans,
@@ -265,22 +265,15 @@ def evaluate_gate(
             quadratic=quadratic,
             background=background,
         )
+
+    for held_out in SOURCES:
+        training = [s for s in SOURCES if s != held_out]
+        gate = fit_without(training, None)
         test_scans = features[held_out]["scan"]
         bmode = _bmode(features[held_out])
         per_kind = {}
         for kind in sorted(set(kinds.tolist())):
-            positives, negatives, scans = _training_sets(
-                training, features, kinds, corpus, without_kind=kind, augment=augment
-            )
-            kind_gate = fit_gate(
-                positives,
-                negatives,
-                threshold_on=scans,
-                keep=keep,
-                columns=columns,
-                quadratic=quadratic,
-                background=background,
-            )
+            kind_gate = fit_without(training, kind)
             per_kind[kind] = float(
                 kind_gate.withheld(kind_gate.score(corpus[kinds == kind])).mean()
             )

@@ -26,11 +26,11 @@ import numpy as np
 
 from ml import metrics
 from ml.config import CLASSES
+from ml.metrics import BENIGN, MALIGNANT, NORMAL
 from ml.study import RULES, per_group
 
 logger = logging.getLogger(__name__)
 
-NORMAL, BENIGN, MALIGNANT = 0, 1, 2
 KEYS = (
     "labels",
     "sources",
@@ -60,14 +60,11 @@ def probabilities(
     return metrics.softmax(logits + bias, temperature)
 
 
-def patient_auc(
-    labels: np.ndarray, groups: np.ndarray, malignant: np.ndarray, rule: str
-) -> tuple[float, int]:
-    """Malignant vs benign AUC per patient (a patient is malignant when any image is,
-    benign when any image is benign and none malignant; normal-only patients left out)."""
-    from sklearn.metrics import roc_auc_score
-
-    names, values = per_group(groups, malignant, rule)
+def _patient_truth(
+    labels: np.ndarray, groups: np.ndarray, names: np.ndarray
+) -> np.ndarray:
+    """Per patient of ``names``: 1 malignant (any image is), 0 benign (any image is, none
+    malignant), -1 normal only."""
     truth = []
     for name in names:
         in_group = labels[groups == name]
@@ -78,7 +75,18 @@ def patient_auc(
             if (in_group == BENIGN).any()
             else -1
         )
-    truth = np.asarray(truth)
+    return np.asarray(truth)
+
+
+def patient_auc(
+    labels: np.ndarray, groups: np.ndarray, malignant: np.ndarray, rule: str
+) -> tuple[float, int]:
+    """Malignant vs benign AUC per patient (a patient is malignant when any image is,
+    benign when any image is benign and none malignant; normal-only patients left out)."""
+    from sklearn.metrics import roc_auc_score
+
+    names, values = per_group(groups, malignant, rule)
+    truth = _patient_truth(labels, groups, names)
     kept = truth >= 0
     if len(np.unique(truth[kept])) < 2:
         return float("nan"), int(kept.sum())
@@ -96,17 +104,7 @@ def patient_auc_intervals(
     the paired difference max - mean."""
     from sklearn.metrics import roc_auc_score
 
-    names = np.unique(groups)
-    truth = np.array(
-        [
-            1
-            if (labels[groups == n] == MALIGNANT).any()
-            else 0
-            if (labels[groups == n] == BENIGN).any()
-            else -1
-            for n in names
-        ]
-    )
+    truth = _patient_truth(labels, groups, np.unique(groups))
     values = {rule: per_group(groups, malignant, rule)[1] for rule in RULES}
     kept = np.nonzero(truth >= 0)[0]
     rng = np.random.default_rng(seed)
@@ -146,24 +144,24 @@ def fit_source_balanced_bias(
 ) -> np.ndarray:
     """Class offsets maximising the mean recall over every (source, class) cell present,
     so each source's normals weigh as much as another's (the pooled objective lets the
-    largest source's normals decide). Ties: the smallest move, as ``fit_class_bias``."""
-    grid = np.arange(-1.0, 2.51, 0.25) if grid is None else grid
+    largest source's normals decide): ``metrics.fit_class_bias``'s search, ties to the smallest
+    move, on a wider grid."""
     cells = [
         (sources == s) & (labels == c)
         for s in np.unique(sources)
         for c in range(len(CLASSES))
         if ((sources == s) & (labels == c)).sum() >= 3
     ]
-    best, best_key = np.zeros(len(CLASSES)), None
-    for normal_bias in grid:
-        for malignant_bias in grid:
-            bias = np.array([normal_bias, 0.0, malignant_bias])
-            predicted = (logits + bias).argmax(1)
-            score = float(np.mean([(predicted[c] == labels[c]).mean() for c in cells]))
-            key = (round(score, 6), -abs(normal_bias) - abs(malignant_bias))
-            if best_key is None or key > best_key:
-                best, best_key = bias, key
-    return best
+
+    def cell_recall(predicted: np.ndarray) -> float:
+        return float(np.mean([(predicted[c] == labels[c]).mean() for c in cells]))
+
+    return metrics.fit_class_bias(
+        logits,
+        labels,
+        grid=np.arange(-1.0, 2.51, 0.25) if grid is None else grid,
+        objective=cell_recall,
+    )
 
 
 def normals_with_lesion(
@@ -251,8 +249,7 @@ def judge(fit: dict, test: dict) -> dict:
     tta = (test["net_logits"] + test["net_logits_flip"]) / 2
     report["flip_tta_logits"] = _figures(test, tta, own_bias, temperature)
 
-    # Outline rule: thresholds chosen on the fit outputs (normals with a lesion at most
-    # halved... whichever pair keeps the most lesion outlines), measured on test.
+    # Outline rule: thresholds chosen on the fit outputs, measured on test.
     fit_pred = probabilities(fit["net_logits"], fit["class_bias"], temperature).argmax(
         1
     )

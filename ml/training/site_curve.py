@@ -18,7 +18,8 @@ import numpy as np
 
 from ml import metrics
 from ml.config import CLASSES, REPO_DIR
-from ml.site_calibration import MALIGNANT, SiteCalibration, fit_site_calibration
+from ml.metrics import MALIGNANT
+from ml.site_calibration import SiteCalibration, fit_site_calibration
 from ml.training.sources import SOURCES, load_image, read_manifest
 from ml.training.splits import SPLITS, load_split
 

@@ -74,9 +74,10 @@ def _site_source(root: Path, patients: int = 10) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory, all_sources) -> Path:
-    """Untrained tiny BUSNet weights that name the three original sources."""
+    """Untrained tiny BUSNet weights that name the three original sources, with the
+    committed ultrasound gate."""
     from ml import weights_io
-    from ml.config import CLASSES, MODEL_NAME
+    from ml.config import CLASSES, DEFAULT_WEIGHTS_DIR, MODEL_NAME
     from ml.model import build_busnet
 
     out = tmp_path_factory.mktemp("base")
@@ -86,6 +87,7 @@ def tiny_base(tmp_path_factory, all_sources) -> Path:
         image_size=SIZE,
         classes=list(CLASSES),
         training={"sources": list(all_sources)},
+        gate=weights_io.read_meta(DEFAULT_WEIGHTS_DIR).gate,
     )
     weights_io.save(build_busnet(SIZE), out, meta)
     return out
@@ -130,6 +132,9 @@ def test_one_epoch_writes_weights_with_their_lineage(tiny_base, tuned):
     # Calibration and out-of-distribution statistics are refitted.
     assert analyzer.ood is not None and np.isfinite(analyzer.ood.threshold)
     assert analyzer.temperature > 0
+    # The gate judges the image, not the network: the base's is kept, not dropped.
+    assert base.gate is not None and analyzer.meta.gate == base.gate
+    assert analyzer.gate is not None
     (result,) = analyzer.analyze([np.full((60, 80, 3), 70, np.uint8)])
     assert result.lesion_mask.shape == (60, 80)
 

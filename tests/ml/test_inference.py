@@ -143,7 +143,7 @@ def test_predict_cli_writes_results_and_names_bad_files(tmp_path):
     assert "marginal time:" in completed.stderr and "ms per image" in completed.stderr
     for stem, name in names.items():
         result = json.loads((out / f"{stem}.json").read_text())
-        assert set(result) >= {
+        assert set(result) == {
             "label",
             "probabilities",
             "confidence",
