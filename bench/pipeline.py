@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 from django.conf import settings
@@ -52,7 +53,7 @@ from portal.analyses import queue
 from portal.analyses.modelinfo import current_model_version
 from portal.analyses.models import Analysis
 from portal.analyses.services import scan_submit
-from portal.clinical.models import Patient, Scan, Study
+from portal.clinical.models import Scan, Study
 from portal.clinical.services import patient_create, study_create
 from portal.clinical.uploads import validate_content
 
@@ -131,6 +132,24 @@ def _wait_finished(ids: list[int], timeout: float, log_path: Path) -> int:
         time.sleep(0.05)
 
 
+def _storages_in(root: Path) -> dict[str, Any]:
+    """STORAGES with the default storage in a scratch folder of the run."""
+    return {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(root)},
+        },
+    }
+
+
+def _bench_study(description: str) -> tuple[Any, Study]:
+    """The benchmark's user and a new study of a new patient, for its uploads."""
+    user, _ = get_user_model().objects.get_or_create(username="bench-pipeline")
+    patient = patient_create(identifier=f"BENCH-{time.time_ns()}", name="Benchmark")
+    return user, study_create(patient=patient, created_by=user, description=description)
+
+
 def run(
     *,
     n: int,
@@ -149,18 +168,8 @@ def run(
     media_root = work_dir / "media"
     media_root.mkdir()
     broker = redis_url_with_db(settings.REDIS_URL, BENCH_REDIS_DB)
-    storages = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(media_root)},
-        },
-    }
-    user, _ = get_user_model().objects.get_or_create(username="bench-pipeline")
-    patient = patient_create(identifier=f"BENCH-{time.time_ns()}", name="Benchmark")
-    study = study_create(
-        patient=patient, created_by=user, description="pipeline benchmark"
-    )
+    storages = _storages_in(media_root)
+    user, study = _bench_study("pipeline benchmark")
     log_path = work_dir / "worker.log"
     worker = None
     try:
@@ -213,7 +222,7 @@ def run(
         if worker is not None:
             stop_worker(worker)
         point_celery_at(settings.CELERY_BROKER_URL)
-        _cleanup(study, patient)
+        _cleanup(study)
         shutil.rmtree(work_dir, ignore_errors=True)
 
     report("measuring bare ml throughput on the same images")
@@ -287,16 +296,8 @@ def profile(
     ]
     model_version = current_model_version()
     work_dir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-    storages = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(work_dir)},
-        },
-    }
-    user, _ = get_user_model().objects.get_or_create(username="bench-pipeline")
-    patient = patient_create(identifier=f"BENCH-{time.time_ns()}", name="Benchmark")
-    study = study_create(patient=patient, created_by=user, description="profile")
+    storages = _storages_in(work_dir)
+    user, study = _bench_study("profile")
     try:
         with override_settings(
             STORAGES=storages, MEDIA_ROOT=work_dir, ANALYSIS_RENDER_THREADS=0
@@ -318,7 +319,7 @@ def profile(
                 pk__in=ids, status=Analysis.Status.SUCCEEDED
             ).count()
     finally:
-        _cleanup(study, patient)
+        _cleanup(study)
         shutil.rmtree(work_dir, ignore_errors=True)
     out = io.StringIO()
     out.write(
@@ -363,7 +364,8 @@ def _bare_ml(contents: list[bytes], warmup_paths: list[Path]) -> tuple[float, fl
     return bare_seconds, bare_seconds + time.perf_counter() - started
 
 
-def _cleanup(study: Study, patient: Patient) -> None:
+def _cleanup(study: Study) -> None:
+    patient = study.patient
     scans = Scan.objects.filter(study=study)
     Analysis.objects.filter(scan__in=scans).delete()
     scans.delete()

@@ -167,9 +167,7 @@ class Pipeline:
     def _submit_load(self) -> Future[list[_Work]]:
         """Claim and decode the next batch beside the model (inline without threads)."""
         if self.threads <= 0:
-            future: Future[list[_Work]] = Future()
-            future.set_result(self._safe_claim_next())
-            return future
+            return _done(self._safe_claim_next)
         if self._load_pool is None:
             self._load_pool = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="load"
@@ -189,10 +187,7 @@ class Pipeline:
         self, work: list[_Work], outcomes: list[Outcome]
     ) -> Future[None]:
         if self.threads <= 0:
-            future: Future[None] = Future()
-            _finish(work, outcomes)
-            future.set_result(None)
-            return future
+            return _done(_finish, work, outcomes)
         if self._finish_pool is None:
             self._finish_pool = ThreadPoolExecutor(
                 max_workers=self.threads, thread_name_prefix="finish"
@@ -206,6 +201,13 @@ class Pipeline:
                 _close_connections(pool, threads)
                 pool.shutdown(wait=True)
         self._load_pool = self._finish_pool = None
+
+
+def _done(function: Callable[..., T], *args: Any) -> Future[T]:
+    """A stage run inline, in the task's thread, as a finished future."""
+    future: Future[T] = Future()
+    future.set_result(function(*args))
+    return future
 
 
 def _ids(work: list[_Work]) -> list[int]:

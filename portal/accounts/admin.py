@@ -23,11 +23,17 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from knox.models import AuthToken
 
 # Fields only a superuser changes.
 SUPERUSER_ONLY_USER_FIELDS = ("is_superuser", "user_permissions")
+
+
+def _above(request: HttpRequest, user: Any) -> bool:
+    """A superuser's account, out of reach of anyone who is not one."""
+    return user is not None and user.is_superuser and not request.user.is_superuser
 
 
 class PortalUserAdmin(UserAdmin):
@@ -40,22 +46,16 @@ class PortalUserAdmin(UserAdmin):
         return fields
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
-            return False
-        return super().has_change_permission(request, obj)
+        return not _above(request, obj) and super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
-            return False
-        return super().has_delete_permission(request, obj)
+        return not _above(request, obj) and super().has_delete_permission(request, obj)
 
     def user_change_password(
         self, request: HttpRequest, id: str, form_url: str = ""
     ) -> Any:
         target = self.get_object(request, id)
         if target is not None and not self.has_change_permission(request, target):
-            from django.core.exceptions import PermissionDenied
-
             raise PermissionDenied
         return super().user_change_password(request, id, form_url)
 

@@ -38,14 +38,18 @@ class CompositeUnavailable(LookupError):
     """str() says why there is no picture (not finished, or its source file is gone)."""
 
 
-def analysis_composite_name(*, analysis: Analysis, kind: str) -> str:
-    """The storage name of a composite, drawing and storing it first when needed."""
-    if kind not in COMPOSITE_KINDS:
-        raise ValueError(f"{kind!r} is not a composite; use one of {COMPOSITE_KINDS}")
+def _refuse_withheld(analysis: Analysis) -> None:
     if analysis.withheld:
         raise CompositeUnavailable(
             f"analysis {analysis.pk} was not analysed: not a breast ultrasound image"
         )
+
+
+def analysis_composite_name(*, analysis: Analysis, kind: str) -> str:
+    """The storage name of a composite, drawing and storing it first when needed."""
+    if kind not in COMPOSITE_KINDS:
+        raise ValueError(f"{kind!r} is not a composite; use one of {COMPOSITE_KINDS}")
+    _refuse_withheld(analysis)
     cached = getattr(analysis, kind)
     if cached and default_storage.exists(cached.name):
         return cached.name
@@ -96,10 +100,7 @@ def _draw(analysis: Analysis, kind: str, source_name: str) -> bytes:
 
 def analysis_artifact_name(*, analysis: Analysis, kind: str) -> str:
     """The storage name of any downloadable artifact: stored output or drawn picture."""
-    if analysis.withheld:
-        raise CompositeUnavailable(
-            f"analysis {analysis.pk} was not analysed: not a breast ultrasound image"
-        )
+    _refuse_withheld(analysis)
     if kind in COMPOSITE_KINDS:
         return analysis_composite_name(analysis=analysis, kind=kind)
     stored = getattr(analysis, kind)

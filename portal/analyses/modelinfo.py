@@ -5,7 +5,6 @@ model.json is read by ml.weights_io, the one reader the worker's model loader us
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from django.conf import settings
@@ -40,6 +39,12 @@ def current_model_version(weights_dir: str | Path | None = None) -> str:
     return meta.version.strip()
 
 
+def _installed(model_version: str, weights_dir: str | Path | None) -> ModelMeta | None:
+    """The installed model's description, if `model_version` is the installed model."""
+    _path, meta = _metadata(weights_dir)
+    return meta if str(meta.version).strip() == model_version else None
+
+
 def ood_threshold(
     *, model_version: str, weights_dir: str | Path | None = None
 ) -> float | None:
@@ -48,8 +53,8 @@ def ood_threshold(
     None when another model is installed (its threshold does not apply) or the installed
     one carries no out-of-distribution statistics.
     """
-    _path, meta = _metadata(weights_dir)
-    if str(meta.version).strip() != model_version:
+    meta = _installed(model_version, weights_dir)
+    if meta is None:
         return None
     threshold = meta.ood_threshold
     if isinstance(threshold, bool) or not isinstance(threshold, int | float):
@@ -57,33 +62,20 @@ def ood_threshold(
     return float(threshold)
 
 
-def _installed(model_version: str, weights_dir: str | Path | None) -> dict | None:
-    """The installed model.json as written (read_meta keeps only ModelMeta's fields, and
-    "class_prior" is not one of them), after read_meta has accepted it."""
-    path, meta = _metadata(weights_dir)
-    if str(meta.version).strip() != model_version:
-        return None
-    try:
-        metadata = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelVersionUnavailable(f"{path} cannot be read: {exc}") from None
-    return metadata if isinstance(metadata, dict) else None
-
-
 def model_calibration(
     *, model_version: str, weights_dir: str | Path | None = None
 ) -> SiteCalibration | None:
     """The calibration `model_version` was trained with (its temperature and class bias),
     as a SiteCalibration without a threshold; None when another model is installed."""
-    metadata = _installed(model_version, weights_dir)
-    if metadata is None:
+    meta = _installed(model_version, weights_dir)
+    if meta is None:
         return None
     try:
         return SiteCalibration.from_training(
-            temperature=float(metadata["temperature"]),
-            class_bias=[float(v) for v in metadata["class_bias"]],
+            temperature=float(meta.temperature),
+            class_bias=[float(v) for v in meta.class_bias],
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:
         raise ModelVersionUnavailable(
             f"model.json of {model_version} has no usable temperature and class_bias: {exc}"
         ) from None
@@ -93,13 +85,11 @@ def training_class_prior(
     *, model_version: str, weights_dir: str | Path | None = None
 ) -> list[float] | None:
     """The class frequencies (normal, benign, malignant) the model was trained on, from
-    model.json ("class_prior", or "training": {"class_prior"}); None when not recorded."""
-    metadata = _installed(model_version, weights_dir)
-    if metadata is None:
+    model.json ("training": {"class_prior"}); None when not recorded."""
+    meta = _installed(model_version, weights_dir)
+    if meta is None:
         return None
-    prior = metadata.get("class_prior") or (metadata.get("training") or {}).get(
-        "class_prior"
-    )
+    prior = (meta.training or {}).get("class_prior")
     if isinstance(prior, dict):
         prior = [prior.get(name) for name in CLASSES]
     if (

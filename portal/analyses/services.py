@@ -339,7 +339,7 @@ def _record_result(
     analysis.lesion_area_fraction = float(result["lesion_area_fraction"])
     analysis.bbox = [int(v) for v in bbox] if bbox is not None else None
     if calibration is not None and analysis.logits is not None:
-        _apply_calibration(analysis, calibration)
+        _set_scores([analysis], _site_calibration(calibration), calibration)
     else:
         _apply_model_operating_point(analysis)
 
@@ -350,13 +350,6 @@ def _site_calibration(calibration: SiteCalibration) -> Any:
     return Fitted.from_dict(calibration.parameters)
 
 
-def _apply_calibration(analysis: Analysis, calibration: SiteCalibration) -> None:
-    """Show the analysis through a site calibration, from its stored logits."""
-    fitted = _site_calibration(calibration)
-    _set_scores(analysis, fitted, np.asarray([analysis.logits]))
-    analysis.calibration = calibration
-
-
 def _apply_model_operating_point(analysis: Analysis) -> None:
     """The model's own calibration and the training sites' operating point: suspicious
     when the label is malignant (no threshold of the site's own yet)."""
@@ -365,17 +358,25 @@ def _apply_model_operating_point(analysis: Analysis) -> None:
     analysis.suspicious = analysis.label == Analysis.Label.MALIGNANT
 
 
-def _set_scores(analysis: Analysis, fitted: Any, logits: np.ndarray) -> None:
+def _set_scores(
+    analyses: Sequence[Analysis],
+    fitted: Any,
+    calibration: SiteCalibration | None,
+) -> None:
+    """Show each analysis through `fitted` (recorded as `calibration`; None: the model's
+    own), from its stored logits."""
+    logits = np.asarray([analysis.logits for analysis in analyses], np.float64)
     probabilities = fitted.probabilities(logits)
     suspicious = fitted.suspicious(probabilities)
     names = list(Analysis.Label.values)
-    row = probabilities[0]
-    best = int(row.argmax())
-    analysis.probabilities = {name: float(row[i]) for i, name in enumerate(names)}
-    analysis.label = names[best]
-    analysis.confidence = float(row[best])
-    analysis.suspicious = bool(suspicious[0])
-    analysis.operating_threshold = fitted.threshold
+    for analysis, row, flag in zip(analyses, probabilities, suspicious, strict=True):
+        best = int(row.argmax())
+        analysis.probabilities = {name: float(row[i]) for i, name in enumerate(names)}
+        analysis.label = names[best]
+        analysis.confidence = float(row[best])
+        analysis.suspicious = bool(flag)
+        analysis.operating_threshold = fitted.threshold
+        analysis.calibration = calibration
 
 
 def _record_distribution(analysis: Analysis, result: dict[str, Any]) -> None:
@@ -456,20 +457,7 @@ def analyses_rescore(
         if not batch:
             continue
         before = {analysis.pk: _copy(analysis) for analysis in batch}
-        logits = np.asarray([analysis.logits for analysis in batch], np.float64)
-        probabilities = fitted.probabilities(logits)
-        suspicious = fitted.suspicious(probabilities)
-        names = list(Analysis.Label.values)
-        for i, analysis in enumerate(batch):
-            best = int(probabilities[i].argmax())
-            analysis.probabilities = {
-                name: float(probabilities[i, c]) for c, name in enumerate(names)
-            }
-            analysis.label = names[best]
-            analysis.confidence = float(probabilities[i, best])
-            analysis.suspicious = bool(suspicious[i])
-            analysis.operating_threshold = fitted.threshold
-            analysis.calibration = calibration
+        _set_scores(batch, fitted, calibration)
         Analysis.objects.bulk_update(batch, list(RESCORED_FIELDS))
         for analysis in batch:
             audit_update(before[analysis.pk], analysis)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from auditlog.diff import model_instance_diff
 from auditlog.models import LogEntry
@@ -28,16 +29,12 @@ def record_access(
     action: str,
     detail: str = "",
 ) -> AccessRecord:
-    user = request.user if request.user.is_authenticated else None
     return AccessRecord.objects.create(
-        user=user,
-        username=user.get_username() if user else "",
-        client_address=client_address(request),
+        **_reader(request),
         action=action,
         content_type=ContentType.objects.get_for_model(target),
         object_id=str(target.pk),
         detail=detail[:32],
-        path=request.path[:255],
     )
 
 
@@ -53,27 +50,33 @@ def record_accesses(
     rows = [target for target in targets if target is not None and target.pk]
     if not rows:
         return 0
-    user = request.user if request.user.is_authenticated else None
-    username = user.get_username() if user else ""
-    address = client_address(request)
-    path = request.path[:255]
+    reader = _reader(request)
     types = ContentType.objects.get_for_models(*{type(row) for row in rows})
     AccessRecord.objects.bulk_create(
         [
             AccessRecord(
-                user=user,
-                username=username,
-                client_address=address,
+                **reader,
                 action=action,
                 content_type=types[type(row)],
                 object_id=str(row.pk),
                 detail=detail[:32],
-                path=path,
             )
             for row in rows
         ]
     )
     return len(rows)
+
+
+def _reader(request: HttpRequest) -> dict[str, Any]:
+    """Who read, from where and through which path: the fields of this request's
+    access records."""
+    user = request.user if request.user.is_authenticated else None
+    return {
+        "user": user,
+        "username": user.get_username() if user else "",
+        "client_address": client_address(request),
+        "path": request.path[:255],
+    }
 
 
 def audit_update(before: models.Model, after: models.Model) -> None:

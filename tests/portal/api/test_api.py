@@ -705,3 +705,20 @@ def test_the_docs_show_probabilities_and_percent_filters_as_the_pages_do(staff_a
         p["name"]: p for p in schema["paths"]["/api/v1/studies/"]["get"]["parameters"]
     }
     assert "one decimal" in parameters["confidence_min"]["description"]
+
+
+def test_beyond_the_limit_per_user_the_oldest_token_goes(api, make_user, settings):
+    settings.API_TOKENS_PER_USER = 2
+    make_user("staff", "nurse")
+    keys = [
+        api.post(
+            "/api/v1/auth/token/", {"username": "nurse", "password": PASSWORD}
+        ).json()["token"]
+        for _ in range(3)
+    ]
+    answers = []
+    for key in keys:
+        api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        answers.append(api.get("/api/v1/patients/").status_code)
+    assert answers == [401, 200, 200]
+    assert AuthToken.objects.filter(user__username="nurse").count() == 2
