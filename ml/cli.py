@@ -1,4 +1,4 @@
-"""``python -m ml {split,train,evaluate,loso,predict,calibrate,fit-gate,site-curve,finetune,compare}``; the benchmark is ``python -m bench ml``."""
+"""``python -m ml {split,train,evaluate,loso,predict,calibrate,fit-gate,site-curve,finetune,compare,loso-finetune}``; the benchmark is ``python -m bench ml``."""
 
 from __future__ import annotations
 
@@ -262,6 +262,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loso_finetune(args: argparse.Namespace) -> int:
+    from ml.training.loso_finetune import lines, loso_finetune
+
+    report = loso_finetune(
+        args.loso,
+        args.out,
+        folds=tuple(dict.fromkeys(args.fold)),
+        ks=tuple(args.k),
+        rounds=args.bootstrap,
+        resume=not args.again,
+    )
+    for line in lines(report):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -492,6 +508,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--bootstrap", type=int, default=1000)
     compare.set_defaults(func=cmd_compare)
+
+    loso_finetune = commands.add_parser(
+        "loso-finetune",
+        help="per LOSO fold: fine-tune the fold model on k of the held-out source's "
+        "images, compare on the rest and on the original test splits",
+    )
+    loso_finetune.add_argument("--loso", type=Path, default=Path("var/loso"))
+    loso_finetune.add_argument(
+        "--fold", action="append", choices=list(SOURCES), required=True
+    )
+    loso_finetune.add_argument("--k", type=int, nargs="+", default=[100, 200])
+    loso_finetune.add_argument(
+        "--out", type=Path, default=REPORT_DIR / "loso_finetune.json"
+    )
+    loso_finetune.add_argument("--bootstrap", type=int, default=1000)
+    loso_finetune.add_argument(
+        "--again", action="store_true", help="redo (fold, k) runs already finished"
+    )
+    loso_finetune.set_defaults(func=cmd_loso_finetune)
 
     return parser
 

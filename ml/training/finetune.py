@@ -52,6 +52,9 @@ class FinetuneConfig:
     seed: int = 20261203
     site_test_fraction: float = 0.25
     site_val_fraction: float = 0.15
+    # Fine-tune on about this many site images (whole patients, stratified) and hold back
+    # all the rest as the test part, instead of site_test_fraction (the LOSO figure's k).
+    site_images: int | None = None
     # Original images used per source and split part (None: all): a smaller sample keeps
     # loading, validation and the refit inside the budget.
     original_limit: int | None = 120
@@ -76,11 +79,24 @@ def source_sha256(root: Path) -> str:
     return digest.hexdigest()
 
 
-def site_split(name: str, *, seed: int, test: float, val: float) -> dict:
-    """A patient-grouped, stratified train/val/test split of a registered site source."""
+def site_split(
+    name: str, *, seed: int, test: float, val: float, images: int | None = None
+) -> dict:
+    """A patient-grouped, stratified train/val/test split of a registered site source.
+
+    With ``images``, about that many images (whole patients) go to train + val, ``val``
+    of them to val, and every other image is held back as the test part."""
     records = [r for r in read_manifest(name) if r.excluded is None]
     if not records:
         raise ValueError(f"site source {name} has no images")
+    if images is not None:
+        if not 0 < images < len(records):
+            raise ValueError(
+                f"site source {name} has {len(records)} usable images: cannot fine-tune "
+                f"on {images} and hold back the rest"
+            )
+        used = images / len(records)
+        test, val = 1 - used, val * used
     groups = patient_groups(records)
     split = make_split(
         records,
@@ -141,6 +157,7 @@ def finetune(config: FinetuneConfig) -> dict:
             seed=config.seed,
             test=config.site_test_fraction,
             val=config.site_val_fraction,
+            images=config.site_images,
         )
         digest = source_sha256(Path(root))
         splits[name] = {"source_sha256": digest, **split}

@@ -156,6 +156,30 @@ def test_the_site_split_is_written_down_and_grouped_by_patient(tuned):
     assert parts["test"] and parts["val"]
 
 
+def test_a_split_of_k_site_images_holds_every_other_image_back(tmp_path):
+    """The LOSO fine-tuning figure: about k images (whole patients) to train and val,
+    the rest of the source held back; asking for all of it or none is refused."""
+    from ml.training.finetune import site_split
+    from ml.training.sources import register_source
+
+    site = _site_source(tmp_path / "hospital", patients=30)
+    name = register_source(site)
+    split = site_split(name, seed=1, test=0.25, val=0.15, images=20)
+    used = len(split["train"]) + len(split["val"])
+    assert 16 <= used <= 24
+    assert len(split["test"]) == 60 - used
+    assert split["val"] and split["train"]
+    patients = {}
+    with (site / "MANIFEST.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            patients[row["path"]] = row["patient"]
+    held = {patients[p] for p in split["test"]}
+    assert not held & {patients[p] for p in split["train"] + split["val"]}
+    for bad in (0, 60):
+        with pytest.raises(ValueError, match="hold back the rest"):
+            site_split(name, seed=1, test=0.25, val=0.15, images=bad)
+
+
 def test_a_source_without_an_outline_trains_the_classifier_only():
     import tensorflow as tf
 
