@@ -203,8 +203,18 @@ def cmd_site_curve(args: argparse.Namespace) -> int:
 
     report = site_curve(args.loso, args.weights, draws=args.draws)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    caution = caution_report(args.weights, REPORT_DIR / "loso.json")
+    caution = caution_report(args.weights, args.loso)
     (args.out.parent / "caution.json").write_text(json.dumps(caution, indent=2) + "\n")
+    if args.set_caution and caution["threshold"] is not None:
+        from dataclasses import replace
+
+        from ml.weights_io import read_meta, write_meta
+
+        meta = read_meta(args.weights)
+        write_meta(args.weights, replace(meta, caution_threshold=caution["threshold"]))
+        print(
+            f"caution threshold {caution['threshold']:.2f} -> {args.weights}/model.json"
+        )
     for source, fold in report["folds"].items():
         row = fold["curve"].get("100")
         if row:
@@ -446,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     curve.add_argument("--weights", type=Path, default=weights_dir())
     curve.add_argument("--draws", type=int, default=20)
+    curve.add_argument(
+        "--set-caution",
+        action="store_true",
+        help="write the caution threshold the LOSO folds choose into --weights' model.json",
+    )
     curve.add_argument("--out", type=Path, default=REPORT_DIR / "site_curve.json")
     curve.set_defaults(func=cmd_site_curve)
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from ml.site_calibration import SiteCalibration
-from ml.training.site_curve import _draw_by_patient, curve
+from ml.training.site_curve import (
+    CAUTION_MULTIPLES,
+    _draw_by_patient,
+    caution_multiple,
+    curve,
+)
 
 
 def test_draws_take_whole_patients():
@@ -35,3 +40,15 @@ def test_a_site_calibration_repairs_a_miscalibrated_site():
     assert (
         rows["training"]["recall_malignant"] < rows["200"]["recall_malignant"]["median"]
     )
+
+
+def test_the_caution_multiple_is_the_smallest_every_fold_passes_at():
+    def rates(first_passing_at: float) -> dict[str, float]:
+        return {
+            str(m): 0.96 if m >= first_passing_at else 0.90 for m in CAUTION_MULTIPLES
+        }
+
+    assert caution_multiple([rates(1.5), rates(2.5)]) == 2.5
+    assert caution_multiple([rates(1.0)]) == 1.0
+    assert caution_multiple([rates(99.0)]) is None
+    assert caution_multiple([]) is None
