@@ -258,6 +258,54 @@ calibration and the malignant label as the operating point, on all of the source
 """
 
 
+def _loso_finetune_section(report_dir: Path) -> str:
+    path = report_dir / "loso_finetune.json"
+    if not path.is_file():
+        return ""
+    report = json.loads(path.read_text())
+    lines = [
+        (
+            "| held out (the site) | k | set | images | AUC m vs b: before → after | "
+            "Dice: before → after | ECE: before → after |"
+        ),
+        "|---|---:|---|---:|---|---|---|",
+    ]
+
+    def cell(figures: dict, name: str) -> str:
+        m = figures.get(name)
+        if not m or m["baseline"] is None or m["candidate"] is None:
+            return "–"
+        ci = m["ci95"]
+        interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+        return (
+            f"{m['baseline']:.3f} → {m['candidate']:.3f} "
+            f"({m['difference']:+.3f}{interval}, {m['verdict']})"
+        )
+
+    for source, by_k in report["folds"].items():
+        for k, row in by_k.items():
+            for label, figures in row["sets"].items():
+                name = "rest of the site" if label.startswith("site:") else label
+                lines.append(
+                    f"| {source} | {k} | {name} | {figures['n']} | "
+                    f"{cell(figures, 'auc_malignant_vs_benign')} | "
+                    f"{cell(figures, 'dice_lesion_mean')} | {cell(figures, 'ece')} |"
+                )
+    return f"""
+## Fine-tuning on a new site's own scans (LOSO)
+`python -m ml loso-finetune --fold SOURCE --k 100 200` (`ml/training/loso_finetune.py`):
+the fold model trained without SOURCE is fine-tuned by `python -m ml finetune`'s recipe
+(default schedule and 20-minute budget) on about k of SOURCE's images drawn by patient,
+then `python -m ml compare` judges it against the fold model on every other image of
+SOURCE and on the fold's original test splits. Differences are candidate minus baseline
+(ECE: baseline minus candidate, so positive is better) with paired 95% bootstrap
+intervals by patient, and the verdict by the rule fixed in `ml/training/compare.py`.
+Folds not listed were not run.
+
+{chr(10).join(lines)}
+"""
+
+
 def write_model_card(report_dir: Path, card_path: Path) -> None:
     report = json.loads((report_dir / "metrics.json").read_text())
     loso_path = report_dir / "loso.json"
@@ -384,7 +432,7 @@ validation images' scores. Pooled test images judged in distribution:
 (`ml/training/ood_corpus.py`: documents, screenshots, blank frames, noise, gradients, colour
 bars, chest X-ray-like and CT-like synthetic images, and scikit-image's photographs and
 micrographs): {ood["corpus_flagged_rate"]:.3f} flagged. Not flagged: {", ".join(ood["corpus_not_flagged"]) or "none"}.
-{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}
+{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}{_loso_finetune_section(report_dir)}
 ## Ablation (effect of each choice on LOSO)
 {_ablation_section(report_dir, loso)}
 
