@@ -4,6 +4,7 @@ a scan without them (PNG, JPEG, a DICOM file that leaves them empty) is the site
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 # DICOM Manufacturer and Manufacturer's Model Name are LO: at most 64 characters.
@@ -36,6 +37,34 @@ class Scanner:
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def key(self) -> str:
+        """The scanner as one form or query value ("" for the site)."""
+        if self.is_site:
+            return ""
+        return json.dumps([self.manufacturer, self.model], ensure_ascii=False)
+
+    @classmethod
+    def from_key(cls, key: str) -> Scanner:
+        """The scanner a `key` names; ValueError when it names none."""
+        if not key:
+            return SITE
+        try:
+            value = json.loads(key)
+        except json.JSONDecodeError:
+            raise ValueError("not a scanner model") from None
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, str) for v in value)
+        ):
+            raise ValueError("not a scanner model")
+        scanner = cls(
+            value[0].strip()[:SCANNER_FIELD_LENGTH],
+            value[1].strip()[:SCANNER_FIELD_LENGTH],
+        )
+        return scanner
 
 
 SITE = Scanner()
