@@ -583,8 +583,8 @@ def calibration_activate(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(
             request,
             f"Calibration {record.version} is active for "
-            f"{scope_name(record.scanner).lower()}; {activation.rescored} analyses "
-            "re-scored from their stored logits.",
+            f"{'the whole site' if record.scanner.is_site else record.scanner.name}; "
+            f"{activation.rescored} analyses re-scored from their stored logits.",
         )
     return redirect(_calibration_url(record.model_version, record.scanner))
 
