@@ -596,6 +596,46 @@ def case_mix(*, model_version: str, limit: int = 20000) -> CaseMix:
     )
 
 
+@dataclass(frozen=True)
+class UnusualRule:
+    rule: str  # Analysis.OodRule value
+    title: str
+    judged: int
+    unusual: int
+
+    @property
+    def share(self) -> float | None:
+        return self.unusual / self.judged if self.judged else None
+
+
+def unusual_by_rule(*, model_version: str) -> list[UnusualRule]:
+    """How many of the site's finished, not withheld analyses of `model_version` each
+    rule judged, and how many it found "unusual for this model" (agreement monitor)."""
+    rows = (
+        Analysis.objects.filter(
+            model_version=model_version,
+            status=Analysis.Status.SUCCEEDED,
+            withheld=False,
+        )
+        .exclude(ood_rule="")
+        .values("ood_rule")
+        .annotate(
+            judged=Count("pk"),
+            unusual=Count("pk", filter=Q(in_distribution=False)),
+        )
+    )
+    counts = {row["ood_rule"]: row for row in rows}
+    return [
+        UnusualRule(
+            rule=rule.value,
+            title=str(rule.label),
+            judged=counts.get(rule.value, {}).get("judged", 0),
+            unusual=counts.get(rule.value, {}).get("unusual", 0),
+        )
+        for rule in Analysis.OodRule
+    ]
+
+
 def calibration_summary(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of the before/after table: measure, before, after, each with its interval."""
     before, after = evaluation.get("before") or {}, evaluation.get("after") or {}

@@ -371,6 +371,9 @@ def agreement(request: HttpRequest) -> HttpResponse:
             if case_mix_version
             else None,
             "case_mix_version": case_mix_version,
+            "unusual": site_calibration.unusual_by_rule(model_version=case_mix_version)
+            if case_mix_version
+            else None,
             "stats": stats,
             "versions": versions,
             "version": version,

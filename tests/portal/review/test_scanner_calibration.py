@@ -364,3 +364,29 @@ def test_the_page_fits_for_a_scanner_model_chosen_from_the_list(
         follow=True,
     )
     assert "Rolled back to the site&#x27;s calibration" in response.content.decode()
+
+
+def test_the_agreement_monitor_counts_the_cautions_by_rule(
+    client, acme, administrator, settings
+):
+    settings.SITE_OOD_MIN_READS = 100
+    client.force_login(administrator)
+    page = client.get(reverse("review:agreement")).content.decode()
+    # Before: the model's threshold judged every Acme scan, all unusual.
+    assert (
+        f'<tr data-rule="model"><th>the model&#x27;s threshold</th>'
+        f'<td class="num">{N}</td><td class="num">{N}</td>' in page
+    )
+    calibration = _fit(administrator, ACME)
+    site_calibration.site_calibration_activate(
+        calibration=calibration, user=administrator
+    )
+    unusual = Analysis.objects.filter(
+        pk__in=[a.pk for a in acme], in_distribution=False
+    ).count()
+    assert 0 < unusual < N
+    page = client.get(reverse("review:agreement")).content.decode()
+    assert (
+        '<tr data-rule="site"><th>the model&#x27;s threshold and the site&#x27;s own '
+        f'scans</th><td class="num">{N}</td><td class="num">{unusual}</td>' in page
+    )
