@@ -77,3 +77,22 @@ def site_calibrations(
             scanner_manufacturer=scanner.manufacturer, scanner_model=scanner.model
         )
     return rows.select_related("created_by").order_by("-version")
+
+
+def calibration_activations_latest(
+    *, model_version: str
+) -> list[CalibrationActivation]:
+    """The latest activation of each scope (the site first, then scanner models by
+    name): what is active for each, since when, set by whom."""
+    latest: dict[Scanner, CalibrationActivation] = {}
+    rows = (
+        CalibrationActivation.objects.filter(model_version=model_version)
+        .select_related("calibration", "activated_by")
+        .order_by("-activated_at", "-id")
+    )
+    for activation in rows:
+        latest.setdefault(activation.scanner, activation)
+    return sorted(
+        latest.values(),
+        key=lambda a: (not a.scanner.is_site, a.scanner_manufacturer, a.scanner_model),
+    )
