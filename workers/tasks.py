@@ -9,6 +9,10 @@ PNGs; no pictures are drawn here). It stops claiming at
 half the soft time limit, and returns only when every claimed analysis is recorded
 (acks_late then acknowledges the message); rows whose messages were consumed as no-ops
 are still covered by the reconciler if the worker dies mid-way.
+
+`send_dicom_results` offers an analysis's objects to the PACS; `fit_site_calibration`
+fits a site calibration from the signed reads (numpy only, no model), claiming its
+CalibrationFit row the same way.
 """
 
 from __future__ import annotations
