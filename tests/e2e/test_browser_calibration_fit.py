@@ -13,14 +13,17 @@ import pytest
 from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION
 from portal.clinical.scanners import Scanner
 from tests.e2e import test_browser_review as review_workflow
+from tests.portal.review import test_calibration_task as calibration_task
 
-# The calibration tests' model.json (autouse), broker and worker, shared by name.
-from tests.portal.review.test_calibration_task import broker, worker  # noqa: F401
+# The calibration tests' model.json (autouse).
 from tests.portal.review.test_site_calibration import _analysed, model_json  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 chromium = review_workflow.chromium
+# The calibration task test's Redis queue and real worker, shared by name.
+broker = calibration_task.broker
+worker = calibration_task.worker
 people = review_workflow.people
 screenshots = review_workflow.screenshots
 ACME = Scanner("Acme Medical", "Sono 7")
