@@ -431,12 +431,12 @@ def _calibration_model_version(request: HttpRequest) -> str:
         return versions[-1] if versions else ""
 
 
-def _calibration_scanner(request: HttpRequest) -> Scanner:
-    """The scope the page is about: ?scanner= (a scanner model's key), else the site."""
+def _calibration_scanner(request: HttpRequest, *, posted: bool = False) -> Scanner:
+    """The scope a page or a rollback is about: `scanner` (a scanner model's key) in the
+    query (or, `posted`, the form), else the site."""
+    source = request.POST if posted else request.GET
     try:
-        return Scanner.from_key(
-            request.GET.get("scanner") or request.POST.get("scanner") or ""
-        )
+        return Scanner.from_key(source.get("scanner") or "")
     except ValueError:
         raise Http404("No such scanner model.") from None
 
@@ -598,7 +598,7 @@ def calibration_activate(request: HttpRequest, pk: int) -> HttpResponse:
 )
 def calibration_rollback(request: HttpRequest) -> HttpResponse:
     model_version = _calibration_model_version(request)
-    scanner = _calibration_scanner(request)
+    scanner = _calibration_scanner(request, posted=True)
     try:
         activation = site_calibration.site_calibration_rollback(
             model_version=model_version, user=request.user, scanner=scanner

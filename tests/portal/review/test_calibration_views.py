@@ -118,6 +118,7 @@ def test_an_administrator_fits_activates_and_rolls_back_through_the_page(
         True,
     )
     assert not SiteCalibration.objects.exists()
+    assert LogEntry.objects.get_for_object(fit).filter(action=0).exists()
     status = reverse("review:calibration_fit_status", args=[fit.pk])
     assert client.get(status).json()["status"] == "queued"
     calibration_fit_run(fit_id=fit.pk)
