@@ -42,6 +42,8 @@ def ultrasound_dataset(
     accession: str = "ACC1",
     study_date: str = "20260105",
     spacing: tuple[float, float] | None = (0.1, 0.12),
+    manufacturer: str | None = None,
+    model_name: str | None = None,
 ) -> Dataset:
     """An ultrasound instance: a patient, a study, a series and the pixels, if any.
 
@@ -50,7 +52,9 @@ def ultrasound_dataset(
     interpretation other than MONOCHROME2 has three samples per pixel.
     transfer_syntax: explicit (VR little endian), rle (lossless) or jpeg (baseline,
     quality 95; colour becomes YBR_FULL_422, as a scanner writes it).
-    birth_date, series_uid, instance_number, spacing: None leaves the element out
+    manufacturer, model_name: the scanner (Manufacturer, Manufacturer's Model Name).
+    birth_date, series_uid, instance_number, spacing, manufacturer, model_name: None
+    leaves the element out
     (a new series UID is made when none is given).
     """
     if transfer_syntax not in TRANSFER_SYNTAXES:
@@ -79,6 +83,10 @@ def ultrasound_dataset(
     ds.StudyDate = study_date
     if spacing:
         ds.PixelSpacing = list(spacing)
+    if manufacturer is not None:
+        ds.Manufacturer = manufacturer
+    if model_name is not None:
+        ds.ManufacturerModelName = model_name
     if pixels is not None:
         _set_pixels(ds, pixels, photometric, frames, transfer_syntax)
     return ds

@@ -32,6 +32,9 @@ DICOM_TAGS = (
     "StudyInstanceUID",
     "AccessionNumber",
     "StudyDate",
+    # The scanner: a site calibration may be fitted per scanner model.
+    "Manufacturer",
+    "ManufacturerModelName",
 )
 
 

@@ -42,7 +42,9 @@ __all__ = [
     "evaluate_site_calibration",
     "fit_offsets_and_temperature",
     "fit_site_calibration",
+    "is_unusual",
     "reliability_bins",
+    "site_ood_threshold",
 ]
 
 FORMAT_VERSION = 1
@@ -56,6 +58,10 @@ MIN_READS_FOR_SITE_CALIBRATION = 100
 # A threshold at a 0.90 target resting on fewer than 10 malignant cases is the lowest score
 # among them (ceil(0.9 * n) == n): the portal keeps the training threshold below this.
 MIN_MALIGNANT_FOR_THRESHOLD = 10
+# "Unusual for this model" against the site's own scans: a scan above the model's
+# out-of-distribution threshold is unusual only if it is also above this percentile of the
+# out-of-distribution scores of the site's signed scans (see `is_unusual`).
+SITE_OOD_PERCENTILE = 99.0
 
 
 def _json_safe(value):
@@ -243,6 +249,42 @@ class SiteCalibration:
         if self.threshold is None:
             return array.argmax(axis=1) == MALIGNANT
         return array[:, MALIGNANT] >= self.threshold
+
+
+def site_ood_threshold(
+    scores: Sequence[float] | np.ndarray, *, percentile: float = SITE_OOD_PERCENTILE
+) -> float | None:
+    """The `percentile` of a site's out-of-distribution scores (None without any): the
+    site's own upper limit of what its scans look like."""
+    if not 0.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
+    array = np.asarray(scores, np.float64).ravel()
+    array = array[np.isfinite(array)]
+    if array.size == 0:
+        return None
+    return float(np.percentile(array, percentile))
+
+
+def is_unusual(
+    score: float | None,
+    *,
+    model_threshold: float | None,
+    site_threshold: float | None = None,
+) -> bool | None:
+    """The "unusual for this model" caution: the score above the model's threshold (far
+    from the training images) and, when the site has a threshold of its own, above that
+    too (far from this site's own signed scans as well). None when it cannot be judged.
+
+    Both must hold because each alone misleads: a site whose scanner differs from the
+    training sites' has most scans above the model's threshold, a caution on every scan
+    that says nothing; the site's own percentile alone would flag a scan for being rare
+    at this site though the model knows it well. The site's threshold can only withdraw
+    a caution, never add one."""
+    if score is None or model_threshold is None:
+        return None
+    if score <= model_threshold:
+        return False
+    return site_threshold is None or score > site_threshold
 
 
 def _threshold_for(p_malignant: np.ndarray, target_sensitivity: float) -> float | None:

@@ -498,6 +498,30 @@ CELERY_TASK_QUEUES.setdefault(
     CELERY_DICOM_QUEUE,
     {"exchange": CELERY_DICOM_QUEUE, "routing_key": CELERY_DICOM_QUEUE},
 )
+# Site calibration fits run in a worker (workers.tasks.fit_site_calibration), by default
+# on the queue every worker consumes; a fit that met a passing fault (the database
+# restarting) is tried again this many times, then left failed for an administrator to
+# run again. A fit still "running" after CALIBRATION_FIT_STALE_SECONDS lost its worker:
+# it may be run again.
+CELERY_CALIBRATION_QUEUE = env_str("CELERY_CALIBRATION_QUEUE", "celery")
+CELERY_TASK_QUEUES.setdefault(
+    CELERY_CALIBRATION_QUEUE,
+    {"exchange": CELERY_CALIBRATION_QUEUE, "routing_key": CELERY_CALIBRATION_QUEUE},
+)
+CALIBRATION_FIT_MAX_RETRIES = env_int("CALIBRATION_FIT_MAX_RETRIES", 3, minimum=0)
+CALIBRATION_FIT_RETRY_DELAY = env_float("CALIBRATION_FIT_RETRY_DELAY", 10, minimum=0)
+CALIBRATION_FIT_STALE_SECONDS = env_int(
+    "CALIBRATION_FIT_STALE_SECONDS", ANALYSIS_TIME_LIMIT + 60, minimum=1
+)
+# "Unusual for this model" against the site's own scans: a calibration fitted on at least
+# SITE_OOD_MIN_READS signed scans with a distance score carries the site's own
+# SITE_OOD_PERCENTILE of those scores; while it is active a scan is unusual only above
+# both the model's threshold and that (ml.site_calibration.is_unusual).
+SITE_OOD_MIN_READS = env_int("SITE_OOD_MIN_READS", 100, minimum=1)
+SITE_OOD_PERCENTILE = env_float("SITE_OOD_PERCENTILE", 99.0, minimum=1.0)
+if SITE_OOD_PERCENTILE > 100:
+    raise ImproperlyConfigured("SITE_OOD_PERCENTILE must be at most 100")
+
 # An optional UID root of your organisation for the UIDs of the objects the portal
 # writes; empty: UUID-derived 2.25 UIDs (ISO/IEC 9834-8).
 DICOM_UID_ROOT = env_str("DICOM_UID_ROOT", "")

@@ -9,6 +9,10 @@ PNGs; no pictures are drawn here). It stops claiming at
 half the soft time limit, and returns only when every claimed analysis is recorded
 (acks_late then acknowledges the message); rows whose messages were consumed as no-ops
 are still covered by the reconciler if the worker dies mid-way.
+
+`send_dicom_results` offers an analysis's objects to the PACS; `fit_site_calibration`
+fits a site calibration from the signed reads (numpy only, no model), claiming its
+CalibrationFit row the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from portal.analyses import queue, services
 from portal.analyses.models import Analysis
 from portal.dicomnet.services import SEND_DICOM_RESULTS, queue_results_send
 from portal.logs import log_context
+from portal.review import calibration
 from workers import liveness
 from workers.analyzer import get_analyzer, preload
 from workers.celery_app import inference_task
@@ -265,6 +270,46 @@ def send_dicom_results(
         )
         raise self.retry(
             exc=exc, countdown=countdown, max_retries=settings.DICOM_SEND_MAX_RETRIES
+        ) from None
+
+
+@queue.app.task(
+    bind=True,
+    name=calibration.FIT_SITE_CALIBRATION,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def fit_site_calibration(self: Task, fit_id: int) -> None:
+    """Fit a site calibration from the signed reads (portal.review.calibration).
+
+    The row is the job: a duplicate message finds it claimed and does nothing. A passing
+    fault hands the row back to queued and tries again with backoff; after
+    CALIBRATION_FIT_MAX_RETRIES it is left failed, for an administrator to run again.
+    """
+    try:
+        calibration.calibration_fit_run(fit_id=fit_id)
+    except TRANSIENT_ERRORS as exc:
+        retries = self.request.retries
+        reason = f"a passing fault stopped the fit ({type(exc).__name__})"
+        if retries >= settings.CALIBRATION_FIT_MAX_RETRIES:
+            logger.error("calibration fit %s: giving up: %s", fit_id, exc)
+            calibration.calibration_fit_fail(
+                fit_id=fit_id, error=f"{reason}; run it again."
+            )
+            return
+        logger.warning("calibration fit %s: %s; retrying", fit_id, exc)
+        try:
+            calibration.calibration_fit_requeue(
+                fit_id=fit_id, error=f"{reason}; retrying"
+            )
+        except TRANSIENT_ERRORS:
+            # Left running: once stale, the page offers to run it again.
+            logger.warning("calibration fit %s: could not hand it back", fit_id)
+        raise self.retry(
+            exc=exc,
+            countdown=settings.CALIBRATION_FIT_RETRY_DELAY * 2**retries,
+            max_retries=settings.CALIBRATION_FIT_MAX_RETRIES,
         ) from None
 
 

@@ -32,6 +32,8 @@ RESULT_FIELDS = (
     "in_distribution",
     "ood_score",
     "ood_threshold",
+    "ood_rule",
+    "ood_site_threshold",
     "explained_class",
     "withheld",
     "gate_score",
@@ -108,6 +110,23 @@ class Analysis(models.Model):
         null=True,
         blank=True,
         help_text="Scores above this threshold of the model version are out of distribution.",
+    )
+
+    class OodRule(models.TextChoices):
+        MODEL = "model", "the model's threshold"
+        SITE = "site", "the model's threshold and the site's own scans"
+
+    ood_rule = models.CharField(
+        max_length=8,
+        choices=OodRule.choices,
+        blank=True,
+        help_text="Which rule judged 'unusual for this model' (empty: not judged).",
+    )
+    ood_site_threshold = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="The site's own threshold on the score (its calibration's upper "
+        "percentile of its signed scans) when the site's rule judged the scan.",
     )
     explained_class = models.CharField(
         max_length=16,
@@ -241,6 +260,8 @@ class Analysis(models.Model):
             "in_distribution": self.in_distribution,
             "ood_score": self.ood_score,
             "ood_threshold": self.ood_threshold,
+            "ood_rule": self.ood_rule,
+            "ood_site_threshold": self.ood_site_threshold,
             "explained_class": self.explained_class,
             "withheld": self.withheld,
             "gate_score": self.gate_score,

@@ -94,6 +94,7 @@ def study_status(*, study: Study) -> list[dict[str, Any]]:
                 "width": scan.width,
                 "height": scan.height,
                 "format": scan.format,
+                "scanner": "" if scan.scanner.is_site else scan.scanner.name,
                 "original_url": reverse("clinical:scan_original", args=[scan.pk]),
                 "display_url": reverse("review:scan_display", args=[scan.pk]),
                 "review_url": reverse("review:scan_review", args=[scan.pk]),

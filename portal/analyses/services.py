@@ -37,10 +37,11 @@ from portal.analyses.models import (
 from portal.analyses.signals import results_recorded
 from portal.audit.services import audit_update
 from portal.clinical.models import Scan, Study
+from portal.clinical.scanners import Scanner
 from portal.clinical.services import scan_create
 from portal.clinical.uploads import ValidatedUpload
 from portal.registry.models import SiteCalibration
-from portal.registry.selectors import site_calibration_active
+from portal.registry.selectors import site_calibration_in_use
 
 logger = logging.getLogger(__name__)
 
@@ -211,10 +212,11 @@ def analyses_record_success(
     analyses = {analysis.pk: analysis for analysis in rows}
     # The rows as they were, for the audit records (one query, not one per row).
     before = Analysis.objects.in_bulk(list(analyses))
-    # Each result is shown through the site calibration active for its model now.
+    # Each result is shown through the site calibration in use for its model and its
+    # scan's scanner model now (the scanner's own, else the site's).
     active = {
-        version: site_calibration_active(model_version=version)
-        for version in {analysis.model_version for analysis in analyses.values()}
+        key: site_calibration_in_use(model_version=key[0], scanner=key[1])
+        for key in {(a.model_version, a.scan.scanner) for a in analyses.values()}
     }
     recorded: list[int] = []
     for analysis_id, result, artifacts in results:
@@ -229,7 +231,11 @@ def analyses_record_success(
                 analysis.status,
             )
             continue
-        _record_result(analysis, result, calibration=active[analysis.model_version])
+        _record_result(
+            analysis,
+            result,
+            calibration=active[(analysis.model_version, analysis.scan.scanner)],
+        )
         # A withheld scan keeps no outline or heatmap: nothing to show, nothing to leak.
         _store_artifacts(analysis, {} if analysis.withheld else artifacts)
         recorded.append(analysis_id)
@@ -332,6 +338,7 @@ def _record_result(
             )
         analysis.calibration = None
         analysis.operating_threshold = None
+        analysis.ood_rule, analysis.ood_site_threshold = "", None
         return
     analysis.label = str(result["label"])
     analysis.confidence = float(result["confidence"])
@@ -356,6 +363,30 @@ def _apply_model_operating_point(analysis: Analysis) -> None:
     analysis.calibration = None
     analysis.operating_threshold = None
     analysis.suspicious = analysis.label == Analysis.Label.MALIGNANT
+    _judge_unusual(analysis, site_threshold=None)
+
+
+def _judge_unusual(analysis: Analysis, *, site_threshold: float | None) -> None:
+    """The "unusual for this model" caution by the model's threshold, and the site's own when its
+    calibration carries one (ml.site_calibration.is_unusual says why both). A row whose
+    score or threshold is unknown keeps the worker's verdict."""
+    from ml.site_calibration import is_unusual
+
+    unusual = is_unusual(
+        analysis.ood_score,
+        model_threshold=analysis.ood_threshold,
+        site_threshold=site_threshold,
+    )
+    if unusual is None:
+        analysis.ood_rule = (
+            "" if analysis.in_distribution is None else Analysis.OodRule.MODEL
+        )
+        analysis.ood_site_threshold = None
+        return
+    analysis.in_distribution = not unusual
+    site = site_threshold is not None
+    analysis.ood_rule = Analysis.OodRule.SITE if site else Analysis.OodRule.MODEL
+    analysis.ood_site_threshold = site_threshold
 
 
 def _set_scores(
@@ -377,6 +408,10 @@ def _set_scores(
         analysis.suspicious = bool(flag)
         analysis.operating_threshold = fitted.threshold
         analysis.calibration = calibration
+        _judge_unusual(
+            analysis,
+            site_threshold=calibration.ood_site_threshold if calibration else None,
+        )
 
 
 def _record_distribution(analysis: Analysis, result: dict[str, Any]) -> None:
@@ -408,14 +443,25 @@ RESCORED_FIELDS = (
     "suspicious",
     "operating_threshold",
     "calibration",
+    "in_distribution",
+    "ood_rule",
+    "ood_site_threshold",
 )
 
 
 def analyses_rescore(
-    *, model_version: str, calibration: SiteCalibration | None, chunk: int = 500
+    *,
+    model_version: str,
+    calibration: SiteCalibration | None,
+    scanner: Scanner | None = None,
+    except_scanners: Sequence[Scanner] = (),
+    chunk: int = 500,
 ) -> tuple[int, set[int]]:
     """Show every finished analysis of `model_version` through `calibration` (None: the
     model's own), recomputed from its stored logits without running the network.
+
+    `scanner`: only analyses of scans from that scanner model; `except_scanners`: not
+    those (scanner models shown through calibrations of their own).
 
     Each row's earlier values stay in the audit trail (one change record per row). Rows
     without stored logits (analysed before logits were kept) and withheld rows stay as
@@ -440,6 +486,7 @@ def analyses_rescore(
             model_version=model_version,
             status__in=(Status.RUNNING, Status.SUCCEEDED),
         )
+        .filter(_scanner_scope(scanner, except_scanners))
         .select_for_update(of=("self",))
         .select_related("scan")
         .order_by("pk")
@@ -464,12 +511,28 @@ def analyses_rescore(
             studies.add(analysis.scan.study_id)
         changed += len(batch)
     logger.info(
-        "re-scored %d analyses of %s with calibration %s",
+        "re-scored %d analyses of %s (%s) with calibration %s",
         changed,
         model_version,
+        "every scanner" if scanner is None else "one scanner model",
         calibration.pk if calibration else "(the model's own)",
     )
     return changed, studies
+
+
+def _scanner_scope(scanner: Scanner | None, excluded: Sequence[Scanner]) -> Q:
+    scope = Q()
+    if scanner is not None:
+        scope &= Q(
+            scan__scanner_manufacturer=scanner.manufacturer,
+            scan__scanner_model=scanner.model,
+        )
+    for other in excluded:
+        scope &= ~Q(
+            scan__scanner_manufacturer=other.manufacturer,
+            scan__scanner_model=other.model,
+        )
+    return scope
 
 
 def _copy(analysis: Analysis) -> Analysis:

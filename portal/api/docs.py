@@ -48,6 +48,7 @@ class ApiRootView(APIView):
                 "token": url("api:token"),
                 "patients": url("api:patient-list"),
                 "studies": url("api:study-list"),
+                "calibrations": url("api:calibration-list"),
                 "docs": url("api:docs"),
                 "schema": url("api:schema"),
             }

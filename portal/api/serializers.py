@@ -176,6 +176,8 @@ class ScanSerializer(serializers.ModelSerializer):
             "width",
             "height",
             "pixel_spacing_mm",
+            "scanner_manufacturer",
+            "scanner_model",
             "sha256",
             "uploaded_at",
             "original_url",

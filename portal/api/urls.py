@@ -8,7 +8,15 @@ from django.contrib.auth.decorators import login_not_required
 from django.urls import path
 
 from portal.api import docs
-from portal.api.views import analyses, auth, batches, patients, scans, studies
+from portal.api.views import (
+    analyses,
+    auth,
+    batches,
+    calibrations,
+    patients,
+    scans,
+    studies,
+)
 
 app_name = "api"
 
@@ -54,6 +62,21 @@ urlpatterns = [
         "analyses/<int:pk>/dicom/<str:kind>/",
         _api(analyses.AnalysisDicomView),
         name="analysis-dicom",
+    ),
+    path(
+        "calibrations/",
+        _api(calibrations.CalibrationListView),
+        name="calibration-list",
+    ),
+    path(
+        "calibrations/active/",
+        _api(calibrations.CalibrationActiveView),
+        name="calibration-active",
+    ),
+    path(
+        "calibrations/<int:pk>/",
+        _api(calibrations.CalibrationDetailView),
+        name="calibration-detail",
     ),
     path("schema/", _api(docs.SchemaView), name="schema"),
     path("docs/", _api(docs.SwaggerView), name="docs"),

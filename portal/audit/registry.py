@@ -30,6 +30,7 @@ def register_models() -> None:
         "review.Review",
         "registry.SiteCalibration",
         "registry.CalibrationActivation",
+        "review.CalibrationFit",
     ):
         model = apps.get_model(label)
         if not auditlog.contains(model):

@@ -8,6 +8,8 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from portal.clinical.scanners import SCANNER_FIELD_LENGTH, Scanner
+
 # Storage names use ids and a random uuid only: never patient data, never the
 # uploaded file name (kept in a column instead).
 FORMAT_EXTENSIONS = {
@@ -151,6 +153,10 @@ class Scan(models.Model):
     # Millimetres per pixel (row, column) when the source says so (DICOM); else unknown.
     pixel_spacing_row_mm = models.FloatField(null=True, blank=True)
     pixel_spacing_col_mm = models.FloatField(null=True, blank=True)
+    # DICOM Manufacturer (0008,0070) and Manufacturer's Model Name (0008,1090), both LO:
+    # a site calibration may be fitted per scanner model. Empty for PNG/JPEG.
+    scanner_manufacturer = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
+    scanner_model = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
@@ -165,6 +171,10 @@ class Scan(models.Model):
 
     def __str__(self) -> str:
         return f"Scan {self.pk}"
+
+    @property
+    def scanner(self) -> Scanner:
+        return Scanner(self.scanner_manufacturer, self.scanner_model)
 
     def area_mm2(self, fraction: float | None) -> float | None:
         """Area of a fraction of the image in mm², when the pixel spacing is known."""

@@ -18,6 +18,7 @@ from portal.clinical.models import (
     Scan,
     Study,
 )
+from portal.clinical.scanners import Scanner
 from portal.clinical.uploads import ValidatedUpload
 
 
@@ -76,6 +77,8 @@ def scan_create(
         format=upload.format,
         uploaded_by=uploaded_by,
     )
+    scanner = Scanner.from_tags(upload.dicom)
+    scan.scanner_manufacturer, scan.scanner_model = scanner.manufacturer, scanner.model
     if upload.pixel_spacing_mm is not None:
         scan.pixel_spacing_row_mm, scan.pixel_spacing_col_mm = upload.pixel_spacing_mm
     extension = FORMAT_EXTENSIONS.get(upload.format, "bin")

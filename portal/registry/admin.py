@@ -27,12 +27,14 @@ class SiteCalibrationAdmin(ReadOnlyAdmin):
         "id",
         "model_version",
         "version",
+        "scanner_manufacturer",
+        "scanner_model",
         "target_sensitivity",
         "reads",
         "created_by",
         "created_at",
     )
-    list_filter = ("model_version",)
+    list_filter = ("model_version", "scanner_model")
 
 
 @admin.register(CalibrationActivation)
@@ -40,10 +42,12 @@ class CalibrationActivationAdmin(ReadOnlyAdmin):
     list_display = (
         "id",
         "model_version",
+        "scanner_manufacturer",
+        "scanner_model",
         "calibration",
         "activated_by",
         "activated_at",
         "reason",
         "rescored",
     )
-    list_filter = ("model_version",)
+    list_filter = ("model_version", "scanner_model")

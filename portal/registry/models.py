@@ -16,6 +16,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from portal.clinical.scanners import SCANNER_FIELD_LENGTH, Scanner
+
 
 class SiteCalibration(models.Model):
     model_version = models.CharField(max_length=64)
@@ -32,6 +34,18 @@ class SiteCalibration(models.Model):
     )
     target_sensitivity = models.FloatField()
     reads = models.PositiveIntegerField(help_text="Signed reads it was fitted on.")
+    # Fitted on one scanner model's reads (DICOM Manufacturer, Manufacturer's Model
+    # Name); both empty: on the whole site's.
+    scanner_manufacturer = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
+    scanner_model = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
+    ood_site_threshold = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="The site's own upper percentile of the out-of-distribution score on "
+        "the signed scans it was fitted on: with this calibration active, a scan is "
+        "unusual only above it as well as above the model's threshold (empty: too few "
+        "signed scans with a score, the model's threshold alone).",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
@@ -50,7 +64,12 @@ class SiteCalibration(models.Model):
         )
 
     def __str__(self) -> str:
-        return f"Site calibration {self.version} of {self.model_version}"
+        scope = "" if self.scanner.is_site else f" for {self.scanner.name}"
+        return f"Site calibration {self.version} of {self.model_version}{scope}"
+
+    @property
+    def scanner(self) -> Scanner:
+        return Scanner(self.scanner_manufacturer, self.scanner_model)
 
     @property
     def threshold(self) -> float | None:
@@ -65,14 +84,22 @@ class SiteCalibration(models.Model):
             "target_sensitivity": self.target_sensitivity,
             "reads": self.reads,
             "threshold": self.threshold,
+            "scanner_manufacturer": self.scanner_manufacturer,
+            "scanner_model": self.scanner_model,
+            "ood_site_threshold": self.ood_site_threshold,
         }
 
 
 class CalibrationActivation(models.Model):
     """From `activated_at` on, analyses of `model_version` are shown through
-    `calibration` (None: the model's own calibration, as trained)."""
+    `calibration` (None: the model's own calibration, as trained).
+
+    With a scanner named, only that scanner model's analyses, and None there means "the
+    site's calibration" (the site-wide one in use, the fallback)."""
 
     model_version = models.CharField(max_length=64)
+    scanner_manufacturer = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
+    scanner_model = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
     calibration = models.ForeignKey(
         SiteCalibration,
         on_delete=models.PROTECT,
@@ -96,8 +123,25 @@ class CalibrationActivation(models.Model):
                 fields=("model_version", "-activated_at", "-id"),
                 name="calibration_activation_latest",
             ),
+            models.Index(
+                fields=(
+                    "model_version",
+                    "scanner_manufacturer",
+                    "scanner_model",
+                    "-activated_at",
+                    "-id",
+                ),
+                name="calibration_activation_scanner",
+            ),
         )
 
     def __str__(self) -> str:
-        target = self.calibration or "the model's own calibration"
+        fallback = (
+            "the model's own calibration" if self.scanner.is_site else "the site's"
+        )
+        target = self.calibration or fallback
         return f"{target} active since {self.activated_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def scanner(self) -> Scanner:
+        return Scanner(self.scanner_manufacturer, self.scanner_model)

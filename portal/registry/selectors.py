@@ -1,36 +1,98 @@
-"""Reads of the registry: which site calibration is in use for a model version."""
+"""Reads of the registry: which site calibration is in use for a model version, site-wide
+and per scanner model."""
 
 from __future__ import annotations
 
 from django.db.models import QuerySet
 
+from portal.clinical.scanners import SITE, Scanner
 from portal.registry.models import CalibrationActivation, SiteCalibration
 
 
 def calibration_activation_latest(
-    *, model_version: str
+    *, model_version: str, scanner: Scanner = SITE
 ) -> CalibrationActivation | None:
-    return calibration_activations(model_version=model_version).first()
+    return calibration_activations(model_version=model_version, scanner=scanner).first()
 
 
-def site_calibration_active(*, model_version: str) -> SiteCalibration | None:
-    """The calibration analyses of `model_version` are shown with now (None: the
-    model's own)."""
-    latest = calibration_activation_latest(model_version=model_version)
+def site_calibration_active(
+    *, model_version: str, scanner: Scanner = SITE
+) -> SiteCalibration | None:
+    """The calibration activated for `scanner` (the site-wide one by default) now; None:
+    none of its own (site-wide: the model's own; a scanner: the site's)."""
+    latest = calibration_activation_latest(model_version=model_version, scanner=scanner)
     return latest.calibration if latest is not None else None
 
 
-def calibration_activations(*, model_version: str) -> QuerySet[CalibrationActivation]:
-    return (
+def site_calibration_in_use(
+    *, model_version: str, scanner: Scanner = SITE
+) -> SiteCalibration | None:
+    """What an analysis of a scan from `scanner` is shown with: its scanner model's
+    active calibration, else the site-wide one (None: the model's own)."""
+    if not scanner.is_site:
+        own = site_calibration_active(model_version=model_version, scanner=scanner)
+        if own is not None:
+            return own
+    return site_calibration_active(model_version=model_version)
+
+
+def scanners_with_own_calibration(*, model_version: str) -> list[Scanner]:
+    """Scanner models whose latest activation names a calibration of their own."""
+    latest: dict[Scanner, int | None] = {}
+    rows = (
         CalibrationActivation.objects.filter(model_version=model_version)
+        .exclude(scanner_manufacturer="", scanner_model="")
+        .order_by("-activated_at", "-id")
+        .values_list("scanner_manufacturer", "scanner_model", "calibration_id")
+    )
+    for manufacturer, model, calibration_id in rows:
+        latest.setdefault(Scanner(manufacturer, model), calibration_id)
+    return sorted(
+        (scanner for scanner, pk in latest.items() if pk is not None),
+        key=lambda s: (s.manufacturer, s.model),
+    )
+
+
+def calibration_activations(
+    *, model_version: str, scanner: Scanner = SITE
+) -> QuerySet[CalibrationActivation]:
+    return (
+        CalibrationActivation.objects.filter(
+            model_version=model_version,
+            scanner_manufacturer=scanner.manufacturer,
+            scanner_model=scanner.model,
+        )
         .select_related("calibration", "activated_by")
         .order_by("-activated_at", "-id")
     )
 
 
-def site_calibrations(*, model_version: str) -> QuerySet[SiteCalibration]:
-    return (
-        SiteCalibration.objects.filter(model_version=model_version)
-        .select_related("created_by")
-        .order_by("-version")
+def site_calibrations(
+    *, model_version: str, scanner: Scanner | None = None
+) -> QuerySet[SiteCalibration]:
+    """Calibrations of a model version, newest first: all, or those of one scope."""
+    rows = SiteCalibration.objects.filter(model_version=model_version)
+    if scanner is not None:
+        rows = rows.filter(
+            scanner_manufacturer=scanner.manufacturer, scanner_model=scanner.model
+        )
+    return rows.select_related("created_by").order_by("-version")
+
+
+def calibration_activations_latest(
+    *, model_version: str
+) -> list[CalibrationActivation]:
+    """The latest activation of each scope (the site first, then scanner models by
+    name): what is active for each, since when, set by whom."""
+    latest: dict[Scanner, CalibrationActivation] = {}
+    rows = (
+        CalibrationActivation.objects.filter(model_version=model_version)
+        .select_related("calibration", "activated_by")
+        .order_by("-activated_at", "-id")
+    )
+    for activation in rows:
+        latest.setdefault(activation.scanner, activation)
+    return sorted(
+        latest.values(),
+        key=lambda a: (not a.scanner.is_site, a.scanner_manufacturer, a.scanner_model),
     )

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
+from portal.clinical.scanners import SITE, Scanner
 from portal.registry.models import CalibrationActivation, SiteCalibration
 from portal.registry.selectors import (
     calibration_activation_latest,
@@ -33,8 +34,11 @@ def site_calibration_create(
     target_sensitivity: float,
     reads: int,
     created_by: AbstractBaseUser,
+    scanner: Scanner = SITE,
+    ood_site_threshold: float | None = None,
 ) -> SiteCalibration:
-    """Record a fitted calibration as the next version for its model (not active yet)."""
+    """Record a fitted calibration as the next version for its model (not active yet);
+    versions are numbered per model version, whichever scanner model they are for."""
     if not 0.0 < target_sensitivity < 1.0:
         raise ValidationError("The target sensitivity must lie between 0 and 1.")
     # Locks the model version's rows so that two fits cannot take the same number.
@@ -51,6 +55,9 @@ def site_calibration_create(
         target_sensitivity=target_sensitivity,
         reads=reads,
         created_by=created_by,
+        scanner_manufacturer=scanner.manufacturer,
+        scanner_model=scanner.model,
+        ood_site_threshold=ood_site_threshold,
     )
     logger.info(
         "site calibration %s (version %s) recorded", calibration.pk, calibration.version
@@ -65,12 +72,19 @@ def calibration_activate(
     calibration: SiteCalibration | None,
     activated_by: AbstractBaseUser,
     reason: str = "",
+    scanner: Scanner = SITE,
 ) -> CalibrationActivation:
-    """Make `calibration` (None: the model's own) the one analyses of `model_version`
-    are shown with from now on."""
+    """Make `calibration` the one analyses of `model_version` from `scanner` (the whole
+    site by default) are shown with from now on. None: the model's own (site-wide), the
+    site's (a scanner model)."""
     if calibration is not None and calibration.model_version != model_version:
         raise ValidationError(
             "This calibration was fitted on another model version's output."
+        )
+    if calibration is not None and calibration.scanner != scanner:
+        raise ValidationError(
+            f"This calibration was fitted for {calibration.scanner.name}, not for "
+            f"{scanner.name}."
         )
     # Serialises activations of one model version: the latest row is what is active.
     list(
@@ -78,23 +92,30 @@ def calibration_activate(
         .filter(model_version=model_version)
         .values_list("pk", flat=True)
     )
-    latest = calibration_activation_latest(model_version=model_version)
+    latest = calibration_activation_latest(model_version=model_version, scanner=scanner)
     current = latest.calibration_id if latest is not None else None
     if current == (calibration.pk if calibration else None):
         raise ValidationError("This calibration is already the active one.")
     return CalibrationActivation.objects.create(
         model_version=model_version,
+        scanner_manufacturer=scanner.manufacturer,
+        scanner_model=scanner.model,
         calibration=calibration,
         activated_by=activated_by,
         reason=reason[:255],
     )
 
 
-def calibration_rollback_target(*, model_version: str) -> SiteCalibration | None:
-    """What a rollback returns to: the calibration active before the current one.
+def calibration_rollback_target(
+    *, model_version: str, scanner: Scanner = SITE
+) -> SiteCalibration | None:
+    """What a rollback returns to: the calibration active before the current one (for
+    `scanner`'s scope).
 
     Raises ValidationError when nothing was active before (nothing to roll back)."""
-    activations = list(calibration_activations(model_version=model_version)[:2])
+    activations = list(
+        calibration_activations(model_version=model_version, scanner=scanner)[:2]
+    )
     if not activations:
         raise ValidationError(
             "No calibration has been activated: nothing to roll back."

@@ -11,20 +11,25 @@ radiologist's current signed label.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Count, F, Q, QuerySet
+from django.utils import timezone
 
 from ml.site_calibration import (
     MIN_READS_FOR_SITE_CALIBRATION,
     estimate_prior_em,
     evaluate_site_calibration,
+    is_unusual,
+    site_ood_threshold,
 )
 from ml.site_calibration import SiteCalibration as Fitted
 from portal.analyses.modelinfo import (
@@ -33,15 +38,22 @@ from portal.analyses.modelinfo import (
     training_class_prior,
 )
 from portal.analyses.models import Analysis
+from portal.analyses.queue import app as celery_app
 from portal.analyses.services import analyses_rescore
 from portal.clinical.models import Study
+from portal.clinical.scanners import SITE, Scanner
 from portal.registry.models import CalibrationActivation, SiteCalibration
-from portal.registry.selectors import site_calibration_active
+from portal.registry.selectors import (
+    scanners_with_own_calibration,
+    site_calibration_active,
+    site_calibration_in_use,
+)
 from portal.registry.services import (
     calibration_activate,
     calibration_rollback_target,
     site_calibration_create,
 )
+from portal.review.models import CalibrationFit
 from portal.review.selectors import current_signed_reviews
 from portal.review.services import agreement_counts_rebuild, studies_review_refresh
 
@@ -51,6 +63,7 @@ LABELS = tuple(Analysis.Label.values)
 # A case-mix difference worth a warning: the site's estimated malignant prevalence
 # differs from training's by more than this (absolute), or by a factor of 2.
 PREVALENCE_WARNING_DIFFERENCE = 0.15
+FIT_SITE_CALIBRATION = "workers.tasks.fit_site_calibration"
 
 
 @dataclass(frozen=True)
@@ -59,24 +72,42 @@ class SignedReads:
     labels: np.ndarray  # (n,) indices into LABELS
     groups: np.ndarray  # (n,) patient ids: cross-validation keeps a patient together
     from_pathology: int  # how many labels came from a biopsy outcome
+    ood_scores: np.ndarray  # (n,) out-of-distribution scores, NaN where none
 
     @property
     def n(self) -> int:
         return len(self.labels)
 
 
-def signed_reads(*, model_version: str) -> SignedReads:
+def _scanner_filter(scanner: Scanner, prefix: str = "scan__") -> Q:
+    """Scans of one scanner model; the site (no scanner named): every scan."""
+    if scanner.is_site:
+        return Q()
+    return Q(
+        **{
+            f"{prefix}scanner_manufacturer": scanner.manufacturer,
+            f"{prefix}scanner_model": scanner.model,
+        }
+    )
+
+
+def _signed_rows(model_version: str) -> QuerySet:
+    return current_signed_reviews().filter(
+        analysis__model_version=model_version,
+        analysis__status=Analysis.Status.SUCCEEDED,
+        analysis__withheld=False,
+        analysis__logits__isnull=False,
+    )
+
+
+def signed_reads(*, model_version: str, scanner: Scanner = SITE) -> SignedReads:
     """The site's ground truth for `model_version`'s analyses: one row per scan with a
     current signed reading of an analysis of that version with stored logits (withheld
-    scans excluded: they are not breast ultrasound)."""
+    scans excluded: they are not breast ultrasound); of one scanner model's scans when
+    one is named."""
     rows = (
-        current_signed_reviews()
-        .filter(
-            analysis__model_version=model_version,
-            analysis__status=Analysis.Status.SUCCEEDED,
-            analysis__withheld=False,
-            analysis__logits__isnull=False,
-        )
+        _signed_rows(model_version)
+        .filter(_scanner_filter(scanner))
         .order_by("scan_id", "-version")
         .values_list(
             "scan_id",
@@ -84,12 +115,13 @@ def signed_reads(*, model_version: str) -> SignedReads:
             "analysis__logits",
             "scan__study__pathology",
             "scan__study__patient_id",
+            "analysis__ood_score",
         )
     )
     seen: set[int] = set()
-    logits, labels, groups = [], [], []
+    logits, labels, groups, scores = [], [], [], []
     from_pathology = 0
-    for scan_id, label, raw, pathology, patient_id in rows:
+    for scan_id, label, raw, pathology, patient_id, score in rows:
         if scan_id in seen:
             continue
         seen.add(scan_id)
@@ -99,18 +131,52 @@ def signed_reads(*, model_version: str) -> SignedReads:
         logits.append(raw)
         labels.append(LABELS.index(label))
         groups.append(patient_id)
+        scores.append(np.nan if score is None else score)
     return SignedReads(
         logits=np.asarray(logits, np.float64).reshape(-1, len(LABELS)),
         labels=np.asarray(labels, np.int64),
         groups=np.asarray(groups),
         from_pathology=from_pathology,
+        ood_scores=np.asarray(scores, np.float64),
     )
 
 
-def _in_use(model_version: str) -> Fitted | None:
-    """The calibration analyses are shown with now, as ml's object (the baseline of a
-    new fit's before/after); None when unknown (another model installed)."""
-    active = site_calibration_active(model_version=model_version)
+@dataclass(frozen=True)
+class ScannerReads:
+    scanner: Scanner
+    reads: int
+
+    @property
+    def enough(self) -> bool:
+        return self.reads >= MIN_READS_FOR_SITE_CALIBRATION
+
+
+def signed_reads_by_scanner(*, model_version: str) -> list[ScannerReads]:
+    """The site's signed reads of `model_version`, in all and per scanner model named by
+    the scans' DICOM headers (most reads first): the choices of a fit."""
+    counts = (
+        _signed_rows(model_version)
+        .values("scan__scanner_manufacturer", "scan__scanner_model")
+        .annotate(reads=Count("scan", distinct=True))
+    )
+    scanners = [
+        ScannerReads(
+            Scanner(row["scan__scanner_manufacturer"], row["scan__scanner_model"]),
+            row["reads"],
+        )
+        for row in counts
+    ]
+    named = sorted(
+        (s for s in scanners if not s.scanner.is_site),
+        key=lambda s: (-s.reads, s.scanner.manufacturer, s.scanner.model),
+    )
+    return [ScannerReads(SITE, sum(s.reads for s in scanners)), *named]
+
+
+def _in_use(model_version: str, scanner: Scanner = SITE) -> Fitted | None:
+    """The calibration analyses of `scanner` are shown with now, as ml's object (the
+    baseline of a new fit's before/after); None when unknown (another model installed)."""
+    active = site_calibration_in_use(model_version=model_version, scanner=scanner)
     if active is not None:
         return Fitted.from_dict(active.parameters)
     try:
@@ -119,36 +185,51 @@ def _in_use(model_version: str) -> Fitted | None:
         return None
 
 
+def _check_fit(*, target_sensitivity: float, scanner: Scanner, reads: int) -> None:
+    if not 0.5 <= target_sensitivity < 1.0:
+        raise ValidationError(
+            "The target malignant sensitivity must be at least 0.5 and below 1."
+        )
+    if reads < MIN_READS_FOR_SITE_CALIBRATION:
+        if scanner.is_site:
+            raise ValidationError(
+                f"A site calibration needs at least {MIN_READS_FOR_SITE_CALIBRATION} "
+                f"signed reads of this model's analyses; there are {reads}."
+            )
+        raise ValidationError(
+            f"A calibration for {scanner.name} needs at least "
+            f"{MIN_READS_FOR_SITE_CALIBRATION} signed reads of this model's analyses "
+            f"of its scans; there are {reads}. Fit a site-wide calibration instead: "
+            "it covers this scanner's scans too."
+        )
+
+
 def site_calibration_fit(
     *,
     model_version: str,
     target_sensitivity: float,
     created_by: AbstractBaseUser,
+    scanner: Scanner = SITE,
 ) -> SiteCalibration:
-    """Fit temperature, class offsets and the operating point on the site's signed reads,
-    with the cross-validated before/after; recorded as the next version, not active."""
-    if not 0.5 <= target_sensitivity < 1.0:
-        raise ValidationError(
-            "The target malignant sensitivity must be at least 0.5 and below 1."
-        )
-    reads = signed_reads(model_version=model_version)
-    if reads.n < MIN_READS_FOR_SITE_CALIBRATION:
-        raise ValidationError(
-            f"A site calibration needs at least {MIN_READS_FOR_SITE_CALIBRATION} signed "
-            f"reads of this model's analyses; there are {reads.n}."
-        )
+    """Fit temperature, class offsets and the operating point on the site's signed reads
+    (one scanner model's, when named), with the cross-validated before/after and the
+    site's own out-of-distribution threshold; recorded as the next version, not active."""
+    reads = signed_reads(model_version=model_version, scanner=scanner)
+    _check_fit(target_sensitivity=target_sensitivity, scanner=scanner, reads=reads.n)
     try:
         evaluation = evaluate_site_calibration(
             reads.logits,
             reads.labels,
             groups=reads.groups,
             target_sensitivity=target_sensitivity,
-            baseline=_in_use(model_version),
+            baseline=_in_use(model_version, scanner),
         )
     except ValueError as exc:
         raise ValidationError(f"The calibration could not be fitted: {exc}") from None
     parameters = evaluation.pop("calibration")
     evaluation["from_pathology"] = reads.from_pathology
+    unusual = unusual_shares(model_version=model_version, scanner=scanner, reads=reads)
+    evaluation["unusual"] = unusual
     calibration = site_calibration_create(
         model_version=model_version,
         parameters=parameters,
@@ -156,6 +237,8 @@ def site_calibration_fit(
         target_sensitivity=target_sensitivity,
         reads=reads.n,
         created_by=created_by,
+        scanner=scanner,
+        ood_site_threshold=unusual["site_threshold"],
     )
     logger.info(
         "site calibration %s fitted on %d reads of %s",
@@ -166,22 +249,81 @@ def site_calibration_fit(
     return calibration
 
 
+def unusual_shares(
+    *,
+    model_version: str,
+    scanner: Scanner,
+    reads: SignedReads,
+    limit: int = 20000,
+) -> dict[str, Any]:
+    """The site's own out-of-distribution threshold from its signed scans' scores (once
+    there are SITE_OOD_MIN_READS of them), and the share of the site's scans (the
+    newest `limit` finished, not withheld, in scope) cautioned "unusual" by the model's
+    threshold alone (before) and with the site's too (after)."""
+    scores = reads.ood_scores[np.isfinite(reads.ood_scores)]
+    enough = scores.size >= settings.SITE_OOD_MIN_READS
+    percentile = settings.SITE_OOD_PERCENTILE
+    site_threshold = (
+        site_ood_threshold(scores, percentile=percentile) if enough else None
+    )
+    rows = list(
+        Analysis.objects.filter(
+            _scanner_filter(scanner),
+            model_version=model_version,
+            status=Analysis.Status.SUCCEEDED,
+            withheld=False,
+            ood_score__isnull=False,
+            ood_threshold__isnull=False,
+        )
+        .order_by("-finished_at", "-id")
+        .values_list("ood_score", "ood_threshold")[:limit]
+    )
+    before = [is_unusual(score, model_threshold=t) for score, t in rows]
+    after = [
+        is_unusual(score, model_threshold=t, site_threshold=site_threshold)
+        for score, t in rows
+    ]
+    return {
+        "reference_reads": int(scores.size),
+        "min_reads": settings.SITE_OOD_MIN_READS,
+        "percentile": percentile,
+        "site_threshold": site_threshold,
+        "scans": len(rows),
+        "before": sum(before) / len(rows) if rows else None,
+        "after": sum(after) / len(rows) if rows else None,
+    }
+
+
 def _switch(
     *,
     model_version: str,
     calibration: SiteCalibration | None,
     user: AbstractBaseUser,
     reason: str,
+    scanner: Scanner = SITE,
 ) -> CalibrationActivation:
     activation = calibration_activate(
         model_version=model_version,
         calibration=calibration,
         activated_by=user,
         reason=reason,
+        scanner=scanner,
     )
-    rescored, study_ids = analyses_rescore(
-        model_version=model_version, calibration=calibration
-    )
+    if scanner.is_site:
+        # Scanner models with calibrations of their own keep them.
+        rescored, study_ids = analyses_rescore(
+            model_version=model_version,
+            calibration=calibration,
+            except_scanners=scanners_with_own_calibration(model_version=model_version),
+        )
+    else:
+        # Without one of its own, the scanner model's scans fall back to the site's.
+        rescored, study_ids = analyses_rescore(
+            model_version=model_version,
+            calibration=calibration
+            or site_calibration_active(model_version=model_version),
+            scanner=scanner,
+        )
     activation.rescored = rescored
     activation.save(update_fields=["rescored"])
     # Labels and suspicious flags changed: the worklist order and the agreement
@@ -195,28 +337,195 @@ def _switch(
 def site_calibration_activate(
     *, calibration: SiteCalibration, user: AbstractBaseUser, reason: str = ""
 ) -> CalibrationActivation:
-    """Show analyses of the calibration's model through it from now on, and re-score
-    its history from the stored logits (earlier values stay in the audit trail)."""
+    """Show analyses of the calibration's model (of its scanner model's scans, when it
+    was fitted for one) through it from now on, and re-score their history from the
+    stored logits (earlier values stay in the audit trail)."""
     return _switch(
         model_version=calibration.model_version,
         calibration=calibration,
         user=user,
         reason=reason or "activated",
+        scanner=calibration.scanner,
     )
 
 
 @transaction.atomic
 def site_calibration_rollback(
-    *, model_version: str, user: AbstractBaseUser
+    *, model_version: str, user: AbstractBaseUser, scanner: Scanner = SITE
 ) -> CalibrationActivation:
-    """Return to the calibration active before the current one (or the model's own)."""
-    target = calibration_rollback_target(model_version=model_version)
+    """Return to the calibration active before the current one for `scanner`'s scope
+    (site-wide: or the model's own; a scanner model: or the site's)."""
+    target = calibration_rollback_target(model_version=model_version, scanner=scanner)
     return _switch(
         model_version=model_version,
         calibration=target,
         user=user,
         reason="rolled back",
+        scanner=scanner,
     )
+
+
+# --- fitting in a worker ----------------------------------------------------------------
+
+
+@transaction.atomic
+def calibration_fit_request(
+    *,
+    model_version: str,
+    target_sensitivity: float,
+    requested_by: AbstractBaseUser,
+    scanner: Scanner = SITE,
+) -> CalibrationFit:
+    """Queue a fit (run by workers.tasks.fit_site_calibration once this commits).
+
+    Refused at once, with the reason, when the target is out of range or there are too
+    few signed reads in scope (the worker checks again on the reads it then finds)."""
+    reads = signed_reads_count(model_version=model_version, scanner=scanner)
+    _check_fit(target_sensitivity=target_sensitivity, scanner=scanner, reads=reads)
+    fit = CalibrationFit.objects.create(
+        model_version=model_version,
+        scanner_manufacturer=scanner.manufacturer,
+        scanner_model=scanner.model,
+        target_sensitivity=target_sensitivity,
+        requested_by=requested_by,
+    )
+    _send_on_commit(fit.pk)
+    return fit
+
+
+def signed_reads_count(*, model_version: str, scanner: Scanner = SITE) -> int:
+    return (
+        _signed_rows(model_version)
+        .filter(_scanner_filter(scanner))
+        .values("scan_id")
+        .distinct()
+        .count()
+    )
+
+
+def _send_on_commit(fit_id: int) -> None:
+    transaction.on_commit(lambda: _send_or_mark_unsent(fit_id))
+
+
+def _send_or_mark_unsent(fit_id: int) -> None:
+    try:
+        celery_app.send_task(
+            FIT_SITE_CALIBRATION,
+            args=[fit_id],
+            queue=settings.CELERY_CALIBRATION_QUEUE,
+        )
+    except Exception:
+        # The row is committed and stays; an administrator runs it again once the
+        # broker is back (nothing is lost, nothing runs twice: the claim decides).
+        logger.warning("calibration fit %s could not be queued", fit_id, exc_info=True)
+        CalibrationFit.objects.filter(
+            pk=fit_id, status=CalibrationFit.Status.QUEUED
+        ).update(
+            status=CalibrationFit.Status.FAILED,
+            finished_at=timezone.now(),
+            error="The fit could not be queued (the task queue was unreachable). "
+            "Run it again.",
+        )
+
+
+def _stale_before() -> datetime.datetime:
+    return timezone.now() - datetime.timedelta(
+        seconds=settings.CALIBRATION_FIT_STALE_SECONDS
+    )
+
+
+def calibration_fit_claim(*, fit_id: int) -> bool:
+    """Compare-and-set queued -> running (or a running one whose worker was lost long
+    ago); False when someone else has it or it is finished."""
+    Status = CalibrationFit.Status
+    claimable = Q(status=Status.QUEUED) | Q(
+        status=Status.RUNNING, started_at__lt=_stale_before()
+    )
+    return bool(
+        CalibrationFit.objects.filter(claimable, pk=fit_id).update(
+            status=Status.RUNNING, started_at=timezone.now(), error=""
+        )
+    )
+
+
+def calibration_fit_run(*, fit_id: int) -> CalibrationFit | None:
+    """Claim and run a fit; its outcome is on the row (the calibration, or the reason it
+    was refused). None when the fit was not claimable (a duplicate message).
+
+    Passing faults (database, network) propagate, the row still running: the task
+    hands it back with calibration_fit_requeue and tries again."""
+    if not calibration_fit_claim(fit_id=fit_id):
+        logger.info("calibration fit %s is not claimable; nothing to do", fit_id)
+        return None
+    fit = CalibrationFit.objects.select_related("requested_by").get(pk=fit_id)
+    try:
+        calibration = site_calibration_fit(
+            model_version=fit.model_version,
+            target_sensitivity=fit.target_sensitivity,
+            created_by=fit.requested_by,
+            scanner=fit.scanner,
+        )
+    except ValidationError as exc:
+        calibration_fit_fail(fit_id=fit_id, error=" ".join(exc.messages))
+    else:
+        CalibrationFit.objects.filter(
+            pk=fit_id, status=CalibrationFit.Status.RUNNING
+        ).update(
+            status=CalibrationFit.Status.SUCCEEDED,
+            finished_at=timezone.now(),
+            calibration=calibration,
+            error="",
+        )
+    fit.refresh_from_db()
+    return fit
+
+
+def calibration_fit_requeue(*, fit_id: int, error: str) -> bool:
+    """A running fit that met a passing fault goes back to queued (an attempt counted)."""
+    return bool(
+        CalibrationFit.objects.filter(
+            pk=fit_id, status=CalibrationFit.Status.RUNNING
+        ).update(
+            status=CalibrationFit.Status.QUEUED,
+            attempts=F("attempts") + 1,
+            error=error[:4000],
+        )
+    )
+
+
+def calibration_fit_fail(*, fit_id: int, error: str) -> bool:
+    """A fit that cannot succeed (too few reads) or has run out of retries: failed, with
+    the reason shown on the page; an administrator may run it again."""
+    return bool(
+        CalibrationFit.objects.filter(
+            pk=fit_id,
+            status__in=(CalibrationFit.Status.RUNNING, CalibrationFit.Status.QUEUED),
+        ).update(
+            status=CalibrationFit.Status.FAILED,
+            finished_at=timezone.now(),
+            error=error[:4000],
+        )
+    )
+
+
+@transaction.atomic
+def calibration_fit_retry(*, fit: CalibrationFit) -> CalibrationFit:
+    """Run a failed fit (or one whose worker was lost) again: queued, sent on commit."""
+    Status = CalibrationFit.Status
+    retryable = Q(status=Status.FAILED) | Q(
+        status=Status.RUNNING, started_at__lt=_stale_before()
+    )
+    locked = (
+        CalibrationFit.objects.select_for_update().filter(retryable, pk=fit.pk).first()
+    )
+    if locked is None:
+        raise ValidationError("This fit is not failed: there is nothing to run again.")
+    locked.status = Status.QUEUED
+    locked.error = ""
+    locked.started_at = locked.finished_at = None
+    locked.save(update_fields=["status", "error", "started_at", "finished_at"])
+    _send_on_commit(locked.pk)
+    return locked
 
 
 # --- case mix ---------------------------------------------------------------------------
@@ -285,6 +594,46 @@ def case_mix(*, model_version: str, limit: int = 20000) -> CaseMix:
         training_prior=train,
         warning=difference > PREVALENCE_WARNING_DIFFERENCE or not 0.5 <= ratio <= 2.0,
     )
+
+
+@dataclass(frozen=True)
+class UnusualRule:
+    rule: str  # Analysis.OodRule value
+    title: str
+    judged: int
+    unusual: int
+
+    @property
+    def share(self) -> float | None:
+        return self.unusual / self.judged if self.judged else None
+
+
+def unusual_by_rule(*, model_version: str) -> list[UnusualRule]:
+    """How many of the site's finished, not withheld analyses of `model_version` each
+    rule judged, and how many it found "unusual for this model" (agreement monitor)."""
+    rows = (
+        Analysis.objects.filter(
+            model_version=model_version,
+            status=Analysis.Status.SUCCEEDED,
+            withheld=False,
+        )
+        .exclude(ood_rule="")
+        .values("ood_rule")
+        .annotate(
+            judged=Count("pk"),
+            unusual=Count("pk", filter=Q(in_distribution=False)),
+        )
+    )
+    counts = {row["ood_rule"]: row for row in rows}
+    return [
+        UnusualRule(
+            rule=rule.value,
+            title=str(rule.label),
+            judged=counts.get(rule.value, {}).get("judged", 0),
+            unusual=counts.get(rule.value, {}).get("unusual", 0),
+        )
+        for rule in Analysis.OodRule
+    ]
 
 
 def calibration_summary(evaluation: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from django import forms
 from django.core.exceptions import ValidationError
 
 from portal.analyses.models import Analysis
 from portal.clinical.models import Pathology
+from portal.clinical.scanners import Scanner
 from portal.review.models import BiRads, OutlineState
 from portal.review.outlines import decode_outline_png
 from portal.review.services import correction_error
@@ -64,6 +68,10 @@ class ReviewForm(forms.Form):
         return data
 
 
+def scope_name(scanner: Scanner) -> str:
+    return "All scanners (site-wide)" if scanner.is_site else scanner.name
+
+
 class CalibrationFitForm(forms.Form):
     target_sensitivity = forms.FloatField(
         min_value=0.5,
@@ -73,6 +81,28 @@ class CalibrationFitForm(forms.Form):
         help_text="The share of malignant lesions the suspicious flag must catch on "
         "this site's signed reads (0.5-0.99).",
     )
+    scanner = forms.ChoiceField(
+        required=False,
+        label="Fit on",
+        help_text="All the site's signed reads, or one scanner model's (DICOM "
+        "Manufacturer and Manufacturer's Model Name), with its signed reads counted.",
+    )
+
+    def __init__(self, *args: Any, scanners: Sequence[Any] = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # scanners: portal.review.calibration.ScannerReads, the site first.
+        self.fields["scanner"].choices = [
+            (item.scanner.key, f"{scope_name(item.scanner)}: {item.reads} signed reads")
+            for item in scanners
+        ]
+
+    def clean_scanner(self) -> Scanner:
+        try:
+            return Scanner.from_key(self.cleaned_data.get("scanner") or "")
+        except ValueError:
+            raise forms.ValidationError(
+                "Choose a scanner model from the list."
+            ) from None
 
 
 class PathologyForm(forms.Form):

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan
+from portal.clinical.scanners import Scanner
 
 LABEL_CHOICES = Analysis.Label.choices
 
@@ -157,3 +158,74 @@ class AgreementCount(models.Model):
             f"{self.model_version} {self.month:%Y-%m} "
             f"{self.model_label}/{self.reader_label}: {self.readings}"
         )
+
+
+class CalibrationFit(models.Model):
+    """A requested site calibration fit: the job row a worker claims and runs.
+
+    The fit reads every signed read of the model (thousands at a busy site) and
+    bootstraps its intervals, so it runs in a worker (workers.tasks.fit_site_calibration),
+    never inside a web request; the page polls this row. Like an Analysis, the row is
+    the job and the message only names it: status changes are compare-and-set updates
+    (portal.review.calibration), and a failed fit can be run again.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    model_version = models.CharField(max_length=64)
+    # Both empty: a site-wide fit; else one scanner model's reads.
+    scanner_manufacturer = models.CharField(max_length=64, blank=True)
+    scanner_model = models.CharField(max_length=64, blank=True)
+    target_sensitivity = models.FloatField()
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    requested_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    calibration = models.ForeignKey(
+        "registry.SiteCalibration",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The calibration the fit recorded.",
+    )
+
+    class Meta:
+        ordering = ("-requested_at", "-id")
+        indexes = (
+            models.Index(
+                fields=("model_version", "-requested_at"), name="calibration_fit_recent"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"Calibration fit {self.pk} ({self.status})"
+
+    @property
+    def scanner(self) -> Scanner:
+        return Scanner(self.scanner_manufacturer, self.scanner_model)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+
+    def to_status_dict(self) -> dict[str, object]:
+        return {
+            "id": self.pk,
+            "status": self.status,
+            "finished": self.is_finished,
+            "attempts": self.attempts,
+            "error": self.error,
+            "calibration": self.calibration_id,
+        }

@@ -100,9 +100,14 @@ def pathology_label(study: Study) -> str | None:
 
 
 def scanner_name(scan: Scan, content: bytes) -> str:
-    """Manufacturer and model from a DICOM original; "unknown" for other formats."""
+    """Manufacturer and model from a DICOM original; "unknown" for other formats.
+
+    Stored on the scan since it was ingested; scans stored before that have the header
+    read again."""
     if scan.format != "DICOM":
         return "unknown"
+    if not scan.scanner.is_site:
+        return scan.scanner.name
     import io
 
     import pydicom

@@ -17,6 +17,16 @@ urlpatterns = [
         name="calibration_activate",
     ),
     path(
+        "calibration/fits/<int:pk>/",
+        views.calibration_fit_status,
+        name="calibration_fit_status",
+    ),
+    path(
+        "calibration/fits/<int:pk>/retry/",
+        views.calibration_fit_retry,
+        name="calibration_fit_retry",
+    ),
+    path(
         "calibration/rollback/", views.calibration_rollback, name="calibration_rollback"
     ),
     path(

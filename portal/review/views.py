@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -17,6 +19,7 @@ from portal.analyses.models import Analysis
 from portal.analyses.selectors import study_malignancies, viewer_layers
 from portal.audit.services import Action, record_access, record_accesses
 from portal.clinical.models import Scan, Study
+from portal.clinical.scanners import Scanner
 from portal.clinical.services import scan_display_name, study_record_pathology
 from portal.registry import selectors as registry_selectors
 from portal.registry.models import SiteCalibration
@@ -24,9 +27,14 @@ from portal.review import calibration as site_calibration
 from portal.review import selectors, services
 from portal.review.filters import DashboardFilterForm
 from portal.review.formats import SHOWN_DIGITS, percent_text
-from portal.review.forms import CalibrationFitForm, PathologyForm, ReviewForm
+from portal.review.forms import (
+    CalibrationFitForm,
+    PathologyForm,
+    ReviewForm,
+    scope_name,
+)
 from portal.review.imaging import outline_layer_png
-from portal.review.models import Review
+from portal.review.models import CalibrationFit, Review
 from portal.review.report import study_report_pdf
 from portal.storage_views import stream_from_storage
 
@@ -363,6 +371,9 @@ def agreement(request: HttpRequest) -> HttpResponse:
             if case_mix_version
             else None,
             "case_mix_version": case_mix_version,
+            "unusual": site_calibration.unusual_by_rule(model_version=case_mix_version)
+            if case_mix_version
+            else None,
             "stats": stats,
             "versions": versions,
             "version": version,
@@ -420,63 +431,143 @@ def _calibration_model_version(request: HttpRequest) -> str:
         return versions[-1] if versions else ""
 
 
+def _calibration_scanner(request: HttpRequest, *, posted: bool = False) -> Scanner:
+    """The scope a page or a rollback is about: `scanner` (a scanner model's key) in the
+    query (or, `posted`, the form), else the site."""
+    source = request.POST if posted else request.GET
+    try:
+        return Scanner.from_key(source.get("scanner") or "")
+    except ValueError:
+        raise Http404("No such scanner model.") from None
+
+
+def _calibration_url(model_version: str, scanner: Scanner) -> str:
+    query = {"model_version": model_version}
+    if not scanner.is_site:
+        query["scanner"] = scanner.key
+    return reverse("review:calibration") + "?" + urlencode(query)
+
+
 @require_http_methods(["GET", "POST"])
 @require_permissions("registry.view_sitecalibration")
 def calibration(request: HttpRequest) -> HttpResponse:
     model_version = _calibration_model_version(request)
-    form = CalibrationFitForm(request.POST or None)
+    scanner = _calibration_scanner(request)
+    by_scanner = site_calibration.signed_reads_by_scanner(model_version=model_version)
+    form = CalibrationFitForm(
+        request.POST or None,
+        scanners=by_scanner,
+        initial={"scanner": scanner.key},
+    )
     if request.method == "POST":
         if not request.user.has_perm("registry.add_sitecalibration"):
             raise PermissionDenied
         if form.is_valid():
+            chosen = form.cleaned_data["scanner"]
             try:
-                fitted = site_calibration.site_calibration_fit(
+                fit = site_calibration.calibration_fit_request(
                     model_version=model_version,
                     target_sensitivity=form.cleaned_data["target_sensitivity"],
-                    created_by=request.user,
+                    requested_by=request.user,
+                    scanner=chosen,
                 )
             except ValidationError as exc:
                 messages.error(request, " ".join(exc.messages))
             else:
                 messages.success(
                     request,
-                    f"Calibration {fitted.version} fitted on {fitted.reads} signed "
-                    "reads. Check its before/after, then activate it.",
+                    f"Fit {fit.pk} queued: a worker fits it on the signed reads; this "
+                    "page shows its result when it is done.",
                 )
-                return redirect(
-                    reverse("review:calibration") + f"?model_version={model_version}"
-                )
-    active = registry_selectors.calibration_activation_latest(
-        model_version=model_version
-    )
-    calibrations = [
-        {
-            "record": record,
-            "rows": site_calibration.calibration_summary(record.evaluation),
-            "svg": site_calibration.reliability_svg(record.evaluation),
-        }
-        for record in registry_selectors.site_calibrations(model_version=model_version)
-    ]
-    reads = site_calibration.signed_reads(model_version=model_version)
+                return redirect(_calibration_url(model_version, chosen))
     return render(
         request,
         "review/calibration.html",
         {
             "model_version": model_version,
             "versions": selectors.model_versions(),
+            "scanner": scanner,
+            "scope_name": scope_name(scanner),
             "form": form,
-            "active": active,
-            "calibrations": calibrations,
-            "history": registry_selectors.calibration_activations(
-                model_version=model_version
-            )[:50],
-            "reads": reads.n,
-            "reads_from_pathology": reads.from_pathology,
+            **_calibration_scope(model_version, scanner, by_scanner),
+            "fits": CalibrationFit.objects.filter(model_version=model_version)
+            .select_related("requested_by", "calibration")
+            .order_by("-requested_at", "-id")[:10],
             "min_reads": MIN_READS_FOR_SITE_CALIBRATION,
             "can_fit": request.user.has_perm("registry.add_sitecalibration"),
             "can_activate": request.user.has_perm("registry.activate_sitecalibration"),
         },
     )
+
+
+def _calibration_scope(
+    model_version: str, scanner: Scanner, by_scanner: list[Any]
+) -> dict[str, Any]:
+    """What the page shows of one scope (the site, or a scanner model)."""
+    active = registry_selectors.calibration_activation_latest(
+        model_version=model_version, scanner=scanner
+    )
+    calibrations = [
+        {
+            "record": record,
+            "rows": site_calibration.calibration_summary(record.evaluation),
+            "svg": site_calibration.reliability_svg(record.evaluation),
+            "unusual": record.evaluation.get("unusual"),
+        }
+        for record in registry_selectors.site_calibrations(
+            model_version=model_version, scanner=scanner
+        )
+    ]
+    reads = next((item for item in by_scanner if item.scanner == scanner), None)
+    scanners = [
+        {
+            "scanner": item.scanner,
+            "reads": item.reads,
+            "in_use": registry_selectors.site_calibration_in_use(
+                model_version=model_version, scanner=item.scanner
+            ),
+            "url": _calibration_url(model_version, item.scanner),
+        }
+        for item in by_scanner
+    ]
+    return {
+        "active": active,
+        "site_active": registry_selectors.site_calibration_active(
+            model_version=model_version
+        ),
+        "calibrations": calibrations,
+        "history": registry_selectors.calibration_activations(
+            model_version=model_version, scanner=scanner
+        )[:50],
+        "reads": reads.reads if reads else 0,
+        "reads_from_pathology": site_calibration.signed_reads(
+            model_version=model_version, scanner=scanner
+        ).from_pathology
+        if reads
+        else 0,
+        "scanners": scanners,
+    }
+
+
+@require_GET
+@require_permissions("registry.view_sitecalibration")
+def calibration_fit_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """The page's poll of a queued fit (aggregate only: no patient data)."""
+    fit = get_object_or_404(CalibrationFit, pk=pk)
+    return _private(JsonResponse(fit.to_status_dict()))
+
+
+@require_POST
+@require_permissions("registry.view_sitecalibration", "registry.add_sitecalibration")
+def calibration_fit_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    fit = get_object_or_404(CalibrationFit, pk=pk)
+    try:
+        site_calibration.calibration_fit_retry(fit=fit)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Fit {fit.pk} queued again.")
+    return redirect(_calibration_url(fit.model_version, fit.scanner))
 
 
 @require_POST
@@ -494,12 +585,11 @@ def calibration_activate(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(
             request,
-            f"Calibration {record.version} is active; {activation.rescored} analyses "
-            "re-scored from their stored logits.",
+            f"Calibration {record.version} is active for "
+            f"{'the whole site' if record.scanner.is_site else record.scanner.name}; "
+            f"{activation.rescored} analyses re-scored from their stored logits.",
         )
-    return redirect(
-        reverse("review:calibration") + f"?model_version={record.model_version}"
-    )
+    return redirect(_calibration_url(record.model_version, record.scanner))
 
 
 @require_POST
@@ -508,23 +598,25 @@ def calibration_activate(request: HttpRequest, pk: int) -> HttpResponse:
 )
 def calibration_rollback(request: HttpRequest) -> HttpResponse:
     model_version = _calibration_model_version(request)
+    scanner = _calibration_scanner(request, posted=True)
     try:
         activation = site_calibration.site_calibration_rollback(
-            model_version=model_version, user=request.user
+            model_version=model_version, user=request.user, scanner=scanner
         )
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
-        target = (
-            f"calibration {activation.calibration.version}"
-            if activation.calibration
-            else "the model's own calibration"
-        )
+        if activation.calibration:
+            target = f"calibration {activation.calibration.version}"
+        elif scanner.is_site:
+            target = "the model's own calibration"
+        else:
+            target = "the site's calibration"
         messages.success(
             request,
             f"Rolled back to {target}; {activation.rescored} analyses re-scored.",
         )
-    return redirect(reverse("review:calibration") + f"?model_version={model_version}")
+    return redirect(_calibration_url(model_version, scanner))
 
 
 # --- pathology outcome ------------------------------------------------------------------

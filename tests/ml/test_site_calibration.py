@@ -234,3 +234,34 @@ def test_the_committed_model_records_the_prior_its_calibration_assumes():
     assert list(prior) == list(CLASSES)
     assert all(v > 0 for v in prior.values())
     assert sum(prior.values()) == training["val_images"]
+
+
+def test_the_sites_own_ood_threshold_is_a_percentile_of_its_scores():
+    from ml.site_calibration import site_ood_threshold
+
+    scores = np.arange(1.0, 101.0)
+    assert site_ood_threshold(scores, percentile=99.0) == pytest.approx(
+        np.percentile(scores, 99.0)
+    )
+    assert site_ood_threshold([np.nan, 3.0], percentile=50.0) == 3.0
+    assert site_ood_threshold([], percentile=99.0) is None
+    with pytest.raises(ValueError, match="percentile"):
+        site_ood_threshold(scores, percentile=0.0)
+
+
+@pytest.mark.parametrize(
+    ("score", "site", "unusual"),
+    [
+        (4.0, None, False),  # within the model's threshold: never unusual
+        (4.0, 3.0, False),  # the site's threshold never adds a caution
+        (6.0, None, True),  # above the model's, no site threshold: unusual
+        (6.0, 7.0, False),  # above the model's, within the site's scans: not
+        (8.0, 7.0, True),  # above both: unusual
+        (None, 7.0, None),  # no score: cannot be judged
+    ],
+)
+def test_unusual_needs_both_thresholds_once_the_site_has_one(score, site, unusual):
+    from ml.site_calibration import is_unusual
+
+    assert is_unusual(score, model_threshold=5.0, site_threshold=site) is unusual
+    assert is_unusual(6.0, model_threshold=None, site_threshold=site) is None

@@ -90,6 +90,7 @@
     if (analysis.ood_score !== null) {
       figures = "Distance score " + analysis.ood_score.toFixed(2);
       if (analysis.ood_threshold !== null) figures += ", threshold " + analysis.ood_threshold.toFixed(2);
+      if (analysis.ood_site_threshold !== null && analysis.ood_site_threshold !== undefined) figures += ", this site's own " + analysis.ood_site_threshold.toFixed(2) + " (unusual for this site's scans too)";
       figures += " (higher is further from the training images).";
     }
     return el("div", { class: "ood-warning", role: "note", "data-analysis": analysis.id }, [

@@ -102,6 +102,21 @@ def _calibration(objects: Any) -> Any:
     return calibration
 
 
+def _fit(objects: Any) -> Any:
+    """A failed fit (what "Run again" takes), made again if a check ran it."""
+    from portal.review.models import CalibrationFit
+
+    fit, _ = CalibrationFit.objects.update_or_create(
+        model_version=objects.analysis.model_version,
+        defaults={
+            "target_sensitivity": 0.9,
+            "requested_by": objects.study.created_by,
+            "status": CalibrationFit.Status.FAILED,
+        },
+    )
+    return fit
+
+
 # url name -> the rules (one per method worth checking)
 MATRIX: dict[str, list[Rule]] = {
     "home": [Rule(SIGNED_IN)],
@@ -163,6 +178,16 @@ MATRIX: dict[str, list[Rule]] = {
         )
     ],
     "review:calibration_rollback": [Rule(frozenset({ADMINISTRATOR}), method="POST")],
+    "review:calibration_fit_status": [
+        Rule(frozenset({ADMINISTRATOR}), kwargs=lambda o: {"pk": _fit(o).pk})
+    ],
+    "review:calibration_fit_retry": [
+        Rule(
+            frozenset({ADMINISTRATOR}),
+            method="POST",
+            kwargs=lambda o: {"pk": _fit(o).pk},
+        )
+    ],
     "review:study_pathology": [
         Rule(
             frozenset({RADIOLOGIST}),
@@ -194,6 +219,12 @@ MATRIX: dict[str, list[Rule]] = {
     "api:study-scans": [Rule(frozenset({STAFF}), method="POST", kwargs=_pk("study"))],
     "api:batch-detail": [Rule(READERS, kwargs=lambda o: {"pk": _batch(o).pk})],
     "api:analysis-detail": [Rule(READERS, kwargs=_pk("analysis"))],
+    # Site calibrations (aggregates): administrators only, read-only.
+    "api:calibration-list": [Rule(frozenset({ADMINISTRATOR}))],
+    "api:calibration-active": [Rule(frozenset({ADMINISTRATOR}))],
+    "api:calibration-detail": [
+        Rule(frozenset({ADMINISTRATOR}), kwargs=lambda o: {"pk": _calibration(o).pk})
+    ],
     "api:analysis-retry": [
         Rule(frozenset({STAFF}), method="POST", kwargs=_pk("analysis"))
     ],

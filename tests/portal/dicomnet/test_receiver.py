@@ -162,3 +162,15 @@ def test_an_instance_without_patient_id_is_refused_with_the_reason(
     rejected = batch.items.get(outcome=UploadItem.Outcome.REJECTED)
     assert "no Patient ID" in rejected.reason
     assert len(enqueued) == 1
+
+
+def test_a_received_instance_keeps_its_scanner(receiver: dict[str, Any]) -> None:
+    content = dicom(manufacturer="Acme Medical", model_name="Sono 7")
+    assoc = associate(receiver)
+    status = assoc.send_c_store(dataset(content))
+    assoc.release()
+
+    assert status.Status == 0x0000
+    finished_batch()
+    scan = Scan.objects.get()
+    assert (scan.scanner_manufacturer, scan.scanner_model) == ("Acme Medical", "Sono 7")

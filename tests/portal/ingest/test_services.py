@@ -223,6 +223,30 @@ def test_dicom_variants_are_accepted_with_their_spacing(study, user, name, conte
     assert "H-0001" not in scan.original.name and "Jane" not in scan.original.name
 
 
+def test_a_dicom_scan_keeps_its_scanner_and_a_png_has_none(study, user):
+    uid = generate_uid()
+    scanner = {"manufacturer": "Acme Medical", "model_name": "Sono 7", "study_uid": uid}
+    result = upload(
+        study,
+        user,
+        ("a.dcm", dicom(GREY, **scanner)),
+        ("in.zip", zip_of([("b.dcm", dicom(RGB, photometric="RGB", **scanner))])),
+        ("c.dcm", dicom(GREY.T.copy(), study_uid=uid)),
+        ("d.png", png(value=12)),
+    )
+    scans = {item.filename: item.scan for item in result.items}
+    for name in ("a.dcm", "b.dcm"):
+        assert (scans[name].scanner_manufacturer, scans[name].scanner_model) == (
+            "Acme Medical",
+            "Sono 7",
+        )
+        assert scans[name].scanner.name == "Acme Medical Sono 7"
+    # A DICOM file without the elements, and a PNG: the site's, no scanner named.
+    for name in ("c.dcm", "d.png"):
+        assert (scans[name].scanner_manufacturer, scans[name].scanner_model) == ("", "")
+        assert scans[name].scanner.is_site
+
+
 def test_the_first_dicom_gives_the_study_its_uid_and_accession(study, user):
     study.accession_number = ""
     study.save()

@@ -185,3 +185,34 @@ def test_original_is_streamed_to_logged_in_users_only(
 def test_media_is_not_served_by_url(logged_in_client, settings):
     assert not settings.MEDIA_URL or settings.MEDIA_URL == "/"
     assert logged_in_client.get("/media/scans/1/x.png").status_code == 404
+
+
+def test_the_study_page_names_a_dicom_scans_scanner(logged_in_client, study):
+    from pydicom.uid import generate_uid
+
+    from tests.portal.ingest.factories import GREY, dicom
+
+    uid = generate_uid()
+    logged_in_client.post(
+        reverse("clinical:study_upload", args=[study.pk]),
+        {
+            "files": _files(
+                (
+                    "a.dcm",
+                    dicom(
+                        GREY,
+                        study_uid=uid,
+                        patient_id=study.patient.identifier,
+                        manufacturer="Acme Medical",
+                        model_name="Sono 7",
+                    ),
+                ),
+            )
+        },
+    )
+    scan = Scan.objects.get(study=study)
+    page = logged_in_client.get(reverse("clinical:study_detail", args=[study.pk]))
+    assert 'class="scanner"' in page.content.decode()
+    assert "Acme Medical Sono 7" in page.content.decode()
+    review = logged_in_client.get(reverse("review:scan_review", args=[scan.pk]))
+    assert "Scanner: Acme Medical Sono 7" in review.content.decode()

@@ -10,6 +10,8 @@ from django.urls import reverse
 
 from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION
 from portal.registry.models import CalibrationActivation, SiteCalibration
+from portal.review.calibration import calibration_fit_run
+from portal.review.models import CalibrationFit
 from tests.conftest import TEST_MODEL_VERSION
 
 # model_json: the same whole model.json, written for every test here too (autouse).
@@ -56,6 +58,19 @@ def test_only_administrators_see_fit_activate_or_roll_back(client, make_user, ro
     assert client.post(activate).status_code == 403
     assert client.post(reverse("review:calibration_rollback")).status_code == 403
     assert not CalibrationActivation.objects.exists()
+    fit = CalibrationFit.objects.create(
+        model_version=TEST_MODEL_VERSION,
+        target_sensitivity=0.9,
+        requested_by=person,
+        status=CalibrationFit.Status.FAILED,
+    )
+    status = reverse("review:calibration_fit_status", args=[fit.pk])
+    assert client.get(status).status_code == 403
+    retry = reverse("review:calibration_fit_retry", args=[fit.pk])
+    assert client.post(retry).status_code == 403
+    fit.refresh_from_db()
+    assert fit.status == "failed"
+    assert not CalibrationFit.objects.exclude(pk=fit.pk).exists()
 
 
 def test_anonymous_users_are_sent_to_log_in(client):
@@ -80,6 +95,8 @@ def test_the_page_says_the_training_operating_point_is_used_before_enough_reads(
         f"needs at least {MIN_READS_FOR_SITE_CALIBRATION} signed reads"
         in response.content.decode()
     )
+    # Refused at the request: nothing queued, nothing fitted.
+    assert not CalibrationFit.objects.exists()
     assert not SiteCalibration.objects.exists()
 
 
@@ -91,15 +108,35 @@ def test_an_administrator_fits_activates_and_rolls_back_through_the_page(
     response = client.post(
         reverse("review:calibration"), {"target_sensitivity": "0.85"}, follow=True
     )
-    page = response.content.decode()
+    # The page queues the fit (a worker runs it: test_calibration_task.py with a real
+    # one); here the service the task calls runs it in the test's transaction.
+    fit = CalibrationFit.objects.get()
+    assert f"Fit {fit.pk} queued" in response.content.decode()
+    assert (fit.status, fit.requested_by, fit.scanner.is_site) == (
+        "queued",
+        administrator,
+        True,
+    )
+    assert not SiteCalibration.objects.exists()
+    assert LogEntry.objects.get_for_object(fit).filter(action=0).exists()
+    status = reverse("review:calibration_fit_status", args=[fit.pk])
+    assert client.get(status).json()["status"] == "queued"
+    calibration_fit_run(fit_id=fit.pk)
+    assert client.get(status).json() == {
+        "id": fit.pk,
+        "status": "succeeded",
+        "finished": True,
+        "attempts": 0,
+        "error": "",
+        "calibration": SiteCalibration.objects.get().pk,
+    }
+    page = client.get(reverse("review:calibration")).content.decode()
     calibration = SiteCalibration.objects.get()
     assert calibration.target_sensitivity == 0.85
-    assert (
-        f"Calibration 1 fitted on {MIN_READS_FOR_SITE_CALIBRATION + 10} signed reads"
-        in page
-    )
+    assert calibration.reads == MIN_READS_FOR_SITE_CALIBRATION + 10
     assert 'id="calibration-1"' in page and 'class="reliability"' in page
     assert 'data-measure="ece"' in page
+    assert f'<tr id="fit-{fit.pk}" data-status="succeeded">' in page
 
     response = client.post(
         reverse("review:calibration_activate", args=[calibration.pk]), follow=True
