@@ -30,6 +30,9 @@ def register_models() -> None:
         "review.Review",
         "registry.SiteCalibration",
         "registry.CalibrationActivation",
+        "registry.ModelVersion",
+        "registry.ModelActivation",
+        "registry.PromotionRequest",
     ):
         model = apps.get_model(label)
         if not auditlog.contains(model):
