@@ -9,6 +9,11 @@ PNGs; no pictures are drawn here). It stops claiming at
 half the soft time limit, and returns only when every claimed analysis is recorded
 (acks_late then acknowledges the message); rows whose messages were consumed as no-ops
 are still covered by the reconciler if the worker dies mid-way.
+
+The model is the version the analysis names (workers/analyzer.py loads it on first
+need), so a promotion in the model registry reaches new analyses without a restart. With
+a shadow version set, each batch of the active version also runs through it; what it
+gives is kept for comparison only (ShadowResult), never as the result.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ names here.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -103,6 +104,18 @@ def _lineage(meta: ModelMeta) -> dict[str, Any]:
     }
 
 
+def _finite(value: Any) -> Any:
+    """JSON as PostgreSQL keeps it: a measure that could not be computed (NaN, written
+    by python -m ml compare for "n/a") becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
 def _comparison(directory: Path) -> dict[str, Any] | None:
     path = directory / COMPARE_REPORT
     if not path.is_file():
@@ -114,7 +127,7 @@ def _comparison(directory: Path) -> dict[str, Any] | None:
     if not isinstance(report, dict) or not isinstance(report.get("sets"), dict):
         raise InstallError(f"{COMPARE_REPORT} is not a report of python -m ml compare")
     report.pop("markdown", None)
-    return report
+    return _finite(report)
 
 
 def describe(directory: Path) -> Described:
@@ -127,7 +140,7 @@ def describe(directory: Path) -> Described:
     if not VERSION_PATTERN.match(version):
         raise InstallError(f"{META_FILE} names no usable version ({version!r})")
     card = {
-        key: value
+        key: _finite(value)
         for key, value in json.loads((directory / META_FILE).read_text()).items()
         if key not in _NOT_ON_CARD
     }
@@ -137,7 +150,7 @@ def describe(directory: Path) -> Described:
         name=str(meta.name or ""),
         weights_sha256=str(meta.weights_sha256 or ""),
         card=card,
-        lineage=_lineage(meta),
+        lineage=_finite(_lineage(meta)),
         comparison=_comparison(directory),
     )
 

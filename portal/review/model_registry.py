@@ -31,8 +31,14 @@ def comparison_rows(report: dict[str, Any] | None) -> list[dict[str, Any]]:
     difference with its 95 % paired interval, and the verdict."""
     rows: list[dict[str, Any]] = []
     titles = dict(COMPARISON_MEASURES)
-    for label, result in ((report or {}).get("sets") or {}).items():
-        for name, measure in (result.get("measures") or {}).items():
+    order = {name: index for index, (name, _) in enumerate(COMPARISON_MEASURES)}
+    sets = (report or {}).get("sets") or {}
+    # The site's own held-back patients first (JSON columns keep no key order).
+    for label in sorted(sets, key=lambda name: (not name.startswith("site:"), name)):
+        result = sets[label]
+        measures = result.get("measures") or {}
+        for name in sorted(measures, key=lambda m: (order.get(m, len(order)), m)):
+            measure = measures[name]
             interval = measure.get("ci95")
             rows.append(
                 {

@@ -32,6 +32,15 @@ def comparison(
         }
         for name in ("auc_malignant_vs_benign", "recall_malignant", "ece")
     }
+    # A measure ml compare could not compute: NaN in its JSON, no verdict.
+    measures["dice_lesion_mean"] = {
+        "baseline": float("nan"),
+        "candidate": float("nan"),
+        "difference": float("nan"),
+        "ci95": None,
+        "margin": 0.01,
+        "verdict": "n/a",
+    }
     return {
         "rule": {"text": "the rule", "measures": {}},
         "baseline": baseline,
@@ -42,10 +51,11 @@ def comparison(
 
 
 def model_folder(
-    root: Path, seed: str, *, report: str | dict[str, Any] | None = "not worse"
+    root: Path, seed: str, *, report: bool = True, **compared: Any
 ) -> Path:
     """A fine-tuned model's folder: weights bytes, a model.json whose version is the
-    name and their sha256 (as ml.weights_io.save names it) and a compare report."""
+    name and their sha256 (as ml.weights_io.save names it) and, with `report`, a compare
+    report (comparison(version, **compared))."""
     folder = root / f"out-{seed}"
     folder.mkdir(parents=True)
     weights = f"weights of {seed}".encode()
@@ -71,10 +81,10 @@ def model_folder(
             ],
         },
     )
-    if report == "not worse":
-        report = comparison(version)
-    if report is not None:
-        (folder / "compare_report.json").write_text(json.dumps(report))
+    if report:
+        (folder / "compare_report.json").write_text(
+            json.dumps(comparison(version, **compared))
+        )
     return folder
 
 
@@ -129,6 +139,9 @@ def test_installing_copies_the_folder_and_keeps_card_lineage_and_comparison(
     assert record.lineage["finetuned_from"] == {"version": TEST_MODEL_VERSION}
     assert record.lineage["site_sources"][0]["source_sha256"] == "ab" * 32
     assert record.comparison["candidate"] == record.version
+    # NaN (a measure not computable) is kept as null: PostgreSQL's JSON has no NaN.
+    site = record.comparison["sets"]["site:site-export"]["measures"]
+    assert site["dice_lesion_mean"]["baseline"] is None
     assert record.card["version"] == record.version and "training" not in record.card
 
 
@@ -203,15 +216,11 @@ def test_a_promotion_the_comparison_does_not_support_is_refused(
     from portal.registry.services import PromotionNeedsConfirmation, model_promote
 
     if report == "worse":
-        record = install("f", report=None)
-        record.comparison = comparison(record.version, worse=("recall_malignant",))
-        record.save()
+        record = install("f", worse=("recall_malignant",))
     elif report == "other baseline":
-        record = install("f", report=None)
-        record.comparison = comparison(record.version, baseline="busnet-lite0-other")
-        record.save()
+        record = install("f", baseline="busnet-lite0-other")
     else:
-        record = install("f", report=None)
+        record = install("f", report=False)
 
     with pytest.raises(PromotionNeedsConfirmation) as refused:
         model_promote(model_version=record, user=admin, reason="try")
@@ -229,15 +238,10 @@ def test_a_second_different_administrator_confirms_a_refused_promotion(
     from portal.registry.services import (
         model_promotion_confirm,
         model_promotion_request,
+        model_version_install,
     )
 
-    folder = model_folder(tmp_path / "made", "g", report=None)
-    version = json.loads((folder / "model.json").read_text())["version"]
-    (folder / "compare_report.json").write_text(
-        json.dumps(comparison(version, worse=("ece",)))
-    )
-    from portal.registry.services import model_version_install
-
+    folder = model_folder(tmp_path / "made", "g", worse=("ece",))
     record = model_version_install(source=folder, installed_by=admin)
     request = model_promotion_request(
         model_version=record, user=admin, reason="ECE is fixed by the site calibration"

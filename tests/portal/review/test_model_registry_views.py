@@ -4,7 +4,6 @@ shown as the result (pages, API, report)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.conftest import TEST_MODEL_VERSION
-from tests.portal.registry.test_model_versions import comparison, model_folder
+from tests.portal.registry.test_model_versions import model_folder
 from tests.portal.review.conftest import analysed_scan
 
 pytestmark = pytest.mark.django_db
@@ -41,11 +40,7 @@ def admins(make_user: Any) -> tuple[Any, Any]:
 def _install(tmp_path: Path, seed: str, admin: Any, worse: tuple[str, ...] = ()):
     from portal.registry.services import model_version_install
 
-    folder = model_folder(tmp_path / "made", seed, report=None)
-    version = json.loads((folder / "model.json").read_text())["version"]
-    (folder / "compare_report.json").write_text(
-        json.dumps(comparison(version, worse=worse))
-    )
+    folder = model_folder(tmp_path / "made", seed, worse=worse)
     return model_version_install(source=folder, installed_by=admin)
 
 
