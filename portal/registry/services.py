@@ -173,7 +173,13 @@ def model_version_register_shipped() -> ModelVersion | None:
     existing = ModelVersion.objects.filter(version=version).first()
     if existing is not None:
         return existing
-    described = installed.describe(Path(installed.version_dir(version) or ""))
+    try:
+        described = installed.describe(Path(installed.version_dir(version) or ""))
+    except installed.InstallError:
+        logger.warning(
+            "the shipped model's model.json cannot be recorded", exc_info=True
+        )
+        return None
     record, _ = ModelVersion.objects.get_or_create(
         version=version,
         defaults={

@@ -84,7 +84,9 @@ def test_promoting_from_the_page_needs_a_reason(tmp_path, admins):
 def test_a_worse_version_is_refused_then_confirmed_by_another_administrator(
     tmp_path, admins
 ):
-    from portal.registry.models import PromotionRequest
+    from auditlog.models import LogEntry
+
+    from portal.registry.models import ModelActivation, PromotionRequest
     from portal.registry.selectors import model_version_active
 
     first, second = admins
@@ -106,6 +108,8 @@ def test_a_worse_version_is_refused_then_confirmed_by_another_administrator(
     _client(second).post(confirm)
 
     assert model_version_active() == record.version
+    entry = LogEntry.objects.get_for_object(ModelActivation.objects.get()).get()
+    assert entry.actor == second  # the change log names who confirmed it
     history = _client(second).get(reverse("review:models")).content.decode()
     assert "over: worse on site:site-export: recall_malignant" in history
 
