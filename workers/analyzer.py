@@ -17,6 +17,8 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
+
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.registry.installed import version_dir
 
@@ -44,8 +46,9 @@ def get_analyzer(model_version: str | None = None) -> Analyzer:
         directory = version_dir(version)
         if directory is None:
             raise ModelVersionUnavailable(
-                f"model {version} is installed neither in ML_WEIGHTS_DIR nor in "
-                "ML_MODELS_DIR on this worker"
+                f"model {version} is on this worker neither in ML_WEIGHTS_DIR "
+                f"({settings.ML_WEIGHTS_DIR}) nor in ML_MODELS_DIR "
+                f"({settings.ML_MODELS_DIR})"
             )
         logger.info("loading model %s from %s", version, directory)
         analyzer = Analyzer.load(directory)
