@@ -376,6 +376,9 @@ INGEST_ZIP_MAX_DEPTH = env_int("INGEST_ZIP_MAX_DEPTH", 2, minimum=1)
 
 # Machine learning
 ML_WEIGHTS_DIR = env_path("ML_WEIGHTS_DIR", BASE_DIR / "ml" / "weights")
+# Model versions installed beside the shipped one (manage.py install_model), one folder
+# per version named by it; web and workers must see the same folder.
+ML_MODELS_DIR = env_path("ML_MODELS_DIR", BASE_DIR / "var" / "models")
 BUSI_DIR = env_path("BUSI_DIR", BASE_DIR.parent / "shared" / "data" / "busi")
 
 # Celery (workers/ reads every CELERY_* name through config_from_object)

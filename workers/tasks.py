@@ -13,6 +13,11 @@ are still covered by the reconciler if the worker dies mid-way.
 `send_dicom_results` offers an analysis's objects to the PACS; `fit_site_calibration`
 fits a site calibration from the signed reads (numpy only, no model), claiming its
 CalibrationFit row the same way.
+
+The model is the version the analysis names (workers/analyzer.py loads it on first
+need), so a promotion in the model registry reaches new analyses without a restart. With
+a shadow version set, each batch of the active version also runs through it; what it
+gives is kept for comparison only (ShadowResult), never as the result.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ from django.core.files.storage import default_storage
 from django.db import InterfaceError, OperationalError, connections
 
 from ml.decode import DecodedImage, DecodeError, decode_image
+from ml.metrics import dice_per_image
 from portal.analyses import queue, services
 from portal.analyses.models import Analysis
 from portal.dicomnet.services import SEND_DICOM_RESULTS, queue_results_send
 from portal.logs import log_context
+from portal.registry.selectors import model_version_active, model_version_shadow
 from portal.review import calibration
 from workers import liveness
 from workers.analyzer import get_analyzer, preload
@@ -83,9 +90,17 @@ def analyze_scan(self: Task, analysis_id: int) -> None:
         logger.info("analysis %s is not queued; nothing to do", analysis_id)
         return
     try:
-        analyzer = get_analyzer()
+        # The version the analysis names: the active one when it was created.
+        version = Analysis.objects.values_list("model_version", flat=True).get(
+            pk=analysis_id
+        )
+    except TRANSIENT_ERRORS as exc:
+        _release([analysis_id], f"temporary error: {type(exc).__name__}: {exc}")
+        return
+    try:
+        analyzer = get_analyzer(version)
     except Exception as exc:
-        logger.exception("model could not be loaded")
+        logger.exception("model %s could not be loaded", version)
         _fail([analysis_id], f"the model could not be loaded: {exc}")
         return
     Pipeline(analyzer, worker=worker).drain(first_id=analysis_id)
@@ -135,6 +150,7 @@ class Pipeline:
                 outcomes = _analyze(analyzer, work)
                 finishing.append(self._submit_finish(work, outcomes))
                 in_hand = []
+                self._shadow(work, outcomes)
                 work, upcoming = upcoming.result(), None
                 in_hand = _ids(work)
         except TRANSIENT_ERRORS as exc:
@@ -156,6 +172,43 @@ class Pipeline:
             for future in finishing:
                 future.result()
             self._close()
+
+    def _shadow(self, work: list[_Work], outcomes: list[Outcome]) -> None:
+        """Run the shadow version (if one is set) on the batch's scans while its results
+        are stored, and keep what it gives for comparison only. Only analyses of the
+        active version are shadowed (new scans, not re-runs of an older version). A
+        failure here never touches the analyses. Never raises but a time limit."""
+        ids = _ids(work)
+        try:
+            version = model_version_shadow()
+            if version is None or version == self.analyzer.model_version:
+                return
+            if self.analyzer.model_version != model_version_active():
+                return
+            shadow = get_analyzer(version)
+            theirs = _analyze(shadow, work)
+            results: list[tuple[int, dict[str, Any] | str]] = []
+            for item, own, other in zip(work, outcomes, theirs, strict=True):
+                if isinstance(other, Exception):
+                    results.append(
+                        (item.analysis_id, f"{type(other).__name__}: {other}")
+                    )
+                    continue
+                result = other.to_dict()
+                if not isinstance(own, Exception) and not (
+                    own.withheld or other.withheld
+                ):
+                    result["mask_dice"] = float(
+                        dice_per_image(own.lesion_mask[None], other.lesion_mask[None])[
+                            0
+                        ]
+                    )
+                results.append((item.analysis_id, result))
+            services.shadow_results_record(model_version=version, results=results)
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception:
+            logger.exception("the shadow model failed on analyses %s", ids)
 
     def _claim_next(self) -> list[_Work]:
         if time.monotonic() >= self.stop_claiming_at:

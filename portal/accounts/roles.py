@@ -4,8 +4,8 @@
 - radiologist: see everything staff sees, plus the worklist, review and sign-off, the
   agreement monitor, and the biopsy outcome of a study. Does not register patients or upload.
 - administrator: users and roles, the admin site, the audit trail and the agreement
-  monitor, and the site's calibration (fit, activate, roll back); reads clinical
-  records but neither uploads nor signs.
+  monitor, the site's calibration (fit, activate, roll back) and the model registry
+  (promote, roll back, shadow); reads clinical records but neither uploads nor signs.
 
 Views check permissions (never group names) with `require_permissions`, so a site can
 reshape a role in the admin without touching code.
@@ -69,6 +69,9 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "registry.view_sitecalibration",
         "registry.add_sitecalibration",
         "registry.activate_sitecalibration",
+        # Model versions: see cards and comparisons, promote, roll back, shadow.
+        "registry.view_modelversion",
+        "registry.promote_modelversion",
     ),
 }
 

@@ -1,6 +1,8 @@
 """Which model version new analyses are created for, read without TensorFlow.
 
-model.json is read by ml.weights_io, the one reader the worker's model loader uses too.
+The version the registry's activation log makes active, else the shipped model's
+(ML_WEIGHTS_DIR). model.json is read by ml.weights_io, the one reader the worker's model
+loader uses too; an installed version's folder is found by portal.registry.installed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from django.conf import settings
 from ml.config import CLASSES
 from ml.site_calibration import SiteCalibration
 from ml.weights_io import META_FILE, ModelLoadError, ModelMeta, read_meta
+from portal.registry.installed import version_meta
+from portal.registry.selectors import model_version_promoted
 
 
 class ModelVersionUnavailable(RuntimeError):
@@ -33,6 +37,11 @@ def _metadata(weights_dir: str | Path | None) -> tuple[Path, ModelMeta]:
 
 
 def current_model_version(weights_dir: str | Path | None = None) -> str:
+    """The version new analyses are made by (with `weights_dir`: that folder's model)."""
+    if weights_dir is None:
+        promoted = model_version_promoted()
+        if promoted:
+            return promoted
     path, meta = _metadata(weights_dir)
     if not isinstance(meta.version, str) or not meta.version.strip():
         raise ModelVersionUnavailable(f'{path} has no "version" string')
@@ -40,7 +49,13 @@ def current_model_version(weights_dir: str | Path | None = None) -> str:
 
 
 def _installed(model_version: str, weights_dir: str | Path | None) -> ModelMeta | None:
-    """The installed model's description, if `model_version` is the installed model."""
+    """`model_version`'s description: from `weights_dir` if it holds that version, else
+    from wherever it is installed (None: not on this machine)."""
+    if weights_dir is None:
+        try:
+            return version_meta(model_version)
+        except ModelLoadError as exc:
+            raise ModelVersionUnavailable(str(exc)) from None
     _path, meta = _metadata(weights_dir)
     return meta if str(meta.version).strip() == model_version else None
 
@@ -48,10 +63,10 @@ def _installed(model_version: str, weights_dir: str | Path | None) -> ModelMeta 
 def ood_threshold(
     *, model_version: str, weights_dir: str | Path | None = None
 ) -> float | None:
-    """The out-of-distribution threshold of `model_version` if it is the installed model.
+    """The out-of-distribution threshold of `model_version`.
 
-    None when another model is installed (its threshold does not apply) or the installed
-    one carries no out-of-distribution statistics.
+    None when that version is not installed here (another's threshold does not apply)
+    or it carries no out-of-distribution statistics.
     """
     meta = _installed(model_version, weights_dir)
     if meta is None:
@@ -66,7 +81,7 @@ def model_calibration(
     *, model_version: str, weights_dir: str | Path | None = None
 ) -> SiteCalibration | None:
     """The calibration `model_version` was trained with (its temperature and class bias),
-    as a SiteCalibration without a threshold; None when another model is installed."""
+    as a SiteCalibration without a threshold; None when it is not installed here."""
     meta = _installed(model_version, weights_dir)
     if meta is None:
         return None

@@ -273,3 +273,45 @@ class Analysis(models.Model):
             status.update(dict.fromkeys(VERDICT_FIELDS))
             status["withheld_message"] = WITHHELD_MESSAGE
         return status
+
+
+class ShadowResult(models.Model):
+    """What a shadow model version (registry: role shadow) gave on the scan of a new
+    analysis, run beside the active version. Kept for comparison only: it is never the
+    result, and no page, export, API, report or DICOM object reads it as one; only the
+    model registry's agreement summary does."""
+
+    analysis = models.ForeignKey(
+        Analysis, on_delete=models.CASCADE, related_name="shadow_results"
+    )
+    model_version = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    error = models.TextField(blank=True)
+    label = models.CharField(max_length=16, choices=Analysis.Label.choices, blank=True)
+    probabilities = models.JSONField(null=True, blank=True)
+    logits = models.JSONField(null=True, blank=True)
+    lesion_area_fraction = models.FloatField(null=True, blank=True)
+    withheld = models.BooleanField(default=False)
+    in_distribution = models.BooleanField(null=True, blank=True)
+    mask_dice = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Dice of its lesion mask with the active version's on the same scan.",
+    )
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("analysis", "model_version"),
+                name="shadow_result_one_per_analysis_and_model",
+            ),
+        )
+        indexes = (
+            models.Index(
+                fields=("model_version", "created_at"), name="shadow_result_version"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"Shadow result of {self.model_version} on analysis {self.analysis_id}"

@@ -33,6 +33,7 @@ from portal.analyses.models import (
     RESULT_FIELDS,
     VERDICT_FIELDS,
     Analysis,
+    ShadowResult,
 )
 from portal.analyses.signals import results_recorded
 from portal.audit.services import audit_update
@@ -555,6 +556,54 @@ def _chunks(items: Iterable[Analysis], size: int) -> Iterable[list[Analysis]]:
             batch = []
     if batch:
         yield batch
+
+
+def shadow_results_record(
+    *, model_version: str, results: Sequence[tuple[int, dict[str, Any] | str]]
+) -> None:
+    """Keep what the shadow version gave on analyses' scans: (analysis id, its result
+    dict with "mask_dice" added, or the error text). Never the analyses' own result; a
+    second run on the same analysis (a redelivered message) keeps the first."""
+    rows = []
+    for analysis_id, outcome in results:
+        if isinstance(outcome, str):
+            rows.append(
+                ShadowResult(
+                    analysis_id=analysis_id,
+                    model_version=model_version,
+                    error=outcome[:2000],
+                )
+            )
+            continue
+        withheld = bool(outcome.get("withheld") or False)
+        in_distribution = outcome.get("in_distribution")
+        dice = outcome.get("mask_dice")
+        rows.append(
+            ShadowResult(
+                analysis_id=analysis_id,
+                model_version=model_version,
+                label="" if withheld else str(outcome.get("label") or ""),
+                probabilities=None
+                if withheld
+                else {
+                    str(k): float(v)
+                    for k, v in dict(outcome.get("probabilities") or {}).items()
+                },
+                logits=_logits(outcome),
+                lesion_area_fraction=None
+                if withheld or outcome.get("lesion_area_fraction") is None
+                else float(outcome["lesion_area_fraction"]),
+                withheld=withheld,
+                in_distribution=None
+                if in_distribution is None
+                else bool(in_distribution),
+                mask_dice=None if dice is None else float(dice),
+            )
+        )
+    for row in rows:
+        if row.label and row.label not in Analysis.Label.values:
+            raise ValueError(f"label {row.label[:40]!r} is not a label")
+    ShadowResult.objects.bulk_create(rows, ignore_conflicts=True)
 
 
 def analysis_record_failure(*, analysis_id: int, error: str) -> bool:

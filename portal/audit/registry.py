@@ -31,6 +31,9 @@ def register_models() -> None:
         "registry.SiteCalibration",
         "registry.CalibrationActivation",
         "review.CalibrationFit",
+        "registry.ModelVersion",
+        "registry.ModelActivation",
+        "registry.PromotionRequest",
     ):
         model = apps.get_model(label)
         if not auditlog.contains(model):

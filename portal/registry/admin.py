@@ -1,5 +1,6 @@
-"""Site calibrations in the admin: read only. Fitting, activating and rolling back go
-through the calibration page (portal.review), which re-scores and audits."""
+"""Site calibrations and model versions in the admin: read only. Fitting, activating,
+promoting and rolling back go through the calibration and model pages (portal.review),
+which check roles and audit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from typing import Any
 
 from django.contrib import admin
 
-from portal.registry.models import CalibrationActivation, SiteCalibration
+from portal.registry.models import (
+    CalibrationActivation,
+    ModelActivation,
+    ModelVersion,
+    PromotionRequest,
+    SiteCalibration,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -51,3 +58,38 @@ class CalibrationActivationAdmin(ReadOnlyAdmin):
         "rescored",
     )
     list_filter = ("model_version", "scanner_model")
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(ReadOnlyAdmin):
+    list_display = ("version", "source", "installed_by", "installed_at")
+    list_filter = ("source",)
+
+
+@admin.register(ModelActivation)
+class ModelActivationAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "role",
+        "action",
+        "model_version",
+        "activated_by",
+        "confirmed_by",
+        "activated_at",
+        "reason",
+    )
+    list_filter = ("role", "action")
+
+
+@admin.register(PromotionRequest)
+class PromotionRequestAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "model_version",
+        "status",
+        "requested_by",
+        "requested_at",
+        "decided_by",
+        "decided_at",
+    )
+    list_filter = ("status",)

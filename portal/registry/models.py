@@ -145,3 +145,176 @@ class CalibrationActivation(models.Model):
     @property
     def scanner(self) -> Scanner:
         return Scanner(self.scanner_manufacturer, self.scanner_model)
+
+
+# --- model versions ---------------------------------------------------------------------
+
+
+class ModelVersion(models.Model):
+    """A model installed for this site: the shipped one (ML_WEIGHTS_DIR) or one copied in
+    by `manage.py install_model` (ML_MODELS_DIR/<version>/). Written once, never edited:
+    its card, lineage and comparison report are what model.json and compare_report.json
+    said when it was installed."""
+
+    class Source(models.TextChoices):
+        SHIPPED = "shipped"
+        INSTALLED = "installed"
+
+    version = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=64, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    weights_sha256 = models.CharField(max_length=64, blank=True)
+    card = models.JSONField(
+        default=dict, blank=True, help_text="model.json without its large arrays."
+    )
+    lineage = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What it was fine-tuned from and on: base version, site sources "
+        "(their sha256 and counts), original sources.",
+    )
+    comparison = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="python -m ml compare's report against its baseline (rule, sets, "
+        "measures with paired intervals and verdicts); empty: never compared.",
+    )
+    installed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    installed_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ("-installed_at", "-id")
+        permissions = (
+            (
+                "promote_modelversion",
+                "Can promote, roll back and shadow a model version",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return self.version
+
+    def worse_measures(self, *, baseline: str) -> list[str] | None:
+        """The "set: measure" pairs its comparison against `baseline` judged worse; None
+        when it has no comparison against that version (nothing says it is not worse)."""
+        report = self.comparison or {}
+        if (
+            report.get("baseline") != baseline
+            or report.get("candidate") != self.version
+        ):
+            return None
+        return [
+            f"{label}: {name}"
+            for label, result in (report.get("sets") or {}).items()
+            for name, measure in (result.get("measures") or {}).items()
+            if measure.get("verdict") == "worse"
+        ]
+
+
+class ModelActivation(models.Model):
+    """An append-only log: from `activated_at` on, new analyses are made by
+    `model_version` (role active) or it runs beside the active one on new scans, its
+    results kept for comparison only (role shadow; model_version empty: shadow off)."""
+
+    class Role(models.TextChoices):
+        ACTIVE = "active"
+        SHADOW = "shadow"
+
+    class Action(models.TextChoices):
+        PROMOTE = "promote"
+        ROLLBACK = "rollback"
+        SHADOW = "shadow"
+
+    role = models.CharField(max_length=8, choices=Role.choices)
+    action = models.CharField(max_length=10, choices=Action.choices)
+    model_version = models.ForeignKey(
+        ModelVersion,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="activations",
+    )
+    reason = models.CharField(max_length=255)
+    activated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    activated_at = models.DateTimeField(default=timezone.now, editable=False)
+    # A promotion its comparison does not support ("worse" on a measure, or no
+    # comparison against the version active then) needs a second administrator.
+    overrode = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The measures judged worse (or why the comparison did not apply) "
+        "that a second administrator confirmed past.",
+    )
+    confirmed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ("-activated_at", "-id")
+        indexes = (
+            models.Index(
+                fields=("role", "-activated_at", "-id"), name="model_activation_latest"
+            ),
+        )
+
+    def __str__(self) -> str:
+        target = self.model_version or "none"
+        return f"{self.role}: {target} since {self.activated_at:%Y-%m-%d %H:%M}"
+
+
+class PromotionRequest(models.Model):
+    """A promotion the comparison does not support, waiting for a second, different
+    administrator to confirm (or anyone allowed to withdraw it)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        CONFIRMED = "confirmed"
+        WITHDRAWN = "withdrawn"
+
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="promotion_requests"
+    )
+    # The version active when it was asked: confirming after another promotion is void.
+    baseline = models.CharField(max_length=64)
+    reason = models.CharField(max_length=255)
+    concerns = models.JSONField(default=list, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    requested_at = models.DateTimeField(default=timezone.now, editable=False)
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.PENDING
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    activation = models.OneToOneField(
+        ModelActivation,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="request",
+    )
+
+    class Meta:
+        ordering = ("-requested_at", "-id")
+
+    def __str__(self) -> str:
+        return f"Promotion of {self.model_version} ({self.status})"

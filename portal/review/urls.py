@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from portal.review import views
+from portal.review import registry_views, views
 
 app_name = "review"
 
@@ -29,6 +29,24 @@ urlpatterns = [
     path(
         "calibration/rollback/", views.calibration_rollback, name="calibration_rollback"
     ),
+    path("models/", registry_views.models_page, name="models"),
+    path(
+        "models/<int:pk>/promote/",
+        registry_views.model_promote,
+        name="model_promote",
+    ),
+    path(
+        "models/requests/<int:pk>/confirm/",
+        registry_views.model_promotion_confirm,
+        name="model_promotion_confirm",
+    ),
+    path(
+        "models/requests/<int:pk>/withdraw/",
+        registry_views.model_promotion_withdraw,
+        name="model_promotion_withdraw",
+    ),
+    path("models/rollback/", registry_views.model_rollback, name="model_rollback"),
+    path("models/shadow/", registry_views.model_shadow, name="model_shadow"),
     path(
         "studies/<int:pk>/pathology/",
         views.study_pathology,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,7 @@ class FakeAnalyzer:
 @pytest.fixture
 def analyzer(monkeypatch: pytest.MonkeyPatch) -> FakeAnalyzer:
     fake = FakeAnalyzer()
-    monkeypatch.setattr(tasks, "get_analyzer", lambda: fake)
+    monkeypatch.setattr(tasks, "get_analyzer", lambda version=None: fake)
     return fake
 
 
@@ -218,7 +219,7 @@ def test_model_error_fails_only_the_bad_image_with_its_reason(make_analysis, ana
 def test_model_that_cannot_load_fails_the_analysis_with_the_reason(
     make_analysis, monkeypatch
 ):
-    def broken() -> None:
+    def broken(version: str | None = None) -> None:
         raise RuntimeError("weights file model.weights.h5 is missing")
 
     monkeypatch.setattr(tasks, "get_analyzer", broken)
@@ -305,31 +306,54 @@ def test_a_scan_storage_cannot_read_is_requeued_and_the_rest_still_run(
     assert enqueued == [(unreadable.pk, services.retry_countdown(1))]
 
 
-def test_analyzer_is_loaded_once_per_process(monkeypatch, settings, tmp_path):
+def test_analyzers_are_loaded_once_per_version_two_at_most(
+    monkeypatch, settings, tmp_path
+):
     import sys
     import types
+    from collections import OrderedDict
 
+    from ml.weights_io import read_meta
+    from portal.analyses.modelinfo import ModelVersionUnavailable
+    from tests.conftest import write_model_json
     from workers import analyzer as analyzer_module
 
-    loads: list[Any] = []
+    loads: list[str] = []
 
     class CountingAnalyzer:
-        model_version = "x"
+        def __init__(self, version: str) -> None:
+            self.model_version = version
 
         @classmethod
-        def load(cls, weights_dir: Any = None) -> CountingAnalyzer:
-            loads.append(weights_dir)
-            return cls()
+        def load(cls, weights_dir: Any) -> CountingAnalyzer:
+            loads.append(Path(weights_dir).name)
+            return cls(read_meta(weights_dir).version)
 
     fake_module = types.ModuleType("ml.inference")
     fake_module.Analyzer = CountingAnalyzer
     monkeypatch.setitem(sys.modules, "ml.inference", fake_module)
-    monkeypatch.setattr(analyzer_module, "_analyzer", None)
-    settings.ML_WEIGHTS_DIR = tmp_path
+    monkeypatch.setattr(analyzer_module, "_analyzers", OrderedDict())
+    settings.ML_WEIGHTS_DIR = tmp_path / "shipped"
+    settings.ML_MODELS_DIR = tmp_path / "models"
+    for folder, version in (
+        (settings.ML_WEIGHTS_DIR, "v-shipped"),
+        (settings.ML_MODELS_DIR / "v-a", "v-a"),
+        (settings.ML_MODELS_DIR / "v-b", "v-b"),
+    ):
+        folder.mkdir(parents=True)
+        write_model_json(folder, version)
 
-    first = analyzer_module.get_analyzer()
-    assert analyzer_module.get_analyzer() is first
-    assert loads == [tmp_path]
+    active = analyzer_module.get_analyzer()  # none promoted: the shipped one
+    assert active.model_version == "v-shipped"
+    assert analyzer_module.get_analyzer("v-shipped") is active
+    assert analyzer_module.get_analyzer("v-a").model_version == "v-a"
+    assert analyzer_module.get_analyzer("v-b").model_version == "v-b"
+    # Two kept: the least recently used (the shipped one) went.
+    assert analyzer_module.loaded_versions() == ["v-a", "v-b"]
+    analyzer_module.get_analyzer("v-a")
+    assert loads == ["shipped", "v-a", "v-b"]
+    with pytest.raises(ModelVersionUnavailable, match="v-gone"):
+        analyzer_module.get_analyzer("v-gone")
 
 
 def test_a_database_error_while_claiming_more_requeues_the_claimed_row(

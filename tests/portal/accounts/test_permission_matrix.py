@@ -117,6 +117,30 @@ def _fit(objects: Any) -> Any:
     return fit
 
 
+def _model_version(objects: Any) -> Any:
+    from portal.registry.models import ModelVersion
+
+    record, _ = ModelVersion.objects.get_or_create(
+        version="matrix-model-1", defaults={"source": ModelVersion.Source.INSTALLED}
+    )
+    return record
+
+
+def _promotion_request(objects: Any) -> Any:
+    """A pending promotion, asked by someone other than every client of the matrix."""
+    from portal.registry.models import PromotionRequest
+
+    request, _ = PromotionRequest.objects.get_or_create(
+        model_version=_model_version(objects),
+        defaults={
+            "baseline": objects.analysis.model_version,
+            "reason": "matrix",
+            "requested_by": objects.study.created_by,
+        },
+    )
+    return request
+
+
 # url name -> the rules (one per method worth checking)
 MATRIX: dict[str, list[Rule]] = {
     "home": [Rule(SIGNED_IN)],
@@ -188,6 +212,31 @@ MATRIX: dict[str, list[Rule]] = {
             kwargs=lambda o: {"pk": _fit(o).pk},
         )
     ],
+    # The model registry: administrators only.
+    "review:models": [Rule(frozenset({ADMINISTRATOR}))],
+    "review:model_promote": [
+        Rule(
+            frozenset({ADMINISTRATOR}),
+            method="POST",
+            kwargs=lambda o: {"pk": _model_version(o).pk},
+        )
+    ],
+    "review:model_promotion_confirm": [
+        Rule(
+            frozenset({ADMINISTRATOR}),
+            method="POST",
+            kwargs=lambda o: {"pk": _promotion_request(o).pk},
+        )
+    ],
+    "review:model_promotion_withdraw": [
+        Rule(
+            frozenset({ADMINISTRATOR}),
+            method="POST",
+            kwargs=lambda o: {"pk": _promotion_request(o).pk},
+        )
+    ],
+    "review:model_rollback": [Rule(frozenset({ADMINISTRATOR}), method="POST")],
+    "review:model_shadow": [Rule(frozenset({ADMINISTRATOR}), method="POST")],
     "review:study_pathology": [
         Rule(
             frozenset({RADIOLOGIST}),

@@ -1,0 +1,190 @@
+"""The model registry page (/models/): cards, lineage and comparison reports; promote,
+the second administrator's confirmation, roll back, shadow; and a shadow result is never
+shown as the result (pages, API, report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from tests.conftest import TEST_MODEL_VERSION
+from tests.portal.registry.test_model_versions import model_folder
+from tests.portal.review.conftest import analysed_scan
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def models_dir(settings: Any, tmp_path: Path) -> Path:
+    settings.ML_MODELS_DIR = tmp_path / "models"
+    return settings.ML_MODELS_DIR
+
+
+def _client(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def admins(make_user: Any) -> tuple[Any, Any]:
+    return make_user("administrator", "admin-one"), make_user(
+        "administrator", "admin-two"
+    )
+
+
+def _install(tmp_path: Path, seed: str, admin: Any, worse: tuple[str, ...] = ()):
+    from portal.registry.services import model_version_install
+
+    folder = model_folder(tmp_path / "made", seed, worse=worse)
+    return model_version_install(source=folder, installed_by=admin)
+
+
+def _messages(response: Any) -> str:
+    return " ".join(str(m) for m in response.context["messages"])
+
+
+def test_the_page_shows_each_versions_card_lineage_and_verdicts(tmp_path, admins):
+    record = _install(tmp_path, "p", admins[0], worse=("ece",))
+
+    page = _client(admins[0]).get(reverse("review:models"))
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert f'data-version="{record.version}"' in html
+    assert f'data-version="{TEST_MODEL_VERSION}"' in html  # the shipped one
+    assert 'id="active-model">' + TEST_MODEL_VERSION in html
+    assert "Fine-tuned from</th><td>" + TEST_MODEL_VERSION in html
+    assert html.count('class="verdict-worse"') == 1
+    assert html.count('class="verdict-not-worse"') == 2
+    assert "worse on site:site-export: ece" in html
+    assert "Ask a second administrator to promote" in html
+
+
+def test_promoting_from_the_page_needs_a_reason(tmp_path, admins):
+    from portal.registry.selectors import model_version_active
+
+    record = _install(tmp_path, "q", admins[0])
+    client = _client(admins[0])
+    url = reverse("review:model_promote", args=[record.pk])
+
+    refused = client.post(url, {"reason": ""}, follow=True)
+    assert "Give a reason" in _messages(refused)
+    assert model_version_active() == TEST_MODEL_VERSION
+
+    done = client.post(url, {"reason": "better on our scans"}, follow=True)
+    assert f"{record.version} is active" in _messages(done)
+    assert model_version_active() == record.version
+
+
+def test_a_worse_version_is_refused_then_confirmed_by_another_administrator(
+    tmp_path, admins
+):
+    from auditlog.models import LogEntry
+
+    from portal.registry.models import ModelActivation, PromotionRequest
+    from portal.registry.selectors import model_version_active
+
+    first, second = admins
+    record = _install(tmp_path, "r", first, worse=("recall_malignant",))
+    url = reverse("review:model_promote", args=[record.pk])
+
+    refused = _client(first).post(url, {"reason": "trust me"}, follow=True)
+    assert "Refused: worse on site:site-export: recall_malignant" in _messages(refused)
+    assert model_version_active() == TEST_MODEL_VERSION
+
+    _client(first).post(url, {"reason": "trust me", "request_confirmation": "1"})
+    request = PromotionRequest.objects.get()
+    confirm = reverse("review:model_promotion_confirm", args=[request.pk])
+    assert confirm not in _client(first).get(reverse("review:models")).content.decode()
+    assert _client(first).post(confirm).status_code == 403
+    assert model_version_active() == TEST_MODEL_VERSION
+    assert confirm in _client(second).get(reverse("review:models")).content.decode()
+
+    _client(second).post(confirm)
+
+    assert model_version_active() == record.version
+    entry = LogEntry.objects.get_for_object(ModelActivation.objects.get()).get()
+    assert entry.actor == second  # the change log names who confirmed it
+    history = _client(second).get(reverse("review:models")).content.decode()
+    assert "over: worse on site:site-export: recall_malignant" in history
+
+
+def test_rolling_back_from_the_page(tmp_path, admins):
+    from portal.registry.selectors import model_version_active
+    from portal.registry.services import model_promote
+
+    record = _install(tmp_path, "s", admins[0])
+    model_promote(model_version=record, user=admins[0], reason="go")
+
+    _client(admins[1]).post(reverse("review:model_rollback"), {"reason": "undo"})
+
+    assert model_version_active() == TEST_MODEL_VERSION
+
+
+def test_a_shadow_result_is_shown_on_the_registry_page_only(
+    tmp_path, admins, study, user, make_user
+):
+    from portal.analyses.models import ShadowResult
+    from portal.registry.services import model_shadow_set
+    from portal.review.services import review_save
+
+    record = _install(tmp_path, "t", admins[0])
+    scan = analysed_scan(
+        study,
+        user,
+        probabilities={"normal": 0.1, "benign": 0.2, "malignant": 0.7},
+    )
+    analysis = scan.analyses.get()
+    review_save(
+        analysis=analysis,
+        author=make_user("radiologist", "reader"),
+        agrees_with_model=True,
+        label="",
+        birads="5",
+        sign=True,
+    )
+    # A distinctive shadow verdict: "normal" at 0.9173 would read "91.7%" on a page.
+    ShadowResult.objects.create(
+        analysis=analysis,
+        model_version=record.version,
+        label="normal",
+        probabilities={"normal": 0.9173, "benign": 0.0531, "malignant": 0.0296},
+        logits=[2.0, -0.5, -1.2],
+        lesion_area_fraction=0.4321,
+        mask_dice=0.25,
+    )
+    model_shadow_set(model_version=record, user=admins[0], reason="watch")
+
+    reader = _client(make_user("radiologist", "reader-2"))
+    shown = [
+        reader.get(reverse("review:scan_review", args=[scan.pk])),
+        reader.get(reverse("clinical:study_detail", args=[study.pk])),
+        reader.get(reverse("clinical:study_status", args=[study.pk])),
+        reader.get(reverse("api:analysis-detail", args=[analysis.pk])),
+        reader.get(reverse("api:study-detail", args=[study.pk])),
+        reader.get(reverse("review:dashboard")),
+    ]
+    for response in shown:
+        assert response.status_code == 200, response
+        body = response.content.decode()
+        for marker in ("91.7", "0.9173", "0.4321", "0.0296", record.version):
+            assert marker not in body, (response.request["PATH_INFO"], marker)
+    assert (
+        reader.get(reverse("api:analysis-detail", args=[analysis.pk])).json()["label"]
+        == "malignant"
+    )
+
+    page = _client(admins[0]).get(reverse("review:models")).content.decode()
+    assert 'id="shadow-model">' + record.version in page
+    agreement = page.split('id="shadow-agreement"')[1].split("</table>")[0]
+    # One scan compared: the shadow said normal, the result shown malignant, the
+    # reader signed malignant.
+    assert '<td class="num">1' in agreement
+    assert "0.0%" in agreement  # same label as the result shown
+    assert "0.250" in agreement  # outline Dice
+    assert "100.0% / 0.0%" in agreement  # label as signed: active / shadow
