@@ -87,7 +87,7 @@ def time_gate(
         np.stack(
             [
                 np.asarray(
-                    Image.fromarray(decode_image(data)).resize(
+                    Image.fromarray(decode_image(data).pixels).resize(
                         (size, size), Image.BILINEAR
                     )
                 )

@@ -9,10 +9,12 @@ The gate does not look through the task network: a few colour, intensity and tex
 statistics of the image at the network's input size (what a B-mode frame is: grey speckle
 with a dark background; a Doppler or elastography frame carries saturated colour map
 pixels; a document or screenshot is flat with a few grey levels; noise has no spatial
-correlation; a photo is colourful) and a logistic model over them, fitted on real scans of
-the training sources against the non-ultrasound corpus (``ml.training.gate``). So its
-leave-one-source-out check is cheap and independent of the task model's folds. Its
-parameters travel in ``model.json`` (``"gate"``); weights without them run without a gate.
+correlation; a photo is colourful; an X-ray, CT or drawing has no speckle) and a logistic
+model over them, fitted on real scans of the training sources against the non-ultrasound
+corpus (``ml.training.gate``); beside it, any colour-Doppler flow pixel and a one-class
+speckle distance (fitted on scans alone) withhold too. So its leave-one-source-out check
+is cheap and independent of the task model's folds. Its parameters travel in
+``model.json`` (``"gate"``); weights without them run without a gate.
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@
 Positives are the used scans of the training sources (each also once more with a random
 tint, gamma and contrast: scanners differ in their display map; BUS-UCLM's B-mode is
 colour-tinted), negatives the non-ultrasound corpus (``ml.training.ood_corpus.gate_corpus``)
-plus colour-Doppler and elastography overlays painted on training scans. BUS-UCLM's 37 real
-colour-Doppler frames are never fitted on: they are a test.
+plus colour-Doppler, elastography and Doppler-box (little or no flow) overlays painted on
+training scans. BUS-UCLM's 37 real colour-Doppler frames are never fitted on: they are a
+test. Beside the logistic model the shipped gate has a Doppler-pixel limit and a one-class
+speckle term fitted on the positives alone (``ml.gate.OneClass``).
 
 Judged leave-one-source-out and held out by kind: in the fold without source S, the gate is
 fitted on the two other sources; every corpus kind is withheld-tested by a gate fitted
-without that kind (the overlays count as the Doppler / elastography kinds). The threshold is
-the ``keep`` quantile of the fitted positives' scores, chosen before any test data is seen.
+without that kind (the overlays count as the Doppler / elastography / Doppler-box kinds).
+The thresholds are quantiles of the fitted scans' scores (``KEEP``, ``ONE_CLASS_KEEP``).
 """
 
 from __future__ import annotations
