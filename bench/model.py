@@ -71,6 +71,43 @@ def time_full_analysis(
     return per_image
 
 
+def time_gate(
+    analyzer, files: list[bytes], batch_size: int, repeats: int
+) -> tuple[float, float] | None:
+    """The ultrasound gate alone (features + score, as ``Analyzer.analyze`` runs it on the
+    network-size images; also inside the "model" stage): median per-image wall and CPU
+    seconds. CPU time is what the gate costs whatever else shares the machine."""
+    from ml.decode import decode_image
+    from ml.gate import gate_features
+
+    if analyzer.gate is None:
+        return None
+    size = analyzer.image_size
+    batches = [
+        np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(decode_image(data).pixels).resize(
+                        (size, size), Image.BILINEAR
+                    )
+                )
+                for data in files[start : start + batch_size]
+            ]
+        )
+        for start in range(0, len(files) - batch_size + 1, batch_size)
+    ]
+    wall, cpu = [], []
+    for _ in range(repeats):
+        for batch in batches:
+            began, began_cpu = time.perf_counter(), time.process_time()
+            analyzer.gate.withheld(
+                analyzer.gate.score(np.stack([gate_features(b) for b in batch]))
+            )
+            wall.append((time.perf_counter() - began) / batch_size)
+            cpu.append((time.process_time() - began_cpu) / batch_size)
+    return statistics.median(wall), statistics.median(cpu)
+
+
 def time_prototype(batch_size: int, repeats: int) -> list[float]:
     import keras
 
@@ -113,6 +150,7 @@ def run(
     batch1 = statistics.median(time_full_analysis(analyzer, files, 1, repeats))
     stages: dict[str, list[float]] = {}
     batch8 = statistics.median(time_full_analysis(analyzer, files, 8, repeats, stages))
+    gate = time_gate(analyzer, files, 8, repeats)
     prototype = statistics.median(time_prototype(1, prototype_repeats))
     report = {
         "model_version": analyzer.model_version,
@@ -128,6 +166,14 @@ def run(
             f"  of which {name}_ms": round(statistics.median(values) * 1000, 1)
             for name, values in stages.items()
         },
+        **(
+            {
+                "  gate alone (inside model), wall_ms": round(gate[0] * 1000, 1),
+                "  gate alone (inside model), cpu_ms": round(gate[1] * 1000, 1),
+            }
+            if gate is not None
+            else {}
+        ),
         "prototype_b7_600_classification_batch1_ms": round(prototype * 1000, 1),
         "speedup_vs_prototype_batch8": round(prototype / batch8, 1),
     }

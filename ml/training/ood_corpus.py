@@ -247,6 +247,34 @@ def doppler_overlay(grey_rgb: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.asarray(image)
 
 
+DOPPLER_PALETTE = (
+    (220, 30, 20), (255, 120, 20), (160, 20, 20), (30, 60, 230), (40, 180, 250),
+    (20, 30, 150),
+)  # fmt: skip
+BOX_COLOURS = ((190, 190, 190), (120, 200, 120), (60, 200, 90), (200, 190, 80))
+
+
+def doppler_box_overlay(grey_rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A colour-Doppler frame with little or no flow: the scanner's thin box outline (the
+    colour region of interest) and none to a few specks of flow, one to three pixels."""
+    image = Image.fromarray(np.asarray(grey_rgb, np.uint8).copy())
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    w, h = int(width * rng.uniform(0.3, 0.75)), int(height * rng.uniform(0.3, 0.75))
+    x, y = int(rng.integers(4, width - w - 4)), int(rng.integers(4, height - h - 4))
+    box = BOX_COLOURS[int(rng.integers(len(BOX_COLOURS)))]
+    draw.rectangle([x, y, x + w, y + h], outline=box, width=1)
+    for _ in range(int(rng.integers(0, 4))):
+        cx, cy = (
+            int(rng.integers(x + 2, x + w - 2)),
+            int(rng.integers(y + 2, y + h - 2)),
+        )
+        r = int(rng.integers(0, 2))
+        colour = DOPPLER_PALETTE[int(rng.integers(len(DOPPLER_PALETTE)))]
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    return np.asarray(image)
+
+
 def _mammogram(rng: np.random.Generator) -> np.ndarray:
     image = Image.new("L", (SIZE, int(SIZE * 1.25)), 5)
     draw = ImageDraw.Draw(image)
@@ -342,11 +370,77 @@ def _barcode(rng: np.random.Generator) -> np.ndarray:
     return _rgb(page)
 
 
+def _endoscopy(rng: np.random.Generator) -> np.ndarray:
+    """A pink-red mucosa in a dark circular field, with a bright specular highlight."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    radius = np.hypot(yy - 0.5, xx - 0.5)
+    folds = np.sin(
+        10 * np.hypot(yy - rng.uniform(0.3, 0.7), xx - rng.uniform(0.3, 0.7))
+    )
+    shade = np.clip(1.1 - 1.6 * radius, 0, 1) * (0.8 + 0.2 * folds)
+    pink = np.array([200.0, 90.0, 80.0]) + rng.normal(0, 10, 3)
+    pixels = shade[..., None] * pink + rng.normal(0, 3, (SIZE, SIZE, 3))
+    pixels[radius > 0.47] = 0
+    hy, hx = rng.uniform(0.3, 0.6, 2)
+    pixels[np.hypot(yy - hy, xx - hx) < 0.03] = 250
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _dermoscopy(rng: np.random.Generator) -> np.ndarray:
+    """A brown, irregular pigmented lesion on skin-coloured background."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    angle = np.arctan2(yy - 0.5, xx - 0.5)
+    edge = 0.25 + 0.05 * np.sin(rng.integers(3, 7) * angle + rng.uniform(0, 6))
+    lesion = np.hypot(yy - 0.5, xx - 0.5) < edge
+    skin = np.array([225.0, 180.0, 160.0]) + rng.normal(0, 8, 3)
+    brown = np.array([110.0, 70.0, 50.0]) + rng.normal(0, 8, 3)
+    pixels = np.where(lesion[..., None], brown, skin)
+    pixels += rng.normal(0, 6, (SIZE, SIZE, 1))
+    blurred = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return np.asarray(blurred.filter(ImageFilter.GaussianBlur(2)))
+
+
+def _cloud_noise(rng: np.random.Generator) -> np.ndarray:
+    """Grey low-pass noise (clouds): textured like tissue at a glance, not speckle."""
+    coarse = rng.normal(0, 1, (SIZE // 16, SIZE // 16))
+    fine = rng.normal(0, 1, (SIZE // 4, SIZE // 4))
+    layers = [
+        np.asarray(
+            Image.fromarray(((c - c.min()) / np.ptp(c) * 255).astype(np.uint8)).resize(
+                (SIZE, SIZE), Image.BICUBIC
+            ),
+            np.float64,
+        )
+        for c in (coarse, fine)
+    ]
+    return _rgb(0.7 * layers[0] + 0.3 * layers[1])
+
+
+def _line_drawing(rng: np.random.Generator) -> np.ndarray:
+    """Black strokes on white paper: a sketch or a diagram."""
+    image = Image.new("L", (SIZE, SIZE), 250)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(6, 15))):
+        points = [
+            tuple(int(v) for v in rng.integers(10, SIZE - 10, 2)) for _ in range(3)
+        ]
+        if rng.random() < 0.5:
+            draw.line(points, fill=20, width=int(rng.integers(1, 4)))
+        else:
+            (x0, y0), (x1, y1) = sorted(points[:2])
+            draw.ellipse(
+                [x0, min(y0, y1), x1 + 5, max(y0, y1) + 5], outline=20, width=2
+            )
+    return _rgb(np.asarray(image, np.float64))
+
+
 def _speckle_colour(kind: str) -> Callable[[np.random.Generator], np.ndarray]:
     def make(rng: np.random.Generator) -> np.ndarray:
         base = _rgb(_speckle(rng))
         if kind == "doppler":
             return doppler_overlay(base, rng)
+        if kind == "doppler_box":
+            return doppler_box_overlay(base, rng)
         return elastography_overlay(base, rng)
 
     return make
@@ -406,6 +500,11 @@ def _gate_kinds() -> dict[str, tuple[Callable[[np.random.Generator], np.ndarray]
         "barcode": (_barcode,),
         "doppler_like": (_speckle_colour("doppler"),),
         "elastography_like": (_speckle_colour("elastography"),),
+        "doppler_box_like": (_speckle_colour("doppler_box"),),
+        "endoscopy_like": (_endoscopy,),
+        "dermoscopy_like": (_dermoscopy,),
+        "cloud_noise": (_cloud_noise,),
+        "line_drawing": (_line_drawing,),
     }
     if _skimage_images():
         kinds["grey_photo"] = tuple(_photo_crop(n) for n in GREY_PHOTOS)
