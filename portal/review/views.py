@@ -18,6 +18,7 @@ from portal.analyses.selectors import study_malignancies, viewer_layers
 from portal.audit.services import Action, record_access, record_accesses
 from portal.clinical.models import Scan, Study
 from portal.clinical.services import scan_display_name, study_record_pathology
+from portal.keyset import InvalidCursor
 from portal.registry import selectors as registry_selectors
 from portal.registry.models import SiteCalibration
 from portal.review import calibration as site_calibration
@@ -43,28 +44,42 @@ def _private(response: HttpResponse) -> HttpResponse:
     return response
 
 
+# The dashboard's page cursors (portal.keyset): after one row (older), before one (newer).
+CURSOR_PARAMS = ("after", "before")
+
+
 @require_GET
 @require_permissions(*READ_RESULTS)
 def dashboard(request: HttpRequest) -> HttpResponse:
     versions = selectors.model_versions()
     form = DashboardFilterForm(request.GET or None, model_versions=versions)
+    ignored = form.ignored()
     rows = selectors.dashboard_rows(form.filters())
-    counts = selectors.dashboard_counts(rows)
-    paginator = Paginator(selectors.DashboardPages(rows), PAGE_SIZE)
-    # Every row has one status: the counts already say how many rows there are.
-    paginator.count = sum(counts["statuses"].values())
-    page = paginator.get_page(request.GET.get("page"))
+    try:
+        page = selectors.dashboard_page(
+            rows,
+            size=PAGE_SIZE,
+            after=request.GET.get("after"),
+            before=request.GET.get("before"),
+        )
+    except InvalidCursor:
+        page = selectors.dashboard_page(rows, size=PAGE_SIZE)
+        ignored.append(
+            "Page position: not one of this list's; the newest rows are shown"
+        )
     record_accesses(request, page.object_list, action=Action.VIEW, detail="dashboard")
+    # The filters, kept in every page link; the cursors are the link's own.
     query = request.GET.copy()
-    query.pop("page", None)
+    for name in (*CURSOR_PARAMS, "page"):
+        query.pop(name, None)
     return render(
         request,
         "review/dashboard.html",
         {
             "form": form,
-            "ignored": form.ignored(),
+            "ignored": ignored,
             "page": page,
-            "counts": counts,
+            "counts": selectors.dashboard_counts(rows),
             "queue": selectors.queue_state(),
             "query": query.urlencode(),
             "study_malignancies": study_malignancies(
