@@ -17,9 +17,11 @@ from django.db.models import (
     Case,
     Count,
     DateField,
+    DateTimeField,
     Exists,
     F,
     FloatField,
+    Func,
     IntegerField,
     Max,
     OuterRef,
@@ -35,7 +37,7 @@ from django.db.models.functions import Cast, Coalesce, TruncMonth
 from django.utils import timezone
 
 from portal.analyses.models import Analysis
-from portal.clinical.models import Scan, Study
+from portal.clinical.models import Patient, Scan, Study
 from portal.clinical.selectors import study_scan_count
 from portal.keyset import cursor_decode, cursor_encode, keyset_beyond
 from portal.review.models import AgreementCount, OutlineState, Review
@@ -89,11 +91,22 @@ def _study_conditions(filters: DashboardFilters) -> Q:
     if filters.date_to:
         conditions &= Q(study_date__lte=filters.date_to)
     if filters.search:
+        # Studies of the matching patients, or with a matching accession number: each
+        # side read from its own table's indexes (on PostgreSQL the trigram indexes of
+        # clinical 0007), where one condition across the join read every study.
         term = filters.search
-        conditions &= (
-            Q(patient__identifier__icontains=term)
-            | Q(accession_number__icontains=term)
-            | Q(patient__name__icontains=term)
+        patients = Patient.objects.filter(
+            Q(identifier__icontains=term) | Q(name__icontains=term)
+        )
+        conditions &= Q(
+            pk__in=Study.objects.filter(patient__in=patients.order_by().values("pk"))
+            .order_by()
+            .values("pk")
+            .union(
+                Study.objects.filter(accession_number__icontains=term)
+                .order_by()
+                .values("pk")
+            )
         )
     return conditions
 
@@ -134,11 +147,26 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
     rows = _dashboard_row()
     by_study = _study_conditions(filters)
     if by_study:
-        # The few matching studies first, then their scans (the scan_study index);
-        # as joined conditions they were checked on every analysis row.
-        rows = rows.filter(
-            scan__study_id__in=Study.objects.filter(by_study).values("pk")
-        )
+        # The matching studies first, then their scans (the scan_study index); as
+        # joined conditions they were checked on every analysis row.
+        studies = Study.objects.filter(by_study).order_by().values("pk")
+        rows = rows.filter(scan__study_id__in=studies)
+        if filters.date_from or filters.date_to:
+            # Studies of a time are uploaded about then: only scans up to the newest
+            # upload among them (scan_study_uploaded; a scalar subquery, run once),
+            # where a page's walk down the upload order starts. A month of studies in
+            # the middle of the year was otherwise met after walking half a year of
+            # uploads (0.7 to 3 s at a million analyses). Not for a search: its
+            # matches are spread through the years, and the bound cost more than it
+            # saved (reading every upload of a common name).
+            newest = (
+                Scan.objects.filter(study_id__in=studies)
+                .order_by()
+                .values(newest=Func(F("uploaded_at"), function="MAX"))
+            )
+            rows = rows.filter(
+                scan__uploaded_at__lte=Subquery(newest, output_field=DateTimeField())
+            )
     if filters.label:
         rows = rows.filter(label=filters.label)
     if filters.confidence_min is not None:
@@ -202,13 +230,29 @@ def _cursor_at(row: Analysis) -> str:
     return cursor_encode((row.scan.uploaded_at, row.scan_id, row.pk))
 
 
-def _picked(rows: QuerySet[Analysis], limit: int, *, descending: bool) -> Q:
+# Where the counts say at most this many rows match, a page sorts them whole.
+SORT_FEW = 10_000
+
+
+def _picked(
+    rows: QuerySet[Analysis], limit: int, *, descending: bool, few: bool = False
+) -> Q:
     """The first `limit` of the filtered rows in the walk's order, as a condition on
     ids: picked reading little more than indexes and the scans' upload times, so only
     the rows shown are read whole (picked and read in one step, the matching rows
     were sorted whole to keep 50: on SQLite 190 ms for "unreviewed malignant" at
-    10,000 studies, against 25 ms)."""
-    ids = rows.order_by(*_upload_order(descending=descending)).values("pk")[:limit]
+    10,000 studies, against 25 ms).
+
+    Walking the upload order is quick when matches are common: 50 of them turn up
+    soon. When `few` rows match (a failed status, the withheld), PostgreSQL still
+    walked it, hoping to meet them, through 10,000 scans (0.4 to 1 s at a million
+    analyses); ordered by an expression with the same value that no index provides,
+    the few are read from their filter's index and sorted (a top-N sort)."""
+    order = _upload_order(descending=descending)
+    if few:
+        newest = Coalesce(F("scan__uploaded_at"), F("scan__uploaded_at"))
+        order = (newest.desc() if descending else newest.asc(), *order[1:])
+    ids = rows.order_by(*order).values("pk")[:limit]
     return Q(pk__in=ids)
 
 
@@ -217,63 +261,52 @@ def _whole(picked: Q) -> list[Analysis]:
     return list(_dashboard_row().filter(picked).order_by(*_newest_upload_first()))
 
 
-def _key(row: Analysis) -> tuple[Any, ...]:
-    return (row.scan.uploaded_at, row.scan_id, row.pk)
-
-
 def dashboard_page(
     rows: QuerySet[Analysis],
     *,
     size: int,
     after: str | None = None,
     before: str | None = None,
+    matching: int | None = None,
 ) -> DashboardPage:
     """The page of `rows` (dashboard_rows) that starts after the cursor `after`
     (older rows), or ends before the cursor `before` (newer rows); without either, the
     newest. Keyset pagination: a page 1,000 pages in costs one query, as the first
     does, where an offset read and dropped every row before it. InvalidCursor for a
-    cursor this list did not make."""
+    cursor this list did not make. `matching` is how many rows match where it is
+    known (dashboard_matching): few are sorted rather than walked to (_picked)."""
     fields = _keyset_fields()
+    few = matching is not None and matching <= SORT_FEW
     if before:
-        cursor = tuple(cursor_decode(before, fields))
-        newer = rows.filter(keyset_beyond(_KEYSET_PATHS, cursor, descending=False))
-        # The size + 1 rows nearest the cursor, and the newest page, in one query:
-        # where fewer than size + 1 rows are newer, the newest page is the one shown.
-        found = _whole(
-            _picked(newer, size + 1, descending=False)
-            | _picked(rows, size + 1, descending=True)
+        newer = rows.filter(
+            keyset_beyond(
+                _KEYSET_PATHS, cursor_decode(before, fields), descending=False
+            )
         )
-        nearest = [row for row in found if _key(row) > cursor][-size - 1 :]
-        if len(nearest) <= size:
-            return _newest(found, size)
-        shown = nearest[1:]
+        # Walked up from the cursor: the size rows nearest it, and one more if a
+        # newer page is beyond them. Without that one these are the newest rows: the
+        # newest page (the first page itself, when walking back from the second;
+        # shorter only where rows went since). Asked in one query as "these ids or
+        # the newest page's", the planner read every analysis.
+        nearest = _whole(_picked(newer, size + 1, descending=False, few=few))
+        if not nearest:  # a cursor at the very top: nothing is newer
+            return dashboard_page(rows, size=size, matching=matching)
+        shown = nearest[1:] if len(nearest) > size else nearest
         return DashboardPage(
             object_list=shown,
             next_cursor=_cursor_at(shown[-1]),
-            previous_cursor=_cursor_at(shown[0]),
+            previous_cursor=_cursor_at(shown[0]) if len(nearest) > size else None,
         )
     if after:
         rows = rows.filter(
             keyset_beyond(_KEYSET_PATHS, cursor_decode(after, fields), descending=True)
         )
-        found = _whole(_picked(rows, size + 1, descending=True))
-        shown = found[:size]
-        return DashboardPage(
-            object_list=shown,
-            next_cursor=_cursor_at(shown[-1]) if len(found) > size else None,
-            previous_cursor=_cursor_at(shown[0]) if shown else None,
-        )
-    return _newest(_whole(_picked(rows, size + 1, descending=True)), size)
-
-
-def _newest(found: list[Analysis], size: int) -> DashboardPage:
-    """The newest page from the newest rows found, newest first (size + 1 of them
-    where there is an older page)."""
+    found = _whole(_picked(rows, size + 1, descending=True, few=few))
     shown = found[:size]
     return DashboardPage(
         object_list=shown,
         next_cursor=_cursor_at(shown[-1]) if len(found) > size else None,
-        previous_cursor=None,
+        previous_cursor=_cursor_at(shown[0]) if after and shown else None,
     )
 
 
@@ -295,55 +328,60 @@ def filtered_studies(filters: DashboardFilters) -> QuerySet[Study]:
     return studies.order_by("-study_date", "-id")
 
 
-# Counts above this are shown as "10,000+" (see dashboard_counts).
+# Counts stop here: beyond it the page says "more than 10,000" (see dashboard_counts).
 COUNT_CAP = 10_000
 
 
-def _bounded_counts(groups: dict[str, QuerySet[Analysis]], cap: int) -> dict[str, int]:
-    """How many rows each queryset has, counted up to cap + 1 and no further, in
-    one query: SELECT (SELECT COUNT(*) FROM (... LIMIT cap + 1)), ..."""
-    parts: list[str] = []
-    params: list[Any] = []
-    for rows in groups.values():
-        sql, row_params = (
-            rows.order_by().values("pk")[: cap + 1].query.sql_with_params()
-        )
-        parts.append(f"(SELECT COUNT(*) FROM ({sql}) bounded_{len(parts)})")
-        params.extend(row_params)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(parts)}", params)
-        counted = cursor.fetchone()
-    return dict(zip(groups, counted, strict=True))
-
-
 def dashboard_counts(rows: QuerySet[Analysis]) -> dict[str, Any]:
-    """Counts per predicted label and per status of the filtered rows, each exact
-    up to COUNT_CAP and COUNT_CAP + 1 beyond it (the page shows "10,000+"), in one query.
+    """Counts per predicted label and per status of the filtered rows, in one query
+    that reads at most COUNT_CAP + 1 of them: exact when at most COUNT_CAP match
+    (`over_cap` False), else only "more than COUNT_CAP" (`over_cap` True, the tiles'
+    numbers then count the rows read, not the rows matching, and are not shown).
 
-    Bounded, not exact: an exact count reads every matching row, and with a
-    million analyses that was most of a request's time whatever the page shows.
-    A bounded count stops at cap + 1 matches, so it costs the same at any size,
-    and stays exact where a number is acted on (the failed, the queued, a
-    patient's results). Kept counters (as the agreement monitor's) answer no filter
-    they were not kept for, and estimates from the planner's statistics are not
-    numbers to show a clinician. Each count reads an index on its status or label
-    (analysis_status_label_scan, analysis_label_status_scan).
+    Bounded, not exact: an exact count reads every matching row, most of a request's
+    time at a million analyses whatever the page shows, and a count per tile, each
+    bounded, still read up to eight times the cap (a second for a confidence range,
+    whose index is read whole into a bitmap before any limit applies). Bounded, a
+    count costs what reading 10,001 rows costs at any size, and is exact where a
+    number is acted on (a patient's results, the failed, a narrow filter). Counts
+    kept up to date (as the agreement monitor's are) answer only the filters they
+    are kept for, and the planner's estimates are not numbers to show a clinician.
+    The queue's own numbers (queued, running, failed today) are queue_state's.
     """
     cap = COUNT_CAP
-    groups: dict[str, QuerySet[Analysis]] = {}
-    for status in STATUSES:
-        groups[f"status:{status}"] = rows.filter(status=status)
-    # Withheld results (not a breast ultrasound) count apart from every label.
-    for label in LABELS:
-        groups[f"label:{label}"] = rows.filter(label=label, withheld=False)
-    groups["withheld"] = rows.filter(withheld=True)
-    counted = _bounded_counts(groups, cap)
+    sample = rows.order_by().values("status", "label", "withheld")[: cap + 1]
+    sql, params = sample.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT status, label, withheld, COUNT(*) "
+            f"FROM ({sql}) matching GROUP BY status, label, withheld",
+            params,
+        )
+        groups = cursor.fetchall()
+    labels = dict.fromkeys(LABELS, 0)
+    statuses = dict.fromkeys(STATUSES, 0)
+    withheld = 0
+    for status, label, is_withheld, n in groups:
+        if status in statuses:
+            statuses[status] += n
+        # Withheld results (not a breast ultrasound) count apart from every label.
+        if is_withheld:
+            withheld += n
+        elif label in labels:
+            labels[label] += n
+    read = sum(statuses.values())
     return {
-        "labels": {label: counted[f"label:{label}"] for label in LABELS},
-        "statuses": {status: counted[f"status:{status}"] for status in STATUSES},
-        "withheld": counted["withheld"],
+        "labels": labels,
+        "statuses": statuses,
+        "withheld": withheld,
         "cap": cap,
+        "over_cap": read > cap,
     }
+
+
+def dashboard_matching(counts: dict[str, Any]) -> int | None:
+    """How many rows match, from dashboard_counts: None beyond its cap."""
+    return None if counts["over_cap"] else sum(counts["statuses"].values())
 
 
 def queue_state(*, now: datetime.datetime | None = None) -> dict[str, int]:

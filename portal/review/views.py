@@ -55,15 +55,18 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     form = DashboardFilterForm(request.GET or None, model_versions=versions)
     ignored = form.ignored()
     rows = selectors.dashboard_rows(form.filters())
+    counts = selectors.dashboard_counts(rows)
+    matching = selectors.dashboard_matching(counts)
     try:
         page = selectors.dashboard_page(
             rows,
             size=PAGE_SIZE,
             after=request.GET.get("after"),
             before=request.GET.get("before"),
+            matching=matching,
         )
     except InvalidCursor:
-        page = selectors.dashboard_page(rows, size=PAGE_SIZE)
+        page = selectors.dashboard_page(rows, size=PAGE_SIZE, matching=matching)
         ignored.append(
             "Page position: not one of this list's; the newest rows are shown"
         )
@@ -79,7 +82,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "form": form,
             "ignored": ignored,
             "page": page,
-            "counts": selectors.dashboard_counts(rows),
+            "counts": counts,
             "queue": selectors.queue_state(),
             "query": query.urlencode(),
             "study_malignancies": study_malignancies(

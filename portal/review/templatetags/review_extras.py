@@ -19,12 +19,6 @@ def get_item(mapping: Any, key: Any) -> Any:
 
 
 @register.filter
-def bounded_count(n: int, cap: int) -> str:
-    """A count from selectors.dashboard_counts: itself up to `cap`, "10,000+" beyond."""
-    return f"{cap:,}+" if n > cap else str(n)
-
-
-@register.filter
 def percent(fraction: Any, digits: int = formats.SHOWN_DIGITS) -> str:
     """0.1964 -> "19.6%" (formats.percent_text); empty for None."""
     if fraction is None or fraction == "":

@@ -126,12 +126,14 @@ def test_the_number_of_queries_does_not_grow_with_the_data(staff_client, user):
     assert Study.objects.count() == 10_005
     large = _queries(staff_client)
     first = _page(staff_client, **FILTERED).context["page"]
-    assert first.has_next()
     large_filtered = _queries(staff_client, **FILTERED, after=first.next_cursor)
-    older = _page(staff_client, **FILTERED, after=first.next_cursor).context["page"]
-    large_back = _queries(staff_client, **FILTERED, before=older.previous_cursor)
+    second = _page(staff_client, **FILTERED, after=first.next_cursor).context["page"]
+    third = _page(staff_client, **FILTERED, after=second.next_cursor).context["page"]
+    assert third.object_list
+    large_back = _queries(staff_client, **FILTERED, before=third.previous_cursor)
+    back_to_top = _queries(staff_client, **FILTERED, before=second.previous_cursor)
     assert small == large
-    assert small_filtered == large_filtered == large_back
+    assert small_filtered == large_filtered == large_back == back_to_top
     assert large[0] <= 12 and large_filtered[0] <= 12
     assert large[1] == 1 and large_filtered[1] == 1  # one insert for a page of rows
 
@@ -350,26 +352,31 @@ def test_pages_keep_the_order_through_equal_upload_times_and_filters(
         ]
 
 
-def test_counts_stop_at_the_cap_and_say_so(staff_client, user, monkeypatch):
+def test_counts_are_exact_up_to_the_cap_and_say_more_beyond_it(
+    staff_client, user, monkeypatch
+):
     from portal.review import selectors
 
     bulk_studies(30, user)
-    monkeypatch.setattr(selectors, "COUNT_CAP", 7)
-    response = _page(staff_client)
-    counts = response.context["counts"]
-    # 15 succeeded, 5 of each label: the first stops at 8 (shown "7+"), the rest exact.
-    assert counts["statuses"] == {
-        "queued": 5,
-        "running": 5,
-        "succeeded": 8,
-        "failed": 5,
+    monkeypatch.setattr(selectors, "COUNT_CAP", 15)
+    # 15 succeeded, 5 of each label: at the cap, exact.
+    exact = _page(staff_client, status="succeeded")
+    assert not exact.context["counts"]["over_cap"]
+    assert exact.context["counts"]["labels"] == {
+        "normal": 5,
+        "benign": 5,
+        "malignant": 5,
     }
-    assert counts["labels"] == {"normal": 5, "benign": 5, "malignant": 5}
-    page = response.content.decode()
-    assert '<span class="n">7+</span> succeeded' in page
-    assert '<span class="n">5</span> queued' in page
-    filtered = _page(staff_client, status="succeeded", label="benign")
-    assert filtered.context["counts"]["statuses"]["succeeded"] == 5
+    assert '<span class="n">15</span> succeeded' in exact.content.decode()
+    # 30 match: beyond the cap, the page says so and shows no partial numbers.
+    beyond = _page(staff_client)
+    assert beyond.context["counts"]["over_cap"]
+    page = beyond.content.decode()
+    assert 'id="over-cap"' in page and "15+" in page
+    assert "succeeded</div>" not in page
+    # The rows are all there, whatever the counts say.
+    shown = [row.pk for row in beyond.context["page"]]
+    assert shown == _ordered_as_before()
 
 
 def _plan(query: Any) -> str:
