@@ -657,6 +657,12 @@ def _holds_seed(studies: int, scans_per_study: int) -> bool:
     )
 
 
+def _holds_rows() -> bool:
+    from portal.clinical.models import Study
+
+    return Study.objects.exists()
+
+
 def run(
     *,
     studies: int,
@@ -693,7 +699,7 @@ def run(
             analyses = studies * scans_per_study
             seed_seconds = float("nan")
         else:
-            if keep:
+            if keep and _holds_rows():
                 report("emptying it to seed at this size")
                 connection.creation.destroy_test_db(old_name, verbosity=0, keepdb=False)
                 connection.creation.create_test_db(

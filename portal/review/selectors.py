@@ -142,6 +142,25 @@ def _newest_upload_first() -> tuple[Any, ...]:
     return _upload_order(descending=True)
 
 
+def dashboard_newest_upload(filters: DashboardFilters) -> Subquery | None:
+    """Where a page of dashboard_rows(filters) may start its walk down the upload
+    order: the newest upload among the scans of the studies a date filter keeps
+    (scan_study_uploaded; a scalar subquery, run once by the page's query). Studies
+    of a time are uploaded about then, and a month in the middle of the year was
+    otherwise met after walking half a year of uploads (0.7 to 3 s at a million
+    analyses). None without a date filter: a search's matches are spread through the
+    years, and reading every upload of a common name cost more than it saved."""
+    if not (filters.date_from or filters.date_to):
+        return None
+    studies = Study.objects.filter(_study_conditions(filters)).order_by().values("pk")
+    newest = (
+        Scan.objects.filter(study_id__in=studies)
+        .order_by()
+        .values(newest=Func(F("uploaded_at"), function="MAX"))
+    )
+    return Subquery(newest, output_field=DateTimeField())
+
+
 def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
     """One row per analysis (a scan and a model version), newest upload first."""
     rows = _dashboard_row()
@@ -151,22 +170,6 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
         # joined conditions they were checked on every analysis row.
         studies = Study.objects.filter(by_study).order_by().values("pk")
         rows = rows.filter(scan__study_id__in=studies)
-        if filters.date_from or filters.date_to:
-            # Studies of a time are uploaded about then: only scans up to the newest
-            # upload among them (scan_study_uploaded; a scalar subquery, run once),
-            # where a page's walk down the upload order starts. A month of studies in
-            # the middle of the year was otherwise met after walking half a year of
-            # uploads (0.7 to 3 s at a million analyses). Not for a search: its
-            # matches are spread through the years, and the bound cost more than it
-            # saved (reading every upload of a common name).
-            newest = (
-                Scan.objects.filter(study_id__in=studies)
-                .order_by()
-                .values(newest=Func(F("uploaded_at"), function="MAX"))
-            )
-            rows = rows.filter(
-                scan__uploaded_at__lte=Subquery(newest, output_field=DateTimeField())
-            )
     if filters.label:
         rows = rows.filter(label=filters.label)
     if filters.confidence_min is not None:
@@ -268,15 +271,20 @@ def dashboard_page(
     after: str | None = None,
     before: str | None = None,
     matching: int | None = None,
+    newest_upload: Subquery | None = None,
 ) -> DashboardPage:
     """The page of `rows` (dashboard_rows) that starts after the cursor `after`
     (older rows), or ends before the cursor `before` (newer rows); without either, the
     newest. Keyset pagination: a page 1,000 pages in costs one query, as the first
     does, where an offset read and dropped every row before it. InvalidCursor for a
     cursor this list did not make. `matching` is how many rows match where it is
-    known (dashboard_matching): few are sorted rather than walked to (_picked)."""
+    known (dashboard_matching): few are sorted rather than walked to (_picked).
+    `newest_upload` (dashboard_newest_upload) is where the walk down may start; given
+    to the page's query only, the counts do not read it again."""
     fields = _keyset_fields()
     few = matching is not None and matching <= SORT_FEW
+    if newest_upload is not None:
+        rows = rows.filter(scan__uploaded_at__lte=newest_upload)
     if before:
         newer = rows.filter(
             keyset_beyond(

@@ -54,19 +54,23 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     versions = selectors.model_versions()
     form = DashboardFilterForm(request.GET or None, model_versions=versions)
     ignored = form.ignored()
-    rows = selectors.dashboard_rows(form.filters())
+    filters = form.filters()
+    rows = selectors.dashboard_rows(filters)
     counts = selectors.dashboard_counts(rows)
-    matching = selectors.dashboard_matching(counts)
+    walk = {
+        "size": PAGE_SIZE,
+        "matching": selectors.dashboard_matching(counts),
+        "newest_upload": selectors.dashboard_newest_upload(filters),
+    }
     try:
         page = selectors.dashboard_page(
             rows,
-            size=PAGE_SIZE,
             after=request.GET.get("after"),
             before=request.GET.get("before"),
-            matching=matching,
+            **walk,
         )
     except InvalidCursor:
-        page = selectors.dashboard_page(rows, size=PAGE_SIZE, matching=matching)
+        page = selectors.dashboard_page(rows, **walk)
         ignored.append(
             "Page position: not one of this list's; the newest rows are shown"
         )
