@@ -315,9 +315,14 @@ def _ordered_as_before(**filters: Any) -> list[int]:
     return list(rows.values_list("pk", flat=True))
 
 
+# A cap above the rows: the few are sorted; below them: the upload order is walked.
+@pytest.mark.parametrize("cap", [10_000, 5], ids=["sorted", "walked"])
 def test_pages_keep_the_order_through_equal_upload_times_and_filters(
-    staff_client, user
+    staff_client, user, monkeypatch, cap
 ):
+    from portal.review import selectors
+
+    monkeypatch.setattr(selectors, "COUNT_CAP", cap)
     bulk_studies(70, user)
     # Scans uploaded at the same instant, each with two model versions' results: a
     # page boundary falls inside both ties (same time, then same scan).
