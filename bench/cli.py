@@ -280,6 +280,7 @@ def cmd_pages(args: argparse.Namespace) -> int:
         scans_per_study=args.scans,
         requests=args.requests,
         report=_report,
+        keep=args.keep,
     )
     _write(result.lines())
     if args.json:
@@ -304,6 +305,14 @@ def _add_pages(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scans", type=int, default=20, help="scans per study")
     parser.add_argument("--requests", type=int, default=20, help="requests per page")
     parser.add_argument("--json", type=Path, default=None, help="also write figures")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help=(
+            "keep the benchmark's database (<name>_bench_pages) and reuse it when it "
+            "holds this size: measure a change without seeding again"
+        ),
+    )
 
 
 # name: (help, arguments, command, needs Django)

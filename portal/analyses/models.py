@@ -207,6 +207,14 @@ class Analysis(models.Model):
             models.Index(fields=("confidence",), name="analysis_confidence"),
             models.Index(fields=("model_version",), name="analysis_model_version"),
             models.Index(fields=("withheld", "status"), name="analysis_withheld"),
+            # The dashboard's "unusual for this model" filter and its counts, from
+            # the few results it keeps (a partial index): without it each count read
+            # the table (0.8 s at a million analyses).
+            models.Index(
+                fields=("status", "label", "scan"),
+                condition=models.Q(in_distribution=False, withheld=False),
+                name="analysis_outside",
+            ),
         )
 
     def __str__(self) -> str:

@@ -10,12 +10,8 @@ Responses carry `next` (a URL, or null on the last page) and `results`; there is
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from typing import Any
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Model, Q, QuerySet
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import BasePagination
@@ -23,6 +19,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.utils.urls import replace_query_param
+
+from portal.keyset import InvalidCursor, cursor_decode, cursor_encode, keyset_beyond
 
 CURSOR_PARAM = "cursor"
 PAGE_SIZE_PARAM = "page_size"
@@ -46,7 +44,7 @@ class Pagination(BasePagination):
         rows = queryset.order_by(*ordering)
         cursor = request.query_params.get(CURSOR_PARAM)
         if cursor:
-            rows = rows.filter(self._after(queryset.model, self._decode(cursor)))
+            rows = rows.filter(self._after(queryset.model, cursor))
         page = list(rows[: size + 1])
         self.next_values = (
             [self._value(page[size - 1], name) for name in self.fields]
@@ -106,53 +104,27 @@ class Pagination(BasePagination):
 
     @staticmethod
     def _value(row: Model, name: str) -> Any:
-        value = getattr(row, "pk" if name == "pk" else name)
-        return value.isoformat() if hasattr(value, "isoformat") else value
+        return getattr(row, "pk" if name == "pk" else name)
 
-    def _after(self, model: type[Model], values: list[Any]) -> Q:
-        """Rows after the cursor, in the walk's order: (a, b) > (x, y) as
-        a >= x AND (a > x OR b > y); the first part lets the index seek."""
-        if len(values) != len(self.fields):
-            raise self._bad_cursor()
-        parsed = []
-        for name, value in zip(self.fields, values, strict=True):
-            field = model._meta.pk if name == "pk" else model._meta.get_field(name)
-            try:
-                parsed.append(field.to_python(value))
-            except DjangoValidationError:
-                raise self._bad_cursor() from None
-        strict, loose = ("lt", "lte") if self.descending else ("gt", "gte")
-
-        def after(index: int) -> Q:
-            name, value = self.fields[index], parsed[index]
-            beyond = Q(**{f"{name}__{strict}": value})
-            if index == len(self.fields) - 1:
-                return beyond
-            return Q(**{f"{name}__{loose}": value}) & (beyond | after(index + 1))
-
-        return after(0)
+    def _after(self, model: type[Model], cursor: str) -> Q:
+        """Rows after the cursor, in the walk's order (portal.keyset)."""
+        fields = [
+            model._meta.pk if name == "pk" else model._meta.get_field(name)
+            for name in self.fields
+        ]
+        try:
+            values = cursor_decode(cursor, fields)
+        except InvalidCursor:
+            raise ValidationError(
+                {CURSOR_PARAM: "not a cursor of this list: follow the `next` link"}
+            ) from None
+        return keyset_beyond(self.fields, values, descending=self.descending)
 
     def _next_link(self) -> str | None:
         if self.next_values is None:
             return None
-        token = json.dumps(self.next_values, separators=(",", ":")).encode()
-        cursor = base64.urlsafe_b64encode(token).decode().rstrip("=")
         return replace_query_param(
-            self.request.build_absolute_uri(), CURSOR_PARAM, cursor
-        )
-
-    def _decode(self, cursor: str) -> list[Any]:
-        try:
-            token = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-            values = json.loads(token)
-        except (binascii.Error, ValueError):
-            raise self._bad_cursor() from None
-        if not isinstance(values, list):
-            raise self._bad_cursor()
-        return values
-
-    @staticmethod
-    def _bad_cursor() -> ValidationError:
-        return ValidationError(
-            {CURSOR_PARAM: "not a cursor of this list: follow the `next` link"}
+            self.request.build_absolute_uri(),
+            CURSOR_PARAM,
+            cursor_encode(self.next_values),
         )

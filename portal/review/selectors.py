@@ -17,9 +17,11 @@ from django.db.models import (
     Case,
     Count,
     DateField,
+    DateTimeField,
     Exists,
     F,
     FloatField,
+    Func,
     IntegerField,
     Max,
     OuterRef,
@@ -35,8 +37,9 @@ from django.db.models.functions import Cast, Coalesce, TruncMonth
 from django.utils import timezone
 
 from portal.analyses.models import Analysis
-from portal.clinical.models import Scan, Study
+from portal.clinical.models import Patient, Scan, Study
 from portal.clinical.selectors import study_scan_count
+from portal.keyset import cursor_decode, cursor_encode, keyset_beyond
 from portal.review.models import AgreementCount, OutlineState, Review
 
 Status = Analysis.Status
@@ -88,11 +91,22 @@ def _study_conditions(filters: DashboardFilters) -> Q:
     if filters.date_to:
         conditions &= Q(study_date__lte=filters.date_to)
     if filters.search:
+        # Studies of the matching patients, or with a matching accession number: each
+        # side read from its own table's indexes (on PostgreSQL the trigram indexes of
+        # clinical 0007), where one condition across the join read every study.
         term = filters.search
-        conditions &= (
-            Q(patient__identifier__icontains=term)
-            | Q(accession_number__icontains=term)
-            | Q(patient__name__icontains=term)
+        patients = Patient.objects.filter(
+            Q(identifier__icontains=term) | Q(name__icontains=term)
+        )
+        conditions &= Q(
+            pk__in=Study.objects.filter(patient__in=patients.order_by().values("pk"))
+            .order_by()
+            .values("pk")
+            .union(
+                Study.objects.filter(accession_number__icontains=term)
+                .order_by()
+                .values("pk")
+            )
         )
     return conditions
 
@@ -117,12 +131,34 @@ def _dashboard_row() -> QuerySet[Analysis]:
     )
 
 
+def _upload_order(*, descending: bool = True) -> tuple[Any, ...]:
+    """The dashboard's order, newest upload first: the upload time, then the scan,
+    then the analysis, so that rows with equal times still have one order."""
+    keys = (F("scan__uploaded_at"), JoinedPk("scan__uploaded_at"), F("id"))
+    return tuple(key.desc() if descending else key.asc() for key in keys)
+
+
 def _newest_upload_first() -> tuple[Any, ...]:
-    return (
-        F("scan__uploaded_at").desc(),
-        JoinedPk("scan__uploaded_at").desc(),
-        F("id").desc(),
+    return _upload_order(descending=True)
+
+
+def dashboard_newest_upload(filters: DashboardFilters) -> Subquery | None:
+    """Where a page of dashboard_rows(filters) may start its walk down the upload
+    order: the newest upload among the scans of the studies a date filter keeps
+    (scan_study_uploaded; a scalar subquery, run once by the page's query). Studies
+    of a time are uploaded about then, and a month in the middle of the year was
+    otherwise met after walking half a year of uploads (0.7 to 3 s at a million
+    analyses). None without a date filter: a search's matches are spread through the
+    years, and reading every upload of a common name cost more than it saved."""
+    if not (filters.date_from or filters.date_to):
+        return None
+    studies = Study.objects.filter(_study_conditions(filters)).order_by().values("pk")
+    newest = (
+        Scan.objects.filter(study_id__in=studies)
+        .order_by()
+        .values(newest=Func(F("uploaded_at"), function="MAX"))
     )
+    return Subquery(newest, output_field=DateTimeField())
 
 
 def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
@@ -130,11 +166,10 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
     rows = _dashboard_row()
     by_study = _study_conditions(filters)
     if by_study:
-        # The few matching studies first, then their scans (the scan_study index);
-        # as joined conditions they were checked on every analysis row.
-        rows = rows.filter(
-            scan__study_id__in=Study.objects.filter(by_study).values("pk")
-        )
+        # The matching studies first, then their scans (the scan_study index); as
+        # joined conditions they were checked on every analysis row.
+        studies = Study.objects.filter(by_study).order_by().values("pk")
+        rows = rows.filter(scan__study_id__in=studies)
     if filters.label:
         rows = rows.filter(label=filters.label)
     if filters.confidence_min is not None:
@@ -158,30 +193,129 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
     return rows.order_by(*_newest_upload_first())
 
 
+# The cursor's values, the order's keys: the scan's upload time, the scan, the analysis.
+_KEYSET_PATHS = ("scan__uploaded_at", "scan_id", "id")
+
+
+def _keyset_fields() -> list[Any]:
+    return [
+        Scan._meta.get_field("uploaded_at"),
+        Scan._meta.pk,
+        Analysis._meta.pk,
+    ]
+
+
 @dataclass(frozen=True)
-class DashboardPages:
-    """What the dashboard's paginator slices: dashboard_rows, a page at a time.
+class DashboardPage:
+    """A page of dashboard rows and the cursors of the pages beside it.
 
-    Each page is one query in two steps: the page's ids, picked from the filtered rows
-    reading little more than indexes and the scans' upload times, then those rows
-    whole with their scan, study and patient. Picked and read in one step, the
-    matching rows were sorted whole to keep 50 of them (on SQLite 190 ms for
-    "unreviewed malignant" at 10,000 studies, against 25 ms).
-    """
+    `next_cursor` starts the older page after the last row, `previous_cursor` the
+    newer page before the first row; None where there is no such page."""
 
-    rows: QuerySet[Analysis]
+    object_list: list[Analysis]
+    next_cursor: str | None
+    previous_cursor: str | None
 
-    def count(self) -> int:
-        return self.rows.count()
+    def __iter__(self) -> Iterator[Analysis]:
+        return iter(self.object_list)
 
     def __len__(self) -> int:
-        return self.count()
+        return len(self.object_list)
 
-    def __getitem__(self, page: slice) -> list[Analysis]:
-        ids = self.rows.values("pk")[page]
-        return list(
-            _dashboard_row().filter(pk__in=ids).order_by(*_newest_upload_first())
+    def has_next(self) -> bool:
+        return self.next_cursor is not None
+
+    def has_previous(self) -> bool:
+        return self.previous_cursor is not None
+
+
+def _cursor_at(row: Analysis) -> str:
+    return cursor_encode((row.scan.uploaded_at, row.scan_id, row.pk))
+
+
+# Where the counts say at most this many rows match, a page sorts them whole.
+SORT_FEW = 10_000
+
+
+def _picked(
+    rows: QuerySet[Analysis], limit: int, *, descending: bool, few: bool = False
+) -> Q:
+    """The first `limit` of the filtered rows in the walk's order, as a condition on
+    ids: picked reading little more than indexes and the scans' upload times, so only
+    the rows shown are read whole (picked and read in one step, the matching rows
+    were sorted whole to keep 50: on SQLite 190 ms for "unreviewed malignant" at
+    10,000 studies, against 25 ms).
+
+    Walking the upload order is quick when matches are common: 50 of them turn up
+    soon. When `few` rows match (a failed status, the withheld), PostgreSQL still
+    walked it, hoping to meet them, through 10,000 scans (0.4 to 1 s at a million
+    analyses); ordered by an expression with the same value that no index provides,
+    the few are read from their filter's index and sorted (a top-N sort)."""
+    order = _upload_order(descending=descending)
+    if few:
+        newest = Coalesce(F("scan__uploaded_at"), F("scan__uploaded_at"))
+        order = (newest.desc() if descending else newest.asc(), *order[1:])
+    ids = rows.order_by(*order).values("pk")[:limit]
+    return Q(pk__in=ids)
+
+
+def _whole(picked: Q) -> list[Analysis]:
+    """The picked rows with their scan, study and patient, newest first: one query."""
+    return list(_dashboard_row().filter(picked).order_by(*_newest_upload_first()))
+
+
+def dashboard_page(
+    rows: QuerySet[Analysis],
+    *,
+    size: int,
+    after: str | None = None,
+    before: str | None = None,
+    matching: int | None = None,
+    newest_upload: Subquery | None = None,
+) -> DashboardPage:
+    """The page of `rows` (dashboard_rows) that starts after the cursor `after`
+    (older rows), or ends before the cursor `before` (newer rows); without either, the
+    newest. Keyset pagination: a page 1,000 pages in costs one query, as the first
+    does, where an offset read and dropped every row before it. InvalidCursor for a
+    cursor this list did not make. `matching` is how many rows match where it is
+    known (dashboard_matching): few are sorted rather than walked to (_picked).
+    `newest_upload` (dashboard_newest_upload) is where the walk down may start; given
+    to the page's query only, the counts do not read it again."""
+    fields = _keyset_fields()
+    few = matching is not None and matching <= SORT_FEW
+    if newest_upload is not None:
+        rows = rows.filter(scan__uploaded_at__lte=newest_upload)
+    if before:
+        newer = rows.filter(
+            keyset_beyond(
+                _KEYSET_PATHS, cursor_decode(before, fields), descending=False
+            )
         )
+        # Walked up from the cursor: the size rows nearest it, and one more if a
+        # newer page is beyond them. Without that one these are the newest rows: the
+        # newest page (the first page itself, when walking back from the second;
+        # shorter only where rows went since). Asked in one query as "these ids or
+        # the newest page's", the planner read every analysis.
+        nearest = _whole(_picked(newer, size + 1, descending=False, few=few))
+        if not nearest:  # a cursor at the very top: nothing is newer
+            return dashboard_page(rows, size=size, matching=matching)
+        shown = nearest[1:] if len(nearest) > size else nearest
+        return DashboardPage(
+            object_list=shown,
+            next_cursor=_cursor_at(shown[-1]),
+            previous_cursor=_cursor_at(shown[0]) if len(nearest) > size else None,
+        )
+    if after:
+        rows = rows.filter(
+            keyset_beyond(_KEYSET_PATHS, cursor_decode(after, fields), descending=True)
+        )
+    found = _whole(_picked(rows, size + 1, descending=True, few=few))
+    shown = found[:size]
+    return DashboardPage(
+        object_list=shown,
+        next_cursor=_cursor_at(shown[-1]) if len(found) > size else None,
+        previous_cursor=_cursor_at(shown[0]) if after and shown else None,
+    )
 
 
 def filtered_studies(filters: DashboardFilters) -> QuerySet[Study]:
@@ -202,33 +336,60 @@ def filtered_studies(filters: DashboardFilters) -> QuerySet[Study]:
     return studies.order_by("-study_date", "-id")
 
 
-def dashboard_counts(rows: QuerySet[Analysis]) -> dict[str, Any]:
-    """Counts per predicted label and per status of the filtered rows, in one query.
+# Counts stop here: beyond it the page says "more than 10,000" (see dashboard_counts).
+COUNT_CAP = 10_000
 
-    Grouped by (status, label), which the analysis_status_label_scan index covers
-    (analysis_label_status_scan with a label filter), the scan's review looked up in
-    review_signed_scan: the counts read indexes, not analysis rows.
-    The statuses add up to the number of rows (a row always has a status), which is
-    what the dashboard's paginator is given instead of counting them again.
+
+def dashboard_counts(rows: QuerySet[Analysis]) -> dict[str, Any]:
+    """Counts per predicted label and per status of the filtered rows, in one query
+    that reads at most COUNT_CAP + 1 of them: exact when at most COUNT_CAP match
+    (`over_cap` False), else only "more than COUNT_CAP" (`over_cap` True, the tiles'
+    numbers then count the rows read, not the rows matching, and are not shown).
+
+    Bounded, not exact: an exact count reads every matching row, most of a request's
+    time at a million analyses whatever the page shows, and a count per tile, each
+    bounded, still read up to eight times the cap (a second for a confidence range,
+    whose index is read whole into a bitmap before any limit applies). Bounded, a
+    count costs what reading 10,001 rows costs at any size, and is exact where a
+    number is acted on (a patient's results, the failed, a narrow filter). Counts
+    kept up to date (as the agreement monitor's are) answer only the filters they
+    are kept for, and the planner's estimates are not numbers to show a clinician.
+    The queue's own numbers (queued, running, failed today) are queue_state's.
     """
+    cap = COUNT_CAP
+    sample = rows.order_by().values("status", "label", "withheld")[: cap + 1]
+    sql, params = sample.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT status, label, withheld, COUNT(*) "
+            f"FROM ({sql}) matching GROUP BY status, label, withheld",
+            params,
+        )
+        groups = cursor.fetchall()
     labels = dict.fromkeys(LABELS, 0)
     statuses = dict.fromkeys(STATUSES, 0)
     withheld = 0
-    groups = (
-        rows.order_by()
-        .values_list("status", "label", "withheld")
-        .annotate(n=Count("*"))
-        .values_list("status", "label", "withheld", "n")
-    )
     for status, label, is_withheld, n in groups:
         if status in statuses:
             statuses[status] += n
+        # Withheld results (not a breast ultrasound) count apart from every label.
         if is_withheld:
             withheld += n
         elif label in labels:
             labels[label] += n
-    # Withheld results (not a breast ultrasound) count apart from every label.
-    return {"labels": labels, "statuses": statuses, "withheld": withheld}
+    read = sum(statuses.values())
+    return {
+        "labels": labels,
+        "statuses": statuses,
+        "withheld": withheld,
+        "cap": cap,
+        "over_cap": read > cap,
+    }
+
+
+def dashboard_matching(counts: dict[str, Any]) -> int | None:
+    """How many rows match, from dashboard_counts: None beyond its cap."""
+    return None if counts["over_cap"] else sum(counts["statuses"].values())
 
 
 def queue_state(*, now: datetime.datetime | None = None) -> dict[str, int]:

@@ -21,6 +21,7 @@ from portal.audit.services import Action, record_access, record_accesses
 from portal.clinical.models import Scan, Study
 from portal.clinical.scanners import Scanner
 from portal.clinical.services import scan_display_name, study_record_pathology
+from portal.keyset import InvalidCursor
 from portal.registry import selectors as registry_selectors
 from portal.registry.models import SiteCalibration
 from portal.review import calibration as site_calibration
@@ -51,26 +52,47 @@ def _private(response: HttpResponse) -> HttpResponse:
     return response
 
 
+# The dashboard's page cursors (portal.keyset): after one row (older), before one (newer).
+CURSOR_PARAMS = ("after", "before")
+
+
 @require_GET
 @require_permissions(*READ_RESULTS)
 def dashboard(request: HttpRequest) -> HttpResponse:
     versions = selectors.model_versions()
     form = DashboardFilterForm(request.GET or None, model_versions=versions)
-    rows = selectors.dashboard_rows(form.filters())
+    ignored = form.ignored()
+    filters = form.filters()
+    rows = selectors.dashboard_rows(filters)
     counts = selectors.dashboard_counts(rows)
-    paginator = Paginator(selectors.DashboardPages(rows), PAGE_SIZE)
-    # Every row has one status: the counts already say how many rows there are.
-    paginator.count = sum(counts["statuses"].values())
-    page = paginator.get_page(request.GET.get("page"))
+    walk = {
+        "size": PAGE_SIZE,
+        "matching": selectors.dashboard_matching(counts),
+        "newest_upload": selectors.dashboard_newest_upload(filters),
+    }
+    try:
+        page = selectors.dashboard_page(
+            rows,
+            after=request.GET.get("after"),
+            before=request.GET.get("before"),
+            **walk,
+        )
+    except InvalidCursor:
+        page = selectors.dashboard_page(rows, **walk)
+        ignored.append(
+            "Page position: not one of this list's; the newest rows are shown"
+        )
     record_accesses(request, page.object_list, action=Action.VIEW, detail="dashboard")
+    # The filters, kept in every page link; the cursors are the link's own.
     query = request.GET.copy()
-    query.pop("page", None)
+    for name in (*CURSOR_PARAMS, "page"):
+        query.pop(name, None)
     return render(
         request,
         "review/dashboard.html",
         {
             "form": form,
-            "ignored": form.ignored(),
+            "ignored": ignored,
             "page": page,
             "counts": counts,
             "queue": selectors.queue_state(),

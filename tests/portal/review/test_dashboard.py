@@ -1,9 +1,11 @@
-"""Dashboard: filters, search, counts, queue state, pagination, and a query count that
-does not grow with the number of studies."""
+"""Dashboard: filters, search, counts (bounded), queue state, keyset pagination, and a
+query count that does not grow with the number of studies."""
 
 from __future__ import annotations
 
 import datetime
+import html
+import re
 from typing import Any
 
 import pytest
@@ -123,22 +125,96 @@ def test_the_number_of_queries_does_not_grow_with_the_data(staff_client, user):
     bulk_studies(10_000, user, start=5)
     assert Study.objects.count() == 10_005
     large = _queries(staff_client)
-    large_filtered = _queries(staff_client, **FILTERED, page="2")
+    first = _page(staff_client, **FILTERED).context["page"]
+    large_filtered = _queries(staff_client, **FILTERED, after=first.next_cursor)
+    second = _page(staff_client, **FILTERED, after=first.next_cursor).context["page"]
+    third = _page(staff_client, **FILTERED, after=second.next_cursor).context["page"]
+    assert third.object_list
+    large_back = _queries(staff_client, **FILTERED, before=third.previous_cursor)
+    back_to_top = _queries(staff_client, **FILTERED, before=second.previous_cursor)
     assert small == large
-    assert small_filtered == large_filtered
+    assert small_filtered == large_filtered == large_back == back_to_top
     assert large[0] <= 12 and large_filtered[0] <= 12
     assert large[1] == 1 and large_filtered[1] == 1  # one insert for a page of rows
 
 
-def test_rows_are_newest_first_and_paginated(staff_client, user):
+def _rel(response: Any, rel: str) -> str | None:
+    """The query string of the page's rel="next" / "prev" / "first" link, as a
+    browser would follow it (None when the page has no such link)."""
+    found = re.search(rf'<a href="\?([^"]*)" rel="{rel}">', response.content.decode())
+    return html.unescape(found.group(1)) if found else None
+
+
+def _follow(client: Any, query: str) -> Any:
+    response = client.get(f"{reverse('review:dashboard')}?{query}")
+    assert response.status_code == 200
+    return response
+
+
+def test_rows_are_newest_first_and_paged_by_cursor_both_ways(staff_client, user):
     bulk_studies(120, user)
-    first = _page(staff_client).context["page"]
-    assert first.paginator.count == 120
-    assert len(first.object_list) == 50
+    response = _page(staff_client)
+    first = response.context["page"]
+    assert sum(response.context["counts"]["statuses"].values()) == 120
+    assert len(first.object_list) == 50 and not first.has_previous()
     uploaded = [row.scan.uploaded_at for row in first.object_list]
     assert uploaded == sorted(uploaded, reverse=True)
-    third = _page(staff_client, page="3").context["page"]
-    assert len(third.object_list) == 20
+    assert _rel(response, "prev") is None
+    second = _follow(staff_client, _rel(response, "next"))
+    third = _follow(staff_client, _rel(second, "next"))
+    assert len(third.context["page"].object_list) == 20
+    assert _rel(third, "next") is None and not third.context["page"].has_next()
+    shown = [
+        row.pk
+        for page in (response, second, third)
+        for row in page.context["page"].object_list
+    ]
+    assert shown == _ordered_as_before()
+    # Back from the last page: the second page again, then the newest.
+    back = _follow(staff_client, _rel(third, "prev"))
+    assert [r.pk for r in back.context["page"]] == [
+        r.pk for r in second.context["page"]
+    ]
+    newest = _follow(staff_client, _rel(back, "prev"))
+    assert [r.pk for r in newest.context["page"]] == [r.pk for r in first]
+    assert not newest.context["page"].has_previous()
+    assert _rel(third, "first") == ""
+
+
+def test_a_cursor_this_list_did_not_make_shows_the_newest_page_and_says_so(
+    staff_client, user
+):
+    bulk_studies(60, user)
+    newest = [row.pk for row in _page(staff_client).context["page"]]
+    for cursor in ("not-a-cursor", "WzEsMl0", "WyJ5ZXN0ZXJkYXkiLDEsMl0"):
+        response = _page(staff_client, after=cursor)
+        assert [row.pk for row in response.context["page"]] == newest
+        assert "Page position" in response.context["ignored"][-1]
+        assert 'id="filters-ignored"' in response.content.decode()
+
+
+def test_each_page_records_the_rows_it_shows(staff_client, user):
+    bulk_studies(60, user)
+    older_link = _rel(_page(staff_client), "next")
+    AccessRecord.objects.all().delete()
+    older = _follow(staff_client, older_link)
+    shown = {str(row.pk) for row in older.context["page"]}
+    assert len(shown) == 10
+    recorded = AccessRecord.objects.filter(detail="dashboard", user=user)
+    assert set(recorded.values_list("object_id", flat=True)) == shown
+
+
+def test_a_user_without_the_reading_permissions_gets_no_page_at_any_cursor(
+    client, user, make_user
+):
+    bulk_studies(60, user)
+    client.force_login(user)
+    cursor = _page(client).context["page"].next_cursor
+    client.force_login(make_user(None, "no-role"))
+    for params in ({}, {"after": cursor}, {"before": cursor}):
+        response = client.get(reverse("review:dashboard"), params)
+        assert response.status_code == 403
+    assert not AccessRecord.objects.filter(username="no-role").exists()
 
 
 @pytest.mark.parametrize(
@@ -228,7 +304,7 @@ def test_counts_per_label_and_status_and_queue_state(staff_client, user):
 def test_bad_filter_values_are_ignored_not_fatal(staff_client, user):
     bulk_studies(3, user)
     page = _page(staff_client, date_from="yesterday", confidence_min="lots")
-    assert page.context["page"].paginator.count == 3
+    assert len(page.context["page"].object_list) == 3
 
 
 def _ordered_as_before(**filters: Any) -> list[int]:
@@ -239,11 +315,17 @@ def _ordered_as_before(**filters: Any) -> list[int]:
     return list(rows.values_list("pk", flat=True))
 
 
+# A cap above the rows: the few are sorted; below them: the upload order is walked.
+@pytest.mark.parametrize("cap", [10_000, 5], ids=["sorted", "walked"])
 def test_pages_keep_the_order_through_equal_upload_times_and_filters(
-    staff_client, user
+    staff_client, user, monkeypatch, cap
 ):
+    from portal.review import selectors
+
+    monkeypatch.setattr(selectors, "COUNT_CAP", cap)
     bulk_studies(70, user)
-    # Scans uploaded at the same instant, each with two model versions' results.
+    # Scans uploaded at the same instant, each with two model versions' results: a
+    # page boundary falls inside both ties (same time, then same scan).
     same = timezone.now() - datetime.timedelta(days=1)
     Scan.objects.filter(pk__in=Scan.objects.order_by("pk")[10:40]).update(
         uploaded_at=same
@@ -257,13 +339,49 @@ def test_pages_keep_the_order_through_equal_upload_times_and_filters(
         ({"status": "succeeded"}, {"status": "succeeded"}),
         ({"model_version": "m-9"}, {"model_version": "m-9"}),
     ):
-        shown = []
-        for number in (1, 2, 3):
-            page = _page(staff_client, **params, page=str(number)).context["page"]
-            shown += [row.pk for row in page.object_list]
-            if not page.has_next():
-                break
+        pages = [_page(staff_client, **params)]
+        while (older := _rel(pages[-1], "next")) is not None:
+            # The filters travel in the link with the cursor.
+            for name, value in params.items():
+                assert f"{name}={value}" in older
+            pages.append(_follow(staff_client, older))
+        shown = [row.pk for page in pages for row in page.context["page"]]
         assert shown == _ordered_as_before(**filters)
+        assert len(shown) == len(set(shown))
+        # Walked back from the oldest page, each page is the one it was.
+        walked_back = [pages[-1]]
+        while (newer := _rel(walked_back[-1], "prev")) is not None:
+            walked_back.append(_follow(staff_client, newer))
+        assert [[r.pk for r in p.context["page"]] for p in walked_back] == [
+            [r.pk for r in p.context["page"]] for p in reversed(pages)
+        ]
+
+
+def test_counts_are_exact_up_to_the_cap_and_say_more_beyond_it(
+    staff_client, user, monkeypatch
+):
+    from portal.review import selectors
+
+    bulk_studies(30, user)
+    monkeypatch.setattr(selectors, "COUNT_CAP", 15)
+    # 15 succeeded, 5 of each label: at the cap, exact.
+    exact = _page(staff_client, status="succeeded")
+    assert not exact.context["counts"]["over_cap"]
+    assert exact.context["counts"]["labels"] == {
+        "normal": 5,
+        "benign": 5,
+        "malignant": 5,
+    }
+    assert '<span class="n">15</span> succeeded' in exact.content.decode()
+    # 30 match: beyond the cap, the page says so and shows no partial numbers.
+    beyond = _page(staff_client)
+    assert beyond.context["counts"]["over_cap"]
+    page = beyond.content.decode()
+    assert 'id="over-cap"' in page and "15+" in page
+    assert "succeeded</div>" not in page
+    # The rows are all there, whatever the counts say.
+    shown = [row.pk for row in beyond.context["page"]]
+    assert shown == _ordered_as_before()
 
 
 def _plan(query: Any) -> str:
@@ -279,7 +397,7 @@ def _plan(query: Any) -> str:
 def test_on_sqlite_a_page_walks_the_upload_index_and_counts_read_indexes(user):
     from portal.review.selectors import (
         DashboardFilters,
-        DashboardPages,
+        dashboard_page,
         dashboard_rows,
     )
 
@@ -296,8 +414,10 @@ def test_on_sqlite_a_page_walks_the_upload_index_and_counts_read_indexes(user):
     assert "COVERING INDEX analysis_label_status_scan" in plan
     assert "review_signed_scan" in plan
     # The page's ids picked from indexes; only those rows read whole.
-    pages = DashboardPages(unreviewed_malignant)
-    assert pages.count() == len(pages[0:50])
+    page = dashboard_page(unreviewed_malignant, size=50)
+    assert [row.pk for row in page] == list(
+        unreviewed_malignant.values_list("pk", flat=True)[:50]
+    )
 
 
 def test_one_invalid_filter_is_dropped_alone_and_named(staff_client, user):
