@@ -355,12 +355,19 @@ def model_promotion_request(
 
 
 def _decide(request: PromotionRequest, *, user: AbstractBaseUser, status: str) -> None:
-    """Close a pending request (compare-and-set: two clicks cannot both close it)."""
-    closed = PromotionRequest.objects.filter(
-        pk=request.pk, status=PromotionRequest.Status.PENDING
-    ).update(status=status, decided_by=user, decided_at=timezone.now())
-    if not closed:
+    """Close a pending request (its row locked: two clicks cannot both close it), with
+    save() so that django-auditlog records the decision."""
+    pending = (
+        PromotionRequest.objects.select_for_update()
+        .filter(pk=request.pk, status=PromotionRequest.Status.PENDING)
+        .first()
+    )
+    if pending is None:
         raise ValidationError("This request is no longer waiting.")
+    pending.status = status
+    pending.decided_by = user
+    pending.decided_at = timezone.now()
+    pending.save(update_fields=["status", "decided_by", "decided_at"])
     request.refresh_from_db()
 
 
