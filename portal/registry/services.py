@@ -173,16 +173,15 @@ def _lock_registry() -> None:
     list(ModelVersion.objects.select_for_update().values_list("pk", flat=True))
 
 
-def _record(described: installed.Described, **fields: Any) -> ModelVersion:
-    return ModelVersion.objects.create(
-        version=described.version,
-        name=described.name,
-        weights_sha256=described.weights_sha256,
-        card=described.card,
-        lineage=described.lineage,
-        comparison=described.comparison,
-        **fields,
-    )
+def _described_fields(described: installed.Described) -> dict[str, Any]:
+    """A ModelVersion's fields from what its folder says (all but the version)."""
+    return {
+        "name": described.name,
+        "weights_sha256": described.weights_sha256,
+        "card": described.card,
+        "lineage": described.lineage,
+        "comparison": described.comparison,
+    }
 
 
 @transaction.atomic
@@ -204,12 +203,8 @@ def model_version_register_shipped() -> ModelVersion | None:
     record, _ = ModelVersion.objects.get_or_create(
         version=version,
         defaults={
-            "name": described.name,
+            **_described_fields(described),
             "source": ModelVersion.Source.SHIPPED,
-            "weights_sha256": described.weights_sha256,
-            "card": described.card,
-            "lineage": described.lineage,
-            "comparison": described.comparison,
         },
     )
     return record
@@ -229,11 +224,14 @@ def model_version_install(
     if ModelVersion.objects.filter(version=described.version).exists():
         raise ValidationError(f"{described.version} is installed already.")
     try:
-        installed.copy_in(Path(source))
+        described = installed.copy_in(Path(source))
     except installed.InstallError as exc:
         raise ValidationError(str(exc)) from None
-    record = _record(
-        described, source=ModelVersion.Source.INSTALLED, installed_by=installed_by
+    record = ModelVersion.objects.create(
+        version=described.version,
+        **_described_fields(described),
+        source=ModelVersion.Source.INSTALLED,
+        installed_by=installed_by,
     )
     logger.info("model version %s installed", record.version)
     return record
