@@ -160,17 +160,8 @@ def copy_in(source: Path) -> Described:
     ML_MODELS_DIR/<version>/; the weights must be the bytes its version names."""
     source = Path(source)
     described = describe(source)
-    weights = source / WEIGHTS_FILE
-    if not weights.is_file():
+    if not (source / WEIGHTS_FILE).is_file():
         raise InstallError(f"no {WEIGHTS_FILE} in the folder")
-    digest = sha256_of(weights)
-    if digest != described.weights_sha256:
-        raise InstallError(f"{WEIGHTS_FILE} does not match the sha256 in {META_FILE}")
-    if described.version != f"{described.name}-{digest[:12]}":
-        raise InstallError(
-            f"the version {described.version!r} is not the model's name and the first "
-            "12 digits of its weights' sha256"
-        )
     if described.version == shipped_version():
         raise InstallError("this is the shipped model: it is installed already")
     root = Path(settings.ML_MODELS_DIR)
@@ -178,14 +169,33 @@ def copy_in(source: Path) -> Described:
     if target.exists():
         raise InstallError(f"{described.version} is installed already")
     root.mkdir(parents=True, exist_ok=True)
-    # Copied beside the target, then renamed: a worker never sees half a folder.
+    # Copied beside the target, checked, then renamed: a worker never sees half a folder,
+    # and the bytes checked are the bytes installed (not the source's, which may change).
     staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=root))
     try:
         for name in INSTALLED_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, staging / name)
-        staging.rename(target)
+        described = describe(staging)
+        if described.version != target.name:
+            raise InstallError("the folder changed while it was copied: install again")
+        _check_weights(staging, described)
+        try:
+            staging.rename(target)
+        except OSError:
+            raise InstallError(f"{described.version} is installed already") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return described
+
+
+def _check_weights(directory: Path, described: Described) -> None:
+    digest = sha256_of(directory / WEIGHTS_FILE)
+    if digest != described.weights_sha256:
+        raise InstallError(f"{WEIGHTS_FILE} does not match the sha256 in {META_FILE}")
+    if described.version != f"{described.name}-{digest[:12]}":
+        raise InstallError(
+            f"the version {described.version!r} is not the model's name and the first "
+            "12 digits of its weights' sha256"
+        )

@@ -173,16 +173,15 @@ def _lock_registry() -> None:
     list(ModelVersion.objects.select_for_update().values_list("pk", flat=True))
 
 
-def _record(described: installed.Described, **fields: Any) -> ModelVersion:
-    return ModelVersion.objects.create(
-        version=described.version,
-        name=described.name,
-        weights_sha256=described.weights_sha256,
-        card=described.card,
-        lineage=described.lineage,
-        comparison=described.comparison,
-        **fields,
-    )
+def _described_fields(described: installed.Described) -> dict[str, Any]:
+    """A ModelVersion's fields from what its folder says (all but the version)."""
+    return {
+        "name": described.name,
+        "weights_sha256": described.weights_sha256,
+        "card": described.card,
+        "lineage": described.lineage,
+        "comparison": described.comparison,
+    }
 
 
 @transaction.atomic
@@ -204,12 +203,8 @@ def model_version_register_shipped() -> ModelVersion | None:
     record, _ = ModelVersion.objects.get_or_create(
         version=version,
         defaults={
-            "name": described.name,
+            **_described_fields(described),
             "source": ModelVersion.Source.SHIPPED,
-            "weights_sha256": described.weights_sha256,
-            "card": described.card,
-            "lineage": described.lineage,
-            "comparison": described.comparison,
         },
     )
     return record
@@ -229,11 +224,14 @@ def model_version_install(
     if ModelVersion.objects.filter(version=described.version).exists():
         raise ValidationError(f"{described.version} is installed already.")
     try:
-        installed.copy_in(Path(source))
+        described = installed.copy_in(Path(source))
     except installed.InstallError as exc:
         raise ValidationError(str(exc)) from None
-    record = _record(
-        described, source=ModelVersion.Source.INSTALLED, installed_by=installed_by
+    record = ModelVersion.objects.create(
+        version=described.version,
+        **_described_fields(described),
+        source=ModelVersion.Source.INSTALLED,
+        installed_by=installed_by,
     )
     logger.info("model version %s installed", record.version)
     return record
@@ -355,12 +353,19 @@ def model_promotion_request(
 
 
 def _decide(request: PromotionRequest, *, user: AbstractBaseUser, status: str) -> None:
-    """Close a pending request (compare-and-set: two clicks cannot both close it)."""
-    closed = PromotionRequest.objects.filter(
-        pk=request.pk, status=PromotionRequest.Status.PENDING
-    ).update(status=status, decided_by=user, decided_at=timezone.now())
-    if not closed:
+    """Close a pending request (its row locked: two clicks cannot both close it), with
+    save() so that django-auditlog records the decision."""
+    pending = (
+        PromotionRequest.objects.select_for_update()
+        .filter(pk=request.pk, status=PromotionRequest.Status.PENDING)
+        .first()
+    )
+    if pending is None:
         raise ValidationError("This request is no longer waiting.")
+    pending.status = status
+    pending.decided_by = user
+    pending.decided_at = timezone.now()
+    pending.save(update_fields=["status", "decided_by", "decided_at"])
     request.refresh_from_db()
 
 

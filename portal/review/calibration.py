@@ -452,30 +452,33 @@ def calibration_fit_run(*, fit_id: int) -> CalibrationFit | None:
     """Claim and run a fit; its outcome is on the row (the calibration, or the reason it
     was refused). None when the fit was not claimable (a duplicate message).
 
-    Passing faults (database, network) propagate, the row still running: the task
-    hands it back with calibration_fit_requeue and tries again."""
+    Passing faults (database, network) propagate, the row still running and no
+    calibration recorded: the task hands it back with calibration_fit_requeue and tries
+    again."""
     if not calibration_fit_claim(fit_id=fit_id):
         logger.info("calibration fit %s is not claimable; nothing to do", fit_id)
         return None
     fit = CalibrationFit.objects.select_related("requested_by").get(pk=fit_id)
     try:
-        calibration = site_calibration_fit(
-            model_version=fit.model_version,
-            target_sensitivity=fit.target_sensitivity,
-            created_by=fit.requested_by,
-            scanner=fit.scanner,
-        )
+        # The calibration and the row's outcome commit together: a fault between them
+        # would otherwise leave a calibration the retry fits a second time.
+        with transaction.atomic():
+            calibration = site_calibration_fit(
+                model_version=fit.model_version,
+                target_sensitivity=fit.target_sensitivity,
+                created_by=fit.requested_by,
+                scanner=fit.scanner,
+            )
+            CalibrationFit.objects.filter(
+                pk=fit_id, status=CalibrationFit.Status.RUNNING
+            ).update(
+                status=CalibrationFit.Status.SUCCEEDED,
+                finished_at=timezone.now(),
+                calibration=calibration,
+                error="",
+            )
     except ValidationError as exc:
         calibration_fit_fail(fit_id=fit_id, error=" ".join(exc.messages))
-    else:
-        CalibrationFit.objects.filter(
-            pk=fit_id, status=CalibrationFit.Status.RUNNING
-        ).update(
-            status=CalibrationFit.Status.SUCCEEDED,
-            finished_at=timezone.now(),
-            calibration=calibration,
-            error="",
-        )
     fit.refresh_from_db()
     return fit
 

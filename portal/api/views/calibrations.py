@@ -97,7 +97,7 @@ def _model_version(request: Request) -> str:
 MODEL_VERSION = OpenApiParameter(
     "model_version",
     str,
-    description="The model version (default: the installed model's)",
+    description="The model version (default: the active one's)",
 )
 
 

@@ -348,3 +348,36 @@ def test_the_active_version_cannot_be_its_own_shadow(admin):
     shipped = model_version_register_shipped()
     with pytest.raises(ValidationError, match="its own shadow"):
         model_shadow_set(model_version=shipped, user=admin, reason="r")
+
+
+def _status_changes(request: Any) -> list[Any]:
+    """The audit trail's record of a promotion request's status changing."""
+    from auditlog.models import LogEntry
+
+    return [
+        entry.changes_dict["status"]
+        for entry in LogEntry.objects.get_for_object(request)
+        if entry.action == LogEntry.Action.UPDATE and "status" in entry.changes_dict
+    ]
+
+
+def test_confirming_or_withdrawing_a_promotion_request_is_audited(
+    tmp_path, admin, second_admin
+):
+    from portal.registry.services import (
+        model_promotion_confirm,
+        model_promotion_request,
+        model_promotion_withdraw,
+        model_version_install,
+    )
+
+    worse = model_version_install(
+        source=model_folder(tmp_path / "made", "m", worse=("ece",)), installed_by=admin
+    )
+    withdrawn = model_promotion_request(model_version=worse, user=admin, reason="r")
+    model_promotion_withdraw(request=withdrawn, user=second_admin)
+    assert _status_changes(withdrawn) == [["pending", "withdrawn"]]
+
+    confirmed = model_promotion_request(model_version=worse, user=admin, reason="r")
+    model_promotion_confirm(request=confirmed, user=second_admin)
+    assert _status_changes(confirmed) == [["pending", "confirmed"]]

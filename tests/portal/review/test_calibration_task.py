@@ -177,3 +177,38 @@ def test_a_fit_is_claimed_once_and_a_passing_fault_leaves_it_to_run_again(
         site_calibration.calibration_fit_retry(fit=fit)
     settings.CALIBRATION_FIT_STALE_SECONDS = 0
     assert site_calibration.calibration_fit_claim(fit_id=fit.pk)
+
+
+def test_a_fault_after_the_fit_keeps_no_calibration_so_the_retry_fits_it_once(
+    administrator, user
+):
+    """The database goes away as the fit's outcome is written: the task hands the row
+    back and runs it again, which must not leave two calibrations of one fit."""
+    from django.db import OperationalError
+
+    _analysed(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
+    fit = CalibrationFit.objects.create(
+        model_version="test-model-1", target_sensitivity=0.9, requested_by=administrator
+    )
+
+    def drop_the_outcome(execute: Any, sql: str, params: Any, many: bool, context: Any):
+        if sql.startswith('UPDATE "review_calibrationfit"') and (
+            CalibrationFit.Status.SUCCEEDED in params
+        ):
+            raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, params, many, context)
+
+    with (
+        connection.execute_wrapper(drop_the_outcome),
+        pytest.raises(OperationalError),
+    ):
+        site_calibration.calibration_fit_run(fit_id=fit.pk)
+    assert not SiteCalibration.objects.exists()
+
+    assert site_calibration.calibration_fit_requeue(fit_id=fit.pk, error="retrying")
+    fit = site_calibration.calibration_fit_run(fit_id=fit.pk)
+
+    assert fit.status == "succeeded"
+    assert list(SiteCalibration.objects.values_list("pk", "version")) == [
+        (fit.calibration_id, 1)
+    ]
