@@ -125,6 +125,8 @@ def _ablation_section(report_dir: Path, loso: dict | None) -> str:
             )
         if report.get("result"):  # a row judged otherwise than by LOSO folds (so far)
             command = f" (`{report['command']}`)" if report.get("command") else ""
+            if report.get("command_loso"):
+                command += f" (LOSO: `{report['command_loso']}`)"
             others.append(f"- **{name}**: {report['result']}{command}")
     return "\n".join(lines + ([""] + others if others else []))
 

@@ -197,13 +197,14 @@ def site_curve(
                 seed=seed,
             ),
         }
-    if any(f["held_out_in_training"] for f in report["folds"].values()):
+    stand_ins = [s for s, f in report["folds"].items() if f["held_out_in_training"]]
+    if stand_ins:
         report["note"] = (
-            "**No LOSO fold model existed when this was run**, so the committed model scored "
-            'every source, and each "held-out" source was in its training: its logits are '
-            "better separated than a new hospital's would be. What the curve shows honestly "
+            f"**No LOSO fold model existed for {', '.join(stand_ins)}**, so the committed "
+            "model scored those sources, and each was in its training: its logits are "
+            "better separated than a new hospital's would be. What those rows show honestly "
             "is how a site calibration moves calibration and the operating point with k; "
-            "re-run `python -m ml site-curve --loso DIR` once fold models exist."
+            "re-run `python -m ml site-curve --loso DIR` once their fold models exist."
         )
     return report
 
