@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -36,7 +36,7 @@ from portal.analyses.models import (
     ShadowResult,
 )
 from portal.analyses.signals import results_recorded
-from portal.audit.services import audit_update
+from portal.audit.services import audit_update, audit_updates
 from portal.clinical.models import Scan, Study
 from portal.clinical.scanners import Scanner
 from portal.clinical.services import scan_create
@@ -241,8 +241,7 @@ def analyses_record_success(
         _store_artifacts(analysis, {} if analysis.withheld else artifacts)
         recorded.append(analysis_id)
     _write_rows([analyses[pk] for pk in recorded], STORED_FIELDS)
-    for analysis_id in recorded:
-        audit_update(before[analysis_id], analyses[analysis_id])
+    audit_updates((before[pk], analyses[pk]) for pk in recorded)
     # In this transaction: the review app keeps each study's worklist columns.
     results_recorded.send(
         sender=Analysis,
@@ -265,14 +264,47 @@ STORED_FIELDS = (
 
 
 def _write_rows(analyses: Sequence[Analysis], fields: Sequence[str]) -> None:
-    """One plain UPDATE per row, in the caller's transaction (rows already locked).
+    """Write `fields` of already locked rows, in the caller's transaction.
 
-    Cheaper than QuerySet.bulk_update, whose CASE expression over every field and row
-    cost the worker more CPU than the rows' own writes (bench pipeline --profile).
+    On PostgreSQL one UPDATE joined to a VALUES list of the rows: a batch is one round
+    trip, not one per row. Elsewhere (SQLite) one plain UPDATE per row. Both are cheaper
+    than QuerySet.bulk_update, whose CASE expression over every field and row cost the
+    worker more CPU than the rows' own writes (bench pipeline --profile).
     """
+    if not analyses:
+        return
+    if connection.vendor != "postgresql":
+        for analysis in analyses:
+            Analysis.objects.filter(pk=analysis.pk).update(
+                **{name: getattr(analysis, name) for name in fields}
+            )
+        return
+    meta = Analysis._meta
+    columns = [meta.get_field(name) for name in fields]
+    quote = connection.ops.quote_name
+    # Each value cast to its column's type: VALUES alone would guess text for all.
+    casts = [f"%s::{meta.pk.db_type(connection)}"] + [
+        f"%s::{field.db_type(connection)}" for field in columns
+    ]
+    row_sql = "(" + ", ".join(casts) + ")"
+    params: list[Any] = []
     for analysis in analyses:
-        Analysis.objects.filter(pk=analysis.pk).update(
-            **{name: getattr(analysis, name) for name in fields}
+        params.append(analysis.pk)
+        params.extend(
+            field.get_db_prep_save(getattr(analysis, field.attname), connection)
+            for field in columns
+        )
+    names = ", ".join(quote(field.column) for field in columns)
+    assignments = ", ".join(
+        f"{quote(field.column)} = v.{quote(field.column)}" for field in columns
+    )
+    table, pk = quote(meta.db_table), quote(meta.pk.column)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {assignments} "
+            f"FROM (VALUES {', '.join([row_sql] * len(analyses))}) "
+            f"AS v({pk}, {names}) WHERE {table}.{pk} = v.{pk}",
+            params,
         )
 
 
@@ -293,7 +325,14 @@ def _store_artifacts(analysis: Analysis, artifacts: dict[str, bytes]) -> None:
         target = field.field.generate_filename(analysis, _artifact_file_name(kind))
         if field.storage.exists(target):
             field.storage.delete(target)
-        field.save(_artifact_file_name(kind), ContentFile(content), save=False)
+        # Stored under the name made above (FieldFile.save would make it again).
+        setattr(
+            analysis,
+            kind,
+            field.storage.save(
+                target, ContentFile(content), max_length=field.field.max_length
+            ),
+        )
 
 
 def _logits(result: dict[str, Any]) -> list[float] | None:

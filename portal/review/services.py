@@ -5,6 +5,7 @@ counts derived from them (study worklist columns, AgreementCount) are not audite
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -140,9 +141,20 @@ def study_review_refresh(*, study_id: int) -> None:
     each other's result: the second waits for the first to commit, then reads it.
     Recomputed from the rows, never incremented, so a value cannot drift.
     """
-    studies = Study.objects.select_for_update().filter(pk=study_id)
-    list(studies.values_list("pk", flat=True))  # takes the lock
-    studies_review_refresh(studies=Study.objects.filter(pk=study_id))
+    studies_review_refresh_locked(study_ids=[study_id])
+
+
+@transaction.atomic
+def studies_review_refresh_locked(*, study_ids: Iterable[int]) -> None:
+    """`study_review_refresh` for several studies (a worker's batch): locked in id
+    order, as every caller locks them, so two batches cannot deadlock; then one UPDATE
+    for them all."""
+    ids = sorted(set(study_ids))
+    if not ids:
+        return
+    locked = Study.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+    list(locked.values_list("pk", flat=True))  # takes the locks
+    studies_review_refresh(studies=Study.objects.filter(pk__in=ids))
 
 
 def studies_review_refresh(*, studies: QuerySet[Study]) -> int:

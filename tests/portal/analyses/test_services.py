@@ -257,7 +257,7 @@ def test_reconcile_requeues_lost_running_rows_and_resends_old_queued_ones(
     assert reconcile().counts() == {"requeued": 0, "failed": 0, "resent": 0}
 
 
-def test_a_batch_is_stored_together_and_each_study_recounted_once(
+def test_a_batch_is_stored_together_and_its_studies_recounted_in_one_update(
     study, patient, user, make_png
 ):
     from django.db import connection
@@ -292,7 +292,15 @@ def test_a_batch_is_stored_together_and_each_study_recounted_once(
     study_updates = [
         q["sql"] for q in queries if q["sql"].startswith('UPDATE "clinical_study"')
     ]
-    assert len(study_updates) == 2  # one per study, not one per scan
+    # One for the batch's studies, not one per study or per scan.
+    assert len(study_updates) == 1
+    assert study_updates[0].endswith(
+        f'WHERE "clinical_study"."id" IN ({study.pk}, {other_study.pk})'
+    )
+    row_updates = [
+        q["sql"] for q in queries if q["sql"].startswith('UPDATE "analyses_analysis"')
+    ]
+    assert len(row_updates) == 1  # the batch's rows in one statement
     for analysis in analyses:
         analysis.refresh_from_db()
     assert [a.status for a in analyses] == [
