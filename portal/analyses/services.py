@@ -211,8 +211,8 @@ def analyses_record_success(
         .order_by("pk")
     )
     analyses = {analysis.pk: analysis for analysis in rows}
-    # The rows as they were, for the audit records (one query, not one per row).
-    before = Analysis.objects.in_bulk(list(analyses))
+    # The rows as they were, for the audit records (copied, not read again).
+    before = {pk: _copy(analysis) for pk, analysis in analyses.items()}
     # Each result is shown through the site calibration in use for its model and its
     # scan's scanner model now (the scanner's own, else the site's).
     active = {
@@ -322,9 +322,9 @@ def _store_artifacts(analysis: Analysis, artifacts: dict[str, bytes]) -> None:
             field.delete(save=False)
         # A worker killed after storing these files but before its commit left them
         # under the same names: replace them, so that an analysis has one set.
+        # (Deleting a name that is not there does nothing: no exists() first.)
         target = field.field.generate_filename(analysis, _artifact_file_name(kind))
-        if field.storage.exists(target):
-            field.storage.delete(target)
+        field.storage.delete(target)
         # Stored under the name made above (FieldFile.save would make it again).
         setattr(
             analysis,
