@@ -11,6 +11,11 @@ Two figures against the bare model:
   back), then the clock starts, their N messages go to Redis, and it stops at the last
   result the worker records: the worker's own cost, as a production queue backlog sees it.
 
+The bare model is timed in this process just before and just after the drain (the worker
+idle meanwhile), and both ratios use the mean: the load others put on a shared machine
+drifts within a minute, and a single timing taken after the worker stopped made the
+ratio swing by a third between runs.
+
 `profile(n=...)` runs the worker's pipeline in this process under cProfile, every stage
 inline, on N stored scans (`python -m bench pipeline --profile`).
 """
@@ -69,12 +74,15 @@ class BenchResult:
     pipeline_failed: int
     upload_seconds: float
     worker_seconds: float
-    bare_seconds: float
+    bare_seconds: float  # the mean of the two timings around the drain
+    bare_before_seconds: float
+    bare_after_seconds: float
     bare_with_artifacts_seconds: float  # bare analyze + encoding what a worker stores
     drain_seconds: (
         float  # worker alone on N queued analyses: messages sent to last result
     )
     drain_failed: int
+    drain_worker_seconds: float  # the same drain, its first claim to its last result
     load_average: tuple[float, float, float]  # at the end of the run (others' work)
 
     @property
@@ -222,9 +230,21 @@ def run(
                 report(f"{failed} analyses failed: {sorted(errors)[:3]}")
 
             report(f"storing {n} scans with their messages held back (worker drain)")
-            drain_seconds, drain_failed = _drain(
-                study, user, contents, model_version, timeout, log_path
+            with _messages_held_back() as held:
+                drain_ids = _upload(study, user, contents, model_version)
+            assert sorted(held) == sorted(drain_ids), "every upload queues one analysis"
+            # The bare model in this process, timed just before and just after the
+            # drain while the worker waits: others' load on the machine drifts within
+            # a minute, and the drain is compared with the mean of the two.
+            report("loading the bare model; timing it before the drain")
+            bare = _BareModel(contents, warmup_paths)
+            bare_before = bare.seconds()
+            report(f"sending the {n} held messages (worker drain)")
+            drain_seconds, drain_worker_seconds, drain_failed = _drain(
+                drain_ids, timeout, log_path
             )
+            report("timing the bare model again after the drain")
+            bare_after = bare.seconds()
             stop_worker(worker)
             worker = None
     finally:
@@ -234,8 +254,8 @@ def run(
         _cleanup(study)
         shutil.rmtree(work_dir, ignore_errors=True)
 
-    report("measuring bare ml throughput on the same images")
-    bare_seconds, with_artifacts_seconds = _bare_ml(contents, warmup_paths)
+    bare_seconds = (bare_before + bare_after) / 2
+    with_artifacts_seconds = bare_seconds + bare.artifacts_seconds()
     return BenchResult(
         n=n,
         pipeline_seconds=pipeline_seconds,
@@ -243,9 +263,12 @@ def run(
         upload_seconds=upload_seconds,
         worker_seconds=worker_seconds,
         bare_seconds=bare_seconds,
+        bare_before_seconds=bare_before,
+        bare_after_seconds=bare_after,
         bare_with_artifacts_seconds=with_artifacts_seconds,
         drain_seconds=drain_seconds,
         drain_failed=drain_failed,
+        drain_worker_seconds=drain_worker_seconds,
         load_average=os.getloadavg(),
     )
 
@@ -258,25 +281,22 @@ def _messages_held_back() -> Iterator[list[int]]:
         yield held
 
 
-def _drain(
-    study: Study,
-    user: object,
-    contents: list[bytes],
-    model_version: str,
-    timeout: float,
-    log_path: Path,
-) -> tuple[float, int]:
-    """The warm worker alone on N stored scans: seconds from sending their messages
-    to the last recorded result, and how many failed."""
-    with _messages_held_back() as held:
-        ids = _upload(study, user, contents, model_version)
-    assert sorted(held) == sorted(ids), "every upload queues one analysis"
+def _drain(ids: list[int], timeout: float, log_path: Path) -> tuple[float, float, int]:
+    """The warm worker alone on N stored scans whose messages were held back: seconds
+    from sending their messages to the last recorded result, from its first claim to
+    that result, and how many failed."""
     started = timezone.now()
     for analysis_id in ids:
         queue.send_analysis(analysis_id)
     failed = _wait_finished(ids, timeout, log_path)
-    last = Analysis.objects.filter(pk__in=ids).aggregate(last=Max("finished_at"))
-    return (last["last"] - started).total_seconds(), failed
+    span = Analysis.objects.filter(pk__in=ids).aggregate(
+        first=Min("started_at"), last=Max("finished_at")
+    )
+    return (
+        (span["last"] - started).total_seconds(),
+        (span["last"] - span["first"]).total_seconds(),
+        failed,
+    )
 
 
 def profile(
@@ -364,21 +384,32 @@ def _upload(
     return ids
 
 
-def _bare_ml(contents: list[bytes], warmup_paths: list[Path]) -> tuple[float, float]:
-    from ml.decode import decode_image
-    from ml.inference import Analyzer
+class _BareModel:
+    """`Analyzer.analyze` on the run's images, decoded beforehand, in this process."""
 
-    analyzer = Analyzer.load(settings.ML_WEIGHTS_DIR)
-    batch_size = settings.ANALYSIS_BATCH_SIZE
-    analyzer.analyze([decode_image(p) for p in warmup_paths], batch_size=batch_size)
-    images = [decode_image(content) for content in contents]
-    started = time.perf_counter()
-    results = analyzer.analyze(images, batch_size=batch_size)
-    bare_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    for result in results:
-        result.stored_artifacts()
-    return bare_seconds, bare_seconds + time.perf_counter() - started
+    def __init__(self, contents: list[bytes], warmup_paths: list[Path]) -> None:
+        from ml.decode import decode_image
+        from ml.inference import Analyzer
+
+        self.analyzer = Analyzer.load(settings.ML_WEIGHTS_DIR)
+        self.batch_size = settings.ANALYSIS_BATCH_SIZE
+        self.analyzer.analyze(
+            [decode_image(p) for p in warmup_paths], batch_size=self.batch_size
+        )
+        self.images = [decode_image(content) for content in contents]
+        self.results: list[Any] = []
+
+    def seconds(self) -> float:
+        started = time.perf_counter()
+        self.results = self.analyzer.analyze(self.images, batch_size=self.batch_size)
+        return time.perf_counter() - started
+
+    def artifacts_seconds(self) -> float:
+        """Encoding what a worker stores of the last results."""
+        started = time.perf_counter()
+        for result in self.results:
+            result.stored_artifacts()
+        return time.perf_counter() - started
 
 
 def _cleanup(study: Study) -> None:

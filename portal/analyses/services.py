@@ -142,13 +142,23 @@ def analysis_claim_waiting(
 ) -> list[int]:
     """Claim up to `limit` more queued analyses (oldest first) to run in the same batch.
 
-    Their own messages then find them claimed and do nothing. One compare-and-set
-    UPDATE for the batch (status still queued), then one read of the rows it took,
-    known by this claim's worker and time: a row another worker took meanwhile is not
-    ours, and the batch is smaller.
+    Their own messages then find them claimed and do nothing. On PostgreSQL one
+    statement: an UPDATE of the oldest queued rows it can lock (FOR UPDATE SKIP LOCKED:
+    rows another worker is taking are passed over, and a row taken meanwhile is no
+    longer queued when its lock is granted), RETURNING what it took. Elsewhere a
+    compare-and-set UPDATE for the batch (status still queued), then one read of the
+    rows it took, known by this claim's worker and time: a row another worker took
+    meanwhile is not ours, and the batch is smaller.
     """
     if limit <= 0:
         return []
+    if connection.vendor == "postgresql":
+        return _claim_waiting_postgresql(
+            model_version=model_version,
+            worker=worker[:255],
+            limit=limit,
+            exclude=exclude or [],
+        )
     candidates = list(
         Analysis.objects.filter(status=Status.QUEUED, model_version=model_version)
         .exclude(pk__in=exclude or [])
@@ -174,6 +184,40 @@ def analysis_claim_waiting(
         ).values_list("pk", flat=True)
     )
     return [pk for pk in candidates if pk in claimed]
+
+
+def _claim_waiting_postgresql(
+    *, model_version: str, worker: str, limit: int, exclude: list[int]
+) -> list[int]:
+    table = connection.ops.quote_name(Analysis._meta.db_table)
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {table} SET status = %s, started_at = %s, heartbeat_at = %s,
+                finished_at = NULL, worker = %s, attempts = attempts + 1, error = ''
+            WHERE id IN (
+                SELECT id FROM {table}
+                WHERE status = %s AND model_version = %s AND NOT (id = ANY(%s))
+                ORDER BY queued_at, id
+                LIMIT %s
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING id, queued_at
+            """,
+            [
+                Status.RUNNING,
+                now,
+                now,
+                worker,
+                Status.QUEUED,
+                model_version,
+                list(exclude),
+                limit,
+            ],
+        )
+        claimed = cursor.fetchall()
+    return [pk for pk, _ in sorted(claimed, key=lambda row: (row[1], row[0]))]
 
 
 def _artifact_file_name(kind: str) -> str:
