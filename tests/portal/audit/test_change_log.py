@@ -106,9 +106,7 @@ def test_a_change_record_ignores_a_forged_forwarded_for(client, user):
     assert entry.remote_addr == "10.9.8.7"
 
 
-def test_changes_written_in_one_insert_are_the_entries_a_save_would_write(
-    study, user
-):
+def test_changes_written_in_one_insert_are_the_entries_a_save_would_write(study, user):
     from auditlog.context import set_actor
 
     from portal.audit.services import audit_updates
