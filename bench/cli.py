@@ -67,7 +67,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         f"portal uploads (validate, store, enqueue) {r.upload_seconds:.1f}s; "
         f"worker first claim to last result {r.worker_seconds:.1f}s"
     )
-    bare = f"{r.bare_rate:.2f} images/s ({r.bare_seconds:.1f}s)"
+    bare = (
+        f"{r.bare_rate:.2f} images/s ({r.bare_seconds:.1f}s: the mean of "
+        f"{r.bare_before_seconds:.1f}s before and {r.bare_after_seconds:.1f}s after "
+        "the drain)"
+    )
     stored = f"{r.bare_with_artifacts_rate:.2f} images/s"
     ratio = f"{r.ratio:.1%} (target >= {PIPELINE_TARGET_RATIO:.0%}: {verdict})"
     drain_verdict = "met" if r.drain_ratio >= PIPELINE_TARGET_RATIO else "NOT met"
@@ -76,7 +80,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     )
     drain = (
         f"{r.drain_rate:.2f} images/s ({r.drain_seconds:.1f}s from sending the "
-        f"messages to the last result; failed: {r.drain_failed})"
+        f"messages to the last result, {r.drain_worker_seconds:.1f}s from the "
+        f"first claim; failed: {r.drain_failed})"
     )
     load = " ".join(f"{v:.2f}" for v in r.load_average) + " (1, 5, 15 min)"
     overhead_verdict = (

@@ -11,6 +11,11 @@ Two figures against the bare model:
   back), then the clock starts, their N messages go to Redis, and it stops at the last
   result the worker records: the worker's own cost, as a production queue backlog sees it.
 
+The bare model is timed in this process just before and just after the drain (the worker
+idle meanwhile), and both ratios use the mean: the load others put on a shared machine
+drifts within a minute, and a single timing taken after the worker stopped made the
+ratio swing by a third between runs.
+
 `profile(n=...)` runs the worker's pipeline in this process under cProfile, every stage
 inline, on N stored scans (`python -m bench pipeline --profile`).
 """
@@ -69,12 +74,15 @@ class BenchResult:
     pipeline_failed: int
     upload_seconds: float
     worker_seconds: float
-    bare_seconds: float
+    bare_seconds: float  # the mean of the two timings around the drain
+    bare_before_seconds: float
+    bare_after_seconds: float
     bare_with_artifacts_seconds: float  # bare analyze + encoding what a worker stores
     drain_seconds: (
         float  # worker alone on N queued analyses: messages sent to last result
     )
     drain_failed: int
+    drain_worker_seconds: float  # the same drain, its first claim to its last result
     load_average: tuple[float, float, float]  # at the end of the run (others' work)
 
     @property
@@ -150,6 +158,13 @@ def _bench_study(description: str) -> tuple[Any, Study]:
     return user, study_create(patient=patient, created_by=user, description=description)
 
 
+# Uploads go to studies of this many scans, as a clinic's do (a handful of images per
+# examination). Recording a result recounts its study's worklist columns from all of the
+# study's scans, so one study of every upload of a run (200 and more) would charge each
+# batch for a study no clinic has.
+SCANS_PER_STUDY = 4
+
+
 def run(
     *,
     n: int,
@@ -186,6 +201,8 @@ def run(
                 media_root=media_root,
                 log_path=log_path,
                 name="bench",
+                # As deployed: DEBUG would keep every query's SQL in the worker.
+                extra_env={"DEBUG": "0"},
             )
             wait_until_ready(worker, log_path, timeout=600)
             report("worker ready; warming up")
@@ -213,9 +230,21 @@ def run(
                 report(f"{failed} analyses failed: {sorted(errors)[:3]}")
 
             report(f"storing {n} scans with their messages held back (worker drain)")
-            drain_seconds, drain_failed = _drain(
-                study, user, contents, model_version, timeout, log_path
+            with _messages_held_back() as held:
+                drain_ids = _upload(study, user, contents, model_version)
+            assert sorted(held) == sorted(drain_ids), "every upload queues one analysis"
+            # The bare model in this process, timed just before and just after the
+            # drain while the worker waits: others' load on the machine drifts within
+            # a minute, and the drain is compared with the mean of the two.
+            report("loading the bare model; timing it before the drain")
+            bare = _BareModel(contents, warmup_paths)
+            bare_before = bare.seconds()
+            report(f"sending the {n} held messages (worker drain)")
+            drain_seconds, drain_worker_seconds, drain_failed = _drain(
+                drain_ids, timeout, log_path
             )
+            report("timing the bare model again after the drain")
+            bare_after = bare.seconds()
             stop_worker(worker)
             worker = None
     finally:
@@ -225,8 +254,8 @@ def run(
         _cleanup(study)
         shutil.rmtree(work_dir, ignore_errors=True)
 
-    report("measuring bare ml throughput on the same images")
-    bare_seconds, with_artifacts_seconds = _bare_ml(contents, warmup_paths)
+    bare_seconds = (bare_before + bare_after) / 2
+    with_artifacts_seconds = bare_seconds + bare.artifacts_seconds()
     return BenchResult(
         n=n,
         pipeline_seconds=pipeline_seconds,
@@ -234,9 +263,12 @@ def run(
         upload_seconds=upload_seconds,
         worker_seconds=worker_seconds,
         bare_seconds=bare_seconds,
+        bare_before_seconds=bare_before,
+        bare_after_seconds=bare_after,
         bare_with_artifacts_seconds=with_artifacts_seconds,
         drain_seconds=drain_seconds,
         drain_failed=drain_failed,
+        drain_worker_seconds=drain_worker_seconds,
         load_average=os.getloadavg(),
     )
 
@@ -249,25 +281,22 @@ def _messages_held_back() -> Iterator[list[int]]:
         yield held
 
 
-def _drain(
-    study: Study,
-    user: object,
-    contents: list[bytes],
-    model_version: str,
-    timeout: float,
-    log_path: Path,
-) -> tuple[float, int]:
-    """The warm worker alone on N stored scans: seconds from sending their messages
-    to the last recorded result, and how many failed."""
-    with _messages_held_back() as held:
-        ids = _upload(study, user, contents, model_version)
-    assert sorted(held) == sorted(ids), "every upload queues one analysis"
+def _drain(ids: list[int], timeout: float, log_path: Path) -> tuple[float, float, int]:
+    """The warm worker alone on N stored scans whose messages were held back: seconds
+    from sending their messages to the last recorded result, from its first claim to
+    that result, and how many failed."""
     started = timezone.now()
     for analysis_id in ids:
         queue.send_analysis(analysis_id)
     failed = _wait_finished(ids, timeout, log_path)
-    last = Analysis.objects.filter(pk__in=ids).aggregate(last=Max("finished_at"))
-    return (last["last"] - started).total_seconds(), failed
+    span = Analysis.objects.filter(pk__in=ids).aggregate(
+        first=Min("started_at"), last=Max("finished_at")
+    )
+    return (
+        (span["last"] - started).total_seconds(),
+        (span["last"] - span["first"]).total_seconds(),
+        failed,
+    )
 
 
 def profile(
@@ -300,7 +329,10 @@ def profile(
     user, study = _bench_study("profile")
     try:
         with override_settings(
-            STORAGES=storages, MEDIA_ROOT=work_dir, ANALYSIS_RENDER_THREADS=0
+            STORAGES=storages,
+            MEDIA_ROOT=work_dir,
+            ANALYSIS_RENDER_THREADS=0,
+            DEBUG=False,  # as a deployed worker: no SQL kept per query
         ):
             analyzer = get_analyzer()
             with _messages_held_back():
@@ -329,16 +361,56 @@ def profile(
     if stats_path is not None:  # for snakeviz, or pstats' browser
         profiler.dump_stats(stats_path)
     stats = pstats.Stats(profiler, stream=out)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    stats.strip_dirs()
+    out.write(_stage_breakdown(stats, n))
+    stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
     return out.getvalue()
+
+
+# The worker's stages in the profile: (label, (module file, function)), cumulative time.
+_STAGES = (
+    ("the whole drain", ("tasks.py", "drain")),
+    ("model: Analyzer.analyze", ("tasks.py", "_analyze")),
+    ("claiming the next batch", ("services.py", "analysis_claim_waiting")),
+    ("reading the rows, decoding the stored scans", ("tasks.py", "_load")),
+    ("  of which decode_image", ("decode.py", "decode_image")),
+    ("registry lookups for the shadow model", ("tasks.py", "_shadow")),
+    ("storing a batch's results (_finish)", ("tasks.py", "_finish")),
+    ("  encoding the mask and heatmaps", ("inference.py", "stored_artifacts")),
+    ("  analyses_record_success", ("services.py", "analyses_record_success")),
+    ("    files", ("services.py", "_store_artifacts")),
+    ("    the rows' UPDATE", ("services.py", "_write_rows")),
+    ("    audit entries", ("services.py", "audit_updates")),
+    ("    worklist recount", ("receivers.py", "refresh_worklist_columns")),
+)
+
+
+def _stage_breakdown(stats: pstats.Stats, n: int) -> str:
+    """Milliseconds a scan in each stage of the worker (cumulative, so nested)."""
+    cumulative: dict[tuple[str, str], float] = {}
+    for (filename, _, function), row in stats.stats.items():  # type: ignore[attr-defined]
+        key = (filename, function)
+        cumulative[key] = cumulative.get(key, 0.0) + row[3]
+    lines = ["per scan, by stage (cumulative, under the profiler):"]
+    for label, key in _STAGES:
+        lines.append(f"  {label:<48} {cumulative.get(key, 0.0) / n * 1000:7.1f} ms")
+    whole = cumulative.get(_STAGES[0][1], 0.0)
+    model = cumulative.get(_STAGES[1][1], 0.0)
+    lines.append(f"  {'beyond the model':<48} {(whole - model) / n * 1000:7.1f} ms")
+    return "\n".join(lines) + "\n\n"
 
 
 def _upload(
     study: Study, user: object, contents: list[bytes], model_version: str
 ) -> list[int]:
+    """Upload each image, SCANS_PER_STUDY to a study: `study`'s patient's new studies."""
     ids = []
     for index, content in enumerate(contents):
+        if index % SCANS_PER_STUDY == 0:
+            study = study_create(
+                patient=study.patient, created_by=user, description=study.description
+            )
         upload = validate_content(filename=f"bench-{index}.png", content=content)
         scan = scan_submit(
             study=study, upload=upload, uploaded_by=user, model_version=model_version
@@ -347,27 +419,40 @@ def _upload(
     return ids
 
 
-def _bare_ml(contents: list[bytes], warmup_paths: list[Path]) -> tuple[float, float]:
-    from ml.decode import decode_image
-    from ml.inference import Analyzer
+class _BareModel:
+    """`Analyzer.analyze` on the run's images, decoded beforehand, in this process."""
 
-    analyzer = Analyzer.load(settings.ML_WEIGHTS_DIR)
-    batch_size = settings.ANALYSIS_BATCH_SIZE
-    analyzer.analyze([decode_image(p) for p in warmup_paths], batch_size=batch_size)
-    images = [decode_image(content) for content in contents]
-    started = time.perf_counter()
-    results = analyzer.analyze(images, batch_size=batch_size)
-    bare_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    for result in results:
-        result.stored_artifacts()
-    return bare_seconds, bare_seconds + time.perf_counter() - started
+    def __init__(self, contents: list[bytes], warmup_paths: list[Path]) -> None:
+        from ml.decode import decode_image
+        from ml.inference import Analyzer
+
+        self.analyzer = Analyzer.load(settings.ML_WEIGHTS_DIR)
+        self.batch_size = settings.ANALYSIS_BATCH_SIZE
+        self.analyzer.analyze(
+            [decode_image(p) for p in warmup_paths], batch_size=self.batch_size
+        )
+        self.images = [decode_image(content) for content in contents]
+        self.results: list[Any] = []
+
+    def seconds(self) -> float:
+        started = time.perf_counter()
+        self.results = self.analyzer.analyze(self.images, batch_size=self.batch_size)
+        return time.perf_counter() - started
+
+    def artifacts_seconds(self) -> float:
+        """Encoding what a worker stores of the last results."""
+        started = time.perf_counter()
+        for result in self.results:
+            result.stored_artifacts()
+        return time.perf_counter() - started
 
 
 def _cleanup(study: Study) -> None:
+    """Delete the run's patient, its studies, scans and analyses."""
     patient = study.patient
-    scans = Scan.objects.filter(study=study)
+    studies = Study.objects.filter(patient=patient)
+    scans = Scan.objects.filter(study__in=studies)
     Analysis.objects.filter(scan__in=scans).delete()
     scans.delete()
-    study.delete()
+    studies.delete()
     patient.delete()

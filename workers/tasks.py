@@ -58,6 +58,9 @@ if TYPE_CHECKING:  # ml.inference imports TensorFlow: only the worker process lo
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# How often a draining task reads the registry's shadow version again.
+REGISTRY_RECHECK_SECONDS = 10.0
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     OperationalError,
@@ -126,6 +129,8 @@ class Pipeline:
         # Rows this task has already had (one it requeued waits for its own message).
         self.seen: set[int] = set()
         self._load_pool: ThreadPoolExecutor | None = None
+        self._shadow_cached: str | None = None
+        self._shadow_checked_at: float | None = None
         self._finish_pool: ThreadPoolExecutor | None = None
 
     def drain(self, *, first_id: int) -> None:
@@ -180,10 +185,8 @@ class Pipeline:
         failure here never touches the analyses. Never raises but a time limit."""
         ids = _ids(work)
         try:
-            version = model_version_shadow()
-            if version is None or version == self.analyzer.model_version:
-                return
-            if self.analyzer.model_version != model_version_active():
+            version = self._shadow_version()
+            if version is None:
                 return
             shadow = get_analyzer(version)
             theirs = _analyze(shadow, work)
@@ -209,6 +212,23 @@ class Pipeline:
             raise
         except Exception:
             logger.exception("the shadow model failed on analyses %s", ids)
+
+    def _shadow_version(self) -> str | None:
+        """The version to run beside this task's, or None: read from the registry once
+        per REGISTRY_RECHECK_SECONDS, not per batch (two queries a batch were a tenth of
+        the worker's own time), so a change reaches a draining task within that time."""
+        now = time.monotonic()
+        if self._shadow_checked_at is None or (
+            now - self._shadow_checked_at >= REGISTRY_RECHECK_SECONDS
+        ):
+            version = model_version_shadow()
+            if version == self.analyzer.model_version or (
+                version is not None
+                and self.analyzer.model_version != model_version_active()
+            ):
+                version = None
+            self._shadow_cached, self._shadow_checked_at = version, now
+        return self._shadow_cached
 
     def _claim_next(self) -> list[_Work]:
         if time.monotonic() >= self.stop_claiming_at:

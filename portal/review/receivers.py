@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from portal.review.services import study_review_refresh
+from portal.review.services import studies_review_refresh_locked
 
 
 def refresh_worklist_columns(
@@ -13,5 +13,4 @@ def refresh_worklist_columns(
 ) -> None:
     """Results were recorded: recount those studies' worklist columns, in the same
     transaction, so the worklist never shows a result without its count."""
-    for study_id in study_ids:
-        study_review_refresh(study_id=study_id)
+    studies_review_refresh_locked(study_ids=study_ids)

@@ -5,13 +5,15 @@ counts derived from them (study worklist columns, AgreementCount) are not audite
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
+from django.db.models.sql.subqueries import UpdateQuery
 from django.utils import timezone
 
 from ml.render import mask_png
@@ -140,9 +142,44 @@ def study_review_refresh(*, study_id: int) -> None:
     each other's result: the second waits for the first to commit, then reads it.
     Recomputed from the rows, never incremented, so a value cannot drift.
     """
-    studies = Study.objects.select_for_update().filter(pk=study_id)
-    list(studies.values_list("pk", flat=True))  # takes the lock
-    studies_review_refresh(studies=Study.objects.filter(pk=study_id))
+    studies_review_refresh_locked(study_ids=[study_id])
+
+
+@transaction.atomic
+def studies_review_refresh_locked(*, study_ids: Iterable[int]) -> None:
+    """`study_review_refresh` for several studies (a worker's batch): locked in id
+    order, as every caller locks them, so two batches cannot deadlock; then one UPDATE
+    for them all."""
+    ids = sorted(set(study_ids))
+    if not ids:
+        return
+    locked = Study.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+    list(locked.values_list("pk", flat=True))  # takes the locks
+    sql, params = _refresh_statement(ids)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+# The refresh UPDATE of n studies, compiled once per process and n: it differs from one
+# batch to the next only by the ids, and Django took ~25 ms of CPU to compile its nested
+# subqueries (PostgreSQL runs it in under 1 ms): a worker paid that on every batch.
+_refresh_statements: dict[tuple[str, int], tuple[str, tuple[Any, ...]]] = {}
+
+
+def _refresh_statement(ids: list[int]) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters of `studies_review_refresh` for these study ids."""
+    key = (connection.vendor, len(ids))
+    cached = _refresh_statements.get(key)
+    if cached is None:
+        query = Study.objects.filter(pk__in=ids).query.chain(UpdateQuery)
+        query.add_update_values(study_review_columns())
+        sql, params = query.get_compiler(connection=connection).as_sql()
+        # The ids are the statement's last parameters (WHERE id IN (...)).
+        if tuple(params[-len(ids) :]) != tuple(ids):
+            raise RuntimeError("the refresh statement's parameters are not as expected")
+        cached = _refresh_statements[key] = (sql, tuple(params[: -len(ids)]))
+    sql, fixed = cached
+    return sql, (*fixed, *ids)
 
 
 def studies_review_refresh(*, studies: QuerySet[Study]) -> int:

@@ -61,7 +61,7 @@ def pipeline(
     cache.clear()
     # Results recorded inline: the test's transaction is invisible to other threads.
     settings.ANALYSIS_RENDER_THREADS = 0
-    monkeypatch.setattr(tasks, "get_analyzer", lambda: _Fake())
+    monkeypatch.setattr(tasks, "get_analyzer", lambda version=None: _Fake())
     monkeypatch.setattr(
         "portal.analyses.queue.send_analysis",
         lambda analysis_id, *, countdown=None: None,

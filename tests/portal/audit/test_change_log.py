@@ -5,6 +5,7 @@ from __future__ import annotations
 from auditlog.models import LogEntry
 from django.urls import reverse
 
+from portal.analyses.models import Analysis
 from portal.clinical.models import Patient
 from portal.review.services import review_save
 from tests.portal.review.conftest import analysed_scan
@@ -103,3 +104,38 @@ def test_a_change_record_ignores_a_forged_forwarded_for(client, user):
     )
     (entry,) = _entries(Patient.objects.get(identifier="P-78"))
     assert entry.remote_addr == "10.9.8.7"
+
+
+def test_changes_written_in_one_insert_are_the_entries_a_save_would_write(study, user):
+    from auditlog.context import set_actor
+
+    from portal.audit.services import audit_updates
+
+    analyses = [analysed_scan(study, user).analyses.get() for _ in range(2)]
+    befores = [Analysis.objects.get(pk=a.pk) for a in analyses]
+    for analysis in analyses:
+        analysis.label = "benign"
+    with set_actor(user, remote_addr="10.1.2.3"):
+        assert audit_updates(zip(befores, analyses, strict=True)) == 2
+        assert audit_updates([(befores[0], befores[0])]) == 0  # nothing changed
+        # What auditlog itself writes for the same change, for comparison.
+        befores[1].label = "benign"
+        befores[1].save()
+    for analysis in analyses:
+        change = _entries(analysis).filter(action=LogEntry.Action.UPDATE).first()
+        assert change.changes_dict["label"] == ["malignant", "benign"]
+        assert (change.actor, change.remote_addr) == (user, "10.1.2.3")
+    ours, auditlogs = _entries(analyses[1]).filter(action=LogEntry.Action.UPDATE)
+    for field in (
+        "content_type",
+        "object_pk",
+        "object_id",
+        "object_repr",
+        "serialized_data",
+        "additional_data",
+        "actor",
+        "actor_email",
+        "remote_addr",
+        "changes",
+    ):
+        assert getattr(ours, field) == getattr(auditlogs, field), field

@@ -264,3 +264,26 @@ def test_rows_that_tie_at_one_decimal_show_two_and_the_exact_value_on_hover(
     page = client.get(reverse("review:worklist")).content.decode()
     assert ">65.12%<" in page and ">65.08%<" in page and ">20.0%<" in page
     assert 'title="malignant p 65.12%"' in page
+
+
+def test_a_batch_of_studies_is_recounted_by_one_statement_kept_for_its_size(
+    user, radiologist, make_analysed_scan, enqueued
+):
+    from portal.review.services import studies_review_refresh_locked
+
+    studies = [_study(user, f"B{i}") for i in range(4)]
+    for index, study in enumerate(studies):
+        make_analysed_scan(
+            study,
+            user,
+            probabilities={"normal": 0.5, "benign": 0.1, "malignant": 0.1 * index},
+        )
+    _sign(studies[1].scans.get().analyses.get(), radiologist)
+    cached = {s.pk: _columns(s) for s in studies}
+    Study.objects.update(awaiting_review=False, max_malignant=None)
+    # Two pairs of studies through the same statement (the second reuses the first's
+    # compiled SQL with other ids), in any order.
+    studies_review_refresh_locked(study_ids=[studies[3].pk, studies[0].pk])
+    studies_review_refresh_locked(study_ids=[studies[2].pk, studies[1].pk])
+    assert {s.pk: _columns(s) for s in studies} == cached
+    assert [cached[s.pk][0] for s in studies] == [True, False, True, True]
