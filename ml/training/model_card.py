@@ -350,8 +350,9 @@ the fold model trained without SOURCE is fine-tuned by `python -m ml finetune`'s
 then `python -m ml compare` judges it against the fold model on every other image of
 SOURCE and on the fold's original test splits. Differences are candidate minus baseline
 (ECE: baseline minus candidate, so positive is better) with paired 95% bootstrap
-intervals by patient, and the verdict by the rule fixed in `ml/training/compare.py`.
-Folds not listed were not run.
+intervals by patient, and the verdict by the rule fixed in `ml/training/compare.py`
+("worse" also when the interval is too wide to exclude a drop beyond the margin, as on
+the small original test splits). Folds and k not listed were not run.
 
 {chr(10).join(lines)}
 """
