@@ -61,10 +61,6 @@ MANIFEST_FIELDS = (
     "height",
 )
 CLASSES = ("normal", "benign", "malignant")
-# Where issue 16's pathology outcome lives on the study. Read defensively: until that
-# field is on main every row takes the reader's label. FOLLOW-UP (issue 16): replace this
-# with its selector once merged.
-PATHOLOGY_FIELDS = ("pathology_outcome", "pathology")
 
 
 class ExportError(Exception):
@@ -90,13 +86,8 @@ def pseudonym(key: str, kind: str, value: str, length: int = 16) -> str:
 
 
 def pathology_label(study: Study) -> str | None:
-    """The study's pathology outcome as a class, where one is recorded."""
-    for name in PATHOLOGY_FIELDS:
-        value = getattr(study, name, None)
-        value = getattr(value, "value", value)  # a TextChoices member, or a row's label
-        if isinstance(value, str) and value.strip().lower() in CLASSES:
-            return value.strip().lower()
-    return None
+    """The study's biopsy outcome (benign / malignant) as a class, where one is recorded."""
+    return study.pathology or None
 
 
 def scanner_name(scan: Scan, content: bytes) -> str:

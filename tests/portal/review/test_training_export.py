@@ -142,18 +142,11 @@ def test_an_existing_folder_is_not_overwritten(site_key, tmp_path, db):
 
 
 @pytest.mark.parametrize(
-    ("fields", "expected"),
-    [
-        ({"pathology": "malignant"}, "malignant"),  # issue 16's Study.pathology
-        ({"pathology": "benign"}, "benign"),
-        ({"pathology": ""}, None),  # not recorded: the signed label stands
-        ({"pathology_outcome": "Malignant"}, "malignant"),
-        ({}, None),  # the field is not there yet
-    ],
+    ("recorded", "expected"),
+    [("malignant", "malignant"), ("benign", "benign"), ("", None)],
 )
-def test_the_pathology_outcome_is_read_where_recorded(fields, expected):
-    from types import SimpleNamespace
-
+def test_the_pathology_outcome_is_read_where_recorded(recorded, expected):
+    from portal.clinical.models import Study
     from portal.review.training_export import pathology_label
 
-    assert pathology_label(SimpleNamespace(**fields)) == expected
+    assert pathology_label(Study(pathology=recorded)) == expected
