@@ -250,13 +250,13 @@ def caution_report(weights: Path, loso_dir: Path | None) -> dict:
     from ml.weights_io import read_meta
 
     meta = read_meta(weights)
-    folds = []
+    folds, scored_by_source = [], {}
     for source in SOURCES:
         fold = None if loso_dir is None else Path(loso_dir) / f"without-{source}"
         if fold is None or not (fold / "model.json").is_file():
             continue
         fold_meta = read_meta(fold)
-        scored = score_source(fold, source)
+        scored = scored_by_source[source] = score_source(fold, source)
         used = ~scored["doppler"]
         scores = scored["ood_score"][used]
         folds.append(
@@ -274,18 +274,15 @@ def caution_report(weights: Path, loso_dir: Path | None) -> dict:
                 )
                 if (~used).any()
                 else None,
-                "scored": scored,
-                "limit": fold_meta.ood_threshold,
             }
         )
     chosen = caution_multiple([fold["passing"] for fold in folds])
     rows = []
     for fold in folds:
-        scored = fold.pop("scored")
+        scored = scored_by_source[fold["source"]]
         used = ~scored["doppler"]
-        limit = (chosen or 1.0) * fold.pop("limit")
-        passing = used & (scored["ood_score"] <= limit)
-        cautioned = used & ~(scored["ood_score"] <= limit)
+        below = scored["ood_score"] <= (chosen or 1.0) * fold["threshold"]
+        passing, cautioned = used & below, used & ~below
         fold["auc_passing"] = _auc(scored, passing)
         fold["auc_cautioned"] = _auc(scored, cautioned)
         rows.append(
