@@ -201,10 +201,16 @@ def cmd_site_curve(args: argparse.Namespace) -> int:
 
     from ml.training.site_curve import caution_report, site_curve
 
-    report = site_curve(args.loso, args.weights, draws=args.draws)
+    def earlier(path):
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    caution_path = args.out.parent / "caution.json"
+    report = site_curve(
+        args.loso, args.weights, draws=args.draws, previous=earlier(args.out)
+    )
+    caution = caution_report(args.weights, args.loso, previous=earlier(caution_path))
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    caution = caution_report(args.weights, args.loso)
-    (args.out.parent / "caution.json").write_text(json.dumps(caution, indent=2) + "\n")
+    caution_path.write_text(json.dumps(caution, indent=2) + "\n")
     if args.set_caution and caution["threshold"] is not None:
         from dataclasses import replace
 

@@ -158,6 +158,12 @@ def curve(
     return rows
 
 
+def _fold_dir(loso_dir: Path | None, source: str) -> Path | None:
+    """The fold model trained without ``source``, if ``loso_dir`` holds it."""
+    fold = None if loso_dir is None else Path(loso_dir) / f"without-{source}"
+    return fold if fold is not None and (fold / "model.json").is_file() else None
+
+
 def site_curve(
     loso_dir: Path | None,
     weights: Path,
@@ -165,17 +171,23 @@ def site_curve(
     ks: tuple[int, ...] = DEFAULT_K,
     draws: int = 20,
     seed: int = 0,
+    previous: dict | None = None,
 ) -> dict:
-    """Every source as the new site; a fold model where ``loso_dir`` has one."""
+    """Every source as the new site; a fold model where ``loso_dir`` has one.
+
+    Folds run one at a time, hours or sessions apart: a source whose fold model is not in
+    ``loso_dir`` keeps its fold-model row from ``previous`` (the earlier report, same ks
+    and draws) rather than falling back to the committed model."""
     from ml.weights_io import read_meta
 
     report: dict = {"ks": list(ks), "draws": draws, "seed": seed, "folds": {}}
     for source in SOURCES:
-        fold = None if loso_dir is None else Path(loso_dir) / f"without-{source}"
-        if fold is not None and (fold / "model.json").is_file():
-            model, honest = fold, True
-        else:
-            model, honest = Path(weights), False
+        fold = _fold_dir(loso_dir, source)
+        earlier = _earlier_fold(previous, source, ks=list(ks), draws=draws, seed=seed)
+        if fold is None and earlier is not None:
+            report["folds"][source] = earlier
+            continue
+        model, honest = (fold, True) if fold is not None else (Path(weights), False)
         meta = read_meta(model)
         scored = score_source(model, source)
         used = ~scored["doppler"]
@@ -209,6 +221,26 @@ def site_curve(
     return report
 
 
+def _earlier_fold(
+    previous: dict | None, source: str, *, ks: list[int], draws: int, seed: int
+) -> dict | None:
+    """``source``'s fold-model row of an earlier site-curve report made the same way."""
+    if not previous or (
+        previous.get("ks"),
+        previous.get("draws"),
+        previous.get("seed"),
+    ) != (
+        ks,
+        draws,
+        seed,
+    ):
+        return None
+    row = previous.get("folds", {}).get(source)
+    if row is None or row.get("held_out_in_training", True):
+        return None
+    return {**row, "carried": True}
+
+
 CAUTION_MULTIPLES = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
 CAUTION_TARGET = 0.95
 
@@ -237,7 +269,21 @@ def caution_multiple(passing: list[dict[str, float]]) -> float | None:
     )
 
 
-def caution_report(weights: Path, loso_dir: Path | None) -> dict:
+def _earlier_caution_fold(previous: dict | None, source: str) -> dict | None:
+    """``source``'s fold of an earlier caution report searched over the same multiples."""
+    for fold in (previous or {}).get("folds", []):
+        if fold["source"] == source and set(fold["passing"]) == {
+            str(m) for m in CAUTION_MULTIPLES
+        }:
+            carried = {**fold, "carried": True}
+            carried.setdefault("auc_at_multiple", previous.get("multiple"))
+            return carried
+    return None
+
+
+def caution_report(
+    weights: Path, loso_dir: Path | None, previous: dict | None = None
+) -> dict:
     """The "unusual for this model" caution's threshold, set by leave-one-source-out.
 
     Each fold model's own threshold is the 97.5th percentile of its validation scores (the
@@ -246,14 +292,21 @@ def caution_report(weights: Path, loso_dir: Path | None) -> dict:
     held-out source's scans pass is chosen, and the shipped threshold is m times the
     shipped model's own percentile. Per fold also: AUC (malignant vs benign, raw logits)
     on passing and cautioned scans — a caution that says nothing about accuracy teaches
-    readers to ignore it."""
+    readers to ignore it.
+
+    A fold whose model is not in ``loso_dir`` is carried from ``previous`` (the earlier
+    report): its pass rates per multiple and its AUCs were measured on its own model, so
+    folds trained sessions apart still choose m together."""
     from ml.weights_io import read_meta
 
     meta = read_meta(weights)
     folds, scored_by_source = [], {}
     for source in SOURCES:
-        fold = None if loso_dir is None else Path(loso_dir) / f"without-{source}"
-        if fold is None or not (fold / "model.json").is_file():
+        fold = _fold_dir(loso_dir, source)
+        if fold is None:
+            carried = _earlier_caution_fold(previous, source)
+            if carried is not None:
+                folds.append(carried)
             continue
         fold_meta = read_meta(fold)
         scored = scored_by_source[source] = score_source(fold, source)
@@ -279,12 +332,17 @@ def caution_report(weights: Path, loso_dir: Path | None) -> dict:
     chosen = caution_multiple([fold["passing"] for fold in folds])
     rows = []
     for fold in folds:
-        scored = scored_by_source[fold["source"]]
-        used = ~scored["doppler"]
-        below = scored["ood_score"] <= (chosen or 1.0) * fold["threshold"]
-        passing, cautioned = used & below, used & ~below
-        fold["auc_passing"] = _auc(scored, passing)
-        fold["auc_cautioned"] = _auc(scored, cautioned)
+        if fold["source"] in scored_by_source:
+            scored = scored_by_source[fold["source"]]
+            used = ~scored["doppler"]
+            below = scored["ood_score"] <= (chosen or 1.0) * fold["threshold"]
+            passing, cautioned = used & below, used & ~below
+            fold["auc_passing"] = _auc(scored, passing)
+            fold["auc_cautioned"] = _auc(scored, cautioned)
+            fold["auc_at_multiple"] = chosen
+        elif fold["auc_at_multiple"] != chosen:
+            # Carried: its AUCs were taken at another multiple; not re-measurable here.
+            fold["auc_passing"] = fold["auc_cautioned"] = None
         rows.append(
             {
                 "model": fold["model"],
@@ -292,7 +350,9 @@ def caution_report(weights: Path, loso_dir: Path | None) -> dict:
                 "n": fold["n"],
                 "passing_before": fold["passing"]["1.0"],
                 "passing_after": fold["passing"][str(chosen)] if chosen else None,
-                "note": "LOSO fold model, its held-out source; AUC m|b passing "
+                "note": "LOSO fold model, its held-out source"
+                + (" (carried from the earlier report)" if fold.get("carried") else "")
+                + "; AUC m|b passing "
                 + ("–" if fold["auc_passing"] is None else f"{fold['auc_passing']:.3f}")
                 + ", cautioned "
                 + (

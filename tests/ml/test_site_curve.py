@@ -8,9 +8,12 @@ from ml.site_calibration import SiteCalibration
 from ml.training.site_curve import (
     CAUTION_MULTIPLES,
     _draw_by_patient,
+    _earlier_caution_fold,
     caution_multiple,
     curve,
+    site_curve,
 )
+from ml.training.sources import SOURCES
 
 
 def test_draws_take_whole_patients():
@@ -52,3 +55,45 @@ def test_the_caution_multiple_is_the_smallest_every_fold_passes_at():
     assert caution_multiple([rates(1.0)]) == 1.0
     assert caution_multiple([rates(99.0)]) is None
     assert caution_multiple([]) is None
+
+
+def test_folds_trained_sessions_apart_keep_their_fold_model_rows(tmp_path):
+    """A fold whose model is not on this machine keeps its earlier fold-model row (same
+    ks, draws and seed) instead of being re-scored by the committed model."""
+    rows = {
+        source: {"model": f"fold-{source}", "held_out_in_training": False, "curve": {}}
+        for source in SOURCES
+    }
+    previous = {"ks": [100], "draws": 3, "seed": 0, "folds": rows}
+    report = site_curve(
+        tmp_path, tmp_path / "unused", ks=(100,), draws=3, previous=previous
+    )
+    assert {s: f["model"] for s, f in report["folds"].items()} == {
+        s: f"fold-{s}" for s in SOURCES
+    }
+    assert all(f["carried"] for f in report["folds"].values())
+
+
+def test_an_earlier_report_made_otherwise_is_not_carried():
+    from ml.training.site_curve import _earlier_fold
+
+    row = {"model": "fold-busi", "held_out_in_training": False, "curve": {}}
+    made = {"ks": [100], "draws": 3, "seed": 0, "folds": {"busi": row}}
+    assert _earlier_fold(made, "busi", ks=[100], draws=3, seed=0) is not None
+    assert _earlier_fold(made, "busi", ks=[100, 200], draws=3, seed=0) is None
+    assert _earlier_fold(made, "busi", ks=[100], draws=20, seed=0) is None
+    stand_in = {**made, "folds": {"busi": {**row, "held_out_in_training": True}}}
+    assert _earlier_fold(stand_in, "busi", ks=[100], draws=3, seed=0) is None
+
+
+def test_the_caution_carries_an_earlier_folds_pass_rates():
+    passing = {str(m): 0.96 for m in CAUTION_MULTIPLES}
+    previous = {
+        "multiple": 1.5,
+        "folds": [{"source": "busi", "passing": passing, "threshold": 14.2}],
+    }
+    carried = _earlier_caution_fold(previous, "busi")
+    assert carried["carried"] and carried["auc_at_multiple"] == 1.5
+    assert _earlier_caution_fold(previous, "bus-uclm") is None
+    other_grid = {"folds": [{"source": "busi", "passing": {"1.0": 0.9}}]}
+    assert _earlier_caution_fold(other_grid, "busi") is None
