@@ -46,6 +46,10 @@ class SiteCalibration(models.Model):
         "unusual only above it as well as above the model's threshold (empty: too few "
         "signed scans with a score, the model's threshold alone).",
     )
+    # The job that fitted it (a worker's fit, "calibration-fit-<id>"); empty: fitted in
+    # the request. Unique: a job re-run after its worker was given up for lost cannot
+    # record a second calibration.
+    job = models.CharField(max_length=64, blank=True, default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
@@ -57,6 +61,11 @@ class SiteCalibration(models.Model):
             models.UniqueConstraint(
                 fields=("model_version", "version"),
                 name="site_calibration_version_per_model",
+            ),
+            models.UniqueConstraint(
+                fields=("job",),
+                condition=~models.Q(job=""),
+                name="site_calibration_one_per_job",
             ),
         )
         permissions = (

@@ -50,9 +50,13 @@ def site_calibration_create(
     created_by: AbstractBaseUser,
     scanner: Scanner = SITE,
     ood_site_threshold: float | None = None,
+    job: str = "",
 ) -> SiteCalibration:
     """Record a fitted calibration as the next version for its model (not active yet);
-    versions are numbered per model version, whichever scanner model they are for."""
+    versions are numbered per model version, whichever scanner model they are for.
+
+    `job` names the job that fitted it: a second calibration of one job is refused by
+    the database (IntegrityError), whatever raced to record it."""
     if not 0.0 < target_sensitivity < 1.0:
         raise ValidationError("The target sensitivity must lie between 0 and 1.")
     # Locks the model version's rows so that two fits cannot take the same number.
@@ -72,6 +76,7 @@ def site_calibration_create(
         scanner_manufacturer=scanner.manufacturer,
         scanner_model=scanner.model,
         ood_site_threshold=ood_site_threshold,
+        job=job,
     )
     logger.info(
         "site calibration %s (version %s) recorded", calibration.pk, calibration.version

@@ -185,6 +185,10 @@ class CalibrationFit(models.Model):
         max_length=16, choices=Status.choices, default=Status.QUEUED
     )
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Who holds a running fit: a token each claim writes anew. A worker records its
+    # outcome only while the token is still its own (a fit claimed again after its
+    # worker was given up for lost is the new claimant's).
+    claim = models.CharField(max_length=32, blank=True, default="", editable=False)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
