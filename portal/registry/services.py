@@ -15,7 +15,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -178,20 +178,11 @@ def _lock_registry() -> None:
     list(ModelVersion.objects.select_for_update().values_list("pk", flat=True))
 
 
-def _described_fields(described: installed.Described) -> dict[str, Any]:
-    """A ModelVersion's fields from what its folder says (all but the version)."""
-    return {
-        "name": described.name,
-        "weights_sha256": described.weights_sha256,
-        "card": described.card,
-        "lineage": described.lineage,
-        "comparison": described.comparison,
-    }
-
-
 @transaction.atomic
 def model_version_register_shipped() -> ModelVersion | None:
-    """The shipped model's record (made on first need; None when none is shipped)."""
+    """The shipped model's record (None when none is shipped): made at deploy time by
+    `manage.py register_shipped_model`, else by the first change that needs it; never
+    by a page that only shows the registry."""
     version = installed.shipped_version()
     if version is None:
         return None
@@ -208,19 +199,22 @@ def model_version_register_shipped() -> ModelVersion | None:
     record, _ = ModelVersion.objects.get_or_create(
         version=version,
         defaults={
-            **_described_fields(described),
+            **described.record_fields(),
             "source": ModelVersion.Source.SHIPPED,
         },
     )
     return record
 
 
-@transaction.atomic
 def model_version_install(
     *, source: Path, installed_by: AbstractBaseUser | None
 ) -> ModelVersion:
     """Copy a fine-tuned model folder (with its comparison report) into ML_MODELS_DIR and
-    record it. Installed is not active: promoting it is a separate, audited step."""
+    record it. Installed is not active: promoting it is a separate, audited step.
+
+    The folder is staged, checked and renamed into place, then recorded; when recording
+    fails the folder is removed, and one left by a crash between the two is adopted by
+    the next install of the same version: an install can always be run again."""
     model_version_register_shipped()
     try:
         described = installed.describe(Path(source))
@@ -229,16 +223,28 @@ def model_version_install(
     if ModelVersion.objects.filter(version=described.version).exists():
         raise ValidationError(f"{described.version} is installed already.")
     try:
-        described = installed.copy_in(Path(source))
+        copied = installed.copy_in(Path(source))
     except installed.InstallError as exc:
         raise ValidationError(str(exc)) from None
-    record = ModelVersion.objects.create(
-        version=described.version,
-        **_described_fields(described),
-        source=ModelVersion.Source.INSTALLED,
-        installed_by=installed_by,
+    try:
+        with transaction.atomic():
+            record = ModelVersion.objects.create(
+                version=copied.described.version,
+                **copied.described.record_fields(),
+                source=ModelVersion.Source.INSTALLED,
+                installed_by=installed_by,
+            )
+    except IntegrityError:
+        # Another install of the same version recorded it first: its folder stays.
+        raise ValidationError(f"{described.version} is installed already.") from None
+    except BaseException:
+        installed.remove(copied)
+        raise
+    logger.info(
+        "model version %s installed%s",
+        record.version,
+        "" if copied.copied else " (its folder, left by an interrupted install, kept)",
     )
-    logger.info("model version %s installed", record.version)
     return record
 
 
