@@ -300,6 +300,16 @@ def _activate(
     return activation
 
 
+def _change(user: AbstractBaseUser, reason: str) -> str:
+    """The start of every change of what is active: who may, why (the reason, as kept),
+    the shipped model recorded (what a rollback may return to), the registry locked."""
+    _require_promoter(user)
+    reason = _reason(reason)
+    model_version_register_shipped()
+    _lock_registry()
+    return reason
+
+
 def _promotable(model_version: ModelVersion) -> str | None:
     """The active version, after refusing a promotion to what is active already."""
     _lock_registry()
@@ -319,9 +329,7 @@ def model_promote(
     Refused (PromotionNeedsConfirmation) when its comparison with the active version says
     "worse" on any measure, or there is none: then a second administrator must confirm a
     promotion request (model_promotion_request, model_promotion_confirm)."""
-    _require_promoter(user)
-    reason = _reason(reason)
-    model_version_register_shipped()
+    reason = _change(user, reason)
     active = _promotable(model_version)
     concerns = promotion_concerns(model_version, active=active)
     if concerns:
@@ -340,9 +348,7 @@ def model_promotion_request(
 ) -> PromotionRequest:
     """Ask for a promotion the comparison does not support; another administrator
     confirms it or anyone allowed withdraws it."""
-    _require_promoter(user)
-    reason = _reason(reason)
-    model_version_register_shipped()
+    reason = _change(user, reason)
     active = _promotable(model_version)
     concerns = promotion_concerns(model_version, active=active)
     if not concerns:
@@ -438,9 +444,7 @@ def model_rollback_target() -> ModelVersion:
 def model_rollback(*, user: AbstractBaseUser, reason: str) -> ModelActivation:
     """Return to the version active before the current one. It served before: no
     comparison is asked for."""
-    _require_promoter(user)
-    reason = _reason(reason)
-    _lock_registry()
+    reason = _change(user, reason)
     target = model_rollback_target()
     if target.version == model_version_active():
         raise ValidationError(f"{target.version} is the active version already.")
@@ -459,9 +463,7 @@ def model_shadow_set(
 ) -> ModelActivation:
     """Run `model_version` beside the active one on new scans, its results stored for
     comparison only (None: stop)."""
-    _require_promoter(user)
-    reason = _reason(reason)
-    _lock_registry()
+    reason = _change(user, reason)
     current = model_version_shadow()
     wanted = model_version.version if model_version is not None else None
     if current == wanted:
