@@ -51,6 +51,7 @@ var/media:
 
 migrate: venv | var/media
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py register_shipped_model
 
 redis: venv | var/media
 	$(PY) scripts/ensure_redis.py

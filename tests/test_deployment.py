@@ -123,6 +123,17 @@ def test_web_serves_the_wsgi_application_with_gunicorn(compose):
     assert "portal.wsgi:application" in argv
 
 
+def test_migrate_then_records_the_shipped_model(compose):
+    """The model registry page only reads: the deploy records the shipped model."""
+    argv = command_of(compose["services"]["migrate"])
+    assert argv[:2] == ["sh", "-c"]
+    steps = [shlex.split(step) for step in argv[2].split("&&")]
+    assert steps == [
+        ["python", "manage.py", "migrate", "--noinput"],
+        ["python", "manage.py", "register_shipped_model"],
+    ]
+
+
 def test_worker_consumes_the_inference_queue_one_task_at_a_time(compose, settings):
     argv = command_of(compose["services"]["worker"])
     assert argv[:4] == ["celery", "-A", "workers", "worker"]

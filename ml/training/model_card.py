@@ -38,6 +38,23 @@ LOSO_COLUMNS = (
 )
 
 
+def _report(report_dir: Path, name: str) -> dict | None:
+    """A report file's contents; None when it was not written (its section is left
+    out, or says so)."""
+    path = report_dir / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _table(header: tuple[str, ...], align: str, rows: list[tuple[str, ...]]) -> str:
+    """A Markdown table; `align` has a letter a column: "l" text, "r" numbers."""
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    return "\n".join([_cells(header), rule, *(_cells(row) for row in rows)])
+
+
+def _cells(cells: tuple[str, ...]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def _figure(entry: dict | None) -> str:
     if not entry:
         return "—"
@@ -98,14 +115,10 @@ def _loso_table(report: dict) -> str:
 
 
 def _ablation_section(report_dir: Path, loso: dict | None) -> str:
-    path = report_dir / "ablation.json"
     rows = []
     if loso:
         rows.append(("production recipe (all of the below)", loso))
-    if path.is_file():
-        rows += [
-            (name, report) for name, report in json.loads(path.read_text()).items()
-        ]
+    rows += list((_report(report_dir, "ablation.json") or {}).items())
     if len(rows) < 2:
         return (
             "Only the production recipe was measured by LOSO for these weights; no ablation "
@@ -165,10 +178,9 @@ def _gate_verdict(chosen: dict) -> str:
 def _gate_section(report_dir: Path) -> str:
     """From ``gate.json`` (``python -m ml fit-gate``) and, as ablation rows, the previous
     gate's own report ``gate_previous.json``; empty without the first."""
-    path = report_dir / "gate.json"
-    if not path.is_file():
+    gate = _report(report_dir, "gate.json")
+    if gate is None:
         return ""
-    gate = json.loads(path.read_text())
     rows = [
         (
             "| gate | held out | held-out scans passing | Doppler frames withheld | "
@@ -176,10 +188,9 @@ def _gate_section(report_dir: Path) -> str:
         ),
         "|---|---|---:|---:|---:|",
     ]
-    previous_path = report_dir / "gate_previous.json"
+    previous = _report(report_dir, "gate_previous.json")
     previous_note = ""
-    if previous_path.is_file():
-        previous = json.loads(previous_path.read_text())
+    if previous is not None:
         gate_id = previous["production"]["gate_id"]
         rows += _gate_rows(
             [v for v in previous["variants"] if not v["name"].startswith("before:")],
@@ -244,10 +255,9 @@ def _rate(value) -> str:
 
 
 def _caution_section(report_dir: Path) -> str:
-    path = report_dir / "caution.json"
-    if not path.is_file():
+    caution = _report(report_dir, "caution.json")
+    if caution is None:
         return ""
-    caution = json.loads(path.read_text())
     rows = "\n".join(
         f"| {row['model']} | {row['source']} | {row['n']} | {_rate(row['passing_before'])} | "
         f"{_rate(row['passing_after'])} | {row['note']} |"
@@ -263,18 +273,20 @@ def _caution_section(report_dir: Path) -> str:
 """
 
 
+SITE_CURVE_MEASURES = (
+    "ece",
+    "recall_normal",
+    "recall_benign",
+    "recall_malignant",
+    "sensitivity",
+)
+
+
 def _site_curve_section(report_dir: Path) -> str:
-    path = report_dir / "site_curve.json"
-    if not path.is_file():
+    curve = _report(report_dir, "site_curve.json")
+    if curve is None:
         return ""
-    curve = json.loads(path.read_text())
-    lines = [
-        (
-            "| site (held out) | model | k reads | ECE | recall normal | recall benign | "
-            "recall malignant | sensitivity at 0.90 | draws in 0.85–0.95 |"
-        ),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
 
     def cell(row: dict, key: str) -> str:
         value = row[key]
@@ -290,12 +302,30 @@ def _site_curve_section(report_dir: Path) -> str:
         )
         for k, row in fold["curve"].items():
             share = row.get("sensitivity_in_0_85_0_95")
-            lines.append(
-                f"| {source} | {model} | {k} | {cell(row, 'ece')} | "
-                f"{cell(row, 'recall_normal')} | {cell(row, 'recall_benign')} | "
-                f"{cell(row, 'recall_malignant')} | {cell(row, 'sensitivity')} | "
-                f"{_rate(share)} |"
+            rows.append(
+                (
+                    source,
+                    model,
+                    k,
+                    *(cell(row, key) for key in SITE_CURVE_MEASURES),
+                    _rate(share),
+                )
             )
+    table = _table(
+        (
+            "site (held out)",
+            "model",
+            "k reads",
+            "ECE",
+            "recall normal",
+            "recall benign",
+            "recall malignant",
+            "sensitivity at 0.90",
+            "draws in 0.85–0.95",
+        ),
+        "llrrrrrrr",
+        rows,
+    )
     return f"""
 ## Site calibration: the site-adaptation curve
 `python -m ml site-curve` ({curve["draws"]} draws per k, by patient, seed {curve["seed"]}).
@@ -305,22 +335,15 @@ rest (median, 10th–90th percentile over draws). Row "training": the weights' o
 calibration and the malignant label as the operating point, on all of the source.
 {curve.get("note", "")}
 
-{chr(10).join(lines)}
+{table}
 """
 
 
 def _loso_finetune_section(report_dir: Path) -> str:
-    path = report_dir / "loso_finetune.json"
-    if not path.is_file():
+    report = _report(report_dir, "loso_finetune.json")
+    if report is None:
         return ""
-    report = json.loads(path.read_text())
-    lines = [
-        (
-            "| held out (the site) | k | set | images | AUC m vs b: before → after | "
-            "Dice: before → after | ECE: before → after |"
-        ),
-        "|---|---:|---|---:|---|---|---|",
-    ]
+    rows = []
 
     def cell(figures: dict, name: str) -> str:
         m = figures.get(name)
@@ -337,11 +360,30 @@ def _loso_finetune_section(report_dir: Path) -> str:
         for k, row in by_k.items():
             for label, figures in row["sets"].items():
                 name = "rest of the site" if label.startswith("site:") else label
-                lines.append(
-                    f"| {source} | {k} | {name} | {figures['n']} | "
-                    f"{cell(figures, 'auc_malignant_vs_benign')} | "
-                    f"{cell(figures, 'dice_lesion_mean')} | {cell(figures, 'ece')} |"
+                rows.append(
+                    (
+                        source,
+                        k,
+                        name,
+                        str(figures["n"]),
+                        cell(figures, "auc_malignant_vs_benign"),
+                        cell(figures, "dice_lesion_mean"),
+                        cell(figures, "ece"),
+                    )
                 )
+    table = _table(
+        (
+            "held out (the site)",
+            "k",
+            "set",
+            "images",
+            "AUC m vs b: before → after",
+            "Dice: before → after",
+            "ECE: before → after",
+        ),
+        "lrlrlll",
+        rows,
+    )
     return f"""
 ## Fine-tuning on a new site's own scans (LOSO)
 `python -m ml loso-finetune --fold SOURCE --k 100 200` (`ml/training/loso_finetune.py`):
@@ -354,14 +396,13 @@ intervals by patient, and the verdict by the rule fixed in `ml/training/compare.
 ("worse" also when the interval is too wide to exclude a drop beyond the margin, as on
 the small original test splits). Folds and k not listed were not run.
 
-{chr(10).join(lines)}
+{table}
 """
 
 
 def write_model_card(report_dir: Path, card_path: Path) -> None:
     report = json.loads((report_dir / "metrics.json").read_text())
-    loso_path = report_dir / "loso.json"
-    loso = json.loads(loso_path.read_text()) if loso_path.is_file() else None
+    loso = _report(report_dir, "loso.json")
     training = report.get("training", {})
     relative = (
         report_dir.relative_to(card_path.parent)

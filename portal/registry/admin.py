@@ -28,14 +28,16 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+# A calibration's (and an activation's) scope: which model's output, which scanner's.
+CALIBRATION_SCOPE = ("model_version", "scanner_manufacturer", "scanner_model")
+
+
 @admin.register(SiteCalibration)
 class SiteCalibrationAdmin(ReadOnlyAdmin):
     list_display = (
         "id",
-        "model_version",
         "version",
-        "scanner_manufacturer",
-        "scanner_model",
+        *CALIBRATION_SCOPE,
         "target_sensitivity",
         "reads",
         "created_by",
@@ -48,16 +50,14 @@ class SiteCalibrationAdmin(ReadOnlyAdmin):
 class CalibrationActivationAdmin(ReadOnlyAdmin):
     list_display = (
         "id",
-        "model_version",
-        "scanner_manufacturer",
-        "scanner_model",
+        *CALIBRATION_SCOPE,
         "calibration",
         "activated_by",
         "activated_at",
         "reason",
         "rescored",
     )
-    list_filter = ("model_version", "scanner_model")
+    list_filter = SiteCalibrationAdmin.list_filter
 
 
 @admin.register(ModelVersion)

@@ -10,6 +10,7 @@ names here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -60,6 +61,17 @@ class Described:
     card: dict[str, Any]
     lineage: dict[str, Any]
     comparison: dict[str, Any] | None
+
+    def record_fields(self) -> dict[str, Any]:
+        """A ModelVersion's fields from what the folder says (all but the version and
+        how it came: shipped or installed)."""
+        return {
+            "name": self.name,
+            "weights_sha256": self.weights_sha256,
+            "card": self.card,
+            "lineage": self.lineage,
+            "comparison": self.comparison,
+        }
 
 
 def shipped_version() -> str | None:
@@ -141,7 +153,7 @@ def describe(directory: Path) -> Described:
         raise InstallError(f"{META_FILE} names no usable version ({version!r})")
     card = {
         key: _finite(value)
-        for key, value in json.loads((directory / META_FILE).read_text()).items()
+        for key, value in dataclasses.asdict(meta).items()
         if key not in _NOT_ON_CARD
     }
     card["has_gate"] = bool(meta.gate)
@@ -155,9 +167,22 @@ def describe(directory: Path) -> Described:
     )
 
 
-def copy_in(source: Path) -> Described:
+@dataclass(frozen=True)
+class Copied:
+    described: Described
+    directory: Path
+    # False: the folder was there already, left by an install that stopped before it
+    # was recorded, and holds the same, checked bytes (adopted, not copied again).
+    copied: bool
+
+
+def copy_in(source: Path) -> Copied:
     """Copy a model folder (python -m ml finetune's output, with its compare report) to
-    ML_MODELS_DIR/<version>/; the weights must be the bytes its version names."""
+    ML_MODELS_DIR/<version>/; the weights must be the bytes its version names.
+
+    The caller records the version, and removes the folder (remove) when recording it
+    fails. A folder left by an install that stopped between the two (a crash, a kill) is
+    adopted when it holds the same checked bytes, so the install can be run again."""
     source = Path(source)
     described = describe(source)
     if not (source / WEIGHTS_FILE).is_file():
@@ -167,7 +192,7 @@ def copy_in(source: Path) -> Described:
     root = Path(settings.ML_MODELS_DIR)
     target = root / described.version
     if target.exists():
-        raise InstallError(f"{described.version} is installed already")
+        return Copied(_adopted(target, described), target, copied=False)
     root.mkdir(parents=True, exist_ok=True)
     # Copied beside the target, checked, then renamed: a worker never sees half a folder,
     # and the bytes checked are the bytes installed (not the source's, which may change).
@@ -187,7 +212,29 @@ def copy_in(source: Path) -> Described:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return described
+    return Copied(described, target, copied=True)
+
+
+def _adopted(target: Path, wanted: Described) -> Described:
+    """What an unrecorded folder of `wanted`'s version holds, once checked to be it."""
+    try:
+        found = describe(target)
+        _check_weights(target, found)
+    except InstallError as exc:
+        raise InstallError(
+            f"{target} is there but is not an intact copy of {wanted.version} ({exc}): "
+            "move it away and install again"
+        ) from None
+    if found.weights_sha256 != wanted.weights_sha256:
+        raise InstallError(f"{target} holds other weights than the folder to install")
+    return found
+
+
+def remove(copied: Copied) -> None:
+    """Undo copy_in when the version could not be recorded (a folder it adopted stays:
+    it was there before)."""
+    if copied.copied:
+        shutil.rmtree(copied.directory, ignore_errors=True)
 
 
 def _check_weights(directory: Path, described: Described) -> None:

@@ -19,7 +19,33 @@ from django.utils import timezone
 from portal.clinical.scanners import SCANNER_FIELD_LENGTH, Scanner
 
 
-class SiteCalibration(models.Model):
+def user_field(*, optional: bool = False) -> models.ForeignKey:
+    """Who did it: a user kept while anything names them (PROTECT), with no reverse
+    accessor; `optional`, may be nobody."""
+    return models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        **({"null": True, "blank": True} if optional else {}),
+    )
+
+
+class ScannerScoped(models.Model):
+    """A row about one scanner model's scans (DICOM Manufacturer, Manufacturer's Model
+    Name); both empty: about the whole site's."""
+
+    scanner_manufacturer = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
+    scanner_model = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def scanner(self) -> Scanner:
+        return Scanner(self.scanner_manufacturer, self.scanner_model)
+
+
+class SiteCalibration(ScannerScoped):
     model_version = models.CharField(max_length=64)
     # Numbered per model version: "calibration 3 of busnet-lite0-…".
     version = models.PositiveIntegerField()
@@ -34,10 +60,7 @@ class SiteCalibration(models.Model):
     )
     target_sensitivity = models.FloatField()
     reads = models.PositiveIntegerField(help_text="Signed reads it was fitted on.")
-    # Fitted on one scanner model's reads (DICOM Manufacturer, Manufacturer's Model
-    # Name); both empty: on the whole site's.
-    scanner_manufacturer = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
-    scanner_model = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
+    # Fitted on one scanner model's reads (ScannerScoped), or on the whole site's.
     ood_site_threshold = models.FloatField(
         null=True,
         blank=True,
@@ -46,9 +69,11 @@ class SiteCalibration(models.Model):
         "unusual only above it as well as above the model's threshold (empty: too few "
         "signed scans with a score, the model's threshold alone).",
     )
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
-    )
+    # The job that fitted it (a worker's fit, "calibration-fit-<id>"); empty: fitted in
+    # the request. Unique: a job re-run after its worker was given up for lost cannot
+    # record a second calibration.
+    job = models.CharField(max_length=64, blank=True, default="")
+    created_by = user_field()
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
@@ -58,6 +83,11 @@ class SiteCalibration(models.Model):
                 fields=("model_version", "version"),
                 name="site_calibration_version_per_model",
             ),
+            models.UniqueConstraint(
+                fields=("job",),
+                condition=~models.Q(job=""),
+                name="site_calibration_one_per_job",
+            ),
         )
         permissions = (
             ("activate_sitecalibration", "Can activate or roll back a calibration"),
@@ -66,10 +96,6 @@ class SiteCalibration(models.Model):
     def __str__(self) -> str:
         scope = "" if self.scanner.is_site else f" for {self.scanner.name}"
         return f"Site calibration {self.version} of {self.model_version}{scope}"
-
-    @property
-    def scanner(self) -> Scanner:
-        return Scanner(self.scanner_manufacturer, self.scanner_model)
 
     @property
     def threshold(self) -> float | None:
@@ -90,7 +116,7 @@ class SiteCalibration(models.Model):
         }
 
 
-class CalibrationActivation(models.Model):
+class CalibrationActivation(ScannerScoped):
     """From `activated_at` on, analyses of `model_version` are shown through
     `calibration` (None: the model's own calibration, as trained).
 
@@ -98,8 +124,6 @@ class CalibrationActivation(models.Model):
     site's calibration" (the site-wide one in use, the fallback)."""
 
     model_version = models.CharField(max_length=64)
-    scanner_manufacturer = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
-    scanner_model = models.CharField(max_length=SCANNER_FIELD_LENGTH, blank=True)
     calibration = models.ForeignKey(
         SiteCalibration,
         on_delete=models.PROTECT,
@@ -107,9 +131,7 @@ class CalibrationActivation(models.Model):
         blank=True,
         related_name="activations",
     )
-    activated_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
-    )
+    activated_by = user_field()
     activated_at = models.DateTimeField(default=timezone.now, editable=False)
     reason = models.CharField(max_length=255, blank=True)
     rescored = models.PositiveIntegerField(
@@ -141,10 +163,6 @@ class CalibrationActivation(models.Model):
         )
         target = self.calibration or fallback
         return f"{target} active since {self.activated_at:%Y-%m-%d %H:%M}"
-
-    @property
-    def scanner(self) -> Scanner:
-        return Scanner(self.scanner_manufacturer, self.scanner_model)
 
 
 # --- model versions ---------------------------------------------------------------------
@@ -179,13 +197,7 @@ class ModelVersion(models.Model):
         help_text="python -m ml compare's report against its baseline (rule, sets, "
         "measures with paired intervals and verdicts); empty: never compared.",
     )
-    installed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
+    installed_by = user_field(optional=True)
     installed_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
@@ -241,9 +253,7 @@ class ModelActivation(models.Model):
         related_name="activations",
     )
     reason = models.CharField(max_length=255)
-    activated_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
-    )
+    activated_by = user_field()
     activated_at = models.DateTimeField(default=timezone.now, editable=False)
     # A promotion its comparison does not support ("worse" on a measure, or no
     # comparison against the version active then) needs a second administrator.
@@ -253,13 +263,7 @@ class ModelActivation(models.Model):
         help_text="The measures judged worse (or why the comparison did not apply) "
         "that a second administrator confirmed past.",
     )
-    confirmed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
+    confirmed_by = user_field(optional=True)
 
     class Meta:
         ordering = ("-activated_at", "-id")
@@ -290,20 +294,12 @@ class PromotionRequest(models.Model):
     baseline = models.CharField(max_length=64)
     reason = models.CharField(max_length=255)
     concerns = models.JSONField(default=list, blank=True)
-    requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
-    )
+    requested_by = user_field()
     requested_at = models.DateTimeField(default=timezone.now, editable=False)
     status = models.CharField(
         max_length=10, choices=Status.choices, default=Status.PENDING
     )
-    decided_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
+    decided_by = user_field(optional=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     activation = models.OneToOneField(
         ModelActivation,

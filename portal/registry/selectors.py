@@ -4,10 +4,13 @@ scanner model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from django.conf import settings
 from django.db.models import QuerySet
 
 from portal.clinical.scanners import SITE, Scanner
-from portal.registry.installed import shipped_version
+from portal.registry.installed import InstallError, describe, shipped_version
 from portal.registry.models import (
     CalibrationActivation,
     ModelActivation,
@@ -143,6 +146,27 @@ def model_versions() -> QuerySet[ModelVersion]:
     return ModelVersion.objects.select_related("installed_by").order_by(
         "-installed_at", "-id"
     )
+
+
+def model_versions_shown() -> list[ModelVersion]:
+    """The recorded versions, and the shipped model as its record would be (unsaved,
+    no pk) while it is not recorded yet: reading the registry writes nothing."""
+    versions = list(model_versions())
+    shipped = shipped_version()
+    if shipped is None or any(v.version == shipped for v in versions):
+        return versions
+    try:
+        described = describe(Path(settings.ML_WEIGHTS_DIR))
+    except InstallError:
+        return versions
+    return [
+        *versions,
+        ModelVersion(
+            version=shipped,
+            source=ModelVersion.Source.SHIPPED,
+            **described.record_fields(),
+        ),
+    ]
 
 
 def promotion_requests_pending() -> QuerySet[PromotionRequest]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -50,9 +50,13 @@ def site_calibration_create(
     created_by: AbstractBaseUser,
     scanner: Scanner = SITE,
     ood_site_threshold: float | None = None,
+    job: str = "",
 ) -> SiteCalibration:
     """Record a fitted calibration as the next version for its model (not active yet);
-    versions are numbered per model version, whichever scanner model they are for."""
+    versions are numbered per model version, whichever scanner model they are for.
+
+    `job` names the job that fitted it: a second calibration of one job is refused by
+    the database (IntegrityError), whatever raced to record it."""
     if not 0.0 < target_sensitivity < 1.0:
         raise ValidationError("The target sensitivity must lie between 0 and 1.")
     # Locks the model version's rows so that two fits cannot take the same number.
@@ -72,6 +76,7 @@ def site_calibration_create(
         scanner_manufacturer=scanner.manufacturer,
         scanner_model=scanner.model,
         ood_site_threshold=ood_site_threshold,
+        job=job,
     )
     logger.info(
         "site calibration %s (version %s) recorded", calibration.pk, calibration.version
@@ -173,20 +178,11 @@ def _lock_registry() -> None:
     list(ModelVersion.objects.select_for_update().values_list("pk", flat=True))
 
 
-def _described_fields(described: installed.Described) -> dict[str, Any]:
-    """A ModelVersion's fields from what its folder says (all but the version)."""
-    return {
-        "name": described.name,
-        "weights_sha256": described.weights_sha256,
-        "card": described.card,
-        "lineage": described.lineage,
-        "comparison": described.comparison,
-    }
-
-
 @transaction.atomic
 def model_version_register_shipped() -> ModelVersion | None:
-    """The shipped model's record (made on first need; None when none is shipped)."""
+    """The shipped model's record (None when none is shipped): made at deploy time by
+    `manage.py register_shipped_model`, else by the first change that needs it; never
+    by a page that only shows the registry."""
     version = installed.shipped_version()
     if version is None:
         return None
@@ -203,19 +199,22 @@ def model_version_register_shipped() -> ModelVersion | None:
     record, _ = ModelVersion.objects.get_or_create(
         version=version,
         defaults={
-            **_described_fields(described),
+            **described.record_fields(),
             "source": ModelVersion.Source.SHIPPED,
         },
     )
     return record
 
 
-@transaction.atomic
 def model_version_install(
     *, source: Path, installed_by: AbstractBaseUser | None
 ) -> ModelVersion:
     """Copy a fine-tuned model folder (with its comparison report) into ML_MODELS_DIR and
-    record it. Installed is not active: promoting it is a separate, audited step."""
+    record it. Installed is not active: promoting it is a separate, audited step.
+
+    The folder is staged, checked and renamed into place, then recorded; when recording
+    fails the folder is removed, and one left by a crash between the two is adopted by
+    the next install of the same version: an install can always be run again."""
     model_version_register_shipped()
     try:
         described = installed.describe(Path(source))
@@ -224,16 +223,28 @@ def model_version_install(
     if ModelVersion.objects.filter(version=described.version).exists():
         raise ValidationError(f"{described.version} is installed already.")
     try:
-        described = installed.copy_in(Path(source))
+        copied = installed.copy_in(Path(source))
     except installed.InstallError as exc:
         raise ValidationError(str(exc)) from None
-    record = ModelVersion.objects.create(
-        version=described.version,
-        **_described_fields(described),
-        source=ModelVersion.Source.INSTALLED,
-        installed_by=installed_by,
+    try:
+        with transaction.atomic():
+            record = ModelVersion.objects.create(
+                version=copied.described.version,
+                **copied.described.record_fields(),
+                source=ModelVersion.Source.INSTALLED,
+                installed_by=installed_by,
+            )
+    except IntegrityError:
+        # Another install of the same version recorded it first: its folder stays.
+        raise ValidationError(f"{described.version} is installed already.") from None
+    except BaseException:
+        installed.remove(copied)
+        raise
+    logger.info(
+        "model version %s installed%s",
+        record.version,
+        "" if copied.copied else " (its folder, left by an interrupted install, kept)",
     )
-    logger.info("model version %s installed", record.version)
     return record
 
 
@@ -289,6 +300,16 @@ def _activate(
     return activation
 
 
+def _change(user: AbstractBaseUser, reason: str) -> str:
+    """The start of every change of what is active: who may, why (the reason, as kept),
+    the shipped model recorded (what a rollback may return to), the registry locked."""
+    _require_promoter(user)
+    reason = _reason(reason)
+    model_version_register_shipped()
+    _lock_registry()
+    return reason
+
+
 def _promotable(model_version: ModelVersion) -> str | None:
     """The active version, after refusing a promotion to what is active already."""
     _lock_registry()
@@ -308,9 +329,7 @@ def model_promote(
     Refused (PromotionNeedsConfirmation) when its comparison with the active version says
     "worse" on any measure, or there is none: then a second administrator must confirm a
     promotion request (model_promotion_request, model_promotion_confirm)."""
-    _require_promoter(user)
-    reason = _reason(reason)
-    model_version_register_shipped()
+    reason = _change(user, reason)
     active = _promotable(model_version)
     concerns = promotion_concerns(model_version, active=active)
     if concerns:
@@ -329,9 +348,7 @@ def model_promotion_request(
 ) -> PromotionRequest:
     """Ask for a promotion the comparison does not support; another administrator
     confirms it or anyone allowed withdraws it."""
-    _require_promoter(user)
-    reason = _reason(reason)
-    model_version_register_shipped()
+    reason = _change(user, reason)
     active = _promotable(model_version)
     concerns = promotion_concerns(model_version, active=active)
     if not concerns:
@@ -427,9 +444,7 @@ def model_rollback_target() -> ModelVersion:
 def model_rollback(*, user: AbstractBaseUser, reason: str) -> ModelActivation:
     """Return to the version active before the current one. It served before: no
     comparison is asked for."""
-    _require_promoter(user)
-    reason = _reason(reason)
-    _lock_registry()
+    reason = _change(user, reason)
     target = model_rollback_target()
     if target.version == model_version_active():
         raise ValidationError(f"{target.version} is the active version already.")
@@ -448,9 +463,7 @@ def model_shadow_set(
 ) -> ModelActivation:
     """Run `model_version` beside the active one on new scans, its results stored for
     comparison only (None: stop)."""
-    _require_promoter(user)
-    reason = _reason(reason)
-    _lock_registry()
+    reason = _change(user, reason)
     current = model_version_shadow()
     wanted = model_version.version if model_version is not None else None
     if current == wanted:

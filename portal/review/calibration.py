@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from ml.site_calibration import (
@@ -204,16 +205,13 @@ def _check_fit(*, target_sensitivity: float, scanner: Scanner, reads: int) -> No
         )
 
 
-def site_calibration_fit(
-    *,
-    model_version: str,
-    target_sensitivity: float,
-    created_by: AbstractBaseUser,
-    scanner: Scanner = SITE,
-) -> SiteCalibration:
+def _fitted(
+    *, model_version: str, target_sensitivity: float, scanner: Scanner
+) -> dict[str, Any]:
     """Fit temperature, class offsets and the operating point on the site's signed reads
     (one scanner model's, when named), with the cross-validated before/after and the
-    site's own out-of-distribution threshold; recorded as the next version, not active."""
+    site's own out-of-distribution threshold: site_calibration_create's arguments but
+    who and which job. Reads only: the bootstrap takes its time outside any lock."""
     reads = signed_reads(model_version=model_version, scanner=scanner)
     _check_fit(target_sensitivity=target_sensitivity, scanner=scanner, reads=reads.n)
     try:
@@ -230,23 +228,43 @@ def site_calibration_fit(
     evaluation["from_pathology"] = reads.from_pathology
     unusual = unusual_shares(model_version=model_version, scanner=scanner, reads=reads)
     evaluation["unusual"] = unusual
-    calibration = site_calibration_create(
-        model_version=model_version,
-        parameters=parameters,
-        evaluation=evaluation,
-        target_sensitivity=target_sensitivity,
-        reads=reads.n,
-        created_by=created_by,
-        scanner=scanner,
-        ood_site_threshold=unusual["site_threshold"],
-    )
+    return {
+        "model_version": model_version,
+        "parameters": parameters,
+        "evaluation": evaluation,
+        "target_sensitivity": target_sensitivity,
+        "reads": reads.n,
+        "scanner": scanner,
+        "ood_site_threshold": unusual["site_threshold"],
+    }
+
+
+def _record(fitted: dict[str, Any], **who: Any) -> SiteCalibration:
+    calibration = site_calibration_create(**fitted, **who)
     logger.info(
         "site calibration %s fitted on %d reads of %s",
         calibration.pk,
-        reads.n,
-        model_version,
+        calibration.reads,
+        calibration.model_version,
     )
     return calibration
+
+
+def site_calibration_fit(
+    *,
+    model_version: str,
+    target_sensitivity: float,
+    created_by: AbstractBaseUser,
+    scanner: Scanner = SITE,
+) -> SiteCalibration:
+    """Fit a calibration on the site's signed reads (see _fitted) and record it as the
+    next version, not active."""
+    fitted = _fitted(
+        model_version=model_version,
+        target_sensitivity=target_sensitivity,
+        scanner=scanner,
+    )
+    return _record(fitted, created_by=created_by)
 
 
 def unusual_shares(
@@ -418,14 +436,30 @@ def _send_or_mark_unsent(fit_id: int) -> None:
         # The row is committed and stays; an administrator runs it again once the
         # broker is back (nothing is lost, nothing runs twice: the claim decides).
         logger.warning("calibration fit %s could not be queued", fit_id, exc_info=True)
-        CalibrationFit.objects.filter(
-            pk=fit_id, status=CalibrationFit.Status.QUEUED
-        ).update(
+        _fit_change(
+            fit_id,
+            Q(status=CalibrationFit.Status.QUEUED),
             status=CalibrationFit.Status.FAILED,
             finished_at=timezone.now(),
             error="The fit could not be queued (the task queue was unreachable). "
             "Run it again.",
         )
+
+
+@transaction.atomic
+def _fit_change(fit_id: int, expected: Q, **changes: Any) -> CalibrationFit | None:
+    """Compare-and-set on the job row: when the fit is as `expected`, lock it and make
+    the changes (a callable value is given the row as it was); None when it is not.
+
+    Saved, not updated in bulk, so that django-auditlog records every status change
+    (and every claim) like any other change of the row."""
+    fit = CalibrationFit.objects.select_for_update().filter(expected, pk=fit_id).first()
+    if fit is None:
+        return None
+    for name, value in changes.items():
+        setattr(fit, name, value(fit) if callable(value) else value)
+    fit.save(update_fields=list(changes))
+    return fit
 
 
 def _stale_before() -> datetime.datetime:
@@ -434,80 +468,123 @@ def _stale_before() -> datetime.datetime:
     )
 
 
-def calibration_fit_claim(*, fit_id: int) -> bool:
+def _held(claim: str | None) -> Q:
+    """A running fit, held by `claim` when one is named."""
+    running = Q(status=CalibrationFit.Status.RUNNING)
+    return running & Q(claim=claim) if claim else running
+
+
+def calibration_fit_claim(*, fit_id: int) -> str | None:
     """Compare-and-set queued -> running (or a running one whose worker was lost long
-    ago); False when someone else has it or it is finished."""
+    ago); returns the claim, the token the outcome is recorded under. None when someone
+    else has it or it is finished."""
     Status = CalibrationFit.Status
     claimable = Q(status=Status.QUEUED) | Q(
         status=Status.RUNNING, started_at__lt=_stale_before()
     )
-    return bool(
-        CalibrationFit.objects.filter(claimable, pk=fit_id).update(
-            status=Status.RUNNING, started_at=timezone.now(), error=""
-        )
+    claim = uuid.uuid4().hex
+    claimed = _fit_change(
+        fit_id,
+        claimable,
+        status=Status.RUNNING,
+        started_at=timezone.now(),
+        error="",
+        claim=claim,
     )
+    return claim if claimed is not None else None
+
+
+class _ClaimLost(Exception):
+    """The fit was claimed again (its worker given up for lost) while this run fitted."""
 
 
 def calibration_fit_run(*, fit_id: int) -> CalibrationFit | None:
     """Claim and run a fit; its outcome is on the row (the calibration, or the reason it
-    was refused). None when the fit was not claimable (a duplicate message).
+    was refused). None when the fit was not claimable (a duplicate message), or was
+    claimed again by another run while this one fitted (that run's outcome stands).
 
     Passing faults (database, network) propagate, the row still running and no
     calibration recorded: the task hands it back with calibration_fit_requeue and tries
     again."""
-    if not calibration_fit_claim(fit_id=fit_id):
+    claim = calibration_fit_claim(fit_id=fit_id)
+    if claim is None:
         logger.info("calibration fit %s is not claimable; nothing to do", fit_id)
         return None
     fit = CalibrationFit.objects.select_related("requested_by").get(pk=fit_id)
     try:
-        # The calibration and the row's outcome commit together: a fault between them
-        # would otherwise leave a calibration the retry fits a second time.
+        fitted = _fitted(
+            model_version=fit.model_version,
+            target_sensitivity=fit.target_sensitivity,
+            scanner=fit.scanner,
+        )
+        # The calibration is recorded under the row's lock and only while the claim is
+        # still this run's, and together with the row's outcome: a run that lost its
+        # claim, or a fault between the two, records nothing.
         with transaction.atomic():
-            calibration = site_calibration_fit(
-                model_version=fit.model_version,
-                target_sensitivity=fit.target_sensitivity,
-                created_by=fit.requested_by,
-                scanner=fit.scanner,
+            if _fit_change(fit_id, _held(claim)) is None:
+                raise _ClaimLost
+            calibration = _record(
+                fitted, created_by=fit.requested_by, job=f"calibration-fit-{fit_id}"
             )
-            CalibrationFit.objects.filter(
-                pk=fit_id, status=CalibrationFit.Status.RUNNING
-            ).update(
+            _fit_change(
+                fit_id,
+                _held(claim),
                 status=CalibrationFit.Status.SUCCEEDED,
                 finished_at=timezone.now(),
                 calibration=calibration,
                 error="",
             )
     except ValidationError as exc:
-        calibration_fit_fail(fit_id=fit_id, error=" ".join(exc.messages))
+        if not calibration_fit_fail(
+            fit_id=fit_id, error=" ".join(exc.messages), claim=claim
+        ):
+            return None
+    except _ClaimLost:
+        logger.info(
+            "calibration fit %s was claimed again while it ran; this run's result is "
+            "dropped",
+            fit_id,
+        )
+        return None
     fit.refresh_from_db()
     return fit
 
 
-def calibration_fit_requeue(*, fit_id: int, error: str) -> bool:
-    """A running fit that met a passing fault goes back to queued (an attempt counted)."""
-    return bool(
-        CalibrationFit.objects.filter(
-            pk=fit_id, status=CalibrationFit.Status.RUNNING
-        ).update(
+def calibration_fit_requeue(
+    *, fit_id: int, error: str, claim: str | None = None
+) -> bool:
+    """A running fit (held by `claim`, when named) that met a passing fault goes back
+    to queued (an attempt counted)."""
+    return (
+        _fit_change(
+            fit_id,
+            _held(claim),
             status=CalibrationFit.Status.QUEUED,
-            attempts=F("attempts") + 1,
+            attempts=lambda fit: fit.attempts + 1,
             error=error[:4000],
         )
+        is not None
     )
 
 
-def calibration_fit_fail(*, fit_id: int, error: str) -> bool:
+def calibration_fit_fail(*, fit_id: int, error: str, claim: str | None = None) -> bool:
     """A fit that cannot succeed (too few reads) or has run out of retries: failed, with
-    the reason shown on the page; an administrator may run it again."""
-    return bool(
-        CalibrationFit.objects.filter(
-            pk=fit_id,
-            status__in=(CalibrationFit.Status.RUNNING, CalibrationFit.Status.QUEUED),
-        ).update(
+    the reason shown on the page; an administrator may run it again. With `claim`, only
+    while that run still holds it."""
+    expected = (
+        _held(claim)
+        if claim
+        else Q(status__in=(CalibrationFit.Status.RUNNING, CalibrationFit.Status.QUEUED))
+    )
+    return (
+        _fit_change(
+            fit_id,
+            expected,
             status=CalibrationFit.Status.FAILED,
             finished_at=timezone.now(),
             error=error[:4000],
         )
+        is not None
     )
 
 
@@ -518,17 +595,19 @@ def calibration_fit_retry(*, fit: CalibrationFit) -> CalibrationFit:
     retryable = Q(status=Status.FAILED) | Q(
         status=Status.RUNNING, started_at__lt=_stale_before()
     )
-    locked = (
-        CalibrationFit.objects.select_for_update().filter(retryable, pk=fit.pk).first()
+    queued = _fit_change(
+        fit.pk,
+        retryable,
+        status=Status.QUEUED,
+        error="",
+        started_at=None,
+        finished_at=None,
+        claim="",
     )
-    if locked is None:
+    if queued is None:
         raise ValidationError("This fit is not failed: there is nothing to run again.")
-    locked.status = Status.QUEUED
-    locked.error = ""
-    locked.started_at = locked.finished_at = None
-    locked.save(update_fields=["status", "error", "started_at", "finished_at"])
-    _send_on_commit(locked.pk)
-    return locked
+    _send_on_commit(queued.pk)
+    return queued
 
 
 # --- case mix ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan
-from portal.clinical.scanners import Scanner
+from portal.registry.models import ScannerScoped
 
 LABEL_CHOICES = Analysis.Label.choices
 
@@ -160,7 +160,7 @@ class AgreementCount(models.Model):
         )
 
 
-class CalibrationFit(models.Model):
+class CalibrationFit(ScannerScoped):
     """A requested site calibration fit: the job row a worker claims and runs.
 
     The fit reads every signed read of the model (thousands at a busy site) and
@@ -177,14 +177,16 @@ class CalibrationFit(models.Model):
         FAILED = "failed"
 
     model_version = models.CharField(max_length=64)
-    # Both empty: a site-wide fit; else one scanner model's reads.
-    scanner_manufacturer = models.CharField(max_length=64, blank=True)
-    scanner_model = models.CharField(max_length=64, blank=True)
+    # Fitted on one scanner model's reads (ScannerScoped), or on the whole site's.
     target_sensitivity = models.FloatField()
     status = models.CharField(
         max_length=16, choices=Status.choices, default=Status.QUEUED
     )
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Who holds a running fit: a token each claim writes anew. A worker records its
+    # outcome only while the token is still its own (a fit claimed again after its
+    # worker was given up for lost is the new claimant's).
+    claim = models.CharField(max_length=32, blank=True, default="", editable=False)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
@@ -211,10 +213,6 @@ class CalibrationFit(models.Model):
 
     def __str__(self) -> str:
         return f"Calibration fit {self.pk} ({self.status})"
-
-    @property
-    def scanner(self) -> Scanner:
-        return Scanner(self.scanner_manufacturer, self.scanner_model)
 
     @property
     def is_finished(self) -> bool:

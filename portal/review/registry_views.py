@@ -41,11 +41,11 @@ def _done(request: HttpRequest, action: Callable[[], str]) -> HttpResponse:
 @require_GET
 @require_permissions(VIEW)
 def models_page(request: HttpRequest) -> HttpResponse:
-    registry.model_version_register_shipped()
+    """Read only: the changes are the POST views below."""
     active = registry_selectors.model_version_active()
     shadow = registry_selectors.model_version_shadow()
     versions = model_registry.version_views(
-        list(registry_selectors.model_versions()), active=active, shadow=shadow
+        registry_selectors.model_versions_shown(), active=active, shadow=shadow
     )
     return render(
         request,

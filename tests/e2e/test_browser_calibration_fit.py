@@ -15,10 +15,18 @@ from portal.clinical.scanners import Scanner
 from tests.e2e import test_browser_review as review_workflow
 from tests.portal.review import test_calibration_task as calibration_task
 
-# The calibration tests' model.json (autouse).
-from tests.portal.review.test_site_calibration import _analysed, model_json  # noqa: F401
+# The calibration tests' model.json (their conftest's fixtures, used by name).
+from tests.portal.review.conftest import (  # noqa: F401
+    calibration_model,
+    calibration_model_fields,
+    signed_analyses,
+)
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("calibration_model"),
+]
 
 chromium = review_workflow.chromium
 # The calibration task test's Redis queue and real worker, shared by name.
@@ -35,7 +43,7 @@ def acme_reads(people: dict[str, Any], media_root: Path) -> None:
     from portal.accounts.roles import STAFF
     from portal.clinical.models import Scan
 
-    analyses = _analysed(people[STAFF], n=N, signed=True, seed=21)
+    analyses = signed_analyses(people[STAFF], n=N, signed=True, seed=21)
     Scan.objects.filter(pk__in=[a.scan_id for a in analyses]).update(
         scanner_manufacturer=ACME.manufacturer, scanner_model=ACME.model
     )

@@ -166,6 +166,67 @@ def test_installing_the_same_version_twice_is_refused(install, tmp_path, admin):
         model_version_install(source=tmp_path / "made" / "out-c", installed_by=admin)
 
 
+def test_an_install_that_fails_to_record_leaves_nothing_behind(
+    tmp_path, admin, models_dir, monkeypatch
+):
+    """The database refuses the record after the folder was copied: no folder is left
+    to block installing again."""
+    from django.db import OperationalError
+
+    from portal.registry.models import ModelVersion
+    from portal.registry.services import model_version_install
+
+    folder = model_folder(tmp_path / "made", "crash")
+    create = ModelVersion.objects.create
+
+    def lost_connection(**fields: Any) -> Any:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(ModelVersion.objects, "create", lost_connection)
+    with pytest.raises(OperationalError):
+        model_version_install(source=folder, installed_by=admin)
+    assert [p.name for p in models_dir.iterdir()] == []
+
+    monkeypatch.setattr(ModelVersion.objects, "create", create)
+    record = model_version_install(source=folder, installed_by=admin)
+    assert (models_dir / record.version / "weights.npz").is_file()
+
+
+def test_a_folder_left_by_an_install_killed_before_recording_is_adopted(
+    tmp_path, admin, models_dir
+):
+    """The process died between copying and recording (nothing could clean up): the
+    next install of the same version checks the folder's bytes and records it."""
+    from portal.registry import installed
+    from portal.registry.services import model_version_install
+
+    folder = model_folder(tmp_path / "made", "killed")
+    left = installed.copy_in(folder)  # copied, never recorded
+
+    record = model_version_install(source=folder, installed_by=admin)
+
+    assert record.version == left.described.version
+    assert record.weights_sha256 == left.described.weights_sha256
+    assert sorted(p.name for p in models_dir.iterdir()) == [record.version]
+
+
+def test_a_leftover_folder_that_is_not_the_version_is_not_adopted(
+    tmp_path, admin, models_dir
+):
+    from portal.registry import installed
+    from portal.registry.models import ModelVersion
+    from portal.registry.services import model_version_install
+
+    folder = model_folder(tmp_path / "made", "tampered")
+    left = installed.copy_in(folder)
+    (left.directory / "weights.npz").write_bytes(b"something else")
+
+    with pytest.raises(ValidationError, match="not an intact copy"):
+        model_version_install(source=folder, installed_by=admin)
+    assert not ModelVersion.objects.filter(version=left.described.version).exists()
+    assert (left.directory / "weights.npz").read_bytes() == b"something else"
+
+
 def test_promoting_makes_new_analyses_by_the_new_version_and_keeps_old_ones(
     install, admin, study, user
 ):

@@ -183,3 +183,122 @@ def scan(study: Any, user: Any) -> Any:
 @pytest.fixture
 def analysis(scan: Any) -> Any:
     return scan.analyses.get()
+
+
+# --- site calibration: a model.json with a known calibration, and signed reads ---------
+
+# The calibration model.json's own calibration and the class prior training recorded.
+TEMPERATURE, CLASS_BIAS = 1.25, [0.75, 0.0, 1.0]
+TRAINING_PRIOR = [0.2, 0.5, 0.3]
+LABELS = ("normal", "benign", "malignant")
+
+
+@pytest.fixture
+def calibration_model_fields() -> dict[str, Any]:
+    """More model.json fields for calibration_model; a test module overrides this
+    fixture (the scanner tests give the model an out-of-distribution threshold)."""
+    return {}
+
+
+@pytest.fixture
+def calibration_model(
+    weights_dir: Any, calibration_model_fields: dict[str, Any]
+) -> Any:
+    """A whole model.json (read_meta refuses a partial one) with TEMPERATURE and
+    CLASS_BIAS, and the class prior where training records it. The calibration tests
+    use it for every test: pytestmark = pytest.mark.usefixtures("calibration_model")."""
+    from ml.weights_io import placeholder_meta, write_meta
+
+    return write_meta(
+        weights_dir,
+        placeholder_meta(
+            TEST_MODEL_VERSION,
+            temperature=TEMPERATURE,
+            class_bias=CLASS_BIAS,
+            training={"class_prior": TRAINING_PRIOR},
+            **calibration_model_fields,
+        ),
+    )
+
+
+def own_calibration() -> Any:
+    """The calibration model.json's own calibration, as ml's object."""
+    from ml.site_calibration import SiteCalibration as Fitted
+
+    return Fitted.from_training(temperature=TEMPERATURE, class_bias=CLASS_BIAS)
+
+
+def site_logits(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """A site whose scanner pulls the malignant logit down: the training calibration
+    under-calls malignant there, which a site calibration can correct."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, size=n, p=[0.3, 0.4, 0.3])
+    logits = np.eye(3)[labels] * 2.5 + rng.normal(0, 1.0, (n, 3))
+    logits[:, 2] -= 1.5
+    return logits, labels
+
+
+def signed_analyses(
+    user: Any, *, n: int, signed: bool, seed: int = 7, pathology: str = ""
+) -> list[Any]:
+    """n scans (two per patient) with succeeded analyses shown through the model's own
+    calibration, each with stored logits; with `signed`, a signed reading per scan
+    carrying the true label. Rows made in bulk: the fit needs a hundred or more."""
+    from django.utils import timezone
+
+    from portal.analyses.models import Analysis
+    from portal.clinical.models import Patient, Scan, Study
+    from portal.review.models import Review
+
+    logits, labels = site_logits(n, seed)
+    shown = own_calibration().probabilities(logits)
+    tag = f"s{seed}-{n}"
+    patients = Patient.objects.bulk_create(
+        Patient(identifier=f"{tag}-p{i}", name=f"Patient {i}")
+        for i in range((n + 1) // 2)
+    )
+    studies = Study.objects.bulk_create(
+        Study(patient=p, created_by=user, pathology=pathology) for p in patients
+    )
+    scans = Scan.objects.bulk_create(
+        Scan(
+            study=studies[i // 2],
+            original=f"scans/{tag}-{i}.png",
+            original_filename=f"{tag}-{i}.png",
+            sha256=f"{i:064d}",
+            width=64,
+            height=48,
+            format="PNG",
+            uploaded_by=user,
+        )
+        for i in range(n)
+    )
+    analyses = Analysis.objects.bulk_create(
+        Analysis(
+            scan=scan,
+            model_version=TEST_MODEL_VERSION,
+            status=Analysis.Status.SUCCEEDED,
+            label=LABELS[int(shown[i].argmax())],
+            confidence=float(shown[i].max()),
+            probabilities=dict(zip(LABELS, map(float, shown[i]), strict=True)),
+            lesion_area_fraction=0.1,
+            logits=[float(v) for v in logits[i]],
+            suspicious=bool(shown[i].argmax() == 2),
+        )
+        for i, scan in enumerate(scans)
+    )
+    if signed:
+        now = timezone.now()
+        Review.objects.bulk_create(
+            Review(
+                scan=a.scan,
+                analysis=a,
+                agrees_with_model=a.label == LABELS[labels[i]],
+                label=LABELS[labels[i]],
+                birads="3",
+                author=user,
+                signed_at=now,
+            )
+            for i, a in enumerate(analyses)
+        )
+    return analyses

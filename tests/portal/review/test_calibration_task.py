@@ -29,11 +29,13 @@ from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION
 from portal.registry.models import SiteCalibration
 from portal.review import calibration as site_calibration
 from portal.review.models import CalibrationFit
+from tests.portal.review.conftest import signed_analyses
 
-# model_json: the whole model.json every calibration test writes (autouse).
-from .test_site_calibration import _analysed, model_json  # noqa: F401
-
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("calibration_model"),
+]
 
 WORKER_READY_S = 300
 FIT_TIMEOUT_S = 180
@@ -95,7 +97,7 @@ def _wait_finished(client: Any, fit: CalibrationFit, log_path: Path) -> dict:
 def test_the_page_queues_the_fit_and_a_worker_runs_it(
     client, administrator, user, worker
 ):
-    _analysed(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
+    signed_analyses(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
     client.force_login(administrator)
     started = time.monotonic()
     response = client.post(reverse("review:calibration"), {"target_sensitivity": "0.9"})
@@ -118,7 +120,7 @@ def test_the_page_queues_the_fit_and_a_worker_runs_it(
 def test_a_fit_the_broker_did_not_take_is_kept_and_runs_when_run_again(
     client, administrator, user, worker, broker
 ):
-    _analysed(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
+    signed_analyses(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
     client.force_login(administrator)
     point_celery_at(UNREACHABLE_BROKER)
     try:
@@ -139,12 +141,24 @@ def test_a_fit_the_broker_did_not_take_is_kept_and_runs_when_run_again(
     assert SiteCalibration.objects.get().pk == status["calibration"]
 
 
+def _status_changes(fit: CalibrationFit) -> list[list[str]]:
+    """The audit trail's record of the fit's status changes, oldest first."""
+    from auditlog.models import LogEntry
+
+    return [
+        entry.changes_dict["status"]
+        for entry in LogEntry.objects.get_for_object(fit).order_by("timestamp", "pk")
+        if entry.action == LogEntry.Action.UPDATE and "status" in entry.changes_dict
+    ]
+
+
 def test_a_fit_is_claimed_once_and_a_passing_fault_leaves_it_to_run_again(
     administrator, user, settings
 ):
     """The services the task calls (its retry path needs a fault no test can cause on
     demand in a live worker): a duplicate message does nothing; a fault hands the row
-    back to queued; out of retries, it is failed and may be run again."""
+    back to queued; out of retries, it is failed and may be run again. Every status
+    change is in the audit trail."""
     fit = CalibrationFit.objects.create(
         model_version="test-model-1", target_sensitivity=0.9, requested_by=administrator
     )
@@ -178,6 +192,16 @@ def test_a_fit_is_claimed_once_and_a_passing_fault_leaves_it_to_run_again(
     settings.CALIBRATION_FIT_STALE_SECONDS = 0
     assert site_calibration.calibration_fit_claim(fit_id=fit.pk)
 
+    assert _status_changes(fit) == [
+        ["queued", "running"],  # claimed
+        ["running", "queued"],  # handed back after a passing fault
+        ["queued", "running"],
+        ["running", "failed"],  # out of retries
+        ["failed", "queued"],  # run again
+        ["queued", "failed"],  # the broker did not take it
+        # (made running by hand above, without the services: not audited)
+    ]
+
 
 def test_a_fault_after_the_fit_keeps_no_calibration_so_the_retry_fits_it_once(
     administrator, user
@@ -186,7 +210,7 @@ def test_a_fault_after_the_fit_keeps_no_calibration_so_the_retry_fits_it_once(
     back and runs it again, which must not leave two calibrations of one fit."""
     from django.db import OperationalError
 
-    _analysed(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
+    signed_analyses(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
     fit = CalibrationFit.objects.create(
         model_version="test-model-1", target_sensitivity=0.9, requested_by=administrator
     )
@@ -212,3 +236,60 @@ def test_a_fault_after_the_fit_keeps_no_calibration_so_the_retry_fits_it_once(
     assert list(SiteCalibration.objects.values_list("pk", "version")) == [
         (fit.calibration_id, 1)
     ]
+
+
+def test_a_fit_claimed_again_after_its_worker_was_given_up_records_one_calibration(
+    administrator, user, settings, monkeypatch
+):
+    """Worker A claims the fit and is slow; the fit goes stale, worker B claims it again
+    and records its calibration. A, finishing later, must record nothing: its claim is
+    no longer the fit's."""
+    signed_analyses(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
+    fit = CalibrationFit.objects.create(
+        model_version="test-model-1", target_sensitivity=0.9, requested_by=administrator
+    )
+    settings.CALIBRATION_FIT_STALE_SECONDS = 0  # A's claim is stale at once
+    evaluate = site_calibration.evaluate_site_calibration
+    took_over: list[CalibrationFit | None] = []
+
+    def slow_a(*args: Any, **kwargs: Any) -> Any:
+        if not took_over:  # A, mid-fit: B takes the fit over and finishes it
+            took_over.append(None)
+            took_over[0] = site_calibration.calibration_fit_run(fit_id=fit.pk)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(site_calibration, "evaluate_site_calibration", slow_a)
+
+    late = site_calibration.calibration_fit_run(fit_id=fit.pk)
+
+    by_b = took_over[0]
+    assert by_b is not None and by_b.status == "succeeded"
+    assert list(SiteCalibration.objects.values_list("pk", "version", "job")) == [
+        (by_b.calibration_id, 1, f"calibration-fit-{fit.pk}")
+    ]
+    assert late is None  # A's result is dropped
+    fit.refresh_from_db()
+    assert (fit.status, fit.calibration_id) == ("succeeded", by_b.calibration_id)
+
+
+def test_a_job_records_one_calibration_whatever_races_to_record_it(administrator):
+    """The calibration is keyed to its job in the database too."""
+    from django.db import IntegrityError
+
+    from portal.registry.services import site_calibration_create
+
+    def record() -> SiteCalibration:
+        return site_calibration_create(
+            model_version="test-model-1",
+            parameters={},
+            evaluation={},
+            target_sensitivity=0.9,
+            reads=100,
+            created_by=administrator,
+            job="calibration-fit-7",
+        )
+
+    record()
+    with pytest.raises(IntegrityError):
+        record()
+    assert SiteCalibration.objects.count() == 1

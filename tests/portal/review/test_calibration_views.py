@@ -13,11 +13,9 @@ from portal.registry.models import CalibrationActivation, SiteCalibration
 from portal.review.calibration import calibration_fit_run
 from portal.review.models import CalibrationFit
 from tests.conftest import TEST_MODEL_VERSION
+from tests.portal.review.conftest import signed_analyses
 
-# model_json: the same whole model.json, written for every test here too (autouse).
-from .test_site_calibration import _analysed, model_json  # noqa: F401
-
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("calibration_model")]
 
 
 def _calibration(user) -> SiteCalibration:
@@ -81,7 +79,7 @@ def test_anonymous_users_are_sent_to_log_in(client):
 def test_the_page_says_the_training_operating_point_is_used_before_enough_reads(
     client, administrator, user
 ):
-    _analysed(user, n=6, signed=True)
+    signed_analyses(user, n=6, signed=True)
     client.force_login(administrator)
     page = client.get(reverse("review:calibration")).content.decode()
     assert "the training sites' operating point" in page
@@ -103,7 +101,7 @@ def test_the_page_says_the_training_operating_point_is_used_before_enough_reads(
 def test_an_administrator_fits_activates_and_rolls_back_through_the_page(
     client, administrator, user
 ):
-    _analysed(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
+    signed_analyses(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
     client.force_login(administrator)
     response = client.post(
         reverse("review:calibration"), {"target_sensitivity": "0.85"}, follow=True
@@ -190,7 +188,7 @@ def test_the_biopsy_outcome_form_is_for_radiologists_and_audited(
 
 
 def test_the_agreement_monitor_shows_the_case_mix(client, administrator, user):
-    _analysed(user, n=40, signed=False)
+    signed_analyses(user, n=40, signed=False)
     client.force_login(administrator)
     page = client.get(reverse("review:agreement")).content.decode()
     assert 'id="case-mix"' in page

@@ -65,6 +65,57 @@ def test_the_page_shows_each_versions_card_lineage_and_verdicts(tmp_path, admins
     assert "Ask a second administrator to promote" in html
 
 
+def _writes_while(action: Any) -> list[str]:
+    """The SQL statements that change rows, run while `action()` runs (but the
+    session's: the idle timeout notes the time of every request in it)."""
+    from django.db import connection
+
+    writes: list[str] = []
+
+    def watch(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        verb = sql.lstrip().split(" ", 1)[0].upper()
+        if verb in ("INSERT", "UPDATE", "DELETE") and '"django_session"' not in sql:
+            writes.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(watch):
+        action()
+    return writes
+
+
+def test_reading_the_page_writes_nothing(admins):
+    """Before anything was installed or promoted, the shipped model is not recorded:
+    the page shows it from its folder and records nothing (a GET changes no row)."""
+    from portal.registry.models import ModelVersion
+
+    client = _client(admins[0])
+    pages: list[Any] = []
+
+    writes = _writes_while(lambda: pages.append(client.get(reverse("review:models"))))
+
+    assert writes == []
+    assert not ModelVersion.objects.exists()
+    html = pages[0].content.decode()
+    assert pages[0].status_code == 200
+    assert f'data-version="{TEST_MODEL_VERSION}"' in html
+    assert "Not recorded yet" in html
+    assert 'id="active-model">' + TEST_MODEL_VERSION in html
+
+
+def test_the_shipped_model_is_recorded_at_deploy_by_a_command(admins):
+    from django.core.management import call_command
+
+    from portal.registry.models import ModelVersion
+
+    call_command("register_shipped_model")
+    call_command("register_shipped_model")  # again at the next deploy: no change
+
+    shipped = ModelVersion.objects.get()
+    assert (shipped.version, shipped.source) == (TEST_MODEL_VERSION, "shipped")
+    page = _client(admins[0]).get(reverse("review:models")).content.decode()
+    assert "Not recorded yet" not in page
+
+
 def test_promoting_from_the_page_needs_a_reason(tmp_path, admins):
     from portal.registry.selectors import model_version_active
 

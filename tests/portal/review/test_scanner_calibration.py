@@ -13,7 +13,6 @@ from django.urls import reverse
 
 from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION, site_ood_threshold
 from ml.site_calibration import SiteCalibration as Fitted
-from ml.weights_io import placeholder_meta, write_meta
 from portal.analyses.models import Analysis
 from portal.clinical.models import Scan
 from portal.clinical.scanners import SITE, Scanner
@@ -22,10 +21,9 @@ from portal.registry.selectors import site_calibration_active, site_calibration_
 from portal.review import calibration as site_calibration
 from portal.review.models import CalibrationFit
 from tests.conftest import TEST_MODEL_VERSION
+from tests.portal.review.conftest import signed_analyses
 
-from .test_site_calibration import CLASS_BIAS, TEMPERATURE, TRAINING_PRIOR, _analysed
-
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("calibration_model")]
 
 ACME = Scanner("Acme Medical", "Sono 7")
 OTHER = Scanner("Other Corp", "US-1")
@@ -33,18 +31,9 @@ MODEL_OOD_THRESHOLD = 5.0
 N = MIN_READS_FOR_SITE_CALIBRATION + 10
 
 
-@pytest.fixture(autouse=True)
-def model_json(weights_dir):
-    write_meta(
-        weights_dir,
-        placeholder_meta(
-            TEST_MODEL_VERSION,
-            temperature=TEMPERATURE,
-            class_bias=CLASS_BIAS,
-            ood_threshold=MODEL_OOD_THRESHOLD,
-            training={"class_prior": TRAINING_PRIOR},
-        ),
-    )
+@pytest.fixture
+def calibration_model_fields() -> dict:
+    return {"ood_threshold": MODEL_OOD_THRESHOLD}
 
 
 def _from(scanner: Scanner, analyses: list[Analysis]) -> list[Analysis]:
@@ -69,7 +58,7 @@ def _scores(analyses: list[Analysis], scores: np.ndarray) -> None:
 def acme(user) -> list[Analysis]:
     """N signed reads from the Acme scanner, whose scans sit above the model's
     distance threshold (7-9: an unseen scanner), and a few unsigned ones far beyond."""
-    analyses = _from(ACME, _analysed(user, n=N, signed=True, seed=11))
+    analyses = _from(ACME, signed_analyses(user, n=N, signed=True, seed=11))
     _scores(analyses, np.linspace(7.0, 9.0, N))
     return analyses
 
@@ -77,7 +66,7 @@ def acme(user) -> list[Analysis]:
 @pytest.fixture
 def other(user) -> list[Analysis]:
     """30 signed reads from another scanner (too few for its own calibration)."""
-    return _from(OTHER, _analysed(user, n=30, signed=True, seed=12))
+    return _from(OTHER, signed_analyses(user, n=30, signed=True, seed=12))
 
 
 def _fit(administrator, scanner: Scanner = SITE):
@@ -90,7 +79,9 @@ def _fit(administrator, scanner: Scanner = SITE):
 
 
 def test_the_reads_are_counted_per_scanner_model(acme, other, user):
-    _analysed(user, n=8, signed=True, seed=13)  # PNG scans: the site's, no scanner
+    signed_analyses(
+        user, n=8, signed=True, seed=13
+    )  # PNG scans: the site's, no scanner
     counts = site_calibration.signed_reads_by_scanner(model_version=TEST_MODEL_VERSION)
     assert [(c.scanner, c.reads) for c in counts] == [
         (SITE, N + 30 + 8),
@@ -262,7 +253,7 @@ def test_unusual_is_judged_against_the_sites_own_scans_once_it_has_enough(
     settings.SITE_OOD_MIN_READS = 100
     settings.SITE_OOD_PERCENTILE = 99.0
     # Two unsigned scans of the site: one like its others, one far beyond them.
-    extra = _from(ACME, _analysed(user, n=2, signed=False, seed=14))
+    extra = _from(ACME, signed_analyses(user, n=2, signed=False, seed=14))
     _scores(extra, np.asarray([8.0, 30.0]))
     site_threshold = site_ood_threshold(np.linspace(7.0, 9.0, N), percentile=99.0)
 

@@ -13,118 +13,30 @@ import pytest
 from auditlog.models import LogEntry
 from django.core.exceptions import ValidationError
 from django.urls import reverse
-from django.utils import timezone
 
 from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION
 from ml.site_calibration import SiteCalibration as Fitted
 from ml.weights_io import placeholder_meta, write_meta
 from portal.analyses.models import Analysis
-from portal.clinical.models import Patient, Scan, Study
+from portal.clinical.models import Study
 from portal.registry.models import CalibrationActivation, SiteCalibration
 from portal.registry.selectors import site_calibration_active
 from portal.review import calibration as site_calibration
 from portal.review.models import Review
 from tests.conftest import TEST_MODEL_VERSION
+from tests.portal.review.conftest import (
+    LABELS,
+    TRAINING_PRIOR,
+    own_calibration,
+    signed_analyses,
+)
 
-pytestmark = pytest.mark.django_db
-
-LABELS = ("normal", "benign", "malignant")
-TEMPERATURE, CLASS_BIAS = 1.25, [0.75, 0.0, 1.0]
-TRAINING_PRIOR = [0.2, 0.5, 0.3]
-
-
-@pytest.fixture(autouse=True)
-def model_json(weights_dir):
-    # A whole model.json (read_meta refuses a partial one); the class prior where
-    # training records it.
-    write_meta(
-        weights_dir,
-        placeholder_meta(
-            TEST_MODEL_VERSION,
-            temperature=TEMPERATURE,
-            class_bias=CLASS_BIAS,
-            training={"class_prior": TRAINING_PRIOR},
-        ),
-    )
-
-
-def _own() -> Fitted:
-    return Fitted.from_training(temperature=TEMPERATURE, class_bias=CLASS_BIAS)
-
-
-def _site_logits(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    """A site whose scanner pulls the malignant logit down: the training calibration
-    under-calls malignant there, which a site calibration can correct."""
-    rng = np.random.default_rng(seed)
-    labels = rng.choice(3, size=n, p=[0.3, 0.4, 0.3])
-    logits = np.eye(3)[labels] * 2.5 + rng.normal(0, 1.0, (n, 3))
-    logits[:, 2] -= 1.5
-    return logits, labels
-
-
-def _analysed(
-    user, *, n: int, signed: bool, seed: int = 7, pathology: str = ""
-) -> list[Analysis]:
-    """n scans (two per patient) with succeeded analyses shown through the model's own
-    calibration, each with stored logits; with `signed`, a signed reading per scan
-    carrying the true label. Rows made in bulk: the fit needs a hundred or more."""
-    logits, labels = _site_logits(n, seed)
-    shown = _own().probabilities(logits)
-    tag = f"s{seed}-{n}"
-    patients = Patient.objects.bulk_create(
-        Patient(identifier=f"{tag}-p{i}", name=f"Patient {i}")
-        for i in range((n + 1) // 2)
-    )
-    studies = Study.objects.bulk_create(
-        Study(patient=p, created_by=user, pathology=pathology) for p in patients
-    )
-    scans = Scan.objects.bulk_create(
-        Scan(
-            study=studies[i // 2],
-            original=f"scans/{tag}-{i}.png",
-            original_filename=f"{tag}-{i}.png",
-            sha256=f"{i:064d}",
-            width=64,
-            height=48,
-            format="PNG",
-            uploaded_by=user,
-        )
-        for i in range(n)
-    )
-    analyses = Analysis.objects.bulk_create(
-        Analysis(
-            scan=scan,
-            model_version=TEST_MODEL_VERSION,
-            status=Analysis.Status.SUCCEEDED,
-            label=LABELS[int(shown[i].argmax())],
-            confidence=float(shown[i].max()),
-            probabilities=dict(zip(LABELS, map(float, shown[i]), strict=True)),
-            lesion_area_fraction=0.1,
-            logits=[float(v) for v in logits[i]],
-            suspicious=bool(shown[i].argmax() == 2),
-        )
-        for i, scan in enumerate(scans)
-    )
-    if signed:
-        now = timezone.now()
-        Review.objects.bulk_create(
-            Review(
-                scan=a.scan,
-                analysis=a,
-                agrees_with_model=a.label == LABELS[labels[i]],
-                label=LABELS[labels[i]],
-                birads="3",
-                author=user,
-                signed_at=now,
-            )
-            for i, a in enumerate(analyses)
-        )
-    return analyses
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("calibration_model")]
 
 
 @pytest.fixture
 def reads(user) -> list[Analysis]:
-    return _analysed(user, n=MIN_READS_FOR_SITE_CALIBRATION + 20, signed=True)
+    return signed_analyses(user, n=MIN_READS_FOR_SITE_CALIBRATION + 20, signed=True)
 
 
 @pytest.fixture
@@ -137,7 +49,7 @@ def fitted(reads, administrator) -> SiteCalibration:
 
 
 def test_a_fit_needs_enough_signed_reads(user, administrator):
-    _analysed(user, n=30, signed=True)
+    signed_analyses(user, n=30, signed=True)
     with pytest.raises(
         ValidationError, match=f"at least {MIN_READS_FOR_SITE_CALIBRATION}"
     ):
@@ -163,7 +75,7 @@ def test_a_fit_is_recorded_as_a_version_with_cross_validated_before_and_after(
     # This site's scanner pulls malignant down: its own calibration is better
     # calibrated out of fold than the training one it was compared with.
     assert evaluation["after"]["ece"] < evaluation["before"]["ece"]
-    assert evaluation["baseline"] == _own().calibration_id
+    assert evaluation["baseline"] == own_calibration().calibration_id
     assert fitted.threshold is not None
     # The record is ml's calibration, whole and unaltered.
     assert Fitted.from_dict(fitted.parameters).threshold == fitted.threshold
@@ -283,7 +195,7 @@ def test_a_second_fit_is_the_next_version_and_rollback_returns_to_the_first(
 def test_the_biopsy_outcome_takes_precedence_over_the_signed_label(user, radiologist):
     from portal.clinical.services import study_record_pathology
 
-    analyses = _analysed(user, n=4, signed=True)
+    analyses = signed_analyses(user, n=4, signed=True)
     study = analyses[0].scan.study
     review = Review.objects.get(analysis=analyses[0])
     review.label = "benign"
@@ -356,7 +268,7 @@ def test_the_case_mix_check_estimates_the_site_prevalence_and_warns(user, weight
     # A site where most lesions are malignant: its analyses' posteriors say so.
     _bayes_model_json(weights_dir)
     logits = _site_like([0.05, 0.15, 0.8], 200, seed=3)
-    analyses = _analysed(user, n=200, signed=False, seed=11)
+    analyses = signed_analyses(user, n=200, signed=False, seed=11)
     for analysis, row in zip(analyses, logits, strict=True):
         analysis.logits = [float(v) for v in row]
     Analysis.objects.bulk_update(analyses, ["logits"])
@@ -369,7 +281,7 @@ def test_the_case_mix_check_estimates_the_site_prevalence_and_warns(user, weight
 def test_the_case_mix_check_does_not_warn_on_a_site_like_training(user, weights_dir):
     _bayes_model_json(weights_dir)
     logits = _site_like(TRAINING_PRIOR, 300, seed=5)
-    analyses = _analysed(user, n=300, signed=False, seed=13)
+    analyses = signed_analyses(user, n=300, signed=False, seed=13)
     for analysis, row in zip(analyses, logits, strict=True):
         analysis.logits = [float(v) for v in row]
     Analysis.objects.bulk_update(analyses, ["logits"])
