@@ -542,7 +542,7 @@ def _pages(rng: random.Random) -> dict[str, Callable[[], str]]:
         ),
         "dashboard, withheld": lambda: "/dashboard/?distribution=withheld",
         "worklist": lambda: "/worklist/",
-        "worklist, page 20": lambda: "/worklist/?page=20",
+        "worklist, 20 pages in": lambda: _followed("/worklist/", "next", 19),
         "study page": lambda: f"/studies/{rng.choice(ids)}/",
         "study status poll": lambda: f"/studies/{rng.choice(ids)}/status.json",
         "review page": lambda: f"/scans/{rng.choice(scan_ids)}/review/",
