@@ -130,6 +130,8 @@ def worklist(request: HttpRequest) -> HttpResponse:
             "page": page,
             "ignored": ignored,
             "studies": studies,
+            # The navigation's count is the page's (counted once).
+            "worklist_count": page.count,
             "first_unsigned": top.next_scan_id if top else None,
             "study_malignancies": study_malignancies(
                 study_ids=[study.pk for study in studies]
@@ -280,6 +282,8 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
             if place.previous
             else None,
             "birads_at_odds": services.birads_at_odds(),
+            # The navigation's count, already counted for the reading order.
+            **({"worklist_count": place.studies} if flow == "worklist" else {}),
         },
     )
 
