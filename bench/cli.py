@@ -286,6 +286,7 @@ def cmd_pages(args: argparse.Namespace) -> int:
         requests=args.requests,
         report=_report,
         keep=args.keep,
+        only=args.only,
     )
     _write(result.lines())
     if args.json:
@@ -317,6 +318,11 @@ def _add_pages(parser: argparse.ArgumentParser) -> None:
             "keep the benchmark's database (<name>_bench_pages) and reuse it when it "
             "holds this size: measure a change without seeding again"
         ),
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="time only the pages whose name contains this text (to try one change)",
     )
 
 

@@ -524,6 +524,8 @@ def _pages(rng: random.Random) -> dict[str, Callable[[], str]]:
             "/dashboard/?review=unreviewed&label=malignant", "next", 19
         ),
         "dashboard, search a patient": lambda: f"/dashboard/?q={patient}",
+        # A term most patients' names hold: the search's matches are most studies.
+        "dashboard, broad search (most patients)": lambda: "/dashboard/?q=Bench",
         "dashboard, one patient (hospital id)": lambda: (
             f"/dashboard/?patient={patient}"
         ),
@@ -540,7 +542,7 @@ def _pages(rng: random.Random) -> dict[str, Callable[[], str]]:
         ),
         "dashboard, withheld": lambda: "/dashboard/?distribution=withheld",
         "worklist": lambda: "/worklist/",
-        "worklist, page 20": lambda: "/worklist/?page=20",
+        "worklist, 20 pages in": lambda: _followed("/worklist/", "next", 19),
         "study page": lambda: f"/studies/{rng.choice(ids)}/",
         "study status poll": lambda: f"/studies/{rng.choice(ids)}/status.json",
         "review page": lambda: f"/scans/{rng.choice(scan_ids)}/review/",
@@ -609,18 +611,24 @@ def _time_nav_count(result: PagesResult, requests: int) -> None:
     result.pages["navigation count (query alone)"] = times
 
 
-def measure(result: PagesResult, *, requests: int, user: Any) -> None:
+def measure(result: PagesResult, *, requests: int, user: Any, only: str = "") -> None:
+    """Every page (or those whose name contains `only`), `requests` times each."""
     from django.test import Client
 
     rng = random.Random(5)
     client = Client(HTTP_HOST="localhost")  # in ALLOWED_HOSTS by default
     client.force_login(user)
-    pages = _pages(rng)
+    pages = {
+        name: path for name, path in _pages(rng).items() if only.lower() in name.lower()
+    }
+    if not pages:
+        raise ValueError(f"no page's name contains {only!r}")
     for name, path in pages.items():  # untimed: templates compiled, caches warm
         response = client.get(path())
         if response.status_code != 200:
             raise RuntimeError(f"{name}: {path()} answered {response.status_code}")
-    _time_nav_count(result, requests)
+    if not only:
+        _time_nav_count(result, requests)
     for name, path in pages.items():
         times = PageTimes(path=path())
         for _ in range(requests):
@@ -670,6 +678,7 @@ def run(
     requests: int,
     report: Callable[[str], None],
     keep: bool = False,
+    only: str = "",
 ) -> PagesResult:
     """With `keep`, the database stays after the run, and a later run with the same
     size finds it seeded (migrations still applied): to try a change on a million rows
@@ -732,7 +741,7 @@ def run(
             seed_seconds=seed_seconds,
         )
         report(f"requesting every page {requests} times")
-        measure(result, requests=requests, user=user)
+        measure(result, requests=requests, user=user, only=only)
         return result
     finally:
         connections.close_all()

@@ -191,6 +191,11 @@ class Analysis(models.Model):
         )
         indexes = (
             models.Index(fields=("status", "queued_at"), name="analysis_status_queued"),
+            # The queue's "failed in the last day": only the recent failures, not every
+            # failure ever (review.selectors.queue_state, on every dashboard page).
+            models.Index(
+                fields=("status", "finished_at"), name="analysis_status_finished"
+            ),
             # The dashboard's counts per status and label, and its label filter, read
             # from these indexes alone: scan_id answers "is the scan reviewed?" (the
             # review_signed_scan index) and finds the scan's upload time.
@@ -202,8 +207,13 @@ class Analysis(models.Model):
             ),
             # "Has this scan a finished result?" (the worklist columns, the study
             # page): without it SQLite's planner answers from the covering index above
-            # and reads every succeeded analysis for each scan.
-            models.Index(fields=("scan", "status"), name="analysis_scan_status"),
+            # and reads every succeeded analysis for each scan. With the label and the
+            # withheld flag, the dashboard's counts of a set of studies (a month, a
+            # patient) read each scan's results from the index alone, not the table.
+            models.Index(
+                fields=("scan", "status", "label", "withheld"),
+                name="analysis_scan_status_label",
+            ),
             models.Index(fields=("confidence",), name="analysis_confidence"),
             models.Index(fields=("model_version",), name="analysis_model_version"),
             models.Index(fields=("withheld", "status"), name="analysis_withheld"),

@@ -6,7 +6,6 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -107,19 +106,32 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 @require_permissions("review.view_worklist", *READ_RESULTS)
 def worklist(request: HttpRequest) -> HttpResponse:
-    pages = selectors.WorklistPages(selectors.worklist())
-    page = Paginator(pages, PAGE_SIZE).get_page(request.GET.get("page"))
-    studies = list(page.object_list)
+    ignored: list[str] = []
+    try:
+        page = selectors.worklist_page(
+            size=PAGE_SIZE,
+            after=request.GET.get("after"),
+            before=request.GET.get("before"),
+        )
+    except InvalidCursor:
+        page = selectors.worklist_page(size=PAGE_SIZE)
+        ignored.append("Page position: not one of this list's; the top is shown")
+    studies = page.object_list
     _mark_ties(studies)
     record_accesses(request, studies, action=Action.VIEW, detail="worklist")
     # Reading starts at the top of the worklist, whichever page is shown.
-    top = studies[0] if page.number == 1 and studies else next(iter(pages[:1]), None)
+    top = (
+        studies[0] if studies and not page.has_previous() else selectors.worklist_top()
+    )
     return render(
         request,
         "review/worklist.html",
         {
             "page": page,
+            "ignored": ignored,
             "studies": studies,
+            # The navigation's count is the page's (counted once).
+            "worklist_count": page.count,
             "first_unsigned": top.next_scan_id if top else None,
             "study_malignancies": study_malignancies(
                 study_ids=[study.pk for study in studies]
@@ -270,6 +282,8 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
             if place.previous
             else None,
             "birads_at_odds": services.birads_at_odds(),
+            # The navigation's count, already counted for the reading order.
+            **({"worklist_count": place.studies} if flow == "worklist" else {}),
         },
     )
 

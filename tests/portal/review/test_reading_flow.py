@@ -137,7 +137,7 @@ def test_an_image_ranks_by_its_latest_result_not_a_superseded_one(
     import datetime
 
     from portal.analyses.models import Analysis
-    from portal.review.selectors import WorklistPages, worklist
+    from portal.review.selectors import worklist_top
 
     study = _study(user, "S")
     rerun = _scan(make_analysed_scan, study, user, "rerun.png", 0.9)
@@ -156,4 +156,4 @@ def test_an_image_ranks_by_its_latest_result_not_a_superseded_one(
     )
     place = reading_place(scan_id=steady.pk, study_id=study.pk)
     assert (place.image_position, place.next) == (1, rerun.pk)
-    assert WorklistPages(worklist())[0:1][0].next_scan_id == steady.pk
+    assert worklist_top().next_scan_id == steady.pk
