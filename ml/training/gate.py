@@ -2,7 +2,8 @@
 
 Positives are the used scans of the training sources (each also once more with a random
 tint, gamma and contrast: scanners differ in their display map; BUS-UCLM's B-mode is
-colour-tinted), negatives the non-ultrasound corpus (``ml.training.ood_corpus.gate_corpus``)
+colour-tinted; and, in the shipped recipe, framed as another scanner frames it: a crop with
+its aspect ratio changed, or zoomed out onto a black border), negatives the non-ultrasound corpus (``ml.training.ood_corpus.gate_corpus``)
 plus colour-Doppler, elastography and Doppler-box (little or no flow) overlays painted on
 training scans. BUS-UCLM's 37 real colour-Doppler frames are never fitted on: they are a
 test. Beside the logistic model the shipped gate has a Doppler-pixel limit and a one-class
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +52,20 @@ ONE_CLASS = {
     "smooth_fraction": 1.0,
     "residual_anisotropy": -1.0,
 }
-# BUSI's colour-Doppler frames (a Doppler box, with or without flow; seen by eye): not
-# B-mode, so never fitted on as scans; reported apart (the issue wants Doppler withheld).
-BUSI_DOPPLER = frozenset(
-    f"benign/benign ({n}).png" for n in (6, 234, 240, 255, 261, 277, 323)
-) | {"malignant/malignant (196).png"}
+# Colour-Doppler frames that the source's manifest does not mark (seen by eye): not B-mode,
+# so never fitted on as scans; reported apart as the held-out source's Doppler frames (the
+# issue wants Doppler withheld). BUSI marks none (a Doppler box, with or without flow);
+# BUS-UCLM's two carry the Doppler box its marked frames of the same patients show (the
+# green box edges of POFR_013, the dotted box with corner brackets) and dark-blue / red
+# flow spots inside it. Its ANFO_005 (one 6-pixel blue spot, no box) is left a scan: the
+# only evidence is the Doppler-pixel rule's own.
+UNMARKED_DOPPLER = {
+    "busi": frozenset(
+        f"benign/benign ({n}).png" for n in (6, 234, 240, 255, 261, 277, 323)
+    )
+    | {"malignant/malignant (196).png"},
+    "bus-uclm": frozenset({"images/POFR_012.jpg", "images/SIBA_004.jpg"}),
+}
 # Overlays painted on training scans -> the corpus kind they are held out with.
 OVERLAY_KINDS = {
     "doppler": "doppler_like",
@@ -66,6 +77,10 @@ PAINT = {
     "elastography": elastography_overlay,
     "doppler_box": doppler_box_overlay,
 }
+# The site-augmented copies of each fitted scan (keys of ``source_features``): "augmented"
+# changes the display (tint, gamma, contrast, burned-in marks), "reframed" the frame's
+# geometry too (:func:`reframe`).
+AUGMENT = ("reframed",)
 FEATURE_SETS = {
     "colour only": [
         f
@@ -128,9 +143,31 @@ def augment_site(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(image)
 
 
+def reframe(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The scan framed as another scanner or export frames it, squeezed to the network's
+    square: the geometry of the task network's own site augmentation, with its ranges
+    (``crop_boxes`` in ``ml/training/augment.py``): a crop of 45-100% of the area with the
+    aspect ratio changed by up to 4/3 either way, or (15%) zoomed out to 100-150% of the
+    area onto a black border. Cut from the image at its own resolution, so the speckle
+    grain and its lateral elongation at the network's size change as another frame's would."""
+    height, width = pixels.shape[:2]
+    zoom_out = rng.random() < 0.15
+    scale = rng.uniform(1.0, 1.5) if zoom_out else rng.uniform(0.45, 1.0)
+    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    box_h, box_w = math.sqrt(scale / ratio), math.sqrt(scale * ratio)
+    if not zoom_out:
+        box_h, box_w = min(box_h, 1.0), min(box_w, 1.0)
+    top, left = rng.random() * (1.0 - box_h), rng.random() * (1.0 - box_w)
+    # Outside the image (zoomed out) Image.crop fills with black.
+    box = (round(left * width), round(top * height),
+           round((left + box_w) * width), round((top + box_h) * height))  # fmt: skip
+    return network_square(np.asarray(Image.fromarray(pixels).crop(box)))
+
+
 def source_features(source: str) -> dict[str, np.ndarray]:
-    """Features of a source's used scans, of a site-augmented copy of each, of a Doppler and
-    an elastography overlay on each, and of its real Doppler frames (cached)."""
+    """Features of a source's used scans, of a site-augmented copy of each (display only,
+    and display plus :func:`reframe`), of a Doppler and an elastography overlay on each,
+    and of its real Doppler frames (cached)."""
     cache = CACHE_DIR / f"{source}-{_code_digest()}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as data:
@@ -139,7 +176,7 @@ def source_features(source: str) -> dict[str, np.ndarray]:
     split = load_split(source)
     used = {path for part in SPLITS for path in split[part]}
     rows: dict[str, list] = {
-        k: [] for k in ("scan", "augmented", "real_doppler", *OVERLAY_KINDS)
+        k: [] for k in ("scan", "augmented", "reframed", "real_doppler", *OVERLAY_KINDS)
     }
     paths = []
     for i, record in enumerate(read_manifest(source, root)):
@@ -153,12 +190,18 @@ def source_features(source: str) -> dict[str, np.ndarray]:
             continue
         # Augmented and painted at the network's size: the same features, a quarter
         # of the time.
-        pixels = network_square(load_image(root, record))
+        original = load_image(root, record)
+        pixels = network_square(original)
         paths.append(record.path)
         rows["scan"].append(gate_features(pixels))
         rows["augmented"].append(gate_features(augment_site(pixels, rng)))
         for overlay in OVERLAY_KINDS:
             rows[overlay].append(gate_features(PAINT[overlay](pixels, rng)))
+        # Its own generator: the rows above stay those of the recipe without reframing.
+        framing = np.random.default_rng([i, len(source), 1])
+        rows["reframed"].append(
+            gate_features(augment_site(reframe(original, framing), framing))
+        )
     out = {
         k: np.asarray(v, np.float64).reshape(-1, len(FEATURES)) for k, v in rows.items()
     }
@@ -178,7 +221,7 @@ def _code_digest() -> str:
 
     digest = hashlib.sha256(repr(FEATURES).encode())
     digest.update(Path(ml.training.ood_corpus.__file__).read_bytes())
-    for function in (gate_features, augment_site, network_square):
+    for function in (gate_features, augment_site, network_square, reframe):
         digest.update(inspect.getsource(function).encode())
     helpers = [v for k, v in vars(ml.gate).items() if k.startswith("_") and callable(v)]
     for function in sorted(helpers, key=lambda f: f.__name__):
@@ -187,9 +230,8 @@ def _code_digest() -> str:
 
 
 def _with_bmode(source: str, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out["bmode"] = np.asarray(
-        [not (source == "busi" and str(p) in BUSI_DOPPLER) for p in out["paths"]], bool
-    )
+    unmarked = UNMARKED_DOPPLER.get(source, frozenset())
+    out["bmode"] = np.asarray([str(p) not in unmarked for p in out["paths"]], bool)
     return out
 
 
@@ -316,13 +358,13 @@ def _training_sets(
     corpus: np.ndarray,
     *,
     without_kind: str | None,
-    augment: bool,
+    augment: tuple[str, ...],
     overlays: tuple[str, ...] = tuple(OVERLAY_KINDS),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scans = np.concatenate([features[s]["scan"][_bmode(features[s])] for s in sources])
     positives = [scans]
-    if augment:
-        positives += [features[s]["augmented"][_bmode(features[s])] for s in sources]
+    for copy in augment:
+        positives += [features[s][copy][_bmode(features[s])] for s in sources]
     negatives = [corpus[corpus_kinds != without_kind]]
     for overlay in overlays:
         if OVERLAY_KINDS[overlay] != without_kind:
@@ -333,7 +375,7 @@ def _training_sets(
 def evaluate_gate(
     *,
     keep: float = KEEP,
-    augment: bool = True,
+    augment: tuple[str, ...] = AUGMENT,
     columns: list[str] | None = None,
     quadratic: bool = True,
     background: bool = True,
@@ -347,6 +389,11 @@ def evaluate_gate(
     features = {s: source_features(s) for s in SOURCES}
     kinds, corpus = corpus_features()
     real_doppler = np.concatenate([features[s]["real_doppler"] for s in SOURCES])
+    # Every colour-Doppler frame, the manifests' and those they do not mark: none is ever
+    # fitted on, in any fold.
+    all_doppler = np.concatenate(
+        [real_doppler, *(features[s]["scan"][~_bmode(features[s])] for s in SOURCES)]
+    )
     folds: dict[str, dict] = {name: {} for name in parts}
 
     def fit_without(
@@ -408,6 +455,8 @@ def evaluate_gate(
                 else None,
                 "doppler_frames": len(real_doppler),
                 "doppler_withheld": withheld(gate, real_doppler),
+                "all_doppler_frames": len(all_doppler),
+                "all_doppler_withheld": withheld(gate, all_doppler),
                 "corpus_images": len(kinds),
                 "corpus_withheld_kind_held_out": float(
                     np.mean([per_kind[k] for k in kinds.tolist()])
@@ -421,7 +470,7 @@ def evaluate_gate(
     return {
         name: {
             "keep": keep,
-            "augment": augment,
+            "augment": list(augment),
             "overlays": list(overlays),
             "features": columns or list(FEATURES),
             "parts": ["logistic", *parts[name]],
@@ -440,7 +489,7 @@ def fit_production_gate(*, keep: float = KEEP) -> GateModel:
     features = {s: source_features(s) for s in SOURCES}
     kinds, corpus = corpus_features()
     positives, negatives, scans = _training_sets(
-        list(SOURCES), features, kinds, corpus, without_kind=None, augment=True
+        list(SOURCES), features, kinds, corpus, without_kind=None, augment=AUGMENT
     )
     logistic = fit_gate(positives, negatives, threshold_on=scans, keep=keep)
     one_class = fit_one_class(positives, scans)
@@ -463,8 +512,10 @@ DESCRIPTION = (
     "size; grey histogram, flat and black/white fractions, lag-1/lag-4 autocorrelation, "
     "Laplacian energy, grey levels, skewness, kurtosis, colour blobs, colour away from the "
     "margins, long thin lines, saturated Doppler-hue pixels, right-angled box corners, "
-    "speckle contrast, smooth fraction, anisotropy), fitted on real scans (each also with "
-    "a random tint, gamma, contrast and burned-in marks) against the non-ultrasound "
+    "speckle contrast, smooth fraction, anisotropy), fitted on real scans (each also "
+    "framed as another scanner frames it, with the task network's crop, aspect-ratio and "
+    "zoom-out ranges, and given a random tint, gamma, contrast and burned-in marks) "
+    "against the non-ultrasound "
     "corpus (`ml/training/ood_corpus.py` `gate_corpus`), Doppler / elastography overlays "
     "and Doppler boxes with little or no flow painted on training scans, and background "
     "negatives (fitted scans with one or two statistics moved 3-8 SD); threshold: the "
@@ -487,16 +538,19 @@ def gate_report(weights_dir: Path, *, ood_before: dict | None = None) -> dict:
         variants.append(ood_before)
     previous = "22 statistics, squares + background negatives + site augmentation"
     both = "+ Doppler pixels + speckle one-class"
+    display = ("augmented",)
+    framed = "27 statistics + painted Doppler boxes, augmented with frame geometry"
     runs: list[tuple[dict, dict[str, tuple[str, ...]]]] = [
         (
             {
                 "columns": FEATURE_SETS["previous 22"],
                 "overlays": ("doppler", "elastography"),
+                "augment": display,
             },
             {f"the previous gate's recipe ({previous}), extended corpus": ()},
         ),
         (
-            {},
+            {"augment": display},
             {
                 "27 statistics + painted Doppler boxes, logistic only": (),
                 "27 statistics + painted Doppler boxes, + Doppler pixels": (
@@ -509,7 +563,24 @@ def gate_report(weights_dir: Path, *, ood_before: dict | None = None) -> dict:
                     "doppler_pixels",
                     "one_class_keep_0.998",
                 ),
-                f"27 statistics + painted Doppler boxes, {both} (shipped)": SHIPPED_PARTS,
+                f"27 statistics + painted Doppler boxes, {both} "
+                "(gate-90f1a47b4b8b's recipe: display augmentation only)": SHIPPED_PARTS,
+            },
+        ),
+        (
+            {"augment": ("augmented", "reframed")},
+            {
+                f"27 statistics + painted Doppler boxes, {both}, two augmented copies "
+                "(display; display + frame geometry)": SHIPPED_PARTS,
+            },
+        ),
+        (
+            {"augment": AUGMENT},
+            {
+                f"{framed}, logistic only": (),
+                f"{framed}, + Doppler pixels": ("doppler_pixels",),
+                f"{framed}, + speckle one-class": ("one_class",),
+                f"{framed}, {both} (shipped)": (SHIPPED_PARTS),
             },
         ),
     ]
@@ -527,6 +598,9 @@ def gate_report(weights_dir: Path, *, ood_before: dict | None = None) -> dict:
         "corpus_images": len(kinds),
         "corpus_kinds": len(set(kinds.tolist())),
         "doppler_frames": int(sum(len(features[s]["real_doppler"]) for s in SOURCES)),
+        "unmarked_doppler_frames": {
+            s: sorted(UNMARKED_DOPPLER[s]) for s in SOURCES if s in UNMARKED_DOPPLER
+        },
         "variants": variants,
         "production": {
             "gate_id": gate.gate_id,

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ml.config import DEFAULT_WEIGHTS_DIR, REPO_DIR
 from ml.gate import FEATURES, GateModel, OneClass, gate_features
-from ml.training.gate import augment_site, network_square
+from ml.training.gate import augment_site, network_square, reframe
 from ml.training.ood_corpus import (
     doppler_box_overlay,
     doppler_overlay,
@@ -163,6 +163,40 @@ def _real_doppler_withheld(gate) -> float:
         np.stack([gate_features(network_square(load_image(root, r))) for r in frames])
     )
     return float(gate.withheld(scores).mean())
+
+
+def test_reframing_changes_the_frame_the_way_the_network_augmentation_does():
+    """Another scanner's frame: the network's square, at times zoomed out onto a black
+    border, otherwise a crop whose aspect ratio differs from the scan's."""
+    scan = _rgb(FIXTURE_SCANS[0])
+    plain = network_square(scan)
+    framed = [reframe(scan, np.random.default_rng(seed)) for seed in range(40)]
+    assert all(f.shape == plain.shape and f.dtype == np.uint8 for f in framed)
+    borders = [f for f in framed if (f.max(axis=2) == 0).all(axis=0).any()]
+    assert 1 <= len(borders) <= 15  # zoomed out 15% of the time
+    assert all(not np.array_equal(f, plain) for f in framed)
+    anisotropy = FEATURES.index("residual_anisotropy")
+    spread = np.ptp([gate_features(f)[anisotropy] for f in framed])
+    assert spread > 0.1  # the texture's lateral elongation moves with the frame
+
+
+def test_doppler_frames_the_manifests_miss_are_not_counted_as_scans(gate):
+    from ml.training.gate import UNMARKED_DOPPLER, _with_bmode
+    from ml.training.sources import SOURCES, load_image, read_manifest
+
+    root = SOURCES["bus-uclm"].root()
+    if not (root / "MANIFEST.csv").is_file():
+        pytest.skip("BUS-UCLM not found")
+    records = {r.path: r for r in read_manifest("bus-uclm", root)}
+    frames = sorted(UNMARKED_DOPPLER["bus-uclm"])
+    assert all(records[p].excluded is None for p in frames)  # the manifest says B-mode
+    paths = np.array([frames[0], "images/ANFO_005.jpg"])
+    assert _with_bmode("bus-uclm", {"paths": paths})["bmode"].tolist() == [False, True]
+    features = np.stack(
+        [gate_features(network_square(load_image(root, records[p]))) for p in frames]
+    )
+    # Flow pixels inside the frame: what the manifest's own Doppler frames show.
+    assert (gate.margins(features)["doppler_pixels"] > 0).all()
 
 
 def test_real_doppler_frames_are_mostly_withheld(gate):
