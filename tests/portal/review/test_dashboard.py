@@ -134,7 +134,9 @@ def test_the_number_of_queries_does_not_grow_with_the_data(staff_client, user):
     back_to_top = _queries(staff_client, **FILTERED, before=second.previous_cursor)
     assert small == large
     assert small_filtered == large_filtered == large_back == back_to_top
-    assert large[0] <= 12 and large_filtered[0] <= 12
+    # A search adds one query, bounded: how many patients and accession numbers it
+    # matches, which decides how its rows are read (selectors._search_matches).
+    assert large[0] <= 12 and large_filtered[0] <= 12 + 1
     assert large[1] == 1 and large_filtered[1] == 1  # one insert for a page of rows
 
 
@@ -355,6 +357,38 @@ def test_pages_keep_the_order_through_equal_upload_times_and_filters(
         assert [[r.pk for r in p.context["page"]] for p in walked_back] == [
             [r.pk for r in p.context["page"]] for p in reversed(pages)
         ]
+
+
+# A bound above the matches: their studies are read first; below: each row checked.
+@pytest.mark.parametrize("few", [2_000, 3], ids=["studies first", "walked"])
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("Person 1", lambda a: "Person 1" in a.scan.study.patient.name),
+        ("b-00002", lambda a: a.scan.study.patient.identifier.startswith("B-00002")),
+        ("acc00003", lambda a: a.scan.study.accession_number.startswith("ACC00003")),
+        ("nobody", lambda a: False),
+    ],
+)
+def test_a_search_shows_every_match_in_order_however_many_match(
+    staff_client, user, monkeypatch, few, term, expected
+):
+    from portal.review import selectors
+
+    monkeypatch.setattr(selectors, "SEARCH_FEW", few)
+    bulk_studies(130, user)
+    wanted = [
+        pk
+        for pk in _ordered_as_before()
+        if expected(Analysis.objects.select_related("scan__study__patient").get(pk=pk))
+    ]
+    pages = [_page(staff_client, q=term)]
+    while (older := _rel(pages[-1], "next")) is not None:
+        pages.append(_follow(staff_client, older))
+    shown = [row.pk for page in pages for row in page.context["page"]]
+    assert shown == wanted
+    counts = pages[0].context["counts"]
+    assert sum(counts["statuses"].values()) == len(wanted)
 
 
 def _newest_study_first(**filters: Any) -> list[int]:
