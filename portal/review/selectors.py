@@ -17,13 +17,12 @@ from django.db.models import (
     Case,
     Count,
     DateField,
-    DateTimeField,
     Exists,
     F,
     FloatField,
-    Func,
     IntegerField,
     Max,
+    Model,
     OuterRef,
     Q,
     QuerySet,
@@ -81,15 +80,22 @@ class DashboardFilters:
     distribution: str = ""
 
 
+def _study_dates(filters: DashboardFilters, *, prefix: str = "") -> Q:
+    """The study date range, on a study (or a path to one: `prefix`)."""
+    dates = Q()
+    if filters.date_from:
+        dates &= Q(**{f"{prefix}study_date__gte": filters.date_from})
+    if filters.date_to:
+        dates &= Q(**{f"{prefix}study_date__lte": filters.date_to})
+    return dates
+
+
 def _study_conditions(filters: DashboardFilters) -> Q:
     """The filters on a study and its patient, as conditions on studies."""
     conditions = Q()
     if filters.patient:
         conditions &= Q(patient__identifier__iexact=filters.patient)
-    if filters.date_from:
-        conditions &= Q(study_date__gte=filters.date_from)
-    if filters.date_to:
-        conditions &= Q(study_date__lte=filters.date_to)
+    conditions &= _study_dates(filters)
     if filters.search:
         # Studies of the matching patients, or with a matching accession number: each
         # side read from its own table's indexes (on PostgreSQL the trigram indexes of
@@ -131,39 +137,146 @@ def _dashboard_row() -> QuerySet[Analysis]:
     )
 
 
-def _upload_order(*, descending: bool = True) -> tuple[Any, ...]:
-    """The dashboard's order, newest upload first: the upload time, then the scan,
-    then the analysis, so that rows with equal times still have one order."""
-    keys = (F("scan__uploaded_at"), JoinedPk("scan__uploaded_at"), F("id"))
-    return tuple(key.desc() if descending else key.asc() for key in keys)
+@dataclass(frozen=True)
+class DashboardOrder:
+    """An order of the dashboard's rows: its keys (each direction the same, the last
+    unique) as the walk reads them, and the cursor's values, one per key."""
+
+    name: str
+    title: str  # as the page says it, after "N rows, "
+    # One per key: (the ORDER BY expression, its path for keyset_beyond and for a
+    # row's cursor value, the model and field that read it back from a cursor).
+    keys: tuple[tuple[Any, str, type[Model], str], ...]
+
+    def by(self, *, descending: bool = True, few: bool = False) -> tuple[Any, ...]:
+        """The ORDER BY, newest first (`descending`) or the walk back up. `few`: the
+        first key through an expression of the same value that no index provides,
+        so that the few matching rows are read from their filter's index and sorted
+        (a top-N sort) rather than met by walking this order (see _picked)."""
+        exprs = [key[0] for key in self.keys]
+        if few:
+            first = self.keys[0][1]
+            exprs[0] = Coalesce(F(first), F(first))
+        return tuple(e.desc() if descending else e.asc() for e in exprs)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(key[1] for key in self.keys)
+
+    def fields(self) -> list[Any]:
+        return [model._meta.get_field(name) for _, _, model, name in self.keys]
+
+    def cursor_at(self, row: Analysis) -> str:
+        values = []
+        for path in self.paths:
+            value: Any = row
+            for part in path.split("__"):
+                value = getattr(value, part)
+            values.append(value)
+        return cursor_encode(values)
 
 
-def _newest_upload_first() -> tuple[Any, ...]:
-    return _upload_order(descending=True)
+# Newest upload first: the upload time, then the scan, then the analysis, so that rows
+# with equal times still have one order (the scan_uploaded index drives the walk).
+UPLOAD_ORDER = DashboardOrder(
+    name="upload",
+    title="newest upload first",
+    keys=(
+        (F("scan__uploaded_at"), "scan__uploaded_at", Scan, "uploaded_at"),
+        (JoinedPk("scan__uploaded_at"), "scan_id", Scan, "id"),
+        (F("id"), "id", Analysis, "id"),
+    ),
+)
+
+# Where a range of study dates is set: newest study first (by its date, then its id:
+# the study_date index drives the walk and stops after a page's studies), then each
+# study's newest upload. In the upload order the page first had to find where the
+# range's uploads begin: the newest upload of every study in the range, one index
+# probe per study (17,000 for a month at a million analyses).
+STUDY_ORDER = DashboardOrder(
+    name="study",
+    title="newest study first, then its newest upload",
+    keys=(
+        (F("scan__study__study_date"), "scan__study__study_date", Study, "study_date"),
+        (JoinedPk("scan__study__study_date"), "scan__study_id", Study, "id"),
+        *UPLOAD_ORDER.keys,
+    ),
+)
 
 
-def dashboard_newest_upload(filters: DashboardFilters) -> Subquery | None:
-    """Where a page of dashboard_rows(filters) may start its walk down the upload
-    order: the newest upload among the scans of the studies a date filter keeps
-    (scan_study_uploaded; a scalar subquery, run once by the page's query). Studies
-    of a time are uploaded about then, and a month in the middle of the year was
-    otherwise met after walking half a year of uploads (0.7 to 3 s at a million
-    analyses). None without a date filter: a search's matches are spread through the
-    years, and reading every upload of a common name cost more than it saved."""
-    if not (filters.date_from or filters.date_to):
-        return None
-    studies = Study.objects.filter(_study_conditions(filters)).order_by().values("pk")
-    newest = (
-        Scan.objects.filter(study_id__in=studies)
-        .order_by()
-        .values(newest=Func(F("uploaded_at"), function="MAX"))
+def dashboard_order(filters: DashboardFilters) -> DashboardOrder:
+    """The order of dashboard_rows(filters): by study where a study date range is set."""
+    if filters.date_from or filters.date_to:
+        return STUDY_ORDER
+    return UPLOAD_ORDER
+
+
+# A search matching at most this many patients (and as many accession numbers) reads
+# their studies from indexes; more, and the page walks its order checking each row.
+SEARCH_FEW = 2_000
+
+
+def _search_matches(term: str) -> Q:
+    """The search as a condition on analyses, chosen by how much it matches.
+
+    Few matches (a patient's name or hospital id): the studies of the matching
+    patients, or with a matching accession number, read from their indexes (on
+    PostgreSQL the trigram indexes of clinical 0007). Many (a term most names hold):
+    building that set read every study of every matching patient (1.3 s for the
+    counts and 6 s for the page at a million analyses, most patients matching);
+    checked on the joined patient and study of each row as the walk meets it, the
+    walk stops after a page and the bounded count after its cap. Each side is counted
+    first, bounded: at most SEARCH_FEW + 1 rows of one index or table read."""
+    by_patient = Q(identifier__icontains=term) | Q(name__icontains=term)
+    patients = Patient.objects.filter(by_patient).order_by().values("pk")
+    studies = (
+        Study.objects.filter(accession_number__icontains=term).order_by().values("pk")
     )
-    return Subquery(newest, output_field=DateTimeField())
+    if _more_than(SEARCH_FEW, patients, studies):
+        return (
+            Q(scan__study__patient__identifier__icontains=term)
+            | Q(scan__study__patient__name__icontains=term)
+            | Q(scan__study__accession_number__icontains=term)
+        )
+    matching = (
+        Study.objects.filter(patient__in=patients)
+        .order_by()
+        .values("pk")
+        .union(studies)
+    )
+    return Q(scan__study_id__in=matching)
+
+
+def _more_than(bound: int, *sets: QuerySet[Any]) -> bool:
+    """Whether any of `sets` holds more than `bound` rows, in one query reading at
+    most bound + 1 rows of each."""
+    parts, params = [], []
+    for rows in sets:
+        sql, part_params = rows[: bound + 1].query.sql_with_params()
+        parts.append(f"(SELECT COUNT(*) FROM ({sql}) part)")
+        params.extend(part_params)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(parts)}", params)
+        counts = cursor.fetchone()
+    return any(count > bound for count in counts)
 
 
 def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
-    """One row per analysis (a scan and a model version), newest upload first."""
+    """One row per analysis (a scan and a model version), in dashboard_order(filters):
+    newest upload first, or where a study date range is set newest study first."""
     rows = _dashboard_row()
+    if filters.date_from or filters.date_to:
+        # On the joined study, which the order reads: the walk down the study_date
+        # index starts at the range's end and stops after a page. Given as "the
+        # study is one of those in the range", it walked from the newest study
+        # checking each (83,000 index entries to reach a month in mid-year).
+        rows = rows.filter(
+            _study_dates(filters, prefix="scan__study__"),
+        )
+        filters = replace(filters, date_from=None, date_to=None)
+    if filters.search:
+        rows = rows.filter(_search_matches(filters.search))
+        filters = replace(filters, search="")
     by_study = _study_conditions(filters)
     if by_study:
         # The matching studies first, then their scans (the scan_study index); as
@@ -190,24 +303,12 @@ def dashboard_rows(filters: DashboardFilters) -> QuerySet[Analysis]:
         rows = rows.filter(
             in_distribution=filters.distribution == "inside", withheld=False
         )
-    return rows.order_by(*_newest_upload_first())
-
-
-# The cursor's values, the order's keys: the scan's upload time, the scan, the analysis.
-_KEYSET_PATHS = ("scan__uploaded_at", "scan_id", "id")
-
-
-def _keyset_fields() -> list[Any]:
-    return [
-        Scan._meta.get_field("uploaded_at"),
-        Scan._meta.pk,
-        Analysis._meta.pk,
-    ]
+    return rows.order_by(*dashboard_order(filters).by())
 
 
 @dataclass(frozen=True)
 class DashboardPage:
-    """A page of dashboard rows and the cursors of the pages beside it.
+    """A page of dashboard rows in `order` and the cursors of the pages beside it.
 
     `next_cursor` starts the older page after the last row, `previous_cursor` the
     newer page before the first row; None where there is no such page."""
@@ -215,6 +316,7 @@ class DashboardPage:
     object_list: list[Analysis]
     next_cursor: str | None
     previous_cursor: str | None
+    order: DashboardOrder = UPLOAD_ORDER
 
     def __iter__(self) -> Iterator[Analysis]:
         return iter(self.object_list)
@@ -229,39 +331,37 @@ class DashboardPage:
         return self.previous_cursor is not None
 
 
-def _cursor_at(row: Analysis) -> str:
-    return cursor_encode((row.scan.uploaded_at, row.scan_id, row.pk))
-
-
 # Where the counts say at most this many rows match, a page sorts them whole.
 SORT_FEW = 10_000
 
 
 def _picked(
-    rows: QuerySet[Analysis], limit: int, *, descending: bool, few: bool = False
+    rows: QuerySet[Analysis],
+    limit: int,
+    *,
+    order: DashboardOrder,
+    descending: bool,
+    few: bool = False,
 ) -> Q:
     """The first `limit` of the filtered rows in the walk's order, as a condition on
-    ids: picked reading little more than indexes and the scans' upload times, so only
+    ids: picked reading little more than indexes and the order's columns, so only
     the rows shown are read whole (picked and read in one step, the matching rows
     were sorted whole to keep 50: on SQLite 190 ms for "unreviewed malignant" at
     10,000 studies, against 25 ms).
 
-    Walking the upload order is quick when matches are common: 50 of them turn up
-    soon. When `few` rows match (a failed status, the withheld), PostgreSQL still
-    walked it, hoping to meet them, through 10,000 scans (0.4 to 1 s at a million
+    Walking the order is quick when matches are common: 50 of them turn up soon.
+    When `few` rows match (a failed status, the withheld), PostgreSQL still walked
+    it, hoping to meet them, through 10,000 scans (0.4 to 1 s at a million
     analyses); ordered by an expression with the same value that no index provides,
     the few are read from their filter's index and sorted (a top-N sort)."""
-    order = _upload_order(descending=descending)
-    if few:
-        newest = Coalesce(F("scan__uploaded_at"), F("scan__uploaded_at"))
-        order = (newest.desc() if descending else newest.asc(), *order[1:])
-    ids = rows.order_by(*order).values("pk")[:limit]
+    by = order.by(descending=descending, few=few)
+    ids = rows.order_by(*by).values("pk")[:limit]
     return Q(pk__in=ids)
 
 
-def _whole(picked: Q) -> list[Analysis]:
-    """The picked rows with their scan, study and patient, newest first: one query."""
-    return list(_dashboard_row().filter(picked).order_by(*_newest_upload_first()))
+def _whole(picked: Q, order: DashboardOrder) -> list[Analysis]:
+    """The picked rows with their scan, study and patient, in order: one query."""
+    return list(_dashboard_row().filter(picked).order_by(*order.by()))
 
 
 def dashboard_page(
@@ -271,50 +371,49 @@ def dashboard_page(
     after: str | None = None,
     before: str | None = None,
     matching: int | None = None,
-    newest_upload: Subquery | None = None,
+    order: DashboardOrder = UPLOAD_ORDER,
 ) -> DashboardPage:
-    """The page of `rows` (dashboard_rows) that starts after the cursor `after`
-    (older rows), or ends before the cursor `before` (newer rows); without either, the
-    newest. Keyset pagination: a page 1,000 pages in costs one query, as the first
-    does, where an offset read and dropped every row before it. InvalidCursor for a
-    cursor this list did not make. `matching` is how many rows match where it is
-    known (dashboard_matching): few are sorted rather than walked to (_picked).
-    `newest_upload` (dashboard_newest_upload) is where the walk down may start; given
-    to the page's query only, the counts do not read it again."""
-    fields = _keyset_fields()
+    """The page of `rows` (dashboard_rows, in its `order`: dashboard_order) that
+    starts after the cursor `after` (older rows), or ends before the cursor `before`
+    (newer rows); without either, the newest. Keyset pagination: a page 1,000 pages
+    in costs one query, as the first does, where an offset read and dropped every row
+    before it. InvalidCursor for a cursor this list did not make (another order's
+    among them). `matching` is how many rows match where it is known
+    (dashboard_matching): few are sorted rather than walked to (_picked)."""
+    fields = order.fields()
     few = matching is not None and matching <= SORT_FEW
-    if newest_upload is not None:
-        rows = rows.filter(scan__uploaded_at__lte=newest_upload)
     if before:
         newer = rows.filter(
-            keyset_beyond(
-                _KEYSET_PATHS, cursor_decode(before, fields), descending=False
-            )
+            keyset_beyond(order.paths, cursor_decode(before, fields), descending=False)
         )
         # Walked up from the cursor: the size rows nearest it, and one more if a
         # newer page is beyond them. Without that one these are the newest rows: the
         # newest page (the first page itself, when walking back from the second;
         # shorter only where rows went since). Asked in one query as "these ids or
         # the newest page's", the planner read every analysis.
-        nearest = _whole(_picked(newer, size + 1, descending=False, few=few))
+        picked = _picked(newer, size + 1, order=order, descending=False, few=few)
+        nearest = _whole(picked, order)
         if not nearest:  # a cursor at the very top: nothing is newer
-            return dashboard_page(rows, size=size, matching=matching)
+            return dashboard_page(rows, size=size, matching=matching, order=order)
         shown = nearest[1:] if len(nearest) > size else nearest
         return DashboardPage(
             object_list=shown,
-            next_cursor=_cursor_at(shown[-1]),
-            previous_cursor=_cursor_at(shown[0]) if len(nearest) > size else None,
+            next_cursor=order.cursor_at(shown[-1]),
+            previous_cursor=order.cursor_at(shown[0]) if len(nearest) > size else None,
+            order=order,
         )
     if after:
         rows = rows.filter(
-            keyset_beyond(_KEYSET_PATHS, cursor_decode(after, fields), descending=True)
+            keyset_beyond(order.paths, cursor_decode(after, fields), descending=True)
         )
-    found = _whole(_picked(rows, size + 1, descending=True, few=few))
+    picked = _picked(rows, size + 1, order=order, descending=True, few=few)
+    found = _whole(picked, order)
     shown = found[:size]
     return DashboardPage(
         object_list=shown,
-        next_cursor=_cursor_at(shown[-1]) if len(found) > size else None,
-        previous_cursor=_cursor_at(shown[0]) if after and shown else None,
+        next_cursor=order.cursor_at(shown[-1]) if len(found) > size else None,
+        previous_cursor=order.cursor_at(shown[0]) if after and shown else None,
+        order=order,
     )
 
 

@@ -67,7 +67,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     walk = {
         "size": PAGE_SIZE,
         "matching": selectors.dashboard_matching(counts),
-        "newest_upload": selectors.dashboard_newest_upload(filters),
+        "order": selectors.dashboard_order(filters),
     }
     try:
         page = selectors.dashboard_page(

@@ -134,7 +134,9 @@ def test_the_number_of_queries_does_not_grow_with_the_data(staff_client, user):
     back_to_top = _queries(staff_client, **FILTERED, before=second.previous_cursor)
     assert small == large
     assert small_filtered == large_filtered == large_back == back_to_top
-    assert large[0] <= 12 and large_filtered[0] <= 12
+    # A search adds one query, bounded: how many patients and accession numbers it
+    # matches, which decides how its rows are read (selectors._search_matches).
+    assert large[0] <= 12 and large_filtered[0] <= 12 + 1
     assert large[1] == 1 and large_filtered[1] == 1  # one insert for a page of rows
 
 
@@ -355,6 +357,109 @@ def test_pages_keep_the_order_through_equal_upload_times_and_filters(
         assert [[r.pk for r in p.context["page"]] for p in walked_back] == [
             [r.pk for r in p.context["page"]] for p in reversed(pages)
         ]
+
+
+# A bound above the matches: their studies are read first; below: each row checked.
+@pytest.mark.parametrize("few", [2_000, 3], ids=["studies first", "walked"])
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("Person 1", lambda a: "Person 1" in a.scan.study.patient.name),
+        ("b-00002", lambda a: a.scan.study.patient.identifier.startswith("B-00002")),
+        ("acc00003", lambda a: a.scan.study.accession_number.startswith("ACC00003")),
+        ("nobody", lambda a: False),
+    ],
+)
+def test_a_search_shows_every_match_in_order_however_many_match(
+    staff_client, user, monkeypatch, few, term, expected
+):
+    from portal.review import selectors
+
+    monkeypatch.setattr(selectors, "SEARCH_FEW", few)
+    bulk_studies(130, user)
+    wanted = [
+        pk
+        for pk in _ordered_as_before()
+        if expected(Analysis.objects.select_related("scan__study__patient").get(pk=pk))
+    ]
+    pages = [_page(staff_client, q=term)]
+    while (older := _rel(pages[-1], "next")) is not None:
+        pages.append(_follow(staff_client, older))
+    shown = [row.pk for page in pages for row in page.context["page"]]
+    assert shown == wanted
+    counts = pages[0].context["counts"]
+    assert sum(counts["statuses"].values()) == len(wanted)
+
+
+def _newest_study_first(**filters: Any) -> list[int]:
+    rows = Analysis.objects.filter(**filters).order_by(
+        "-scan__study__study_date",
+        "-scan__study_id",
+        "-scan__uploaded_at",
+        "-scan_id",
+        "-id",
+    )
+    return list(rows.values_list("pk", flat=True))
+
+
+@pytest.mark.parametrize("cap", [10_000, 5], ids=["sorted", "walked"])
+def test_with_a_study_date_range_rows_are_newest_study_first_then_newest_upload(
+    staff_client, user, monkeypatch, cap
+):
+    from portal.review import selectors
+
+    monkeypatch.setattr(selectors, "COUNT_CAP", cap)
+    # Study dates rise with i while uploads go back in time: the two orders differ.
+    bulk_studies(90, user)
+    studies = list(Study.objects.order_by("pk"))
+    # Two studies on one date (the study id decides), and studies with a second
+    # scan uploaded after the first and one at the same instant (the scan decides).
+    Study.objects.filter(pk=studies[20].pk).update(study_date=studies[21].study_date)
+    first_scans = {scan.study_id: scan for scan in Scan.objects.all()}
+    for n, study in enumerate(studies[10:40]):
+        scan = first_scans[study.pk]
+        later = scan.uploaded_at + datetime.timedelta(minutes=n % 3)
+        extra = Scan.objects.create(
+            study=study,
+            original=f"scans/{study.pk}/y.png",
+            original_filename="second.png",
+            sha256="1" * 64,
+            width=100,
+            height=100,
+            format="PNG",
+            uploaded_by=user,
+            uploaded_at=later,
+        )
+        Analysis.objects.create(scan=extra, model_version="m-1", status="succeeded")
+    params = {"date_from": "2026-01-05", "date_to": "2026-03-15"}
+    wanted = _newest_study_first(
+        scan__study__study_date__range=(
+            datetime.date(2026, 1, 5),
+            datetime.date(2026, 3, 15),
+        )
+    )
+    assert wanted != [pk for pk in _ordered_as_before() if pk in set(wanted)], (
+        "the upload order would pass this test"
+    )
+    pages = [_page(staff_client, **params)]
+    while (older := _rel(pages[-1], "next")) is not None:
+        assert "date_from=2026-01-05" in older and "date_to=2026-03-15" in older
+        pages.append(_follow(staff_client, older))
+    shown = [row.pk for page in pages for row in page.context["page"]]
+    assert len(pages) == 2 and shown == wanted
+    # The page says its order, above the rows and beside the page links.
+    assert "Newest study first" in pages[0].content.decode()
+    assert 'id="dashboard-order"' in pages[0].content.decode()
+    assert "newest study first" in pages[-1].content.decode()
+    back = _follow(staff_client, _rel(pages[-1], "prev"))
+    assert [r.pk for r in back.context["page"]] == [
+        r.pk for r in pages[0].context["page"]
+    ]
+    # A cursor of the upload order is not this list's: the first page, and it says so.
+    upload_cursor = _page(staff_client).context["page"].next_cursor
+    response = _page(staff_client, **params, after=upload_cursor)
+    assert [r.pk for r in response.context["page"]] == wanted[:50]
+    assert "Page position" in response.context["ignored"][-1]
 
 
 def test_counts_are_exact_up_to_the_cap_and_say_more_beyond_it(
