@@ -55,7 +55,7 @@ from bench.launch import (
     wait_until_ready,
 )
 from portal.analyses import queue
-from portal.analyses.modelinfo import current_model_version
+from portal.analyses.modelinfo import current_model_version, model_input_side
 from portal.analyses.models import Analysis
 from portal.analyses.services import scan_submit
 from portal.clinical.models import Scan, Study
@@ -372,9 +372,14 @@ def profile(
 _STAGES = (
     ("the whole drain", ("tasks.py", "drain")),
     ("model: Analyzer.analyze", ("tasks.py", "_analyze")),
+    (
+        "  of which resizing to the model's square",
+        ("model_input.py", "resize_for_model"),
+    ),
     ("claiming the next batch", ("services.py", "analysis_claim_waiting")),
     ("reading the rows, decoding the stored scans", ("tasks.py", "_load")),
     ("  of which decode_image", ("decode.py", "decode_image")),
+    ("  of which reading stored model inputs", ("model_input.py", "from_npy")),
     ("registry lookups for the shadow model", ("tasks.py", "_shadow")),
     ("storing a batch's results (_finish)", ("tasks.py", "_finish")),
     ("  encoding the mask and heatmaps", ("inference.py", "stored_artifacts")),
@@ -404,14 +409,18 @@ def _stage_breakdown(stats: pstats.Stats, n: int) -> str:
 def _upload(
     study: Study, user: object, contents: list[bytes], model_version: str
 ) -> list[int]:
-    """Upload each image, SCANS_PER_STUDY to a study: `study`'s patient's new studies."""
+    """Upload each image, SCANS_PER_STUDY to a study: `study`'s patient's new studies,
+    each stored as ingestion stores it (with the model input the worker reads)."""
+    side = model_input_side(model_version=model_version)
     ids = []
     for index, content in enumerate(contents):
         if index % SCANS_PER_STUDY == 0:
             study = study_create(
                 patient=study.patient, created_by=user, description=study.description
             )
-        upload = validate_content(filename=f"bench-{index}.png", content=content)
+        upload = validate_content(
+            filename=f"bench-{index}.png", content=content, model_input_side=side
+        )
         scan = scan_submit(
             study=study, upload=upload, uploaded_by=user, model_version=model_version
         )
