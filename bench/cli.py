@@ -96,6 +96,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         f"model's {r.model_ms_per_scan:.1f} ms: {r.worker_overhead:.1%} "
         f"(target <= {PIPELINE_TARGET_WORKER_OVERHEAD:.0%}: {overhead_verdict})"
     )
+    cpu = (
+        f"worker drain {r.drain_cpu_ms_per_scan:.1f} ms, bare analyze "
+        f"{r.bare_cpu_ms_per_scan:.1f} ms, beyond the model "
+        f"{r.drain_cpu_ms_per_scan - r.bare_cpu_ms_per_scan:.1f} ms (the database "
+        "server's not counted)"
+    )
     _write(
         [
             f"images: {r.n} (failed in pipeline: {r.pipeline_failed})",
@@ -107,6 +113,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             f"worker drain ({r.n} stored scans queued first): {drain}",
             f"ratio worker drain / bare analyze: {drain_ratio}",
             f"worker time (first claim to last result) {overhead}",
+            f"CPU per scan: {cpu}",
             f"load average at the end: {load}",
         ]
     )

@@ -83,6 +83,11 @@ class BenchResult:
     )
     drain_failed: int
     drain_worker_seconds: float  # the same drain, its first claim to its last result
+    # CPU seconds (user + system): the worker's processes over the drain, and this
+    # process over the bare model (the mean of its two timings). What others' load on
+    # the machine changes least; the database server's CPU is in neither.
+    drain_cpu_seconds: float
+    bare_cpu_seconds: float
     load_average: tuple[float, float, float]  # at the end of the run (others' work)
 
     @property
@@ -116,6 +121,14 @@ class BenchResult:
     @property
     def worker_ms_per_scan(self) -> float:
         return self.worker_seconds / self.n * 1000
+
+    @property
+    def drain_cpu_ms_per_scan(self) -> float:
+        return self.drain_cpu_seconds / self.n * 1000
+
+    @property
+    def bare_cpu_ms_per_scan(self) -> float:
+        return self.bare_cpu_seconds / self.n * 1000
 
     @property
     def worker_overhead(self) -> float:
@@ -238,13 +251,19 @@ def run(
             # a minute, and the drain is compared with the mean of the two.
             report("loading the bare model; timing it before the drain")
             bare = _BareModel(contents, warmup_paths)
+            bare_cpu = time.process_time()
             bare_before = bare.seconds()
+            bare_cpu = time.process_time() - bare_cpu
             report(f"sending the {n} held messages (worker drain)")
+            worker_cpu = _cpu_seconds(worker.pid)
             drain_seconds, drain_worker_seconds, drain_failed = _drain(
                 drain_ids, timeout, log_path
             )
+            drain_cpu = _cpu_seconds(worker.pid) - worker_cpu
             report("timing the bare model again after the drain")
+            bare_cpu -= time.process_time()
             bare_after = bare.seconds()
+            bare_cpu += time.process_time()
             stop_worker(worker)
             worker = None
     finally:
@@ -269,8 +288,26 @@ def run(
         drain_seconds=drain_seconds,
         drain_failed=drain_failed,
         drain_worker_seconds=drain_worker_seconds,
+        drain_cpu_seconds=drain_cpu,
+        bare_cpu_seconds=bare_cpu / 2,
         load_average=os.getloadavg(),
     )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far (the worker's
+    pool processes are its children)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 @contextmanager
