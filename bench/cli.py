@@ -96,6 +96,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         f"model's {r.model_ms_per_scan:.1f} ms: {r.worker_overhead:.1%} "
         f"(target <= {PIPELINE_TARGET_WORKER_OVERHEAD:.0%}: {overhead_verdict})"
     )
+    inputs = (
+        f"{r.drain_inputs_ratio:.1%} (bare on the model inputs the worker reads: "
+        f"{r.n / r.bare_inputs_seconds:.2f} images/s, {r.bare_inputs_seconds:.1f}s, "
+        "once, after the drain)"
+    )
     cpu = (
         f"worker drain {r.drain_cpu_ms_per_scan:.1f} ms, bare analyze "
         f"{r.bare_cpu_ms_per_scan:.1f} ms, beyond the model "
@@ -112,6 +117,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             f"ratio pipeline / bare analyze: {ratio}",
             f"worker drain ({r.n} stored scans queued first): {drain}",
             f"ratio worker drain / bare analyze: {drain_ratio}",
+            f"  against bare analyze on the stored model inputs: {inputs}",
             f"worker time (first claim to last result) {overhead}",
             f"CPU per scan: {cpu}",
             f"load average at the end: {load}",

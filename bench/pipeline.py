@@ -78,6 +78,9 @@ class BenchResult:
     bare_before_seconds: float
     bare_after_seconds: float
     bare_with_artifacts_seconds: float  # bare analyze + encoding what a worker stores
+    # Bare analyze on the model inputs the uploads stored (what the worker reads: no
+    # resize to the model's square), timed once, after the drain.
+    bare_inputs_seconds: float
     drain_seconds: (
         float  # worker alone on N queued analyses: messages sent to last result
     )
@@ -121,6 +124,11 @@ class BenchResult:
     @property
     def worker_ms_per_scan(self) -> float:
         return self.worker_seconds / self.n * 1000
+
+    @property
+    def drain_inputs_ratio(self) -> float:
+        """The drain against bare analyze on the same model inputs the worker reads."""
+        return self.bare_inputs_seconds / self.drain_seconds
 
     @property
     def drain_cpu_ms_per_scan(self) -> float:
@@ -264,6 +272,7 @@ def run(
             bare_cpu -= time.process_time()
             bare_after = bare.seconds()
             bare_cpu += time.process_time()
+            bare_inputs = bare.inputs_seconds()
             stop_worker(worker)
             worker = None
     finally:
@@ -288,6 +297,7 @@ def run(
         drain_seconds=drain_seconds,
         drain_failed=drain_failed,
         drain_worker_seconds=drain_worker_seconds,
+        bare_inputs_seconds=bare_inputs,
         drain_cpu_seconds=drain_cpu,
         bare_cpu_seconds=bare_cpu / 2,
         load_average=os.getloadavg(),
@@ -475,6 +485,7 @@ class _BareModel:
     def __init__(self, contents: list[bytes], warmup_paths: list[Path]) -> None:
         from ml.decode import decode_image
         from ml.inference import Analyzer
+        from ml.model_input import model_input
 
         self.analyzer = Analyzer.load(settings.ML_WEIGHTS_DIR)
         self.batch_size = settings.ANALYSIS_BATCH_SIZE
@@ -482,11 +493,21 @@ class _BareModel:
             [decode_image(p) for p in warmup_paths], batch_size=self.batch_size
         )
         self.images = [decode_image(content) for content in contents]
+        # What the worker reads instead: the model inputs the uploads stored.
+        self.inputs = [
+            model_input(image.pixels, self.analyzer.image_size) for image in self.images
+        ]
         self.results: list[Any] = []
 
     def seconds(self) -> float:
         started = time.perf_counter()
         self.results = self.analyzer.analyze(self.images, batch_size=self.batch_size)
+        return time.perf_counter() - started
+
+    def inputs_seconds(self) -> float:
+        """`analyze` on the model inputs (no resize to the model's square in it)."""
+        started = time.perf_counter()
+        self.analyzer.analyze(self.inputs, batch_size=self.batch_size)
         return time.perf_counter() - started
 
     def artifacts_seconds(self) -> float:
