@@ -3,9 +3,10 @@
 `analyze_scan` claims its analysis with a compare-and-set update and returns at once if
 the row is no longer queued, so redelivered and duplicate messages do nothing. When more
 analyses are waiting it claims them too, ANALYSIS_BATCH_SIZE at a time, and keeps the
-model busy: while the model runs one batch, a loader thread claims and decodes the next
-and a few threads store the results of the previous one (the mask and heatmaps as small
-PNGs; no pictures are drawn here). It stops claiming at
+model busy: while the model runs one batch, a loader thread claims the next and reads
+the model inputs its scans were stored with (decoding the original only for a scan
+without one of its model's size), and a few threads store the results of the previous
+one (the mask and heatmaps as small PNGs; no pictures are drawn here). It stops claiming at
 half the soft time limit, and returns only when every claimed analysis is recorded
 (acks_late then acknowledges the message); rows whose messages were consumed as no-ops
 are still covered by the reconciler if the worker dies mid-way.
@@ -115,7 +116,7 @@ def analyze_scan(self: Task, analysis_id: int) -> None:
 class Pipeline:
     """One task's run of the claimed analysis and whatever else is waiting, one batch
     at a time, in three overlapping stages: the model runs batch k, a loader thread
-    claims and decodes batch k+1, and finishing threads store the results of batch k-1.
+    claims and reads batch k+1, and finishing threads store the results of batch k-1.
 
     The threads live as long as the task (ANALYSIS_RENDER_THREADS finishing threads,
     one loader; with 0 every stage runs inline in the task's thread).
