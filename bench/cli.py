@@ -99,7 +99,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     inputs = (
         f"{r.drain_inputs_ratio:.1%} (bare on the model inputs the worker reads: "
         f"{r.n / r.bare_inputs_seconds:.2f} images/s, {r.bare_inputs_seconds:.1f}s, "
-        "once, after the drain)"
+        "the mean of a timing before and after the drain)"
     )
     cpu = (
         f"worker drain {r.drain_cpu_ms_per_scan:.1f} ms, bare analyze "
