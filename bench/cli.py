@@ -54,7 +54,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
     if args.profile:
         figures = pipeline.profile(
-            n=args.n, busi_dir=args.busi_dir, stats_path=args.stats, report=_report
+            n=args.n,
+            busi_dir=args.busi_dir,
+            stats_path=args.stats,
+            cpu=args.cpu,
+            report=_report,
         )
         _write([figures])
         return 0
@@ -92,6 +96,17 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         f"model's {r.model_ms_per_scan:.1f} ms: {r.worker_overhead:.1%} "
         f"(target <= {PIPELINE_TARGET_WORKER_OVERHEAD:.0%}: {overhead_verdict})"
     )
+    inputs = (
+        f"{r.drain_inputs_ratio:.1%} (bare on the model inputs the worker reads: "
+        f"{r.n / r.bare_inputs_seconds:.2f} images/s, {r.bare_inputs_seconds:.1f}s, "
+        "the mean of a timing before and after the drain)"
+    )
+    cpu = (
+        f"worker drain {r.drain_cpu_ms_per_scan:.1f} ms, bare analyze "
+        f"{r.bare_cpu_ms_per_scan:.1f} ms, beyond the model "
+        f"{r.drain_cpu_ms_per_scan - r.bare_cpu_ms_per_scan:.1f} ms (the database "
+        "server's not counted)"
+    )
     _write(
         [
             f"images: {r.n} (failed in pipeline: {r.pipeline_failed})",
@@ -102,7 +117,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             f"ratio pipeline / bare analyze: {ratio}",
             f"worker drain ({r.n} stored scans queued first): {drain}",
             f"ratio worker drain / bare analyze: {drain_ratio}",
+            f"  against bare analyze on the stored model inputs: {inputs}",
             f"worker time (first claim to last result) {overhead}",
+            f"CPU per scan: {cpu}",
             f"load average at the end: {load}",
         ]
     )
@@ -225,6 +242,15 @@ def _add_pipeline(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="with --profile: also write the raw stats",
+    )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help=(
+            "with --profile: time this process's CPU (every thread, TensorFlow's "
+            "included), not the wall clock: steadier on a machine others load; the "
+            "database server's CPU is not in it"
+        ),
     )
 
 

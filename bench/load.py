@@ -190,12 +190,15 @@ def _upload(
     study_ids: list[int],
 ) -> None:
     """Upload `count` scans; ids are appended as they go (the sampler reads them)."""
+    from portal.analyses.modelinfo import model_input_side
     from portal.analyses.services import scan_submit
     from portal.clinical.models import Patient
     from portal.clinical.services import study_create
     from portal.clinical.uploads import validate_content
 
     rng = np.random.default_rng(7)
+    # As ingestion stores them: with the model input the worker reads.
+    side = model_input_side(model_version=model_version)
     patient = Patient.objects.create(identifier="LOAD-UPLOADS", name="Load Uploads")
     study = None
     for index in range(count):
@@ -203,7 +206,9 @@ def _upload(
             study = study_create(patient=patient, created_by=user)
             study_ids.append(study.pk)
         upload = validate_content(
-            filename=f"load-{index}.png", content=blob_png(rng, size)
+            filename=f"load-{index}.png",
+            content=blob_png(rng, size),
+            model_input_side=side,
         )
         scan = scan_submit(
             study=study, upload=upload, uploaded_by=user, model_version=model_version

@@ -55,7 +55,7 @@ from bench.launch import (
     wait_until_ready,
 )
 from portal.analyses import queue
-from portal.analyses.modelinfo import current_model_version
+from portal.analyses.modelinfo import current_model_version, model_input_side
 from portal.analyses.models import Analysis
 from portal.analyses.services import scan_submit
 from portal.clinical.models import Scan, Study
@@ -78,11 +78,19 @@ class BenchResult:
     bare_before_seconds: float
     bare_after_seconds: float
     bare_with_artifacts_seconds: float  # bare analyze + encoding what a worker stores
+    # Bare analyze on the model inputs the uploads stored (what the worker reads: no
+    # resize to the model's square): the mean of a timing before and after the drain.
+    bare_inputs_seconds: float
     drain_seconds: (
         float  # worker alone on N queued analyses: messages sent to last result
     )
     drain_failed: int
     drain_worker_seconds: float  # the same drain, its first claim to its last result
+    # CPU seconds (user + system): the worker's processes over the drain, and this
+    # process over the bare model (the mean of its two timings). What others' load on
+    # the machine changes least; the database server's CPU is in neither.
+    drain_cpu_seconds: float
+    bare_cpu_seconds: float
     load_average: tuple[float, float, float]  # at the end of the run (others' work)
 
     @property
@@ -116,6 +124,19 @@ class BenchResult:
     @property
     def worker_ms_per_scan(self) -> float:
         return self.worker_seconds / self.n * 1000
+
+    @property
+    def drain_inputs_ratio(self) -> float:
+        """The drain against bare analyze on the same model inputs the worker reads."""
+        return self.bare_inputs_seconds / self.drain_seconds
+
+    @property
+    def drain_cpu_ms_per_scan(self) -> float:
+        return self.drain_cpu_seconds / self.n * 1000
+
+    @property
+    def bare_cpu_ms_per_scan(self) -> float:
+        return self.bare_cpu_seconds / self.n * 1000
 
     @property
     def worker_overhead(self) -> float:
@@ -238,13 +259,21 @@ def run(
             # a minute, and the drain is compared with the mean of the two.
             report("loading the bare model; timing it before the drain")
             bare = _BareModel(contents, warmup_paths)
+            bare_cpu = time.process_time()
             bare_before = bare.seconds()
+            bare_cpu = time.process_time() - bare_cpu
+            bare_inputs = bare.inputs_seconds()
             report(f"sending the {n} held messages (worker drain)")
+            worker_cpu = _cpu_seconds(worker.pid)
             drain_seconds, drain_worker_seconds, drain_failed = _drain(
                 drain_ids, timeout, log_path
             )
+            drain_cpu = _cpu_seconds(worker.pid) - worker_cpu
             report("timing the bare model again after the drain")
+            bare_cpu -= time.process_time()
             bare_after = bare.seconds()
+            bare_cpu += time.process_time()
+            bare_inputs = (bare_inputs + bare.inputs_seconds()) / 2
             stop_worker(worker)
             worker = None
     finally:
@@ -269,8 +298,27 @@ def run(
         drain_seconds=drain_seconds,
         drain_failed=drain_failed,
         drain_worker_seconds=drain_worker_seconds,
+        bare_inputs_seconds=bare_inputs,
+        drain_cpu_seconds=drain_cpu,
+        bare_cpu_seconds=bare_cpu / 2,
         load_average=os.getloadavg(),
     )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far (the worker's
+    pool processes are its children)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 @contextmanager
@@ -305,11 +353,13 @@ def profile(
     busi_dir: Path | None = None,
     top: int = 40,
     stats_path: Path | None = None,
+    cpu: bool = False,
     report: Callable[[str], None] = logger.info,
 ) -> str:
     """The worker's pipeline on N stored scans, in this process under cProfile, with
     every stage inline (ANALYSIS_RENDER_THREADS=0, so the profile sees them all); the
-    statistics sorted by own time and by cumulative time."""
+    statistics sorted by own time and by cumulative time. `cpu`: timed by this
+    process's CPU time (all its threads) instead of the wall clock."""
     from portal.analyses.services import analysis_claim
     from workers.analyzer import get_analyzer
     from workers.tasks import Pipeline
@@ -341,12 +391,13 @@ def profile(
             with _messages_held_back():
                 ids = _upload(study, user, contents, model_version)
             report(f"profiling the worker's pipeline on {n} stored scans")
-            profiler = cProfile.Profile()
-            started = time.perf_counter()
+            clock = time.process_time if cpu else time.perf_counter
+            profiler = cProfile.Profile(clock)
+            started = clock()
             profiler.enable()
             drain(ids)
             profiler.disable()
-            seconds = time.perf_counter() - started
+            seconds = clock() - started
             done = Analysis.objects.filter(
                 pk__in=ids, status=Analysis.Status.SUCCEEDED
             ).count()
@@ -355,7 +406,8 @@ def profile(
         shutil.rmtree(work_dir, ignore_errors=True)
     out = io.StringIO()
     out.write(
-        f"{done}/{n} analyses in {seconds:.2f}s ({seconds / n * 1000:.1f} ms a scan), "
+        f"{done}/{n} analyses in {seconds:.2f}s {'of CPU' if cpu else 'wall'} "
+        f"({seconds / n * 1000:.1f} ms a scan), "
         f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n"
     )
     if stats_path is not None:  # for snakeviz, or pstats' browser
@@ -372,9 +424,14 @@ def profile(
 _STAGES = (
     ("the whole drain", ("tasks.py", "drain")),
     ("model: Analyzer.analyze", ("tasks.py", "_analyze")),
+    (
+        "  of which resizing to the model's square",
+        ("model_input.py", "resize_for_model"),
+    ),
     ("claiming the next batch", ("services.py", "analysis_claim_waiting")),
     ("reading the rows, decoding the stored scans", ("tasks.py", "_load")),
     ("  of which decode_image", ("decode.py", "decode_image")),
+    ("  of which reading stored model inputs", ("model_input.py", "from_npy")),
     ("registry lookups for the shadow model", ("tasks.py", "_shadow")),
     ("storing a batch's results (_finish)", ("tasks.py", "_finish")),
     ("  encoding the mask and heatmaps", ("inference.py", "stored_artifacts")),
@@ -404,14 +461,18 @@ def _stage_breakdown(stats: pstats.Stats, n: int) -> str:
 def _upload(
     study: Study, user: object, contents: list[bytes], model_version: str
 ) -> list[int]:
-    """Upload each image, SCANS_PER_STUDY to a study: `study`'s patient's new studies."""
+    """Upload each image, SCANS_PER_STUDY to a study: `study`'s patient's new studies,
+    each stored as ingestion stores it (with the model input the worker reads)."""
+    side = model_input_side(model_version=model_version)
     ids = []
     for index, content in enumerate(contents):
         if index % SCANS_PER_STUDY == 0:
             study = study_create(
                 patient=study.patient, created_by=user, description=study.description
             )
-        upload = validate_content(filename=f"bench-{index}.png", content=content)
+        upload = validate_content(
+            filename=f"bench-{index}.png", content=content, model_input_side=side
+        )
         scan = scan_submit(
             study=study, upload=upload, uploaded_by=user, model_version=model_version
         )
@@ -425,6 +486,7 @@ class _BareModel:
     def __init__(self, contents: list[bytes], warmup_paths: list[Path]) -> None:
         from ml.decode import decode_image
         from ml.inference import Analyzer
+        from ml.model_input import model_input
 
         self.analyzer = Analyzer.load(settings.ML_WEIGHTS_DIR)
         self.batch_size = settings.ANALYSIS_BATCH_SIZE
@@ -432,11 +494,21 @@ class _BareModel:
             [decode_image(p) for p in warmup_paths], batch_size=self.batch_size
         )
         self.images = [decode_image(content) for content in contents]
+        # What the worker reads instead: the model inputs the uploads stored.
+        self.inputs = [
+            model_input(image.pixels, self.analyzer.image_size) for image in self.images
+        ]
         self.results: list[Any] = []
 
     def seconds(self) -> float:
         started = time.perf_counter()
         self.results = self.analyzer.analyze(self.images, batch_size=self.batch_size)
+        return time.perf_counter() - started
+
+    def inputs_seconds(self) -> float:
+        """`analyze` on the model inputs (no resize to the model's square in it)."""
+        started = time.perf_counter()
+        self.analyzer.analyze(self.inputs, batch_size=self.batch_size)
         return time.perf_counter() - started
 
     def artifacts_seconds(self) -> float:

@@ -17,6 +17,7 @@ from ml import render
 from ml.config import CLASSES, weights_dir
 from ml.decode import DecodedImage, to_rgb
 from ml.gate import GateModel, gate_features
+from ml.model_input import ModelInput, model_input
 from ml.weights_io import ModelLoadError
 
 __all__ = ["Analyzer", "ImageAnalysis", "ModelLoadError"]
@@ -191,12 +192,12 @@ class Analyzer:
 
     def analyze(
         self,
-        images: Sequence[np.ndarray | DecodedImage],
+        images: Sequence[np.ndarray | DecodedImage | ModelInput],
         *,
         batch_size: int = 8,
         class_index: Sequence[int] | None = None,
     ) -> list[ImageAnalysis]:
-        """Analyse images of any size.
+        """Analyse images of any size, or model inputs made for this model's size.
 
         ``class_index`` picks the class Grad-CAM explains; by default the label shown, i.e. the
         argmax of the calibrated probabilities.
@@ -204,17 +205,10 @@ class Analyzer:
         from ml.metrics import softmax
         from ml.preprocess import network_input
 
-        pixels = [_as_rgb(image) for image in images]
         results: list[ImageAnalysis] = []
-        for start in range(0, len(pixels), batch_size):
-            chunk = pixels[start : start + batch_size]
-            size = self.image_size
-            batch = np.stack(
-                [
-                    np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR))
-                    for p in chunk
-                ]
-            )
+        for start in range(0, len(images), batch_size):
+            chunk = [self._input(image) for image in images[start : start + batch_size]]
+            batch = np.stack([item.pixels for item in chunk])
             chosen = (
                 None
                 if class_index is None
@@ -233,10 +227,9 @@ class Analyzer:
                 if self.gate is None
                 else self.gate.score(np.stack([gate_features(b) for b in batch]))
             )
-            for i, image in enumerate(chunk):
-                height, width = image.shape[:2]
+            for i, item in enumerate(chunk):
                 mask = (
-                    _resize_float(lesion_probability[i], width, height)
+                    _resize_float(lesion_probability[i], item.width, item.height)
                     >= self.meta.seg_threshold
                 )
                 best = int(probabilities[i].argmax())
@@ -268,3 +261,15 @@ class Analyzer:
                     )
                 )
         return results
+
+    def _input(self, image: np.ndarray | DecodedImage | ModelInput) -> ModelInput:
+        """The image squeezed to the network's square: made here, or stored with the
+        scan when it was uploaded (the same resize_for_model)."""
+        if isinstance(image, ModelInput):
+            if image.side != self.image_size:
+                raise ValueError(
+                    f"a {image.side} px model input, not {self.image_size} px as "
+                    f"{self.model_version} takes"
+                )
+            return image
+        return model_input(_as_rgb(image), self.image_size)

@@ -3,9 +3,10 @@
 `analyze_scan` claims its analysis with a compare-and-set update and returns at once if
 the row is no longer queued, so redelivered and duplicate messages do nothing. When more
 analyses are waiting it claims them too, ANALYSIS_BATCH_SIZE at a time, and keeps the
-model busy: while the model runs one batch, a loader thread claims and decodes the next
-and a few threads store the results of the previous one (the mask and heatmaps as small
-PNGs; no pictures are drawn here). It stops claiming at
+model busy: while the model runs one batch, a loader thread claims the next and reads
+the model inputs its scans were stored with (decoding the original only for a scan
+without one of its model's size), and a few threads store the results of the previous
+one (the mask and heatmaps as small PNGs; no pictures are drawn here). It stops claiming at
 half the soft time limit, and returns only when every claimed analysis is recorded
 (acks_late then acknowledges the message); rows whose messages were consumed as no-ops
 are still covered by the reconciler if the worker dies mid-way.
@@ -27,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Task
@@ -39,6 +40,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from ml.decode import DecodedImage, DecodeError, decode_image
 from ml.metrics import dice_per_image
+from ml.model_input import ModelInput, ModelInputError, from_npy
 from portal.analyses import queue, services
 from portal.analyses.models import Analysis
 from portal.dicomnet.services import SEND_DICOM_RESULTS, queue_results_send
@@ -82,8 +84,10 @@ worker_process_init.connect(preload, weak=False)
 @dataclass
 class _Work:
     analysis_id: int
-    image: DecodedImage
+    # The model input stored with the scan, or (without a usable one) the decoded scan.
+    image: DecodedImage | ModelInput
     scan_id: int | None = None
+    original: str = ""  # the scan's storage name, for a model of another input size
 
 
 @inference_task(bind=True, name=queue.ANALYZE_SCAN)
@@ -112,7 +116,7 @@ def analyze_scan(self: Task, analysis_id: int) -> None:
 class Pipeline:
     """One task's run of the claimed analysis and whatever else is waiting, one batch
     at a time, in three overlapping stages: the model runs batch k, a loader thread
-    claims and decodes batch k+1, and finishing threads store the results of batch k-1.
+    claims and reads batch k+1, and finishing threads store the results of batch k-1.
 
     The threads live as long as the task (ANALYSIS_RENDER_THREADS finishing threads,
     one loader; with 0 every stage runs inline in the task's thread).
@@ -189,7 +193,7 @@ class Pipeline:
             if version is None:
                 return
             shadow = get_analyzer(version)
-            theirs = _analyze(shadow, work)
+            theirs = _analyze(shadow, [_for_model(item, shadow) for item in work])
             results: list[tuple[int, dict[str, Any] | str]] = []
             for item, own, other in zip(work, outcomes, theirs, strict=True):
                 if isinstance(other, Exception):
@@ -400,8 +404,40 @@ def _fail(analysis_ids: list[int], reason: str) -> None:
         services.analysis_record_failure(analysis_id=analysis_id, error=reason)
 
 
-def _load_scan(analysis: Analysis) -> DecodedImage:
-    with default_storage.open(analysis.scan.original.name, "rb") as stored:
+def _load_scan(analysis: Analysis, analyzer: Analyzer) -> DecodedImage | ModelInput:
+    """The scan as the model takes it: the model input stored at upload (a small array,
+    no decoding) when there is one of this model's size, else the original decoded."""
+    scan = analysis.scan
+    if scan.model_input:
+        try:
+            with default_storage.open(scan.model_input.name, "rb") as stored:
+                content = stored.read()
+            return from_npy(
+                content,
+                side=analyzer.image_size,
+                height=scan.height,
+                width=scan.width,
+            )
+        except (FileNotFoundError, ModelInputError) as exc:
+            logger.info(
+                "analysis %s: the stored model input is not used (%s); decoding the scan",
+                analysis.pk,
+                exc,
+            )
+    return _decode_original(scan.original.name)
+
+
+def _for_model(item: _Work, analyzer: Analyzer) -> _Work:
+    """The item with an image `analyzer` takes: a stored model input made for another
+    input size gives way to the decoded original."""
+    image = item.image
+    if isinstance(image, ModelInput) and image.side != analyzer.image_size:
+        return replace(item, image=_decode_original(item.original))
+    return item
+
+
+def _decode_original(name: str) -> DecodedImage:
+    with default_storage.open(name, "rb") as stored:
         content = stored.read()
     return decode_image(content, max_pixels=settings.UPLOAD_MAX_PIXELS)
 
@@ -422,7 +458,14 @@ def _load(analysis_ids: list[int], analyzer: Analyzer) -> list[_Work]:
             )
             continue
         try:
-            work.append(_Work(analysis_id, _load_scan(analysis), analysis.scan_id))
+            work.append(
+                _Work(
+                    analysis_id,
+                    _load_scan(analysis, analyzer),
+                    analysis.scan_id,
+                    analysis.scan.original.name,
+                )
+            )
         except DecodeError as exc:
             services.analysis_record_failure(
                 analysis_id=analysis_id,

@@ -115,3 +115,17 @@ def training_class_prior(
         return None
     total = float(sum(prior))
     return [float(v) / total for v in prior]
+
+
+def model_input_side(*, model_version: str) -> int | None:
+    """The side of the square `model_version` takes ("image_size"), for the model input
+    stored with each upload (ml.model_input); None when that version is not installed
+    here or its model.json says no usable size: the worker then decodes the original."""
+    try:
+        meta = _installed(model_version, None)
+    except ModelVersionUnavailable:
+        return None
+    side = None if meta is None else meta.image_size
+    if isinstance(side, bool) or not isinstance(side, int) or not 0 < side <= 4096:
+        return None
+    return side

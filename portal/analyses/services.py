@@ -263,6 +263,11 @@ def analyses_record_success(
         key: site_calibration_in_use(model_version=key[0], scanner=key[1])
         for key in {(a.model_version, a.scan.scanner) for a in analyses.values()}
     }
+    # Each model's out-of-distribution threshold, read from its model.json once a batch.
+    thresholds = {
+        version: _ood_threshold(version)
+        for version in {a.model_version for a in analyses.values()}
+    }
     recorded: list[int] = []
     for analysis_id, result, artifacts in results:
         analysis = analyses.get(analysis_id)
@@ -280,12 +285,13 @@ def analyses_record_success(
             analysis,
             result,
             calibration=active[(analysis.model_version, analysis.scan.scanner)],
+            model_ood_threshold=thresholds[analysis.model_version],
         )
         # A withheld scan keeps no outline or heatmap: nothing to show, nothing to leak.
         _store_artifacts(analysis, {} if analysis.withheld else artifacts)
         recorded.append(analysis_id)
     _write_rows([analyses[pk] for pk in recorded], STORED_FIELDS)
-    audit_updates((before[pk], analyses[pk]) for pk in recorded)
+    audit_updates(((before[pk], analyses[pk]) for pk in recorded), fields=STORED_FIELDS)
     # In this transaction: the review app keeps each study's worklist columns.
     results_recorded.send(
         sender=Analysis,
@@ -396,6 +402,7 @@ def _record_result(
     result: dict[str, Any],
     *,
     calibration: SiteCalibration | None = None,
+    model_ood_threshold: float | None = None,
 ) -> None:
     # Checked here: a bulk update would cut an over-long string to the column's size.
     for key in ("label", "explained_class"):
@@ -411,7 +418,7 @@ def _record_result(
     analysis.logits = _logits(result)
     analysis.withheld = bool(result.get("withheld") or False)
     analysis.gate_score = None if gate_score is None else float(gate_score)
-    _record_distribution(analysis, result)
+    _record_distribution(analysis, result, threshold=model_ood_threshold)
     if analysis.withheld:
         # Not a breast ultrasound: the model's verdict is kept nowhere it could be
         # shown (the raw logits stay, for the record). The gate's verdict and score say
@@ -498,25 +505,31 @@ def _set_scores(
         )
 
 
-def _record_distribution(analysis: Analysis, result: dict[str, Any]) -> None:
-    """The out-of-distribution verdict, its score and threshold, and the class Grad-CAM
-    explains. Results of models without out-of-distribution statistics leave them empty."""
+def _ood_threshold(model_version: str) -> float | None:
+    """The out-of-distribution threshold of `model_version`'s model.json (None: none).
+
+    The worker loaded its model from this same model.json; the version check in
+    ood_threshold keeps a threshold of other weights off its scores."""
+    try:
+        return ood_threshold(model_version=model_version)
+    except ModelVersionUnavailable:
+        logger.warning("no out-of-distribution threshold for model %s", model_version)
+        return None
+
+
+def _record_distribution(
+    analysis: Analysis, result: dict[str, Any], *, threshold: float | None
+) -> None:
+    """The out-of-distribution verdict, its score and `threshold` (its model's), and the
+    class Grad-CAM explains. Results of models without out-of-distribution statistics
+    leave them empty."""
     in_distribution = result.get("in_distribution")
     score = result.get("ood_score")
     analysis.in_distribution = (
         None if in_distribution is None else bool(in_distribution)
     )
     analysis.ood_score = None if score is None else float(score)
-    analysis.ood_threshold = None
-    if analysis.in_distribution is not None:
-        # The worker loaded its model from this same model.json; the version check in
-        # ood_threshold keeps a threshold of other weights off this score.
-        try:
-            analysis.ood_threshold = ood_threshold(model_version=analysis.model_version)
-        except ModelVersionUnavailable:
-            logger.warning(
-                "no out-of-distribution threshold for analysis %s", analysis.pk
-            )
+    analysis.ood_threshold = None if analysis.in_distribution is None else threshold
     analysis.explained_class = str(result.get("explained_class") or "")
 
 

@@ -4,7 +4,7 @@ every file that leaves storage. A list is recorded row by row in one insert."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from auditlog.cid import get_cid
@@ -93,17 +93,26 @@ def audit_update(before: models.Model, after: models.Model) -> None:
     audit_updates([(before, after)])
 
 
-def audit_updates(pairs: Iterable[tuple[models.Model, models.Model]]) -> int:
+def audit_updates(
+    pairs: Iterable[tuple[models.Model, models.Model]],
+    *,
+    fields: Sequence[str] | None = None,
+) -> int:
     """`audit_update` for many rows, written in one insert; returns how many entries.
 
     Each entry is what `LogEntry.objects.log_create` would save (it is asked to build
     it), and the pre_save signal auditlog's context managers listen to (actor, remote
-    address, extra data) is sent for each, as a save would.
+    address, extra data) is sent for each, as a save would. With `fields` (the columns
+    the caller writes) the entry is the one auditlog makes for
+    ``save(update_fields=fields)``: only those fields are compared.
     """
     entries: list[LogEntry] = []
     for before, after in pairs:
         changes = model_instance_diff(
-            before, after, use_json_for_changes=settings.AUDITLOG_STORE_JSON_CHANGES
+            before,
+            after,
+            fields_to_check=fields,
+            use_json_for_changes=settings.AUDITLOG_STORE_JSON_CHANGES,
         )
         if changes:
             entries.append(_log_entry(after, changes))

@@ -145,6 +145,10 @@ def scan_display_path(scan: Scan, filename: str) -> str:
     return str(PurePosixPath("scans", str(scan.study_id), f"{scan.uuid}-display.png"))
 
 
+def scan_model_input_path(scan: Scan, filename: str) -> str:
+    return str(PurePosixPath("scans", str(scan.study_id), f"{scan.uuid}-input.npy"))
+
+
 class Scan(models.Model):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="scans")
@@ -153,6 +157,13 @@ class Scan(models.Model):
     # An 8-bit PNG at display size (ml.render.display_copy), made once when the scan is
     # stored: pages, thumbnails and the report draw this, never the original.
     display = models.FileField(upload_to=scan_display_path, blank=True, max_length=255)
+    # The network's input (ml.model_input: the scan squeezed to the model's square),
+    # made at upload while the pixels are decoded: the worker reads it instead of
+    # decoding the original. Empty for scans stored before these existed; a model of
+    # another input size decodes the original.
+    model_input = models.FileField(
+        upload_to=scan_model_input_path, blank=True, max_length=255
+    )
     sha256 = models.CharField(max_length=64, db_index=True)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()

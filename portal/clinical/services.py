@@ -63,7 +63,7 @@ def scan_create(
     upload: ValidatedUpload,
     uploaded_by: AbstractBaseUser,
 ) -> Scan:
-    """Store a validated upload and its display copy.
+    """Store a validated upload, its display copy and its model input (if it has one).
 
     Its analysis is queued by the layer above (portal.analyses.services.scan_submit):
     clinical imports no app above it.
@@ -85,6 +85,8 @@ def scan_create(
     # upload_to derives the stored name from ids; this name only carries the extension.
     scan.original.save(f"original.{extension}", ContentFile(upload.content), save=False)
     scan.display.save("display.png", ContentFile(upload.display), save=False)
+    if upload.model_input is not None:
+        scan.model_input.save("input.npy", ContentFile(upload.model_input), save=False)
     scan.save()
     return scan
 

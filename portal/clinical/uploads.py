@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from ml.decode import DecodeError, decode_image
+from ml.model_input import model_input, to_npy
 from ml.render import display_copy
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class ValidatedUpload:
     """A file that decoded within the limits, with what storing it as a scan needs.
 
     The decoded pixels are not kept: a scan needs the image's size, format, spacing and
-    DICOM tags, and the worker decodes the stored file again when it analyses it.
+    DICOM tags, and the worker reads the model input made here (or, without one,
+    decodes the stored file again).
     """
 
     original_filename: str
@@ -48,14 +50,25 @@ class ValidatedUpload:
     display: bytes
     pixel_spacing_mm: tuple[float, float] | None = None
     dicom: dict[str, str] | None = None
+    # The network's input (ml.model_input, .npy), made while the pixels are decoded,
+    # for the model size the caller named: the worker reads it instead of decoding the
+    # original. None when no size was named.
+    model_input: bytes | None = None
 
 
 def validate_content(
-    *, filename: str, content: bytes, max_pixels: int | None = None
+    *,
+    filename: str,
+    content: bytes,
+    max_pixels: int | None = None,
+    model_input_side: int | None = None,
 ) -> ValidatedUpload:
     """Decode a file's bytes and return what storing it needs, or UploadRejected with
     the reason. The one validation of uploads, imports and received DICOM instances;
-    the size limit is checked by ingestion, which reads the bytes (ingest/services.py)."""
+    the size limit is checked by ingestion, which reads the bytes (ingest/services.py).
+
+    With `model_input_side` (the side of the square the model that will analyse the
+    scan takes) the upload also carries that model input."""
     max_pixels = max_pixels or settings.UPLOAD_MAX_PIXELS
     if not content:
         raise UploadRejected("file is empty")
@@ -78,6 +91,9 @@ def validate_content(
         display=display_copy(content, image.pixels),
         pixel_spacing_mm=image.pixel_spacing_mm,
         dicom=image.dicom,
+        model_input=None
+        if model_input_side is None
+        else to_npy(model_input(image.pixels, model_input_side)),
     )
 
 

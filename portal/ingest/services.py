@@ -23,7 +23,11 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
+from portal.analyses.modelinfo import (
+    ModelVersionUnavailable,
+    current_model_version,
+    model_input_side,
+)
 from portal.analyses.models import Analysis
 from portal.analyses.services import scan_submit
 from portal.clinical.models import Scan, Study
@@ -136,6 +140,7 @@ class BatchIngester:
         self.placement = placement
         self.uploaded_by = uploaded_by
         self.model_version = model_version
+        self.model_input_side = model_input_side(model_version=model_version)
         self.limits = archive_limits()
         self.budget = ArchiveBudget()
         self.result = IngestResult(batch)
@@ -229,7 +234,12 @@ class BatchIngester:
         archive: str = "",
         folders: tuple[str, ...] = (),
     ) -> None:
-        future = self._decoder.submit(validate_content, filename=name, content=content)
+        future = self._decoder.submit(
+            validate_content,
+            filename=name,
+            content=content,
+            model_input_side=self.model_input_side,
+        )
         self._pending.append((future, name, archive, folders))
         while len(self._pending) > DECODE_WINDOW:
             self._store_next()

@@ -145,11 +145,12 @@ def study_review_refresh(*, study_id: int) -> None:
     studies_review_refresh_locked(study_ids=[study_id])
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)
 def studies_review_refresh_locked(*, study_ids: Iterable[int]) -> None:
     """`study_review_refresh` for several studies (a worker's batch): locked in id
     order, as every caller locks them, so two batches cannot deadlock; then one UPDATE
-    for them all."""
+    for them all. In the caller's transaction without a savepoint of its own (two round
+    trips a batch): no caller goes on after it fails."""
     ids = sorted(set(study_ids))
     if not ids:
         return

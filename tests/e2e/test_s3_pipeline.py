@@ -441,15 +441,16 @@ def test_the_whole_flow_runs_on_a_private_s3_bucket(
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
         for obj in page.get("Contents", [])
     }
-    # Originals, display copies, the worker's outputs and the pictures the portal drew
-    # on demand for the downloads above.
+    # Originals, display copies, model inputs, the worker's outputs and the pictures the
+    # portal drew on demand for the downloads above.
     expected = set()
     for scan in Scan.objects.filter(pk__in=[s.pk for s in scans]):
-        expected |= {scan.original.name, scan.display.name}
+        assert scan.model_input, scan
+        expected |= {scan.original.name, scan.display.name, scan.model_input.name}
     for analysis in Analysis.objects.filter(scan__in=scans):
         expected |= {getattr(analysis, k).name for k in ARTIFACT_KINDS}
     expected.discard("")
-    assert len(expected) >= len(scans) * (2 + 4), expected
+    assert len(expected) >= len(scans) * (3 + 4), expected
     assert expected <= keys, expected - keys
     for key in keys:
         assert PATIENT["identifier"] not in key and "Testcase" not in key, key

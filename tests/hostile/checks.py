@@ -15,8 +15,9 @@ from tests.hostile.corpus import (
 )
 
 STORED_NAME = re.compile(
-    # An original under a random id, its display copy beside it, an analysis's outputs.
-    r"^(scans/\d+/[0-9a-f-]{36}(\.(png|jpg|bmp|tif|dcm)|-display\.png)"
+    # An original under a random id, its display copy and model input beside it, an
+    # analysis's outputs.
+    r"^(scans/\d+/[0-9a-f-]{36}(\.(png|jpg|bmp|tif|dcm)|-display\.png|-input\.npy)"
     r"|analyses/\d+/[A-Za-z0-9_]+\.png)$"
 )
 ESCAPE_TARGETS = ("/tmp/pwned.png", "/etc/cron.d/pwned.png", "/etc/cron.d/evil.png")

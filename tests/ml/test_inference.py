@@ -13,6 +13,7 @@ from PIL import Image
 from ml.config import CLASSES, DEFAULT_WEIGHTS_DIR, REPO_DIR
 from ml.decode import decode_image
 from ml.inference import Analyzer, ModelLoadError
+from ml.model_input import from_npy, model_input, to_npy
 from ml.weights_io import sha256_of
 from tests.conftest import SCANS_DIR
 
@@ -56,6 +57,38 @@ def test_it_analyses_real_scans_of_any_size(analyzer):
             x0, y0, x1, y1 = result.bbox
             assert result.lesion_mask[y0:y1, x0:x1].sum() == result.lesion_mask.sum()
         assert result.model_version == analyzer.model_version
+
+
+def test_a_stored_model_input_gives_the_analysis_of_the_decoded_scan(analyzer):
+    """The worker reads the model input stored at upload instead of decoding the scan:
+    the analysis is the very one the decoded scan gives, mask at the scan's size."""
+    images = [decode_image(SCANS_DIR / path) for path in SAMPLES]
+    side = analyzer.image_size
+    stored = [
+        from_npy(
+            to_npy(model_input(image.pixels, side)),
+            side=side,
+            height=image.height,
+            width=image.width,
+        )
+        for image in images
+    ]
+    decoded = analyzer.analyze(images, batch_size=3)
+    read = analyzer.analyze(stored, batch_size=3)
+    for image, own, theirs in zip(images, decoded, read, strict=True):
+        assert theirs.to_dict() == own.to_dict()
+        assert theirs.lesion_mask.shape == (image.height, image.width)
+        np.testing.assert_array_equal(theirs.lesion_mask, own.lesion_mask)
+        np.testing.assert_array_equal(theirs.gradcam_map, own.gradcam_map)
+        np.testing.assert_array_equal(theirs.seg_gradcam_map, own.seg_gradcam_map)
+        assert theirs.stored_artifacts() == own.stored_artifacts()
+
+
+def test_a_model_input_of_another_size_is_refused(analyzer):
+    image = decode_image(SCANS_DIR / SAMPLES[0])
+    other = model_input(image.pixels, analyzer.image_size // 2)
+    with pytest.raises(ValueError, match="px model input"):
+        analyzer.analyze([other])
 
 
 def test_it_explains_a_class_the_caller_names(analyzer):

@@ -21,6 +21,7 @@ from django.test import Client
 from django.urls import reverse
 from PIL import Image
 
+from ml.config import IMAGE_SIZE
 from portal.analyses.models import ARTIFACT_KINDS, Analysis
 from portal.clinical.models import Scan
 from tests.hostile.corpus import good_dicom
@@ -42,6 +43,8 @@ def _png(seed: int) -> bytes:
 
 class _Fake:
     model_version = "test-model-1"
+    # As the test model.json says: the model inputs stored with the uploads are read.
+    image_size = IMAGE_SIZE
 
     def analyze(self, images: list[Any], *, batch_size: int = 8) -> list[Any]:
         from tests.workers.test_tasks import fake_result

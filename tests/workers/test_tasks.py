@@ -10,7 +10,9 @@ from django.core.files.storage import default_storage
 from django.db import OperationalError
 from PIL import Image
 
+from ml.decode import DecodedImage
 from ml.inference import ImageAnalysis
+from ml.model_input import ModelInput
 from portal.analyses import services
 from portal.analyses.models import Analysis
 from portal.analyses.services import scan_submit
@@ -46,12 +48,15 @@ class FakeAnalyzer:
     """Stands in for ml.inference.Analyzer at the task boundary (unit tests only)."""
 
     model_version: str = TEST_MODEL_VERSION
+    image_size: int = 16
     fail_on_width: int | None = None
     error: Exception | None = None
     batches: list[int] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)
 
     def analyze(self, images: list[Any], *, batch_size: int = 8) -> list[ImageAnalysis]:
         self.batches.append(len(images))
+        self.images.extend(images)
         if self.error is not None:
             raise self.error
         if any(image.width == self.fail_on_width for image in images):
@@ -68,8 +73,14 @@ def analyzer(monkeypatch: pytest.MonkeyPatch) -> FakeAnalyzer:
 
 @pytest.fixture
 def make_analysis(study, user, make_png):
-    def make(width: int = 40, name: str = "scan.png") -> Analysis:
-        upload = validate_content(filename=name, content=make_png(width, 32))
+    def make(
+        width: int = 40, name: str = "scan.png", model_input_side: int | None = None
+    ) -> Analysis:
+        upload = validate_content(
+            filename=name,
+            content=make_png(width, 32),
+            model_input_side=model_input_side,
+        )
         scan = scan_submit(
             study=study,
             upload=upload,
@@ -286,16 +297,63 @@ def test_unexpected_error_is_recorded_not_left_running(
     assert "internal error" in analysis.error
 
 
+def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def decode(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the worker decoded a scan")
+
+    monkeypatch.setattr(tasks, "decode_image", decode)
+
+
+def test_the_worker_reads_the_stored_model_input_and_decodes_nothing(
+    make_analysis, analyzer, monkeypatch
+):
+    analysis = make_analysis(width=40, model_input_side=analyzer.image_size)
+    assert analysis.scan.model_input.name.endswith("-input.npy")
+    _no_decoding(monkeypatch)
+    _deliver(analysis)
+    assert analysis.status == Status.SUCCEEDED
+    (image,) = analyzer.images
+    assert isinstance(image, ModelInput)
+    assert image.pixels.shape == (16, 16, 3)
+    assert (image.width, image.height) == (40, 32)
+    assert analysis.mask  # at the scan's own size (test_task_claims_runs_...)
+
+
+def test_a_scan_stored_without_a_model_input_is_decoded(make_analysis, analyzer):
+    analysis = make_analysis(width=40)
+    assert not analysis.scan.model_input
+    _deliver(analysis)
+    assert analysis.status == Status.SUCCEEDED
+    (image,) = analyzer.images
+    assert isinstance(image, DecodedImage)
+    assert (image.width, image.height) == (40, 32)
+
+
+@pytest.mark.parametrize("why", ["another model size", "lost from storage"])
+def test_an_unusable_model_input_gives_way_to_the_decoded_scan(
+    make_analysis, analyzer, why
+):
+    side = analyzer.image_size * 2 if why == "another model size" else None
+    analysis = make_analysis(width=40, model_input_side=side or analyzer.image_size)
+    if why == "lost from storage":
+        default_storage.delete(analysis.scan.model_input.name)
+    _deliver(analysis)
+    assert analysis.status == Status.SUCCEEDED
+    (image,) = analyzer.images
+    assert isinstance(image, DecodedImage)
+    assert (image.width, image.height) == (40, 32)
+
+
 def test_a_scan_storage_cannot_read_is_requeued_and_the_rest_still_run(
     make_analysis, analyzer, monkeypatch, enqueued
 ):
     readable, unreadable = make_analysis(name="ok.png"), make_analysis(name="gone.png")
     real_load_scan = tasks._load_scan
 
-    def flaky(analysis: Analysis) -> Any:
+    def flaky(analysis: Analysis, model: Any) -> Any:
         if analysis.pk == unreadable.pk:
             raise OSError("storage timed out")
-        return real_load_scan(analysis)
+        return real_load_scan(analysis, model)
 
     monkeypatch.setattr(tasks, "_load_scan", flaky)
     enqueued.clear()

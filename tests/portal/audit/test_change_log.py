@@ -139,3 +139,21 @@ def test_changes_written_in_one_insert_are_the_entries_a_save_would_write(study,
         "changes",
     ):
         assert getattr(ours, field) == getattr(auditlogs, field), field
+
+
+def test_changes_of_the_fields_written_are_the_entries_a_save_of_them_writes(
+    study, user
+):
+    from portal.audit.services import audit_updates
+
+    analysis = analysed_scan(study, user).analyses.get()
+    before = Analysis.objects.get(pk=analysis.pk)
+    # A bulk write of `label` only: a change to a field it does not write is not one.
+    analysis.label, analysis.worker = "benign", "not-written"
+    assert audit_updates([(before, analysis)], fields=["label"]) == 1
+    # What auditlog itself writes for save(update_fields=["label"]), for comparison.
+    before.label, before.worker = "benign", "not-written"
+    before.save(update_fields=["label"])
+    ours, auditlogs = _entries(analysis).filter(action=LogEntry.Action.UPDATE)
+    assert ours.changes_dict == {"label": ["malignant", "benign"]}
+    assert ours.changes == auditlogs.changes

@@ -24,7 +24,7 @@ from portal.analyses.models import Analysis
 from portal.clinical.models import Patient, Scan, Study
 from portal.ingest.models import UploadBatch, UploadItem
 from tests.portal.dicomnet.conftest import SCANNER_AE, finished_batch
-from tests.portal.ingest.factories import GREY, dicom
+from tests.portal.ingest.factories import GREY, assert_model_input_stored, dicom
 
 pytestmark = pytest.mark.slow
 
@@ -174,3 +174,5 @@ def test_a_received_instance_keeps_its_scanner(receiver: dict[str, Any]) -> None
     finished_batch()
     scan = Scan.objects.get()
     assert (scan.scanner_manufacturer, scan.scanner_model) == ("Acme Medical", "Sono 7")
+    # As every ingestion path stores a scan: with the model input the worker reads.
+    assert_model_input_stored(scan)

@@ -53,3 +53,22 @@ def zip_of(
             info.external_attr = (stat.S_IFLNK | 0o777) << 16
             archive.writestr(info, target)
     return buffer.getvalue()
+
+
+def assert_model_input_stored(scan: Any, side: int = 256) -> None:
+    """The scan carries the model input of its own decoded pixels (what the worker
+    reads instead of decoding it), stored under a name that says nothing of the
+    patient."""
+    from django.core.files.storage import default_storage
+
+    from ml.decode import decode_image
+    from ml.model_input import from_npy, model_input
+
+    assert scan.model_input.name == (f"scans/{scan.study_id}/{scan.uuid}-input.npy"), (
+        scan.model_input.name
+    )
+    with default_storage.open(scan.original.name, "rb") as original:
+        pixels = decode_image(original.read()).pixels
+    with default_storage.open(scan.model_input.name, "rb") as stored:
+        read = from_npy(stored.read(), side=side, height=scan.height, width=scan.width)
+    np.testing.assert_array_equal(read.pixels, model_input(pixels, side).pixels)

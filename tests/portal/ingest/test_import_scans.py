@@ -14,7 +14,13 @@ from django.core.management import CommandError, call_command
 from portal.analyses.models import Analysis
 from portal.clinical.models import Patient, Scan, Study
 from portal.ingest.models import UploadBatch
-from tests.portal.ingest.factories import GREY, dicom, png, zip_of
+from tests.portal.ingest.factories import (
+    GREY,
+    assert_model_input_stored,
+    dicom,
+    png,
+    zip_of,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -60,6 +66,18 @@ def test_a_folder_goes_into_one_study_and_a_second_run_imports_nothing(
     assert Scan.objects.count() == 3 and Analysis.objects.count() == 3
     assert len(enqueued) == 3
     assert UploadBatch.objects.filter(source="import").count() == 2
+
+
+def test_imported_scans_carry_the_model_input_the_worker_reads(tmp_path, study, user):
+    root = write(
+        tmp_path / "export",
+        {"a.png": png(value=1), "b.zip": zip_of([("c.dcm", dicom())])},
+    )
+    run(str(root), "--study", str(study.pk), "--user", user.username)
+    scans = list(study.scans.all())
+    assert len(scans) == 2
+    for scan in scans:
+        assert_model_input_stored(scan)
 
 
 def test_verbose_runs_list_every_file(tmp_path, study, user):

@@ -18,7 +18,14 @@ from portal.ingest.models import UploadBatch, UploadItem
 from portal.ingest.selectors import batch_progress
 from portal.ingest.services import upload_to_study
 from tests.conftest import TEST_MODEL_VERSION
-from tests.portal.ingest.factories import GREY, RGB, dicom, png, zip_of
+from tests.portal.ingest.factories import (
+    GREY,
+    RGB,
+    assert_model_input_stored,
+    dicom,
+    png,
+    zip_of,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -63,6 +70,21 @@ def test_every_file_gets_a_row_accepted_or_rejected_with_its_reason(study, user)
     accepted = result.of(Outcome.ACCEPTED)
     assert all(item.scan.study == study for item in accepted)
     assert all(item.analysis.status == Analysis.Status.QUEUED for item in accepted)
+
+
+def test_uploads_and_zip_members_carry_the_model_input_the_worker_reads(study, user):
+    result = upload(
+        study,
+        user,
+        ("grey.png", png(value=3)),
+        ("colour.png", png(value=4, mode="RGB")),
+        ("scanner.dcm", dicom(RGB, photometric="RGB")),
+        ("exam.zip", zip_of([("inside.png", png(value=5, width=90))])),
+    )
+    accepted = result.of(Outcome.ACCEPTED)
+    assert len(accepted) == 4
+    for item in accepted:
+        assert_model_input_stored(item.scan)
 
 
 def test_one_broken_file_in_a_zip_of_200_is_rejected_by_its_path_and_199_go_on(
