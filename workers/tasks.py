@@ -364,21 +364,28 @@ def fit_site_calibration(self: Task, fit_id: int) -> None:
     fault hands the row back to queued and tries again with backoff; after
     CALIBRATION_FIT_MAX_RETRIES it is left failed, for an administrator to run again.
     """
+    claim = None
     try:
-        calibration.calibration_fit_run(fit_id=fit_id)
+        claim = calibration.calibration_fit_claim(fit_id=fit_id)
+        if claim is None:
+            logger.info("calibration fit %s is not claimable; nothing to do", fit_id)
+            return
+        calibration.calibration_fit_run(fit_id=fit_id, claim=claim)
     except TRANSIENT_ERRORS as exc:
         retries = self.request.retries
         reason = f"a passing fault stopped the fit ({type(exc).__name__})"
+        # Under this run's claim: if the fit went stale and another run holds it now,
+        # this run changes nothing (None before the claim: nothing is held).
         if retries >= settings.CALIBRATION_FIT_MAX_RETRIES:
             logger.error("calibration fit %s: giving up: %s", fit_id, exc)
             calibration.calibration_fit_fail(
-                fit_id=fit_id, error=f"{reason}; run it again."
+                fit_id=fit_id, error=f"{reason}; run it again.", claim=claim
             )
             return
         logger.warning("calibration fit %s: %s; retrying", fit_id, exc)
         try:
             calibration.calibration_fit_requeue(
-                fit_id=fit_id, error=f"{reason}; retrying"
+                fit_id=fit_id, error=f"{reason}; retrying", claim=claim
             )
         except TRANSIENT_ERRORS:
             # Left running: once stale, the page offers to run it again.

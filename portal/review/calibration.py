@@ -498,15 +498,20 @@ class _ClaimLost(Exception):
     """The fit was claimed again (its worker given up for lost) while this run fitted."""
 
 
-def calibration_fit_run(*, fit_id: int) -> CalibrationFit | None:
-    """Claim and run a fit; its outcome is on the row (the calibration, or the reason it
-    was refused). None when the fit was not claimable (a duplicate message), or was
-    claimed again by another run while this one fitted (that run's outcome stands).
+def calibration_fit_run(
+    *, fit_id: int, claim: str | None = None
+) -> CalibrationFit | None:
+    """Run a fit under `claim` (claimed here when not given); its outcome is on the row
+    (the calibration, or the reason it was refused). None when the fit was not claimable
+    (a duplicate message), or was claimed again by another run while this one fitted
+    (that run's outcome stands).
 
     Passing faults (database, network) propagate, the row still running and no
-    calibration recorded: the task hands it back with calibration_fit_requeue and tries
-    again."""
-    claim = calibration_fit_claim(fit_id=fit_id)
+    calibration recorded: the task hands it back with calibration_fit_requeue under the
+    same claim (so a run given up for lost cannot requeue a fit another run now holds)
+    and tries again."""
+    if claim is None:
+        claim = calibration_fit_claim(fit_id=fit_id)
     if claim is None:
         logger.info("calibration fit %s is not claimable; nothing to do", fit_id)
         return None

@@ -293,3 +293,35 @@ def test_a_job_records_one_calibration_whatever_races_to_record_it(administrator
     with pytest.raises(IntegrityError):
         record()
     assert SiteCalibration.objects.count() == 1
+
+
+def test_a_run_given_up_for_lost_cannot_hand_back_a_fit_another_run_holds(
+    administrator, user, settings, monkeypatch
+):
+    """Run A's fit goes stale and run B claims it; A then meets a passing fault. The
+    task hands the fit back under A's own claim, so B's fit stays B's (not queued again
+    beside it)."""
+    from django.db import OperationalError
+
+    from workers.tasks import fit_site_calibration
+
+    signed_analyses(user, n=MIN_READS_FOR_SITE_CALIBRATION + 10, signed=True)
+    fit = CalibrationFit.objects.create(
+        model_version="test-model-1", target_sensitivity=0.9, requested_by=administrator
+    )
+    settings.CALIBRATION_FIT_STALE_SECONDS = 0  # A's claim is stale at once
+    by_b: list[str | None] = []
+
+    def b_takes_over_then_a_faults(*, fit_id: int, claim: str | None = None) -> None:
+        by_b.append(site_calibration.calibration_fit_claim(fit_id=fit_id))
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(
+        site_calibration, "calibration_fit_run", b_takes_over_then_a_faults
+    )
+    with pytest.raises(OperationalError):
+        fit_site_calibration.run(fit.pk)
+
+    fit.refresh_from_db()
+    assert by_b[0] is not None
+    assert (fit.status, fit.claim, fit.attempts) == ("running", by_b[0], 0)
