@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bench.cli import main
-from bench.ingest import unique_png
+from bench.ingest import unique_png, wait_measuring_peak
 from tests.conftest import SCANS_DIR
 from tests.e2e.conftest import redis_reachable
 from tests.portal.ingest.factories import png
@@ -24,6 +24,28 @@ def test_unique_png_keeps_the_pixels_and_changes_the_digest():
         image = Image.open(io.BytesIO(content))
         image.load()
         assert image.tobytes() == Image.open(io.BytesIO(original)).tobytes()
+
+
+def test_a_child_s_peak_memory_is_its_own_not_the_benchmark_s():
+    """The benchmark process holds 400 MB when it starts the child (as after POSTing a
+    large zip); the child itself stays small. wait4's ru_maxrss reported the parent's
+    high-water mark for such a child (Linux keeps it across exec)."""
+    import subprocess
+    import sys
+
+    held = bytearray(400 * 1024 * 1024)
+    held[::4096] = b"x" * len(held[::4096])  # touch every page: resident
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; b = bytearray(60 * 2**20); time.sleep(0.5)",
+        ]
+    )
+    returncode, peak_mb = wait_measuring_peak(child)
+    assert returncode == 0
+    assert 60 <= peak_mb < 200
+    del held
 
 
 @pytest.mark.slow
