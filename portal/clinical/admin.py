@@ -87,8 +87,9 @@ class ScanAdmin(RecordedReadsAdminMixin, admin.ModelAdmin):
     list_filter = ("format", "uploaded_at")
     list_select_related = ("study",)
     # The files as links to the portal's download views (permission check, access
-    # record); the admin's own file links would ask storage for a direct URL.
-    exclude = ("original", "display")
+    # record); the admin's own file links would ask storage for a direct URL. The
+    # model input (the worker's copy of the scan's pixels) is not shown at all.
+    exclude = ("original", "display", "model_input")
     readonly_fields = (
         "uuid",
         "study",
