@@ -234,6 +234,37 @@ def cmd_site_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(args: argparse.Namespace) -> dict:
+    """The fine-tuning recipe's guards against forgetting, from the command line."""
+    return {
+        "freeze_batchnorm": not args.no_freeze_batchnorm,
+        "blends": tuple(args.blends),
+        "blend_tolerance": args.blend_tolerance,
+    }
+
+
+def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--blends",
+        type=float,
+        nargs="+",
+        default=[0.25, 0.5, 0.75, 1.0],
+        help="blends base + a * (tuned - base) tried besides the base itself "
+        "(1.0 alone: ship the fine-tuned weights as they are)",
+    )
+    parser.add_argument(
+        "--blend-tolerance",
+        type=float,
+        default=0.01,
+        help="most AUC or Dice a blend may lose on the original sources' val images",
+    )
+    parser.add_argument(
+        "--no-freeze-batchnorm",
+        action="store_true",
+        help="ablation: let the decoder's and heads' batch-norm statistics move",
+    )
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ml.training.finetune import FinetuneConfig, finetune
 
@@ -251,12 +282,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             original_limit=args.original_limit or None,
             time_budget_s=args.time_budget_min * 60,
             seed=args.seed,
+            **_recipe(args),
         )
     )
     print(
         f"fine-tuned {summary['finetuned_from']['version']} -> {summary['version']} "
-        f"(best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
-        f"{summary['seconds']['total']:.0f} s) in {args.out}"
+        f"(best epoch {summary['best_epoch']} of {summary['epochs_run']}, blend "
+        f"{summary['blend']:.2f}, {summary['seconds']['total']:.0f} s) in {args.out}"
     )
     return 0
 
@@ -288,6 +320,8 @@ def cmd_loso_finetune(args: argparse.Namespace) -> int:
         ks=tuple(args.k),
         rounds=args.bootstrap,
         resume=not args.again,
+        tag=args.tag,
+        recipe=_recipe(args),
     )
     for line in lines(report):
         print(line)
@@ -504,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--time-budget-min", type=float, default=20.0)
     finetune.add_argument("--seed", type=int, default=20261203)
     finetune.add_argument("--no-augment", action="store_true")
+    _recipe_arguments(finetune)
     finetune.set_defaults(func=cmd_finetune)
 
     compare = commands.add_parser(
@@ -547,6 +582,13 @@ def build_parser() -> argparse.ArgumentParser:
     loso_finetune.add_argument(
         "--again", action="store_true", help="redo (fold, k) runs already finished"
     )
+    loso_finetune.add_argument(
+        "--tag",
+        default="",
+        help="an ablation's name: its runs go to finetune-<k>-<tag>/ and its rows "
+        "to the report under '<k>-<tag>'",
+    )
+    _recipe_arguments(loso_finetune)
     loso_finetune.set_defaults(func=cmd_loso_finetune)
 
     return parser

@@ -63,6 +63,10 @@ class FitConfig:
     epoch_images: int | None = None
     source_shares: dict | None = None
     time_budget_s: float | None = None
+    # Fine-tuning keeps every batch-norm layer's statistics (decoder and heads too), not
+    # only the encoder's: batches of eight from a new site would move them away from what
+    # the original sources' outlines were learned with.
+    freeze_all_batchnorm: bool = False
 
 
 def sampling_weights(train: ArraySet, shares: dict | None = None) -> np.ndarray:
@@ -200,7 +204,7 @@ def fit(
     from ml.training.augment import augmenter
 
     encoder = encoder_layers(model)
-    for layer in encoder:
+    for layer in model.layers if config.freeze_all_batchnorm else encoder:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
     augment = augmenter(config.image_size, config.seed) if config.augment else None

@@ -60,6 +60,9 @@ def _row(compare_report: dict, summary: dict) -> dict:
         "site_split_patients": site["split_patients"],
         "best_epoch": summary["best_epoch"],
         "epochs_run": summary["epochs_run"],
+        # Absent from the first recipe's rows (it had neither guard).
+        "freeze_batchnorm": summary.get("freeze_batchnorm", False),
+        "blend": summary.get("blend", 1.0),
         "seconds": summary["seconds"],
         "sets": sets,
     }
@@ -73,7 +76,11 @@ def loso_finetune(
     ks: tuple[int, ...] = DEFAULT_KS,
     rounds: int = 1000,
     resume: bool = True,
+    tag: str = "",
+    recipe: dict | None = None,
 ) -> dict:
+    """``tag`` names an ablation (its runs and rows apart from the shipped recipe's);
+    ``recipe``: FinetuneConfig fields that make it (the product's defaults otherwise)."""
     from ml.training.compare import compare
     from ml.training.finetune import FinetuneConfig, finetune
 
@@ -87,7 +94,8 @@ def loso_finetune(
             )
         site_root = get_source(source).root()
         for k in ks:
-            out = fold_dir / f"finetune-{k}"
+            key = f"{k}-{tag}" if tag else str(k)
+            out = fold_dir / f"finetune-{key}"
             summary_file = out / "finetune_summary.json"
             if resume and summary_file.is_file():
                 summary = json.loads(summary_file.read_text())
@@ -101,6 +109,7 @@ def loso_finetune(
                         site_sources=(site_root,),
                         out_dir=out,
                         site_images=k,
+                        **(recipe or {}),
                     )
                 )
             compared = out / "compare_report.json"
@@ -112,7 +121,7 @@ def loso_finetune(
                 result = existing
             else:
                 result = compare(fold_dir, out, [site_root], compared, rounds=rounds)
-            report["folds"].setdefault(source, {})[str(k)] = _row(result, summary)
+            report["folds"].setdefault(source, {})[key] = _row(result, summary)
             report_path.parent.mkdir(parents=True, exist_ok=True)
             report_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
     return report

@@ -17,6 +17,7 @@ from ml.training.compare import RULE, compare, verdict
 from ml.training.finetune import (
     SITE_SPLIT_FILE,
     FinetuneConfig,
+    choose_blend,
     finetune,
     source_sha256,
 )
@@ -137,6 +138,80 @@ def test_one_epoch_writes_weights_with_their_lineage(tiny_base, tuned):
     assert analyzer.gate is not None
     (result,) = analyzer.analyze([np.full((60, 80, 3), 70, np.uint8)])
     assert result.lesion_mask.shape == (60, 80)
+
+
+def test_every_batch_norm_keeps_the_base_statistics_and_a_blend_is_chosen(
+    tiny_base, tuned
+):
+    """The guards against forgetting: no batch-norm layer's statistics move (the
+    decoder's and heads' included, not only the encoder's), and the weights shipped are
+    the blend the rule chose among those tried, recorded with their validation figures."""
+    import keras
+
+    from ml import weights_io
+    from ml.model import build_busnet
+
+    _, out, summary = tuned
+    base, candidate = build_busnet(SIZE), build_busnet(SIZE)
+    weights_io.load_into(base, tiny_base)
+    weights_io.load_into(candidate, out)
+    norms = [
+        layer.name
+        for layer in base.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert any(name.startswith("decoder") for name in norms)
+    for name in norms:
+        before, after = base.get_layer(name), candidate.get_layer(name)
+        np.testing.assert_array_equal(before.moving_mean, after.moving_mean)
+        np.testing.assert_array_equal(before.moving_variance, after.moving_variance)
+    tried = [row["blend"] for row in summary["blends"]]
+    assert tried == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert summary["blend"] in tried and summary["freeze_batchnorm"] is True
+    if summary["blend"] == 0.0:  # nothing beat the base: its weights are shipped
+        for before, after in zip(base.weights, candidate.weights, strict=True):
+            np.testing.assert_array_equal(before, after)
+
+
+def _blend_row(blend, site_auc, site_dice, original_auc, original_dice):
+    def summary(auc, dice):
+        return {
+            "balanced_accuracy": 0.5,
+            "auc_malignant_vs_benign": auc,
+            "dice_lesion_mean": dice,
+        }
+
+    return {
+        "blend": blend,
+        "site": summary(site_auc, site_dice),
+        "original": summary(original_auc, original_dice),
+    }
+
+
+def test_the_blend_rule_keeps_the_original_sources_within_the_tolerance():
+    rows = [
+        _blend_row(0.0, 0.70, 0.60, 0.90, 0.75),
+        _blend_row(0.5, 0.78, 0.66, 0.895, 0.742),  # loses 0.005 AUC, 0.008 Dice
+        _blend_row(1.0, 0.85, 0.70, 0.90, 0.73),  # the best on the site, but -0.02 Dice
+    ]
+    assert choose_blend(rows, 0.01)["blend"] == 0.5
+    assert choose_blend(rows, 0.05)["blend"] == 1.0
+    # Nothing qualifies but the base: the base is shipped.
+    assert choose_blend(rows, 0.001)["blend"] == 0.0
+
+
+def test_the_blend_rule_prefers_the_smaller_blend_on_a_tie_and_skips_unscored():
+    rows = [
+        _blend_row(0.0, 0.70, 0.60, float("nan"), 0.75),
+        _blend_row(0.25, 0.80, 0.60, float("nan"), 0.75),
+        _blend_row(
+            0.75, 0.80, 0.60, 0.60, 0.75
+        ),  # AUC the base had none of: not binding
+    ]
+    assert choose_blend(rows, 0.01)["blend"] == 0.25
+    rows[2]["original"]["dice_lesion_mean"] = float("nan")  # a Dice lost is not kept
+    rows[1]["site"]["dice_lesion_mean"] = 0.4  # now below the base on the site
+    assert choose_blend(rows, 0.01)["blend"] == 0.0
 
 
 def test_the_site_split_is_written_down_and_grouped_by_patient(tuned):
