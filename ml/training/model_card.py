@@ -361,14 +361,21 @@ def _loso_finetune_section(report_dir: Path) -> str:
             f"({m['difference']:+.3f}{interval}, {m['verdict']})"
         )
 
+    def recipe(row: dict) -> str:
+        # Rows of the first recipe carry neither field: it had neither guard.
+        if not row.get("freeze_batchnorm", False) and row.get("blend", 1.0) == 1.0:
+            return "first (no guards)"
+        return f"guarded, blend {row.get('blend', 1.0):.2f}"
+
     for source, by_k in report["folds"].items():
-        for k, row in by_k.items():
+        for key, row in by_k.items():
             for label, figures in row["sets"].items():
                 name = "rest of the site" if label.startswith("site:") else label
                 rows.append(
                     (
                         source,
-                        k,
+                        key.split("-")[0],
+                        recipe(row),
                         name,
                         str(figures["n"]),
                         cell(figures, "auc_malignant_vs_benign"),
@@ -380,13 +387,14 @@ def _loso_finetune_section(report_dir: Path) -> str:
         (
             "held out (the site)",
             "k",
+            "recipe",
             "set",
             "images",
             "AUC m vs b: before → after",
             "Dice: before → after",
             "ECE: before → after",
         ),
-        "lrlrlll",
+        "lrllrlll",
         rows,
     )
     return f"""
@@ -400,6 +408,13 @@ SOURCE and on the fold's original test splits. Differences are candidate minus b
 intervals by patient, and the verdict by the rule fixed in `ml/training/compare.py`
 ("worse" also when the interval is too wide to exclude a drop beyond the margin, as on
 the small original test splits). Folds and k not listed were not run.
+Recipe "first": the fine-tuning of session 6 (the decoder's and heads' batch-norm
+statistics moved with the site's batches; the tuned weights shipped as they were).
+"guarded": every batch norm keeps the base's statistics and the tuned weights are blended
+back towards the base's, `base + a * (tuned - base)` (WiSE-FT), `a` chosen on validation
+by `ml.training.finetune.choose_blend` (the best site validation score among the blends
+losing at most 0.01 AUC or Dice on the original sources' validation images; 0 is the
+base). The first recipe's rows stay beside the guarded ones: `--tag` names such runs.
 
 {table}
 """

@@ -176,3 +176,48 @@ def test_ablation_rows_judged_without_folds_are_listed_with_their_command(tmp_pa
         "- **flip TTA**: AUC 0.90 -> 0.91 on the test splits; not adopted "
         "(`python -m ml.training.posthoc judge --fit a --test b`)" in text
     )
+
+
+def test_fine_tuning_rows_name_their_recipe_and_k(tmp_path):
+    """The first recipe's rows (no guard fields, key '<k>-first') stay beside the guarded
+    recipe's, each row saying which recipe made it."""
+    from ml.training.model_card import _loso_finetune_section
+
+    def row(**recipe) -> dict:
+        measure = {
+            "baseline": 0.8,
+            "candidate": 0.82,
+            "difference": 0.02,
+            "ci95": [0.0, 0.04],
+            "verdict": "not worse",
+        }
+        return {
+            **recipe,
+            "sets": {
+                "site:site-busi": {
+                    "n": 578,
+                    "auc_malignant_vs_benign": measure,
+                    "dice_lesion_mean": measure,
+                    "ece": measure,
+                }
+            },
+        }
+
+    report = {
+        "folds": {
+            "busi": {
+                "200-first": row(),
+                "200": row(freeze_batchnorm=True, blend=0.5),
+            }
+        }
+    }
+    (tmp_path / "loso_finetune.json").write_text(json.dumps(report))
+    table = [
+        line
+        for line in _loso_finetune_section(tmp_path).splitlines()
+        if line.startswith("| busi")
+    ]
+    assert [line.split(" | ")[1:3] for line in table] == [
+        ["200", "first (no guards)"],
+        ["200", "guarded, blend 0.50"],
+    ]
