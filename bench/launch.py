@@ -187,6 +187,7 @@ def start_worker(
             "MEDIA_ROOT": str(media_root),
             "ML_WEIGHTS_DIR": str(settings.ML_WEIGHTS_DIR),
             "CELERY_INFERENCE_QUEUE": settings.CELERY_INFERENCE_QUEUE,
+            "CELERY_SHADOW_QUEUE": settings.CELERY_SHADOW_QUEUE,
             "SECRET_KEY": settings.SECRET_KEY,
             "STORAGE_BACKEND": "local",
             "PYTHONUNBUFFERED": "1",

@@ -417,11 +417,23 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # runs analyses. Undeclared, a plain worker would listen on "celery" alone and every
 # analysis would stay queued.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
+# The shadow model version (registry role shadow) runs on new scans in a task of its own
+# (workers.tasks.shadow_analyses), sent once a batch's results are stored: no analysis
+# waits for it. Its messages are sent at Redis's lowest priority, so a worker consuming
+# this queue beside others takes them only when nothing else waits (kombu's BRPOP lists
+# every queue's priority-0 list before any priority-9 one); `-Q inference,shadow` runs
+# analyses first, `-Q shadow` makes a worker (a spare GPU) for comparisons only.
+CELERY_SHADOW_QUEUE = env_str("CELERY_SHADOW_QUEUE", "shadow")
+# A shadow run that met a passing fault (the database, storage) is tried again this many
+# times, SHADOW_RETRY_DELAY seconds later, doubling each time, then given up (logged).
+SHADOW_MAX_RETRIES = env_int("SHADOW_MAX_RETRIES", 5, minimum=0)
+SHADOW_RETRY_DELAY = env_float("SHADOW_RETRY_DELAY", 10, minimum=0)
 # Each queue on an exchange of its own name: what Celery creates for a queue named at send
 # time, so a sender with another queue list (a test, an older release) still matches.
+# In this order: a plain worker lists the analyses' queue first.
 CELERY_TASK_QUEUES = {
     name: {"exchange": name, "routing_key": name}
-    for name in (CELERY_INFERENCE_QUEUE, CELERY_TASK_DEFAULT_QUEUE)
+    for name in (CELERY_INFERENCE_QUEUE, CELERY_TASK_DEFAULT_QUEUE, CELERY_SHADOW_QUEUE)
 }
 # Each pool process holds a model (and a GPU's memory): one per worker unless asked,
 # not Celery's default of one per CPU.

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     children = {
-        # No -Q: the settings declare the queues, so a plain worker takes all of them.
+        # No -Q: the settings declare the queues, so a plain worker takes all of them
+        # (the shadow model's runs at the lowest priority: after any analysis waiting).
         "worker": start("worker", worker_command(None, "worker@%h")),
         "portal": start(
             "portal",

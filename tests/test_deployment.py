@@ -141,6 +141,8 @@ def test_worker_consumes_the_inference_queue_one_task_at_a_time(compose, setting
     queues = option(argv, "-Q", "--queues")
     consumed = queues.split(",") if queues else list(settings.CELERY_TASK_QUEUES)
     assert "inference" in consumed
+    # The shadow model's runs too, listed after the analyses.
+    assert consumed.index("shadow") > consumed.index("inference")
     assert option(argv, "-c", "--concurrency") in (None, "1")
     assert option(argv, "--prefetch-multiplier") in (None, "1")
     assert settings.CELERY_WORKER_CONCURRENCY == 1

@@ -16,9 +16,15 @@ fits a site calibration from the signed reads (numpy only, no model), claiming i
 CalibrationFit row the same way.
 
 The model is the version the analysis names (workers/analyzer.py loads it on first
-need), so a promotion in the model registry reaches new analyses without a restart. With
-a shadow version set, each batch of the active version also runs through it; what it
-gives is kept for comparison only (ShadowResult), never as the result.
+need), so a promotion in the model registry reaches new analyses without a restart.
+
+With a shadow version set, once a batch of the active version's results is stored the
+drain sends `shadow_analyses` the batch's ids on a queue of its own (CELERY_SHADOW_QUEUE)
+at the broker's lowest priority: no patient's result waits for the comparison. That task
+claims nothing and never writes to an analysis: it runs the shadow version on the stored
+scans, scores its outline against the stored mask of the result shown, and keeps what it
+gives for comparison only (ShadowResult, one per analysis and version, so a redelivered
+message adds nothing).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Task
@@ -38,6 +44,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import InterfaceError, OperationalError, connections
 
+from ml import render
 from ml.decode import DecodedImage, DecodeError, decode_image
 from ml.metrics import dice_per_image
 from ml.model_input import ModelInput, ModelInputError, from_npy
@@ -62,6 +69,9 @@ T = TypeVar("T")
 
 # How often a draining task reads the registry's shadow version again.
 REGISTRY_RECHECK_SECONDS = 10.0
+SHADOW_ANALYSES = "workers.tasks.shadow_analyses"
+# Redis (kombu) takes priority 0 first and 9 last, across every queue a worker consumes.
+SHADOW_PRIORITY = 9
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -87,7 +97,6 @@ class _Work:
     # The model input stored with the scan, or (without a usable one) the decoded scan.
     image: DecodedImage | ModelInput
     scan_id: int | None = None
-    original: str = ""  # the scan's storage name, for a model of another input size
 
 
 @inference_task(bind=True, name=queue.ANALYZE_SCAN)
@@ -156,10 +165,10 @@ class Pipeline:
             in_hand = _ids(work)
             while work:
                 upcoming = self._submit_load()
+                shadow = self._safe_shadow_version()
                 outcomes = _analyze(analyzer, work)
-                finishing.append(self._submit_finish(work, outcomes))
+                finishing.append(self._submit_finish(work, outcomes, shadow))
                 in_hand = []
-                self._shadow(work, outcomes)
                 work, upcoming = upcoming.result(), None
                 in_hand = _ids(work)
         except TRANSIENT_ERRORS as exc:
@@ -182,40 +191,16 @@ class Pipeline:
                 future.result()
             self._close()
 
-    def _shadow(self, work: list[_Work], outcomes: list[Outcome]) -> None:
-        """Run the shadow version (if one is set) on the batch's scans while its results
-        are stored, and keep what it gives for comparison only. Only analyses of the
-        active version are shadowed (new scans, not re-runs of an older version). A
-        failure here never touches the analyses. Never raises but a time limit."""
-        ids = _ids(work)
+    def _safe_shadow_version(self) -> str | None:
+        """The shadow version for the batch about to run, None on any error: a registry
+        that cannot be read costs a comparison, never the batch."""
         try:
-            version = self._shadow_version()
-            if version is None:
-                return
-            shadow = get_analyzer(version)
-            theirs = _analyze(shadow, [_for_model(item, shadow) for item in work])
-            results: list[tuple[int, dict[str, Any] | str]] = []
-            for item, own, other in zip(work, outcomes, theirs, strict=True):
-                if isinstance(other, Exception):
-                    results.append(
-                        (item.analysis_id, f"{type(other).__name__}: {other}")
-                    )
-                    continue
-                result = other.to_dict()
-                if not isinstance(own, Exception) and not (
-                    own.withheld or other.withheld
-                ):
-                    result["mask_dice"] = float(
-                        dice_per_image(own.lesion_mask[None], other.lesion_mask[None])[
-                            0
-                        ]
-                    )
-                results.append((item.analysis_id, result))
-            services.shadow_results_record(model_version=version, results=results)
+            return self._shadow_version()
         except SoftTimeLimitExceeded:
             raise
         except Exception:
-            logger.exception("the shadow model failed on analyses %s", ids)
+            logger.exception("the shadow version could not be read")
+            return None
 
     def _shadow_version(self) -> str | None:
         """The version to run beside this task's, or None: read from the registry once
@@ -266,15 +251,15 @@ class Pipeline:
             return []
 
     def _submit_finish(
-        self, work: list[_Work], outcomes: list[Outcome]
+        self, work: list[_Work], outcomes: list[Outcome], shadow: str | None
     ) -> Future[None]:
         if self.threads <= 0:
-            return _done(_finish, work, outcomes)
+            return _done(_finish, work, outcomes, shadow)
         if self._finish_pool is None:
             self._finish_pool = ThreadPoolExecutor(
                 max_workers=self.threads, thread_name_prefix="finish"
             )
-        return self._finish_pool.submit(_in_thread, _finish, work, outcomes)
+        return self._finish_pool.submit(_in_thread, _finish, work, outcomes, shadow)
 
     def _close(self) -> None:
         """Close each pool thread's database connection, then the pools."""
@@ -397,6 +382,141 @@ def fit_site_calibration(self: Task, fit_id: int) -> None:
         ) from None
 
 
+@inference_task(bind=True, name=SHADOW_ANALYSES)
+def shadow_analyses(self: Task, analysis_ids: list[int], model_version: str) -> None:
+    """Run the shadow version on analyses already shown and keep what it gives for
+    comparison only (issue 17: never the result).
+
+    Claims nothing and writes nothing to an analysis. Analyses that already have a
+    result of this version are skipped (a redelivered message runs no model), and the
+    service keeps the first result of a race. A passing fault (database, storage) is
+    retried with backoff, SHADOW_MAX_RETRIES times; a failure of the shadow model on
+    an image is recorded as that result's error; anything else is logged and dropped.
+    """
+    try:
+        _shadow_run(analysis_ids, model_version)
+    except SoftTimeLimitExceeded:
+        logger.warning("the shadow run on analyses %s hit the time limit", analysis_ids)
+    except TRANSIENT_ERRORS as exc:
+        retries = self.request.retries
+        if retries >= settings.SHADOW_MAX_RETRIES:
+            logger.error(
+                "shadow %s on analyses %s: giving up after %d attempts: %s",
+                model_version,
+                analysis_ids,
+                retries + 1,
+                exc,
+            )
+            return
+        countdown = settings.SHADOW_RETRY_DELAY * 2**retries
+        logger.warning(
+            "shadow %s on analyses %s: %s: %s; retrying in %g s",
+            model_version,
+            analysis_ids,
+            type(exc).__name__,
+            exc,
+            countdown,
+        )
+        raise self.retry(
+            exc=exc, countdown=countdown, max_retries=settings.SHADOW_MAX_RETRIES
+        ) from None
+    except Exception:
+        logger.exception("the shadow model failed on analyses %s", analysis_ids)
+
+
+def _shadow_run(analysis_ids: list[int], model_version: str) -> None:
+    if model_version_shadow() != model_version:
+        logger.info(
+            "model %s is no longer the shadow; analyses %s not compared",
+            model_version,
+            analysis_ids,
+        )
+        return
+    analyses = list(
+        Analysis.objects.select_related("scan")
+        .filter(pk__in=analysis_ids, status=Analysis.Status.SUCCEEDED)
+        .exclude(model_version=model_version)
+        .exclude(shadow_results__model_version=model_version)
+        .order_by("pk")
+    )
+    if not analyses:
+        logger.info("analyses %s need no shadow run", analysis_ids)
+        return
+    try:
+        shadow = get_analyzer(model_version)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:
+        logger.exception("shadow model %s could not be loaded", model_version)
+        return
+    results: list[tuple[int, dict[str, Any] | str]] = []
+    work: list[_Work] = []
+    for analysis in analyses:
+        try:
+            image = _load_scan(analysis, shadow)
+        except DecodeError as exc:
+            results.append(
+                (analysis.pk, f"the stored scan could not be decoded: {exc}")
+            )
+            continue
+        except FileNotFoundError:
+            logger.warning("analysis %s: its stored scan is missing", analysis.pk)
+            continue
+        work.append(_Work(analysis.pk, image, analysis.scan_id))
+    shown = {analysis.pk: analysis for analysis in analyses}
+    for item, outcome in zip(work, _analyze(shadow, work), strict=True):
+        if isinstance(outcome, Exception):
+            results.append((item.analysis_id, f"{type(outcome).__name__}: {outcome}"))
+            continue
+        result = outcome.to_dict()
+        dice = _mask_dice(shown[item.analysis_id], outcome)
+        if dice is not None:
+            result["mask_dice"] = dice
+        results.append((item.analysis_id, result))
+    services.shadow_results_record(model_version=model_version, results=results)
+    logger.info("shadow %s ran on analyses %s", model_version, _ids(work))
+
+
+def _mask_dice(analysis: Analysis, theirs: ImageAnalysis) -> float | None:
+    """Dice of the shadow's lesion mask with the one shown, read from storage as the
+    portal reads it; None when there is no outline to compare (withheld by either
+    model, or no stored mask)."""
+    if analysis.withheld or theirs.withheld or not analysis.mask:
+        return None
+    try:
+        with default_storage.open(analysis.mask.name, "rb") as stored:
+            shown = render.read_mask(stored.read())
+    except FileNotFoundError:
+        logger.warning("analysis %s: its stored mask is missing", analysis.pk)
+        return None
+    if shown.shape != theirs.lesion_mask.shape:
+        logger.warning(
+            "analysis %s: the shadow's mask is %s, the stored one %s; not compared",
+            analysis.pk,
+            theirs.lesion_mask.shape,
+            shown.shape,
+        )
+        return None
+    return float(dice_per_image(shown[None], theirs.lesion_mask[None])[0])
+
+
+def _send_shadow(analysis_ids: list[int], model_version: str) -> None:
+    """Send a batch's stored analyses to the shadow version. Never raises: a broker
+    that cannot take the message costs the comparison, never the results."""
+    try:
+        shadow_analyses.apply_async(
+            args=[analysis_ids, model_version],
+            queue=settings.CELERY_SHADOW_QUEUE,
+            priority=SHADOW_PRIORITY,
+        )
+    except Exception:
+        logger.warning(
+            "the shadow run of analyses %s could not be queued",
+            analysis_ids,
+            exc_info=True,
+        )
+
+
 def _release(
     analysis_ids: list[int], reason: str, *, count_attempt: bool = True
 ) -> None:
@@ -434,15 +554,6 @@ def _load_scan(analysis: Analysis, analyzer: Analyzer) -> DecodedImage | ModelIn
     return _decode_original(scan.original.name)
 
 
-def _for_model(item: _Work, analyzer: Analyzer) -> _Work:
-    """The item with an image `analyzer` takes: a stored model input made for another
-    input size gives way to the decoded original."""
-    image = item.image
-    if isinstance(image, ModelInput) and image.side != analyzer.image_size:
-        return replace(item, image=_decode_original(item.original))
-    return item
-
-
 def _decode_original(name: str) -> DecodedImage:
     with default_storage.open(name, "rb") as stored:
         content = stored.read()
@@ -466,12 +577,7 @@ def _load(analysis_ids: list[int], analyzer: Analyzer) -> list[_Work]:
             continue
         try:
             work.append(
-                _Work(
-                    analysis_id,
-                    _load_scan(analysis, analyzer),
-                    analysis.scan_id,
-                    analysis.scan.original.name,
-                )
+                _Work(analysis_id, _load_scan(analysis, analyzer), analysis.scan_id)
             )
         except DecodeError as exc:
             services.analysis_record_failure(
@@ -520,14 +626,24 @@ def _close_connections(pool: ThreadPoolExecutor | None, threads: int) -> None:
         future.result()
 
 
-def _finish(work: list[_Work], outcomes: list[Outcome]) -> None:
-    """Store one batch's results, recording success or the reason each failed. Never raises.
+def _finish(
+    work: list[_Work], outcomes: list[Outcome], shadow: str | None = None
+) -> None:
+    """Store one batch's results, recording success or the reason each failed, then send
+    the analyses that succeeded to the `shadow` version (if any). Never raises.
 
     What is stored is the model's output (mask, grey heatmaps): pictures of it are drawn
     by the browser or, for downloads, by the portal on demand, not here. The batch is
     stored in one transaction; if that fails, each result is stored on its own, so one
     bad result cannot cost the others theirs.
     """
+    succeeded = _store(work, outcomes)
+    if shadow is not None and succeeded:
+        _send_shadow(succeeded, shadow)
+
+
+def _store(work: list[_Work], outcomes: list[Outcome]) -> list[int]:
+    """_finish's storing; the ids of the analyses recorded as succeeded."""
     ready: list[tuple[_Work, dict[str, Any], dict[str, bytes]]] = []
     for item, outcome in zip(work, outcomes, strict=True):
         # Every line logged about this result carries its analysis and scan ids.
@@ -536,7 +652,7 @@ def _finish(work: list[_Work], outcomes: list[Outcome]) -> None:
         if prepared is not None:
             ready.append((item, *prepared))
     if not ready:
-        return
+        return []
     try:
         recorded = set(
             services.analyses_record_success(
@@ -551,14 +667,19 @@ def _finish(work: list[_Work], outcomes: list[Outcome]) -> None:
             [item.analysis_id for item, _, _ in ready],
             exc_info=True,
         )
+        succeeded = []
         for item, result, artifacts in ready:
             with log_context(analysis_id=item.analysis_id, scan_id=item.scan_id):
-                _record_one(item, result, artifacts)
-        return
+                if _record_one(item, result, artifacts):
+                    succeeded.append(item.analysis_id)
+        return succeeded
+    succeeded = []
     for item, _, _ in ready:
         if item.analysis_id in recorded:
             with log_context(analysis_id=item.analysis_id, scan_id=item.scan_id):
                 _succeeded(item.analysis_id)
+            succeeded.append(item.analysis_id)
+    return succeeded
 
 
 def _prepare(
@@ -594,17 +715,20 @@ def _prepare(
 
 def _record_one(
     item: _Work, result: dict[str, Any], artifacts: dict[str, bytes]
-) -> None:
+) -> bool:
+    """Store one result; True when it was recorded as the analysis's success."""
     try:
         if services.analysis_record_success(
             analysis_id=item.analysis_id, result=result, artifacts=artifacts
         ):
             _succeeded(item.analysis_id)
+            return True
     except TRANSIENT_ERRORS as exc:
         _requeue_after(item.analysis_id, exc)
     except Exception as exc:
         logger.exception("recording analysis %s failed", item.analysis_id)
         _fail_after(item.analysis_id, exc)
+    return False
 
 
 def _succeeded(analysis_id: int) -> None:

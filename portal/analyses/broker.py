@@ -49,7 +49,9 @@ def queue_keys(queue: str) -> list[str]:
 
 def queue_depths() -> dict[str, int]:
     """Messages waiting in each queue the workers consume (not yet delivered)."""
-    queues = dict.fromkeys([settings.CELERY_INFERENCE_QUEUE, "celery"])
+    queues = dict.fromkeys(
+        [settings.CELERY_INFERENCE_QUEUE, "celery", settings.CELERY_SHADOW_QUEUE]
+    )
     client = _client()
     try:
         depths = {}

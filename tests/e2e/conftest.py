@@ -46,9 +46,9 @@ def api_study(api: Any, base: str, patient: dict[str, str], accession: str) -> i
 
 @pytest.fixture
 def e2e_broker(settings: Any) -> Any:
-    """A dedicated Redis database and a queue of this test's own.
+    """A dedicated Redis database and queues of this test's own (analyses, shadow runs).
 
-    The queue name is unique so that test runs side by side (or a worker left over from
+    The queue names are unique so that test runs side by side (or a worker left over from
     a killed run) never take each other's messages; nothing is flushed for the same reason.
     """
     from workers import app
@@ -56,15 +56,19 @@ def e2e_broker(settings: Any) -> Any:
     url = redis_url_with_db(settings.REDIS_URL, E2E_REDIS_DB)
     if not redis_reachable(url):
         pytest.skip(f"Redis is not reachable at {url} (set REDIS_URL or start Redis)")
-    queue = f"inference-e2e-{uuid.uuid4().hex[:12]}"
+    run = uuid.uuid4().hex[:12]
+    queues = (f"inference-e2e-{run}", f"shadow-e2e-{run}")
     previous = app.conf.broker_url
     settings.CELERY_BROKER_URL = url
-    settings.CELERY_INFERENCE_QUEUE = queue
+    settings.CELERY_INFERENCE_QUEUE, settings.CELERY_SHADOW_QUEUE = queues
     point_celery_at(url)
     yield url
     point_celery_at(previous)
     client = redis.Redis.from_url(url)
-    client.delete(queue)
+    # With each priority's list (kombu keeps priority 9 in "<queue>\x06\x169").
+    client.delete(
+        *queues, *(f"{name}\x06\x16{p}" for name in queues for p in (3, 6, 9))
+    )
     client.close()
 
 
@@ -136,9 +140,12 @@ def worker_for_test(
 
 @pytest.fixture
 def real_worker(worker_for_test: Any) -> Iterator[tuple[Any, Path]]:
-    """A dedicated analysis worker, `celery -A workers worker -Q <inference queue>`
-    (the form a GPU worker takes)."""
-    yield from worker_for_test([settings.CELERY_INFERENCE_QUEUE])
+    """A dedicated analysis worker, `celery -A workers worker -Q <inference>,<shadow>`
+    (the form a GPU worker takes: analyses first, the shadow model's runs when none
+    waits)."""
+    yield from worker_for_test(
+        [settings.CELERY_INFERENCE_QUEUE, settings.CELERY_SHADOW_QUEUE]
+    )
 
 
 @pytest.fixture

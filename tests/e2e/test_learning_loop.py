@@ -201,7 +201,7 @@ def test_sign_export_finetune_compare_promote_serve_and_roll_back(
             "ML_MODELS_DIR": str(settings.ML_MODELS_DIR),
         },
         name="learning-loop",
-        queues=[settings.CELERY_INFERENCE_QUEUE],
+        queues=[settings.CELERY_INFERENCE_QUEUE, settings.CELERY_SHADOW_QUEUE],
     )
     try:
         uploader = Client()

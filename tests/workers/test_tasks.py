@@ -503,3 +503,123 @@ def test_a_result_that_cannot_be_stored_fails_alone_and_the_batch_is_kept(
     assert all(a.mask for a in good)
     assert bad.status == Status.FAILED
     assert bad.error.startswith("internal error: ValueError: label 'xxx")
+
+
+def _set_shadow(tmp_path: Path, settings: Any, make_user: Any) -> str:
+    """Install a model version and run it in shadow; its version."""
+    from portal.registry.services import model_shadow_set, model_version_install
+    from tests.portal.registry.test_model_versions import model_folder
+
+    settings.ML_MODELS_DIR = tmp_path / "models"
+    admin = make_user("administrator", "admin")
+    record = model_version_install(
+        source=model_folder(tmp_path / "made", "shadow"), installed_by=admin
+    )
+    model_shadow_set(model_version=record, user=admin, reason="compare")
+    return record.version
+
+
+def _shadow_analyzer(version: str, monkeypatch: pytest.MonkeyPatch) -> FakeAnalyzer:
+    """The shadow's stand-in: its outline sits 4 columns right of the active one's
+    (rows 3-11, columns 6-13 against 2-9: Dice 2 * 36 / (72 + 72) = 0.5)."""
+    shadow = FakeAnalyzer(model_version=version)
+
+    def shifted(images: list[Any], *, batch_size: int = 8) -> list[ImageAnalysis]:
+        shadow.batches.append(len(images))
+        results = []
+        for image in images:
+            mask = np.zeros((image.height, image.width), bool)
+            mask[3:12, 6:14] = True
+            results.append(replace(fake_result(image, "malignant"), lesion_mask=mask))
+        return results
+
+    monkeypatch.setattr(shadow, "analyze", shifted)
+    monkeypatch.setattr(tasks, "get_analyzer", lambda version=None: shadow)
+    return shadow
+
+
+def test_the_shadow_run_scores_the_stored_mask_and_never_touches_the_analysis(
+    make_analysis, analyzer, monkeypatch, settings, tmp_path, make_user
+):
+    from portal.analyses.models import ShadowResult
+
+    analysis = make_analysis()
+    _deliver(analysis)
+    version = _set_shadow(tmp_path, settings, make_user)
+    shown = Analysis.objects.values().get(pk=analysis.pk)
+    shadow = _shadow_analyzer(version, monkeypatch)
+
+    tasks.shadow_analyses.apply(args=[[analysis.pk], version])
+    # The same message delivered again: no second model run, no second row.
+    tasks.shadow_analyses.apply(args=[[analysis.pk], version])
+
+    (row,) = ShadowResult.objects.filter(analysis=analysis)
+    assert (row.model_version, row.label, row.error) == (version, "malignant", "")
+    assert row.mask_dice == pytest.approx(0.5)
+    assert shadow.batches == [1]
+    assert Analysis.objects.values().get(pk=analysis.pk) == shown
+
+
+def test_the_shadow_skips_analyses_not_shown_and_versions_no_longer_in_shadow(
+    make_analysis, analyzer, monkeypatch, settings, tmp_path, make_user
+):
+    from portal.analyses.models import ShadowResult
+
+    shown = make_analysis()
+    _deliver(shown)
+    waiting = make_analysis(name="waiting.png")
+    version = _set_shadow(tmp_path, settings, make_user)
+    shadow = _shadow_analyzer(version, monkeypatch)
+
+    tasks.shadow_analyses.apply(args=[[shown.pk, waiting.pk], "another-version"])
+    assert shadow.batches == []
+    tasks.shadow_analyses.apply(args=[[shown.pk, waiting.pk], version])
+
+    assert shadow.batches == [1]
+    assert list(ShadowResult.objects.values_list("analysis", flat=True)) == [shown.pk]
+    waiting.refresh_from_db()
+    assert waiting.status == Status.QUEUED
+
+
+def test_a_passing_fault_in_the_shadow_run_is_retried_and_nothing_is_lost(
+    make_analysis, analyzer, monkeypatch, settings, tmp_path, make_user
+):
+    from portal.analyses.models import ShadowResult
+
+    analysis = make_analysis()
+    _deliver(analysis)
+    version = _set_shadow(tmp_path, settings, make_user)
+    _shadow_analyzer(version, monkeypatch)
+    record = services.shadow_results_record
+    calls: list[int] = []
+
+    def flaky(**kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("the database restarted")
+        record(**kwargs)
+
+    monkeypatch.setattr(services, "shadow_results_record", flaky)
+    tasks.shadow_analyses.apply(args=[[analysis.pk], version])
+
+    assert len(calls) == 2
+    assert ShadowResult.objects.filter(analysis=analysis).count() == 1
+
+
+def test_a_failing_shadow_model_is_recorded_as_its_error_only(
+    make_analysis, analyzer, monkeypatch, settings, tmp_path, make_user
+):
+    from portal.analyses.models import ShadowResult
+
+    analysis = make_analysis()
+    _deliver(analysis)
+    version = _set_shadow(tmp_path, settings, make_user)
+    shown = Analysis.objects.values().get(pk=analysis.pk)
+    shadow = FakeAnalyzer(model_version=version, error=ValueError("bad tensor"))
+    monkeypatch.setattr(tasks, "get_analyzer", lambda version=None: shadow)
+
+    tasks.shadow_analyses.apply(args=[[analysis.pk], version])
+
+    (row,) = ShadowResult.objects.filter(analysis=analysis)
+    assert row.error == "ValueError: bad tensor" and row.label == ""
+    assert Analysis.objects.values().get(pk=analysis.pk) == shown
