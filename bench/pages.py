@@ -556,6 +556,10 @@ def _pages(rng: random.Random) -> dict[str, Callable[[], str]]:
         "API study list, unreviewed malignant": lambda: (
             "/api/v1/studies/?review=unreviewed&label=malignant"
         ),
+        "API study list, search a patient": lambda: f"/api/v1/studies/?q={patient}",
+        "API study list, broad search (most patients)": lambda: (
+            "/api/v1/studies/?q=Bench"
+        ),
         "API patient list": lambda: "/api/v1/patients/",
         "API patient list, search": lambda: f"/api/v1/patients/?search={patient}",
         "API study": lambda: f"/api/v1/studies/{rng.choice(ids)}/",

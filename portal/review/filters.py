@@ -11,7 +11,7 @@ from django import forms
 
 from portal.analyses.models import Analysis
 from portal.review.formats import shown_percent_bound
-from portal.review.selectors import DashboardFilters, model_versions
+from portal.review.selectors import DashboardFilters, filter_facts
 
 
 class InvalidFilters(ValueError):
@@ -111,7 +111,8 @@ class DashboardFilterForm(forms.Form):
 
 def read_filters(query: Mapping[str, Any]) -> DashboardFilters:
     """The filters a query string asks for; InvalidFilters when a value is refused."""
-    form = DashboardFilterForm(query, model_versions=model_versions())
+    facts = filter_facts(search=query.get("q") or "")
+    form = DashboardFilterForm(query, model_versions=facts.model_versions)
     if not form.is_valid():
         raise InvalidFilters(
             {
@@ -119,4 +120,4 @@ def read_filters(query: Mapping[str, Any]) -> DashboardFilters:
                 for name, errors in form.errors.get_json_data(escape_html=False).items()
             }
         )
-    return form.filters()
+    return facts.read(form.filters())

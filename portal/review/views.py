@@ -58,10 +58,10 @@ CURSOR_PARAMS = ("after", "before")
 @require_GET
 @require_permissions(*READ_RESULTS)
 def dashboard(request: HttpRequest) -> HttpResponse:
-    versions = selectors.model_versions()
-    form = DashboardFilterForm(request.GET or None, model_versions=versions)
+    facts = selectors.filter_facts(search=request.GET.get("q", ""))
+    form = DashboardFilterForm(request.GET or None, model_versions=facts.model_versions)
     ignored = form.ignored()
-    filters = form.filters()
+    filters = facts.read(form.filters())
     rows = selectors.dashboard_rows(filters)
     counts = selectors.dashboard_counts(rows)
     walk = {
