@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.models import QuerySet
 from django.urls import reverse
 
 from ml.study import DEFAULT_RULE, aggregate
@@ -83,7 +84,11 @@ def analysis_status_payload(analysis: Analysis) -> dict[str, Any]:
 
 def study_status(*, study: Study) -> list[dict[str, Any]]:
     """One entry per scan of the study with its latest analysis, for the live page."""
-    scans = study.scans.prefetch_related("analyses").order_by("uploaded_at", "id")
+    scans = (
+        study.scans.select_related("lesion")
+        .prefetch_related("analyses")
+        .order_by("uploaded_at", "id")
+    )
     entries = []
     for scan in scans:
         analysis = latest_analysis(scan=scan)
@@ -95,6 +100,7 @@ def study_status(*, study: Study) -> list[dict[str, Any]]:
                 "height": scan.height,
                 "format": scan.format,
                 "scanner": "" if scan.scanner.is_site else scan.scanner.name,
+                "lesion": scan.lesion.label if scan.lesion else "",
                 "original_url": reverse("clinical:scan_original", args=[scan.pk]),
                 "display_url": reverse("review:scan_display", args=[scan.pk]),
                 "review_url": reverse("review:scan_review", args=[scan.pk]),
@@ -118,21 +124,19 @@ class StudyMalignancy:
     driver_in_distribution: bool | None
 
 
-def study_malignancies(*, study_ids: Iterable[int]) -> dict[int, StudyMalignancy]:
-    """Per study id (those with a finished result only), in one query for them all.
-    A scan whose latest result is withheld (not a breast ultrasound) counts for nothing."""
-    ids = list(study_ids)
-    if not ids:
-        return {}
+def _latest_malignancies(
+    analyses: QuerySet[Analysis], group: str
+) -> dict[int, StudyMalignancy]:
+    """ml.study.aggregate over the latest finished result of each scan of `analyses`,
+    per value of `group` (the scan's study, or its lesion), in one query. A scan whose
+    latest result is withheld (not a breast ultrasound) counts for nothing."""
     rows = (
-        Analysis.objects.filter(
-            status=Analysis.Status.SUCCEEDED, scan__study_id__in=ids
-        )
+        analyses.filter(status=Analysis.Status.SUCCEEDED)
         .order_by("scan_id", "-queued_at", "-pk")
         .values(
             "pk",
             "scan_id",
-            "scan__study_id",
+            group,
             "scan__original_filename",
             "probabilities",
             "in_distribution",
@@ -149,25 +153,90 @@ def study_malignancies(*, study_ids: Iterable[int]) -> dict[int, StudyMalignancy
             continue
         malignant = (row["probabilities"] or {}).get("malignant")
         if malignant is not None:
-            latest.setdefault(row["scan__study_id"], []).append(
+            latest.setdefault(row[group], []).append(
                 {**row, "malignant": float(malignant)}
             )
     results = {}
-    for study_id, candidates in latest.items():
+    for key, candidates in latest.items():
         candidates.sort(key=lambda row: row["scan_id"])  # ties: the first uploaded
-        study = aggregate([row["malignant"] for row in candidates], DEFAULT_RULE)
-        driver = candidates[study.driver]
-        results[study_id] = StudyMalignancy(
-            malignant=study.malignant,
+        aggregated = aggregate([row["malignant"] for row in candidates], DEFAULT_RULE)
+        driver = candidates[aggregated.driver]
+        results[key] = StudyMalignancy(
+            malignant=aggregated.malignant,
             scan_id=driver["scan_id"],
             analysis_id=driver["pk"],
             filename=driver["scan__original_filename"],
-            images=study.images,
+            images=aggregated.images,
             rule=DEFAULT_RULE,
             driver_in_distribution=driver["in_distribution"],
         )
     return results
 
 
+def study_malignancies(*, study_ids: Iterable[int]) -> dict[int, StudyMalignancy]:
+    """Per study id (those with a finished result only), in one query for them all."""
+    ids = list(study_ids)
+    if not ids:
+        return {}
+    return _latest_malignancies(
+        Analysis.objects.filter(scan__study_id__in=ids), "scan__study_id"
+    )
+
+
+@dataclass(frozen=True)
+class LesionMalignancy:
+    """A lesion a reader grouped images into (portal.clinical.models.Lesion), its images
+    and its result: the study's rule over those images alone (None: none is analysed)."""
+
+    lesion_id: int
+    label: str
+    scan_ids: tuple[int, ...]  # in upload order
+    result: StudyMalignancy | None
+
+
+def lesion_malignancies(
+    *, study_ids: Iterable[int]
+) -> dict[int, list[LesionMalignancy]]:
+    """Per study id, its lesions that hold an image, in label order (studies without
+    one are left out); two queries for any number of studies. An image in no lesion
+    counts only in its study's result, as every image does."""
+    ids = list(study_ids)
+    if not ids:
+        return {}
+    grouped = Scan.objects.filter(study_id__in=ids, lesion__isnull=False).order_by(
+        "uploaded_at", "id"
+    )
+    members: dict[int, dict[str, Any]] = {}
+    for scan_id, lesion_id, label, study_id in grouped.values_list(
+        "pk", "lesion_id", "lesion__label", "lesion__study_id"
+    ):
+        lesion = members.setdefault(
+            lesion_id, {"label": label, "study_id": study_id, "scan_ids": []}
+        )
+        lesion["scan_ids"].append(scan_id)
+    if not members:
+        return {}
+    results = _latest_malignancies(
+        Analysis.objects.filter(scan__lesion_id__in=list(members)), "scan__lesion_id"
+    )
+    lesions: dict[int, list[LesionMalignancy]] = {}
+    for lesion_id, lesion in members.items():
+        lesions.setdefault(lesion["study_id"], []).append(
+            LesionMalignancy(
+                lesion_id=lesion_id,
+                label=lesion["label"],
+                scan_ids=tuple(lesion["scan_ids"]),
+                result=results.get(lesion_id),
+            )
+        )
+    for study_lesions in lesions.values():  # A ... Z, then AA
+        study_lesions.sort(key=lambda lesion: (len(lesion.label), lesion.label))
+    return lesions
+
+
 def study_malignancy(*, study: Study) -> StudyMalignancy | None:
     return study_malignancies(study_ids=[study.pk]).get(study.pk)
+
+
+def study_lesion_malignancies(*, study: Study) -> list[LesionMalignancy]:
+    return lesion_malignancies(study_ids=[study.pk]).get(study.pk, [])

@@ -9,7 +9,11 @@ from rest_framework import serializers
 
 from portal.analyses.composites import available_kinds
 from portal.analyses.models import RESULT_FIELDS, Analysis
-from portal.analyses.selectors import latest_analysis, study_malignancies
+from portal.analyses.selectors import (
+    latest_analysis,
+    study_lesion_malignancies,
+    study_malignancies,
+)
 from portal.clinical.models import Patient, Scan, Study
 from portal.ingest.models import UploadItem
 from portal.review.formats import LABELS, in_label_order
@@ -297,12 +301,37 @@ class StudySerializer(serializers.ModelSerializer):
         return None if result is None else StudyMalignancySerializer(result).data
 
 
+class LesionSerializer(serializers.Serializer):
+    """A lesion a reader grouped the study's images into, and its result: the study's
+    rule over the lesion's images alone."""
+
+    label = serializers.CharField(
+        help_text="A, B, ... in the order the reader made them"
+    )
+    scans = serializers.ListField(
+        source="scan_ids",
+        child=serializers.IntegerField(),
+        help_text="ids of the study's scans that show this lesion, in upload order",
+    )
+    malignancy = StudyMalignancySerializer(
+        source="result",
+        allow_null=True,
+        help_text="null while none of the lesion's images has a finished result",
+    )
+
+
 class StudyDetailSerializer(StudySerializer):
     scans = ScanSerializer(many=True, read_only=True)
+    lesions = serializers.SerializerMethodField()
 
     class Meta(StudySerializer.Meta):
-        fields = (*StudySerializer.Meta.fields, "scans")
+        fields = (*StudySerializer.Meta.fields, "scans", "lesions")
         read_only_fields = fields
+
+    @extend_schema_field(LesionSerializer(many=True))
+    def get_lesions(self, study: Study) -> list[dict[str, Any]]:
+        """Images in no lesion count in study_malignancy only."""
+        return LesionSerializer(study_lesion_malignancies(study=study), many=True).data
 
 
 class StudyCreateSerializer(serializers.Serializer):

@@ -26,6 +26,7 @@ def register_models() -> None:
         "clinical.Patient",
         "clinical.Study",
         "clinical.Scan",
+        "clinical.Lesion",
         "analyses.Analysis",
         "review.Review",
         "registry.SiteCalibration",

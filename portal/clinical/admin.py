@@ -102,6 +102,9 @@ class ScanAdmin(RecordedReadsAdminMixin, admin.ModelAdmin):
         "format",
         "uploaded_by",
         "uploaded_at",
+        # Grouped on the review page only (portal.review.services.scan_lesion_set
+        # keeps a scan in a lesion of its own study and checks who may group).
+        "lesion",
     )
 
     @admin.display(description="original")

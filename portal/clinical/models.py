@@ -136,6 +136,45 @@ class Study(models.Model):
         return reverse("clinical:study_detail", args=[self.pk])
 
 
+def lesion_label(index: int) -> str:
+    """The label of a study's lesion number ``index`` (0-based): A, B, ..., Z, AA, AB, ..."""
+    label = ""
+    index += 1
+    while index:
+        index, letter = divmod(index - 1, 26)
+        label = chr(ord("A") + letter) + label
+    return label
+
+
+class Lesion(models.Model):
+    """One lesion of a study, as a reader groups the study's images: the scans that show
+    the same lesion point at it (Scan.lesion), and its result is its most suspicious
+    image's (portal.analyses.selectors.lesion_malignancies).
+
+    Made and filled by portal.review.services (a reader's act, under the permission to
+    sign readings); a lesion is never deleted or relabelled, so "lesion B" means the same
+    thing in every report and audit entry, even after its last image left it.
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="lesions")
+    label = models.CharField(max_length=8)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ("study", "id")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("study", "label"), name="lesion_one_label_per_study"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"Lesion {self.label} of study {self.study_id}"
+
+
 def scan_original_path(scan: Scan, filename: str) -> str:
     extension = FORMAT_EXTENSIONS.get(scan.format, "bin")
     return str(PurePosixPath("scans", str(scan.study_id), f"{scan.uuid}.{extension}"))
@@ -179,6 +218,15 @@ class Scan(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
     uploaded_at = models.DateTimeField(default=timezone.now, editable=False)
+    # The lesion of its study this image shows, when a reader grouped it (at most one;
+    # a lesion of the same study: portal.review.services.scan_lesion_set).
+    lesion = models.ForeignKey(
+        Lesion,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="scans",
+    )
 
     class Meta:
         ordering = (

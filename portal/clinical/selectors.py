@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
-from portal.clinical.models import Patient, Scan, Study
+from portal.clinical.models import Lesion, Patient, Scan, Study
 
 
 def _counted(rows: QuerySet, parent: str) -> Coalesce:
@@ -49,3 +49,11 @@ def patient_studies(*, patient: Patient) -> QuerySet[Study]:
 
 def study_scans(*, study: Study) -> QuerySet[Scan]:
     return study.scans.prefetch_related("analyses").order_by("uploaded_at", "id")
+
+
+def study_lesions(*, study: Study) -> list[Lesion]:
+    """The study's lesions in label order, each with its image_count (one query)."""
+    lesions = Lesion.objects.filter(study_id=study.pk).annotate(
+        image_count=_counted(Scan.objects.all(), "lesion_id")
+    )
+    return sorted(lesions, key=lambda lesion: (len(lesion.label), lesion.label))

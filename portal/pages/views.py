@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from portal.accounts.roles import require_permissions
 from portal.analyses.modelinfo import ModelVersionUnavailable
-from portal.analyses.selectors import study_malignancy
+from portal.analyses.selectors import study_lesion_malignancies, study_malignancy
 from portal.analyses.selectors import study_status as study_status_entries
 from portal.audit.services import Action, record_access, record_accesses
 from portal.clinical import selectors, services
@@ -101,6 +101,7 @@ def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "review_state": study_review_state(study=study),
             "scan_reviews": scan_review_states(study=study),
             "study_malignancy": study_malignancy(study=study),
+            "lesion_malignancies": study_lesion_malignancies(study=study),
         },
     )
 

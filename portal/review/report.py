@@ -28,7 +28,7 @@ from reportlab.platypus import (
 from ml.render import mask_overlay, png_bytes
 from portal.analyses.composites import CompositeUnavailable, analysis_composite_name
 from portal.analyses.models import WITHHELD_MESSAGE, Analysis
-from portal.analyses.selectors import study_malignancy
+from portal.analyses.selectors import study_lesion_malignancies, study_malignancy
 from portal.clinical.models import Study
 from portal.clinical.services import scan_display_name
 from portal.review import selectors
@@ -337,6 +337,31 @@ def _study_malignancy_text(study: Study, scans: list[Any]) -> str:
     )
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _lesion_rows(study: Study, scans: list[Any]) -> list[tuple[str, str]]:
+    """One row per lesion the reader grouped images into: its most suspicious image's
+    result, by the study's rule over the lesion's images alone."""
+    numbers = {scan.pk: n for n, scan in enumerate(scans, start=1)}
+    rows = []
+    for lesion in study_lesion_malignancies(study=study):
+        images = ", ".join(str(numbers[pk]) for pk in lesion.scan_ids if pk in numbers)
+        members = f"image{'s' if len(lesion.scan_ids) != 1 else ''} {images}"
+        result = lesion.result
+        if result is None:
+            text = f"no analysed image yet ({members})"
+        else:
+            text = (
+                f"{_percent(result.malignant)} (the most suspicious of "
+                f"{_plural(result.images, 'analysed image')} of {members}: image "
+                f"{numbers.get(result.scan_id)}, {result.filename})"
+            )
+        rows.append((f"Lesion {lesion.label}", text))
+    return rows
+
+
 def _note(review: Any, styles: dict) -> list[Any]:
     """The signed note as paragraphs after the table, one per line of it.
 
@@ -356,7 +381,11 @@ def _note(review: Any, styles: dict) -> list[Any]:
 def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
     styles = _styles()
     patient = study.patient
-    scans = list(study.scans.prefetch_related("analyses").order_by("uploaded_at", "id"))
+    scans = list(
+        study.scans.select_related("lesion")
+        .prefetch_related("analyses")
+        .order_by("uploaded_at", "id")
+    )
     reviews = selectors.scan_review_states(study=study)
     story: list[Any] = [
         Paragraph("Breast ultrasound study report", styles["title"]),
@@ -385,6 +414,7 @@ def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
                 ("Review status", selectors.study_review_state(study=study)),
                 ("Images", str(len(scans))),
                 ("Study malignancy", _study_malignancy_text(study, scans)),
+                *_lesion_rows(study, scans),
             ],
             styles,
         ),
@@ -399,7 +429,9 @@ def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
             KeepTogether(
                 [
                     Paragraph(
-                        f"Image {number}: {_esc(scan.original_filename)}", styles["h3"]
+                        f"Image {number}: {_esc(scan.original_filename)}"
+                        + (f" (lesion {scan.lesion.label})" if scan.lesion else ""),
+                        styles["h3"],
                     ),
                     *_distribution_warning(analysis, styles),
                     _scan_images(scan, analysis, review),

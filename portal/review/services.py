@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from ml.render import mask_png
 from portal.analyses.models import Analysis
-from portal.clinical.models import Study
+from portal.clinical.models import Lesion, Scan, Study, lesion_label
 from portal.review.models import AgreementCount, BiRads, OutlineState, Review
 from portal.review.selectors import agreement_cells, study_review_columns
 from portal.review.signals import reading_signed
@@ -341,3 +341,61 @@ def review_sign(*, review: Review, user: Any) -> Review:
     review.save()
     _reading_signed(review, study_id=review.scan.study_id)
     return review
+
+
+# --- lesions: which images of a study show the same lesion ------------------------------
+
+# Who may group a study's images into lesions: a reader whose readings count, the same
+# permission as signing one (a lesion's result is shown and reported like a reading).
+GROUP_LESIONS = "review.sign_review"
+
+
+def _check_may_group(user: Any) -> None:
+    if not user.has_perm(GROUP_LESIONS):
+        raise PermissionDenied(
+            "Only a reader who may sign readings groups images into lesions."
+        )
+
+
+@transaction.atomic
+def lesion_create(*, study: Study, created_by: Any) -> Lesion:
+    """A new lesion of the study, labelled with the first letter not yet used (A, B,
+    ...). The study row is locked first, so two readers adding a lesion at once get B
+    and C, not B twice (the unique constraint would refuse the second)."""
+    _check_may_group(created_by)
+    list(Study.objects.select_for_update().filter(pk=study.pk).values_list("pk"))
+    taken = set(
+        Lesion.objects.filter(study_id=study.pk).values_list("label", flat=True)
+    )
+    index = 0
+    while lesion_label(index) in taken:
+        index += 1
+    lesion = Lesion(study_id=study.pk, label=lesion_label(index), created_by=created_by)
+    lesion.save()
+    return lesion
+
+
+@transaction.atomic
+def scan_lesion_set(*, scan: Scan, lesion: Lesion | None, user: Any) -> Scan:
+    """Say which lesion of its study the scan shows, or (None) that it is in none.
+
+    Refused for a lesion of another study: a lesion's result must come from its own
+    study's images. Saved through save(), so django-auditlog keeps each grouping the scan
+    ever had and who made it; an unchanged grouping writes nothing.
+    """
+    _check_may_group(user)
+    scan = Scan.objects.select_for_update().get(pk=scan.pk)
+    if lesion is not None and lesion.study_id != scan.study_id:
+        raise ValidationError("An image joins only a lesion of its own study.")
+    if scan.lesion_id != (lesion.pk if lesion else None):
+        scan.lesion = lesion
+        scan.save(update_fields=["lesion"])
+    return scan
+
+
+@transaction.atomic
+def scan_lesion_new(*, scan: Scan, user: Any) -> Lesion:
+    """A new lesion of the scan's study, holding this scan."""
+    lesion = lesion_create(study=scan.study, created_by=user)
+    scan_lesion_set(scan=scan, lesion=lesion, user=user)
+    return lesion

@@ -53,6 +53,7 @@ urlpatterns = [
         name="study_pathology",
     ),
     path("scans/<int:pk>/review/", views.scan_review, name="scan_review"),
+    path("scans/<int:pk>/lesion/", views.scan_lesion, name="scan_lesion"),
     path("scans/<int:pk>/display.png", views.scan_display, name="scan_display"),
     path(
         "analyses/<int:pk>/outline.png",

@@ -17,8 +17,9 @@ from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_ver
 from portal.analyses.models import Analysis
 from portal.analyses.selectors import study_malignancies, viewer_layers
 from portal.audit.services import Action, record_access, record_accesses
-from portal.clinical.models import Scan, Study
+from portal.clinical.models import Lesion, Scan, Study
 from portal.clinical.scanners import Scanner
+from portal.clinical.selectors import study_lesions
 from portal.clinical.services import scan_display_name, study_record_pathology
 from portal.keyset import InvalidCursor
 from portal.registry import selectors as registry_selectors
@@ -282,10 +283,73 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
             if place.previous
             else None,
             "birads_at_odds": services.birads_at_odds(),
+            "lesions": study_lesions(study=scan.study),
+            "can_group": request.user.has_perm(services.GROUP_LESIONS),
             # The navigation's count, already counted for the reading order.
             **({"worklist_count": place.studies} if flow == "worklist" else {}),
         },
     )
+
+
+def _lesion_payload(scan: Scan) -> dict[str, Any]:
+    """The scan's lesion and its study's lesions, for the review page's lesion control."""
+    return {
+        "lesion": scan.lesion_id,
+        "lesions": [
+            {"id": lesion.pk, "label": lesion.label, "images": lesion.image_count}
+            for lesion in study_lesions(study=scan.study)
+        ],
+    }
+
+
+def _posted_lesion(chosen: str) -> Lesion | None:
+    """The lesion a form names by id ("" for none); whose study it is, the service checks."""
+    if not chosen:
+        return None
+    lesion = Lesion.objects.filter(pk=chosen).first() if chosen.isdigit() else None
+    if lesion is None:
+        raise ValidationError(f"There is no lesion {chosen!r}.")
+    return lesion
+
+
+@require_POST
+@require_permissions(*READ_RESULTS, "review.view_review", services.GROUP_LESIONS)
+def scan_lesion(request: HttpRequest, pk: int) -> HttpResponse:
+    """Group the scan with the other images of its study that show the same lesion:
+    lesion=<id> of a lesion of its study, "new" for a new lesion, "" for none. Answers
+    the page's script in JSON (so a draft being written is not lost), a plain form post
+    with the review page again."""
+    scan = get_object_or_404(Scan.objects.select_related("study"), pk=pk)
+    chosen = request.POST.get("lesion", "").strip()
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    error, lesion = "", None
+    try:
+        if chosen == "new":
+            lesion = services.scan_lesion_new(scan=scan, user=request.user)
+        else:
+            lesion = _posted_lesion(chosen)
+            services.scan_lesion_set(scan=scan, lesion=lesion, user=request.user)
+    except ValidationError as exc:
+        error = " ".join(exc.messages)
+    scan.refresh_from_db(fields=["lesion"])
+    if error:
+        said = f"{scan.original_filename}: the lesion was not changed. {error}"
+    elif lesion is None:
+        said = f"{scan.original_filename}: in no lesion."
+    else:
+        said = f"{scan.original_filename}: lesion {lesion.label}."
+    if wants_json:
+        return _private(
+            JsonResponse(
+                {"message": said, **_lesion_payload(scan)},
+                status=400 if error else 200,
+            )
+        )
+    (messages.error if error else messages.success)(request, said)
+    url = _review_url(scan.pk, _flow(request))
+    if (analysis := request.POST.get("analysis", "")).isdigit():
+        url += f"&analysis={analysis}"
+    return redirect(url)
 
 
 def _initial(latest: Review | None, analysis: Analysis) -> dict:

@@ -175,6 +175,15 @@ MATRIX: dict[str, list[Rule]] = {
         Rule(READERS, kwargs=_pk("scan")),
         Rule(frozenset({RADIOLOGIST}), method="POST", kwargs=_pk("scan")),
     ],
+    # Grouping a study's images into lesions: whoever may sign readings.
+    "review:scan_lesion": [
+        Rule(
+            frozenset({RADIOLOGIST}),
+            method="POST",
+            kwargs=_pk("scan"),
+            data={"lesion": "new"},
+        )
+    ],
     "review:scan_display": [Rule(READERS, kwargs=_pk("scan"))],
     "review:analysis_outline": [Rule(READERS, kwargs=_pk("analysis"))],
     "review:study_report": [Rule(READERS, kwargs=_pk("study"))],
