@@ -365,7 +365,10 @@ def _loso_finetune_section(report_dir: Path) -> str:
         # Rows of the first recipe carry neither field: it had neither guard.
         if not row.get("freeze_batchnorm", False) and row.get("blend", 1.0) == 1.0:
             return "first (no guards)"
-        return f"guarded, blend {row.get('blend', 1.0):.2f}"
+        rule = row.get("blend_rule")
+        return f"guarded, blend {row.get('blend', 1.0):.2f}" + (
+            f" (rule: {rule})" if rule else ""
+        )
 
     for source, by_k in report["folds"].items():
         for key, row in by_k.items():

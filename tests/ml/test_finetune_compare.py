@@ -173,18 +173,19 @@ def test_every_batch_norm_keeps_the_base_statistics_and_a_blend_is_chosen(
             np.testing.assert_array_equal(before, after)
 
 
-def _blend_row(blend, site_auc, site_dice, original_auc, original_dice):
-    def summary(auc, dice):
-        return {
-            "balanced_accuracy": 0.5,
-            "auc_malignant_vs_benign": auc,
-            "dice_lesion_mean": dice,
-        }
+def _summary(auc, dice):
+    return {
+        "balanced_accuracy": 0.5,
+        "auc_malignant_vs_benign": auc,
+        "dice_lesion_mean": dice,
+    }
 
+
+def _blend_row(blend, site_auc, site_dice, original_auc, original_dice):
     return {
         "blend": blend,
-        "site": summary(site_auc, site_dice),
-        "original": summary(original_auc, original_dice),
+        "site": _summary(site_auc, site_dice),
+        "original": {"busi": _summary(original_auc, original_dice)},
     }
 
 
@@ -200,6 +201,18 @@ def test_the_blend_rule_keeps_the_original_sources_within_the_tolerance():
     assert choose_blend(rows, 0.001)["blend"] == 0.0
 
 
+def test_the_blend_rule_binds_on_each_original_source_not_their_pool():
+    """A large source's loss is not hidden by a small one's gain."""
+    rows = [
+        _blend_row(0.0, 0.70, 0.60, 0.90, 0.70),
+        _blend_row(0.5, 0.75, 0.62, 0.90, 0.695),
+        _blend_row(1.0, 0.80, 0.64, 0.90, 0.686),  # busi -0.014 Dice
+    ]
+    for row, breast_dice in zip(rows, (0.64, 0.66, 0.676), strict=True):
+        row["original"]["breast-lesions-usg"] = _summary(0.88, breast_dice)
+    assert choose_blend(rows, 0.01)["blend"] == 0.5
+
+
 def test_the_blend_rule_prefers_the_smaller_blend_on_a_tie_and_skips_unscored():
     rows = [
         _blend_row(0.0, 0.70, 0.60, float("nan"), 0.75),
@@ -209,7 +222,7 @@ def test_the_blend_rule_prefers_the_smaller_blend_on_a_tie_and_skips_unscored():
         ),  # AUC the base had none of: not binding
     ]
     assert choose_blend(rows, 0.01)["blend"] == 0.25
-    rows[2]["original"]["dice_lesion_mean"] = float("nan")  # a Dice lost is not kept
+    rows[2]["original"]["busi"]["dice_lesion_mean"] = float("nan")  # a Dice lost
     rows[1]["site"]["dice_lesion_mean"] = 0.4  # now below the base on the site
     assert choose_blend(rows, 0.01)["blend"] == 0.0
 
