@@ -357,6 +357,33 @@ def _check_may_group(user: Any) -> None:
         )
 
 
+LESION_OF_SIGNED_READING = (
+    "Its reading is signed, and a signed reading never changes: amend the reading "
+    "(save a new version of it) to change its lesion."
+)
+
+
+def lesion_locked(*, latest: Review | None) -> bool:
+    """Whether a scan whose newest review is `latest` keeps its lesion as it is."""
+    return latest is not None and latest.is_signed
+
+
+def _check_reading_open(scan: Scan) -> None:
+    """A scan's lesion is part of its reading (its result is reported with the lesion's
+    label): once the newest review is signed it stays, until an amendment reopens the
+    reading, as review_save does for the label. The newest review is locked, as
+    review_save locks it, so a signing and a regrouping of one scan go one after the
+    other."""
+    latest = (
+        Review.objects.select_for_update()
+        .filter(scan_id=scan.pk)
+        .order_by("-version")
+        .first()
+    )
+    if lesion_locked(latest=latest):
+        raise ReviewLocked(LESION_OF_SIGNED_READING)
+
+
 @transaction.atomic
 def lesion_create(*, study: Study, created_by: Any) -> Lesion:
     """A new lesion of the study, labelled with the first letter not yet used (A, B,
@@ -380,14 +407,16 @@ def scan_lesion_set(*, scan: Scan, lesion: Lesion | None, user: Any) -> Scan:
     """Say which lesion of its study the scan shows, or (None) that it is in none.
 
     Refused for a lesion of another study: a lesion's result must come from its own
-    study's images. Saved through save(), so django-auditlog keeps each grouping the scan
-    ever had and who made it; an unchanged grouping writes nothing.
+    study's images; and once the scan's reading is signed, until an amendment reopens
+    it (_check_reading_open). Saved through save(), so django-auditlog keeps each
+    grouping the scan ever had and who made it; an unchanged grouping writes nothing.
     """
     _check_may_group(user)
     scan = Scan.objects.select_for_update().get(pk=scan.pk)
     if lesion is not None and lesion.study_id != scan.study_id:
         raise ValidationError("An image joins only a lesion of its own study.")
     if scan.lesion_id != (lesion.pk if lesion else None):
+        _check_reading_open(scan)
         scan.lesion = lesion
         scan.save(update_fields=["lesion"])
     return scan

@@ -285,6 +285,7 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
             "birads_at_odds": services.birads_at_odds(),
             "lesions": study_lesions(study=scan.study),
             "can_group": request.user.has_perm(services.GROUP_LESIONS),
+            "lesion_locked": services.lesion_locked(latest=latest),
             # The navigation's count, already counted for the reading order.
             **({"worklist_count": place.studies} if flow == "worklist" else {}),
         },

@@ -22,7 +22,13 @@ from portal.analyses.selectors import (
 )
 from portal.clinical.models import Lesion, Scan, lesion_label
 from portal.clinical.services import patient_create, study_create
-from portal.review.services import lesion_create, scan_lesion_new, scan_lesion_set
+from portal.review.services import (
+    ReviewLocked,
+    lesion_create,
+    review_save,
+    scan_lesion_new,
+    scan_lesion_set,
+)
 
 from .conftest import analysed_scan, withheld_scan
 from .pdftext import pdf_text
@@ -127,6 +133,80 @@ def test_an_image_never_joins_a_lesion_of_another_study(
     assert Scan.objects.get(pk=scans[0].pk).lesion_id is None
     # Each study labels its own lesions from A.
     assert lesion_create(study=scans[0].study, created_by=radiologist).label == "A"
+
+
+def _read(scan: Any, reader: Any, *, sign: bool) -> Any:
+    return review_save(
+        analysis=scan.analyses.get(),
+        author=reader,
+        agrees_with_model=True,
+        label="malignant",
+        birads="4B",
+        sign=sign,
+    )
+
+
+def test_a_signed_reading_keeps_its_lesion_until_an_amendment_reopens_it(
+    radiologist: Any, scans: list[Any]
+) -> None:
+    first, second = _group(scans, radiologist)
+    _read(scans[0], radiologist, sign=False)
+    scan_lesion_set(scan=scans[0], lesion=second, user=radiologist)  # a draft: open
+    scan_lesion_set(scan=scans[0], lesion=first, user=radiologist)
+    _read(scans[0], radiologist, sign=True)
+    audited = LogEntry.objects.get_for_object(scans[0]).count()
+    for change in (
+        lambda: scan_lesion_set(scan=scans[0], lesion=second, user=radiologist),
+        lambda: scan_lesion_set(scan=scans[0], lesion=None, user=radiologist),
+        lambda: scan_lesion_new(scan=scans[0], user=radiologist),
+    ):
+        with pytest.raises(ReviewLocked, match="signed reading never changes"):
+            change()
+    assert Scan.objects.get(pk=scans[0].pk).lesion_id == first.pk
+    assert LogEntry.objects.get_for_object(scans[0]).count() == audited
+    assert Lesion.objects.filter(study=scans[0].study).count() == 2  # none made
+    # Setting the lesion it already has changes nothing, so it is no refusal.
+    scan_lesion_set(scan=scans[0], lesion=first, user=radiologist)
+    # Other images of the study are not locked by this one's reading.
+    scan_lesion_set(scan=scans[1], lesion=second, user=radiologist)
+    # The amendment (a new version, a draft until signed) reopens the reading.
+    amendment = _read(scans[0], radiologist, sign=False)
+    assert amendment.amends is not None
+    scan_lesion_set(scan=scans[0], lesion=second, user=radiologist)
+    assert Scan.objects.get(pk=scans[0].pk).lesion_id == second.pk
+    assert LogEntry.objects.get_for_object(scans[0]).count() == audited + 1
+    _read(scans[0], radiologist, sign=True)
+    with pytest.raises(ReviewLocked):
+        scan_lesion_set(scan=scans[0], lesion=first, user=radiologist)
+
+
+def test_the_review_page_and_its_script_say_why_a_signed_readings_lesion_stays(
+    client: Any, radiologist: Any, scans: list[Any]
+) -> None:
+    first, second = _group(scans, radiologist)
+    _read(scans[0], radiologist, sign=True)
+    client.force_login(radiologist)
+    html = client.get(
+        reverse("review:scan_review", args=[scans[0].pk])
+    ).content.decode()
+    assert 'id="lesion-form"' not in html
+    assert '<strong id="lesion-label">A</strong>' in html
+    assert 'id="lesion-locked"' in html and "amend it to change its lesion" in html
+    url = reverse("review:scan_lesion", args=[scans[0].pk])
+    refused = client.post(url, {"lesion": second.pk}, HTTP_ACCEPT="application/json")
+    assert refused.status_code == 400
+    answer = json.loads(refused.content)
+    assert answer["lesion"] == first.pk
+    assert answer["message"].startswith("left-1.png: the lesion was not changed.")
+    assert "a signed reading never changes" in answer["message"]
+    posted = client.post(url, {"lesion": "new"}, follow=True)
+    assert "the lesion was not changed" in posted.content.decode()
+    assert Scan.objects.get(pk=scans[0].pk).lesion_id == first.pk
+    # An image of the same study whose reading is open keeps its form.
+    html = client.get(
+        reverse("review:scan_review", args=[scans[1].pk])
+    ).content.decode()
+    assert 'id="lesion-form"' in html and 'id="lesion-locked"' not in html
 
 
 # --- the per-lesion result -------------------------------------------------------------
