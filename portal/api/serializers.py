@@ -11,7 +11,7 @@ from portal.analyses.composites import available_kinds
 from portal.analyses.models import RESULT_FIELDS, Analysis
 from portal.analyses.selectors import (
     latest_analysis,
-    study_lesion_malignancies,
+    lesion_malignancies,
     study_malignancies,
 )
 from portal.clinical.models import Patient, Scan, Study
@@ -254,53 +254,6 @@ class StudyMalignancySerializer(serializers.Serializer):
     rule = serializers.CharField(help_text="how the images' results are combined")
 
 
-class StudyListSerializer(serializers.ListSerializer):
-    """Reads the study-level results of a whole page in one query."""
-
-    def to_representation(self, data: Any) -> list[Any]:
-        studies = list(data.all() if hasattr(data, "all") else data)
-        self.context["study_malignancies"] = study_malignancies(
-            study_ids=[study.pk for study in studies]
-        )
-        return super().to_representation(studies)
-
-
-class StudySerializer(serializers.ModelSerializer):
-    patient = PatientBriefSerializer(read_only=True)
-    scan_count = serializers.IntegerField(read_only=True)
-    url = serializers.SerializerMethodField()
-    study_malignancy = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Study
-        fields = (
-            "id",
-            "patient",
-            "accession_number",
-            "study_instance_uid",
-            "study_date",
-            "description",
-            "created_at",
-            "scan_count",
-            "url",
-            "study_malignancy",
-        )
-        read_only_fields = fields
-        list_serializer_class = StudyListSerializer
-
-    @extend_schema_field(OpenApiTypes.URI)
-    def get_url(self, study: Study) -> str:
-        return _absolute(self.context, reverse("api:study-detail", args=[study.pk]))
-
-    @extend_schema_field(StudyMalignancySerializer(allow_null=True))
-    def get_study_malignancy(self, study: Study) -> dict[str, Any] | None:
-        known = self.context.get("study_malignancies")
-        if known is None:
-            known = study_malignancies(study_ids=[study.pk])
-        result = known.get(study.pk)
-        return None if result is None else StudyMalignancySerializer(result).data
-
-
 class LesionSerializer(serializers.Serializer):
     """A lesion a reader grouped the study's images into, and its result: the study's
     rule over the lesion's images alone."""
@@ -320,18 +273,70 @@ class LesionSerializer(serializers.Serializer):
     )
 
 
-class StudyDetailSerializer(StudySerializer):
-    scans = ScanSerializer(many=True, read_only=True)
+class StudyListSerializer(serializers.ListSerializer):
+    """Reads the study-level and lesion results of a whole page in one query and two,
+    however many studies and lesions it holds."""
+
+    def to_representation(self, data: Any) -> list[Any]:
+        studies = list(data.all() if hasattr(data, "all") else data)
+        study_ids = [study.pk for study in studies]
+        self.context["study_malignancies"] = study_malignancies(study_ids=study_ids)
+        self.context["lesion_malignancies"] = lesion_malignancies(study_ids=study_ids)
+        return super().to_representation(studies)
+
+
+class StudySerializer(serializers.ModelSerializer):
+    patient = PatientBriefSerializer(read_only=True)
+    scan_count = serializers.IntegerField(read_only=True)
+    url = serializers.SerializerMethodField()
+    study_malignancy = serializers.SerializerMethodField()
     lesions = serializers.SerializerMethodField()
 
-    class Meta(StudySerializer.Meta):
-        fields = (*StudySerializer.Meta.fields, "scans", "lesions")
+    class Meta:
+        model = Study
+        fields = (
+            "id",
+            "patient",
+            "accession_number",
+            "study_instance_uid",
+            "study_date",
+            "description",
+            "created_at",
+            "scan_count",
+            "url",
+            "study_malignancy",
+            "lesions",
+        )
         read_only_fields = fields
+        list_serializer_class = StudyListSerializer
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, study: Study) -> str:
+        return _absolute(self.context, reverse("api:study-detail", args=[study.pk]))
+
+    @extend_schema_field(StudyMalignancySerializer(allow_null=True))
+    def get_study_malignancy(self, study: Study) -> dict[str, Any] | None:
+        known = self.context.get("study_malignancies")
+        if known is None:
+            known = study_malignancies(study_ids=[study.pk])
+        result = known.get(study.pk)
+        return None if result is None else StudyMalignancySerializer(result).data
 
     @extend_schema_field(LesionSerializer(many=True))
     def get_lesions(self, study: Study) -> list[dict[str, Any]]:
         """Images in no lesion count in study_malignancy only."""
-        return LesionSerializer(study_lesion_malignancies(study=study), many=True).data
+        known = self.context.get("lesion_malignancies")
+        if known is None:
+            known = lesion_malignancies(study_ids=[study.pk])
+        return LesionSerializer(known.get(study.pk, []), many=True).data
+
+
+class StudyDetailSerializer(StudySerializer):
+    scans = ScanSerializer(many=True, read_only=True)
+
+    class Meta(StudySerializer.Meta):
+        fields = (*StudySerializer.Meta.fields, "scans")
+        read_only_fields = fields
 
 
 class StudyCreateSerializer(serializers.Serializer):

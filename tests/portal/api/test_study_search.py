@@ -73,12 +73,12 @@ def test_studies_are_found_by_name_hospital_id_or_accession_in_the_same_queries(
     unsearched = _listed(staff_api, {})
     # A search costs no query of its own: its reading is read with the model versions
     # (filter_facts), a statement the filters ran already. Token (twice), two for the
-    # permissions, the facts, the page, the page's study results, and one insert
-    # recording the page's studies.
+    # permissions, the facts, the page, the page's study results, its lesions (none
+    # here: one query; with lesions, two), and one insert recording the page's studies.
     counts = {
         (queries, audit) for _, queries, audit in [*small.values(), *large.values()]
     }
-    assert counts == {unsearched[1:]} == {(7, 1)}
+    assert counts == {unsearched[1:]} == {(8, 1)}
 
 
 def test_the_audit_records_each_listed_study_and_a_search_needs_the_permission(

@@ -345,6 +345,72 @@ def test_the_api_lists_the_lesions_of_a_study(
     assert detail.json()["study_malignancy"]["scan"] == scans[3].pk
 
 
+def test_the_api_study_list_gives_each_study_its_lesions_in_queries_that_do_not_grow(
+    make_user: Any, radiologist: Any, scans: list[Any], study: Any, user: Any
+) -> None:
+    from knox.models import AuthToken
+    from rest_framework.test import APIClient
+
+    _group(scans, radiologist)
+    plain = study_create(
+        patient=patient_create(identifier="H-0100", name="No Lesion"), created_by=user
+    )
+    analysed_scan(plain, user, probabilities=_p(0.5))
+    _, key = AuthToken.objects.create(make_user("radiologist", "api-reader"))
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    api.get("/api/v1/studies/")  # the process's content-type cache, read once
+
+    def listed() -> tuple[dict[int, Any], int]:
+        with CaptureQueriesContext(connection) as captured:
+            response = api.get("/api/v1/studies/")
+        assert response.status_code == 200, response.content
+        return (
+            {row["id"]: row for row in response.json()["results"]},
+            len(captured.captured_queries),
+        )
+
+    rows, few = listed()
+    detail = api.get(f"/api/v1/studies/{study.pk}/").json()
+    assert rows[study.pk]["lesions"] == detail["lesions"]  # one shape, list and detail
+    assert [
+        (
+            lesion["label"],
+            len(lesion["scans"]),
+            lesion["malignancy"]["malignant"],
+            lesion["malignancy"]["scan"],
+        )
+        for lesion in rows[study.pk]["lesions"]
+    ] == [
+        ("A", 2, pytest.approx(0.55), scans[1].pk),
+        ("B", 1, pytest.approx(0.20), scans[2].pk),
+    ]
+    assert rows[plain.pk]["lesions"] == []
+    # Five more studies, each with three lesions of analysed images and one of a
+    # withheld image (no result).
+    for number in range(5):
+        more = study_create(
+            patient=patient_create(identifier=f"H-02{number}", name=f"More {number}"),
+            created_by=user,
+        )
+        for malignant in (0.1, 0.2, 0.3):
+            image = analysed_scan(more, user, probabilities=_p(malignant))
+            scan_lesion_new(scan=image, user=radiologist)
+        scan_lesion_new(scan=withheld_scan(more, user), user=radiologist)
+    rows, many = listed()
+    assert len(rows) == 7 and many == few
+    assert sum(len(row["lesions"]) for row in rows.values()) == 2 + 5 * 4
+    assert {
+        lesion["label"]: lesion["malignancy"] and lesion["malignancy"]["malignant"]
+        for lesion in rows[more.pk]["lesions"]
+    } == {
+        "A": pytest.approx(0.1),
+        "B": pytest.approx(0.2),
+        "C": pytest.approx(0.3),
+        "D": None,
+    }
+
+
 def _queries(client: Any, url: str) -> int:
     with CaptureQueriesContext(connection) as captured:
         response = client.get(url)
