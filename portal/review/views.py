@@ -15,7 +15,11 @@ from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION
 from portal.accounts.roles import require_permissions
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.analyses.models import Analysis
-from portal.analyses.selectors import study_malignancies, viewer_layers
+from portal.analyses.selectors import (
+    lesion_malignancies,
+    study_malignancies,
+    viewer_layers,
+)
 from portal.audit.services import Action, record_access, record_accesses
 from portal.clinical.models import Lesion, Scan, Study
 from portal.clinical.scanners import Scanner
@@ -119,6 +123,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
         ignored.append("Page position: not one of this list's; the top is shown")
     studies = page.object_list
     _mark_ties(studies)
+    study_ids = [study.pk for study in studies]
     record_accesses(request, studies, action=Action.VIEW, detail="worklist")
     # Reading starts at the top of the worklist, whichever page is shown.
     top = (
@@ -134,9 +139,9 @@ def worklist(request: HttpRequest) -> HttpResponse:
             # The navigation's count is the page's (counted once).
             "worklist_count": page.count,
             "first_unsigned": top.next_scan_id if top else None,
-            "study_malignancies": study_malignancies(
-                study_ids=[study.pk for study in studies]
-            ),
+            "study_malignancies": study_malignancies(study_ids=study_ids),
+            # The page's lesions, a hint per row: two queries for the whole page.
+            "lesion_malignancies": lesion_malignancies(study_ids=study_ids),
         },
     )
 

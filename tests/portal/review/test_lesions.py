@@ -411,6 +411,45 @@ def test_the_api_study_list_gives_each_study_its_lesions_in_queries_that_do_not_
     }
 
 
+def test_the_worklist_row_hints_at_each_lesion_in_queries_that_do_not_grow(
+    client: Any, radiologist: Any, scans: list[Any], study: Any, user: Any
+) -> None:
+    import re
+
+    _group(scans, radiologist)
+    plain = study_create(
+        patient=patient_create(identifier="H-0100", name="No Lesion"), created_by=user
+    )
+    analysed_scan(plain, user, probabilities=_p(0.5))
+    client.force_login(radiologist)
+    url = reverse("review:worklist")
+    client.get(url)  # the process's content-type cache, read once for the audit
+
+    def rows() -> tuple[dict[int, str], int]:
+        with CaptureQueriesContext(connection) as captured:
+            response = client.get(url)
+        assert response.status_code == 200
+        html = response.content.decode()
+        found = re.findall(r'<tr data-study="(\d+)">(.*?)</tr>', html, re.DOTALL)
+        return {int(pk): row for pk, row in found}, len(captured.captured_queries)
+
+    shown, few = rows()
+    assert "lesions: A 55%, B 20%</span>" in shown[study.pk]
+    assert "lesion-hint" not in shown[plain.pk]
+    for number in range(5):
+        more = study_create(
+            patient=patient_create(identifier=f"H-02{number}", name=f"More {number}"),
+            created_by=user,
+        )
+        for malignant in (0.1, 0.2, 0.3):
+            image = analysed_scan(more, user, probabilities=_p(malignant))
+            scan_lesion_new(scan=image, user=radiologist)
+        scan_lesion_new(scan=withheld_scan(more, user), user=radiologist)
+    shown, many = rows()
+    assert len(shown) == 7 and many == few
+    assert "lesions: A 10%, B 20%, C 30%, D —</span>" in shown[more.pk]
+
+
 def _queries(client: Any, url: str) -> int:
     with CaptureQueriesContext(connection) as captured:
         response = client.get(url)
