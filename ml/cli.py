@@ -238,7 +238,7 @@ def _recipe(args: argparse.Namespace) -> dict:
     """The fine-tuning recipe's guards against forgetting, from the command line."""
     return {
         "freeze_batchnorm": not args.no_freeze_batchnorm,
-        "blends": tuple(args.blends),
+        "blends": () if args.no_blend else tuple(args.blends),
         "blend_tolerance": args.blend_tolerance,
     }
 
@@ -249,8 +249,12 @@ def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         nargs="+",
         default=[0.25, 0.5, 0.75, 1.0],
-        help="blends base + a * (tuned - base) tried besides the base itself "
-        "(1.0 alone: ship the fine-tuned weights as they are)",
+        help="blends base + a * (tuned - base) tried besides the base itself",
+    )
+    parser.add_argument(
+        "--no-blend",
+        action="store_true",
+        help="ablation: ship the fine-tuned weights as they are, no blend chosen",
     )
     parser.add_argument(
         "--blend-tolerance",

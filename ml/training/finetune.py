@@ -70,7 +70,8 @@ class FinetuneConfig:
     refit_reserve_s: float = 240  # choosing the blend, calibration, OOD statistics
     cache_dir: Path | None = DEFAULT_CACHE_DIR
     freeze_batchnorm: bool = True
-    # Blends tried besides the base (0.0); (1.0,) alone: the fine-tuned weights as they are.
+    # Blends tried besides the base (0.0); empty: no blending, the fine-tuned weights are
+    # shipped as they are (the first recipe, kept as an ablation).
     blends: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     blend_tolerance: float = 0.01
 
@@ -300,7 +301,7 @@ def finetune(config: FinetuneConfig) -> dict:
     tuned_weights = model.get_weights()
     fitted_at = time.perf_counter()
     blends = []
-    for blend in sorted({0.0, *config.blends}):
+    for blend in sorted({0.0, *config.blends}) if config.blends else ():
         _blend(model, base_weights, tuned_weights, blend)
         blends.append(
             {
@@ -316,7 +317,7 @@ def finetune(config: FinetuneConfig) -> dict:
                 },
             }
         )
-    chosen = choose_blend(blends, config.blend_tolerance)
+    chosen = choose_blend(blends, config.blend_tolerance) if blends else {"blend": 1.0}
     _blend(model, base_weights, tuned_weights, chosen["blend"])
     for row in blends:
         logger.info(
@@ -360,7 +361,7 @@ def finetune(config: FinetuneConfig) -> dict:
             "freeze_batchnorm": config.freeze_batchnorm,
             "blend": chosen["blend"],
             "blend_tolerance": config.blend_tolerance,
-            "blend_rule": "each original source",
+            "blend_rule": "each original source" if blends else None,
             "blends": [
                 {
                     "blend": row["blend"],

@@ -173,6 +173,47 @@ def test_every_batch_norm_keeps_the_base_statistics_and_a_blend_is_chosen(
             np.testing.assert_array_equal(before, after)
 
 
+def test_the_first_recipe_as_an_ablation_ships_the_tuned_weights(tmp_path, tiny_base):
+    """No blends and moving batch norms: nothing is chosen, nothing is blended back, and
+    the decoder's statistics moved with the site's batches."""
+    import keras
+
+    from ml import weights_io
+    from ml.model import build_busnet
+
+    out = tmp_path / "first"
+    summary = finetune(
+        FinetuneConfig(
+            base=tiny_base,
+            site_sources=(_site_source(tmp_path / "hospital"),),
+            out_dir=out,
+            epochs=1,
+            epoch_images=16,
+            batch_size=8,
+            original_limit=3,
+            augment=False,
+            cache_dir=None,
+            freeze_batchnorm=False,
+            blends=(),
+        )
+    )
+    assert summary["blend"] == 1.0 and summary["blends"] == []
+    assert summary["blend_rule"] is None and summary["freeze_batchnorm"] is False
+    base, candidate = build_busnet(SIZE), build_busnet(SIZE)
+    weights_io.load_into(base, tiny_base)
+    weights_io.load_into(candidate, out)
+    moved = [
+        layer.name
+        for layer in base.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        and layer.name.startswith("decoder")
+        and not np.array_equal(
+            layer.moving_mean, candidate.get_layer(layer.name).moving_mean
+        )
+    ]
+    assert moved
+
+
 def _summary(auc, dice):
     return {
         "balanced_accuracy": 0.5,
