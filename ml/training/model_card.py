@@ -417,7 +417,9 @@ statistics moved with the site's batches; the tuned weights shipped as they were
 back towards the base's, `base + a * (tuned - base)` (WiSE-FT), `a` chosen on validation
 by `ml.training.finetune.choose_blend` (the best site validation score among the blends
 losing at most 0.01 AUC or Dice on the original sources' validation images; 0 is the
-base). The first recipe's rows stay beside the guarded ones: `--tag` names such runs.
+base). The first recipe's rows stay beside the guarded ones (`python -m ml loso-finetune
+--fold SOURCE --k 200 --tag first --no-blend --no-freeze-batchnorm`), on the same fold
+model where the row's "before" figures match.
 
 {table}
 """
