@@ -141,8 +141,14 @@ def train(config: TrainConfig) -> dict:
     )
     model = build_busnet(config.image_size, class_head=config.class_head)
     load_imagenet_weights(model, imagenet_weights_path())
+    # The fit's settings training has (fine-tuning's own, such as freezing every batch
+    # norm, keep their defaults; a required one missing fails here).
     fit_config = FitConfig(
-        **{name: getattr(config, name) for name in FitConfig.__dataclass_fields__}
+        **{
+            name: getattr(config, name)
+            for name in FitConfig.__dataclass_fields__
+            if hasattr(config, name)
+        }
     )
     log_path = config.log_path or config.out_dir / "training_log.csv"
     fitted = fit(model, train_set, val_set, fit_config, log_path)
