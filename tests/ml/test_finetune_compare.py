@@ -140,6 +140,15 @@ def test_one_epoch_writes_weights_with_their_lineage(tiny_base, tuned):
     assert result.lesion_mask.shape == (60, 80)
 
 
+def _network(weights: Path):
+    from ml import weights_io
+    from ml.model import build_busnet
+
+    model = build_busnet(SIZE)
+    weights_io.load_into(model, weights)
+    return model
+
+
 def test_every_batch_norm_keeps_the_base_statistics_and_a_blend_is_chosen(
     tiny_base, tuned
 ):
@@ -148,13 +157,8 @@ def test_every_batch_norm_keeps_the_base_statistics_and_a_blend_is_chosen(
     the blend the rule chose among those tried, recorded with their validation figures."""
     import keras
 
-    from ml import weights_io
-    from ml.model import build_busnet
-
     _, out, summary = tuned
-    base, candidate = build_busnet(SIZE), build_busnet(SIZE)
-    weights_io.load_into(base, tiny_base)
-    weights_io.load_into(candidate, out)
+    base, candidate = _network(tiny_base), _network(out)
     norms = [
         layer.name
         for layer in base.layers
@@ -178,9 +182,6 @@ def test_the_first_recipe_as_an_ablation_ships_the_tuned_weights(tmp_path, tiny_
     the decoder's statistics moved with the site's batches."""
     import keras
 
-    from ml import weights_io
-    from ml.model import build_busnet
-
     out = tmp_path / "first"
     summary = finetune(
         FinetuneConfig(
@@ -199,9 +200,7 @@ def test_the_first_recipe_as_an_ablation_ships_the_tuned_weights(tmp_path, tiny_
     )
     assert summary["blend"] == 1.0 and summary["blends"] == []
     assert summary["blend_rule"] is None and summary["freeze_batchnorm"] is False
-    base, candidate = build_busnet(SIZE), build_busnet(SIZE)
-    weights_io.load_into(base, tiny_base)
-    weights_io.load_into(candidate, out)
+    base, candidate = _network(tiny_base), _network(out)
     moved = [
         layer.name
         for layer in base.layers
