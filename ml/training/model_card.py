@@ -420,6 +420,7 @@ losing at most 0.01 AUC or Dice on the original sources' validation images; 0 is
 base). The first recipe's rows stay beside the guarded ones (`python -m ml loso-finetune
 --fold SOURCE --k 200 --tag first --no-blend --no-freeze-batchnorm`), on the same fold
 model where the row's "before" figures match.
+{report.get("note", "")}
 
 {table}
 """
