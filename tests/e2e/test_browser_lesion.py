@@ -5,7 +5,6 @@ page still fits the window, and the study page shows the lesion's result."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +71,9 @@ def test_a_reader_groups_two_views_without_losing_the_draft(
     from portal.accounts.roles import RADIOLOGIST
 
     base = live_server.url
-    context = chromium.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(f"{base}/accounts/login/")
-    page.fill("input[name=username]", people[RADIOLOGIST].username)
-    page.fill("input[name=password]", review_workflow.PASSWORD)
-    page.click("form button[type=submit]")
-    page.wait_for_url(re.compile(r".*/dashboard/$"))
+    page = review_workflow._log_in(
+        chromium, base, people[RADIOLOGIST].username, viewport=VIEWPORT
+    )
 
     first, second = study_scans["l1.png"], study_scans["l2.png"]
     page.goto(f"{base}/scans/{first.pk}/review/")
@@ -112,4 +106,4 @@ def test_a_reader_groups_two_views_without_losing_the_draft(
     assert "Lesion A: 65.0%" in line and "l2.png" in line, line
     assert "90.0%" in page.inner_text("#study-malignancy")  # r1.png, in no lesion
     screenshots(page, "02-study-page")
-    context.close()
+    page.context.close()

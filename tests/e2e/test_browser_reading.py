@@ -108,14 +108,9 @@ def test_five_scans_signed_in_a_row_from_the_keyboard(
     from portal.accounts.roles import RADIOLOGIST
 
     base = live_server.url
-    context = chromium.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(f"{base}/accounts/login/")
-    page.fill("input[name=username]", people[RADIOLOGIST].username)
-    page.fill("input[name=password]", review_workflow.PASSWORD)
-    page.click("form button[type=submit]")
-    page.wait_for_url(re.compile(r".*/dashboard/$"))
+    page = review_workflow._log_in(
+        chromium, base, people[RADIOLOGIST].username, viewport=VIEWPORT
+    )
     page.goto(f"{base}/worklist/")
     assert "a1.png" in page.inner_text("#worklist-rows")
     screenshots(page, "01-worklist")
@@ -195,4 +190,4 @@ def test_five_scans_signed_in_a_row_from_the_keyboard(
     assert summary == "60.0%", summary
     assert "over 5 signed reviews (3 agreed)" in page.inner_text("#agreement-summary")
     screenshots(page, "05-agreement")
-    context.close()
+    page.context.close()

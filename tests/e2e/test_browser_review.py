@@ -188,9 +188,16 @@ def stub_worker(
 # --- the scenario --------------------------------------------------------------------
 
 
-def _log_in(browser: Any, base: str, username: str) -> Any:
+def _log_in(
+    browser: Any,
+    base: str,
+    username: str,
+    viewport: dict[str, int] | None = None,
+) -> Any:
+    """A new browser context logged in as `username`, on the dashboard (the reading
+    tests ask for a laptop's 1366x768; the close of `page.context` is the caller's)."""
     context = browser.new_context(
-        accept_downloads=True, viewport={"width": 1400, "height": 1000}
+        accept_downloads=True, viewport=viewport or {"width": 1400, "height": 1000}
     )
     page = context.new_page()
     page.set_default_timeout(30_000)

@@ -94,13 +94,11 @@ def tiny_base(tmp_path_factory, all_sources) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def tuned(tmp_path_factory, tiny_base) -> tuple[Path, Path, dict]:
-    site = _site_source(tmp_path_factory.mktemp("site") / "hospital")
-    out = tmp_path_factory.mktemp("tuned")
-    summary = finetune(
+def _one_epoch(base: Path, site: Path, out: Path, **recipe) -> dict:
+    """One epoch of 16 draws of the tiny model on the site, with `recipe`'s guards."""
+    return finetune(
         FinetuneConfig(
-            base=tiny_base,
+            base=base,
             site_sources=(site,),
             out_dir=out,
             epochs=1,
@@ -109,9 +107,16 @@ def tuned(tmp_path_factory, tiny_base) -> tuple[Path, Path, dict]:
             original_limit=3,
             augment=False,
             cache_dir=None,
+            **recipe,
         )
     )
-    return site, out, summary
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, tiny_base) -> tuple[Path, Path, dict]:
+    site = _site_source(tmp_path_factory.mktemp("site") / "hospital")
+    out = tmp_path_factory.mktemp("tuned")
+    return site, out, _one_epoch(tiny_base, site, out)
 
 
 def test_one_epoch_writes_weights_with_their_lineage(tiny_base, tuned):
@@ -183,21 +188,8 @@ def test_the_first_recipe_as_an_ablation_ships_the_tuned_weights(tmp_path, tiny_
     import keras
 
     out = tmp_path / "first"
-    summary = finetune(
-        FinetuneConfig(
-            base=tiny_base,
-            site_sources=(_site_source(tmp_path / "hospital"),),
-            out_dir=out,
-            epochs=1,
-            epoch_images=16,
-            batch_size=8,
-            original_limit=3,
-            augment=False,
-            cache_dir=None,
-            freeze_batchnorm=False,
-            blends=(),
-        )
-    )
+    site = _site_source(tmp_path / "hospital")
+    summary = _one_epoch(tiny_base, site, out, freeze_batchnorm=False, blends=())
     assert summary["blend"] == 1.0 and summary["blends"] == []
     assert summary["blend_rule"] is None and summary["freeze_batchnorm"] is False
     base, candidate = _network(tiny_base), _network(out)

@@ -345,17 +345,23 @@ def test_the_api_lists_the_lesions_of_a_study(
     assert detail.json()["study_malignancy"]["scan"] == scans[3].pk
 
 
+def _grouped_beside_a_plain_study(scans: list[Any], radiologist: Any, user: Any) -> Any:
+    """The study's scans grouped into lesions A and B, and another study without any."""
+    _group(scans, radiologist)
+    plain = study_create(
+        patient=patient_create(identifier="H-0100", name="No Lesion"), created_by=user
+    )
+    analysed_scan(plain, user, probabilities=_p(0.5))
+    return plain
+
+
 def test_the_api_study_list_gives_each_study_its_lesions_in_queries_that_do_not_grow(
     make_user: Any, radiologist: Any, scans: list[Any], study: Any, user: Any
 ) -> None:
     from knox.models import AuthToken
     from rest_framework.test import APIClient
 
-    _group(scans, radiologist)
-    plain = study_create(
-        patient=patient_create(identifier="H-0100", name="No Lesion"), created_by=user
-    )
-    analysed_scan(plain, user, probabilities=_p(0.5))
+    plain = _grouped_beside_a_plain_study(scans, radiologist, user)
     _, key = AuthToken.objects.create(make_user("radiologist", "api-reader"))
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
@@ -416,11 +422,7 @@ def test_the_worklist_row_hints_at_each_lesion_in_queries_that_do_not_grow(
 ) -> None:
     import re
 
-    _group(scans, radiologist)
-    plain = study_create(
-        patient=patient_create(identifier="H-0100", name="No Lesion"), created_by=user
-    )
-    analysed_scan(plain, user, probabilities=_p(0.5))
+    plain = _grouped_beside_a_plain_study(scans, radiologist, user)
     client.force_login(radiologist)
     url = reverse("review:worklist")
     client.get(url)  # the process's content-type cache, read once for the audit
