@@ -148,7 +148,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     args.out.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
     print(
         f"{calibration.calibration_id}: temperature {calibration.temperature:.3f}, "
-        f"offsets {list(calibration.offsets)}, threshold {calibration.threshold} "
+        f"offsets {list(calibration.offsets)}, decision offsets "
+        f"{list(calibration.decision_offsets)}, threshold {calibration.threshold} "
         f"on {calibration.n} reads -> {args.out}"
     )
     if calibration.n < MIN_READS_FOR_SITE_CALIBRATION:

@@ -209,6 +209,37 @@ def fit_class_bias(
     return best
 
 
+def fit_bias_and_temperature(
+    logits: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Per-class logit offsets and the temperature minimising, together, the negative
+    log-likelihood of ``softmax((logits + offsets) / T)`` (bias-corrected temperature scaling,
+    Alexandari, Kundaje & Shrikumar, ICML 2020): probabilities calibrated to the class mix of
+    the data fitted on. Benign's offset stays 0 (only differences between offsets matter)."""
+    from scipy.optimize import minimize
+
+    logits = np.asarray(logits, np.float64)
+    rows = np.arange(len(labels))
+
+    def nll(x: np.ndarray) -> float:
+        bias = np.zeros(len(CLASSES))
+        bias[NORMAL], bias[MALIGNANT] = x[0], x[1]
+        scaled = (logits + bias) / np.exp(x[2])
+        scaled = scaled - scaled.max(axis=1, keepdims=True)
+        log_p = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+        return float(-log_p[rows, labels].mean())
+
+    result = minimize(
+        nll,
+        np.zeros(3),
+        method="L-BFGS-B",
+        bounds=[(-10.0, 10.0), (-10.0, 10.0), (np.log(0.05), np.log(20.0))],
+    )
+    bias = np.zeros(len(CLASSES))
+    bias[NORMAL], bias[MALIGNANT] = result.x[0], result.x[1]
+    return bias, float(np.exp(result.x[2]))
+
+
 def fit_offsets_and_temperature(
     logits: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, float]:

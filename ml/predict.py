@@ -165,12 +165,14 @@ def predict(
 
 
 def _calibrated(site, logits) -> dict:
-    """The site calibration's id, its probabilities and the operating point's verdict."""
+    """The site calibration's id, its probabilities, label and the operating point's
+    verdict."""
     from ml.config import CLASSES
 
     probabilities = site.probabilities(logits[None])
     return {
         "calibration": site.calibration_id,
+        "calibrated_label": CLASSES[int(site.labels(logits[None])[0])],
         "calibrated_probabilities": {
             name: float(probabilities[0, c]) for c, name in enumerate(CLASSES)
         },

@@ -5,11 +5,19 @@ implementation; it imports neither TensorFlow nor Django, so the portal can impo
 
 Convention: calibrated probabilities are ``softmax((logits + offsets) / temperature)`` on the
 network's raw class logits (``ImageAnalysis.class_logits``, before the training calibration),
-exactly as the weights' own calibration is applied (``ml.inference``). The offsets and the
-temperature are fitted as ``ml.training.calibration`` fits the training calibration (one
-implementation, :func:`ml.metrics.fit_offsets_and_temperature`): per-class offsets
-maximising balanced recall, then the temperature minimising the negative log-likelihood
-(Guo et al., 2017).
+exactly as the weights' own calibration is applied (``ml.inference``); the label shown is
+``argmax(logits + decision_offsets)``.
+
+Two questions, two fits (format version 2). The probabilities answer "how likely is each
+class at this site": the offsets and the temperature are fitted together by the negative
+log-likelihood of the site's reads (bias-corrected temperature scaling, Alexandari et al.
+2020), so they carry the site's own case mix. The label answers "which class, weighing every
+class alike": the decision offsets maximise balanced recall (:func:`ml.metrics.fit_class_bias`,
+as the training calibration's offsets do). Version 1 fitted one set of offsets for both,
+balanced recall first and the temperature after: its probabilities were calibrated to a
+uniform class prior, not the site's, and no temperature can undo a prior shift (its ECE at
+100 reads is in ``ml/MODEL_CARD.md``'s site-adaptation curve beside version 2's). A version 1
+calibration still loads and means what it meant: its decision offsets are its offsets.
 
 The operating point is a threshold on calibrated p(malignant): the highest threshold at
 which at least ``target_sensitivity`` of the signed malignant cases are flagged
@@ -32,7 +40,12 @@ import numpy as np
 
 from ml import metrics
 from ml.config import CLASSES
-from ml.metrics import MALIGNANT, fit_offsets_and_temperature, reliability_bins
+from ml.metrics import (
+    MALIGNANT,
+    fit_bias_and_temperature,
+    fit_class_bias,
+    reliability_bins,
+)
 
 __all__ = [
     "MIN_MALIGNANT_FOR_THRESHOLD",
@@ -40,14 +53,15 @@ __all__ = [
     "SiteCalibration",
     "estimate_prior_em",
     "evaluate_site_calibration",
-    "fit_offsets_and_temperature",
     "fit_site_calibration",
     "is_unusual",
     "reliability_bins",
     "site_ood_threshold",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 (one set of offsets for the label and the probabilities) still loads.
+READABLE_VERSIONS = (1, 2)
 
 # Below this many signed reads a site keeps the training calibration and operating point.
 # The issue's targets are stated at 100 reads (ECE <= 0.04, sensitivity within 0.85-0.95 at
@@ -111,7 +125,8 @@ def _labels_array(labels: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SiteCalibration:
-    """Temperature, class offsets and operating point; see the module docstring."""
+    """Temperature, class offsets, decision offsets and operating point; see the module
+    docstring."""
 
     temperature: float
     offsets: tuple[float, float, float]
@@ -119,8 +134,11 @@ class SiteCalibration:
     target_sensitivity: float
     n: int
     fitted_on: dict = field(default_factory=dict)
-    # Content hash of everything above; computed when empty, checked when given.
+    # Content hash of everything else; computed when empty, checked when given.
     calibration_id: str = ""
+    # The label's rule; None: the offsets (version 1 has no other).
+    decision_offsets: tuple[float, float, float] | None = None
+    version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         temperature = float(self.temperature)
@@ -145,8 +163,28 @@ class SiteCalibration:
             )
         if int(self.n) < 0:
             raise ValueError(f"n must not be negative, got {self.n!r}")
+        if self.version not in READABLE_VERSIONS:
+            raise ValueError(
+                f"calibration format version {self.version!r} is not one of {READABLE_VERSIONS}"
+            )
+        if self.decision_offsets is None:
+            decision = offsets
+        else:
+            decision = tuple(float(v) for v in self.decision_offsets)
+            if len(decision) != len(CLASSES) or not all(
+                math.isfinite(v) for v in decision
+            ):
+                raise ValueError(
+                    f"decision_offsets must be {len(CLASSES)} finite numbers ({CLASSES}), "
+                    f"got {self.decision_offsets!r}"
+                )
+            if self.version == 1 and decision != offsets:
+                raise ValueError(
+                    "a version 1 calibration has no decision offsets of its own"
+                )
         object.__setattr__(self, "temperature", temperature)
         object.__setattr__(self, "offsets", offsets)
+        object.__setattr__(self, "decision_offsets", decision)
         object.__setattr__(self, "threshold", threshold)
         object.__setattr__(self, "target_sensitivity", target)
         object.__setattr__(self, "n", int(self.n))
@@ -161,8 +199,8 @@ class SiteCalibration:
             )
 
     def _parameters(self) -> dict:
-        return {
-            "version": FORMAT_VERSION,
+        parameters = {
+            "version": self.version,
             "classes": list(CLASSES),
             "temperature": self.temperature,
             "offsets": list(self.offsets),
@@ -171,6 +209,9 @@ class SiteCalibration:
             "n": self.n,
             "fitted_on": self.fitted_on,
         }
+        if self.version >= 2:
+            parameters["decision_offsets"] = list(self.decision_offsets)
+        return parameters
 
     def _content_hash(self) -> str:
         canonical = json.dumps(
@@ -188,9 +229,9 @@ class SiteCalibration:
                 f"a calibration must be a JSON object, got {type(d).__name__}"
             )
         version = d.get("version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
-                f"calibration format version {version!r} is not {FORMAT_VERSION}"
+                f"calibration format version {version!r} is not one of {READABLE_VERSIONS}"
             )
         classes = d.get("classes", list(CLASSES))
         if list(classes) != list(CLASSES):
@@ -212,6 +253,10 @@ class SiteCalibration:
             n=d["n"],
             fitted_on=d.get("fitted_on") or {},
             calibration_id=d.get("calibration_id", ""),
+            decision_offsets=None
+            if d.get("decision_offsets") is None
+            else tuple(d["decision_offsets"]),
+            version=version,
         )
 
     @classmethod
@@ -238,9 +283,16 @@ class SiteCalibration:
         array = _logits_array(logits)
         return metrics.softmax(array + np.asarray(self.offsets), self.temperature)
 
+    def labels(self, logits: np.ndarray) -> np.ndarray:
+        """(n,) class indices from (n, 3) raw class logits: ``argmax(logits +
+        decision_offsets)``, every class weighed alike whatever the site's case mix."""
+        array = _logits_array(logits)
+        return (array + np.asarray(self.decision_offsets)).argmax(axis=1)
+
     def suspicious(self, probabilities: np.ndarray) -> np.ndarray:
         """(n,) bool: calibrated p(malignant) at or above the threshold; without a threshold,
-        the calibrated label is malignant."""
+        malignant is the most probable class (the training operating point, whose
+        probabilities and label share one set of offsets)."""
         array = np.asarray(probabilities, np.float64)
         if array.ndim != 2 or array.shape[1] != len(CLASSES):
             raise ValueError(
@@ -304,7 +356,8 @@ def fit_site_calibration(
     groups: Sequence | np.ndarray | None = None,
     scanners: Sequence | np.ndarray | None = None,
 ) -> SiteCalibration:
-    """Fit temperature, class offsets and the operating point on a site's signed reads.
+    """Fit the probabilities' offsets and temperature (by likelihood), the label's decision
+    offsets (balanced recall) and the operating point on a site's signed reads.
 
     ``labels`` are indices into ``CLASSES``; ``groups`` (patients) and ``scanners`` (e.g.
     DICOM Manufacturer / Model Name) are only counted into ``fitted_on``. The threshold is
@@ -318,7 +371,8 @@ def fit_site_calibration(
         raise ValueError(
             f"target_sensitivity must be strictly between 0 and 1, got {target_sensitivity!r}"
         )
-    offsets, temperature = fit_offsets_and_temperature(logits, labels)
+    offsets, temperature = fit_bias_and_temperature(logits, labels)
+    decision_offsets = fit_class_bias(logits, labels)
     calibrated = metrics.softmax(logits + offsets, temperature)
     threshold = _threshold_for(
         calibrated[labels == MALIGNANT, MALIGNANT], target_sensitivity
@@ -344,6 +398,7 @@ def fit_site_calibration(
     return SiteCalibration(
         temperature=float(temperature),
         offsets=tuple(float(v) for v in offsets),
+        decision_offsets=tuple(float(v) for v in decision_offsets),
         threshold=threshold,
         target_sensitivity=float(target_sensitivity),
         n=len(labels),
@@ -361,9 +416,12 @@ def _group_folds(groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
 
 
 def _measures(
-    labels: np.ndarray, probabilities: np.ndarray, flagged: np.ndarray
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    predicted: np.ndarray,
+    flagged: np.ndarray,
 ) -> dict:
-    recall = metrics.recalls(labels, probabilities.argmax(axis=1))
+    recall = metrics.recalls(labels, predicted)
     malignant = labels == MALIGNANT
     return {
         "n": len(labels),
@@ -412,12 +470,15 @@ def evaluate_site_calibration(
 
     if baseline is None:
         before_probabilities = metrics.softmax(logits)
-        before_flagged = before_probabilities.argmax(axis=1) == MALIGNANT
+        before_predicted = before_probabilities.argmax(axis=1)
+        before_flagged = before_predicted == MALIGNANT
     else:
         before_probabilities = baseline.probabilities(logits)
+        before_predicted = baseline.labels(logits)
         before_flagged = baseline.suspicious(before_probabilities)
 
     after_probabilities = np.zeros_like(logits)
+    after_predicted = np.zeros(len(labels), np.int64)
     after_flagged = np.zeros(len(labels), bool)
     fold_thresholds = []
     for test in _group_folds(groups, folds, seed):
@@ -426,15 +487,22 @@ def evaluate_site_calibration(
             logits[train], labels[train], target_sensitivity=target_sensitivity
         )
         after_probabilities[test] = fitted.probabilities(logits[test])
+        after_predicted[test] = fitted.labels(logits[test])
         after_flagged[test] = fitted.suspicious(after_probabilities[test])
         fold_thresholds.append(fitted.threshold)
 
     def statistic(indices: np.ndarray) -> dict:
         before = _measures(
-            labels[indices], before_probabilities[indices], before_flagged[indices]
+            labels[indices],
+            before_probabilities[indices],
+            before_predicted[indices],
+            before_flagged[indices],
         )
         after = _measures(
-            labels[indices], after_probabilities[indices], after_flagged[indices]
+            labels[indices],
+            after_probabilities[indices],
+            after_predicted[indices],
+            after_flagged[indices],
         )
         return {
             **{f"before/{k}": v for k, v in before.items()},
@@ -465,8 +533,13 @@ def evaluate_site_calibration(
         if interval is not None and not np.isnan(interval[0]):
             threshold_interval = list(interval)
 
-    def side(name: str, probabilities: np.ndarray, flagged: np.ndarray) -> dict:
-        measured = _measures(labels, probabilities, flagged)
+    def side(
+        name: str,
+        probabilities: np.ndarray,
+        predicted: np.ndarray,
+        flagged: np.ndarray,
+    ) -> dict:
+        measured = _measures(labels, probabilities, predicted, flagged)
         return {
             **measured,
             "intervals": {
@@ -488,8 +561,10 @@ def evaluate_site_calibration(
                 name: int((labels == c).sum()) for c, name in enumerate(CLASSES)
             },
             "baseline": None if baseline is None else baseline.calibration_id,
-            "before": side("before", before_probabilities, before_flagged),
-            "after": side("after", after_probabilities, after_flagged),
+            "before": side(
+                "before", before_probabilities, before_predicted, before_flagged
+            ),
+            "after": side("after", after_probabilities, after_predicted, after_flagged),
             "threshold": final.threshold,
             "threshold_interval": threshold_interval,
             "fold_thresholds": fold_thresholds,

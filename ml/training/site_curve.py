@@ -44,7 +44,7 @@ def source_groups(source: str) -> dict[str, str]:
 
 
 def score_source(weights: Path, source: str, *, batch_size: int = 8) -> dict:
-    """Raw logits and OOD scores of a source's used images and its Doppler frames, cached
+    """Raw logits, OOD scores and predicted lesion areas of a source's used images and its Doppler frames, cached
     per model version."""
     from ml.inference import Analyzer
     from ml.weights_io import read_meta
@@ -62,12 +62,13 @@ def score_source(weights: Path, source: str, *, batch_size: int = 8) -> dict:
         if r.path in group_of or r.excluded == "colour Doppler overlay"
     ]
     analyzer = Analyzer.load(weights)
-    logits, ood = [], []
+    logits, ood, area = [], [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         for result in analyzer.analyze([load_image(root, r) for r in chunk]):
             logits.append(result.class_logits)
             ood.append(np.nan if result.ood_score is None else result.ood_score)
+            area.append(result.lesion_area_fraction)
         logger.info("%s: %d/%d scored", source, start + len(chunk), len(records))
     out = {
         "paths": np.array([r.path for r in records]),
@@ -76,6 +77,7 @@ def score_source(weights: Path, source: str, *, batch_size: int = 8) -> dict:
         "doppler": np.array([r.excluded == "colour Doppler overlay" for r in records]),
         "logits": np.asarray(logits, np.float64),
         "ood_score": np.asarray(ood, np.float64),
+        "lesion_area": np.asarray(area, np.float64),
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
@@ -112,7 +114,7 @@ def curve(
     if baseline is not None:
         probabilities = baseline.probabilities(logits)
         flagged = baseline.suspicious(probabilities)
-        recall = metrics.recalls(labels, probabilities.argmax(1))
+        recall = metrics.recalls(labels, baseline.labels(logits))
         rows["training"] = {
             "ece": metrics.expected_calibration_error(labels, probabilities),
             **{f"recall_{n}": float(recall[c]) for c, n in enumerate(CLASSES)},
@@ -133,7 +135,7 @@ def curve(
             )
             probabilities = calibration.probabilities(logits[rest])
             truth = labels[rest]
-            recall = metrics.recalls(truth, probabilities.argmax(1))
+            recall = metrics.recalls(truth, calibration.labels(logits[rest]))
             flagged = calibration.suspicious(probabilities)
             values = {
                 "ece": metrics.expected_calibration_error(truth, probabilities),

@@ -489,13 +489,15 @@ def _set_scores(
     own), from its stored logits."""
     logits = np.asarray([analysis.logits for analysis in analyses], np.float64)
     probabilities = fitted.probabilities(logits)
+    chosen = fitted.labels(logits)
     suspicious = fitted.suspicious(probabilities)
     names = list(Analysis.Label.values)
-    for analysis, row, flag in zip(analyses, probabilities, suspicious, strict=True):
-        best = int(row.argmax())
+    for analysis, row, best, flag in zip(
+        analyses, probabilities, chosen, suspicious, strict=True
+    ):
         analysis.probabilities = {name: float(row[i]) for i, name in enumerate(names)}
-        analysis.label = names[best]
-        analysis.confidence = float(row[best])
+        analysis.label = names[int(best)]
+        analysis.confidence = float(row[int(best)])
         analysis.suspicious = bool(flag)
         analysis.operating_threshold = fitted.threshold
         analysis.calibration = calibration

@@ -191,6 +191,7 @@ def test_predict_cli_writes_results_and_names_bad_files(tmp_path):
             "gate_score",
             "calibration",
             "calibrated_probabilities",
+            "calibrated_label",
             "suspicious",
         }
         assert result["explained_class"] == result["label"]
@@ -198,6 +199,8 @@ def test_predict_cli_writes_results_and_names_bad_files(tmp_path):
         assert result["calibration"] == site.calibration_id
         calibrated = site.probabilities(np.array([result["logits"]]))
         assert result["suspicious"] == bool(site.suspicious(calibrated)[0])
+        label = CLASSES[int(site.labels(np.array([result["logits"]]))[0])]
+        assert result["calibrated_label"] == label
         np.testing.assert_allclose(
             [result["calibrated_probabilities"][c] for c in CLASSES],
             calibrated[0],

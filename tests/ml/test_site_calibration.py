@@ -12,6 +12,7 @@ import pytest
 
 from ml import metrics
 from ml.config import CLASSES
+from ml.metrics import fit_bias_and_temperature
 from ml.site_calibration import (
     SiteCalibration,
     estimate_prior_em,
@@ -74,6 +75,7 @@ def test_round_trip_and_content_hash():
         ({"threshold": 1.5}, "threshold"),
         ({"target_sensitivity": 1.0}, "target_sensitivity"),
         ({"classes": ["benign", "normal", "malignant"]}, "classes"),
+        ({"decision_offsets": [0.0, float("nan"), 0.0]}, "decision_offsets"),
     ],
 )
 def test_bad_calibration_is_refused_clearly(change, message):
@@ -130,9 +132,66 @@ def test_fit_improves_calibration_and_reaches_the_target_with_the_highest_thresh
     assert fitted.fitted_on["classes"] == {
         name: int((labels == c).sum()) for c, name in enumerate(CLASSES)
     }
-    # The same fit as the training calibration (one implementation).
-    class_bias, temperature = calibrate(logits, labels)
-    assert tuple(class_bias) == fitted.offsets and temperature == fitted.temperature
+    # The label's rule is the training calibration's (one implementation); the
+    # probabilities are fitted by likelihood (bias-corrected temperature scaling).
+    class_bias, _temperature = calibrate(logits, labels)
+    assert tuple(class_bias) == fitted.decision_offsets
+    np.testing.assert_array_equal(
+        fitted.labels(logits), (logits + class_bias).argmax(1)
+    )
+    offsets, temperature = fit_bias_and_temperature(logits, labels)
+    assert tuple(offsets) == fitted.offsets and temperature == fitted.temperature
+
+
+def test_probabilities_follow_the_sites_case_mix_and_the_label_weighs_classes_alike():
+    """A site with few normals: version 1's offsets (balanced recall) calibrate the
+    probabilities to a uniform prior, which no temperature undoes; version 2's follow the
+    site's prior (closer to the true posterior, lower ECE), while its label keeps the
+    balanced-recall rule (every class's recall as version 1's)."""
+    prior = [0.1, 0.6, 0.3]
+    logits, labels, _truth = simulate_site(4000, prior, seed=5)
+    test_logits, test_labels, test_truth = simulate_site(4000, prior, seed=6)
+    fitted = fit_site_calibration(logits, labels)
+    old_offsets, old_temperature = calibrate(logits, labels)
+    old = metrics.softmax(test_logits + old_offsets, old_temperature)
+    new = fitted.probabilities(test_logits)
+    true = metrics.softmax(test_truth)
+    assert np.abs(new - true).mean() < 0.5 * np.abs(old - true).mean()
+    assert metrics.expected_calibration_error(
+        test_labels, new
+    ) < metrics.expected_calibration_error(test_labels, old)
+    old_recall = metrics.recalls(test_labels, (test_logits + old_offsets).argmax(1))
+    np.testing.assert_allclose(
+        metrics.recalls(test_labels, fitted.labels(test_logits)), old_recall
+    )
+    # Labelled by the most probable class instead, the rare normals would be missed more.
+    by_probability = metrics.recalls(test_labels, new.argmax(1))
+    assert by_probability[0] < old_recall[0]
+
+
+def test_a_version_1_calibration_loads_unchanged():
+    """Stored before decision offsets existed: same id, one set of offsets for both."""
+    payload = {
+        "version": 1,
+        "classes": list(CLASSES),
+        "temperature": 1.4,
+        "offsets": [0.5, 0.0, 0.75],
+        "threshold": 0.3,
+        "target_sensitivity": 0.9,
+        "n": 120,
+        "fitted_on": {},
+    }
+    first = SiteCalibration.from_dict(payload)
+    again = SiteCalibration.from_dict(first.to_dict())
+    assert again.calibration_id == first.calibration_id and again.version == 1
+    assert "decision_offsets" not in first.to_dict()
+    assert first.decision_offsets == first.offsets
+    logits = np.array([[0.0, 0.4, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -0.5]])
+    assert first.labels(logits).tolist() == [2, 1, 0]
+    with pytest.raises(ValueError, match="version 1"):
+        SiteCalibration.from_dict({**payload, "decision_offsets": [0.0, 0.0, 0.0]})
+    with pytest.raises(ValueError, match="version 3"):
+        SiteCalibration.from_dict({**payload, "version": 3})
 
 
 def test_fit_records_groups_and_scanners_and_leaves_no_threshold_without_malignant_cases():
