@@ -44,6 +44,7 @@ from ml.metrics import (
     MALIGNANT,
     fit_bias_and_temperature,
     fit_class_bias,
+    fit_offsets_and_temperature,
     reliability_bins,
 )
 
@@ -355,13 +356,16 @@ def fit_site_calibration(
     target_sensitivity: float = 0.9,
     groups: Sequence | np.ndarray | None = None,
     scanners: Sequence | np.ndarray | None = None,
+    version: int = FORMAT_VERSION,
 ) -> SiteCalibration:
     """Fit the probabilities' offsets and temperature (by likelihood), the label's decision
     offsets (balanced recall) and the operating point on a site's signed reads.
 
     ``labels`` are indices into ``CLASSES``; ``groups`` (patients) and ``scanners`` (e.g.
     DICOM Manufacturer / Model Name) are only counted into ``fitted_on``. The threshold is
-    ``None`` when there is no malignant case to fit it on.
+    ``None`` when there is no malignant case to fit it on. ``version=1`` fits as version 1
+    did (balanced-recall offsets for both, then the temperature): kept for the ablation in
+    the site-adaptation curve, not for new sites.
     """
     logits = _logits_array(logits)
     labels = _labels_array(labels, len(logits))
@@ -371,8 +375,14 @@ def fit_site_calibration(
         raise ValueError(
             f"target_sensitivity must be strictly between 0 and 1, got {target_sensitivity!r}"
         )
-    offsets, temperature = fit_bias_and_temperature(logits, labels)
-    decision_offsets = fit_class_bias(logits, labels)
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"version must be one of {READABLE_VERSIONS}, got {version!r}")
+    if version == 1:
+        offsets, temperature = fit_offsets_and_temperature(logits, labels)
+        decision_offsets = offsets
+    else:
+        offsets, temperature = fit_bias_and_temperature(logits, labels)
+        decision_offsets = fit_class_bias(logits, labels)
     calibrated = metrics.softmax(logits + offsets, temperature)
     threshold = _threshold_for(
         calibrated[labels == MALIGNANT, MALIGNANT], target_sensitivity
@@ -403,6 +413,7 @@ def fit_site_calibration(
         target_sensitivity=float(target_sensitivity),
         n=len(labels),
         fitted_on=fitted_on,
+        version=version,
     )
 
 

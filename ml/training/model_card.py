@@ -299,27 +299,37 @@ def _site_curve_section(report_dir: Path) -> str:
             return f"{value['median']:.3f} ({value['p10']:.2f}–{value['p90']:.2f})"
         return _rate(value)
 
+    version = curve.get("calibration_version", 1)
+    fits = {
+        "curve": f"v{version}" + (" (shipped)" if version >= 2 else ""),
+        "curve_version_1": "v1 (ablation)",
+    }
     for source, fold in curve["folds"].items():
         model = (
             "committed (source in its training)"
             if fold["held_out_in_training"]
             else "fold model"
         )
-        for k, row in fold["curve"].items():
-            share = row.get("sensitivity_in_0_85_0_95")
-            rows.append(
-                (
-                    source,
-                    model,
-                    k,
-                    *(cell(row, key) for key in SITE_CURVE_MEASURES),
-                    _rate(share),
+        for key, fit in fits.items():
+            for k, row in fold.get(key, {}).items():
+                if k == "training" and key != "curve":
+                    continue
+                share = row.get("sensitivity_in_0_85_0_95")
+                rows.append(
+                    (
+                        source,
+                        model,
+                        "–" if k == "training" else fit,
+                        k,
+                        *(cell(row, m) for m in SITE_CURVE_MEASURES),
+                        _rate(share),
+                    )
                 )
-            )
     table = _table(
         (
             "site (held out)",
             "model",
+            "calibration",
             "k reads",
             "ECE",
             "recall normal",
@@ -328,7 +338,7 @@ def _site_curve_section(report_dir: Path) -> str:
             "sensitivity at 0.90",
             "draws in 0.85–0.95",
         ),
-        "llrrrrrrr",
+        "lllrrrrrrr",
         rows,
     )
     return f"""
@@ -338,6 +348,11 @@ Each held-out source plays a new site: a `SiteCalibration` (`ml/site_calibration
 the portal's and `python -m ml calibrate`'s) is fitted on k of its reads and judged on the
 rest (median, 10th–90th percentile over draws). Row "training": the weights' own
 calibration and the malignant label as the operating point, on all of the source.
+Calibration v2 (shipped) fits the probabilities' offsets and temperature together by
+likelihood on the site's reads and gives the label its own balanced-recall offsets; v1, kept
+as an ablation on the same draws, used the balanced-recall offsets for both, which calibrates
+the probabilities to a uniform class mix instead of the site's. The label (so each recall)
+is the same under both; ECE and the operating point differ.
 {curve.get("note", "")}
 
 {table}

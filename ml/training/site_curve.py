@@ -19,7 +19,11 @@ import numpy as np
 from ml import metrics
 from ml.config import CLASSES, REPO_DIR
 from ml.metrics import MALIGNANT
-from ml.site_calibration import SiteCalibration, fit_site_calibration
+from ml.site_calibration import (
+    FORMAT_VERSION,
+    SiteCalibration,
+    fit_site_calibration,
+)
 from ml.training.sources import SOURCES, load_image, read_manifest
 from ml.training.splits import SPLITS, load_split
 
@@ -107,8 +111,10 @@ def curve(
     target_sensitivity: float = 0.9,
     baseline: SiteCalibration | None = None,
     seed: int = 0,
+    version: int = FORMAT_VERSION,
 ) -> dict:
-    """Per k, median and 10th-90th percentile over draws of the measures on the rest."""
+    """Per k, median and 10th-90th percentile over draws of the measures on the rest, for
+    calibrations of format ``version`` (the same draws for every version: same seed)."""
     rng = np.random.default_rng(seed)
     rows: dict = {}
     if baseline is not None:
@@ -131,7 +137,10 @@ def curve(
             # The rest must not share a patient with the fitted reads.
             rest = rest[~np.isin(groups[rest], groups[fit])]
             calibration = fit_site_calibration(
-                logits[fit], labels[fit], target_sensitivity=target_sensitivity
+                logits[fit],
+                labels[fit],
+                target_sensitivity=target_sensitivity,
+                version=version,
             )
             probabilities = calibration.probabilities(logits[rest])
             truth = labels[rest]
@@ -182,7 +191,13 @@ def site_curve(
     and draws) rather than falling back to the committed model."""
     from ml.weights_io import read_meta
 
-    report: dict = {"ks": list(ks), "draws": draws, "seed": seed, "folds": {}}
+    report: dict = {
+        "ks": list(ks),
+        "draws": draws,
+        "seed": seed,
+        "calibration_version": FORMAT_VERSION,
+        "folds": {},
+    }
     for source in SOURCES:
         fold = _fold_dir(loso_dir, source)
         earlier = _earlier_fold(previous, source, ks=list(ks), draws=draws, seed=seed)
@@ -196,20 +211,15 @@ def site_curve(
         baseline = SiteCalibration.from_training(
             temperature=meta.temperature, class_bias=meta.class_bias
         )
+        data = (scored["logits"][used], scored["labels"][used], scored["groups"][used])
         report["folds"][source] = {
             "model": meta.version,
             "held_out_in_training": not honest,
             "n": int(used.sum()),
             "patients": len(np.unique(scored["groups"][used])),
-            "curve": curve(
-                scored["logits"][used],
-                scored["labels"][used],
-                scored["groups"][used],
-                ks=ks,
-                draws=draws,
-                baseline=baseline,
-                seed=seed,
-            ),
+            "curve": curve(*data, ks=ks, draws=draws, baseline=baseline, seed=seed),
+            # The ablation: version 1's fit on the same draws.
+            "curve_version_1": curve(*data, ks=ks, draws=draws, seed=seed, version=1),
         }
     stand_ins = [s for s, f in report["folds"].items() if f["held_out_in_training"]]
     if stand_ins:
@@ -226,16 +236,14 @@ def site_curve(
 def _earlier_fold(
     previous: dict | None, source: str, *, ks: list[int], draws: int, seed: int
 ) -> dict | None:
-    """``source``'s fold-model row of an earlier site-curve report made the same way."""
+    """``source``'s fold-model row of an earlier site-curve report made the same way (same
+    draws and calibration format)."""
     if not previous or (
         previous.get("ks"),
         previous.get("draws"),
         previous.get("seed"),
-    ) != (
-        ks,
-        draws,
-        seed,
-    ):
+        previous.get("calibration_version", 1),
+    ) != (ks, draws, seed, FORMAT_VERSION):
         return None
     row = previous.get("folds", {}).get(source)
     if row is None or row.get("held_out_in_training", True):

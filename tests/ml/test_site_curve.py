@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ml.site_calibration import SiteCalibration
+from ml.site_calibration import FORMAT_VERSION, SiteCalibration
 from ml.training.site_curve import (
     CAUTION_MULTIPLES,
     _draw_by_patient,
@@ -43,6 +43,13 @@ def test_a_site_calibration_repairs_a_miscalibrated_site():
     assert (
         rows["training"]["recall_malignant"] < rows["200"]["recall_malignant"]["median"]
     )
+    # Version 1's fit on the same draws gives the same labels (one decision rule); its
+    # probabilities differ (tests/ml/test_site_calibration.py compares their calibration).
+    first = curve(logits, labels, groups, ks=(100, 200), draws=5, version=1)
+    for k in ("100", "200"):
+        for name in ("recall_normal", "recall_benign", "recall_malignant"):
+            assert first[k][name] == rows[k][name]
+        assert first[k]["ece"] != rows[k]["ece"]
 
 
 def test_the_caution_multiple_is_the_smallest_every_fold_passes_at():
@@ -64,7 +71,13 @@ def test_folds_trained_sessions_apart_keep_their_fold_model_rows(tmp_path):
         source: {"model": f"fold-{source}", "held_out_in_training": False, "curve": {}}
         for source in SOURCES
     }
-    previous = {"ks": [100], "draws": 3, "seed": 0, "folds": rows}
+    previous = {
+        "ks": [100],
+        "draws": 3,
+        "seed": 0,
+        "calibration_version": FORMAT_VERSION,
+        "folds": rows,
+    }
     report = site_curve(
         tmp_path, tmp_path / "unused", ks=(100,), draws=3, previous=previous
     )
@@ -78,8 +91,17 @@ def test_an_earlier_report_made_otherwise_is_not_carried():
     from ml.training.site_curve import _earlier_fold
 
     row = {"model": "fold-busi", "held_out_in_training": False, "curve": {}}
-    made = {"ks": [100], "draws": 3, "seed": 0, "folds": {"busi": row}}
+    made = {
+        "ks": [100],
+        "draws": 3,
+        "seed": 0,
+        "calibration_version": FORMAT_VERSION,
+        "folds": {"busi": row},
+    }
     assert _earlier_fold(made, "busi", ks=[100], draws=3, seed=0) is not None
+    # Rows of another calibration format (a report without one is version 1) are not.
+    older = {k: v for k, v in made.items() if k != "calibration_version"}
+    assert _earlier_fold(older, "busi", ks=[100], draws=3, seed=0) is None
     assert _earlier_fold(made, "busi", ks=[100, 200], draws=3, seed=0) is None
     assert _earlier_fold(made, "busi", ks=[100], draws=20, seed=0) is None
     stand_in = {**made, "folds": {"busi": {**row, "held_out_in_training": True}}}
