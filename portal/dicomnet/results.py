@@ -24,7 +24,10 @@ class or probability.
 UIDs are derived, not random: the same analysis always gives the same UIDs, so a
 download and a send are the same instances and sending twice replaces rather than
 duplicates. They come from the scan's random UUID (unique across installations) plus
-what the object is, under DICOM_UID_ROOT or else 2.25.
+what the object is, under DICOM_UID_ROOT or else 2.25. A lesion's tracking UID comes
+from the lesion's own UUID; the SR of a grouped scan also names its lesion and the
+analysis that drives the lesion's result, so that regrouping makes a new SR instance
+rather than changing one a PACS already holds.
 
 Scans uploaded as PNG/JPEG have no DICOM source to reference. For them a secondary
 capture of the original image is made and becomes the source: its SOP instance UID is
