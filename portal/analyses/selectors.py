@@ -240,3 +240,14 @@ def study_malignancy(*, study: Study) -> StudyMalignancy | None:
 
 def study_lesion_malignancies(*, study: Study) -> list[LesionMalignancy]:
     return lesion_malignancies(study_ids=[study.pk]).get(study.pk, [])
+
+
+def scan_lesion_malignancy(*, scan: Scan) -> LesionMalignancy | None:
+    """The lesion the scan is in, with its result; None for a scan in no lesion (no
+    query then)."""
+    if scan.lesion_id is None:
+        return None
+    lesions = lesion_malignancies(study_ids=[scan.study_id]).get(scan.study_id, [])
+    return next(
+        (lesion for lesion in lesions if lesion.lesion_id == scan.lesion_id), None
+    )

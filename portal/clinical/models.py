@@ -156,6 +156,10 @@ class Lesion(models.Model):
     thing in every report and audit entry, even after its last image left it.
     """
 
+    # Its identity outside this database, as Scan.uuid is the scan's: the DICOM SRs of
+    # its images derive the lesion's tracking UID from it (portal.dicomnet.results), the
+    # same in every SR and unique across installations sending to one PACS.
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="lesions")
     label = models.CharField(max_length=8)
     created_by = models.ForeignKey(

@@ -10,6 +10,10 @@ Per analysed scan:
   spacing is known, the bounding box as a polyline on the source image, the model's name
   and version as the algorithm and the device observer, and, once a radiologist has
   signed, their reading (label, BI-RADS category) with the SR marked verified by them.
+  Where a reader grouped the scan into a lesion of its study (portal.clinical.models.
+  Lesion), the lesion group is tracked as that lesion ("lesion B", one tracking UID in
+  the SRs of all its images) and carries the lesion's result: its most suspicious
+  image's calibrated malignant probability, referencing that image.
 - **Secondary capture**: the scan with the lesion outline burned in, for viewers that
   show neither SEG nor SR.
 
@@ -20,7 +24,10 @@ class or probability.
 UIDs are derived, not random: the same analysis always gives the same UIDs, so a
 download and a send are the same instances and sending twice replaces rather than
 duplicates. They come from the scan's random UUID (unique across installations) plus
-what the object is, under DICOM_UID_ROOT or else 2.25.
+what the object is, under DICOM_UID_ROOT or else 2.25. A lesion's tracking UID comes
+from the lesion's own UUID; the SR of a grouped scan also names its lesion and the
+analysis that drives the lesion's result, so that regrouping makes a new SR instance
+rather than changing one a PACS already holds.
 
 Scans uploaded as PNG/JPEG have no DICOM source to reference. For them a secondary
 capture of the original image is made and becomes the source: its SOP instance UID is
@@ -32,6 +39,7 @@ along with the results (download and send), which keeps every reference resolvab
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import io
 import logging
@@ -57,7 +65,8 @@ from pydicom.uid import (
 from ml.decode import decode_image
 from ml.render import mask_overlay, read_mask
 from portal.analyses.models import Analysis
-from portal.clinical.models import Scan
+from portal.analyses.selectors import StudyMalignancy, scan_lesion_malignancy
+from portal.clinical.models import Lesion, Scan
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +141,17 @@ BIRADS_CODES |= {"4A": _CATEGORY_4, "4B": _CATEGORY_4, "4C": _CATEGORY_4}
 BIRADS_SUBCATEGORY = hd.sr.CodedConcept(
     "BIRADS-SUB", SCHEME, "BI-RADS category 4 subcategory"
 )
+# The result of the reader's lesion, in the lesion group of each of its images' SRs:
+# a probability of its own (not the image's P-MALIGNANT), and whether this image is the
+# one that drives it (the measurement references that image).
+LESION_MALIGNANT = hd.sr.CodedConcept(
+    "P-LESION-MAL", SCHEME, "Lesion probability of malignant"
+)
+LESION_DRIVER = hd.sr.CodedConcept(
+    "LESION-DRIVER", SCHEME, "Most suspicious image of the lesion"
+)
+# ml.study's rules as a measurement's Derivation (CID 3488) where one code says it.
+RULE_DERIVATIONS = {"max": codes.SCT.Maximum}
 # DICOM's Laterality (R/L) as SNOMED CT codes for the SR's finding site.
 LATERALITY_CODES = {"R": codes.SCT.Right, "L": codes.SCT.Left}
 PATIENT_AND_STUDY = (
@@ -202,6 +222,21 @@ class DicomResults:
         return [dataset for dataset in ordered if dataset is not None]
 
 
+@dataclass(frozen=True)
+class ReportedLesion:
+    """The reader's lesion a scan shows, as the scan's SR reports it."""
+
+    label: str
+    tracking_uid: str
+    # None: no image of the lesion has a result (each is withheld or unfinished).
+    result: StudyMalignancy | None = None
+    # The source image of the result's most suspicious image, and the version of the
+    # model that scored it.
+    driver: Dataset | None = None
+    driver_model_version: str = ""
+    driver_is_this_scan: bool = False
+
+
 def encode(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
@@ -224,10 +259,10 @@ def analysis_results(*, analysis: Analysis, review: Any = None) -> DicomResults:
     source, synthesized = _source_dataset(scan, original, image)
     if analysis.withheld:
         # Not a breast ultrasound image: an SR that says so with the gate's score, and
-        # no SEG or outline.
+        # no SEG, no outline and no lesion group.
         return DicomResults(
             seg=None,
-            sr=_report(analysis, source, None, review),
+            sr=_report(analysis, source, None, review, None),
             overlay=None,
             source=source if synthesized else None,
         )
@@ -254,7 +289,7 @@ def analysis_results(*, analysis: Analysis, review: Any = None) -> DicomResults:
         description=outline_title,
         derived=True,
     )
-    sr = _report(analysis, source, seg, review)
+    sr = _report(analysis, source, seg, review, _reported_lesion(analysis, source))
     return DicomResults(
         seg=seg, sr=sr, overlay=overlay, source=source if synthesized else None
     )
@@ -272,25 +307,70 @@ def _source_dataset(
     """
     if scan.format == "DICOM":
         dataset = pydicom.dcmread(io.BytesIO(original))
-        if all(
-            dataset.get(name)
-            for name in (
-                "SOPClassUID",
-                "SOPInstanceUID",
-                "StudyInstanceUID",
-                "SeriesInstanceUID",
-            )
-        ):
+        if _has_uids(dataset, scan):
             # Type 2 attributes that the objects derived from it must carry, empty if
             # the scanner left them out.
             for name in TYPE_2_PATIENT_AND_STUDY:
                 if name not in dataset:
                     setattr(dataset, name, "")
             return dataset, False
-        logger.warning(
-            "scan %s: its DICOM file lacks UIDs; results reference a secondary capture",
-            scan.pk,
+    reference, series_uid, sop_uid = _portal_source(scan)
+    source = _secondary_capture(
+        reference=reference,
+        pixels=image,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        series_number=SERIES_NUMBERS["source"],
+        description="Uploaded ultrasound image",
+        derived=False,
+    )
+    if scan.pixel_spacing_row_mm and scan.pixel_spacing_col_mm:
+        source.PixelSpacing = [scan.pixel_spacing_row_mm, scan.pixel_spacing_col_mm]
+    return source, True
+
+
+def _source_header(scan: Scan) -> Dataset:
+    """The identity (SOP class and instance, series, study) of the scan's source, as
+    _source_dataset makes it, without its pixels: an SR referencing another image of
+    the study needs no more."""
+    if scan.format == "DICOM":
+        with default_storage.open(scan.original.name, "rb") as stored:
+            dataset = pydicom.dcmread(stored, stop_before_pixels=True)
+        if _has_uids(dataset, scan):
+            return dataset
+    header, series_uid, sop_uid = _portal_source(scan)
+    header.SOPClassUID = SecondaryCaptureImageStorage
+    header.SOPInstanceUID = sop_uid
+    header.SeriesInstanceUID = series_uid
+    # What _secondary_capture gives that capture (its size from the scan's).
+    header.Modality = "OT"
+    header.Rows, header.Columns = scan.height, scan.width
+    header.SamplesPerPixel = 3
+    return header
+
+
+def _has_uids(dataset: Dataset, scan: Scan) -> bool:
+    if all(
+        dataset.get(name)
+        for name in (
+            "SOPClassUID",
+            "SOPInstanceUID",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
         )
+    ):
+        return True
+    logger.warning(
+        "scan %s: its DICOM file lacks UIDs; results reference a secondary capture",
+        scan.pk,
+    )
+    return False
+
+
+def _portal_source(scan: Scan) -> tuple[Dataset, str, str]:
+    """For a scan that is no DICOM image of its own: the patient and study of the
+    secondary capture the portal makes its source, and that capture's series and SOP
+    instance UIDs."""
     study = scan.study
     patient = study.patient
     first_scan = study.scans.order_by("uploaded_at", "pk").first() or scan
@@ -309,18 +389,11 @@ def _source_dataset(
     reference.StudyID = str(study.pk)
     reference.AccessionNumber = study.accession_number
     reference.ReferringPhysicianName = ""
-    source = _secondary_capture(
-        reference=reference,
-        pixels=image,
-        series_uid=derived_uid("source-series", first_scan.uuid),
-        sop_uid=derived_uid("source", scan.uuid),
-        series_number=SERIES_NUMBERS["source"],
-        description="Uploaded ultrasound image",
-        derived=False,
+    return (
+        reference,
+        derived_uid("source-series", first_scan.uuid),
+        derived_uid("source", scan.uuid),
     )
-    if scan.pixel_spacing_row_mm and scan.pixel_spacing_col_mm:
-        source.PixelSpacing = [scan.pixel_spacing_row_mm, scan.pixel_spacing_col_mm]
-    return source, True
 
 
 def _secondary_capture(
@@ -378,6 +451,45 @@ def _secondary_capture(
         source.ReferencedSOPInstanceUID = reference.SOPInstanceUID
         ds.SourceImageSequence = [source]
     return ds
+
+
+def _reported_lesion(analysis: Analysis, source: Dataset) -> ReportedLesion | None:
+    """The reader's lesion the analysed scan shows, with the lesion's result as the
+    study page gives it (analyses.selectors.lesion_malignancies); None for a scan in no
+    lesion."""
+    scan = analysis.scan
+    grouped = scan_lesion_malignancy(scan=scan)
+    if grouped is None:
+        return None
+    lesion = Lesion.objects.only("uuid", "label").get(pk=grouped.lesion_id)
+    reported = ReportedLesion(
+        label=lesion.label,
+        # The lesion's own identity, neither the scan's nor the analysis's: the same
+        # in every SR of every image of the lesion, whatever model made it.
+        tracking_uid=derived_uid("lesion-tracking", lesion.uuid),
+    )
+    result = grouped.result
+    if result is None:
+        return reported
+    if result.scan_id == scan.pk:
+        driver = source
+    else:
+        driver = _source_header(
+            Scan.objects.select_related("study__patient").get(pk=result.scan_id)
+        )
+    if result.analysis_id == analysis.pk:
+        version = analysis.model_version
+    else:
+        version = Analysis.objects.values_list("model_version", flat=True).get(
+            pk=result.analysis_id
+        )
+    return dataclasses.replace(
+        reported,
+        result=result,
+        driver=driver,
+        driver_model_version=version,
+        driver_is_this_scan=result.scan_id == scan.pk,
+    )
 
 
 def _reader_mask(review: Any, shape: tuple[int, int]) -> np.ndarray | None:
@@ -569,7 +681,11 @@ def _finding_sites(source: Dataset) -> list[hd.sr.FindingSite]:
 
 
 def _report(
-    analysis: Analysis, source: Dataset, seg: Dataset | None, review: Any
+    analysis: Analysis,
+    source: Dataset,
+    seg: Dataset | None,
+    review: Any,
+    lesion: ReportedLesion | None,
 ) -> Dataset:
     scan = analysis.scan
     algorithm = hd.sr.AlgorithmIdentification(
@@ -604,7 +720,7 @@ def _report(
     else:
         groups = [
             _model_output_group(analysis, algorithm, source_for_group, sites),
-            _lesion_group(analysis, algorithm, source, seg, sites),
+            _lesion_group(analysis, algorithm, source, seg, sites, lesion),
         ]
         bbox_group = _bbox_group(analysis, algorithm, source, sites)
         if bbox_group is not None:
@@ -617,15 +733,25 @@ def _report(
         imaging_measurements=groups,
     )
     version = f"{review.pk}" if review is not None else "model"
+    identity: tuple[object, ...] = ("sr", scan.uuid, analysis.model_version, version)
+    evidence = [source] if seg is None else [source, seg]
+    if lesion is not None:
+        # What the lesion group says is part of the instance: regrouping the scan, or
+        # another image becoming the lesion's most suspicious, gives a new SR (as an
+        # amended reading does), never a changed one under a UID a PACS already holds.
+        driver = lesion.result.analysis_id if lesion.result else "none"
+        identity += ("lesion", lesion.tracking_uid, driver)
+        if lesion.driver is not None:
+            evidence.append(lesion.driver)  # another image of the study, or the source
     signed = review is not None
     # The reader's SR is the reader's document: a series of its own, not the AI's.
     series = ("reading-series", "reading") if signed else ("sr-series", "sr")
     return hd.sr.ComprehensiveSR(
-        evidence=[source] if seg is None else [source, seg],
+        evidence=evidence,
         content=report[0],
         series_instance_uid=derived_uid(series[0], scan.uuid),
         series_number=SERIES_NUMBERS[series[1]],
-        sop_instance_uid=derived_uid("sr", scan.uuid, analysis.model_version, version),
+        sop_instance_uid=derived_uid(*identity),
         instance_number=review.version + 1 if signed else 1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -720,8 +846,15 @@ def _withheld_group(
 
 
 def _lesion_group(
-    analysis: Analysis, algorithm: Any, source: Dataset, seg: Dataset, sites: Any
+    analysis: Analysis,
+    algorithm: Any,
+    source: Dataset,
+    seg: Dataset,
+    sites: Any,
+    lesion: ReportedLesion | None,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The lesion the analysis outlined (TID 1410): per analysis, or, where a reader
+    grouped the scan into a lesion, tracked as that lesion and with its result."""
     scan = analysis.scan
     measurements = []
     area = scan.area_mm2(analysis.lesion_area_fraction)
@@ -760,13 +893,48 @@ def _lesion_group(
         for reference in item.get("ReferencedSOPSequence", []):
             if "ReferencedSegmentNumber" in reference:
                 reference.pop("ReferencedFrameNumber", None)
+    evaluations = None
+    if lesion is None:
+        tracking = _tracking(analysis, "lesion", "Lesion")
+    else:
+        tracking = hd.sr.TrackingIdentifier(
+            uid=lesion.tracking_uid, identifier=f"lesion {lesion.label}"
+        )
+        if lesion.result is not None and lesion.driver is not None:
+            measurements.append(
+                _lesion_malignancy(lesion, lesion.result, lesion.driver)
+            )
+            evaluations = [
+                hd.sr.QualitativeEvaluation(
+                    name=LESION_DRIVER,
+                    value=codes.SCT.Yes if lesion.driver_is_this_scan else codes.SCT.No,
+                )
+            ]
     return _planar_lesion_finding(
-        analysis,
         algorithm,
-        ("lesion", "Lesion"),
+        tracking,
         referenced_segment=segment,
         measurements=measurements,
+        qualitative_evaluations=evaluations,
         finding_sites=sites,
+    )
+
+
+def _lesion_malignancy(
+    lesion: ReportedLesion, result: StudyMalignancy, driver: Dataset
+) -> hd.sr.Measurement:
+    """The lesion's result, its source of measurement the image that drives it."""
+    return hd.sr.Measurement(
+        name=LESION_MALIGNANT,
+        value=float(result.malignant),
+        unit=codes.UCUM.NoUnits,
+        derivation=RULE_DERIVATIONS.get(result.rule),
+        referenced_images=[_source_image(hd.sr.SourceImageForMeasurement, driver)],
+        algorithm_id=hd.sr.AlgorithmIdentification(
+            name=MODEL_NAME,
+            version=lesion.driver_model_version,
+            manufacturer=MANUFACTURER,
+        ),
     )
 
 
@@ -793,21 +961,20 @@ def _bbox_group(
         source_image=_source_image(hd.sr.SourceImageForRegion, source),
     )
     return _planar_lesion_finding(
-        analysis,
         algorithm,
-        ("bbox", "Lesion bounding box"),
+        _tracking(analysis, "bbox", "Lesion bounding box"),
         referenced_region=region,
         finding_sites=sites,
     )
 
 
 def _planar_lesion_finding(
-    analysis: Analysis, algorithm: Any, tracking: tuple[str, str], **content: Any
+    algorithm: Any, tracking: hd.sr.TrackingIdentifier, **content: Any
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """A TID 1410 group whose finding is the lesion, located by `content` (its
     referenced segment or region, with any measurements)."""
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(analysis, *tracking),
+        tracking_identifier=tracking,
         finding_type=codes.SCT.Lesion,
         algorithm_id=algorithm,
         **content,

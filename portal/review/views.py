@@ -16,6 +16,7 @@ from portal.accounts.roles import require_permissions
 from portal.analyses.modelinfo import ModelVersionUnavailable, current_model_version
 from portal.analyses.models import Analysis
 from portal.analyses.selectors import (
+    LesionMalignancy,
     lesion_malignancies,
     study_malignancies,
     viewer_layers,
@@ -104,8 +105,20 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "study_malignancies": study_malignancies(
                 study_ids={row.scan.study_id for row in page}
             ),
+            "row_lesions": _row_lesions(page.object_list),
         },
     )
+
+
+def _row_lesions(rows: list[Analysis]) -> dict[int, LesionMalignancy]:
+    """The lesions of the rows' grouped scans, by lesion id, with their results: two
+    queries for the page, none where no row's scan is in a lesion."""
+    study_ids = {row.scan.study_id for row in rows if row.scan.lesion_id is not None}
+    return {
+        lesion.lesion_id: lesion
+        for lesions in lesion_malignancies(study_ids=study_ids).values()
+        for lesion in lesions
+    }
 
 
 @require_GET

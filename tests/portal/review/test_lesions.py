@@ -452,6 +452,67 @@ def test_the_worklist_row_hints_at_each_lesion_in_queries_that_do_not_grow(
     assert "lesions: A 10%, B 20%, C 30%, D —</span>" in shown[more.pk]
 
 
+def _dashboard_rows(client: Any) -> tuple[dict[str, str], int]:
+    """The dashboard's rows by image file name, and the page's queries."""
+    import re
+
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(reverse("review:dashboard"))
+    assert response.status_code == 200
+    rows = re.findall(r"<tr>(.*?)</tr>", response.content.decode(), re.DOTALL)
+    named = {
+        re.search(r'analysis=\d+">([^<]+)</a>', row).group(1): row
+        for row in rows
+        if "analysis=" in row
+    }
+    return named, len(captured.captured_queries)
+
+
+def test_the_dashboard_row_of_a_grouped_image_names_its_lesion_and_its_result(
+    client: Any, radiologist: Any, scans: list[Any], study: Any, user: Any
+) -> None:
+    client.force_login(radiologist)
+    client.get(reverse("review:dashboard"))  # the process's content-type cache
+    rows, ungrouped = _dashboard_rows(client)
+    assert "lesion-hint" not in "".join(rows.values())
+    first, _ = _group(scans, radiologist)
+    photo = withheld_scan(study, user)  # in lesion A, counting for nothing in it
+    scan_lesion_set(scan=photo, lesion=first, user=radiologist)
+    rows, grouped = _dashboard_rows(client)
+    hint = (
+        '<span class="small muted lesion-hint" data-lesion="A" title="the '
+        "lesion's most suspicious image: left-2.png\">lesion A: 55.0%</span>"
+    )
+    for name in ("left-1.png", "left-2.png", "photo.png"):
+        assert hint in rows[name], name
+    assert 'data-lesion="B"' in rows["right-1.png"]
+    assert "lesion B: 20.0%</span>" in rows["right-1.png"]
+    assert "lesion-hint" not in rows["axilla.png"]
+    # The page's lesions in two queries (lesion_malignancies), whatever the rows.
+    assert grouped == ungrouped + 2
+    for number in range(5):
+        more = study_create(
+            patient=patient_create(identifier=f"H-03{number}", name=f"More {number}"),
+            created_by=user,
+        )
+        for malignant in (0.1, 0.2, 0.3):
+            image = analysed_scan(
+                more,
+                user,
+                filename=f"m{number}-{malignant}.png",
+                probabilities=_p(malignant),
+            )
+            scan_lesion_new(scan=image, user=radiologist)
+        scan_lesion_new(
+            scan=withheld_scan(more, user, filename=f"m{number}.png"), user=radiologist
+        )
+    rows, many = _dashboard_rows(client)
+    assert len(rows) == 5 + 5 * 4 and many == grouped
+    assert "lesion C: 30.0%</span>" in rows["m4-0.3.png"]
+    assert "no image of the lesion is analysed yet" in rows["m4.png"]
+    assert "lesion D: —</span>" in rows["m4.png"]
+
+
 def _queries(client: Any, url: str) -> int:
     with CaptureQueriesContext(connection) as captured:
         response = client.get(url)
