@@ -77,6 +77,12 @@ MIN_MALIGNANT_FOR_THRESHOLD = 10
 # out-of-distribution threshold is unusual only if it is also above this percentile of the
 # out-of-distribution scores of the site's signed scans (see `is_unusual`).
 SITE_OOD_PERCENTILE = 99.0
+# The decision offsets' grid (normal and malignant; benign stays 0): wider than the training
+# calibration's (-1..2), because a new site's scanner can move a class's logits further than
+# the training sources' validation images did (BUSI as the site, k = 100: the normal offset
+# reached 2.0, the training grid's edge, in most draws; on this grid its out-of-sample
+# balanced recall rose, `python -m ml site-curve`). The smallest offsets win ties.
+DECISION_GRID = np.arange(-2.0, 4.01, 0.25)
 
 
 def _json_safe(value):
@@ -382,7 +388,7 @@ def fit_site_calibration(
         decision_offsets = offsets
     else:
         offsets, temperature = fit_bias_and_temperature(logits, labels)
-        decision_offsets = fit_class_bias(logits, labels)
+        decision_offsets = fit_class_bias(logits, labels, grid=DECISION_GRID)
     calibrated = metrics.softmax(logits + offsets, temperature)
     threshold = _threshold_for(
         calibrated[labels == MALIGNANT, MALIGNANT], target_sensitivity

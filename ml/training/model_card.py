@@ -349,11 +349,13 @@ the portal's and `python -m ml calibrate`'s) is fitted on k of its reads and jud
 rest (median, 10th–90th percentile over draws). Row "training": the weights' own
 calibration and the malignant label as the operating point, on all of the source.
 Calibration v2 (shipped) fits the probabilities' offsets and temperature together by
-likelihood on the site's reads and gives the label its own balanced-recall offsets; v1, kept
-as an ablation on the same draws, used the balanced-recall offsets for both, which calibrates
-the probabilities to a uniform class mix instead of the site's. The label (so each recall)
-is the same under both; ECE and the operating point differ.
+likelihood on the site's reads and gives the label its own balanced-recall offsets, on a grid
+(-2..4) wider than the training calibration's (-1..2); v1, kept as an ablation on the same
+draws, used the training grid's balanced-recall offsets for both, which calibrates the
+probabilities to a uniform class mix instead of the site's. The wider grid was chosen after
+seeing the busi fold's v1 draws stop at the grid's edge (normal offset 2.0).
 {curve.get("note", "")}
+{curve.get("note_version", "")}
 
 {table}
 """

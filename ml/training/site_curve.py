@@ -221,6 +221,16 @@ def site_curve(
             # The ablation: version 1's fit on the same draws.
             "curve_version_1": curve(*data, ks=ks, draws=draws, seed=seed, version=1),
         }
+    missing = [
+        s for s, f in report["folds"].items() if f.get("current_version_missing")
+    ]
+    if missing:
+        report["note_version"] = (
+            f"**{', '.join(missing)}: version 1 only.** The fold model that scored "
+            "them was not on this machine when the shipped calibration's format changed, "
+            "so their rows are the earlier report's (v1, same draws); re-run "
+            "`python -m ml site-curve --loso DIR` once their fold models exist."
+        )
     stand_ins = [s for s, f in report["folds"].items() if f["held_out_in_training"]]
     if stand_ins:
         report["note"] = (
@@ -236,19 +246,33 @@ def site_curve(
 def _earlier_fold(
     previous: dict | None, source: str, *, ks: list[int], draws: int, seed: int
 ) -> dict | None:
-    """``source``'s fold-model row of an earlier site-curve report made the same way (same
-    draws and calibration format)."""
+    """``source``'s fold-model row of an earlier site-curve report made with the same draws.
+
+    A row of an earlier calibration format is carried as what it measured: the training
+    row and version 1's curve, with no curve of the current format (that needs the fold
+    model's logits again)."""
     if not previous or (
         previous.get("ks"),
         previous.get("draws"),
         previous.get("seed"),
-        previous.get("calibration_version", 1),
-    ) != (ks, draws, seed, FORMAT_VERSION):
+    ) != (ks, draws, seed):
         return None
     row = previous.get("folds", {}).get(source)
     if row is None or row.get("held_out_in_training", True):
         return None
-    return {**row, "carried": True}
+    version = previous.get("calibration_version", 1)
+    if version == FORMAT_VERSION:
+        return {**row, "carried": True}
+    if version != 1:
+        return None
+    training = {k: v for k, v in row["curve"].items() if k == "training"}
+    return {
+        **row,
+        "curve": training,
+        "curve_version_1": {k: v for k, v in row["curve"].items() if k != "training"},
+        "carried": True,
+        "current_version_missing": True,
+    }
 
 
 CAUTION_MULTIPLES = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)

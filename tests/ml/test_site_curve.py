@@ -43,12 +43,12 @@ def test_a_site_calibration_repairs_a_miscalibrated_site():
     assert (
         rows["training"]["recall_malignant"] < rows["200"]["recall_malignant"]["median"]
     )
-    # Version 1's fit on the same draws gives the same labels (one decision rule); its
-    # probabilities differ (tests/ml/test_site_calibration.py compares their calibration).
+    # Version 1's fit on the same draws: other probabilities (tests/ml/
+    # test_site_calibration.py compares their calibration), measured alike.
     first = curve(logits, labels, groups, ks=(100, 200), draws=5, version=1)
+    assert set(first) == {"100", "200"}
     for k in ("100", "200"):
-        for name in ("recall_normal", "recall_benign", "recall_malignant"):
-            assert first[k][name] == rows[k][name]
+        assert first[k]["n_test"] == rows[k]["n_test"]  # the same draws
         assert first[k]["ece"] != rows[k]["ece"]
 
 
@@ -99,9 +99,23 @@ def test_an_earlier_report_made_otherwise_is_not_carried():
         "folds": {"busi": row},
     }
     assert _earlier_fold(made, "busi", ks=[100], draws=3, seed=0) is not None
-    # Rows of another calibration format (a report without one is version 1) are not.
-    older = {k: v for k, v in made.items() if k != "calibration_version"}
-    assert _earlier_fold(older, "busi", ks=[100], draws=3, seed=0) is None
+    # A row of version 1 (a report without a format is version 1) is carried as what it
+    # measured: its training row, and its curve as version 1's, with no current curve.
+    v1 = {"training": {"ece": 0.1}, "100": {"ece": {"median": 0.05}}}
+    older = {
+        **{k: v for k, v in made.items() if k != "calibration_version"},
+        "folds": {"busi": {**row, "curve": v1}},
+    }
+    carried = _earlier_fold(older, "busi", ks=[100], draws=3, seed=0)
+    assert carried["curve"] == {"training": {"ece": 0.1}}
+    assert carried["curve_version_1"] == {"100": {"ece": {"median": 0.05}}}
+    assert carried["current_version_missing"] and carried["carried"]
+    assert (
+        _earlier_fold(
+            {**older, "calibration_version": 7}, "busi", ks=[100], draws=3, seed=0
+        )
+        is None
+    )
     assert _earlier_fold(made, "busi", ks=[100, 200], draws=3, seed=0) is None
     assert _earlier_fold(made, "busi", ks=[100], draws=20, seed=0) is None
     stand_in = {**made, "folds": {"busi": {**row, "held_out_in_training": True}}}
