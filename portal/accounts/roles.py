@@ -2,7 +2,8 @@
 
 - staff: register patients and studies, upload images, follow analyses, download reports.
 - radiologist: see everything staff sees, plus the worklist, review and sign-off, the
-  agreement monitor, and the biopsy outcome of a study. Does not register patients or upload.
+  agreement monitor, and the biopsy outcome of a study or of one of its lesions. Does not
+  register patients or upload.
 - administrator: users and roles, the admin site, the audit trail and the agreement
   monitor, the site's calibration (fit, activate, roll back) and the model registry
   (promote, roll back, shadow); reads clinical records but neither uploads nor signs.

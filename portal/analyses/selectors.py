@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from django.urls import reverse
 from ml.study import DEFAULT_RULE, aggregate
 from portal.analyses.composites import available_kinds
 from portal.analyses.models import Analysis
-from portal.clinical.models import Scan, Study
+from portal.clinical.models import Pathology, Scan, Study
 
 
 def latest_analysis(*, scan: Scan) -> Analysis | None:
@@ -192,6 +193,15 @@ class LesionMalignancy:
     label: str
     scan_ids: tuple[int, ...]  # in upload order
     result: StudyMalignancy | None
+    # Its biopsy outcome (benign / malignant, clinical.models.Pathology), "" where none
+    # is recorded, and the biopsy's date where known.
+    pathology: str = ""
+    pathology_date: datetime.date | None = None
+
+    @property
+    def pathology_display(self) -> str:
+        """The outcome as pages write it ("malignant (biopsy)"); "" where none."""
+        return Pathology(self.pathology).label if self.pathology else ""
 
 
 def lesion_malignancies(
@@ -207,11 +217,30 @@ def lesion_malignancies(
         "uploaded_at", "id"
     )
     members: dict[int, dict[str, Any]] = {}
-    for scan_id, lesion_id, label, study_id in grouped.values_list(
-        "pk", "lesion_id", "lesion__label", "lesion__study_id"
+    for (
+        scan_id,
+        lesion_id,
+        label,
+        study_id,
+        pathology,
+        pathology_date,
+    ) in grouped.values_list(
+        "pk",
+        "lesion_id",
+        "lesion__label",
+        "lesion__study_id",
+        "lesion__pathology",
+        "lesion__pathology_date",
     ):
         lesion = members.setdefault(
-            lesion_id, {"label": label, "study_id": study_id, "scan_ids": []}
+            lesion_id,
+            {
+                "label": label,
+                "study_id": study_id,
+                "scan_ids": [],
+                "pathology": pathology,
+                "pathology_date": pathology_date,
+            },
         )
         lesion["scan_ids"].append(scan_id)
     if not members:
@@ -227,6 +256,8 @@ def lesion_malignancies(
                 label=lesion["label"],
                 scan_ids=tuple(lesion["scan_ids"]),
                 result=results.get(lesion_id),
+                pathology=lesion["pathology"],
+                pathology_date=lesion["pathology_date"],
             )
         )
     for study_lesions in lesions.values():  # A ... Z, then AA

@@ -10,11 +10,12 @@ from rest_framework import serializers
 from portal.analyses.composites import available_kinds
 from portal.analyses.models import RESULT_FIELDS, Analysis
 from portal.analyses.selectors import (
+    LesionMalignancy,
     latest_analysis,
     lesion_malignancies,
     study_malignancies,
 )
-from portal.clinical.models import Patient, Scan, Study
+from portal.clinical.models import Pathology, Patient, Scan, Study
 from portal.ingest.models import UploadItem
 from portal.review.formats import LABELS, in_label_order
 from portal.review.selectors import current_signed_review
@@ -254,9 +255,18 @@ class StudyMalignancySerializer(serializers.Serializer):
     rule = serializers.CharField(help_text="how the images' results are combined")
 
 
+class LesionBiopsySerializer(serializers.Serializer):
+    """A lesion's biopsy outcome, entered from the pathology report: ground truth."""
+
+    outcome = serializers.ChoiceField(choices=Pathology.choices, source="pathology")
+    date = serializers.DateField(
+        source="pathology_date", allow_null=True, help_text="the biopsy's, where known"
+    )
+
+
 class LesionSerializer(serializers.Serializer):
-    """A lesion a reader grouped the study's images into, and its result: the study's
-    rule over the lesion's images alone."""
+    """A lesion a reader grouped the study's images into, its result (the study's rule
+    over the lesion's images alone) and its biopsy outcome."""
 
     label = serializers.CharField(
         help_text="A, B, ... in the order the reader made them"
@@ -271,6 +281,14 @@ class LesionSerializer(serializers.Serializer):
         allow_null=True,
         help_text="null while none of the lesion's images has a finished result",
     )
+    biopsy = serializers.SerializerMethodField()
+
+    @extend_schema_field(LesionBiopsySerializer(allow_null=True))
+    def get_biopsy(self, lesion: LesionMalignancy) -> dict[str, Any] | None:
+        """null while no biopsy outcome is recorded for the lesion."""
+        if not lesion.pathology:
+            return None
+        return LesionBiopsySerializer(lesion).data
 
 
 class StudyListSerializer(serializers.ListSerializer):

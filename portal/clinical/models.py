@@ -85,9 +85,10 @@ class Study(models.Model):
         editable=False,
         help_text="A finished analysis is at or above the site's operating threshold.",
     )
-    # The biopsy outcome of the lesion this study examines: ground truth, ahead of the
-    # radiologist's signed label, for the site's calibration. Entered on the study (a
-    # study here is the examination of one lesion; its scans are views of it) through
+    # The study's biopsy outcome: ground truth, ahead of the radiologist's signed label,
+    # for the site's calibration and the training export. Where a reader grouped the
+    # images into lesions, a lesion's own outcome (Lesion.pathology) comes first for
+    # its images (portal.review.selectors.with_ground_truth). Entered through
     # clinical.services.study_record_pathology, which the audit trail follows.
     pathology = models.CharField(
         "pathology outcome", max_length=16, choices=Pathology.choices, blank=True
@@ -166,6 +167,23 @@ class Lesion(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # The biopsy outcome of this lesion, as Study.pathology is the study's: a study of
+    # two lesions may hold a benign one and a malignant one. Ground truth for its
+    # images ahead of the study's outcome and the signed label
+    # (portal.review.selectors.with_ground_truth); entered through
+    # clinical.services.lesion_record_pathology, which the audit trail follows.
+    pathology = models.CharField(
+        "pathology outcome", max_length=16, choices=Pathology.choices, blank=True
+    )
+    pathology_date = models.DateField("biopsy date", null=True, blank=True)
+    pathology_entered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    pathology_entered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("study", "id")

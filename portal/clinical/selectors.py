@@ -52,8 +52,11 @@ def study_scans(*, study: Study) -> QuerySet[Scan]:
 
 
 def study_lesions(*, study: Study) -> list[Lesion]:
-    """The study's lesions in label order, each with its image_count (one query)."""
-    lesions = Lesion.objects.filter(study_id=study.pk).annotate(
-        image_count=_counted(Scan.objects.all(), "lesion_id")
+    """The study's lesions in label order, each with its image_count and who entered its
+    biopsy outcome (one query)."""
+    lesions = (
+        Lesion.objects.filter(study_id=study.pk)
+        .select_related("pathology_entered_by")
+        .annotate(image_count=_counted(Scan.objects.all(), "lesion_id"))
     )
     return sorted(lesions, key=lambda lesion: (len(lesion.label), lesion.label))

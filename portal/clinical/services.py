@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from portal.clinical.models import (
     FORMAT_EXTENSIONS,
+    Lesion,
     Pathology,
     Patient,
     Scan,
@@ -116,6 +117,49 @@ def scan_display_name(*, scan: Scan) -> str:
     return scan.display.name
 
 
+# Who may enter a biopsy outcome, on a study or on one of its lesions.
+RECORD_PATHOLOGY = "clinical.record_pathology"
+
+
+def _checked_pathology(
+    *, outcome: str, biopsy_date: datetime.date | None, entered_by: AbstractBaseUser
+) -> None:
+    """Refuse what no biopsy outcome may be: entered by a user without the permission, an
+    outcome other than benign or malignant, a biopsy dated in the future."""
+    if not entered_by.has_perm(RECORD_PATHOLOGY):
+        raise PermissionDenied("Only a user who may record biopsy outcomes enters one.")
+    if outcome and outcome not in Pathology.values:
+        raise ValidationError(
+            f"{outcome!r} is not a pathology outcome (benign or malignant)."
+        )
+    if biopsy_date is not None and biopsy_date > timezone.localdate():
+        raise ValidationError("The biopsy date is in the future.")
+
+
+_PATHOLOGY_FIELDS = [
+    "pathology",
+    "pathology_date",
+    "pathology_entered_by",
+    "pathology_entered_at",
+]
+
+
+def _set_pathology(
+    record: Study | Lesion,
+    *,
+    outcome: str,
+    biopsy_date: datetime.date | None,
+    entered_by: AbstractBaseUser,
+) -> None:
+    """Write the outcome (or clear it, with who and when) through save(), so the audit
+    trail keeps every value it ever had."""
+    record.pathology = outcome
+    record.pathology_date = biopsy_date if outcome else None
+    record.pathology_entered_by = entered_by if outcome else None
+    record.pathology_entered_at = timezone.now() if outcome else None
+    record.save(update_fields=_PATHOLOGY_FIELDS)
+
+
 @transaction.atomic
 def study_record_pathology(
     *,
@@ -126,26 +170,34 @@ def study_record_pathology(
 ) -> Study:
     """Record (or clear, with outcome "") the study's biopsy outcome and who entered it.
 
-    Saved through save(), so the audit trail keeps every value it ever had. The outcome
-    is the ground truth a site calibration learns from, ahead of the signed label.
+    The outcome is the ground truth a site calibration learns from, ahead of the signed
+    label, for the study's images that are in no lesion with an outcome of its own.
     """
-    if outcome and outcome not in Pathology.values:
-        raise ValidationError(
-            f"{outcome!r} is not a pathology outcome (benign or malignant)."
-        )
-    if biopsy_date is not None and biopsy_date > timezone.localdate():
-        raise ValidationError("The biopsy date is in the future.")
+    _checked_pathology(outcome=outcome, biopsy_date=biopsy_date, entered_by=entered_by)
     study = Study.objects.select_for_update().get(pk=study.pk)
-    study.pathology = outcome
-    study.pathology_date = biopsy_date if outcome else None
-    study.pathology_entered_by = entered_by if outcome else None
-    study.pathology_entered_at = timezone.now() if outcome else None
-    study.save(
-        update_fields=[
-            "pathology",
-            "pathology_date",
-            "pathology_entered_by",
-            "pathology_entered_at",
-        ]
+    _set_pathology(
+        study, outcome=outcome, biopsy_date=biopsy_date, entered_by=entered_by
     )
     return study
+
+
+@transaction.atomic
+def lesion_record_pathology(
+    *,
+    lesion: Lesion,
+    outcome: str,
+    entered_by: AbstractBaseUser,
+    biopsy_date: datetime.date | None = None,
+) -> Lesion:
+    """Record (or clear, with outcome "") one lesion's biopsy outcome and who entered it.
+
+    The ground truth of the lesion's images, ahead of the study's outcome and of the
+    signed label: a study of a benign and a malignant lesion gives each its own class.
+    Audited as the study's is (every value, who entered it, and a clearing).
+    """
+    _checked_pathology(outcome=outcome, biopsy_date=biopsy_date, entered_by=entered_by)
+    lesion = Lesion.objects.select_for_update().get(pk=lesion.pk)
+    _set_pathology(
+        lesion, outcome=outcome, biopsy_date=biopsy_date, entered_by=entered_by
+    )
+    return lesion

@@ -102,6 +102,7 @@ def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "scan_reviews": scan_review_states(study=study),
             "study_malignancy": study_malignancy(study=study),
             "lesion_malignancies": study_lesion_malignancies(study=study),
+            "lesions": selectors.study_lesions(study=study),
         },
     )
 

@@ -5,8 +5,9 @@ records), analyses (re-scoring history from stored logits) and its own worklist 
 agreement counts, so that no lower service calls up. The maths is ml.site_calibration's,
 the same the CLI (`python -m ml calibrate`) runs.
 
-Ground truth per scan: the study's biopsy outcome where one is recorded, else the
-radiologist's current signed label.
+Ground truth per scan (review.selectors.with_ground_truth, the training export's rule
+too): the biopsy outcome of the scan's lesion where one is recorded, else the study's,
+else the radiologist's current signed label.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime
 import logging
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +57,12 @@ from portal.registry.services import (
     site_calibration_create,
 )
 from portal.review.models import CalibrationFit
-from portal.review.selectors import current_signed_reviews
+from portal.review.selectors import (
+    LESION_BIOPSY,
+    STUDY_BIOPSY,
+    current_signed_reviews,
+    with_ground_truth,
+)
 from portal.review.services import agreement_counts_rebuild, studies_review_refresh
 
 logger = logging.getLogger(__name__)
@@ -72,7 +79,8 @@ class SignedReads:
     logits: np.ndarray  # (n, 3) raw class logits
     labels: np.ndarray  # (n,) indices into LABELS
     groups: np.ndarray  # (n,) patient ids: cross-validation keeps a patient together
-    from_pathology: int  # how many labels came from a biopsy outcome
+    from_pathology: int  # how many labels came from a biopsy outcome (lesion or study)
+    from_lesion_pathology: int  # of those, how many from the scan's lesion's outcome
     ood_scores: np.ndarray  # (n,) out-of-distribution scores, NaN where none
 
     @property
@@ -107,28 +115,25 @@ def signed_reads(*, model_version: str, scanner: Scanner = SITE) -> SignedReads:
     scans excluded: they are not breast ultrasound); of one scanner model's scans when
     one is named."""
     rows = (
-        _signed_rows(model_version)
-        .filter(_scanner_filter(scanner))
+        with_ground_truth(_signed_rows(model_version).filter(_scanner_filter(scanner)))
         .order_by("scan_id", "-version")
         .values_list(
             "scan_id",
-            "label",
+            "truth",
+            "truth_origin",
             "analysis__logits",
-            "scan__study__pathology",
             "scan__study__patient_id",
             "analysis__ood_score",
         )
     )
     seen: set[int] = set()
     logits, labels, groups, scores = [], [], [], []
-    from_pathology = 0
-    for scan_id, label, raw, pathology, patient_id, score in rows:
+    origins: Counter[str] = Counter()
+    for scan_id, label, origin, raw, patient_id, score in rows:
         if scan_id in seen:
             continue
         seen.add(scan_id)
-        if pathology:
-            from_pathology += 1
-            label = pathology
+        origins[origin] += 1
         logits.append(raw)
         labels.append(LABELS.index(label))
         groups.append(patient_id)
@@ -137,7 +142,8 @@ def signed_reads(*, model_version: str, scanner: Scanner = SITE) -> SignedReads:
         logits=np.asarray(logits, np.float64).reshape(-1, len(LABELS)),
         labels=np.asarray(labels, np.int64),
         groups=np.asarray(groups),
-        from_pathology=from_pathology,
+        from_pathology=origins[LESION_BIOPSY] + origins[STUDY_BIOPSY],
+        from_lesion_pathology=origins[LESION_BIOPSY],
         ood_scores=np.asarray(scores, np.float64),
     )
 
@@ -226,6 +232,7 @@ def _fitted(
         raise ValidationError(f"The calibration could not be fitted: {exc}") from None
     parameters = evaluation.pop("calibration")
     evaluation["from_pathology"] = reads.from_pathology
+    evaluation["from_lesion_pathology"] = reads.from_lesion_pathology
     unusual = unusual_shares(model_version=model_version, scanner=scanner, reads=reads)
     evaluation["unusual"] = unusual
     return {

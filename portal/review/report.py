@@ -3,6 +3,7 @@ the model's output and version, and the radiologist's signed review."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import logging
 from typing import Any
@@ -358,8 +359,28 @@ def _lesion_rows(study: Study, scans: list[Any]) -> list[tuple[str, str]]:
                 f"{_plural(result.images, 'analysed image')} of {members}: image "
                 f"{numbers.get(result.scan_id)}, {result.filename})"
             )
+        if lesion.pathology:
+            biopsy = _biopsy_text(lesion.pathology_display, lesion.pathology_date)
+            text += f"; biopsy outcome: {biopsy}"
         rows.append((f"Lesion {lesion.label}", text))
     return rows
+
+
+def _biopsy_text(outcome: str, biopsy_date: datetime.date | None) -> str:
+    """An outcome and its biopsy's date where known: "malignant (biopsy), 2026-11-30"."""
+    return outcome + (f", {biopsy_date:%Y-%m-%d}" if biopsy_date else "")
+
+
+def _study_biopsy_rows(study: Study) -> list[tuple[str, str]]:
+    """The study's biopsy outcome where one is recorded (lesions carry their own)."""
+    if not study.pathology:
+        return []
+    return [
+        (
+            "Biopsy outcome",
+            _biopsy_text(study.get_pathology_display(), study.pathology_date),
+        )
+    ]
 
 
 def _note(review: Any, styles: dict) -> list[Any]:
@@ -414,6 +435,7 @@ def study_report_pdf(*, study: Study, generated_by: Any) -> bytes:
                 ("Review status", selectors.study_review_state(study=study)),
                 ("Images", str(len(scans))),
                 ("Study malignancy", _study_malignancy_text(study, scans)),
+                *_study_biopsy_rows(study),
                 *_lesion_rows(study, scans),
             ],
             styles,

@@ -12,8 +12,9 @@ images are decoded pixels written as PNG (no DICOM header travels). Text burned 
 pixels by a scanner is not removed: the README says so.
 
 Ground truth per scan, from its current signed review:
-- class: the pathology outcome of the study where one is recorded (``label_origin``
-  pathology), else the reader's signed label (``reader``);
+- class: the biopsy outcome of the scan's lesion where one is recorded, else the study's
+  (``label_origin`` pathology, either way), else the reader's signed label (``reader``):
+  review.selectors.with_ground_truth, the site calibration's rule too;
 - outline: the reader's corrected mask (``segmentation`` reader), an empty mask where the
   reader said "no lesion" or read the scan normal (``no_lesion``), else none (``none``:
   no mask file, the row is used for classification only; the model's own outline is never
@@ -42,9 +43,14 @@ from PIL import Image
 from ml.decode import decode_image, to_rgb
 from ml.render import read_mask
 from portal.audit.models import AccessRecord
-from portal.clinical.models import Scan, Study
+from portal.clinical.models import Scan
 from portal.review.models import OutlineState, Review
-from portal.review.selectors import current_signed_reviews
+from portal.review.selectors import (
+    LESION_BIOPSY,
+    READER,
+    current_signed_reviews,
+    with_ground_truth,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +83,14 @@ class ExportSummary:
     scanners: Counter = field(default_factory=Counter)
     patients: int = 0
     skipped_scanner: int = 0
+    # Of the label_origin pathology rows, those whose outcome is their lesion's.
+    from_lesion_pathology: int = 0
 
 
 def pseudonym(key: str, kind: str, value: str, length: int = 16) -> str:
     """A keyed hash: the same value gives the same name, unreadable without the key."""
     digest = hmac.new(key.encode(), f"{kind}:{value}".encode(), hashlib.sha256)
     return digest.hexdigest()[:length]
-
-
-def pathology_label(study: Study) -> str | None:
-    """The study's biopsy outcome (benign / malignant) as a class, where one is recorded."""
-    return study.pathology or None
 
 
 def scanner_name(scan: Scan, content: bytes) -> str:
@@ -115,7 +118,7 @@ def scanner_name(scan: Scan, content: bytes) -> str:
 
 
 def _signed_reviews(since: datetime.date | None) -> Iterable[Review]:
-    reviews = current_signed_reviews().select_related(
+    reviews = with_ground_truth(current_signed_reviews()).select_related(
         "scan__study__patient", "analysis"
     )
     if since is not None:
@@ -180,8 +183,8 @@ def export_training_set(
         )
         name = pseudonym(key, "scan", str(scan.uuid))
         patient = pseudonym(key, "patient", scan.study.patient.identifier)
-        pathology = pathology_label(scan.study)
-        label = pathology or review.label
+        label = review.truth
+        origin = "reader" if review.truth_origin == READER else "pathology"
         mask, segmentation = _ground_truth_mask(review, label, pixels.shape[:2])
         image_path = f"images/{name}.png"
         _png(out / image_path, pixels)
@@ -203,7 +206,7 @@ def export_training_set(
                     if None not in spacing
                     else ""
                 ),
-                "label_origin": "pathology" if pathology else "reader",
+                "label_origin": origin,
                 "segmentation": segmentation,
                 "width": pixels.shape[1],
                 "height": pixels.shape[0],
@@ -212,7 +215,9 @@ def export_training_set(
         patients.add(patient)
         exported.append(scan.pk)
         summary.classes[label] += 1
-        summary.label_origins[rows[-1]["label_origin"]] += 1
+        summary.label_origins[origin] += 1
+        if review.truth_origin == LESION_BIOPSY:
+            summary.from_lesion_pathology += 1
         summary.segmentation[segmentation] += 1
         summary.scanners[scanner] += 1
     rows.sort(key=lambda row: row["path"])  # no order that follows upload time
@@ -269,14 +274,20 @@ version; superseded readings are not exported){
 ## Counts
 - scans: {summary.rows}, patients: {summary.patients}
 - class: {_counts(summary.classes)}
-- label_origin: {_counts(summary.label_origins)}
+- label_origin: {_counts(summary.label_origins)}{
+        f" (of the pathology rows, {summary.from_lesion_pathology} from the biopsy of "
+        "the image's lesion, the rest from the study's)"
+        if summary.from_lesion_pathology
+        else ""
+    }
 - segmentation: {_counts(summary.segmentation)}
 - scanner: {_counts(summary.scanners)}
 
 ## Columns (MANIFEST.csv)
 - `path`: the image, `images/<key>.png`, RGB at the scan's size.
-- `class`: normal / benign / malignant: the pathology outcome where recorded, else the
-  radiologist's signed label (`label_origin` says which).
+- `class`: normal / benign / malignant: the biopsy outcome of the image's lesion where
+  recorded, else the study's, else the radiologist's signed label (`label_origin` says
+  which: `pathology` for either biopsy outcome, `reader` for the signed label).
 - `patient`: a pseudonymous key (HMAC-SHA256 of the hospital identifier with the site's
   export key): the same patient has the same key; it cannot be reversed without the key.
 - `mask_path`: the lesion mask (`masks/<key>.png`, 0/255 at the image's size), empty when

@@ -52,6 +52,11 @@ urlpatterns = [
         views.study_pathology,
         name="study_pathology",
     ),
+    path(
+        "lesions/<int:pk>/pathology/",
+        views.lesion_pathology,
+        name="lesion_pathology",
+    ),
     path("scans/<int:pk>/review/", views.scan_review, name="scan_review"),
     path("scans/<int:pk>/lesion/", views.scan_lesion, name="scan_lesion"),
     path("scans/<int:pk>/display.png", views.scan_display, name="scan_display"),

@@ -25,7 +25,11 @@ from portal.audit.services import Action, record_access, record_accesses
 from portal.clinical.models import Lesion, Scan, Study
 from portal.clinical.scanners import Scanner
 from portal.clinical.selectors import study_lesions
-from portal.clinical.services import scan_display_name, study_record_pathology
+from portal.clinical.services import (
+    lesion_record_pathology,
+    scan_display_name,
+    study_record_pathology,
+)
 from portal.keyset import InvalidCursor
 from portal.registry import selectors as registry_selectors
 from portal.registry.models import SiteCalibration
@@ -638,6 +642,11 @@ def _calibration_scope(
         )
     ]
     reads = next((item for item in by_scanner if item.scanner == scanner), None)
+    truth = (
+        site_calibration.signed_reads(model_version=model_version, scanner=scanner)
+        if reads
+        else None
+    )
     scanners = [
         {
             "scanner": item.scanner,
@@ -659,11 +668,8 @@ def _calibration_scope(
             model_version=model_version, scanner=scanner
         )[:50],
         "reads": reads.reads if reads else 0,
-        "reads_from_pathology": site_calibration.signed_reads(
-            model_version=model_version, scanner=scanner
-        ).from_pathology
-        if reads
-        else 0,
+        "reads_from_pathology": truth.from_pathology if truth else 0,
+        "reads_from_lesion_pathology": truth.from_lesion_pathology if truth else 0,
         "scanners": scanners,
     }
 
@@ -762,4 +768,41 @@ def study_pathology(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, " ".join(exc.messages))
     else:
         messages.success(request, "Biopsy outcome recorded.")
+    return redirect(study)
+
+
+@require_POST
+@require_permissions("clinical.view_study", "clinical.record_pathology")
+def lesion_pathology(request: HttpRequest, pk: int) -> HttpResponse:
+    """Record (or clear) the biopsy outcome of one lesion, from the study page."""
+    lesion = get_object_or_404(Lesion.objects.select_related("study"), pk=pk)
+    study = lesion.study
+    form = PathologyForm(request.POST)
+    if not form.is_valid():
+        messages.error(
+            request,
+            f"The biopsy outcome of lesion {lesion.label} was not recorded: "
+            f"{form.errors.as_text()}",
+        )
+        return redirect(study)
+    try:
+        lesion = lesion_record_pathology(
+            lesion=lesion,
+            outcome=form.cleaned_data["outcome"],
+            biopsy_date=form.cleaned_data["biopsy_date"],
+            entered_by=request.user,
+        )
+    except ValidationError as exc:
+        messages.error(
+            request,
+            f"The biopsy outcome of lesion {lesion.label} was not recorded: "
+            + " ".join(exc.messages),
+        )
+    else:
+        messages.success(
+            request,
+            f"Biopsy outcome of lesion {lesion.label} recorded."
+            if lesion.pathology
+            else f"Biopsy outcome of lesion {lesion.label} cleared.",
+        )
     return redirect(study)

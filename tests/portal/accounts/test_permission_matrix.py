@@ -117,6 +117,17 @@ def _fit(objects: Any) -> Any:
     return fit
 
 
+def _lesion(objects: Any) -> Any:
+    from portal.clinical.models import Lesion
+
+    lesion, _ = Lesion.objects.get_or_create(
+        study=objects.study,
+        label="A",
+        defaults={"created_by": objects.study.created_by},
+    )
+    return lesion
+
+
 def _model_version(objects: Any) -> Any:
     from portal.registry.models import ModelVersion
 
@@ -252,6 +263,14 @@ MATRIX: dict[str, list[Rule]] = {
             method="POST",
             kwargs=_pk("study"),
             data={"outcome": "benign"},
+        )
+    ],
+    "review:lesion_pathology": [
+        Rule(
+            frozenset({RADIOLOGIST}),
+            method="POST",
+            kwargs=lambda o: {"pk": _lesion(o).pk},
+            data={"outcome": "malignant"},
         )
     ],
     # Uploads (portal/ingest)

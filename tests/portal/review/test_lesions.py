@@ -328,6 +328,7 @@ def test_the_api_lists_the_lesions_of_a_study(
                 "images": 2,
                 "rule": "max",
             },
+            "biopsy": None,
         },
         {
             "label": "B",
@@ -340,6 +341,7 @@ def test_the_api_lists_the_lesions_of_a_study(
                 "images": 1,
                 "rule": "max",
             },
+            "biopsy": None,
         },
     ]
     assert detail.json()["study_malignancy"]["scan"] == scans[3].pk

@@ -139,14 +139,3 @@ def test_an_existing_folder_is_not_overwritten(site_key, tmp_path, db):
     Image.new("L", (2, 2)).save(tmp_path / "old" / "keep.png")
     with pytest.raises(CommandError, match="not empty"):
         call_command("export_training_set", "--out", str(tmp_path / "old"))
-
-
-@pytest.mark.parametrize(
-    ("recorded", "expected"),
-    [("malignant", "malignant"), ("benign", "benign"), ("", None)],
-)
-def test_the_pathology_outcome_is_read_where_recorded(recorded, expected):
-    from portal.clinical.models import Study
-    from portal.review.training_export import pathology_label
-
-    assert pathology_label(Study(pathology=recorded)) == expected
