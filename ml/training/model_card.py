@@ -287,6 +287,24 @@ SITE_CURVE_MEASURES = (
 )
 
 
+def _paired_lines(curve: dict) -> str:
+    """v2 minus v1 on the same draws, per fold and k (site_curve.paired)."""
+    lines = []
+    for source, fold in curve["folds"].items():
+        for k, row in fold.get("paired_with_version_1", {}).items():
+            lines.append(
+                f"- {source}, k = {k}: ECE {row['ece_difference_mean']:+.3f} on average, "
+                f"lower in {row['ece_lower_share']:.0%} of {row['draws']} draws; balanced "
+                f"recall {row['balanced_recall_difference_mean']:+.3f}"
+            )
+    if not lines:
+        return ""
+    return (
+        "\nv2 minus v1, paired over the same draws (the medians above hide how much of "
+        "a difference is the draws'):\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def _site_curve_section(report_dir: Path) -> str:
     curve = _report(report_dir, "site_curve.json")
     if curve is None:
@@ -358,6 +376,7 @@ seeing the busi fold's v1 draws stop at the grid's edge (normal offset 2.0).
 {curve.get("note_version", "")}
 
 {table}
+{_paired_lines(curve)}
 """
 
 

@@ -166,7 +166,38 @@ def curve(
         rows[str(k)]["sensitivity_in_0_85_0_95"] = float(
             np.mean([0.85 <= s <= 0.95 for s in samples["sensitivity"]])
         )
+        # Per draw, for paired comparisons of fits on the same draws (`paired`).
+        rows[str(k)]["per_draw"] = {
+            "ece": samples["ece"],
+            "balanced_recall": [
+                float(np.nanmean(r))
+                for r in zip(*(samples[f"recall_{n}"] for n in CLASSES), strict=True)
+            ],
+        }
     return rows
+
+
+def paired(shipped: dict, ablation: dict) -> dict:
+    """Per k, shipped minus ablation over the same draws: mean ECE and balanced-recall
+    differences and the share of draws where the shipped fit's ECE is lower. The medians
+    of two curves hide how much of their difference is the draws'; paired differences
+    do not."""
+    out = {}
+    for k, row in shipped.items():
+        other = ablation.get(k)
+        if k == "training" or other is None or "per_draw" not in row:
+            continue
+        ece = np.subtract(row["per_draw"]["ece"], other["per_draw"]["ece"])
+        recall = np.subtract(
+            row["per_draw"]["balanced_recall"], other["per_draw"]["balanced_recall"]
+        )
+        out[k] = {
+            "ece_difference_mean": float(ece.mean()),
+            "ece_lower_share": float((ece < 0).mean()),
+            "balanced_recall_difference_mean": float(np.nanmean(recall)),
+            "draws": len(ece),
+        }
+    return out
 
 
 def _fold_dir(loso_dir: Path | None, source: str) -> Path | None:
@@ -221,6 +252,9 @@ def site_curve(
             # The ablation: version 1's fit on the same draws.
             "curve_version_1": curve(*data, ks=ks, draws=draws, seed=seed, version=1),
         }
+        report["folds"][source]["paired_with_version_1"] = paired(
+            report["folds"][source]["curve"], report["folds"][source]["curve_version_1"]
+        )
     missing = [
         s for s, f in report["folds"].items() if f.get("current_version_missing")
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ml.site_calibration import FORMAT_VERSION, SiteCalibration
 from ml.training.site_curve import (
@@ -11,6 +12,7 @@ from ml.training.site_curve import (
     _earlier_caution_fold,
     caution_multiple,
     curve,
+    paired,
     site_curve,
 )
 from ml.training.sources import SOURCES
@@ -50,6 +52,13 @@ def test_a_site_calibration_repairs_a_miscalibrated_site():
     for k in ("100", "200"):
         assert first[k]["n_test"] == rows[k]["n_test"]  # the same draws
         assert first[k]["ece"] != rows[k]["ece"]
+    differences = paired(rows, first)
+    assert set(differences) == {"100", "200"}
+    for k in ("100", "200"):
+        ece = np.subtract(rows[k]["per_draw"]["ece"], first[k]["per_draw"]["ece"])
+        assert differences[k]["ece_difference_mean"] == pytest.approx(ece.mean())
+        assert differences[k]["ece_lower_share"] == pytest.approx((ece < 0).mean())
+        assert differences[k]["draws"] == 5
 
 
 def test_the_caution_multiple_is_the_smallest_every_fold_passes_at():
