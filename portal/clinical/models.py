@@ -50,7 +50,33 @@ class Pathology(models.TextChoices):
     MALIGNANT = "malignant", "malignant (biopsy)"
 
 
-class Study(models.Model):
+class BiopsyOutcome(models.Model):
+    """A biopsy outcome and who entered it: ground truth, ahead of the radiologist's
+    signed label, for the site's calibration and the training export. A study has one
+    (clinical.services.study_record_pathology); so has each lesion a reader groups its
+    images into (lesion_record_pathology: a study of two lesions may hold a benign one
+    and a malignant one), and a lesion's comes first for its images
+    (portal.review.selectors.with_ground_truth). Entered only through those services,
+    which the audit trail follows."""
+
+    pathology = models.CharField(
+        "pathology outcome", max_length=16, choices=Pathology.choices, blank=True
+    )
+    pathology_date = models.DateField("biopsy date", null=True, blank=True)
+    pathology_entered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    pathology_entered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class Study(BiopsyOutcome):
     patient = models.ForeignKey(
         Patient, on_delete=models.PROTECT, related_name="studies"
     )
@@ -85,23 +111,6 @@ class Study(models.Model):
         editable=False,
         help_text="A finished analysis is at or above the site's operating threshold.",
     )
-    # The study's biopsy outcome: ground truth, ahead of the radiologist's signed label,
-    # for the site's calibration and the training export. Where a reader grouped the
-    # images into lesions, a lesion's own outcome (Lesion.pathology) comes first for
-    # its images (portal.review.selectors.with_ground_truth). Entered through
-    # clinical.services.study_record_pathology, which the audit trail follows.
-    pathology = models.CharField(
-        "pathology outcome", max_length=16, choices=Pathology.choices, blank=True
-    )
-    pathology_date = models.DateField("biopsy date", null=True, blank=True)
-    pathology_entered_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
-    pathology_entered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = (
@@ -147,7 +156,7 @@ def lesion_label(index: int) -> str:
     return label
 
 
-class Lesion(models.Model):
+class Lesion(BiopsyOutcome):
     """One lesion of a study, as a reader groups the study's images: the scans that show
     the same lesion point at it (Scan.lesion), and its result is its most suspicious
     image's (portal.analyses.selectors.lesion_malignancies).
@@ -167,23 +176,6 @@ class Lesion(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
-    # The biopsy outcome of this lesion, as Study.pathology is the study's: a study of
-    # two lesions may hold a benign one and a malignant one. Ground truth for its
-    # images ahead of the study's outcome and the signed label
-    # (portal.review.selectors.with_ground_truth); entered through
-    # clinical.services.lesion_record_pathology, which the audit trail follows.
-    pathology = models.CharField(
-        "pathology outcome", max_length=16, choices=Pathology.choices, blank=True
-    )
-    pathology_date = models.DateField("biopsy date", null=True, blank=True)
-    pathology_entered_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.PROTECT,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
-    pathology_entered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("study", "id")
