@@ -298,15 +298,19 @@ class SiteCalibration:
 
     def suspicious(self, probabilities: np.ndarray) -> np.ndarray:
         """(n,) bool: calibrated p(malignant) at or above the threshold; without a threshold,
-        malignant is the most probable class (the training operating point, whose
-        probabilities and label share one set of offsets)."""
+        the label is malignant (the training operating point). The label is read back from
+        the probabilities: ``T * log p - offsets`` is the logits up to a constant per row,
+        so adding the decision offsets gives the label's argmax (for one set of offsets,
+        the most probable class)."""
         array = np.asarray(probabilities, np.float64)
         if array.ndim != 2 or array.shape[1] != len(CLASSES):
             raise ValueError(
                 f"probabilities must have shape (n, {len(CLASSES)}), got {array.shape}"
             )
         if self.threshold is None:
-            return array.argmax(axis=1) == MALIGNANT
+            logits = self.temperature * np.log(np.clip(array, 1e-300, None))
+            shift = np.asarray(self.decision_offsets) - np.asarray(self.offsets)
+            return (logits + shift).argmax(axis=1) == MALIGNANT
         return array[:, MALIGNANT] >= self.threshold
 
 

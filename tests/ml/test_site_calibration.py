@@ -114,6 +114,24 @@ def test_without_threshold_suspicious_is_the_malignant_label():
     assert training.suspicious(probabilities).tolist() == [True, False]
 
 
+def test_without_threshold_suspicious_follows_the_label_of_its_decision_offsets():
+    """A calibration whose label has offsets of its own: without a threshold the flag is
+    the label, not the most probable class."""
+    calibration = SiteCalibration(
+        temperature=1.7,
+        offsets=(0.0, 0.0, 0.0),
+        decision_offsets=(0.0, 0.0, 1.0),
+        threshold=None,
+        target_sensitivity=0.9,
+        n=100,
+    )
+    logits = np.array([[0.0, 1.0, 0.5], [0.0, 2.0, 0.5], [3.0, 0.0, 2.5]])
+    probabilities = calibration.probabilities(logits)
+    assert probabilities.argmax(1).tolist() == [1, 1, 0]
+    assert calibration.labels(logits).tolist() == [2, 1, 2]
+    assert calibration.suspicious(probabilities).tolist() == [True, False, True]
+
+
 def test_fit_improves_calibration_and_reaches_the_target_with_the_highest_threshold():
     logits, labels, _truth = simulate_site(600, [0.3, 0.45, 0.25], seed=1)
     fitted = fit_site_calibration(logits, labels, target_sensitivity=0.9)
