@@ -191,52 +191,47 @@ def fit_class_bias(
     so the rule moves only as far as the validation data supports. ``objective`` scores the
     predicted labels in place of balanced accuracy.
     """
-    grid = np.arange(-1.0, 2.01, 0.25) if grid is None else grid
-    if objective is None:
-        labels = np.asarray(labels)
-        present = [c for c in range(len(CLASSES)) if (labels == c).any()]
-        if present:
-            return _balanced_recall_bias(
-                np.asarray(logits, np.float64), labels, present, grid
+    grid = np.asarray(np.arange(-1.0, 2.01, 0.25) if grid is None else grid, float)
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels)
+    present = [c for c in range(len(CLASSES)) if (labels == c).any()]
+    # Per normal offset, the score of every malignant offset of the grid.
+    if objective is None and present:
+        # Balanced recall, every malignant offset at once (a site calibration's
+        # bootstrap refits this hundreds of times).
+        masks = [labels == c for c in present]
+        malignant = np.zeros((len(grid), len(CLASSES)))
+        malignant[:, MALIGNANT] = grid
+
+        def scores(normal_bias: float) -> np.ndarray:
+            shifted = logits.copy()
+            shifted[:, NORMAL] += normal_bias
+            predicted = (shifted[None] + malignant[:, None, :]).argmax(2)
+            return np.mean(
+                [
+                    (predicted[:, m] == c).mean(1)
+                    for c, m in zip(present, masks, strict=True)
+                ],
+                axis=0,
             )
 
-        def objective(predicted: np.ndarray) -> float:
-            return float(np.nanmean(recalls(labels, predicted)))
+    else:
+        if objective is None:
+
+            def objective(predicted: np.ndarray) -> float:
+                return float(np.nanmean(recalls(labels, predicted)))
+
+        def scores(normal_bias: float) -> np.ndarray:
+            out = []
+            for malignant_bias in grid:
+                bias = np.zeros(len(CLASSES))
+                bias[NORMAL], bias[MALIGNANT] = normal_bias, malignant_bias
+                out.append(objective((logits + bias).argmax(1)))
+            return np.asarray(out, float)
 
     best, best_key = np.zeros(len(CLASSES)), None
     for normal_bias in grid:
-        for malignant_bias in grid:
-            bias = np.zeros(len(CLASSES))
-            bias[NORMAL], bias[MALIGNANT] = normal_bias, malignant_bias
-            score = objective((logits + bias).argmax(1))
-            key = (round(score, 6), -abs(normal_bias) - abs(malignant_bias))
-            if best_key is None or key > best_key:
-                best, best_key = bias, key
-    return best
-
-
-def _balanced_recall_bias(
-    logits: np.ndarray, labels: np.ndarray, present: list[int], grid: np.ndarray
-) -> np.ndarray:
-    """fit_class_bias with its default objective, every malignant offset of the grid at
-    once (the same scores, order and ties as the loop; a site calibration's bootstrap
-    refits it hundreds of times)."""
-    masks = [labels == c for c in present]
-    malignant = np.zeros((len(grid), len(CLASSES)))
-    malignant[:, MALIGNANT] = grid
-    best, best_key = np.zeros(len(CLASSES)), None
-    for normal_bias in grid:
-        shifted = logits.copy()
-        shifted[:, NORMAL] += normal_bias
-        predicted = (shifted[None] + malignant[:, None, :]).argmax(2)
-        scores = np.mean(
-            [
-                (predicted[:, m] == c).mean(1)
-                for c, m in zip(present, masks, strict=True)
-            ],
-            axis=0,
-        )
-        for malignant_bias, score in zip(grid, scores, strict=True):
+        for malignant_bias, score in zip(grid, scores(normal_bias), strict=True):
             key = (round(float(score), 6), -abs(normal_bias) - abs(malignant_bias))
             if best_key is None or key > best_key:
                 best = np.zeros(len(CLASSES))
