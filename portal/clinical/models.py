@@ -72,6 +72,14 @@ class BiopsyOutcome(models.Model):
     )
     pathology_entered_at = models.DateTimeField(null=True, blank=True)
 
+    # What a recording writes (clinical.services._set_pathology's update_fields).
+    FIELDS = (
+        "pathology",
+        "pathology_date",
+        "pathology_entered_by",
+        "pathology_entered_at",
+    )
+
     class Meta:
         abstract = True
 

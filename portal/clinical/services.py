@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from portal.clinical.models import (
     FORMAT_EXTENSIONS,
+    BiopsyOutcome,
     Lesion,
     Pathology,
     Patient,
@@ -136,14 +137,6 @@ def _checked_pathology(
         raise ValidationError("The biopsy date is in the future.")
 
 
-_PATHOLOGY_FIELDS = [
-    "pathology",
-    "pathology_date",
-    "pathology_entered_by",
-    "pathology_entered_at",
-]
-
-
 def _set_pathology(
     record: Study | Lesion,
     *,
@@ -157,7 +150,7 @@ def _set_pathology(
     record.pathology_date = biopsy_date if outcome else None
     record.pathology_entered_by = entered_by if outcome else None
     record.pathology_entered_at = timezone.now() if outcome else None
-    record.save(update_fields=_PATHOLOGY_FIELDS)
+    record.save(update_fields=BiopsyOutcome.FIELDS)
 
 
 @transaction.atomic
