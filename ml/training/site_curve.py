@@ -6,6 +6,11 @@ drawn by patient (several draws) a :class:`ml.site_calibration.SiteCalibration` 
 those k and judged on the rest of the source: ECE, recall per class and the malignant
 sensitivity achieved at the target. Without a fold model the committed model scores the
 source, and the report says so (that source was then in its training).
+
+A fold model's scores of its held-out source are kept in the repository
+(``ml/reports/fold_scores/<source>.npz``, :func:`fold_scores`): a few numbers per image, so
+the curve and the caution can be measured again, for any calibration format, in a later
+session whose machine no longer has the fold model (each takes an hour to train here).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ml.training.splits import SPLITS, load_split
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = REPO_DIR / "var" / "site_curve"
+FOLD_SCORES_DIR = REPO_DIR / "ml" / "reports" / "fold_scores"
 DEFAULT_K = (25, 50, 100, 200)
 
 
@@ -86,6 +92,39 @@ def score_source(weights: Path, source: str, *, batch_size: int = 8) -> dict:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
     return out
+
+
+def fold_scores(
+    loso_dir: Path | None, source: str, *, store: Path = FOLD_SCORES_DIR
+) -> dict | None:
+    """``source`` scored by its LOSO fold model (:func:`score_source`'s arrays plus the fold
+    model's ``model`` version, ``temperature``, ``class_bias`` and ``ood_threshold``).
+
+    Scored by the fold model when ``loso_dir`` holds it, and then written to ``store``
+    (replacing an earlier fold model's scores); otherwise read from ``store``; None when
+    neither has it."""
+    from ml.weights_io import read_meta
+
+    path = Path(store) / f"{source}.npz"
+    fold = _fold_dir(loso_dir, source)
+    if fold is None:
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    meta = read_meta(fold)
+    scored = {
+        **score_source(fold, source),
+        "model": np.array(meta.version),
+        "temperature": np.float64(meta.temperature),
+        "class_bias": np.asarray(meta.class_bias, np.float64),
+        "ood_threshold": np.float64(
+            np.nan if meta.ood_threshold is None else meta.ood_threshold
+        ),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **scored)
+    return scored
 
 
 def _draw_by_patient(
@@ -214,12 +253,14 @@ def site_curve(
     draws: int = 20,
     seed: int = 0,
     previous: dict | None = None,
+    scores_dir: Path = FOLD_SCORES_DIR,
 ) -> dict:
-    """Every source as the new site; a fold model where ``loso_dir`` has one.
+    """Every source as the new site, scored by its fold model (from ``loso_dir`` or the
+    fold scores kept in ``scores_dir``).
 
-    Folds run one at a time, hours or sessions apart: a source whose fold model is not in
-    ``loso_dir`` keeps its fold-model row from ``previous`` (the earlier report, same ks
-    and draws) rather than falling back to the committed model."""
+    Folds run one at a time, hours or sessions apart: a source with neither keeps its
+    fold-model row from ``previous`` (the earlier report, same ks and draws) rather than
+    falling back to the committed model, which scores it only when there is no such row."""
     from ml.weights_io import read_meta
 
     report: dict = {
@@ -230,21 +271,28 @@ def site_curve(
         "folds": {},
     }
     for source in SOURCES:
-        fold = _fold_dir(loso_dir, source)
+        scored = fold_scores(loso_dir, source, store=scores_dir)
         earlier = _earlier_fold(previous, source, ks=list(ks), draws=draws, seed=seed)
-        if fold is None and earlier is not None:
+        if scored is None and earlier is not None:
             report["folds"][source] = earlier
             continue
-        model, honest = (fold, True) if fold is not None else (Path(weights), False)
-        meta = read_meta(model)
-        scored = score_source(model, source)
+        honest = scored is not None
+        if not honest:
+            meta = read_meta(weights)
+            scored = {
+                **score_source(Path(weights), source),
+                "model": np.array(meta.version),
+                "temperature": np.float64(meta.temperature),
+                "class_bias": np.asarray(meta.class_bias, np.float64),
+            }
         used = ~scored["doppler"]
         baseline = SiteCalibration.from_training(
-            temperature=meta.temperature, class_bias=meta.class_bias
+            temperature=float(scored["temperature"]),
+            class_bias=[float(v) for v in scored["class_bias"]],
         )
         data = (scored["logits"][used], scored["labels"][used], scored["groups"][used])
         report["folds"][source] = {
-            "model": meta.version,
+            "model": str(scored["model"]),
             "held_out_in_training": not honest,
             "n": int(used.sum()),
             "patients": len(np.unique(scored["groups"][used])),
@@ -262,8 +310,9 @@ def site_curve(
         report["note_version"] = (
             f"**{', '.join(missing)}: version 1 only.** The fold model that scored "
             "them was not on this machine when the shipped calibration's format changed, "
-            "so their rows are the earlier report's (v1, same draws); re-run "
-            "`python -m ml site-curve --loso DIR` once their fold models exist."
+            "and its scores were not kept then, so their rows are the earlier report's "
+            "(v1, same draws); re-run `python -m ml site-curve --loso DIR` once their fold "
+            "models exist."
         )
     stand_ins = [s for s, f in report["folds"].items() if f["held_out_in_training"]]
     if stand_ins:
@@ -350,7 +399,11 @@ def _earlier_caution_fold(previous: dict | None, source: str) -> dict | None:
 
 
 def caution_report(
-    weights: Path, loso_dir: Path | None, previous: dict | None = None
+    weights: Path,
+    loso_dir: Path | None,
+    previous: dict | None = None,
+    *,
+    scores_dir: Path = FOLD_SCORES_DIR,
 ) -> dict:
     """The "unusual for this model" caution's threshold, set by leave-one-source-out.
 
@@ -362,7 +415,8 @@ def caution_report(
     on passing and cautioned scans — a caution that says nothing about accuracy teaches
     readers to ignore it.
 
-    A fold whose model is not in ``loso_dir`` is carried from ``previous`` (the earlier
+    A fold whose model is not in ``loso_dir`` is measured on its kept scores
+    (:func:`fold_scores`); without those it is carried from ``previous`` (the earlier
     report): its pass rates per multiple and its AUCs were measured on its own model, so
     folds trained sessions apart still choose m together."""
     from ml.weights_io import read_meta
@@ -370,28 +424,28 @@ def caution_report(
     meta = read_meta(weights)
     folds, scored_by_source = [], {}
     for source in SOURCES:
-        fold = _fold_dir(loso_dir, source)
-        if fold is None:
+        scored = fold_scores(loso_dir, source, store=scores_dir)
+        if scored is None:
             carried = _earlier_caution_fold(previous, source)
             if carried is not None:
                 folds.append(carried)
             continue
-        fold_meta = read_meta(fold)
-        scored = scored_by_source[source] = score_source(fold, source)
+        scored_by_source[source] = scored
+        threshold = float(scored["ood_threshold"])
         used = ~scored["doppler"]
         scores = scored["ood_score"][used]
         folds.append(
             {
                 "source": source,
-                "model": fold_meta.version,
+                "model": str(scored["model"]),
                 "n": int(used.sum()),
-                "threshold": fold_meta.ood_threshold,
+                "threshold": threshold,
                 "passing": {
-                    str(m): float((scores <= m * fold_meta.ood_threshold).mean())
+                    str(m): float((scores <= m * threshold).mean())
                     for m in CAUTION_MULTIPLES
                 },
                 "doppler_passing_at_1": float(
-                    (scored["ood_score"][~used] <= fold_meta.ood_threshold).mean()
+                    (scored["ood_score"][~used] <= threshold).mean()
                 )
                 if (~used).any()
                 else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ml import metrics
 from ml.site_calibration import FORMAT_VERSION, SiteCalibration
 from ml.training.site_curve import (
     CAUTION_MULTIPLES,
@@ -88,12 +89,63 @@ def test_folds_trained_sessions_apart_keep_their_fold_model_rows(tmp_path):
         "folds": rows,
     }
     report = site_curve(
-        tmp_path, tmp_path / "unused", ks=(100,), draws=3, previous=previous
+        tmp_path,
+        tmp_path / "unused",
+        ks=(100,),
+        draws=3,
+        previous=previous,
+        scores_dir=tmp_path / "no-kept-scores",
     )
     assert {s: f["model"] for s, f in report["folds"].items()} == {
         s: f"fold-{s}" for s in SOURCES
     }
     assert all(f["carried"] for f in report["folds"].values())
+
+
+def test_kept_fold_scores_are_measured_again_without_the_fold_model(tmp_path):
+    """A fold model's kept scores stand in for the model: measured, not carried, with the
+    fold model's own training calibration as the baseline."""
+    rng = np.random.default_rng(3)
+    n = 300
+    for source in SOURCES:
+        labels = rng.choice(3, n, p=[0.3, 0.45, 0.25])
+        np.savez_compressed(
+            tmp_path / f"{source}.npz",
+            paths=np.array([f"{source}/{i}.png" for i in range(n)]),
+            labels=labels,
+            groups=np.arange(n) // 2,
+            doppler=np.zeros(n, bool),
+            logits=rng.normal(size=(n, 3)) + 2.0 * np.eye(3)[labels],
+            ood_score=rng.uniform(0, 20, n),
+            lesion_area=rng.uniform(0, 0.1, n),
+            model=np.array(f"fold-{source}"),
+            temperature=np.float64(2.0),
+            class_bias=np.array([0.5, 0.0, -0.5]),
+            ood_threshold=np.float64(10.0),
+        )
+    previous = {"ks": [100], "draws": 3, "seed": 0, "folds": {}}
+    report = site_curve(
+        tmp_path / "no-loso",
+        tmp_path / "unused",
+        ks=(100,),
+        draws=3,
+        previous=previous,
+        scores_dir=tmp_path,
+    )
+    for source, fold in report["folds"].items():
+        assert fold["model"] == f"fold-{source}"
+        assert not fold["held_out_in_training"] and "carried" not in fold
+        assert fold["n"] == n and set(fold["curve"]) == {"training", "100"}
+    with np.load(tmp_path / "busi.npz") as kept:
+        baseline = SiteCalibration.from_training(
+            temperature=2.0, class_bias=[0.5, 0.0, -0.5]
+        )
+        expected = metrics.expected_calibration_error(
+            kept["labels"], baseline.probabilities(kept["logits"])
+        )
+    assert report["folds"]["busi"]["curve"]["training"]["ece"] == pytest.approx(
+        expected
+    )
 
 
 def test_an_earlier_report_made_otherwise_is_not_carried():
