@@ -122,6 +122,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _prior(weights: Path, predictions: Path, names: list[str]):
+    """The training calibration of the model that made the predictions (``weights``), which
+    the site's fit corrects, as the portal's does; a ValueError when another model made
+    them."""
+    import json
+
+    from ml.site_calibration import SiteCalibration
+    from ml.weights_io import read_meta
+
+    meta = read_meta(weights)
+    made_by = {
+        json.loads((predictions / f"{name}.json").read_text()).get("model_version")
+        for name in names
+    }
+    if made_by != {meta.version}:
+        raise ValueError(
+            f"the predictions were made by {sorted(map(str, made_by))}, --weights is "
+            f"{meta.version}: pass the weights that made them, or --no-prior"
+        )
+    return SiteCalibration.from_training(
+        temperature=meta.temperature, class_bias=meta.class_bias
+    )
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import json
 
@@ -133,16 +157,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
 
     try:
-        logits, labels, _, patients, withheld = read_labelled_predictions(
+        logits, labels, names, patients, withheld = read_labelled_predictions(
             args.predictions, args.labels
         )
+        prior = None if args.no_prior else _prior(args.weights, args.predictions, names)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if withheld:
         print(f"{withheld} withheld image(s) (not a breast ultrasound) left out")
     calibration = fit_site_calibration(
-        logits, labels, target_sensitivity=args.target_sensitivity, groups=patients
+        logits,
+        labels,
+        target_sensitivity=args.target_sensitivity,
+        groups=patients,
+        prior=prior,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
@@ -163,6 +192,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             labels,
             groups=patients,
             target_sensitivity=args.target_sensitivity,
+            prior=prior,
         )
         args.report.write_text(json.dumps(report, indent=2) + "\n")
         print(
@@ -470,6 +500,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--out", type=Path, required=True)
     calibrate.add_argument("--target-sensitivity", type=float, default=0.9)
+    calibrate.add_argument(
+        "--weights",
+        type=Path,
+        default=weights_dir(),
+        help="the model that made the predictions: the fit corrects its own calibration",
+    )
+    calibrate.add_argument(
+        "--no-prior",
+        action="store_true",
+        help="fit from the logits alone, not as a correction of the model's calibration",
+    )
     calibrate.add_argument(
         "--report",
         type=Path,

@@ -241,34 +241,59 @@ def fit_class_bias(
 
 
 def fit_bias_and_temperature(
-    logits: np.ndarray, labels: np.ndarray
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    prior: tuple[np.ndarray, float] | None = None,
+    prior_strength: float = 0.0,
 ) -> tuple[np.ndarray, float]:
     """Per-class logit offsets and the temperature minimising, together, the negative
     log-likelihood of ``softmax((logits + offsets) / T)`` (bias-corrected temperature scaling,
     Alexandari, Kundaje & Shrikumar, ICML 2020): probabilities calibrated to the class mix of
-    the data fitted on. Benign's offset stays 0 (only differences between offsets matter)."""
+    the data fitted on. Benign's offset stays 0 (only differences between offsets matter).
+
+    With a ``prior`` (offsets, temperature), the fit is a maximum a posteriori one: a
+    Gaussian prior centred on it, ``prior_strength`` times the squared distance from it of
+    the log-temperature and of the offsets divided by the temperature (their shift of the
+    calibrated log-odds, whatever the network's scale) added to the summed NLL, so a few
+    reads move the prior a little and many reads move it as far as they support."""
     from scipy.optimize import minimize
 
     logits = np.asarray(logits, np.float64)
     rows = np.arange(len(labels))
+    if prior is None:
+        centre, strength = np.zeros(3), 0.0
+    else:
+        offsets, temperature = np.asarray(prior[0], np.float64), float(prior[1])
+        centre = np.array(
+            [
+                (offsets[NORMAL] - offsets[BENIGN]) / temperature,
+                (offsets[MALIGNANT] - offsets[BENIGN]) / temperature,
+                np.log(temperature),
+            ]
+        )
+        strength = float(prior_strength)
 
-    def nll(x: np.ndarray) -> float:
-        bias = np.zeros(len(CLASSES))
-        bias[NORMAL], bias[MALIGNANT] = x[0], x[1]
-        scaled = (logits + bias) / np.exp(x[2])
+    # x: the offsets divided by the temperature (normal, malignant), log-temperature.
+    def objective(x: np.ndarray) -> float:
+        shift = np.zeros(len(CLASSES))
+        shift[NORMAL], shift[MALIGNANT] = x[0], x[1]
+        scaled = logits / np.exp(x[2]) + shift
         scaled = scaled - scaled.max(axis=1, keepdims=True)
         log_p = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
-        return float(-log_p[rows, labels].mean())
+        penalty = strength * float(np.sum((x - centre) ** 2))
+        return float(-log_p[rows, labels].sum() + penalty) / max(len(rows), 1)
 
     result = minimize(
-        nll,
-        np.zeros(3),
+        objective,
+        centre,
         method="L-BFGS-B",
         bounds=[(-10.0, 10.0), (-10.0, 10.0), (np.log(0.05), np.log(20.0))],
     )
+    temperature = float(np.exp(result.x[2]))
     bias = np.zeros(len(CLASSES))
-    bias[NORMAL], bias[MALIGNANT] = result.x[0], result.x[1]
-    return bias, float(np.exp(result.x[2]))
+    bias[NORMAL], bias[MALIGNANT] = result.x[0] * temperature, result.x[1] * temperature
+    return bias, temperature
 
 
 def fit_offsets_and_temperature(

@@ -19,6 +19,12 @@ uniform class prior, not the site's, and no temperature can undo a prior shift (
 100 reads is in ``ml/MODEL_CARD.md``'s site-adaptation curve beside version 2's). A version 1
 calibration still loads and means what it meant: its decision offsets are its offsets.
 
+A site's probabilities are a correction of the model's own calibration, not a fit from
+nothing: given the training calibration as ``prior``, the offsets and temperature are the
+maximum a posteriori fit under a Gaussian prior centred on it (:data:`PRIOR_STRENGTH`), so
+100 reads do not trade a calibration that already fits the site for a noisier one, and still
+move one that does not. The fit records the prior's id and strength in ``fitted_on``.
+
 The operating point is a threshold on calibrated p(malignant): the highest threshold at
 which at least ``target_sensitivity`` of the signed malignant cases are flagged
 "suspicious". Without a threshold (``None``: not fitted) "suspicious" falls back to the
@@ -51,6 +57,7 @@ from ml.metrics import (
 __all__ = [
     "MIN_MALIGNANT_FOR_THRESHOLD",
     "MIN_READS_FOR_SITE_CALIBRATION",
+    "PRIOR_STRENGTH",
     "SiteCalibration",
     "estimate_prior_em",
     "evaluate_site_calibration",
@@ -83,6 +90,16 @@ SITE_OOD_PERCENTILE = 99.0
 # reached 2.0, the training grid's edge, in most draws; on this grid its out-of-sample
 # balanced recall rose, `python -m ml site-curve`). The smallest offsets win ties.
 DECISION_GRID = np.arange(-2.0, 4.01, 0.25)
+# A site's probabilities are fitted as a maximum a posteriori correction of the model's own
+# (training) calibration: a Gaussian prior centred on its log-temperature and its offsets in
+# calibrated log-odds, of this strength in summed-NLL units (sd 1/sqrt(2 * 10) = 0.22). Chosen
+# on the busi fold alone (model busnet-lite0-f774798fd1e3, one-off sweeps at k = 25-200, 20
+# draws, before any other fold was scored): unshrunk, 100 reads took a training calibration
+# that already fitted (ECE 0.033 on the rest) to 0.048; at 10, 0.034. Stronger priors did as
+# well there, but hold back more a site whose training calibration is poor (the fold model
+# of the previous session scored BUSI at ECE 0.082), which this fold cannot show; the other
+# folds judge the choice (`python -m ml site-curve`, ml/MODEL_CARD.md).
+PRIOR_STRENGTH = 10.0
 
 
 def _json_safe(value):
@@ -367,15 +384,21 @@ def fit_site_calibration(
     groups: Sequence | np.ndarray | None = None,
     scanners: Sequence | np.ndarray | None = None,
     version: int = FORMAT_VERSION,
+    prior: SiteCalibration | None = None,
+    prior_strength: float = PRIOR_STRENGTH,
 ) -> SiteCalibration:
     """Fit the probabilities' offsets and temperature (by likelihood), the label's decision
     offsets (balanced recall) and the operating point on a site's signed reads.
 
+    ``prior`` is the calibration the site's is a correction of (the model's own,
+    :meth:`SiteCalibration.from_training`): the probabilities' fit is shrunk toward it with
+    ``prior_strength`` (:data:`PRIOR_STRENGTH`); ``None`` fits from the raw logits alone.
+
     ``labels`` are indices into ``CLASSES``; ``groups`` (patients) and ``scanners`` (e.g.
     DICOM Manufacturer / Model Name) are only counted into ``fitted_on``. The threshold is
     ``None`` when there is no malignant case to fit it on. ``version=1`` fits as version 1
-    did (balanced-recall offsets for both, then the temperature): kept for the ablation in
-    the site-adaptation curve, not for new sites.
+    did (balanced-recall offsets for both, then the temperature, no prior): kept for the
+    ablation in the site-adaptation curve, not for new sites.
     """
     logits = _logits_array(logits)
     labels = _labels_array(labels, len(logits))
@@ -391,7 +414,12 @@ def fit_site_calibration(
         offsets, temperature = fit_offsets_and_temperature(logits, labels)
         decision_offsets = offsets
     else:
-        offsets, temperature = fit_bias_and_temperature(logits, labels)
+        offsets, temperature = fit_bias_and_temperature(
+            logits,
+            labels,
+            prior=None if prior is None else (prior.offsets, prior.temperature),
+            prior_strength=prior_strength,
+        )
         decision_offsets = fit_class_bias(logits, labels, grid=DECISION_GRID)
     calibrated = metrics.softmax(logits + offsets, temperature)
     threshold = _threshold_for(
@@ -400,6 +428,11 @@ def fit_site_calibration(
     fitted_on: dict = {
         "classes": {name: int((labels == c).sum()) for c, name in enumerate(CLASSES)}
     }
+    if prior is not None and version >= 2:
+        fitted_on["prior"] = {
+            "calibration": prior.calibration_id,
+            "strength": float(prior_strength),
+        }
     if groups is not None:
         groups = np.asarray(groups)
         if groups.shape != labels.shape:
@@ -466,6 +499,7 @@ def evaluate_site_calibration(
     folds: int = 5,
     target_sensitivity: float = 0.9,
     baseline: SiteCalibration | None = None,
+    prior: SiteCalibration | None = None,
     seed: int = 0,
     bootstrap_rounds: int = 200,
 ) -> dict:
@@ -478,6 +512,7 @@ def evaluate_site_calibration(
     the reliability diagram and the sensitivity achieved at the operating point, with 95%
     bootstrap intervals over groups; ``threshold`` is fitted on all the reads, with a
     bootstrap interval of refits; ``calibration`` is that fit (what the portal activates).
+    Every fit is shrunk toward ``prior`` (see :func:`fit_site_calibration`).
     """
     logits = _logits_array(logits)
     labels = _labels_array(labels, len(logits))
@@ -505,7 +540,10 @@ def evaluate_site_calibration(
     for test in _group_folds(groups, folds, seed):
         train = np.setdiff1d(np.arange(len(labels)), test)
         fitted = fit_site_calibration(
-            logits[train], labels[train], target_sensitivity=target_sensitivity
+            logits[train],
+            labels[train],
+            target_sensitivity=target_sensitivity,
+            prior=prior,
         )
         after_probabilities[test] = fitted.probabilities(logits[test])
         after_predicted[test] = fitted.labels(logits[test])
@@ -534,7 +572,11 @@ def evaluate_site_calibration(
         statistic, groups, rounds=bootstrap_rounds, seed=seed
     )
     final = fit_site_calibration(
-        logits, labels, target_sensitivity=target_sensitivity, groups=groups
+        logits,
+        labels,
+        target_sensitivity=target_sensitivity,
+        groups=groups,
+        prior=prior,
     )
 
     def refitted_threshold(indices: np.ndarray) -> dict:
@@ -542,7 +584,10 @@ def evaluate_site_calibration(
         if not (labels[indices] == MALIGNANT).any():
             return {"threshold": float("nan")}
         refit = fit_site_calibration(
-            logits[indices], labels[indices], target_sensitivity=target_sensitivity
+            logits[indices],
+            labels[indices],
+            target_sensitivity=target_sensitivity,
+            prior=prior,
         )
         return {"threshold": refit.threshold}
 

@@ -26,6 +26,7 @@ from ml.config import CLASSES, REPO_DIR
 from ml.metrics import MALIGNANT
 from ml.site_calibration import (
     FORMAT_VERSION,
+    PRIOR_STRENGTH,
     SiteCalibration,
     fit_site_calibration,
 )
@@ -151,9 +152,11 @@ def curve(
     baseline: SiteCalibration | None = None,
     seed: int = 0,
     version: int = FORMAT_VERSION,
+    prior: SiteCalibration | None = None,
 ) -> dict:
     """Per k, median and 10th-90th percentile over draws of the measures on the rest, for
-    calibrations of format ``version`` (the same draws for every version: same seed)."""
+    calibrations of format ``version`` fitted toward ``prior`` (the same draws for every
+    version and prior: same seed)."""
     rng = np.random.default_rng(seed)
     rows: dict = {}
     if baseline is not None:
@@ -180,6 +183,7 @@ def curve(
                 labels[fit],
                 target_sensitivity=target_sensitivity,
                 version=version,
+                prior=prior,
             )
             probabilities = calibration.probabilities(logits[rest])
             truth = labels[rest]
@@ -268,6 +272,7 @@ def site_curve(
         "draws": draws,
         "seed": seed,
         "calibration_version": FORMAT_VERSION,
+        "prior_strength": PRIOR_STRENGTH,
         "folds": {},
     }
     for source in SOURCES:
@@ -296,23 +301,28 @@ def site_curve(
             "held_out_in_training": not honest,
             "n": int(used.sum()),
             "patients": len(np.unique(scored["groups"][used])),
-            "curve": curve(*data, ks=ks, draws=draws, baseline=baseline, seed=seed),
-            # The ablation: version 1's fit on the same draws.
+            # Shipped: fitted toward the fold model's own calibration, as the portal fits
+            # toward the installed model's.
+            "curve": curve(
+                *data, ks=ks, draws=draws, baseline=baseline, seed=seed, prior=baseline
+            ),
+            # The ablations, on the same draws: no prior, and version 1's fit.
+            "curve_without_prior": curve(*data, ks=ks, draws=draws, seed=seed),
             "curve_version_1": curve(*data, ks=ks, draws=draws, seed=seed, version=1),
         }
-        report["folds"][source]["paired_with_version_1"] = paired(
-            report["folds"][source]["curve"], report["folds"][source]["curve_version_1"]
-        )
+        row = report["folds"][source]
+        row["paired_with_version_1"] = paired(row["curve"], row["curve_version_1"])
+        row["paired_without_prior"] = paired(row["curve"], row["curve_without_prior"])
     missing = [
         s for s, f in report["folds"].items() if f.get("current_version_missing")
     ]
     if missing:
         report["note_version"] = (
-            f"**{', '.join(missing)}: version 1 only.** The fold model that scored "
-            "them was not on this machine when the shipped calibration's format changed, "
+            f"**{', '.join(missing)}: ablation rows only.** The fold model that scored "
+            "them was not on this machine when the shipped calibration's fit changed, "
             "and its scores were not kept then, so their rows are the earlier report's "
-            "(v1, same draws); re-run `python -m ml site-curve --loso DIR` once their fold "
-            "models exist."
+            "(same draws), shown as the fit that made them; re-run "
+            "`python -m ml site-curve --loso DIR` once their fold models exist."
         )
     stand_ins = [s for s, f in report["folds"].items() if f["held_out_in_training"]]
     if stand_ins:
@@ -331,9 +341,10 @@ def _earlier_fold(
 ) -> dict | None:
     """``source``'s fold-model row of an earlier site-curve report made with the same draws.
 
-    A row of an earlier calibration format is carried as what it measured: the training
-    row and version 1's curve, with no curve of the current format (that needs the fold
-    model's logits again)."""
+    A row of an earlier calibration format or fit is carried as what it measured: the
+    training row and its curve under the ablation it now is (version 1's; version 2's
+    without a prior), with no curve of the shipped fit (that needs the fold model's logits
+    again)."""
     if not previous or (
         previous.get("ks"),
         previous.get("draws"),
@@ -344,15 +355,18 @@ def _earlier_fold(
     if row is None or row.get("held_out_in_training", True):
         return None
     version = previous.get("calibration_version", 1)
-    if version == FORMAT_VERSION:
+    if version == FORMAT_VERSION and previous.get("prior_strength") == PRIOR_STRENGTH:
         return {**row, "carried": True}
-    if version != 1:
+    ablation = {1: "curve_version_1", FORMAT_VERSION: "curve_without_prior"}.get(
+        version
+    )
+    if ablation is None:
         return None
     training = {k: v for k, v in row["curve"].items() if k == "training"}
     return {
         **row,
         "curve": training,
-        "curve_version_1": {k: v for k, v in row["curve"].items() if k != "training"},
+        ablation: {k: v for k, v in row["curve"].items() if k != "training"},
         "carried": True,
         "current_version_missing": True,
     }

@@ -186,6 +186,12 @@ def _in_use(model_version: str, scanner: Scanner = SITE) -> Fitted | None:
     active = site_calibration_in_use(model_version=model_version, scanner=scanner)
     if active is not None:
         return Fitted.from_dict(active.parameters)
+    return _model_calibration(model_version)
+
+
+def _model_calibration(model_version: str) -> Fitted | None:
+    """The installed model's own calibration, which a site's fit corrects (its prior);
+    None when the model is not installed here."""
     try:
         return model_calibration(model_version=model_version)
     except ModelVersionUnavailable:
@@ -227,6 +233,7 @@ def _fitted(
             groups=reads.groups,
             target_sensitivity=target_sensitivity,
             baseline=_in_use(model_version, scanner),
+            prior=_model_calibration(model_version),
         )
     except ValueError as exc:
         raise ValidationError(f"The calibration could not be fitted: {exc}") from None

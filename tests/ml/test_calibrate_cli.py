@@ -9,8 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from ml.config import CLASSES, REPO_DIR
+from ml.config import CLASSES, REPO_DIR, weights_dir
 from ml.site_calibration import SiteCalibration, fit_site_calibration
+from ml.weights_io import read_meta
+
+MODEL = read_meta(weights_dir())
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -35,7 +38,12 @@ def site(tmp_path):
     rows = ["filename,label,patient"]
     for i in range(n):
         name = f"scan{i:03d}"
-        payload = {"label": "benign", "logits": logits[i].tolist(), "withheld": False}
+        payload = {
+            "label": "benign",
+            "logits": logits[i].tolist(),
+            "withheld": False,
+            "model_version": MODEL.version,
+        }
         (predictions / f"{name}.json").write_text(json.dumps(payload))
         rows.append(f"{name},{CLASSES[labels[i]]},p{i // 3}")
     # A withheld image (not a breast ultrasound) is listed too: it is left out.
@@ -63,12 +71,41 @@ def test_it_fits_the_calibration_the_library_fits(site, tmp_path):
         labels,
         target_sensitivity=0.85,
         groups=[f"p{i // 3}" for i in range(150)],
+        prior=SiteCalibration.from_training(
+            temperature=MODEL.temperature, class_bias=MODEL.class_bias
+        ),
     )
     assert written == expected
     assert written.calibration_id in completed.stdout
     evaluation = json.loads(report.read_text())
     assert evaluation["n"] == 150 and evaluation["groups"] == 50
     assert evaluation["calibration"]["calibration_id"] == written.calibration_id
+
+
+def test_predictions_of_another_model_need_its_weights_or_no_prior(site, tmp_path):
+    predictions, csv_path, logits, labels = site
+    path = predictions / "scan004.json"
+    path.write_text(
+        json.dumps({**json.loads(path.read_text()), "model_version": "busnet-other"})
+    )
+    out = tmp_path / "site.json"
+    args = (
+        "--predictions",
+        str(predictions),
+        "--labels",
+        str(csv_path),
+        "--out",
+        str(out),
+    )
+    refused = _run(*args)
+    assert refused.returncode == 2 and not out.exists()
+    assert "busnet-other" in refused.stderr and "--no-prior" in refused.stderr
+    completed = _run(*args, "--no-prior")
+    assert completed.returncode == 0, completed.stderr
+    written = SiteCalibration.from_dict(json.loads(out.read_text()))
+    assert written == fit_site_calibration(
+        logits, labels, groups=[f"p{i // 3}" for i in range(150)]
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from ml.config import CLASSES
 from ml.metrics import fit_bias_and_temperature, fit_class_bias
 from ml.site_calibration import (
     DECISION_GRID,
+    PRIOR_STRENGTH,
     SiteCalibration,
     estimate_prior_em,
     evaluate_site_calibration,
@@ -160,6 +161,45 @@ def test_fit_improves_calibration_and_reaches_the_target_with_the_highest_thresh
     )
     offsets, temperature = fit_bias_and_temperature(logits, labels)
     assert tuple(offsets) == fitted.offsets and temperature == fitted.temperature
+
+
+def test_a_prior_keeps_few_reads_near_a_calibration_that_fits_and_many_reads_move_it():
+    """The site's probabilities as a correction of the model's own calibration: with 60
+    reads, a prior that describes the site keeps the fit nearer the truth (lower ECE on
+    new cases, every draw's parameters closer) than a fit from nothing; with 3,000 reads a
+    wrong prior is overruled by the reads."""
+    prior = [0.3, 0.45, 0.25]
+    # simulate_site's network: 3 x the true logits + (1, 0, -1.5).
+    right = SiteCalibration.from_training(temperature=3.0, class_bias=(-1.0, 0.0, 1.5))
+    test_logits, test_labels, _ = simulate_site(4000, prior, seed=20)
+    eces = {"prior": [], "none": []}
+    for seed in range(21, 29):
+        logits, labels, _ = simulate_site(60, prior, seed=seed)
+        shrunk = fit_site_calibration(logits, labels, prior=right)
+        free = fit_site_calibration(logits, labels)
+        assert shrunk.fitted_on["prior"] == {
+            "calibration": right.calibration_id,
+            "strength": PRIOR_STRENGTH,
+        }
+        assert "prior" not in free.fitted_on
+        assert abs(np.log(shrunk.temperature / 3.0)) <= abs(
+            np.log(free.temperature / 3.0)
+        )
+        for name, fitted in (("prior", shrunk), ("none", free)):
+            eces[name].append(
+                metrics.expected_calibration_error(
+                    test_labels, fitted.probabilities(test_logits)
+                )
+            )
+    assert np.mean(eces["prior"]) < np.mean(eces["none"])
+
+    wrong = SiteCalibration.from_training(temperature=1.0, class_bias=(0.0, 0.0, 0.0))
+    logits, labels, _ = simulate_site(3000, prior, seed=30)
+    shrunk = fit_site_calibration(logits, labels, prior=wrong)
+    free = fit_site_calibration(logits, labels)
+    assert abs(np.log(shrunk.temperature / free.temperature)) < 0.05
+    np.testing.assert_allclose(shrunk.offsets, free.offsets, atol=0.1)
+    assert shrunk.calibration_id != free.calibration_id
 
 
 def test_probabilities_follow_the_sites_case_mix_and_the_label_weighs_classes_alike():

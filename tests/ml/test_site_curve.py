@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ml import metrics
-from ml.site_calibration import FORMAT_VERSION, SiteCalibration
+from ml.site_calibration import FORMAT_VERSION, PRIOR_STRENGTH, SiteCalibration
 from ml.training.site_curve import (
     CAUTION_MULTIPLES,
     _draw_by_patient,
@@ -86,6 +86,7 @@ def test_folds_trained_sessions_apart_keep_their_fold_model_rows(tmp_path):
         "draws": 3,
         "seed": 0,
         "calibration_version": FORMAT_VERSION,
+        "prior_strength": PRIOR_STRENGTH,
         "folds": rows,
     }
     report = site_curve(
@@ -157,14 +158,30 @@ def test_an_earlier_report_made_otherwise_is_not_carried():
         "draws": 3,
         "seed": 0,
         "calibration_version": FORMAT_VERSION,
+        "prior_strength": PRIOR_STRENGTH,
         "folds": {"busi": row},
     }
-    assert _earlier_fold(made, "busi", ks=[100], draws=3, seed=0) is not None
+    assert _earlier_fold(made, "busi", ks=[100], draws=3, seed=0) == {
+        **row,
+        "carried": True,
+    }
+    # The same format fitted without the prior: carried as that ablation.
+    unshrunk = {k: v for k, v in made.items() if k != "prior_strength"}
+    v2 = {"training": {"ece": 0.1}, "100": {"ece": {"median": 0.04}}}
+    unshrunk["folds"] = {"busi": {**row, "curve": v2}}
+    carried = _earlier_fold(unshrunk, "busi", ks=[100], draws=3, seed=0)
+    assert carried["curve"] == {"training": {"ece": 0.1}}
+    assert carried["curve_without_prior"] == {"100": {"ece": {"median": 0.04}}}
+    assert carried["current_version_missing"]
     # A row of version 1 (a report without a format is version 1) is carried as what it
     # measured: its training row, and its curve as version 1's, with no current curve.
     v1 = {"training": {"ece": 0.1}, "100": {"ece": {"median": 0.05}}}
     older = {
-        **{k: v for k, v in made.items() if k != "calibration_version"},
+        **{
+            k: v
+            for k, v in made.items()
+            if k not in ("calibration_version", "prior_strength")
+        },
         "folds": {"busi": {**row, "curve": v1}},
     }
     carried = _earlier_fold(older, "busi", ks=[100], draws=3, seed=0)
