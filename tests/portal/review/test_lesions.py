@@ -21,7 +21,11 @@ from portal.analyses.selectors import (
     study_malignancy,
 )
 from portal.clinical.models import Lesion, Scan, lesion_label
-from portal.clinical.services import patient_create, study_create
+from portal.clinical.services import (
+    lesion_record_pathology,
+    patient_create,
+    study_create,
+)
 from portal.review.services import (
     ReviewLocked,
     lesion_create,
@@ -440,6 +444,17 @@ def test_the_worklist_row_hints_at_each_lesion_in_queries_that_do_not_grow(
     shown, few = rows()
     assert "lesions: A 55%, B 20%</span>" in shown[study.pk]
     assert "lesion-hint" not in shown[plain.pk]
+    # A lesion's biopsy outcome beside its result, in the same queries.
+    lesion_b = Lesion.objects.get(study=study, label="B")
+    lesion_record_pathology(
+        lesion=lesion_b, outcome="malignant", entered_by=radiologist
+    )
+    shown, biopsied = rows()
+    assert biopsied == few
+    assert (
+        'lesions: A 55%, B 20% · <span class="lesion-biopsy">malignant (biopsy)</span>'
+        "</span>" in shown[study.pk]
+    )
     for number in range(5):
         more = study_create(
             patient=patient_create(identifier=f"H-02{number}", name=f"More {number}"),
@@ -492,6 +507,16 @@ def test_the_dashboard_row_of_a_grouped_image_names_its_lesion_and_its_result(
     assert "lesion-hint" not in rows["axilla.png"]
     # The page's lesions in two queries (lesion_malignancies), whatever the rows.
     assert grouped == ungrouped + 2
+    # A lesion's biopsy outcome beside its result, in those same queries.
+    lesion_record_pathology(lesion=first, outcome="benign", entered_by=radiologist)
+    rows, biopsied = _dashboard_rows(client)
+    assert biopsied == grouped
+    for name in ("left-1.png", "left-2.png", "photo.png"):
+        assert (
+            'lesion A: 55.0% · <span class="lesion-biopsy">benign (biopsy)</span>'
+            in rows[name]
+        ), name
+    assert "lesion-biopsy" not in rows["right-1.png"]
     for number in range(5):
         more = study_create(
             patient=patient_create(identifier=f"H-03{number}", name=f"More {number}"),
