@@ -271,6 +271,7 @@ def _recipe(args: argparse.Namespace) -> dict:
         "freeze_batchnorm": not args.no_freeze_batchnorm,
         "blends": () if args.no_blend else tuple(args.blends),
         "blend_tolerance": args.blend_tolerance,
+        "anchor_strength": args.anchor,
     }
 
 
@@ -297,6 +298,13 @@ def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-freeze-batchnorm",
         action="store_true",
         help="ablation: let the decoder's and heads' batch-norm statistics move",
+    )
+    parser.add_argument(
+        "--anchor",
+        type=float,
+        default=0.0,
+        help="L2-SP: strength of the pull of every weight back towards the base's "
+        "during fine-tuning (0: off)",
     )
 
 

@@ -74,6 +74,9 @@ class FinetuneConfig:
     # shipped as they are (the first recipe, kept as an ablation).
     blends: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     blend_tolerance: float = 0.01
+    # L2-SP towards the base's weights (ml.training.fit.FitConfig.anchor_strength); with
+    # it, AdamW's decay towards zero is off. 0: the weights move freely (the blend guards).
+    anchor_strength: float = 0.0
 
 
 def source_sha256(root: Path) -> str:
@@ -282,7 +285,7 @@ def finetune(config: FinetuneConfig) -> dict:
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         head_learning_rate=config.learning_rate,
-        weight_decay=1e-4,
+        weight_decay=0.0 if config.anchor_strength else 1e-4,
         seg_loss_weight=1.0,
         label_smoothing=0.05,
         patience=config.patience,
@@ -293,6 +296,7 @@ def finetune(config: FinetuneConfig) -> dict:
         source_shares=shares,
         time_budget_s=max(1.0, budget),
         freeze_all_batchnorm=config.freeze_batchnorm,
+        anchor_strength=config.anchor_strength,
     )
     base_weights = model.get_weights()
     fitted = fit(
@@ -359,6 +363,7 @@ def finetune(config: FinetuneConfig) -> dict:
             "epochs_run": len(fitted["history"]),
             "best_val_score": fitted["best_score"],
             "freeze_batchnorm": config.freeze_batchnorm,
+            "anchor_strength": config.anchor_strength,
             "blend": chosen["blend"],
             "blend_tolerance": config.blend_tolerance,
             "blend_rule": "each original source" if blends else None,

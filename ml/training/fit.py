@@ -67,6 +67,11 @@ class FitConfig:
     # only the encoder's: batches of eight from a new site would move them away from what
     # the original sources' outlines were learned with.
     freeze_all_batchnorm: bool = False
+    # Fine-tuning: L2-SP (Li et al., ICML 2018), ``anchor_strength / 2`` times the squared
+    # distance of every trainable weight from where the fit started (the base's weights),
+    # added to the loss: the weights are pulled back towards the base while they learn the
+    # site, rather than towards zero. 0: off (training from ImageNet weights).
+    anchor_strength: float = 0.0
 
 
 def sampling_weights(train: ArraySet, shares: dict | None = None) -> np.ndarray:
@@ -212,9 +217,11 @@ def fit(
     rng = np.random.default_rng(config.seed)
     steps_per_epoch = max(1, (config.epoch_images or len(train)) // config.batch_size)
     fit_started = time.perf_counter()
+    start = {v.path: np.array(v.numpy()) for v in model.weights}
 
     def make_step(optimizer):
         variables = model.trainable_variables
+        anchors = [tf.constant(start[v.path]) for v in variables]
 
         @tf.function
         def step(images, masks, labels, seg_known):
@@ -227,6 +234,13 @@ def fit(
                 loss, class_loss, seg_loss = loss_fn(
                     labels, masks[..., None], outputs, seg_known
                 )
+                if config.anchor_strength:
+                    loss += (config.anchor_strength / 2) * tf.add_n(
+                        [
+                            tf.reduce_sum(tf.square(v - a))
+                            for v, a in zip(variables, anchors, strict=True)
+                        ]
+                    )
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss, class_loss, seg_loss
 

@@ -63,6 +63,7 @@ def _row(compare_report: dict, summary: dict) -> dict:
         # Absent from the first recipe's rows (it had neither guard).
         "freeze_batchnorm": summary.get("freeze_batchnorm", False),
         "blend": summary.get("blend", 1.0),
+        "anchor_strength": summary.get("anchor_strength", 0.0),
         "blend_rule": summary.get("blend_rule"),
         "seconds": summary["seconds"],
         "sets": sets,

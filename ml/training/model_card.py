@@ -421,8 +421,11 @@ def _loso_finetune_section(report_dir: Path) -> str:
         if not row.get("freeze_batchnorm", False) and row.get("blend", 1.0) == 1.0:
             return "first (no guards)"
         rule = row.get("blend_rule")
-        return f"guarded, blend {row.get('blend', 1.0):.2f}" + (
-            f" (rule: {rule})" if rule else ""
+        anchor = row.get("anchor_strength") or 0.0
+        return (
+            f"guarded, blend {row.get('blend', 1.0):.2f}"
+            + (f" (rule: {rule})" if rule else "")
+            + (f", L2-SP {anchor:g}" if anchor else "")
         )
 
     for source, by_k in report["folds"].items():

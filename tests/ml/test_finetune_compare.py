@@ -205,6 +205,44 @@ def test_the_first_recipe_as_an_ablation_ships_the_tuned_weights(tmp_path, tiny_
     assert moved
 
 
+def test_l2sp_holds_the_weights_nearer_the_base(tmp_path, tiny_base):
+    """The same six steps (same seed, same draws, tuned weights shipped as they are) with
+    the pull towards the base move the weights less than without it, and say so."""
+    site = _site_source(tmp_path / "hospital")
+    base = _network(tiny_base)
+
+    def tune(name: str, anchor: float) -> tuple[dict, float]:
+        summary = finetune(
+            FinetuneConfig(
+                base=tiny_base,
+                site_sources=(site,),
+                out_dir=tmp_path / name,
+                epochs=1,
+                epoch_images=48,
+                batch_size=8,
+                learning_rate=1e-3,
+                original_limit=3,
+                augment=False,
+                cache_dir=None,
+                blends=(),
+                anchor_strength=anchor,
+            )
+        )
+        tuned = _network(tmp_path / name)
+        moved = sum(
+            float(np.sum((np.asarray(b) - np.asarray(t)) ** 2))
+            for b, t in zip(
+                base.trainable_weights, tuned.trainable_weights, strict=True
+            )
+        )
+        return summary, moved
+
+    free, free_moved = tune("free", 0.0)
+    held, held_moved = tune("held", 1000.0)
+    assert free["anchor_strength"] == 0.0 and held["anchor_strength"] == 1000.0
+    assert 0 < held_moved < 0.5 * free_moved
+
+
 def _summary(auc, dice):
     return {
         "balanced_accuracy": 0.5,
