@@ -150,6 +150,9 @@ LESION_MALIGNANT = hd.sr.CodedConcept(
 LESION_DRIVER = hd.sr.CodedConcept(
     "LESION-DRIVER", SCHEME, "Most suspicious image of the lesion"
 )
+# The lesion's biopsy outcome where one is recorded (portal.clinical.models.Pathology),
+# a finding of the lesion group: DCM "Pathology Results" = SCT Benign / Malignant.
+BIOPSY_OUTCOME = codes.DCM.PathologyResults
 # ml.study's rules as a measurement's Derivation (CID 3488) where one code says it.
 RULE_DERIVATIONS = {"max": codes.SCT.Maximum}
 # DICOM's Laterality (R/L) as SNOMED CT codes for the SR's finding site.
@@ -235,6 +238,8 @@ class ReportedLesion:
     driver: Dataset | None = None
     driver_model_version: str = ""
     driver_is_this_scan: bool = False
+    # Its biopsy outcome (benign / malignant), "" where none is recorded.
+    pathology: str = ""
 
 
 def encode(dataset: Dataset) -> bytes:
@@ -467,6 +472,7 @@ def _reported_lesion(analysis: Analysis, source: Dataset) -> ReportedLesion | No
         # The lesion's own identity, neither the scan's nor the analysis's: the same
         # in every SR of every image of the lesion, whatever model made it.
         tracking_uid=derived_uid("lesion-tracking", lesion.uuid),
+        pathology=grouped.pathology,
     )
     result = grouped.result
     if result is None:
@@ -741,6 +747,8 @@ def _report(
         # amended reading does), never a changed one under a UID a PACS already holds.
         driver = lesion.result.analysis_id if lesion.result else "none"
         identity += ("lesion", lesion.tracking_uid, driver)
+        if lesion.pathology:  # recording, changing or clearing it: a new instance
+            identity += ("biopsy", lesion.pathology)
         if lesion.driver is not None:
             evidence.append(lesion.driver)  # another image of the study, or the source
     signed = review is not None
@@ -893,7 +901,7 @@ def _lesion_group(
         for reference in item.get("ReferencedSOPSequence", []):
             if "ReferencedSegmentNumber" in reference:
                 reference.pop("ReferencedFrameNumber", None)
-    evaluations = None
+    evaluations = []
     if lesion is None:
         tracking = _tracking(analysis, "lesion", "Lesion")
     else:
@@ -904,18 +912,24 @@ def _lesion_group(
             measurements.append(
                 _lesion_malignancy(lesion, lesion.result, lesion.driver)
             )
-            evaluations = [
+            evaluations.append(
                 hd.sr.QualitativeEvaluation(
                     name=LESION_DRIVER,
                     value=codes.SCT.Yes if lesion.driver_is_this_scan else codes.SCT.No,
                 )
-            ]
+            )
+        if lesion.pathology:
+            evaluations.append(
+                hd.sr.QualitativeEvaluation(
+                    name=BIOPSY_OUTCOME, value=CLASS_CODES[lesion.pathology]
+                )
+            )
     return _planar_lesion_finding(
         algorithm,
         tracking,
         referenced_segment=segment,
         measurements=measurements,
-        qualitative_evaluations=evaluations,
+        qualitative_evaluations=evaluations or None,
         finding_sites=sites,
     )
 

@@ -17,7 +17,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from portal.analyses.models import Analysis
+from portal.clinical.services import lesion_record_pathology
 from portal.dicomnet.results import (
+    BIOPSY_OUTCOME,
     LESION_DRIVER,
     LESION_MALIGNANT,
     analysis_results,
@@ -221,6 +223,50 @@ def test_a_scan_in_no_lesion_keeps_its_sr_and_regrouping_makes_a_new_instance(
     assert _content(_sr(dicom_scan)) == _content(before[dicom_scan.pk])
 
 
+def _biopsy(group: Any) -> str | None:
+    """The lesion group's biopsy outcome ("Benign" / "Malignant"), None where none."""
+    found = group.get_qualitative_evaluations(name=BIOPSY_OUTCOME)
+    assert len(found) <= 1
+    return found[0].value.meaning if found else None
+
+
+def test_a_lesions_biopsy_outcome_is_in_the_sr_of_each_of_its_images(
+    images: list[Any], reader: Any
+) -> None:
+    dicom_scan, b, c, _ = images
+    first = scan_lesion_new(scan=dicom_scan, user=reader)  # lesion A
+    scan_lesion_set(scan=b, lesion=first, user=reader)
+    scan_lesion_new(scan=c, user=reader)  # lesion B
+    before = {scan.pk: _sr(scan) for scan in (dicom_scan, b, c)}
+    assert {_biopsy(_lesion_group(sr)) for sr in before.values()} == {None}
+
+    lesion_record_pathology(lesion=first, outcome="malignant", entered_by=reader)
+    after = {scan.pk: _sr(scan) for scan in (dicom_scan, b, c)}
+    for scan in (dicom_scan, b):
+        group = _lesion_group(after[scan.pk])
+        assert _biopsy(group) == "Malignant"
+        assert group.tracking_uid == _lesion_group(before[scan.pk]).tracking_uid
+        # What the SR says changed: a new instance, never a changed one.
+        assert after[scan.pk].SOPInstanceUID != before[scan.pk].SOPInstanceUID
+    # The result and its driver are reported as they were.
+    assert _lesion_result(_lesion_group(after[b.pk])) == _lesion_result(
+        _lesion_group(before[b.pk])
+    )
+    # Lesion B has no outcome: its SR is exactly what it was.
+    assert _content(after[c.pk]) == _content(before[c.pk])
+
+    lesion_record_pathology(lesion=first, outcome="benign", entered_by=reader)
+    benign = _sr(b)
+    assert _biopsy(_lesion_group(benign)) == "Benign"
+    assert benign.SOPInstanceUID not in {
+        before[b.pk].SOPInstanceUID,
+        after[b.pk].SOPInstanceUID,
+    }
+    # Cleared: the SR the lesion had before any outcome.
+    lesion_record_pathology(lesion=first, outcome="", entered_by=reader)
+    assert _content(_sr(b)) == _content(before[b.pk])
+
+
 def test_a_withheld_image_in_a_lesion_keeps_its_sr_with_no_lesion_group(
     study: Any, user: Any, images: list[Any], reader: Any
 ) -> None:
@@ -278,7 +324,8 @@ def test_the_srs_of_a_lesions_images_pass_dciodvfy(
     dicom_scan, b, c, _ = images
     lesion = scan_lesion_new(scan=dicom_scan, user=reader)
     scan_lesion_set(scan=b, lesion=lesion, user=reader)
-    scan_lesion_new(scan=c, user=reader)
+    biopsied = scan_lesion_new(scan=c, user=reader)
+    lesion_record_pathology(lesion=biopsied, outcome="benign", entered_by=reader)
     review = signed_review(dicom_scan.analyses.get(), make_user, birads="4A")
     objects = {
         "dicom-in-a": analysis_results(analysis=_analysis(dicom_scan)).sr,
