@@ -435,6 +435,7 @@ def _loso_finetune_section(report_dir: Path) -> str:
                 rows.append(
                     (
                         source,
+                        str(row["baseline"]).removeprefix("busnet-lite0-"),
                         key.split("-")[0],
                         recipe(row),
                         name,
@@ -447,6 +448,7 @@ def _loso_finetune_section(report_dir: Path) -> str:
     table = _table(
         (
             "held out (the site)",
+            "fold model",
             "k",
             "recipe",
             "set",
@@ -455,7 +457,7 @@ def _loso_finetune_section(report_dir: Path) -> str:
             "Dice: before → after",
             "ECE: before → after",
         ),
-        "lrllrlll",
+        "llrllrlll",
         rows,
     )
     return f"""

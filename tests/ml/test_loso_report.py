@@ -180,7 +180,7 @@ def test_ablation_rows_judged_without_folds_are_listed_with_their_command(tmp_pa
 
 def test_fine_tuning_rows_name_their_recipe_and_k(tmp_path):
     """The first recipe's rows (no guard fields, key '<k>-first') stay beside the guarded
-    recipe's, each row saying which recipe made it."""
+    recipe's, each row saying which recipe made it and on which fold model."""
     from ml.training.model_card import _loso_finetune_section
 
     def row(**recipe) -> dict:
@@ -192,6 +192,7 @@ def test_fine_tuning_rows_name_their_recipe_and_k(tmp_path):
             "verdict": "not worse",
         }
         return {
+            "baseline": "busnet-lite0-0123456789ab",
             **recipe,
             "sets": {
                 "site:site-busi": {
@@ -208,6 +209,13 @@ def test_fine_tuning_rows_name_their_recipe_and_k(tmp_path):
             "busi": {
                 "200-first": row(),
                 "200": row(freeze_batchnorm=True, blend=0.5),
+                "200-l2sp": row(
+                    baseline="busnet-lite0-ba9876543210",
+                    freeze_batchnorm=True,
+                    blend=1.0,
+                    blend_rule="each original source",
+                    anchor_strength=0.1,
+                ),
             }
         }
     }
@@ -217,7 +225,12 @@ def test_fine_tuning_rows_name_their_recipe_and_k(tmp_path):
         for line in _loso_finetune_section(tmp_path).splitlines()
         if line.startswith("| busi")
     ]
-    assert [line.split(" | ")[1:3] for line in table] == [
-        ["200", "first (no guards)"],
-        ["200", "guarded, blend 0.50"],
+    assert [line.split(" | ")[1:4] for line in table] == [
+        ["0123456789ab", "200", "first (no guards)"],
+        ["0123456789ab", "200", "guarded, blend 0.50"],
+        [
+            "ba9876543210",
+            "200",
+            "guarded, blend 1.00 (rule: each original source), L2-SP 0.1",
+        ],
     ]
