@@ -384,6 +384,9 @@ ML_WEIGHTS_DIR = env_path("ML_WEIGHTS_DIR", BASE_DIR / "ml" / "weights")
 # Model versions installed beside the shipped one (manage.py install_model), one folder
 # per version named by it; web and workers must see the same folder.
 ML_MODELS_DIR = env_path("ML_MODELS_DIR", BASE_DIR / "var" / "models")
+# The most a model version's files may hold when an administrator uploads them (zipped)
+# on the model registry page; the shipped Lite0 is 14 MB.
+MODEL_UPLOAD_MAX_BYTES = env_int("MODEL_UPLOAD_MAX_BYTES", 200 * 1024 * 1024, minimum=1)
 BUSI_DIR = env_path("BUSI_DIR", BASE_DIR.parent / "shared" / "data" / "busi")
 
 # Celery (workers/ reads every CELERY_* name through config_from_object)

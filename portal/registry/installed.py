@@ -16,9 +16,10 @@ import math
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 
@@ -165,6 +166,49 @@ def describe(directory: Path) -> Described:
         lineage=_finite(_lineage(meta)),
         comparison=_comparison(directory),
     )
+
+
+def unpack(archive: IO[bytes], into: Path, *, max_bytes: int) -> list[str]:
+    """Extract a model folder sent as a zip (its files at the top, or in one folder) into
+    `into`: only the files a version's folder holds (INSTALLED_FILES), each by its own
+    name, so no member's path can reach outside `into`; at most `max_bytes` in all,
+    counted as they are read (a member's declared size is not trusted). Returns the
+    names of the members left out."""
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [info for info in bundle.infolist() if not info.is_dir()]
+            wanted: dict[str, zipfile.ZipInfo] = {}
+            left_out = []
+            for info in members:
+                parts = [part for part in info.filename.split("/") if part]
+                name = parts[-1] if parts else ""
+                if name in INSTALLED_FILES and len(parts) <= 2:
+                    if name in wanted:
+                        raise InstallError(f"the archive holds {name} twice")
+                    wanted[name] = info
+                else:
+                    left_out.append(info.filename)
+            for required in (META_FILE, WEIGHTS_FILE):
+                if required not in wanted:
+                    raise InstallError(
+                        f"no {required} in the archive: send the folder python -m ml "
+                        "finetune wrote (with compare_report.json), zipped"
+                    )
+            total = 0
+            for name, info in wanted.items():
+                with bundle.open(info) as member, (into / name).open("wb") as out:
+                    while chunk := member.read(1024 * 1024):
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise InstallError(
+                                f"the model's files are larger than {max_bytes} bytes"
+                            )
+                        out.write(chunk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise InstallError(f"not a readable zip archive ({exc})") from None
+    except NotImplementedError as exc:  # a compression method zipfile does not know
+        raise InstallError(f"the archive cannot be read: {exc}") from None
+    return left_out
 
 
 @dataclass(frozen=True)

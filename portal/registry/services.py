@@ -10,9 +10,11 @@ Re-scoring the analyses a new calibration applies to belongs to the layers above
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
@@ -246,6 +248,26 @@ def model_version_install(
         "" if copied.copied else " (its folder, left by an interrupted install, kept)",
     )
     return record
+
+
+def model_version_upload(
+    *, archive: IO[bytes], installed_by: AbstractBaseUser
+) -> tuple[ModelVersion, list[str]]:
+    """Install a model folder an administrator sent through the web, zipped: unpacked
+    into a private temporary folder (only a version folder's own files, at most
+    MODEL_UPLOAD_MAX_BYTES), then installed exactly as `manage.py install_model` does.
+    Returns the record and the archive's members left out."""
+    if not installed_by.has_perm("registry.promote_modelversion"):
+        raise PermissionDenied("Only administrators install model versions.")
+    with tempfile.TemporaryDirectory(prefix="model-upload-") as folder:
+        try:
+            left_out = installed.unpack(
+                archive, Path(folder), max_bytes=settings.MODEL_UPLOAD_MAX_BYTES
+            )
+        except installed.InstallError as exc:
+            raise ValidationError(str(exc)) from None
+        record = model_version_install(source=Path(folder), installed_by=installed_by)
+    return record, left_out
 
 
 def promotion_concerns(model_version: ModelVersion, *, active: str | None) -> list[str]:

@@ -71,6 +71,36 @@ def models_page(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @require_permissions(VIEW, PROMOTE)
+def model_upload(request: HttpRequest) -> HttpResponse:
+    """A model folder, zipped, installed (not active: promoting it is another step)."""
+    archive = request.FILES.get("archive")
+    if archive is None:
+        messages.error(request, "Choose the zipped model folder to upload.")
+        return _back()
+
+    def install() -> str:
+        record, left_out = registry.model_version_upload(
+            archive=archive, installed_by=request.user
+        )
+        ignored = (
+            f" Left out of the archive: {', '.join(sorted(left_out)[:10])}"
+            f"{' …' if len(left_out) > 10 else ''}."
+            if left_out
+            else ""
+        )
+        compared = (
+            ""
+            if record.comparison
+            else " It has no comparison report: promoting "
+            "it will need a second administrator."
+        )
+        return f"{record.version} is installed, not active.{compared}{ignored}"
+
+    return _done(request, install)
+
+
+@require_POST
+@require_permissions(VIEW, PROMOTE)
 def model_promote(request: HttpRequest, pk: int) -> HttpResponse:
     record = get_object_or_404(ModelVersion, pk=pk)
     reason = request.POST.get("reason", "")

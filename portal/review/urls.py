@@ -30,6 +30,7 @@ urlpatterns = [
         "calibration/rollback/", views.calibration_rollback, name="calibration_rollback"
     ),
     path("models/", registry_views.models_page, name="models"),
+    path("models/upload/", registry_views.model_upload, name="model_upload"),
     path(
         "models/<int:pk>/promote/",
         registry_views.model_promote,

@@ -239,3 +239,127 @@ def test_a_shadow_result_is_shown_on_the_registry_page_only(
     assert "0.0%" in agreement  # same label as the result shown
     assert "0.250" in agreement  # outline Dice
     assert "100.0% / 0.0%" in agreement  # label as signed: active / shadow
+
+
+# --- installing through the page ---------------------------------------------------
+
+
+def _zipped(folder: Path, *, inside: str = "", extra: dict[str, bytes] | None = None):
+    """The folder as an administrator zips it: its files at the top (or in `inside`/),
+    with `extra` members besides."""
+    import io
+    import zipfile
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in sorted(folder.iterdir()):
+            bundle.write(path, f"{inside}{path.name}")
+        for name, data in (extra or {}).items():
+            bundle.writestr(name, data)
+    return SimpleUploadedFile(
+        "model.zip", buffer.getvalue(), content_type="application/zip"
+    )
+
+
+def _upload(client: Client, archive: Any) -> Any:
+    return client.post(
+        reverse("review:model_upload"), {"archive": archive}, follow=True
+    )
+
+
+def test_an_administrator_installs_a_zipped_model_folder_and_it_is_audited(
+    tmp_path, admins, models_dir
+):
+    from auditlog.models import LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    from portal.registry.models import ModelVersion
+    from portal.registry.selectors import model_version_active
+
+    folder = model_folder(tmp_path / "made", "u")
+    archive = _zipped(
+        folder,
+        inside="out-u/",
+        extra={"out-u/notes.txt": b"not a model file", "../../escape.npz": b"x"},
+    )
+    page = _upload(_client(admins[0]), archive)
+
+    record = ModelVersion.objects.get(source="installed")
+    said = _messages(page)
+    assert f"{record.version} is installed, not active." in said
+    assert "Left out of the archive: ../../escape.npz, out-u/notes.txt." in said
+    assert f'data-version="{record.version}"' in page.content.decode()
+    assert record.installed_by == admins[0]
+    assert record.comparison["candidate"] == record.version
+    # The bytes installed are the folder's; nothing else was written anywhere.
+    installed = models_dir / record.version
+    assert sorted(p.name for p in installed.iterdir()) == sorted(
+        p.name for p in folder.iterdir()
+    )
+    for path in folder.iterdir():
+        assert (installed / path.name).read_bytes() == path.read_bytes()
+    assert not (tmp_path / "escape.npz").exists()
+    assert not list(models_dir.glob(".installing-*"))
+    assert model_version_active() == TEST_MODEL_VERSION  # installed, not active
+    entry = LogEntry.objects.get(
+        content_type=ContentType.objects.get_for_model(ModelVersion),
+        object_pk=str(record.pk),
+    )
+    assert entry.actor == admins[0] and entry.action == LogEntry.Action.CREATE
+
+
+@pytest.mark.parametrize(
+    ("archive", "reason"),
+    [
+        ("not a zip", "not a readable zip archive"),
+        ("no weights", "no weights.npz in the archive"),
+        ("other bytes", "weights.npz does not match the sha256 in model.json"),
+        ("too large", "larger than 64 bytes"),
+        ("twice", "holds model.json twice"),
+    ],
+)
+def test_a_bad_archive_is_refused_with_its_reason_and_installs_nothing(
+    tmp_path, admins, models_dir, settings, archive, reason
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from portal.registry.models import ModelVersion
+
+    folder = model_folder(tmp_path / "made", "v")
+    if archive == "not a zip":
+        upload = SimpleUploadedFile("model.zip", b"PK\x03\x04 but no archive")
+    elif archive == "no weights":
+        (folder / "weights.npz").unlink()
+        upload = _zipped(folder)
+    elif archive == "other bytes":  # weights that are not the version model.json names
+        (folder / "weights.npz").write_bytes(b"other weights")
+        upload = _zipped(folder)
+    elif archive == "too large":
+        settings.MODEL_UPLOAD_MAX_BYTES = 64
+        upload = _zipped(folder)
+    else:
+        upload = _zipped(
+            folder, extra={"copy/model.json": (folder / "model.json").read_bytes()}
+        )
+    page = _upload(_client(admins[0]), upload)
+
+    assert page.status_code == 200
+    assert reason in _messages(page)
+    assert not ModelVersion.objects.filter(source="installed").exists()
+    assert not models_dir.exists() or not any(models_dir.iterdir())
+
+
+def test_only_administrators_install_through_the_page(tmp_path, make_user):
+    from portal.registry.models import ModelVersion
+
+    folder = model_folder(tmp_path / "made", "w")
+    for role in ("radiologist", "staff", None):
+        response = _client(make_user(role, f"user-{role}")).post(
+            reverse("review:model_upload"), {"archive": _zipped(folder)}
+        )
+        assert response.status_code in (302, 403), role
+        if response.status_code == 302:
+            assert "/login" in response["Location"], role
+    assert not ModelVersion.objects.filter(source="installed").exists()
