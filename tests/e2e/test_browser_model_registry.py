@@ -151,3 +151,40 @@ def test_administrators_promote_with_a_reason_confirm_a_worse_one_and_roll_back(
     assert "over: " + WORSE in row
     screenshots(other, "06-confirmed")
     other.context.close()
+
+
+def test_an_administrator_installs_a_zipped_version_from_the_page(
+    live_server, settings, tmp_path, weights_dir, people, screenshots, chromium
+):
+    """The folder python -m ml finetune wrote, zipped, chosen in the page's file input:
+    installed (not active), listed with its comparison, the bytes the version names."""
+    import zipfile
+
+    from ml.weights_io import read_meta
+    from portal.accounts.roles import ADMINISTRATOR
+
+    settings.ML_MODELS_DIR = tmp_path / "models"
+    folder = model_folder(tmp_path / "made", "browser")
+    archive = tmp_path / "finetuned.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted(folder.iterdir()):
+            bundle.write(path, f"out/{path.name}")
+    version = read_meta(folder).version
+
+    base = live_server.url
+    page = review_workflow._log_in(chromium, base, people[ADMINISTRATOR].username)
+    page.goto(f"{base}/models/")
+    assert _version(page, version).count() == 0
+    page.set_input_files("#model-upload-form input[name=archive]", str(archive))
+    page.click("#model-upload-form button[type=submit]")
+    page.wait_for_url(re.compile(r".*/models/$"))
+    said = page.locator(".messages").inner_text()
+    assert f"{version} is installed, not active." in said
+    listed = _version(page, version)
+    assert listed.count() == 1
+    assert listed.locator(".verdict-not-worse").count() == 3
+    assert _active(page) == TEST_MODEL_VERSION
+    for path in folder.iterdir():
+        installed = settings.ML_MODELS_DIR / version / path.name
+        assert installed.read_bytes() == path.read_bytes()
+    screenshots(page, "07-installed-from-the-page")
