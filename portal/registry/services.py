@@ -259,11 +259,12 @@ def model_version_upload(
     Returns the record and the archive's members left out."""
     if not installed_by.has_perm("registry.promote_modelversion"):
         raise PermissionDenied("Only administrators install model versions.")
+    limit = settings.MODEL_UPLOAD_MAX_BYTES
+    if (getattr(archive, "size", None) or 0) > limit:
+        raise ValidationError(f"The archive is larger than {limit} bytes.")
     with tempfile.TemporaryDirectory(prefix="model-upload-") as folder:
         try:
-            left_out = installed.unpack(
-                archive, Path(folder), max_bytes=settings.MODEL_UPLOAD_MAX_BYTES
-            )
+            left_out = installed.unpack(archive, Path(folder), max_bytes=limit)
         except installed.InstallError as exc:
             raise ValidationError(str(exc)) from None
         record = model_version_install(source=Path(folder), installed_by=installed_by)

@@ -316,7 +316,8 @@ def test_an_administrator_installs_a_zipped_model_folder_and_it_is_audited(
         ("not a zip", "not a readable zip archive"),
         ("no weights", "no weights.npz in the archive"),
         ("other bytes", "weights.npz does not match the sha256 in model.json"),
-        ("too large", "larger than 64 bytes"),
+        ("too large", "the model's files are larger than"),
+        ("archive too large", "The archive is larger than 300 bytes."),
         ("twice", "holds model.json twice"),
     ],
 )
@@ -336,9 +337,13 @@ def test_a_bad_archive_is_refused_with_its_reason_and_installs_nothing(
     elif archive == "other bytes":  # weights that are not the version model.json names
         (folder / "weights.npz").write_bytes(b"other weights")
         upload = _zipped(folder)
-    elif archive == "too large":
-        settings.MODEL_UPLOAD_MAX_BYTES = 64
+    elif archive == "too large":  # an archive within the limit, its files beyond it
         upload = _zipped(folder)
+        settings.MODEL_UPLOAD_MAX_BYTES = upload.size + 1
+        assert sum(p.stat().st_size for p in folder.iterdir()) > upload.size + 1
+    elif archive == "archive too large":  # refused before it is opened
+        settings.MODEL_UPLOAD_MAX_BYTES = 300
+        upload = SimpleUploadedFile("model.zip", b"x" * 301)
     else:
         upload = _zipped(
             folder, extra={"copy/model.json": (folder / "model.json").read_bytes()}
