@@ -327,6 +327,9 @@ def _site_curve_section(report_dir: Path) -> str:
             return f"{value['median']:.3f} ({value['p10']:.2f}–{value['p90']:.2f})"
         return _rate(value)
 
+    notes = "".join(
+        f"{curve[key]}\n" for key in ("note", "note_version") if curve.get(key)
+    )
     version = curve.get("calibration_version", 1)
     shrunk = curve.get("prior_strength") is not None
     fits = {
@@ -390,10 +393,9 @@ fit is a correction of the model's own calibration: the offsets and temperature 
 maximum a posteriori fit under a Gaussian prior centred on the training calibration
 (strength {curve.get("prior_strength")}, `PRIOR_STRENGTH` in `ml/site_calibration.py`, chosen
 on the busi fold before the other folds were scored); "without prior" is the same fit from
-the logits alone.
-{curve.get("note", "")}
-{curve.get("note_version", "")}
-
+the logits alone. What the other folds say of that choice, and why the bus-uclm fold
+disagrees on version 1 against version 2: `ml/reports/notes.md`.
+{notes}
 {table}
 {_paired_lines(curve)}
 """
