@@ -180,7 +180,8 @@ def unpack(archive: IO[bytes], into: Path, *, max_bytes: int) -> list[str]:
             wanted: dict[str, zipfile.ZipInfo] = {}
             left_out = []
             for info in members:
-                parts = [part for part in info.filename.split("/") if part]
+                # Some archivers write "\\" between folders.
+                parts = [p for p in info.filename.replace("\\", "/").split("/") if p]
                 name = parts[-1] if parts else ""
                 if name in INSTALLED_FILES and len(parts) <= 2:
                     if name in wanted:

@@ -442,3 +442,25 @@ def test_confirming_or_withdrawing_a_promotion_request_is_audited(
     confirmed = model_promotion_request(model_version=worse, user=admin, reason="r")
     model_promotion_confirm(request=confirmed, user=second_admin)
     assert _status_changes(confirmed) == [["pending", "confirmed"]]
+
+
+def test_an_archive_is_unpacked_by_base_name_from_its_top_or_one_folder(tmp_path):
+    """Members at the top or in one folder (either separator) are taken by their own
+    name; deeper ones and other files are left out, never written."""
+    import io
+    import zipfile
+
+    from portal.registry import installed
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        bundle.writestr("out\\model.json", b"{}")
+        bundle.writestr("weights.npz", b"w")
+        bundle.writestr("a/b/compare_report.json", b"deep")
+        bundle.writestr("out/readme.txt", b"other")
+    into = tmp_path / "into"
+    into.mkdir()
+    left_out = installed.unpack(io.BytesIO(buffer.getvalue()), into, max_bytes=100)
+    assert sorted(p.name for p in into.iterdir()) == ["model.json", "weights.npz"]
+    assert (into / "model.json").read_bytes() == b"{}"
+    assert sorted(left_out) == ["a/b/compare_report.json", "out/readme.txt"]
