@@ -257,6 +257,7 @@ MATRIX: dict[str, list[Rule]] = {
     ],
     "review:model_rollback": [Rule(frozenset({ADMINISTRATOR}), method="POST")],
     "review:model_shadow": [Rule(frozenset({ADMINISTRATOR}), method="POST")],
+    "review:model_upload": [Rule(frozenset({ADMINISTRATOR}), method="POST")],
     "review:study_pathology": [
         Rule(
             frozenset({RADIOLOGIST}),
