@@ -40,9 +40,12 @@ def test_a_killed_workers_batch_is_finished_by_its_replacement_within_two_minute
     make_stack,
 ):
     stack = make_stack(**PRODUCTION_TIMINGS)
+    # The scans are queued before the worker starts: its first message then finds them
+    # all waiting and it claims a batch (a worker already running could take the first
+    # scan's message before the second is uploaded, and hold that one alone).
+    ids = stack.driver("create", str(N), "1024")
     stack.start_worker("victim")
     stack.wait_ready("victim")
-    ids = stack.driver("create", str(N), "1024")
 
     def victim_holds_work() -> list[dict]:
         return running_on(stack, "victim")
