@@ -165,7 +165,7 @@ class PromotionNeedsConfirmation(ValidationError):
 
 def _require_promoter(user: AbstractBaseUser) -> None:
     if not user.is_authenticated or not user.has_perm(PROMOTE_PERMISSION):
-        raise PermissionDenied("Only administrators promote model versions.")
+        raise PermissionDenied("Only administrators install or promote model versions.")
 
 
 def _reason(reason: str) -> str:
@@ -257,8 +257,7 @@ def model_version_upload(
     into a private temporary folder (only a version folder's own files, at most
     MODEL_UPLOAD_MAX_BYTES), then installed exactly as `manage.py install_model` does.
     Returns the record and the archive's members left out."""
-    if not installed_by.has_perm("registry.promote_modelversion"):
-        raise PermissionDenied("Only administrators install model versions.")
+    _require_promoter(installed_by)
     limit = settings.MODEL_UPLOAD_MAX_BYTES
     if (getattr(archive, "size", None) or 0) > limit:
         raise ValidationError(f"The archive is larger than {limit} bytes.")

@@ -94,15 +94,18 @@ def tiny_base(tmp_path_factory, all_sources) -> Path:
     return out
 
 
-def _one_epoch(base: Path, site: Path, out: Path, **recipe) -> dict:
-    """One epoch of 16 draws of the tiny model on the site, with `recipe`'s guards."""
+def _one_epoch(
+    base: Path, site: Path, out: Path, *, epoch_images: int = 16, **recipe
+) -> dict:
+    """One epoch of `epoch_images` draws of the tiny model on the site, with `recipe`'s
+    guards."""
     return finetune(
         FinetuneConfig(
             base=base,
             site_sources=(site,),
             out_dir=out,
             epochs=1,
-            epoch_images=16,
+            epoch_images=epoch_images,
             batch_size=8,
             original_limit=3,
             augment=False,
@@ -212,21 +215,14 @@ def test_l2sp_holds_the_weights_nearer_the_base(tmp_path, tiny_base):
     base = _network(tiny_base)
 
     def tune(name: str, anchor: float) -> tuple[dict, float]:
-        summary = finetune(
-            FinetuneConfig(
-                base=tiny_base,
-                site_sources=(site,),
-                out_dir=tmp_path / name,
-                epochs=1,
-                epoch_images=48,
-                batch_size=8,
-                learning_rate=1e-3,
-                original_limit=3,
-                augment=False,
-                cache_dir=None,
-                blends=(),
-                anchor_strength=anchor,
-            )
+        summary = _one_epoch(
+            tiny_base,
+            site,
+            tmp_path / name,
+            epoch_images=48,
+            learning_rate=1e-3,
+            blends=(),
+            anchor_strength=anchor,
         )
         tuned = _network(tmp_path / name)
         moved = sum(

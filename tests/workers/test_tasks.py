@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from portal.analyses import services
 from portal.analyses.models import Analysis
 from portal.analyses.services import scan_submit
 from portal.clinical.uploads import validate_content
+from tests.faults.harness import wait_until
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
@@ -203,10 +203,12 @@ def test_results_are_recorded_by_finishing_threads(make_analysis, analyzer, sett
     # A closed connection's backend leaves pg_stat_activity a moment after the client
     # closes it (later on a loaded machine): wait for it, a few seconds at most; a
     # connection left open never leaves.
-    deadline = time.monotonic() + 5
-    while _other_connections() > connected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _other_connections() <= connected
+    wait_until(
+        lambda: _other_connections() <= connected,
+        timeout=5,
+        interval=0.1,
+        what="the finishing threads' connections to close",
+    )
 
 
 def _other_connections() -> int:
