@@ -1,4 +1,4 @@
-"""``python -m ml {split,train,evaluate,loso,predict,calibrate,fit-gate,site-curve,finetune,compare,loso-finetune}``; the benchmark is ``python -m bench ml``."""
+"""``python -m ml {split,train,evaluate,loso,predict,calibrate,fit-gate,site-curve,crop-stage,finetune,compare,loso-finetune}``; the benchmark is ``python -m bench ml``."""
 
 from __future__ import annotations
 
@@ -262,6 +262,26 @@ def cmd_site_curve(args: argparse.Namespace) -> int:
                 f"{row['recall_normal']['median']:.3f}"
             )
     print(f"site-adaptation curve -> {args.out}")
+    return 0
+
+
+def cmd_crop_stage(args: argparse.Namespace) -> int:
+    import json
+
+    from ml.training.crop_stage import crop_stage_loso
+
+    report = crop_stage_loso()
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for source, fold in report["folds"].items():
+        for boxes in ("predicted_box", "truth_box"):
+            if boxes in fold:
+                row = fold[boxes]
+                print(
+                    f"{source} ({boxes.replace('_', ' ')}): AUC m|b "
+                    f"{row['auc_whole']:.3f} -> {row['auc_fused']:.3f}, per patient "
+                    f"{row['patient_auc_whole']:.3f} -> {row['patient_auc_fused']:.3f}"
+                )
+    print(f"crop stage -> {args.out}")
     return 0
 
 
@@ -557,6 +577,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     curve.add_argument("--out", type=Path, default=REPORT_DIR / "site_curve.json")
     curve.set_defaults(func=cmd_site_curve)
+
+    crop = commands.add_parser(
+        "crop-stage",
+        help="a lesion-crop classifier fused with each LOSO fold model, judged per fold",
+    )
+    crop.add_argument("--out", type=Path, default=REPORT_DIR / "crop_stage.json")
+    crop.set_defaults(func=cmd_crop_stage)
 
     finetune = commands.add_parser(
         "finetune",

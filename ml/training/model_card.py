@@ -401,6 +401,64 @@ disagrees on version 1 against version 2: `ml/reports/notes.md`.
 """
 
 
+def _crop_stage_section(report_dir: Path) -> str:
+    """From ``crop_stage.json`` (``python -m ml crop-stage``); empty without it."""
+    report = _report(report_dir, "crop_stage.json")
+    if report is None:
+        return ""
+
+    def change(row: dict, key: str) -> str:
+        low, high = row[f"{key}_difference_ci95"]
+        return (
+            f"{row[f'{key}_whole']:.3f} → {row[f'{key}_fused']:.3f} "
+            f"({row[f'{key}_fused'] - row[f'{key}_whole']:+.3f} [{low:+.3f}, {high:+.3f}])"
+        )
+
+    lines = [
+        (
+            "| held out | fold model | lesion box | margin / C (inner choice) | crop alone | "
+            "images | AUC m-vs-b, whole → fused | patients | per patient, whole → fused |"
+        ),
+        "|---|---|---|---|---:|---:|---|---:|---|",
+    ]
+    for source, fold in report["folds"].items():
+        for boxes, name in (
+            ("predicted_box", "the fold model's (honest)"),
+            ("truth_box", "the truth mask's (upper bound)"),
+        ):
+            row = fold.get(boxes)
+            if row is None:
+                continue
+            alone = (
+                f"{fold['crop_alone_auc_truth_box']:.3f}"
+                if boxes == "truth_box"
+                else "–"
+            )
+            lines.append(
+                f"| {source} | {fold['model'].removeprefix('busnet-lite0-')} | {name} | "
+                f"{fold['margin']} / {fold['strength']} | {alone} | {row['images']} | "
+                f"{change(row, 'auc')} | {row['patients']} | {change(row, 'patient_auc')} |"
+            )
+    return f"""
+## A second look at the lesion: the crop stage (LOSO)
+`python -m ml crop-stage` (`ml/training/crop_stage.py`; issue 20's lesion-crop stage, measured
+before any of it is in the product). A square crop around the lesion's box, from the scan at
+its own resolution, is pooled by the ImageNet EfficientNet-Lite0 at {report["crop_side"]} px (no
+ultrasound training); a logistic regression on those features (the crop and its mirror)
+gives malignant-vs-benign log-odds, averaged with the fold model's calibrated log-odds
+(weight {report["fusion_weight"]}, fixed before any fold was scored). Per fold the margin
+({", ".join(str(m) for m in report["margins"])} of the box's longer side) and the
+regression's strength C are chosen by fitting on one training source and scoring the other,
+both ways; the held-out source takes no part. "Predicted" crops around the fold model's own
+lesion box (an image without one keeps its whole-image score): the figure that counts;
+"truth" crops around the expert mask, an upper bound. Fold scores kept before the boxes were
+(`ml/reports/fold_scores/`) have only the upper bound. Per patient: its most suspicious
+lesion image. Brackets: 95% bootstrap interval of fused minus whole, resampling patients.
+
+{chr(10).join(lines)}
+"""
+
+
 def _loso_finetune_section(report_dir: Path) -> str:
     report = _report(report_dir, "loso_finetune.json")
     if report is None:
@@ -613,7 +671,7 @@ validation images' scores. Pooled test images judged in distribution:
 (`ml/training/ood_corpus.py`: documents, screenshots, blank frames, noise, gradients, colour
 bars, chest X-ray-like and CT-like synthetic images, and scikit-image's photographs and
 micrographs): {ood["corpus_flagged_rate"]:.3f} flagged. Not flagged: {", ".join(ood["corpus_not_flagged"]) or "none"}.
-{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}{_loso_finetune_section(report_dir)}
+{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}{_crop_stage_section(report_dir)}{_loso_finetune_section(report_dir)}
 ## Ablation (effect of each choice on LOSO)
 {_ablation_section(report_dir, loso)}
 

@@ -55,8 +55,9 @@ def source_groups(source: str) -> dict[str, str]:
 
 
 def score_source(weights: Path, source: str, *, batch_size: int = 8) -> dict:
-    """Raw logits, OOD scores and predicted lesion areas of a source's used images and its Doppler frames, cached
-    per model version."""
+    """Raw logits, OOD scores, predicted lesion areas and boxes (x_min, y_min, x_max, y_max at
+    the image's resolution; -1 where no lesion is predicted) of a source's used images and
+    its Doppler frames, cached per model version."""
     from ml.inference import Analyzer
     from ml.weights_io import read_meta
 
@@ -64,7 +65,8 @@ def score_source(weights: Path, source: str, *, batch_size: int = 8) -> dict:
     cache = CACHE_DIR / version / f"{source}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+            if "lesion_box" in data.files:
+                return {key: data[key] for key in data.files}
     root = SOURCES[source].root()
     group_of = source_groups(source)
     records = [
@@ -73,13 +75,14 @@ def score_source(weights: Path, source: str, *, batch_size: int = 8) -> dict:
         if r.path in group_of or r.excluded == "colour Doppler overlay"
     ]
     analyzer = Analyzer.load(weights)
-    logits, ood, area = [], [], []
+    logits, ood, area, box = [], [], [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         for result in analyzer.analyze([load_image(root, r) for r in chunk]):
             logits.append(result.class_logits)
             ood.append(np.nan if result.ood_score is None else result.ood_score)
             area.append(result.lesion_area_fraction)
+            box.append((-1, -1, -1, -1) if result.bbox is None else result.bbox)
         logger.info("%s: %d/%d scored", source, start + len(chunk), len(records))
     out = {
         "paths": np.array([r.path for r in records]),
@@ -89,6 +92,7 @@ def score_source(weights: Path, source: str, *, batch_size: int = 8) -> dict:
         "logits": np.asarray(logits, np.float64),
         "ood_score": np.asarray(ood, np.float64),
         "lesion_area": np.asarray(area, np.float64),
+        "lesion_box": np.asarray(box, np.int32),
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)

@@ -1,0 +1,88 @@
+"""The lesion-crop second stage's measurement (ml.training.crop_stage), without the network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml.metrics import BENIGN, MALIGNANT
+from ml.training.crop_stage import (
+    MARGINS,
+    STRENGTHS,
+    choose,
+    compare,
+    mask_box,
+    square_crop,
+)
+
+
+def test_square_crop_centres_the_box_with_its_margin_and_pads_outside_the_scan():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[40:60, 90:110] = 255  # a 20 x 20 "lesion"
+    crop = square_crop(image, (90, 40, 110, 60), margin=0.5, side=40)
+    # 20 px box + 10 px each side = 40 px: the lesion fills the middle half.
+    assert crop.shape == (40, 40, 3)
+    assert crop[10:30, 10:30].min() == 255
+    assert crop[:8].max() == 0 and crop[32:].max() == 0
+
+    corner = np.full((100, 100, 3), 200, np.uint8)
+    crop = square_crop(corner, (0, 0, 40, 40), margin=0.5, side=80)
+    # The square runs 20 px off the top and left: zero there, the scan elsewhere.
+    assert crop[:15, :15].max() == 0
+    assert crop[25:, 25:].min() == 200
+
+    with pytest.raises(ValueError, match="empty box"):
+        square_crop(image, (5, 5, 5, 9), margin=0.1, side=32)
+
+
+def test_mask_box_is_max_exclusive_and_none_when_empty():
+    mask = np.zeros((30, 40), bool)
+    assert mask_box(mask) is None
+    mask[5:9, 10:21] = True
+    assert mask_box(mask) == (10, 5, 21, 9)
+
+
+def _part(rng, n, informative: bool, shift: float = 0.0) -> dict:
+    labels = rng.choice([BENIGN, MALIGNANT], n)
+    features = rng.normal(size=(n, 16)) + shift
+    if informative:
+        features[:, 0] += 2.0 * (labels == MALIGNANT)
+    return {
+        "labels": labels,
+        "features": features,
+        "features_mirror": features + rng.normal(scale=0.1, size=features.shape),
+    }
+
+
+def test_the_margin_is_chosen_on_the_training_sources_alone():
+    """Only the 0.3 margin's features carry the class in both training sources: the inner
+    leave-one-source-out must find it (and it sees no third source)."""
+    rng = np.random.default_rng(0)
+    train = {
+        source: {
+            margin: _part(rng, 120, informative=margin == 0.3, shift=offset)
+            for margin in MARGINS
+        }
+        for source, offset in (("a", 0.0), ("b", 0.5))
+    }
+    margin, strength, inner = choose(train)
+    assert margin == 0.3 and strength in STRENGTHS
+    assert inner[f"0.3/{strength}"] > 0.8
+    assert max(v for k, v in inner.items() if not k.startswith("0.3/")) < 0.7
+
+
+def test_compare_reports_the_paired_difference_by_patient():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(60), 2)
+    labels = np.repeat(rng.choice([BENIGN, MALIGNANT], 60), 2)
+    whole = rng.normal(size=120) + 0.8 * (labels == MALIGNANT)
+
+    same = compare(labels, groups, whole, whole.copy(), rounds=200)
+    assert same["auc_whole"] == same["auc_fused"]
+    assert same["auc_difference_ci95"] == [0.0, 0.0]
+    assert same["patients"] == 60 and same["images"] == 120
+
+    perfect = compare(labels, groups, whole, (labels == MALIGNANT) * 10.0, rounds=200)
+    assert perfect["auc_fused"] == 1.0 and perfect["patient_auc_fused"] == 1.0
+    assert perfect["auc_difference_ci95"][0] > 0
+    assert perfect["patient_auc_difference_ci95"][0] > 0
