@@ -4,14 +4,15 @@ Issue 20 asks for a second stage that classifies a crop around the predicted les
 from the full-resolution scan, fused with the whole-image head. This module measures the
 cheapest such stage before any of it goes into the product: the ImageNet-pretrained
 EfficientNet-Lite0 (``shared/weights``, the encoder the task network starts from) pools a
-square crop around the lesion at 224 px, and a logistic regression on those 1,280 features
-(standardised, L2, sources weighted alike, the crop and its mirror) separates malignant from
-benign. Its calibrated log-odds are averaged with the whole-image model's (the LOSO fold
-model's calibrated malignant-vs-benign log-odds), weight :data:`FUSION_WEIGHT`, fixed before
-any fold was scored.
+square crop around the lesion at 224 px (the spatial means of blocks 4, 10 and 15, texture
+at three scales, and of its last layer), and a logistic regression on one of
+:data:`FEATURE_SETS` (standardised, L2, sources weighted alike, the crop and its mirror)
+separates malignant from benign. Its calibrated log-odds are averaged with the whole-image
+model's (the LOSO fold model's calibrated malignant-vs-benign log-odds), weight
+:data:`FUSION_WEIGHT`, fixed before any fold was scored.
 
-Per held-out source, nothing is chosen on it: the crop margin and the regression's strength
-are chosen by an inner leave-one-source-out on the two training sources (fit on one, AUC on
+Per held-out source, nothing is chosen on it: the features, the crop margin and the
+regression's strength are chosen by an inner leave-one-source-out on the two training sources (fit on one, AUC on
 the other, both ways), then the regression is fitted on both with their truth-mask boxes.
 The held-out source is scored with
 
@@ -30,11 +31,13 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ml.backbone import HEAD_FILTERS, block_output_name
 from ml.config import REPO_DIR, imagenet_weights_path
 from ml.metrics import BENIGN, MALIGNANT
 from ml.training.site_curve import FOLD_SCORES_DIR, source_groups
@@ -48,6 +51,14 @@ CROP_SIDE = 224
 MARGINS = (0.1, 0.3, 0.8)
 # Inverse L2 strengths of the logistic regression (scikit-learn's C).
 STRENGTHS = (0.0003, 0.001, 0.003, 0.01)
+# Encoder blocks whose spatial means are pooled besides the last layer's (40, 112 and 320
+# channels), and the columns of the pooled vector each feature set uses.
+POOLED_BLOCKS = (4, 10, 15)
+_BLOCKS_WIDTH = 40 + 112 + 320
+FEATURE_SETS = {
+    "last layer": (_BLOCKS_WIDTH, _BLOCKS_WIDTH + HEAD_FILTERS),
+    "blocks 4, 10, 15": (0, _BLOCKS_WIDTH),
+}
 FUSION_WEIGHT = 0.5
 BOOTSTRAP_ROUNDS = 1000
 
@@ -82,7 +93,8 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 class CropEncoder:
-    """ImageNet EfficientNet-Lite0 pooled features of crops and of their mirrors."""
+    """ImageNet EfficientNet-Lite0 pooled features of crops and of their mirrors: the
+    spatial means of :data:`POOLED_BLOCKS`' outputs and of the last layer, concatenated."""
 
     def __init__(self, weights: Path | None = None):
         import keras
@@ -91,8 +103,12 @@ class CropEncoder:
 
         encoder = build_efficientnet_lite0((CROP_SIDE, CROP_SIDE, 3), include_top=False)
         load_imagenet_weights(encoder, weights or imagenet_weights_path())
-        pooled = keras.layers.GlobalAveragePooling2D()(encoder.output)
-        self._model = keras.Model(encoder.input, pooled)
+        taps = [encoder.get_layer(block_output_name(b)).output for b in POOLED_BLOCKS]
+        pooled = [
+            keras.layers.GlobalAveragePooling2D()(tap)
+            for tap in (*taps, encoder.output)
+        ]
+        self._model = keras.Model(encoder.input, keras.layers.Concatenate()(pooled))
 
     def __call__(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         from ml.preprocess import network_input
@@ -112,7 +128,8 @@ def truth_crops(source: str, margin: float, encoder: CropEncoder) -> dict:
     cache = CACHE_DIR / f"{source}-truth-{margin}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+            if data["features"].shape[1] == _BLOCKS_WIDTH + HEAD_FILTERS:
+                return {key: data[key] for key in data.files}
     root = SOURCES[source].root()
     group_of = source_groups(source)
     crops, paths, labels = [], [], []
@@ -200,14 +217,40 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels == MALIGNANT, scores))
 
 
-def choose(train: dict[str, dict[float, dict]]) -> tuple[float, float, dict]:
-    """(margin, strength) with the best mean AUC of fitting on one training source and
-    scoring the other, both ways; and every pair's figure."""
+@dataclass(frozen=True)
+class Choice:
+    """What the inner leave-one-source-out chose: a feature set, a margin, a strength."""
+
+    features: str
+    margin: float
+    strength: float
+
+    def __str__(self) -> str:
+        return f"{self.features} / {self.margin} / {self.strength}"
+
+
+def columns(part: dict, span: tuple[int, int]) -> dict:
+    """``part`` with only the feature columns ``span`` (start, stop)."""
+    start, stop = span
+    return {
+        **part,
+        "features": part["features"][:, start:stop],
+        "features_mirror": part["features_mirror"][:, start:stop],
+    }
+
+
+def choose(
+    train: dict[str, dict[float, dict]],
+    feature_sets: dict[str, tuple[int, int]] = FEATURE_SETS,
+) -> tuple[Choice, dict[str, float]]:
+    """The choice with the best mean AUC of fitting on one training source and scoring the
+    other, both ways; and every choice's figure."""
     first, second = train
     inner = {}
-    for margin, strength in itertools.product(MARGINS, STRENGTHS):
-        a, b = train[first][margin], train[second][margin]
-        inner[(margin, strength)] = float(
+    for name, margin, strength in itertools.product(feature_sets, MARGINS, STRENGTHS):
+        a = columns(train[first][margin], feature_sets[name])
+        b = columns(train[second][margin], feature_sets[name])
+        inner[Choice(name, margin, strength)] = float(
             np.mean(
                 [
                     _auc(b["labels"], crop_log_odds(fit_classifier([a], strength), b)),
@@ -215,8 +258,8 @@ def choose(train: dict[str, dict[float, dict]]) -> tuple[float, float, dict]:
                 ]
             )
         )
-    margin, strength = max(inner, key=inner.get)
-    return margin, strength, {f"{m}/{c}": v for (m, c), v in inner.items()}
+    best = max(inner, key=inner.get)
+    return best, {str(choice): value for choice, value in inner.items()}
 
 
 def whole_image_log_odds(scored: dict) -> np.ndarray:
@@ -290,6 +333,7 @@ def crop_stage_loso(scores_dir: Path = FOLD_SCORES_DIR) -> dict:
     }
     report: dict = {
         "crop_side": CROP_SIDE,
+        "feature_sets": list(FEATURE_SETS),
         "margins": list(MARGINS),
         "strengths": list(STRENGTHS),
         "fusion_weight": FUSION_WEIGHT,
@@ -303,17 +347,22 @@ def crop_stage_loso(scores_dir: Path = FOLD_SCORES_DIR) -> dict:
         with np.load(path, allow_pickle=False) as data:
             scored = {key: data[key] for key in data.files}
         training = {s: truth[s] for s in sources if s != held}
-        margin, strength, inner = choose(training)
-        classifier = fit_classifier([training[s][margin] for s in training], strength)
+        choice, inner = choose(training)
+        span = FEATURE_SETS[choice.features]
+        classifier = fit_classifier(
+            [columns(training[s][choice.margin], span) for s in training],
+            choice.strength,
+        )
         whole_all = whole_image_log_odds(scored)
         index = {str(p): i for i, p in enumerate(scored["paths"])}
         fold: dict = {
             "model": str(scored["model"]),
-            "margin": margin,
-            "strength": strength,
+            "features": choice.features,
+            "margin": choice.margin,
+            "strength": choice.strength,
             "inner_auc": inner,
         }
-        held_truth = truth[held][margin]
+        held_truth = columns(truth[held][choice.margin], span)
         crop = crop_log_odds(classifier, held_truth)
         whole = whole_all[[index[str(p)] for p in held_truth["paths"]]]
         fold["crop_alone_auc_truth_box"] = _auc(held_truth["labels"], crop)
@@ -324,7 +373,9 @@ def crop_stage_loso(scores_dir: Path = FOLD_SCORES_DIR) -> dict:
             (1 - FUSION_WEIGHT) * whole + FUSION_WEIGHT * crop,
         )
         if "lesion_box" in scored:
-            predicted = predicted_crops(held, scored, margin, encoder)
+            predicted = columns(
+                predicted_crops(held, scored, choice.margin, encoder), span
+            )
             lesion = (~scored["doppler"]) & np.isin(
                 scored["labels"], (BENIGN, MALIGNANT)
             )

@@ -416,7 +416,7 @@ def _crop_stage_section(report_dir: Path) -> str:
 
     lines = [
         (
-            "| held out | fold model | lesion box | margin / C (inner choice) | crop alone | "
+            "| held out | fold model | lesion box | features / margin / C (inner choice) | crop alone | "
             "images | AUC m-vs-b, whole → fused | patients | per patient, whole → fused |"
         ),
         "|---|---|---|---|---:|---:|---|---:|---|",
@@ -436,7 +436,8 @@ def _crop_stage_section(report_dir: Path) -> str:
             )
             lines.append(
                 f"| {source} | {fold['model'].removeprefix('busnet-lite0-')} | {name} | "
-                f"{fold['margin']} / {fold['strength']} | {alone} | {row['images']} | "
+                f"{fold['features']} / {fold['margin']} / {fold['strength']} | {alone} | "
+                f"{row['images']} | "
                 f"{change(row, 'auc')} | {row['patients']} | {change(row, 'patient_auc')} |"
             )
     return f"""
@@ -444,9 +445,10 @@ def _crop_stage_section(report_dir: Path) -> str:
 `python -m ml crop-stage` (`ml/training/crop_stage.py`; issue 20's lesion-crop stage, measured
 before any of it is in the product). A square crop around the lesion's box, from the scan at
 its own resolution, is pooled by the ImageNet EfficientNet-Lite0 at {report["crop_side"]} px (no
-ultrasound training); a logistic regression on those features (the crop and its mirror)
+ultrasound training): the spatial means of its blocks 4, 10 and 15 (texture at three
+scales) or of its last layer; a logistic regression on them (the crop and its mirror)
 gives malignant-vs-benign log-odds, averaged with the fold model's calibrated log-odds
-(weight {report["fusion_weight"]}, fixed before any fold was scored). Per fold the margin
+(weight {report["fusion_weight"]}, fixed before any fold was scored). Per fold the features, the margin
 ({", ".join(str(m) for m in report["margins"])} of the box's longer side) and the
 regression's strength C are chosen by fitting on one training source and scoring the other,
 both ways; the held-out source takes no part. "Predicted" crops around the fold model's own

@@ -54,9 +54,9 @@ def _part(rng, n, informative: bool, shift: float = 0.0) -> dict:
     }
 
 
-def test_the_margin_is_chosen_on_the_training_sources_alone():
-    """Only the 0.3 margin's features carry the class in both training sources: the inner
-    leave-one-source-out must find it (and it sees no third source)."""
+def test_features_and_margin_are_chosen_on_the_training_sources_alone():
+    """Only the 0.3 margin's first eight columns carry the class in both training sources:
+    the inner leave-one-source-out must find them (it sees no third source)."""
     rng = np.random.default_rng(0)
     train = {
         source: {
@@ -65,10 +65,14 @@ def test_the_margin_is_chosen_on_the_training_sources_alone():
         }
         for source, offset in (("a", 0.0), ("b", 0.5))
     }
-    margin, strength, inner = choose(train)
-    assert margin == 0.3 and strength in STRENGTHS
-    assert inner[f"0.3/{strength}"] > 0.8
-    assert max(v for k, v in inner.items() if not k.startswith("0.3/")) < 0.7
+    sets = {"first half": (0, 8), "second half": (8, 16)}
+    choice, inner = choose(train, sets)
+    assert (choice.features, choice.margin) == ("first half", 0.3)
+    assert choice.strength in STRENGTHS
+    assert inner[str(choice)] > 0.8
+    assert (
+        max(v for k, v in inner.items() if not k.startswith("first half / 0.3 /")) < 0.7
+    )
 
 
 def test_compare_reports_the_paired_difference_by_patient():
