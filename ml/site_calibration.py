@@ -21,9 +21,11 @@ calibration still loads and means what it meant: its decision offsets are its of
 
 A site's probabilities are a correction of the model's own calibration, not a fit from
 nothing: given the training calibration as ``prior``, the offsets and temperature are the
-maximum a posteriori fit under a Gaussian prior centred on it (:data:`PRIOR_STRENGTH`), so
-100 reads do not trade a calibration that already fits the site for a noisier one, and still
-move one that does not. The fit records the prior's id and strength in ``fitted_on``.
+maximum a posteriori fit under a Gaussian prior centred on it, so 100 reads do not trade a
+calibration that already fits the site for a noisier one, and still move one that does not.
+How strong the prior is, the site's reads say (:func:`choose_prior_strength`: the strength
+whose fits predict held-out reads best). The fit records the prior's id, strength and how it
+was chosen in ``fitted_on``.
 
 The operating point is a threshold on calibrated p(malignant): the highest threshold at
 which at least ``target_sensitivity`` of the signed malignant cases are flagged
@@ -58,7 +60,9 @@ __all__ = [
     "MIN_MALIGNANT_FOR_THRESHOLD",
     "MIN_READS_FOR_SITE_CALIBRATION",
     "PRIOR_STRENGTH",
+    "PRIOR_STRENGTHS",
     "SiteCalibration",
+    "choose_prior_strength",
     "estimate_prior_em",
     "evaluate_site_calibration",
     "fit_site_calibration",
@@ -92,13 +96,18 @@ SITE_OOD_PERCENTILE = 99.0
 DECISION_GRID = np.arange(-2.0, 4.01, 0.25)
 # A site's probabilities are fitted as a maximum a posteriori correction of the model's own
 # (training) calibration: a Gaussian prior centred on its log-temperature and its offsets in
-# calibrated log-odds, of this strength in summed-NLL units (sd 1/sqrt(2 * 10) = 0.22). Chosen
-# on the busi fold alone (model busnet-lite0-f774798fd1e3, one-off sweeps at k = 25-200, 20
-# draws, before any other fold was scored): unshrunk, 100 reads took a training calibration
-# that already fitted (ECE 0.033 on the rest) to 0.048; at 10, 0.034. Stronger priors did as
-# well there, but hold back more a site whose training calibration is poor (the fold model
-# of the previous session scored BUSI at ECE 0.082), which this fold cannot show; the other
-# folds judge the choice (`python -m ml site-curve`, ml/MODEL_CARD.md).
+# calibrated log-odds, its strength in summed-NLL units (10: sd 1/sqrt(2 * 10) = 0.22). How
+# strong is the site's own reads' answer: the strength of PRIOR_STRENGTHS with the lowest
+# cross-validated NLL on them (PRIOR_FOLDS folds by patient), so a model whose calibration
+# already fits the site is held to it and one that does not is let go. A fixed strength of 10
+# (chosen on the busi fold alone) held the bus-uclm and breast-lesions-usg folds near their fold
+# models' poor training calibrations (ECE 0.38 and 0.28): at k = 100 reads, ECE on the rest
+# 0.061 and 0.139 against 0.076 and 0.084 with the strength chosen so, busi 0.034 against
+# 0.038 (one-off comparison on the kept fold scores; `python -m ml site-curve` keeps the
+# fixed strength as an ablation row, ml/MODEL_CARD.md).
+PRIOR_STRENGTHS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
+PRIOR_FOLDS = 5
+# The strength when the reads come from too few patients to cross-validate (< PRIOR_FOLDS).
 PRIOR_STRENGTH = 10.0
 
 
@@ -376,6 +385,46 @@ def _threshold_for(p_malignant: np.ndarray, target_sensitivity: float) -> float 
     return float(ordered[max(needed, 1) - 1])
 
 
+def _nll(logits: np.ndarray, labels: np.ndarray, offsets, temperature: float) -> float:
+    probabilities = metrics.softmax(logits + offsets, temperature)
+    picked = probabilities[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(picked, 1e-12, None)).sum())
+
+
+def choose_prior_strength(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    prior: SiteCalibration,
+    *,
+    groups: Sequence | np.ndarray | None = None,
+    strengths: Sequence[float] = PRIOR_STRENGTHS,
+    folds: int = PRIOR_FOLDS,
+    seed: int = 0,
+) -> tuple[float, dict[float, float]]:
+    """The prior strength of ``strengths`` whose fits give the lowest negative
+    log-likelihood on held-out reads, ``folds`` folds by ``groups`` (patients; each read its
+    own when ``None``); and each strength's summed held-out NLL. :data:`PRIOR_STRENGTH`
+    (and no figures) when the reads come from fewer than ``folds`` patients."""
+    logits = _logits_array(logits)
+    labels = _labels_array(labels, len(logits))
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    if len(np.unique(groups)) < folds:
+        return PRIOR_STRENGTH, {}
+    centre = (prior.offsets, prior.temperature)
+    held_out: dict[float, float] = {}
+    parts = _group_folds(groups, folds, seed)
+    for strength in strengths:
+        total = 0.0
+        for test in parts:
+            train = np.setdiff1d(np.arange(len(labels)), test)
+            offsets, temperature = fit_bias_and_temperature(
+                logits[train], labels[train], prior=centre, prior_strength=strength
+            )
+            total += _nll(logits[test], labels[test], offsets, temperature)
+        held_out[float(strength)] = total
+    return min(held_out, key=held_out.get), held_out
+
+
 def fit_site_calibration(
     logits: np.ndarray,
     labels: Sequence[int] | np.ndarray,
@@ -385,17 +434,19 @@ def fit_site_calibration(
     scanners: Sequence | np.ndarray | None = None,
     version: int = FORMAT_VERSION,
     prior: SiteCalibration | None = None,
-    prior_strength: float = PRIOR_STRENGTH,
+    prior_strength: float | None = None,
 ) -> SiteCalibration:
     """Fit the probabilities' offsets and temperature (by likelihood), the label's decision
     offsets (balanced recall) and the operating point on a site's signed reads.
 
     ``prior`` is the calibration the site's is a correction of (the model's own,
     :meth:`SiteCalibration.from_training`): the probabilities' fit is shrunk toward it with
-    ``prior_strength`` (:data:`PRIOR_STRENGTH`); ``None`` fits from the raw logits alone.
+    ``prior_strength``, by default the one the reads choose (:func:`choose_prior_strength`,
+    cross-validated by ``groups``); ``None`` fits from the raw logits alone.
 
-    ``labels`` are indices into ``CLASSES``; ``groups`` (patients) and ``scanners`` (e.g.
-    DICOM Manufacturer / Model Name) are only counted into ``fitted_on``. The threshold is
+    ``labels`` are indices into ``CLASSES``; ``groups`` (patients) keep a patient's reads
+    in one fold when the prior's strength is chosen, and are counted into ``fitted_on`` with
+    ``scanners`` (e.g. DICOM Manufacturer / Model Name). The threshold is
     ``None`` when there is no malignant case to fit it on. ``version=1`` fits as version 1
     did (balanced-recall offsets for both, then the temperature, no prior): kept for the
     ablation in the site-adaptation curve, not for new sites.
@@ -410,10 +461,24 @@ def fit_site_calibration(
         )
     if version not in READABLE_VERSIONS:
         raise ValueError(f"version must be one of {READABLE_VERSIONS}, got {version!r}")
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != labels.shape:
+            raise ValueError(f"expected {len(labels)} groups, got shape {groups.shape}")
+    chosen_by = "given"
     if version == 1:
         offsets, temperature = fit_offsets_and_temperature(logits, labels)
         decision_offsets = offsets
     else:
+        if prior is not None and prior_strength is None:
+            prior_strength, held_out = choose_prior_strength(
+                logits, labels, prior, groups=groups
+            )
+            chosen_by = (
+                f"chosen by {PRIOR_FOLDS}-fold cross-validation by patient"
+                if held_out
+                else f"the default: too few patients to choose (< {PRIOR_FOLDS})"
+            )
         offsets, temperature = fit_bias_and_temperature(
             logits,
             labels,
@@ -432,11 +497,9 @@ def fit_site_calibration(
         fitted_on["prior"] = {
             "calibration": prior.calibration_id,
             "strength": float(prior_strength),
+            "chosen_by": chosen_by,
         }
     if groups is not None:
-        groups = np.asarray(groups)
-        if groups.shape != labels.shape:
-            raise ValueError(f"expected {len(labels)} groups, got shape {groups.shape}")
         fitted_on["groups"] = len(np.unique(groups))
     if scanners is not None:
         scanners = np.asarray(scanners, dtype=object)
@@ -543,6 +606,7 @@ def evaluate_site_calibration(
             logits[train],
             labels[train],
             target_sensitivity=target_sensitivity,
+            groups=groups[train],
             prior=prior,
         )
         after_probabilities[test] = fitted.probabilities(logits[test])
@@ -578,16 +642,19 @@ def evaluate_site_calibration(
         groups=groups,
         prior=prior,
     )
+    final_strength = (final.fitted_on.get("prior") or {}).get("strength")
 
     def refitted_threshold(indices: np.ndarray) -> dict:
         # NaN (left out of the interval) for a draw without a malignant case.
         if not (labels[indices] == MALIGNANT).any():
             return {"threshold": float("nan")}
+        # The prior's strength the final fit chose: the interval is the threshold's.
         refit = fit_site_calibration(
             logits[indices],
             labels[indices],
             target_sensitivity=target_sensitivity,
             prior=prior,
+            prior_strength=final_strength,
         )
         return {"threshold": refit.threshold}
 

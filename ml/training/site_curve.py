@@ -26,7 +26,9 @@ from ml.config import CLASSES, REPO_DIR
 from ml.metrics import MALIGNANT
 from ml.site_calibration import (
     FORMAT_VERSION,
+    PRIOR_FOLDS,
     PRIOR_STRENGTH,
+    PRIOR_STRENGTHS,
     SiteCalibration,
     fit_site_calibration,
 )
@@ -38,6 +40,12 @@ logger = logging.getLogger(__name__)
 CACHE_DIR = REPO_DIR / "var" / "site_curve"
 FOLD_SCORES_DIR = REPO_DIR / "ml" / "reports" / "fold_scores"
 DEFAULT_K = (25, 50, 100, 200)
+# Label sets drawn from a fitted calibration's own probabilities per draw, for the ECE a
+# perfectly calibrated model would show on the same cases (the estimator's floor).
+FLOOR_LABEL_DRAWS = 10
+# How the shipped fit's prior is set, recorded in the report (a report made otherwise is
+# carried as an ablation, see _earlier_fold).
+PRIOR_CHOICE = {"strengths": list(PRIOR_STRENGTHS), "folds": PRIOR_FOLDS}
 
 
 def source_groups(source: str) -> dict[str, str]:
@@ -157,11 +165,18 @@ def curve(
     seed: int = 0,
     version: int = FORMAT_VERSION,
     prior: SiteCalibration | None = None,
+    prior_strength: float | None = None,
 ) -> dict:
     """Per k, median and 10th-90th percentile over draws of the measures on the rest, for
-    calibrations of format ``version`` fitted toward ``prior`` (the same draws for every
-    version and prior: same seed)."""
+    calibrations of format ``version`` fitted toward ``prior`` (its strength chosen by the
+    drawn reads unless ``prior_strength`` is given; the same draws for every version and
+    prior: same seed).
+
+    ``ece_floor`` is the ECE a perfectly calibrated model would show on the same rest: the
+    median over :data:`FLOOR_LABEL_DRAWS` label sets drawn from the fit's own probabilities
+    (few cases cannot show a small ECE, whatever the calibration)."""
     rng = np.random.default_rng(seed)
+    floor_rng = np.random.default_rng(seed + 1)
     rows: dict = {}
     if baseline is not None:
         probabilities = baseline.probabilities(logits)
@@ -186,20 +201,35 @@ def curve(
                 logits[fit],
                 labels[fit],
                 target_sensitivity=target_sensitivity,
+                groups=groups[fit],
                 version=version,
                 prior=prior,
+                prior_strength=prior_strength,
             )
             probabilities = calibration.probabilities(logits[rest])
             truth = labels[rest]
+            cumulative = np.cumsum(probabilities, axis=1)
+            floor = np.median(
+                [
+                    metrics.expected_calibration_error(
+                        (floor_rng.random(len(rest))[:, None] > cumulative).sum(1),
+                        probabilities,
+                    )
+                    for _ in range(FLOOR_LABEL_DRAWS)
+                ]
+            )
             recall = metrics.recalls(truth, calibration.labels(logits[rest]))
             flagged = calibration.suspicious(probabilities)
             values = {
                 "ece": metrics.expected_calibration_error(truth, probabilities),
+                "ece_floor": float(floor),
                 **{f"recall_{n}": float(recall[c]) for c, n in enumerate(CLASSES)},
                 "sensitivity": float(flagged[truth == MALIGNANT].mean()),
                 "threshold_fitted": float(calibration.threshold is not None),
                 "n_test": len(rest),
             }
+            if "prior" in calibration.fitted_on:
+                values["prior_strength"] = calibration.fitted_on["prior"]["strength"]
             for key, value in values.items():
                 samples.setdefault(key, []).append(value)
         rows[str(k)] = {
@@ -276,7 +306,8 @@ def site_curve(
         "draws": draws,
         "seed": seed,
         "calibration_version": FORMAT_VERSION,
-        "prior_strength": PRIOR_STRENGTH,
+        "prior": PRIOR_CHOICE,
+        "prior_strength_ablation": PRIOR_STRENGTH,
         "folds": {},
     }
     for source in SOURCES:
@@ -306,17 +337,26 @@ def site_curve(
             "n": int(used.sum()),
             "patients": len(np.unique(scored["groups"][used])),
             # Shipped: fitted toward the fold model's own calibration, as the portal fits
-            # toward the installed model's.
+            # toward the installed model's, the prior's strength chosen by the reads.
             "curve": curve(
                 *data, ks=ks, draws=draws, baseline=baseline, seed=seed, prior=baseline
             ),
-            # The ablations, on the same draws: no prior, and version 1's fit.
+            # The ablations, on the same draws: a fixed strength, no prior, version 1.
+            "curve_prior_fixed": curve(
+                *data,
+                ks=ks,
+                draws=draws,
+                seed=seed,
+                prior=baseline,
+                prior_strength=PRIOR_STRENGTH,
+            ),
             "curve_without_prior": curve(*data, ks=ks, draws=draws, seed=seed),
             "curve_version_1": curve(*data, ks=ks, draws=draws, seed=seed, version=1),
         }
         row = report["folds"][source]
         row["paired_with_version_1"] = paired(row["curve"], row["curve_version_1"])
         row["paired_without_prior"] = paired(row["curve"], row["curve_without_prior"])
+        row["paired_with_prior_fixed"] = paired(row["curve"], row["curve_prior_fixed"])
     missing = [
         s for s, f in report["folds"].items() if f.get("current_version_missing")
     ]
@@ -347,7 +387,7 @@ def _earlier_fold(
 
     A row of an earlier calibration format or fit is carried as what it measured: the
     training row and its curve under the ablation it now is (version 1's; version 2's
-    without a prior), with no curve of the shipped fit (that needs the fold model's logits
+    without a prior or with the fixed strength), with no curve of the shipped fit (that needs the fold model's logits
     again)."""
     if not previous or (
         previous.get("ks"),
@@ -359,12 +399,16 @@ def _earlier_fold(
     if row is None or row.get("held_out_in_training", True):
         return None
     version = previous.get("calibration_version", 1)
-    if version == FORMAT_VERSION and previous.get("prior_strength") == PRIOR_STRENGTH:
+    if version == FORMAT_VERSION and previous.get("prior") == PRIOR_CHOICE:
         return {**row, "carried": True}
-    ablation = {1: "curve_version_1", FORMAT_VERSION: "curve_without_prior"}.get(
-        version
-    )
-    if ablation is None:
+    if version == 1:
+        ablation = "curve_version_1"
+    elif version == FORMAT_VERSION:
+        fixed = previous.get("prior_strength")
+        ablation = "curve_without_prior" if fixed is None else "curve_prior_fixed"
+        if fixed is not None and fixed != PRIOR_STRENGTH:
+            return None
+    else:
         return None
     training = {k: v for k, v in row["curve"].items() if k == "training"}
     return {

@@ -16,7 +16,9 @@ from ml.metrics import fit_bias_and_temperature, fit_class_bias
 from ml.site_calibration import (
     DECISION_GRID,
     PRIOR_STRENGTH,
+    PRIOR_STRENGTHS,
     SiteCalibration,
+    choose_prior_strength,
     estimate_prior_em,
     evaluate_site_calibration,
     fit_site_calibration,
@@ -177,10 +179,8 @@ def test_a_prior_keeps_few_reads_near_a_calibration_that_fits_and_many_reads_mov
         logits, labels, _ = simulate_site(60, prior, seed=seed)
         shrunk = fit_site_calibration(logits, labels, prior=right)
         free = fit_site_calibration(logits, labels)
-        assert shrunk.fitted_on["prior"] == {
-            "calibration": right.calibration_id,
-            "strength": PRIOR_STRENGTH,
-        }
+        assert shrunk.fitted_on["prior"]["calibration"] == right.calibration_id
+        assert shrunk.fitted_on["prior"]["strength"] in PRIOR_STRENGTHS
         assert "prior" not in free.fitted_on
         assert abs(np.log(shrunk.temperature / 3.0)) <= abs(
             np.log(free.temperature / 3.0)
@@ -200,6 +200,37 @@ def test_a_prior_keeps_few_reads_near_a_calibration_that_fits_and_many_reads_mov
     assert abs(np.log(shrunk.temperature / free.temperature)) < 0.05
     np.testing.assert_allclose(shrunk.offsets, free.offsets, atol=0.1)
     assert shrunk.calibration_id != free.calibration_id
+
+
+def test_the_sites_reads_choose_how_strong_the_prior_is():
+    """A prior that describes the site is held to (a strong prior wins the cross-validation);
+    one that does not is let go (a weak one wins); too few patients keep the default."""
+    prior = [0.3, 0.45, 0.25]
+    right = SiteCalibration.from_training(temperature=3.0, class_bias=(-1.0, 0.0, 1.5))
+    wrong = SiteCalibration.from_training(temperature=1.0, class_bias=(1.5, 0.0, -1.0))
+    logits, labels, _ = simulate_site(200, prior, seed=40)
+    groups = np.arange(200) // 2
+
+    strong, held_out = choose_prior_strength(logits, labels, right, groups=groups)
+    weak, _ = choose_prior_strength(logits, labels, wrong, groups=groups)
+    assert strong >= 10.0 and weak <= 1.0
+    assert set(held_out) == set(PRIOR_STRENGTHS)
+
+    fitted = fit_site_calibration(logits, labels, groups=groups, prior=wrong)
+    assert fitted.fitted_on["prior"]["strength"] == weak
+    assert (
+        fitted.fitted_on["prior"]["chosen_by"]
+        == "chosen by 5-fold cross-validation by patient"
+    )
+    given = fit_site_calibration(logits, labels, prior=wrong, prior_strength=10.0)
+    assert given.fitted_on["prior"]["strength"] == 10.0
+    assert given.fitted_on["prior"]["chosen_by"] == "given"
+
+    few = fit_site_calibration(logits[:8], labels[:8], groups=np.zeros(8), prior=right)
+    assert few.fitted_on["prior"]["strength"] == PRIOR_STRENGTH
+    assert few.fitted_on["prior"]["chosen_by"].startswith(
+        "the default: too few patients"
+    )
 
 
 def test_probabilities_follow_the_sites_case_mix_and_the_label_weighs_classes_alike():

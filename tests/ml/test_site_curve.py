@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 from ml import metrics
-from ml.site_calibration import FORMAT_VERSION, PRIOR_STRENGTH, SiteCalibration
+from ml.site_calibration import (
+    FORMAT_VERSION,
+    PRIOR_STRENGTH,
+    PRIOR_STRENGTHS,
+    SiteCalibration,
+)
 from ml.training.site_curve import (
     CAUTION_MULTIPLES,
+    PRIOR_CHOICE,
     _draw_by_patient,
     _earlier_caution_fold,
     caution_multiple,
@@ -137,6 +143,9 @@ def test_kept_fold_scores_are_measured_again_without_the_fold_model(tmp_path):
         assert fold["model"] == f"fold-{source}"
         assert not fold["held_out_in_training"] and "carried" not in fold
         assert fold["n"] == n and set(fold["curve"]) == {"training", "100"}
+        # About 200 cases left: a perfectly calibrated model's ECE is a few hundredths.
+        assert 0.005 < fold["curve"]["100"]["ece_floor"]["median"] < 0.12
+        assert fold["curve"]["100"]["prior_strength"]["median"] in PRIOR_STRENGTHS
     with np.load(tmp_path / "busi.npz") as kept:
         baseline = SiteCalibration.from_training(
             temperature=2.0, class_bias=[0.5, 0.0, -0.5]
@@ -158,15 +167,25 @@ def test_an_earlier_report_made_otherwise_is_not_carried():
         "draws": 3,
         "seed": 0,
         "calibration_version": FORMAT_VERSION,
-        "prior_strength": PRIOR_STRENGTH,
+        "prior": PRIOR_CHOICE,
         "folds": {"busi": row},
     }
     assert _earlier_fold(made, "busi", ks=[100], draws=3, seed=0) == {
         **row,
         "carried": True,
     }
+    # The same format with the prior's strength fixed: carried as that ablation.
+    fixed = {k: v for k, v in made.items() if k != "prior"}
+    v2_fixed = {"training": {"ece": 0.1}, "100": {"ece": {"median": 0.06}}}
+    fixed.update(
+        prior_strength=PRIOR_STRENGTH, folds={"busi": {**row, "curve": v2_fixed}}
+    )
+    carried = _earlier_fold(fixed, "busi", ks=[100], draws=3, seed=0)
+    assert carried["curve"] == {"training": {"ece": 0.1}}
+    assert carried["curve_prior_fixed"] == {"100": {"ece": {"median": 0.06}}}
+    assert carried["current_version_missing"]
     # The same format fitted without the prior: carried as that ablation.
-    unshrunk = {k: v for k, v in made.items() if k != "prior_strength"}
+    unshrunk = {k: v for k, v in made.items() if k != "prior"}
     v2 = {"training": {"ece": 0.1}, "100": {"ece": {"median": 0.04}}}
     unshrunk["folds"] = {"busi": {**row, "curve": v2}}
     carried = _earlier_fold(unshrunk, "busi", ks=[100], draws=3, seed=0)
@@ -177,11 +196,7 @@ def test_an_earlier_report_made_otherwise_is_not_carried():
     # measured: its training row, and its curve as version 1's, with no current curve.
     v1 = {"training": {"ece": 0.1}, "100": {"ece": {"median": 0.05}}}
     older = {
-        **{
-            k: v
-            for k, v in made.items()
-            if k not in ("calibration_version", "prior_strength")
-        },
+        **{k: v for k, v in made.items() if k not in ("calibration_version", "prior")},
         "folds": {"busi": {**row, "curve": v1}},
     }
     carried = _earlier_fold(older, "busi", ks=[100], draws=3, seed=0)

@@ -8,7 +8,7 @@ import pytest
 from auditlog.models import LogEntry
 from django.urls import reverse
 
-from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION, PRIOR_STRENGTH
+from ml.site_calibration import MIN_READS_FOR_SITE_CALIBRATION, PRIOR_STRENGTHS
 from portal.analyses.modelinfo import model_calibration
 from portal.registry.models import CalibrationActivation, SiteCalibration
 from portal.review.calibration import calibration_fit_run
@@ -138,13 +138,15 @@ def test_an_administrator_fits_activates_and_rolls_back_through_the_page(
     assert f'<tr id="fit-{fit.pk}" data-status="succeeded">' in page
     # Fitted as a correction of the installed model's own calibration.
     own = model_calibration(model_version=calibration.model_version)
-    assert calibration.parameters["fitted_on"]["prior"] == {
-        "calibration": own.calibration_id,
-        "strength": PRIOR_STRENGTH,
-    }
+    prior = calibration.parameters["fitted_on"]["prior"]
+    assert prior["calibration"] == own.calibration_id
+    # How strong, the site's reads chose (by patient), and the page says so.
+    assert prior["strength"] in PRIOR_STRENGTHS
+    assert prior["chosen_by"] == "chosen by 5-fold cross-validation by patient"
     assert (
         f"correction of the model's own calibration (<code>{own.calibration_id}" in page
     )
+    assert "chosen by 5-fold cross-validation by patient" in page
 
     response = client.post(
         reverse("review:calibration_activate", args=[calibration.pk]), follow=True
