@@ -101,10 +101,9 @@ DECISION_GRID = np.arange(-2.0, 4.01, 0.25)
 # cross-validated NLL on them (PRIOR_FOLDS folds by patient), so a model whose calibration
 # already fits the site is held to it and one that does not is let go. A fixed strength of 10
 # (chosen on the busi fold alone) held the bus-uclm and breast-lesions-usg folds near their fold
-# models' poor training calibrations (ECE 0.38 and 0.28): at k = 100 reads, ECE on the rest
-# 0.061 and 0.139 against 0.076 and 0.084 with the strength chosen so, busi 0.034 against
-# 0.038 (one-off comparison on the kept fold scores; `python -m ml site-curve` keeps the
-# fixed strength as an ablation row, ml/MODEL_CARD.md).
+# models' training calibrations, which fit those sources badly; the fixed strength is kept as
+# an ablation row of `python -m ml site-curve` (figures in ml/MODEL_CARD.md, reasons in
+# ml/reports/notes.md).
 PRIOR_STRENGTHS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 PRIOR_FOLDS = 5
 # The strength when the reads come from too few patients to cross-validate (< PRIOR_FOLDS).

@@ -409,8 +409,8 @@ strength the one of {", ".join(str(v) for v in (prior or {}).get("strengths", []
 best predict held-out reads ({(prior or {}).get("folds")}-fold cross-validation by patient on
 the k reads; `choose_prior_strength` in `ml/site_calibration.py`). The strength was fixed at
 {fixed} before (chosen on the busi fold alone): that fit is kept as an ablation, and the other
-two folds' fold models, whose training calibrations fit their held-out sources badly (ECE
-0.38 and 0.28), are why it changed (`ml/reports/notes.md`); no fold was left unseen to judge
+two folds' fold models, whose training calibrations fit their held-out sources badly (their
+"training" rows), are why it changed (`ml/reports/notes.md`); no fold was left unseen to judge
 the change. "Without prior" is the same fit from the logits alone. "ECE if perfectly
 calibrated": the median ECE of label sets drawn from the fitted probabilities themselves on
 the same rest, the least this estimator can show on that many cases (BrEaST-Lesions_USG
