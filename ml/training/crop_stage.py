@@ -12,8 +12,9 @@ model's (the LOSO fold model's calibrated malignant-vs-benign log-odds), weight
 :data:`FUSION_WEIGHT`, fixed before any fold was scored.
 
 Per held-out source, nothing is chosen on it: the features, the crop margin and the
-regression's strength are chosen by an inner leave-one-source-out on the two training sources (fit on one, AUC on
-the other, both ways), then the regression is fitted on both with their truth-mask boxes.
+regression's strength are chosen by an inner leave-one-source-out on the two training
+sources (fit on one, AUC on the other, both ways), then the regression is fitted on both
+with their truth-mask boxes.
 The held-out source is scored with
 
 - the fold model's own predicted lesion box (``lesion_box`` in the kept fold scores,
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ml.backbone import HEAD_FILTERS, block_output_name
+from ml.backbone import BLOCK_GROUPS, HEAD_FILTERS, block_output_name
 from ml.config import REPO_DIR, imagenet_weights_path
 from ml.metrics import BENIGN, MALIGNANT
 from ml.training.site_curve import FOLD_SCORES_DIR, source_groups
@@ -51,10 +52,20 @@ CROP_SIDE = 224
 MARGINS = (0.1, 0.3, 0.8)
 # Inverse L2 strengths of the logistic regression (scikit-learn's C).
 STRENGTHS = (0.0003, 0.001, 0.003, 0.01)
-# Encoder blocks whose spatial means are pooled besides the last layer's (40, 112 and 320
-# channels), and the columns of the pooled vector each feature set uses.
+# Encoder blocks whose spatial means are pooled besides the last layer's, and the columns of
+# the pooled vector each feature set uses.
 POOLED_BLOCKS = (4, 10, 15)
-_BLOCKS_WIDTH = 40 + 112 + 320
+
+
+def _block_channels(index: int) -> int:
+    for group in BLOCK_GROUPS:
+        if index < group.repeats:
+            return group.filters
+        index -= group.repeats
+    raise ValueError("no such block")
+
+
+_BLOCKS_WIDTH = sum(_block_channels(b) for b in POOLED_BLOCKS)
 FEATURE_SETS = {
     "last layer": (_BLOCKS_WIDTH, _BLOCKS_WIDTH + HEAD_FILTERS),
     "blocks 4, 10, 15": (0, _BLOCKS_WIDTH),
