@@ -38,8 +38,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ml import metrics
 from ml.backbone import BLOCK_GROUPS, HEAD_FILTERS, block_output_name
 from ml.config import REPO_DIR, imagenet_weights_path
+from ml.inference import bounding_box
 from ml.metrics import BENIGN, MALIGNANT
 from ml.training.site_curve import FOLD_SCORES_DIR, source_groups
 from ml.training.sources import SOURCES, load_image, load_mask, read_manifest
@@ -95,14 +97,6 @@ def square_crop(
     return np.asarray(Image.fromarray(out).resize((side, side), Image.BILINEAR))
 
 
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(x_min, y_min, x_max, y_max) of a boolean mask's pixels, max exclusive; None if empty."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-
-
 class CropEncoder:
     """ImageNet EfficientNet-Lite0 pooled features of crops and of their mirrors: the
     spatial means of :data:`POOLED_BLOCKS`' outputs and of the last layer, concatenated."""
@@ -130,10 +124,6 @@ class CropEncoder:
         return plain.astype(np.float32), mirror.astype(np.float32)
 
 
-def _rgb(image: np.ndarray) -> np.ndarray:
-    return np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
-
-
 def truth_crops(source: str, margin: float, encoder: CropEncoder) -> dict:
     """Features of every used lesion image's truth-box crop, cached under ``var/``."""
     cache = CACHE_DIR / f"{source}-truth-{margin}.npz"
@@ -147,8 +137,8 @@ def truth_crops(source: str, margin: float, encoder: CropEncoder) -> dict:
     for record in read_manifest(source, root):
         if record.path not in group_of or record.label == "normal":
             continue
-        image = _rgb(load_image(root, record))
-        box = mask_box(load_mask(root, record, (image.shape[1], image.shape[0])))
+        image = load_image(root, record)
+        box = bounding_box(load_mask(root, record, (image.shape[1], image.shape[0])))
         if box is None:
             continue
         crops.append(square_crop(image, box, margin, CROP_SIDE))
@@ -185,7 +175,7 @@ def predicted_crops(
     ):
         if doppler or label not in (BENIGN, MALIGNANT) or box[0] < 0:
             continue
-        image = _rgb(load_image(root, records[str(path)]))
+        image = load_image(root, records[str(path)])
         crops.append(square_crop(image, tuple(int(v) for v in box), margin, CROP_SIDE))
         paths.append(str(path))
     plain, mirror = encoder(crops)
@@ -223,9 +213,13 @@ def crop_log_odds(classifier, part: dict) -> np.ndarray:
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Malignant vs benign ROC AUC of ``scores``; NaN when one class is missing."""
     from sklearn.metrics import roc_auc_score
 
-    return float(roc_auc_score(labels == MALIGNANT, scores))
+    malignant = labels == MALIGNANT
+    if malignant.all() or not malignant.any():
+        return float("nan")
+    return float(roc_auc_score(malignant, scores))
 
 
 @dataclass(frozen=True)
@@ -289,48 +283,37 @@ def compare(
     seed: int = 0,
 ) -> dict:
     """AUC of ``whole`` and ``fused`` per image and per patient (its most suspicious
-    image), with 95% bootstrap intervals of the paired difference, resampling patients."""
+    image), with 95% bootstrap intervals of the paired difference, resampling patients
+    (:func:`ml.metrics.bootstrap_intervals`)."""
     names, inverse = np.unique(groups, return_inverse=True)
-    members = [np.nonzero(inverse == g)[0] for g in range(len(names))]
-    patient_malignant = np.array([(labels[m] == MALIGNANT).any() for m in members])
+    patient_labels = np.full(len(names), BENIGN)
+    patient_labels[np.unique(inverse[labels == MALIGNANT])] = MALIGNANT
+    top = {}
+    for name, values in (("whole", whole), ("fused", fused)):
+        top[name] = np.full(len(names), -np.inf)
+        np.maximum.at(top[name], inverse, values)
 
-    def figures(drawn: np.ndarray) -> list[float]:
-        chosen = np.concatenate([members[g] for g in drawn])
-        # Each drawn copy of a patient is a patient of its own.
-        copy = np.repeat(np.arange(len(drawn)), [len(members[g]) for g in drawn])
-        truth = np.where(patient_malignant[drawn], MALIGNANT, BENIGN)
-        out = [_auc(labels[chosen], values[chosen]) for values in (whole, fused)]
-        for values in (whole, fused):
-            top = np.full(len(drawn), -np.inf)
-            np.maximum.at(top, copy, values[chosen])
-            out.append(_auc(truth, top))
-        return out
+    def difference(truth, first, second):
+        return lambda i: {"d": _auc(truth[i], second[i]) - _auc(truth[i], first[i])}
 
-    image_whole, image_fused, patient_whole, patient_fused = figures(
-        np.arange(len(names))
-    )
-    rng = np.random.default_rng(seed)
-    image_diff, patient_diff = [], []
-    for _ in range(rounds):
-        drawn = rng.choice(len(names), len(names))
-        if patient_malignant[drawn].all() or not patient_malignant[drawn].any():
-            continue
-        w, f, pw, pf = figures(drawn)
-        image_diff.append(f - w)
-        patient_diff.append(pf - pw)
+    image_ci = metrics.bootstrap_intervals(
+        difference(labels, whole, fused), groups, rounds=rounds, seed=seed
+    )["d"]
+    patient_ci = metrics.bootstrap_intervals(
+        difference(patient_labels, top["whole"], top["fused"]),
+        np.arange(len(names)),
+        rounds=rounds,
+        seed=seed,
+    )["d"]
     return {
         "images": len(labels),
         "patients": len(names),
-        "auc_whole": image_whole,
-        "auc_fused": image_fused,
-        "auc_difference_ci95": [
-            float(v) for v in np.percentile(image_diff, [2.5, 97.5])
-        ],
-        "patient_auc_whole": patient_whole,
-        "patient_auc_fused": patient_fused,
-        "patient_auc_difference_ci95": [
-            float(v) for v in np.percentile(patient_diff, [2.5, 97.5])
-        ],
+        "auc_whole": _auc(labels, whole),
+        "auc_fused": _auc(labels, fused),
+        "auc_difference_ci95": list(image_ci),
+        "patient_auc_whole": _auc(patient_labels, top["whole"]),
+        "patient_auc_fused": _auc(patient_labels, top["fused"]),
+        "patient_auc_difference_ci95": list(patient_ci),
     }
 
 

@@ -212,7 +212,12 @@ def curve(
             floor = np.median(
                 [
                     metrics.expected_calibration_error(
-                        (floor_rng.random(len(rest))[:, None] > cumulative).sum(1),
+                        # Inverse-CDF draws; the clip keeps a rounding-short last
+                        # cumulative value from naming a fourth class.
+                        np.minimum(
+                            (floor_rng.random(len(rest))[:, None] > cumulative).sum(1),
+                            len(CLASSES) - 1,
+                        ),
                         probabilities,
                     )
                     for _ in range(FLOOR_LABEL_DRAWS)
@@ -387,8 +392,8 @@ def _earlier_fold(
 
     A row of an earlier calibration format or fit is carried as what it measured: the
     training row and its curve under the ablation it now is (version 1's; version 2's
-    without a prior or with the fixed strength), with no curve of the shipped fit (that needs the fold model's logits
-    again)."""
+    without a prior or with the fixed strength), with no curve of the shipped fit (that
+    needs the fold model's logits again)."""
     if not previous or (
         previous.get("ks"),
         previous.get("draws"),

@@ -11,7 +11,6 @@ from ml.training.crop_stage import (
     STRENGTHS,
     choose,
     compare,
-    mask_box,
     square_crop,
 )
 
@@ -33,13 +32,6 @@ def test_square_crop_centres_the_box_with_its_margin_and_pads_outside_the_scan()
 
     with pytest.raises(ValueError, match="empty box"):
         square_crop(image, (5, 5, 5, 9), margin=0.1, side=32)
-
-
-def test_mask_box_is_max_exclusive_and_none_when_empty():
-    mask = np.zeros((30, 40), bool)
-    assert mask_box(mask) is None
-    mask[5:9, 10:21] = True
-    assert mask_box(mask) == (10, 5, 21, 9)
 
 
 def _part(rng, n, informative: bool, shift: float = 0.0) -> dict:
