@@ -1,4 +1,4 @@
-"""``python -m ml {split,train,evaluate,loso,predict,calibrate,fit-gate,site-curve,crop-stage,finetune,compare,loso-finetune}``; the benchmark is ``python -m bench ml``."""
+"""``python -m ml {split,train,evaluate,loso,predict,calibrate,fit-gate,site-curve,crop-stage,second-look,finetune,compare,loso-finetune}``; the benchmark is ``python -m bench ml``."""
 
 from __future__ import annotations
 
@@ -262,6 +262,16 @@ def cmd_site_curve(args: argparse.Namespace) -> int:
                 f"{row['recall_normal']['median']:.3f}"
             )
     print(f"site-adaptation curve -> {args.out}")
+    return 0
+
+
+def cmd_second_look(args: argparse.Namespace) -> int:
+    from ml.training.second_look import format_report, run
+
+    report = run(args.weights, args.fit, args.test, args.out, args.detail)
+    print(format_report(report))
+    if args.out is not None:
+        print(f"second look -> {args.out}")
     return 0
 
 
@@ -584,6 +594,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crop.add_argument("--out", type=Path, default=REPORT_DIR / "crop_stage.json")
     crop.set_defaults(func=cmd_crop_stage)
+
+    second = commands.add_parser(
+        "second-look",
+        help="the model again on a zoomed crop around the lesion it found: does it pay?",
+    )
+    second.add_argument("--weights", type=Path, default=weights_dir())
+    second.add_argument(
+        "--fit",
+        nargs="+",
+        required=True,
+        help="SOURCE:SPLIT parts the margin is chosen on (split: train, val, test, all)",
+    )
+    second.add_argument("--test", nargs="+", required=True, help="SOURCE:SPLIT parts")
+    second.add_argument(
+        "--detail",
+        type=int,
+        default=None,
+        help="crop the scan as stored for the network (squeezed to this side) instead "
+        "of the full-resolution scan",
+    )
+    second.add_argument("--out", type=Path, default=None)
+    second.set_defaults(func=cmd_second_look)
 
     finetune = commands.add_parser(
         "finetune",
