@@ -51,6 +51,10 @@ class ImageAnalysis:
     # probabilities or outline may be shown. gate_score is None when the weights carry no gate.
     withheld: bool = False
     gate_score: float | None = None
+    # The second look (model.json's second_look): the network ran again on a square crop
+    # around the lesion it found; the logits are both passes' mean, the outline the crop's
+    # inside the crop. False when it was off, or nothing was found to look at.
+    looked_again: bool = False
 
     @cached_property
     def gradcam(self) -> np.ndarray:
@@ -83,6 +87,7 @@ class ImageAnalysis:
             else [float(v) for v in self.class_logits],
             "withheld": self.withheld,
             "gate_score": self.gate_score,
+            "looked_again": self.looked_again,
         }
 
     def stored_artifacts(self) -> dict[str, bytes]:
@@ -123,6 +128,15 @@ def _resize_float(values: np.ndarray, width: int, height: int) -> np.ndarray:
     )
 
 
+def _stretched(item: ModelInput) -> np.ndarray:
+    """The model input stretched back to the scan's own size."""
+    if item.pixels.shape[:2] == (item.height, item.width):
+        return item.pixels
+    return np.asarray(
+        Image.fromarray(item.pixels).resize((item.width, item.height), Image.BILINEAR)
+    )
+
+
 def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     rows, columns = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     if rows.size == 0:
@@ -159,6 +173,10 @@ class Analyzer:
             self.ood = dataclasses.replace(
                 self.ood, threshold=float(meta.caution_threshold)
             )
+        self.second_look: float | None = (
+            None if meta.second_look is None else float(meta.second_look["margin"])
+        )
+        self._forward = None  # the plain network call, made on the first second look
         self.gate = GateModel.from_dict(meta.gate)
         if self.gate is None:
             logger.warning(
@@ -215,9 +233,7 @@ class Analyzer:
                 else list(class_index[start : start + batch_size])
             )
             explanation = self._explainer(network_input(batch), chosen)
-            probabilities = softmax(
-                explanation.class_logits + self.class_bias, self.temperature
-            )
+            logits = explanation.class_logits
             lesion_probability = 1.0 / (1.0 + np.exp(-explanation.seg_logits))
             ood_scores = (
                 self.ood.score(explanation.features) if self.ood is not None else None
@@ -227,11 +243,33 @@ class Analyzer:
                 if self.gate is None
                 else self.gate.score(np.stack([gate_features(b) for b in batch]))
             )
+            withheld = [
+                gate_scores is not None and bool(self.gate.withheld(gate_scores[i]))
+                for i in range(len(chunk))
+            ]
+            masks = [
+                _resize_float(lesion_probability[i], item.width, item.height)
+                >= self.meta.seg_threshold
+                for i, item in enumerate(chunk)
+            ]
+            looked = [False] * len(chunk)
+            if self.second_look is not None:
+                logits, masks, looked = self._look_again(chunk, logits, masks, withheld)
+                if chosen is None:
+                    # The heatmap explains the label shown, which the second look may change.
+                    shown = (logits + self.class_bias).argmax(axis=1)
+                    changed = np.nonzero(shown != explanation.explained_class)[0]
+                    if changed.size:
+                        explanation.class_cam = explanation.class_cam.copy()
+                        explanation.explained_class = explanation.explained_class.copy()
+                        again = self._explainer(
+                            network_input(batch[changed]), shown[changed]
+                        )
+                        explanation.class_cam[changed] = again.class_cam
+                        explanation.explained_class[changed] = again.explained_class
+            probabilities = softmax(logits + self.class_bias, self.temperature)
             for i, item in enumerate(chunk):
-                mask = (
-                    _resize_float(lesion_probability[i], item.width, item.height)
-                    >= self.meta.seg_threshold
-                )
+                mask = masks[i]
                 best = int(probabilities[i].argmax())
                 results.append(
                     ImageAnalysis(
@@ -247,20 +285,78 @@ class Analyzer:
                         gradcam_map=np.clip(explanation.class_cam[i], 0, 1),
                         seg_gradcam_map=np.clip(explanation.seg_cam[i], 0, 1),
                         model_version=self.model_version,
-                        class_logits=explanation.class_logits[i],
+                        class_logits=logits[i],
                         explained_class=CLASSES[int(explanation.explained_class[i])],
                         in_distribution=None
                         if ood_scores is None
                         else bool(self.ood.in_distribution(ood_scores[i])),
                         ood_score=None if ood_scores is None else float(ood_scores[i]),
-                        withheld=gate_scores is not None
-                        and bool(self.gate.withheld(gate_scores[i])),
+                        withheld=withheld[i],
                         gate_score=None
                         if gate_scores is None
                         else float(gate_scores[i]),
+                        looked_again=looked[i],
                     )
                 )
         return results
+
+    def _look_again(
+        self,
+        chunk: list[ModelInput],
+        logits: np.ndarray,
+        masks: list[np.ndarray],
+        withheld: list[bool],
+    ) -> tuple[np.ndarray, list[np.ndarray], list[bool]]:
+        """The second look: each scan with a lesion (and not withheld) is cropped around
+        the lesion's box (:func:`ml.zoom.square_crop`, margin ``second_look``) from its
+        model input stretched back to the scan's size: what a worker has, so the worker and
+        ``ml predict`` agree. The network's class logits on the crop are averaged with the
+        whole scan's; its outline replaces the whole scan's inside the crop."""
+        from ml import zoom
+        from ml.preprocess import network_input
+
+        looked = [
+            i
+            for i, mask in enumerate(masks)
+            if not withheld[i] and bounding_box(mask) is not None
+        ]
+        if not looked:
+            return logits, masks, [False] * len(chunk)
+        boxes = {i: bounding_box(masks[i]) for i in looked}
+        crops = np.stack(
+            [
+                zoom.square_crop(
+                    _stretched(chunk[i]), boxes[i], self.second_look, self.image_size
+                )
+                for i in looked
+            ]
+        )
+        crop_logits, crop_seg = self._plain(network_input(crops))
+        logits = logits.copy()
+        logits[looked] = (logits[looked] + crop_logits) / 2
+        masks = list(masks)
+        for row, i in enumerate(looked):
+            extent = zoom.crop_extent(boxes[i], self.second_look)
+            crop_mask = (
+                _resize_float(1.0 / (1.0 + np.exp(-crop_seg[row])), extent, extent)
+                >= self.meta.seg_threshold
+            )
+            masks[i] = zoom.paste(masks[i], crop_mask, boxes[i])
+        return logits, masks, [i in boxes for i in range(len(chunk))]
+
+    def _plain(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The network alone (no heatmaps): class logits and segmentation logits."""
+        if self._forward is None:
+            import tensorflow as tf
+
+            self._forward = tf.function(
+                lambda x: self._model(x, training=False), reduce_retracing=True
+            )
+        outputs = self._forward(batch)
+        return (
+            np.asarray(outputs["class_logits"]),
+            np.asarray(outputs["seg_logits"])[..., 0],
+        )
 
     def _input(self, image: np.ndarray | DecodedImage | ModelInput) -> ModelInput:
         """The image squeezed to the network's square: made here, or stored with the

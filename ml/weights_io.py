@@ -46,6 +46,8 @@ class ModelMeta:
     # model.json only; weights saved before them have neither (see ml.inference.Analyzer).
     gate: dict | None = None
     caution_threshold: float | None = None
+    # The second look (ml.inference.Analyzer): {"margin": m}, or None for one pass only.
+    second_look: dict | None = None
     # Filled by load_into from the archive; not part of model.json.
     ood: object = field(default=None, repr=False, compare=False)
 

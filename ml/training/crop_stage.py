@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ml import metrics
 from ml.backbone import BLOCK_GROUPS, HEAD_FILTERS, block_output_name
@@ -45,6 +44,7 @@ from ml.inference import bounding_box
 from ml.metrics import BENIGN, MALIGNANT
 from ml.training.site_curve import FOLD_SCORES_DIR, source_groups
 from ml.training.sources import SOURCES, load_image, load_mask, read_manifest
+from ml.zoom import square_crop
 
 logger = logging.getLogger(__name__)
 
@@ -74,27 +74,6 @@ FEATURE_SETS = {
 }
 FUSION_WEIGHT = 0.5
 BOOTSTRAP_ROUNDS = 1000
-
-
-def square_crop(
-    image: np.ndarray, box: tuple[int, int, int, int], margin: float, side: int
-) -> np.ndarray:
-    """A square of ``image`` (H, W, 3) centred on ``box`` (x_min, y_min, x_max, y_max; max
-    exclusive), its side the box's longer side plus ``margin`` of it on each side (at least
-    32 px), zero-padded where it leaves the image, resized to ``side`` x ``side``."""
-    x0, y0, x1, y1 = box
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"empty box {box}")
-    height, width = image.shape[:2]
-    extent = max(round(max(x1 - x0, y1 - y0) * (1 + 2 * margin)), 32)
-    top = round((y0 + y1) / 2 - extent / 2)
-    left = round((x0 + x1) / 2 - extent / 2)
-    out = np.zeros((extent, extent, 3), np.uint8)
-    ty, tx = max(top, 0), max(left, 0)
-    by, bx = min(top + extent, height), min(left + extent, width)
-    if by > ty and bx > tx:
-        out[ty - top : by - top, tx - left : bx - left] = image[ty:by, tx:bx, :3]
-    return np.asarray(Image.fromarray(out).resize((side, side), Image.BILINEAR))
 
 
 class CropEncoder:

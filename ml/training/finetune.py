@@ -351,6 +351,7 @@ def finetune(config: FinetuneConfig) -> dict:
         seg_threshold=base_meta.seg_threshold,
         # The gate judges the image, not the network's features: the base's still holds.
         gate=base_meta.gate,
+        second_look=base_meta.second_look,
         training={
             # The original sources (what refit_ood and evaluate read by name).
             "sources": original,

@@ -481,6 +481,53 @@ lesion image. Brackets: 95% bootstrap interval of fused minus whole, resampling 
 """
 
 
+def _second_look_section(report_dir: Path) -> str:
+    """From ``second_look/*.json`` (``python -m ml second-look --out``); empty without."""
+    runs = sorted((report_dir / "second_look").glob("*.json"))
+    if not runs:
+        return ""
+    lines = [
+        (
+            "| run | model | crops from | judged on | margin | AUC m-vs-b (paired 95%) | "
+            "per patient | recall n / b / m | ECE | Dice |"
+        ),
+        "|---|---|---|---|---|---|---|---|---:|---:|",
+    ]
+    for path in runs:
+        report = json.loads(path.read_text())
+        test = report["test"]
+        for name, row in test["rows"].items():
+            paired = test["paired"].get(name)
+            auc = f"{row['auc_mb']:.3f}"
+            patient = "–"
+            if paired:
+                low, high = paired["auc_difference_ci95"]
+                auc += f" ({low:+.3f}, {high:+.3f})"
+                patient = f"{paired['patient_auc_whole']:.3f} → {paired['patient_auc_fused']:.3f}"
+            chosen = " (validation's choice)" if name == report["chosen"] else ""
+            recall = " / ".join(f"{v:.3f}" for v in row["recall"].values())
+            lines.append(
+                f"| {path.stem} | {report['model'].removeprefix('busnet-lite0-')} | "
+                f"{report['crops_from']} | {', '.join(test['parts'])} | "
+                f"{'one pass' if name == 'none' else name}{chosen} | {auc} | {patient} | "
+                f"{recall} | {row['ece']:.3f} | {row['dice']:.3f} |"
+            )
+    return f"""
+## A second look at the lesion: the same network on a zoomed crop
+`python -m ml second-look` (`ml/training/second_look.py`). The worker's analysis, then the same
+network again on a square crop around the lesion box it predicted (the box's longer side
+plus the margin of it on each side; taken from the full-resolution scan, or from the model
+input the worker stores, stretched back to the scan's size); class logits averaged, the
+crop's outline pasted back inside the crop; a scan without a predicted lesion keeps its one
+pass. No new weights. "Judged on": the images reported; "validation's choice": the margin the
+validation splits (the fold model's training sources') would pick, "one pass" included.
+Brackets: 95% bootstrap interval of the two passes minus one, resampling patients. Per
+patient: the most suspicious lesion image of each.
+
+{chr(10).join(lines)}
+"""
+
+
 def _loso_finetune_section(report_dir: Path) -> str:
     report = _report(report_dir, "loso_finetune.json")
     if report is None:
@@ -693,7 +740,7 @@ validation images' scores. Pooled test images judged in distribution:
 (`ml/training/ood_corpus.py`: documents, screenshots, blank frames, noise, gradients, colour
 bars, chest X-ray-like and CT-like synthetic images, and scikit-image's photographs and
 micrographs): {ood["corpus_flagged_rate"]:.3f} flagged. Not flagged: {", ".join(ood["corpus_not_flagged"]) or "none"}.
-{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}{_crop_stage_section(report_dir)}{_loso_finetune_section(report_dir)}
+{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}{_crop_stage_section(report_dir)}{_second_look_section(report_dir)}{_loso_finetune_section(report_dir)}
 ## Ablation (effect of each choice on LOSO)
 {_ablation_section(report_dir, loso)}
 

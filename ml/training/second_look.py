@@ -28,10 +28,11 @@ import numpy as np
 from ml import metrics
 from ml.config import CLASSES, REPO_DIR
 from ml.metrics import MALIGNANT, NORMAL
-from ml.training.crop_stage import compare, square_crop
+from ml.training.crop_stage import compare
 from ml.training.site_curve import source_groups
 from ml.training.sources import get_source, load_image, load_mask, read_manifest
 from ml.training.splits import load_split
+from ml.zoom import crop_extent, paste, square_crop
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +47,6 @@ def part_paths(part: str) -> tuple[str, list[str]]:
     if split == "all":
         return source, sorted(source_groups(source))
     return source, list(load_split(source)[split])
-
-
-def _paste(
-    mask: np.ndarray,
-    crop_mask: np.ndarray,
-    box: tuple[int, int, int, int],
-) -> np.ndarray:
-    """``mask`` with the crop's mask put back where :func:`square_crop` took the crop."""
-    x0, y0, x1, y1 = box
-    extent = crop_mask.shape[0]
-    top = round((y0 + y1) / 2 - extent / 2)
-    left = round((x0 + x1) / 2 - extent / 2)
-    out = mask.copy()
-    ty, tx = max(top, 0), max(left, 0)
-    by, bx = min(top + extent, mask.shape[0]), min(left + extent, mask.shape[1])
-    out[ty:by, tx:bx] = crop_mask[ty - top : by - top, tx - left : bx - left]
-    return out
 
 
 def _dice(truth: np.ndarray | None, mask: np.ndarray) -> float:
@@ -80,12 +64,6 @@ def _stored_detail(image: np.ndarray, side: int) -> np.ndarray:
     height, width = image.shape[:2]
     squeezed = resize_for_model(np.ascontiguousarray(image[..., :3]), side)
     return np.asarray(Image.fromarray(squeezed).resize((width, height), Image.BILINEAR))
-
-
-def crop_extent(box: tuple[int, int, int, int], margin: float) -> int:
-    """The side, in the scan's pixels, of the crop :func:`square_crop` takes around ``box``."""
-    x0, y0, x1, y1 = box
-    return max(round(max(x1 - x0, y1 - y0) * (1 + 2 * margin)), 32)
 
 
 def score_part(
@@ -139,7 +117,7 @@ def score_part(
             again = analyzer.analyze([crop])[0]
             second.append(again.class_logits)
             second_dice.append(
-                _dice(truth, _paste(first.lesion_mask, again.lesion_mask, first.bbox))
+                _dice(truth, paste(first.lesion_mask, again.lesion_mask, first.bbox))
             )
         rows["labels"].append(record.class_index)
         rows["groups"].append(group_of.get(p, p))

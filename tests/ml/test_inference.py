@@ -12,7 +12,7 @@ from PIL import Image
 
 from ml.config import CLASSES, DEFAULT_WEIGHTS_DIR, REPO_DIR
 from ml.decode import decode_image
-from ml.inference import Analyzer, ModelLoadError
+from ml.inference import Analyzer, ModelLoadError, bounding_box
 from ml.model_input import from_npy, model_input, to_npy
 from ml.weights_io import sha256_of
 from tests.conftest import SCANS_DIR
@@ -189,6 +189,7 @@ def test_predict_cli_writes_results_and_names_bad_files(tmp_path):
             "logits",
             "withheld",
             "gate_score",
+            "looked_again",
             "calibration",
             "calibrated_probabilities",
             "calibrated_label",
@@ -303,3 +304,74 @@ def test_stored_logits_re_score_to_what_the_analysis_showed(analyzer):
     rescored = own.probabilities(stored)
     shown = np.array([[r.probabilities[c] for c in CLASSES] for r in results])
     np.testing.assert_allclose(rescored, shown, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def second_look(analyzer) -> Analyzer:
+    meta = copy.copy(analyzer.meta)
+    meta.second_look = {"margin": 0.25}
+    return Analyzer(analyzer._model, meta)
+
+
+def test_the_second_look_averages_both_passes_and_pastes_the_crops_outline(
+    analyzer, second_look
+):
+    """The same network on the crop around the lesion it found, made by hand from the model
+    input as ml.training.second_look measured it: the logits are the two passes' mean, the
+    outline the crop's inside the crop and the first pass's outside it."""
+    from ml.decode import to_rgb
+    from ml.zoom import crop_extent, crop_origin, square_crop
+
+    image = decode_image(SCANS_DIR / SAMPLES[2])
+    (once,) = analyzer.analyze([image])
+    (twice,) = second_look.analyze([image])
+    assert once.bbox is not None and not once.looked_again
+    assert twice.looked_again and twice.to_dict()["looked_again"] is True
+
+    squeezed = model_input(to_rgb(image.pixels), analyzer.image_size).pixels
+    stretched = np.asarray(
+        Image.fromarray(squeezed).resize((image.width, image.height), Image.BILINEAR)
+    )
+    extent = crop_extent(once.bbox, 0.25)
+    (crop,) = analyzer.analyze([square_crop(stretched, once.bbox, 0.25, extent)])
+    np.testing.assert_allclose(
+        twice.class_logits, (once.class_logits + crop.class_logits) / 2, atol=1e-4
+    )
+    top, left = crop_origin(once.bbox, extent)
+    inside = np.zeros_like(once.lesion_mask)
+    inside[max(top, 0) : top + extent, max(left, 0) : left + extent] = True
+    np.testing.assert_array_equal(twice.lesion_mask[~inside], once.lesion_mask[~inside])
+    pasted = twice.lesion_mask[max(top, 0) : top + extent, max(left, 0) : left + extent]
+    expected = crop.lesion_mask[
+        max(top, 0) - top : max(top, 0) - top + pasted.shape[0],
+        max(left, 0) - left : max(left, 0) - left + pasted.shape[1],
+    ]
+    np.testing.assert_array_equal(pasted, expected)
+    assert twice.bbox == bounding_box(twice.lesion_mask)
+    assert twice.label == twice.explained_class
+
+
+def test_the_second_look_leaves_scans_without_a_lesion_and_withheld_ones_alone(
+    analyzer, second_look
+):
+    blank = np.zeros(
+        (300, 400, 3), np.uint8
+    )  # nothing to find, and withheld by the gate
+    (once,) = analyzer.analyze([blank])
+    (twice,) = second_look.analyze([blank])
+    assert not twice.looked_again
+    assert twice.to_dict() == {**once.to_dict(), "looked_again": False}
+
+
+def test_with_the_second_look_a_stored_model_input_still_gives_the_decoded_analysis(
+    second_look,
+):
+    images = [decode_image(SCANS_DIR / path) for path in SAMPLES]
+    side = second_look.image_size
+    stored = [model_input(image.pixels, side) for image in images]
+    for own, theirs in zip(
+        second_look.analyze(images), second_look.analyze(stored), strict=True
+    ):
+        assert theirs.to_dict() == own.to_dict()
+        np.testing.assert_array_equal(theirs.lesion_mask, own.lesion_mask)
+        np.testing.assert_array_equal(theirs.gradcam_map, own.gradcam_map)

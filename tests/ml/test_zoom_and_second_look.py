@@ -1,4 +1,5 @@
-"""The second look's measurement (ml.training.second_look), without the network."""
+"""Square crops around a lesion and pasting back (ml.zoom); the second look's measurement
+(ml.training.second_look), without the network."""
 
 from __future__ import annotations
 
@@ -6,8 +7,27 @@ import numpy as np
 import pytest
 
 from ml.metrics import BENIGN, MALIGNANT, NORMAL
-from ml.training.crop_stage import square_crop
-from ml.training.second_look import _paste, crop_extent, merge, summarise
+from ml.training.second_look import merge, summarise
+from ml.zoom import crop_extent, paste, square_crop
+
+
+def test_square_crop_centres_the_box_with_its_margin_and_pads_outside_the_scan():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[40:60, 90:110] = 255  # a 20 x 20 "lesion"
+    crop = square_crop(image, (90, 40, 110, 60), margin=0.5, side=40)
+    # 20 px box + 10 px each side = 40 px: the lesion fills the middle half.
+    assert crop.shape == (40, 40, 3)
+    assert crop[10:30, 10:30].min() == 255
+    assert crop[:8].max() == 0 and crop[32:].max() == 0
+
+    corner = np.full((100, 100, 3), 200, np.uint8)
+    crop = square_crop(corner, (0, 0, 40, 40), margin=0.5, side=80)
+    # The square runs 20 px off the top and left: zero there, the scan elsewhere.
+    assert crop[:15, :15].max() == 0
+    assert crop[25:, 25:].min() == 200
+
+    with pytest.raises(ValueError, match="empty box"):
+        square_crop(image, (5, 5, 5, 9), margin=0.1, side=32)
 
 
 @pytest.mark.parametrize(
@@ -26,7 +46,7 @@ def test_a_crop_pasted_back_lands_where_it_was_taken(box):
         extent,
     )[..., 0]
     assert crop.shape == (extent, extent)
-    pasted = _paste(np.zeros_like(mask), crop > 127, box)
+    pasted = paste(np.zeros_like(mask), crop > 127, box)
     x0, y0, x1, y1 = box
     assert np.array_equal(pasted[y0:y1, x0:x1], mask[y0:y1, x0:x1])
     assert pasted.sum() <= mask.sum()
