@@ -41,7 +41,9 @@ def heldout_outputs(analyzer, source: str, paths: list[str], results: dict) -> d
     """``collect``'s per-image results plus what a second look at the network gives cheaply:
     the raw outputs at the network's resolution for the image and its horizontal mirror
     (un-mirrored), so flip test-time augmentation and mask-confidence rules can be judged
-    offline. Lesion probabilities are stored as uint8 (probability x 255)."""
+    offline. ``net_logits`` is the whole scan's one pass; ``logits`` (``collect``'s) also
+    averages in the second look's crop when the model looks twice. Lesion probabilities are
+    stored as uint8 (probability x 255)."""
     from ml.training.arrays import load_arrays
     from ml.training.fit import predict_arrays
 

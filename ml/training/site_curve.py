@@ -65,12 +65,13 @@ def source_groups(source: str) -> dict[str, str]:
 def score_source(weights: Path, source: str, *, batch_size: int = 8) -> dict:
     """Raw logits, OOD scores, predicted lesion areas and boxes (x_min, y_min, x_max, y_max at
     the image's resolution; -1 where no lesion is predicted) of a source's used images and
-    its Doppler frames, cached per model version."""
+    its Doppler frames, cached per model version (and second look)."""
     from ml.inference import Analyzer
     from ml.weights_io import read_meta
 
-    version = read_meta(weights).version
-    cache = CACHE_DIR / version / f"{source}.npz"
+    meta = read_meta(weights)
+    looks = "" if meta.second_look is None else f"-look{meta.second_look['margin']}"
+    cache = CACHE_DIR / f"{meta.version}{looks}" / f"{source}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as data:
             if "lesion_box" in data.files:
@@ -133,6 +134,10 @@ def fold_scores(
         "class_bias": np.asarray(meta.class_bias, np.float64),
         "ood_threshold": np.float64(
             np.nan if meta.ood_threshold is None else meta.ood_threshold
+        ),
+        # The second look's margin when the logits are both passes' mean; NaN: one pass.
+        "second_look_margin": np.float64(
+            np.nan if meta.second_look is None else meta.second_look["margin"]
         ),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.config import CLASSES, IMAGE_SIZE, MODEL_NAME
+from ml.config import CLASSES, IMAGE_SIZE, MODEL_NAME, SECOND_LOOK_MARGIN
 from ml.training.arrays import DEFAULT_CACHE_DIR, ArraySet, load_split_arrays
 from ml.training.sources import SOURCES
 
@@ -43,6 +43,7 @@ class TrainConfig:
     extra: dict = field(
         default_factory=dict
     )  # recorded in model.json (e.g. the LOSO fold)
+    second_look_margin: float | None = SECOND_LOOK_MARGIN  # None: one pass only
 
 
 def _limited(arrays: ArraySet, limit: int | None) -> ArraySet:
@@ -164,6 +165,9 @@ def train(config: TrainConfig) -> dict:
         class_head=config.class_head,
         temperature=temperature,
         class_bias=class_bias.tolist(),
+        second_look=None
+        if config.second_look_margin is None
+        else {"margin": config.second_look_margin},
         training={
             "sources": sources,
             "best_epoch": fitted["best_epoch"],

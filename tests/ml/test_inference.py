@@ -313,8 +313,22 @@ def second_look(analyzer) -> Analyzer:
     return Analyzer(analyzer._model, meta)
 
 
+@pytest.fixture(scope="module")
+def one_pass(analyzer) -> Analyzer:
+    meta = copy.copy(analyzer.meta)
+    meta.second_look = None
+    return Analyzer(analyzer._model, meta)
+
+
+def test_the_committed_weights_look_twice():
+    from ml.config import SECOND_LOOK_MARGIN
+
+    meta = json.loads((DEFAULT_WEIGHTS_DIR / "model.json").read_text())
+    assert meta["second_look"] == {"margin": SECOND_LOOK_MARGIN}
+
+
 def test_the_second_look_averages_both_passes_and_pastes_the_crops_outline(
-    analyzer, second_look
+    one_pass, second_look
 ):
     """The same network on the crop around the lesion it found, made by hand from the model
     input as ml.training.second_look measured it: the logits are the two passes' mean, the
@@ -323,17 +337,17 @@ def test_the_second_look_averages_both_passes_and_pastes_the_crops_outline(
     from ml.zoom import crop_extent, crop_origin, square_crop
 
     image = decode_image(SCANS_DIR / SAMPLES[2])
-    (once,) = analyzer.analyze([image])
+    (once,) = one_pass.analyze([image])
     (twice,) = second_look.analyze([image])
     assert once.bbox is not None and not once.looked_again
     assert twice.looked_again and twice.to_dict()["looked_again"] is True
 
-    squeezed = model_input(to_rgb(image.pixels), analyzer.image_size).pixels
+    squeezed = model_input(to_rgb(image.pixels), one_pass.image_size).pixels
     stretched = np.asarray(
         Image.fromarray(squeezed).resize((image.width, image.height), Image.BILINEAR)
     )
     extent = crop_extent(once.bbox, 0.25)
-    (crop,) = analyzer.analyze([square_crop(stretched, once.bbox, 0.25, extent)])
+    (crop,) = one_pass.analyze([square_crop(stretched, once.bbox, 0.25, extent)])
     np.testing.assert_allclose(
         twice.class_logits, (once.class_logits + crop.class_logits) / 2, atol=1e-4
     )
