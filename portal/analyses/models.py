@@ -37,6 +37,7 @@ RESULT_FIELDS = (
     "explained_class",
     "withheld",
     "gate_score",
+    "looked_again",
     "calibration",
     "suspicious",
     "operating_threshold",
@@ -145,6 +146,14 @@ class Analysis(models.Model):
         null=True,
         blank=True,
         help_text="The gate's score (higher: less like a breast ultrasound image).",
+    )
+    # The second look (ml.inference.Analyzer): the model ran again on a zoomed crop around
+    # the lesion it found; the label is both looks' and the outline inside the crop the
+    # zoomed one's.
+    looked_again = models.BooleanField(
+        default=False,
+        help_text="True when the model also looked at a zoomed crop around the lesion it "
+        "found (label from both looks, outline from the zoomed one).",
     )
     # The raw network output, before any calibration: a new site calibration re-scores
     # the analysis from these without running the network again.
@@ -283,6 +292,7 @@ class Analysis(models.Model):
             "explained_class": self.explained_class,
             "withheld": self.withheld,
             "gate_score": self.gate_score,
+            "looked_again": self.looked_again,
             "suspicious": self.suspicious,
             "calibration": self.calibration_id,
             "finished": self.is_finished,

@@ -418,6 +418,7 @@ def _record_result(
     analysis.logits = _logits(result)
     analysis.withheld = bool(result.get("withheld") or False)
     analysis.gate_score = None if gate_score is None else float(gate_score)
+    analysis.looked_again = bool(result.get("looked_again") or False)
     _record_distribution(analysis, result, threshold=model_ood_threshold)
     if analysis.withheld:
         # Not a breast ultrasound: the model's verdict is kept nowhere it could be
