@@ -132,6 +132,8 @@ def leave_one_source_out(
                 )
             )
         analyzer = Analyzer.load(fold_dir)
+        if analyzer.second_look is not None:  # how the held-out scans were analysed
+            fold_schedule["second_look"] = analyzer.second_look
         paths = held_out_paths(source)
         results = collect(analyzer, source, paths)
         np.savez_compressed(

@@ -95,6 +95,8 @@ def schedule_text(schedule: dict | None) -> str:
         parts.append(f"{schedule['class_head']} head")
     if not schedule.get("augment", True):
         parts.append("no augmentation")
+    if schedule.get("second_look") is not None:
+        parts.append(f"second look {schedule['second_look']}")
     return "; ".join(parts)
 
 

@@ -263,11 +263,17 @@ def run(
     out: Path | None,
     detail: int | None = None,
 ) -> dict:
+    import dataclasses
     import json
 
     from ml.inference import Analyzer
 
-    analyzer = Analyzer.load(weights)
+    loaded = Analyzer.load(weights)
+    # The first pass is the whole scan's alone, whatever model.json says: the margins here
+    # are the second looks being judged.
+    analyzer = Analyzer(
+        loaded._model, dataclasses.replace(loaded.meta, second_look=None)
+    )
     report = judge(analyzer, fit, test, detail=detail)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

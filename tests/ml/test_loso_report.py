@@ -49,6 +49,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch):
     analyzer = SimpleNamespace(
         model_version="busnet-lite0-fake",
         meta=SimpleNamespace(training={"best_epoch": 20, "epochs_run": 24}),
+        second_look=0.25,
     )
     import ml.inference
 
@@ -98,13 +99,14 @@ def test_one_fold_is_merged_with_its_schedule_and_the_others_kept(
     assert saved["folds"]["bus-uclm"]["schedule"] == LEGACY  # the old row kept
     busi = saved["folds"]["busi"]
     assert busi["schedule"]["epochs"] == 24 and busi["schedule"]["patience"] == 8
+    assert busi["schedule"]["second_look"] == 0.25  # how its held-out scans were read
     assert busi["model_version"] == "busnet-lite0-fake" and busi["images"] == 12
     assert busi["metrics"]["n"]["value"] == 12
     with np.load(tmp_path / "work" / "without-busi" / loso.HELDOUT_FILE) as heldout:
         assert heldout["paths"].tolist() == [f"busi/{i}.png" for i in range(12)]
 
     table = _loso_table(saved)
-    assert "| busi | 24 epochs, 2 frozen; patience 8 |" in table
+    assert "| busi | 24 epochs, 2 frozen; patience 8; second look 0.25 |" in table
     assert "| bus-uclm | 12 epochs, 1 frozen |" in table
 
 
@@ -135,6 +137,10 @@ def test_schedule_text_names_what_differs_from_production():
             {"epochs": 12, "frozen_epochs": 1, "image_size": 320, "augment": False}
         )
         == "12 epochs, 1 frozen; 320 px; no augmentation"
+    )
+    assert (
+        schedule_text({"epochs": 24, "frozen_epochs": 2, "second_look": 0.25})
+        == "24 epochs, 2 frozen; second look 0.25"
     )
 
 
