@@ -52,8 +52,8 @@ class ImageAnalysis:
     withheld: bool = False
     gate_score: float | None = None
     # The second look (model.json's second_look): the network ran again on a square crop
-    # around the lesion it found; the logits are both passes' mean, the outline the crop's
-    # inside the crop. False when it was off, or nothing was found to look at.
+    # around the lesion it found, and the logits are both passes' mean (the outline is the
+    # whole scan's). False when it was off, or nothing was found to look at.
     looked_again: bool = False
 
     @cached_property
@@ -254,7 +254,7 @@ class Analyzer:
             ]
             looked = [False] * len(chunk)
             if self.second_look is not None:
-                logits, masks, looked = self._look_again(chunk, logits, masks, withheld)
+                logits, looked = self._look_again(chunk, logits, masks, withheld)
                 if chosen is None:
                     # The heatmap explains the label shown, which the second look may change.
                     shown = (logits + self.class_bias).argmax(axis=1)
@@ -306,57 +306,46 @@ class Analyzer:
         logits: np.ndarray,
         masks: list[np.ndarray],
         withheld: list[bool],
-    ) -> tuple[np.ndarray, list[np.ndarray], list[bool]]:
-        """The second look: each scan with a lesion (and not withheld) is cropped around
-        the lesion's box (:func:`ml.zoom.square_crop`, margin ``second_look``) from its
-        model input stretched back to the scan's size: what a worker has, so the worker and
-        ``ml predict`` agree. The network's class logits on the crop are averaged with the
-        whole scan's; its outline replaces the whole scan's inside the crop."""
+    ) -> tuple[np.ndarray, list[bool]]:
+        """The second look, for the label: each scan with a lesion (and not withheld) is
+        cropped around the lesion's box (:func:`ml.zoom.square_crop`, margin
+        ``second_look``) from its model input stretched back to the scan's size (what a
+        worker has, so the worker and ``ml predict`` agree), and the network's class logits
+        on the crop are averaged with the whole scan's. The outline stays the whole scan's:
+        pasting the crop's back did not hold up in LOSO (ml/reports/notes.md)."""
         from ml import zoom
         from ml.preprocess import network_input
 
-        looked = [
-            i
+        boxes = {
+            i: box
             for i, mask in enumerate(masks)
-            if not withheld[i] and bounding_box(mask) is not None
-        ]
-        if not looked:
-            return logits, masks, [False] * len(chunk)
-        boxes = {i: bounding_box(masks[i]) for i in looked}
+            if not withheld[i] and (box := bounding_box(mask)) is not None
+        }
+        if not boxes:
+            return logits, [False] * len(chunk)
         crops = np.stack(
             [
                 zoom.square_crop(
-                    _stretched(chunk[i]), boxes[i], self.second_look, self.image_size
+                    _stretched(chunk[i]), box, self.second_look, self.image_size
                 )
-                for i in looked
+                for i, box in boxes.items()
             ]
         )
-        crop_logits, crop_seg = self._plain(network_input(crops))
+        looked = list(boxes)
         logits = logits.copy()
-        logits[looked] = (logits[looked] + crop_logits) / 2
-        masks = list(masks)
-        for row, i in enumerate(looked):
-            extent = zoom.crop_extent(boxes[i], self.second_look)
-            crop_mask = (
-                _resize_float(1.0 / (1.0 + np.exp(-crop_seg[row])), extent, extent)
-                >= self.meta.seg_threshold
-            )
-            masks[i] = zoom.paste(masks[i], crop_mask, boxes[i])
-        return logits, masks, [i in boxes for i in range(len(chunk))]
+        logits[looked] = (logits[looked] + self._class_logits(network_input(crops))) / 2
+        return logits, [i in boxes for i in range(len(chunk))]
 
-    def _plain(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The network alone (no heatmaps): class logits and segmentation logits."""
+    def _class_logits(self, batch: np.ndarray) -> np.ndarray:
+        """The network's class logits alone (no heatmaps)."""
         if self._forward is None:
             import tensorflow as tf
 
             self._forward = tf.function(
-                lambda x: self._model(x, training=False), reduce_retracing=True
+                lambda x: self._model(x, training=False)["class_logits"],
+                reduce_retracing=True,
             )
-        outputs = self._forward(batch)
-        return (
-            np.asarray(outputs["class_logits"]),
-            np.asarray(outputs["seg_logits"])[..., 0],
-        )
+        return np.asarray(self._forward(batch))
 
     def _input(self, image: np.ndarray | DecodedImage | ModelInput) -> ModelInput:
         """The image squeezed to the network's square: made here, or stored with the

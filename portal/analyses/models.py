@@ -148,12 +148,11 @@ class Analysis(models.Model):
         help_text="The gate's score (higher: less like a breast ultrasound image).",
     )
     # The second look (ml.inference.Analyzer): the model ran again on a zoomed crop around
-    # the lesion it found; the label is both looks' and the outline inside the crop the
-    # zoomed one's.
+    # the lesion it found; the label is both looks', the outline the whole scan's.
     looked_again = models.BooleanField(
         default=False,
         help_text="True when the model also looked at a zoomed crop around the lesion it "
-        "found (label from both looks, outline from the zoomed one).",
+        "found (label from both looks; outline from the whole scan).",
     )
     # The raw network output, before any calibration: a new site calibration re-scores
     # the analysis from these without running the network again.

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ml.config import CLASSES, DEFAULT_WEIGHTS_DIR, REPO_DIR
 from ml.decode import decode_image
-from ml.inference import Analyzer, ModelLoadError, bounding_box
+from ml.inference import Analyzer, ModelLoadError
 from ml.model_input import from_npy, model_input, to_npy
 from ml.weights_io import sha256_of
 from tests.conftest import SCANS_DIR
@@ -327,14 +327,14 @@ def test_the_committed_weights_look_twice():
     assert meta["second_look"] == {"margin": SECOND_LOOK_MARGIN}
 
 
-def test_the_second_look_averages_both_passes_and_pastes_the_crops_outline(
+def test_the_second_look_averages_both_passes_and_keeps_the_whole_scans_outline(
     one_pass, second_look
 ):
     """The same network on the crop around the lesion it found, made by hand from the model
-    input as ml.training.second_look measured it: the logits are the two passes' mean, the
-    outline the crop's inside the crop and the first pass's outside it."""
+    input as ml.training.second_look measured it: the logits are the two passes' mean; the
+    outline, box and area are the whole scan's."""
     from ml.decode import to_rgb
-    from ml.zoom import crop_extent, crop_origin, square_crop
+    from ml.zoom import crop_extent, square_crop
 
     image = decode_image(SCANS_DIR / SAMPLES[2])
     (once,) = one_pass.analyze([image])
@@ -351,17 +351,12 @@ def test_the_second_look_averages_both_passes_and_pastes_the_crops_outline(
     np.testing.assert_allclose(
         twice.class_logits, (once.class_logits + crop.class_logits) / 2, atol=1e-4
     )
-    top, left = crop_origin(once.bbox, extent)
-    inside = np.zeros_like(once.lesion_mask)
-    inside[max(top, 0) : top + extent, max(left, 0) : left + extent] = True
-    np.testing.assert_array_equal(twice.lesion_mask[~inside], once.lesion_mask[~inside])
-    pasted = twice.lesion_mask[max(top, 0) : top + extent, max(left, 0) : left + extent]
-    expected = crop.lesion_mask[
-        max(top, 0) - top : max(top, 0) - top + pasted.shape[0],
-        max(left, 0) - left : max(left, 0) - left + pasted.shape[1],
-    ]
-    np.testing.assert_array_equal(pasted, expected)
-    assert twice.bbox == bounding_box(twice.lesion_mask)
+    np.testing.assert_array_equal(twice.lesion_mask, once.lesion_mask)
+    assert (twice.bbox, twice.lesion_area_fraction) == (
+        once.bbox,
+        once.lesion_area_fraction,
+    )
+    np.testing.assert_array_equal(twice.seg_gradcam_map, once.seg_gradcam_map)
     assert twice.label == twice.explained_class
 
 

@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
             name="looked_again",
             field=models.BooleanField(
                 default=False,
-                help_text="True when the model also looked at a zoomed crop around the lesion it found (label from both looks, outline from the zoomed one).",
+                help_text="True when the model also looked at a zoomed crop around the lesion it found (label from both looks; outline from the whole scan).",
             ),
         ),
     ]
