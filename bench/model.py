@@ -154,6 +154,9 @@ def run(
     prototype = statistics.median(time_prototype(1, prototype_repeats))
     report = {
         "model_version": analyzer.model_version,
+        "second_look": "off"
+        if analyzer.second_look is None
+        else f"margin {analyzer.second_look}",
         "images": f"{len(files)} {source}",
         "cpu_count": os.cpu_count(),
         "load_average_1min_before_after": (
