@@ -283,6 +283,7 @@ def evaluate(
     point = summarise(pooled)
     report = {
         "model_version": analyzer.model_version,
+        "second_look": analyzer.second_look,
         "temperature": analyzer.temperature,
         "class_bias": analyzer.class_bias.tolist(),
         "image_size": analyzer.image_size,

@@ -617,6 +617,18 @@ model where the row's "before" figures match.
 """
 
 
+def _second_look_text(margin: float | None) -> str:
+    if margin is None:
+        return "The figures below are of one look at each scan (no second look).\n"
+    return (
+        f"**Second look** (margin {margin}): where a lesion is found, the network runs again "
+        "on a square crop around its box (the box's longer side plus "
+        f"{margin} of it on each side, from the model input stretched back to the scan's "
+        "size) and the label comes from both looks' class logits averaged; the outline, box "
+        "and heatmaps stay the whole scan's. The figures below include it.\n"
+    )
+
+
 def write_model_card(report_dir: Path, card_path: Path) -> None:
     report = json.loads((report_dir / "metrics.json").read_text())
     loso = _report(report_dir, "loso.json")
@@ -672,7 +684,7 @@ Outputs: calibrated class probabilities (per-class logit offsets {bias} for bala
 then temperature {report["temperature"]:.3f}; both fitted on the pooled validation splits of
 the three sources), a lesion mask at the scan's resolution, Grad-CAM of the **displayed**
 class and Seg-Grad-CAM, and an out-of-distribution flag with its score.
-Weights: `ml/weights/weights.npz` (float16), `ml/weights/model.json`; the version is the
+{_second_look_text(report.get("second_look"))}Weights: `ml/weights/weights.npz` (float16), `ml/weights/model.json`; the version is the
 model name plus the first 12 hex digits of the archive's sha256.
 
 ## Intended use, and what it must not be used for
