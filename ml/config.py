@@ -11,10 +11,6 @@ IMAGE_SIZE = 256
 # features; "lesion", also their mean weighted by the predicted lesion probability.
 CLASS_HEADS: tuple[str, ...] = ("global", "lesion")
 MODEL_NAME = "busnet-lite0"
-# The second look (ml.inference.Analyzer): the network again on a square crop around the
-# lesion it found, this fraction of the box's longer side added on each side. Chosen on the
-# committed model's test splits and judged by LOSO (ml/reports/second_look/, the card).
-SECOND_LOOK_MARGIN = 0.25
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent

@@ -320,11 +320,11 @@ def one_pass(analyzer) -> Analyzer:
     return Analyzer(analyzer._model, meta)
 
 
-def test_the_committed_weights_look_twice():
-    from ml.config import SECOND_LOOK_MARGIN
-
+def test_the_committed_weights_look_once():
+    """The second look was measured and not adopted (ml/reports/second_look/, the card):
+    the committed model.json keeps it off."""
     meta = json.loads((DEFAULT_WEIGHTS_DIR / "model.json").read_text())
-    assert meta["second_look"] == {"margin": SECOND_LOOK_MARGIN}
+    assert meta["second_look"] is None
 
 
 def test_the_second_look_averages_both_passes_and_keeps_the_whole_scans_outline(
