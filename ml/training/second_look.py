@@ -1,21 +1,24 @@
 """``python -m ml second-look``: does the same network, looking again at a zoomed crop around
 the lesion it found, classify and outline it better?
 
-Issue 20 asks for a closer look at the lesion, at the full-resolution scan's detail. The crop
-stage (:mod:`ml.training.crop_stage`) adds a second classifier; this asks first what the
-model already has can do, with no new weights: the :class:`~ml.inference.Analyzer` (the
-worker's own path) analyses the scan, then a square crop of the full-resolution scan around
-the lesion box it predicted (the box's longer side plus ``margin`` of it on each side). The
-second pass's class logits are averaged with the first's, and its lesion mask replaces the
-first's inside the crop. A scan without a predicted lesion keeps its first pass.
+Issue 20 asks for a closer look at the lesion. The crop stage (:mod:`ml.training.crop_stage`)
+adds a second classifier; this asks what the model already has can do, with no new weights:
+the :class:`~ml.inference.Analyzer` (the worker's own path, one look) analyses the scan, then
+a square crop around the lesion box it predicted (the box's longer side plus ``margin`` of it
+on each side), cut from the full-resolution scan or, with ``detail``, from the model input a
+worker stores, stretched back to the scan's size. The second pass's class logits are
+averaged with the first's; a scan without a predicted lesion keeps its first pass.
 
 Measured per margin (:data:`MARGINS`): malignant-vs-benign AUC per image and per patient (its
 most suspicious image) with 95% bootstrap intervals of the paired difference by patient; the
 recall per class and ECE of the averaged logits (every image, normals included: a normal's
-false lesion is looked at again too); Dice of the pasted outline. The margin is chosen on the
-``--fit`` parts (a fold model's validation splits of its training sources), "none" included,
-before the ``--test`` parts (the held-out source) are read, and reported beside every margin's
-figures.
+false lesion is looked at again too); and Dice if the crop's outline were pasted back inside
+the crop (the Analyzer's option, ``second_look`` in ``model.json``, keeps the whole scan's
+outline). The "validation's choice" of margin is made on the ``--fit`` parts, "none"
+included, and reported beside every margin's figures on the ``--test`` parts.
+
+Verdict (``ml/reports/notes.md``, the model card): not adopted; it raised AUC with BUSI and
+BrEaST-Lesions_USG held out and lowered it with BUS-UCLM held out.
 """
 
 from __future__ import annotations
