@@ -519,12 +519,21 @@ def _second_look_section(report_dir: Path) -> str:
 `python -m ml second-look` (`ml/training/second_look.py`). The worker's analysis, then the same
 network again on a square crop around the lesion box it predicted (the box's longer side
 plus the margin of it on each side; taken from the full-resolution scan, or from the model
-input the worker stores, stretched back to the scan's size); class logits averaged, the
-crop's outline pasted back inside the crop; a scan without a predicted lesion keeps its one
-pass. No new weights. "Judged on": the images reported; "validation's choice": the margin the
-validation splits (the fold model's training sources') would pick, "one pass" included.
-Brackets: 95% bootstrap interval of the two passes minus one, resampling patients. Per
-patient: the most suspicious lesion image of each.
+input the worker stores, stretched back to the scan's size); class logits averaged; Dice is
+that of the crop's outline pasted back inside the crop; a scan without a predicted lesion
+keeps its one pass. No new weights. "Judged on": the images reported; "validation's choice":
+the margin the validation splits (the fold model's training sources') would pick, "one pass"
+included. Brackets: 95% bootstrap interval of the two passes minus one, resampling patients.
+Per patient: the most suspicious lesion image of each.
+
+The rule, written before any LOSO fold was scored (`notes.md`): margin 0.25, crops from the
+model input; adopted if in each fold per-image and per-patient AUC rise, Dice falls by no
+more than 0.005 and normal recall by no more than 0.03. The BrEaST fold's Dice (0.480 ->
+0.464) ruled out pasting the outline; the BUS-UCLM fold's AUC (0.793 -> 0.780) ruled out the
+label-only second look. **Not adopted**: the committed `model.json` looks once
+(`"second_look": null`; the `Analyzer` supports `{{"margin": M}}`). The test-split rows are of
+the committed model, where the margin was first seen; the LOSO rows are of the fold models
+trained in session 13, whose one-pass figures differ from the LOSO table's earlier trainings.
 
 {chr(10).join(lines)}
 """
