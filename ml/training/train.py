@@ -43,8 +43,6 @@ class TrainConfig:
     extra: dict = field(
         default_factory=dict
     )  # recorded in model.json (e.g. the LOSO fold)
-    # None: one look (the shipped recipe); a margin: the second look, measured and not adopted.
-    second_look_margin: float | None = None
 
 
 def _limited(arrays: ArraySet, limit: int | None) -> ArraySet:
@@ -166,9 +164,6 @@ def train(config: TrainConfig) -> dict:
         class_head=config.class_head,
         temperature=temperature,
         class_bias=class_bias.tolist(),
-        second_look=None
-        if config.second_look_margin is None
-        else {"margin": config.second_look_margin},
         training={
             "sources": sources,
             "best_epoch": fitted["best_epoch"],
