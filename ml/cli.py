@@ -18,6 +18,14 @@ from ml.config import (
 from ml.training.sources import SOURCES
 
 
+AVERAGE_FROM = dict(
+    type=int,
+    default=None,
+    metavar="EPOCH",
+    help="keep the mean of the weights from this epoch on (SWA) as the model, and the "
+    "same run's best epoch in best-epoch/ beside it",
+)
+
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,6 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         augment=not args.no_augment,
         limit=args.limit,
+        average_from=args.average_from,
     )
     result = train(config)
     print(
@@ -93,6 +102,7 @@ def cmd_loso(args: argparse.Namespace) -> int:
         held_out=tuple(dict.fromkeys(args.fold or args.held_out)),
         rounds=args.bootstrap,
         resume=args.resume,
+        average_from=args.average_from,
     )
     for source, fold in report["folds"].items():
         if args.fold and source not in args.fold:
@@ -433,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=2e-4)
     train.add_argument("--patience", type=int, default=8)
     train.add_argument("--seed", type=int, default=20261129)
+    train.add_argument("--average-from", **AVERAGE_FROM)
     train.add_argument(
         "--no-augment", action="store_true", help="ablation: no augmentation"
     )
@@ -496,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     loso.add_argument(
         "--no-augment", action="store_true", help="ablation: no augmentation"
     )
+    loso.add_argument("--average-from", **AVERAGE_FROM)
     loso.add_argument(
         "--image-size", type=int, default=IMAGE_SIZE, help="ablation: input size"
     )

@@ -72,6 +72,11 @@ class FitConfig:
     # added to the loss: the weights are pulled back towards the base while they learn the
     # site, rather than towards zero. 0: off (training from ImageNet weights).
     anchor_strength: float = 0.0
+    # Weight averaging (SWA, Izmailov et al., UAI 2018; for unseen domains SWAD, Cha et al.,
+    # NeurIPS 2021): the uniform mean of the weights at the end of every epoch from this
+    # one on, returned beside the best epoch's (``averaged``). Batch-norm statistics that
+    # move (the decoder's and heads') are averaged with the rest. None: off.
+    average_from: int | None = None
 
 
 def sampling_weights(train: ArraySet, shares: dict | None = None) -> np.ndarray:
@@ -199,7 +204,8 @@ def validation_score(summary: dict) -> float:
 def fit(
     model, train: ArraySet, val: ArraySet, config: FitConfig, log_path: Path
 ) -> dict:
-    """Train ``model`` in place; it ends with the best (or last) epoch's weights. Returns the history."""
+    """Train ``model`` in place; it ends with the best (or last) epoch's weights. Returns the
+    history, and with ``config.average_from`` the averaged weights and the epochs in them."""
     import keras
     import tensorflow as tf
     from tqdm import tqdm
@@ -248,6 +254,8 @@ def fit(
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     best = {"score": -np.inf, "epoch": 0, "weights": None}
+    averaged: list[np.ndarray] | None = None
+    averaged_epochs: list[int] = []
     history = []
     with log_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
@@ -335,6 +343,15 @@ def fit(
                 measures["dice_lesion_mean"],
                 score,
             )
+            if config.average_from is not None and epoch >= config.average_from:
+                weights = model.get_weights()
+                n = len(averaged_epochs)
+                averaged = (
+                    [w.astype(np.float64) for w in weights]
+                    if averaged is None
+                    else [a + (w - a) / (n + 1) for a, w in zip(averaged, weights, strict=True)]
+                )
+                averaged_epochs.append(epoch)
             if score > best["score"] or not config.select_best:
                 best = {"score": score, "epoch": epoch, "weights": model.get_weights()}
             elif epoch - best["epoch"] >= config.patience and not frozen:
@@ -359,4 +376,6 @@ def fit(
         "history": history,
         "best_epoch": best["epoch"],
         "best_score": best["score"],
+        "averaged": averaged,
+        "averaged_epochs": averaged_epochs,
     }

@@ -8,7 +8,9 @@ scored on every used image of the held-out source.
 
 Folds run one at a time (``--fold NAME``, hours apart if need be): each fold's row is merged
 into the existing report and records the schedule that trained it. A fold whose weights exist
-is reused with ``--resume``. Every fold also leaves its held-out per-image outputs in
+is reused with ``--resume``. With ``--average-from EPOCH`` the fold model is the mean of its
+weights from that epoch on, and the row also compares it with the same run's best epoch on
+the same held-out images (paired bootstrap by patient). Every fold also leaves its held-out per-image outputs in
 ``<work>/without-<source>/heldout.npz`` (see :func:`heldout_outputs`) so that aggregates,
 offsets, test-time augmentation and ensembles can be judged without running the network again.
 """
@@ -22,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ml.config import IMAGE_SIZE
+from ml.training.compare import compare_results
 from ml.training.evaluate import collect, with_intervals
 from ml.training.sources import SOURCES
 from ml.training.splits import SPLITS, load_split
-from ml.training.train import TrainConfig, train
+from ml.training.train import BEST_EPOCH_DIR, TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ def leave_one_source_out(
     held_out: tuple[str, ...] = tuple(SOURCES),
     rounds: int = 1000,
     resume: bool = False,
+    average_from: int | None = None,
 ) -> dict:
     """Train and score the folds of ``held_out``; rows of other folds already in
     ``report_path`` are kept, so folds can be run one at a time."""
@@ -105,6 +109,8 @@ def leave_one_source_out(
         "image_size": image_size,
         "class_head": class_head,
     }
+    if average_from is not None:
+        schedule["average_from"] = average_from
     for source in held_out:
         fold_dir = work_dir / f"without-{source}"
         training_sources = tuple(s for s in SOURCES if s != source)
@@ -128,6 +134,7 @@ def leave_one_source_out(
                     augment=augment,
                     image_size=image_size,
                     class_head=class_head,
+                    average_from=average_from,
                     extra={"loso_held_out": source},
                 )
             )
@@ -149,6 +156,17 @@ def leave_one_source_out(
             "images": len(results["labels"]),
             "metrics": with_intervals(results, rounds),
         }
+        best_dir = fold_dir / BEST_EPOCH_DIR
+        if (best_dir / "model.json").is_file():
+            # Averaged weights: the same run's best epoch on the same images, paired.
+            best = Analyzer.load(best_dir)
+            report["folds"][source]["weight_average"] = {
+                "best_epoch_model": best.model_version,
+                "averaged_epochs": analyzer.meta.training["weight_average"]["epochs"],
+                **compare_results(
+                    collect(best, source, paths), results, rounds=rounds
+                ),
+            }
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=2) + "\n")
         logger.info(

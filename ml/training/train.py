@@ -15,6 +15,8 @@ from ml.training.sources import SOURCES
 
 logger = logging.getLogger(__name__)
 
+BEST_EPOCH_DIR = "best-epoch"  # beside averaged weights: the same run's best epoch
+
 
 @dataclass
 class TrainConfig:
@@ -38,6 +40,7 @@ class TrainConfig:
     epoch_images: int | None = None  # see FitConfig
     source_shares: dict | None = None
     time_budget_s: float | None = None
+    average_from: int | None = None  # see FitConfig; the best epoch goes to best-epoch/
     cache_dir: Path | None = DEFAULT_CACHE_DIR
     log_path: Path | None = None
     extra: dict = field(
@@ -112,6 +115,34 @@ def refit_ood(weights: Path, cache_dir: Path | None = DEFAULT_CACHE_DIR) -> str:
     ).version
 
 
+@dataclass
+class _Finished:
+    meta: object  # weights_io.ModelMeta, calibrated, not yet versioned
+    ood: object
+
+
+def _save(model, config: TrainConfig, train_set, val_set, training: dict) -> _Finished:
+    """Calibration and out-of-distribution statistics of ``model``'s present weights, fitted
+    on the validation (and training) images, with the metadata to save them under."""
+    from ml import weights_io
+    from ml.training.calibration import calibrate
+    from ml.training.fit import predict_arrays
+
+    logits, _ = predict_arrays(model, val_set.images, config.batch_size)
+    class_bias, temperature = calibrate(logits, val_set.labels)
+    meta = weights_io.ModelMeta(
+        name=MODEL_NAME,
+        version="",
+        image_size=config.image_size,
+        classes=list(CLASSES),
+        class_head=config.class_head,
+        temperature=temperature,
+        class_bias=class_bias.tolist(),
+        training=training,
+    )
+    return _Finished(meta, fit_ood(model, train_set, val_set, config.batch_size))
+
+
 def train(config: TrainConfig) -> dict:
     import keras
 
@@ -119,8 +150,7 @@ def train(config: TrainConfig) -> dict:
     from ml.backbone import load_imagenet_weights
     from ml.config import imagenet_weights_path
     from ml.model import build_busnet
-    from ml.training.calibration import calibrate
-    from ml.training.fit import FitConfig, fit, predict_arrays
+    from ml.training.fit import FitConfig, fit, validate, validation_score
 
     keras.utils.set_random_seed(config.seed)
     sources = list(config.sources)
@@ -153,38 +183,45 @@ def train(config: TrainConfig) -> dict:
     log_path = config.log_path or config.out_dir / "training_log.csv"
     fitted = fit(model, train_set, val_set, fit_config, log_path)
 
-    logits, _ = predict_arrays(model, val_set.images, config.batch_size)
-    class_bias, temperature = calibrate(logits, val_set.labels)
-    ood_model = fit_ood(model, train_set, val_set, config.batch_size)
-    meta = weights_io.ModelMeta(
-        name=MODEL_NAME,
-        version="",
-        image_size=config.image_size,
-        classes=list(CLASSES),
-        class_head=config.class_head,
-        temperature=temperature,
-        class_bias=class_bias.tolist(),
-        training={
-            "sources": sources,
-            "best_epoch": fitted["best_epoch"],
-            "epochs_run": len(fitted["history"]),
-            "best_val_score": fitted["best_score"],
-            "seed": config.seed,
-            "batch_size": config.batch_size,
-            "learning_rate": config.learning_rate,
-            "augment": config.augment,
-            "train_images": len(train_set),
-            "val_images": len(val_set),
-            # The class counts the calibration was fitted under: the prior its posteriors
-            # assume, which a site's EM prior estimate starts from (issue 16).
-            "class_prior": {
-                name: int((np.asarray(val_set.labels) == c).sum())
-                for c, name in enumerate(CLASSES)
-            },
-            **config.extra,
+    training = {
+        "sources": sources,
+        "best_epoch": fitted["best_epoch"],
+        "epochs_run": len(fitted["history"]),
+        "best_val_score": fitted["best_score"],
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "augment": config.augment,
+        "train_images": len(train_set),
+        "val_images": len(val_set),
+        # The class counts the calibration was fitted under: the prior its posteriors
+        # assume, which a site's EM prior estimate starts from (issue 16).
+        "class_prior": {
+            name: int((np.asarray(val_set.labels) == c).sum())
+            for c, name in enumerate(CLASSES)
         },
-    )
-    meta = weights_io.save(model, config.out_dir, meta, ood=ood_model)
+        **config.extra,
+    }
+    if fitted.get("averaged") is not None:
+        # The run's best epoch is kept beside the average, calibrated and saved the same
+        # way, so the two can be compared on the same held-out images (python -m ml loso).
+        best_epoch = _save(model, config, train_set, val_set, training)
+        best_meta = weights_io.save(
+            model, config.out_dir / BEST_EPOCH_DIR, best_epoch.meta, ood=best_epoch.ood
+        )
+        model.set_weights([w.astype(np.float32) for w in fitted["averaged"]])
+        training = {
+            **training,
+            "weight_average": {
+                "epochs": fitted["averaged_epochs"],
+                "val_score": validation_score(
+                    validate(model, val_set, config.batch_size)
+                ),
+                "best_epoch_model": best_meta.version,
+            },
+        }
+    saved = _save(model, config, train_set, val_set, training)
+    meta = weights_io.save(model, config.out_dir, saved.meta, ood=saved.ood)
     summary = {"history": fitted["history"], "config": asdict(config), **meta.training}
     (config.out_dir / "training_summary.json").write_text(
         json.dumps(summary, indent=1, default=str)
@@ -198,5 +235,5 @@ def train(config: TrainConfig) -> dict:
     return {
         "version": meta.version,
         "best_epoch": fitted["best_epoch"],
-        "temperature": temperature,
+        "temperature": meta.temperature,
     }

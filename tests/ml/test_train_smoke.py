@@ -40,3 +40,75 @@ def test_one_epoch_on_a_handful_of_images_writes_loadable_weights(
     assert analysis.lesion_mask.shape == (100, 150)
     assert isinstance(analysis.in_distribution, bool)
     assert analysis.explained_class == analysis.label
+
+
+def test_weight_averaging_keeps_the_mean_as_the_model_and_the_best_epoch_beside_it(
+    all_sources, imagenet_npz, tmp_path
+):
+    config = TrainConfig(
+        out_dir=tmp_path / "weights",
+        image_size=128,
+        epochs=2,
+        frozen_epochs=0,
+        batch_size=4,
+        limit=4,
+        cache_dir=None,
+        average_from=1,
+    )
+    result = train(config)
+
+    averaged = Analyzer.load(tmp_path / "weights")
+    best = Analyzer.load(tmp_path / "weights" / "best-epoch")
+    record = averaged.meta.training["weight_average"]
+    assert record["epochs"] == [1, 2]
+    assert record["best_epoch_model"] == best.model_version != result["version"]
+    assert np.isfinite(record["val_score"])
+    # Each is calibrated and has its own out-of-distribution statistics.
+    assert best.ood is not None and averaged.ood is not None
+    assert "weight_average" not in best.meta.training
+    different = [
+        not np.allclose(a, b)
+        for a, b in zip(
+            averaged._model.get_weights(), best._model.get_weights(), strict=True
+        )
+    ]
+    assert any(different)
+
+
+def test_the_running_mean_of_one_epoch_is_that_epochs_weights(
+    all_sources, imagenet_npz, tmp_path
+):
+    from ml.model import build_busnet
+    from ml.training.arrays import load_split_arrays
+    from ml.training.fit import FitConfig, fit
+    from ml.training.train import _limited
+
+    sources = list(all_sources)
+    train_set = _limited(load_split_arrays(sources, "train", 128, None), 2)
+    val_set = _limited(load_split_arrays(sources, "val", 128, None), 2)
+    model = build_busnet(128)
+    fitted = fit(
+        model,
+        train_set,
+        val_set,
+        FitConfig(
+            image_size=128,
+            epochs=2,
+            frozen_epochs=0,
+            batch_size=4,
+            learning_rate=1e-3,
+            head_learning_rate=1e-3,
+            weight_decay=0.0,
+            seg_loss_weight=1.0,
+            label_smoothing=0.0,
+            patience=8,
+            seed=0,
+            augment=False,
+            select_best=False,  # the model ends with the last epoch's weights
+            average_from=2,
+        ),
+        tmp_path / "log.csv",
+    )
+    assert fitted["averaged_epochs"] == [2]
+    for mean, last in zip(fitted["averaged"], model.get_weights(), strict=True):
+        np.testing.assert_allclose(mean, last, rtol=1e-6)
