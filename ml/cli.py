@@ -26,6 +26,7 @@ AVERAGE_FROM = dict(
     "same run's best epoch in best-epoch/ beside it",
 )
 
+
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

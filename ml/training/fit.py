@@ -349,7 +349,10 @@ def fit(
                 averaged = (
                     [w.astype(np.float64) for w in weights]
                     if averaged is None
-                    else [a + (w - a) / (n + 1) for a, w in zip(averaged, weights, strict=True)]
+                    else [
+                        a + (w - a) / (n + 1)
+                        for a, w in zip(averaged, weights, strict=True)
+                    ]
                 )
                 averaged_epochs.append(epoch)
             if score > best["score"] or not config.select_best:

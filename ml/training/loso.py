@@ -122,6 +122,8 @@ def leave_one_source_out(
                 fold_schedule.update(
                     {key: config[key] for key in schedule if key in config}
                 )
+                if config.get("average_from") is not None:
+                    fold_schedule["average_from"] = config["average_from"]
         else:
             logger.info("LOSO fold: train on %s, test on %s", training_sources, source)
             train(
@@ -163,9 +165,7 @@ def leave_one_source_out(
             report["folds"][source]["weight_average"] = {
                 "best_epoch_model": best.model_version,
                 "averaged_epochs": analyzer.meta.training["weight_average"]["epochs"],
-                **compare_results(
-                    collect(best, source, paths), results, rounds=rounds
-                ),
+                **compare_results(collect(best, source, paths), results, rounds=rounds),
             }
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=2) + "\n")

@@ -97,6 +97,8 @@ def schedule_text(schedule: dict | None) -> str:
         parts.append("no augmentation")
     if schedule.get("second_look") is not None:
         parts.append(f"second look {schedule['second_look']}")
+    if schedule.get("average_from") is not None:
+        parts.append(f"weights averaged from epoch {schedule['average_from']}")
     return "; ".join(parts)
 
 

@@ -246,3 +246,58 @@ def test_fine_tuning_rows_name_their_recipe_and_k(tmp_path):
             "guarded, blend 1.00 (rule: each original source), L2-SP 0.1",
         ],
     ]
+
+
+def test_averaged_fold_is_compared_with_the_same_runs_best_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fakes
+):
+    """With weight averaging the fold model is the average; the row also carries the paired
+    comparison with the best epoch kept beside it, on the same held-out images."""
+    fold = tmp_path / "work" / "without-busi"
+    (fold / "best-epoch").mkdir(parents=True)
+    for directory in (fold, fold / "best-epoch"):
+        (directory / "model.json").write_text("{}")
+    (fold / "training_summary.json").write_text(
+        json.dumps({"config": {"epochs": 24, "patience": 8, "average_from": 13}})
+    )
+    averaged = SimpleNamespace(
+        model_version="busnet-lite0-averaged",
+        meta=SimpleNamespace(
+            training={"best_epoch": 15, "weight_average": {"epochs": [13, 14, 15]}}
+        ),
+        second_look=None,
+    )
+    best = SimpleNamespace(model_version="busnet-lite0-best", second_look=None)
+    import ml.inference
+
+    monkeypatch.setattr(
+        ml.inference.Analyzer,
+        "load",
+        classmethod(lambda cls, d: best if Path(d).name == "best-epoch" else averaged),
+    )
+    better = _results()
+    worse = dict(better, dice=better["dice"] - 0.1)
+    monkeypatch.setattr(
+        loso,
+        "collect",
+        lambda a, source, paths: better if a is averaged else worse,
+    )
+    report = loso.leave_one_source_out(
+        tmp_path / "work",
+        tmp_path / "loso.json",
+        held_out=("busi",),
+        rounds=20,
+        resume=True,
+    )
+    row = report["folds"]["busi"]
+    assert fakes == []
+    assert row["model_version"] == "busnet-lite0-averaged"
+    assert row["schedule"]["average_from"] == 13
+    comparison = row["weight_average"]
+    assert comparison["best_epoch_model"] == "busnet-lite0-best"
+    assert comparison["averaged_epochs"] == [13, 14, 15]
+    dice = comparison["measures"]["dice_lesion_mean"]
+    assert dice["difference"] == pytest.approx(0.1)  # averaged minus best epoch
+    assert dice["verdict"] == "better"
+    assert comparison["measures"]["auc_malignant_vs_benign"]["difference"] == 0.0
+    assert "weights averaged from epoch 13" in _loso_table(report)
