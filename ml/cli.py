@@ -17,14 +17,13 @@ from ml.config import (
 )
 from ml.training.sources import SOURCES
 
-
-AVERAGE_FROM = dict(
-    type=int,
-    default=None,
-    metavar="EPOCH",
-    help="keep the mean of the weights from this epoch on (SWA) as the model, and the "
-    "same run's best epoch in best-epoch/ beside it",
-)
+AVERAGE_FROM = {
+    "type": int,
+    "default": None,
+    "metavar": "EPOCH",
+    "help": "keep the mean of the weights from this epoch on (SWA) as the model, and "
+    "the same run's best epoch in best-epoch/ beside it",
+}
 
 
 def _quiet_tensorflow() -> None:
