@@ -34,6 +34,50 @@ logger = logging.getLogger(__name__)
 
 HELDOUT_FILE = "heldout.npz"
 
+# Weight averaging's adoption rule, written down before any fold was scored (notes.md):
+# in every judged fold (at least AVERAGE_MIN_FOLDS) each measure's difference, averaged
+# minus the same run's best epoch, is at least its floor, and the mean over the folds of the
+# AUC and Dice differences summed is positive.
+AVERAGE_FLOORS = {
+    "auc_malignant_vs_benign": -0.005,
+    "dice_lesion_mean": -0.005,
+    "recall_normal": -0.03,
+}
+AVERAGE_GAINS = ("auc_malignant_vs_benign", "dice_lesion_mean")
+AVERAGE_MIN_FOLDS = 2
+
+
+def weight_average_verdict(report: dict) -> tuple[bool | None, list[str]]:
+    """The rule applied to a LOSO report's averaged folds: (adopted, reasons); adopted is
+    None while fewer than :data:`AVERAGE_MIN_FOLDS` folds are judged."""
+    judged = {
+        source: fold["weight_average"]["measures"]
+        for source, fold in report.get("folds", {}).items()
+        if "weight_average" in fold
+    }
+    reasons = [
+        f"{name} {m[name]['difference']:+.3f} < {floor} when {source} is held out"
+        for source, m in judged.items()
+        for name, floor in AVERAGE_FLOORS.items()
+        if m[name]["difference"] is not None and m[name]["difference"] < floor
+    ]
+    if judged:
+        gain = float(
+            np.mean(
+                [
+                    sum(m[name]["difference"] for name in AVERAGE_GAINS)
+                    for m in judged.values()
+                ]
+            )
+        )
+        if gain <= 0:
+            reasons.append(f"mean AUC + Dice gain over the folds {gain:+.3f} <= 0")
+    if reasons:
+        return False, reasons
+    if len(judged) < AVERAGE_MIN_FOLDS:
+        return None, [f"{len(judged)} of at least {AVERAGE_MIN_FOLDS} folds judged"]
+    return True, [f"mean AUC + Dice gain over {len(judged)} folds {gain:+.3f}"]
+
 
 def held_out_paths(source: str) -> list[str]:
     split = load_split(source)

@@ -541,6 +541,69 @@ trained in session 13, whose one-pass figures differ from the LOSO table's earli
 """
 
 
+def _weight_average_section(report_dir: Path) -> str:
+    """From ``weight_average.json`` (``python -m ml loso --average-from EPOCH --out``)."""
+    from ml.training.loso import AVERAGE_FLOORS, weight_average_verdict
+
+    report = _report(report_dir, "weight_average.json")
+    if not report:
+        return ""
+    names = {
+        "auc_malignant_vs_benign": "AUC m-vs-b",
+        "dice_lesion_mean": "Dice",
+        "recall_normal": "recall normal",
+        "recall_malignant": "recall malignant",
+        "ece": "ECE",
+    }
+    lines = [
+        "| held out | run: best epoch / averaged | averaged epochs | "
+        + " | ".join(names.values())
+        + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for source, fold in report["folds"].items():
+        paired = fold.get("weight_average")
+        if not paired:
+            continue
+        cells = []
+        for name in names:
+            m = paired["measures"][name]
+            low, high = m["ci95"] or (float("nan"), float("nan"))
+            # ECE's difference is signed so that positive is better (best minus averaged).
+            cells.append(
+                f"{_figure({'value': m['baseline']})} → {_figure({'value': m['candidate']})} "
+                f"({m['difference']:+.3f} [{low:+.3f}, {high:+.3f}])"
+            )
+        epochs = paired["averaged_epochs"]
+        lines.append(
+            f"| {source} | {paired['best_epoch_model'].removeprefix('busnet-lite0-')} / "
+            f"{fold['model_version'].removeprefix('busnet-lite0-')} | "
+            f"{epochs[0]}-{epochs[-1]} ({len(epochs)}) | " + " | ".join(cells) + " |"
+        )
+    adopted, reasons = weight_average_verdict(report)
+    verdict = {
+        True: "**Adopted**",
+        False: "**Not adopted**",
+        None: "**Not yet judged**",
+    }[adopted]
+    floors = ", ".join(f"{names[k]} {v:+.3f}" for k, v in AVERAGE_FLOORS.items())
+    return f"""
+## Weight averaging (LOSO, paired within each training run)
+`python -m ml loso --average-from 13` (`ml/training/fit.py`): the fold model is the uniform
+mean of its weights at the end of every epoch from 13 on (SWA, Izmailov et al. 2018; SWAD,
+Cha et al. 2021, for unseen domains), and the same run's best epoch is kept beside it, each
+calibrated and given its OOD statistics on the training sources' validation splits. Both are
+scored on every held-out image: "best epoch → averaged (difference [95% paired bootstrap
+interval by patient])", ECE's difference signed so that positive is better. Comparing within
+one run takes the training-to-training spread (see Ablation) out of the comparison. Rule,
+written before any fold was scored (`notes.md`): in every judged fold (at least two) the
+differences are at least {floors}, and the mean over folds of the AUC and Dice differences
+summed is positive. {verdict}: {"; ".join(reasons)}.
+
+{chr(10).join(lines)}
+"""
+
+
 def _loso_finetune_section(report_dir: Path) -> str:
     report = _report(report_dir, "loso_finetune.json")
     if report is None:
@@ -765,7 +828,7 @@ validation images' scores. Pooled test images judged in distribution:
 (`ml/training/ood_corpus.py`: documents, screenshots, blank frames, noise, gradients, colour
 bars, chest X-ray-like and CT-like synthetic images, and scikit-image's photographs and
 micrographs): {ood["corpus_flagged_rate"]:.3f} flagged. Not flagged: {", ".join(ood["corpus_not_flagged"]) or "none"}.
-{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}{_crop_stage_section(report_dir)}{_second_look_section(report_dir)}{_loso_finetune_section(report_dir)}
+{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}{_crop_stage_section(report_dir)}{_second_look_section(report_dir)}{_weight_average_section(report_dir)}{_loso_finetune_section(report_dir)}
 ## Ablation (effect of each choice on LOSO)
 {_ablation_section(report_dir, loso)}
 

@@ -301,3 +301,62 @@ def test_averaged_fold_is_compared_with_the_same_runs_best_epoch(
     assert dice["verdict"] == "better"
     assert comparison["measures"]["auc_malignant_vs_benign"]["difference"] == 0.0
     assert "weights averaged from epoch 13" in _loso_table(report)
+
+
+def _averaged_fold(**differences) -> dict:
+    measures = {
+        name: {
+            "baseline": 0.8,
+            "candidate": 0.8 + differences.get(name, 0.0),
+            "difference": differences.get(name, 0.0),
+            "ci95": [
+                differences.get(name, 0.0) - 0.02,
+                differences.get(name, 0.0) + 0.02,
+            ],
+        }
+        for name in (
+            "auc_malignant_vs_benign",
+            "dice_lesion_mean",
+            "recall_normal",
+            "recall_malignant",
+            "ece",
+        )
+    }
+    return {
+        "model_version": "busnet-lite0-avg",
+        "weight_average": {
+            "best_epoch_model": "busnet-lite0-best",
+            "averaged_epochs": [13, 14, 15],
+            "measures": measures,
+        },
+    }
+
+
+def test_the_weight_averaging_rule_needs_two_folds_and_no_loss_beyond_its_floors(
+    tmp_path: Path,
+):
+    from ml.training.model_card import _weight_average_section
+
+    gain = _averaged_fold(auc_malignant_vs_benign=0.01, dice_lesion_mean=0.002)
+    one = {"folds": {"busi": gain}}
+    assert loso.weight_average_verdict(one)[0] is None  # one fold is not enough
+    assert loso.weight_average_verdict({"folds": {"busi": gain, "bus-uclm": gain}})[0]
+    dice_drop = _averaged_fold(auc_malignant_vs_benign=0.05, dice_lesion_mean=-0.006)
+    adopted, reasons = loso.weight_average_verdict(
+        {"folds": {"busi": gain, "bus-uclm": dice_drop}}
+    )
+    assert adopted is False
+    assert reasons == ["dice_lesion_mean -0.006 < -0.005 when bus-uclm is held out"]
+    nothing = _averaged_fold()  # no loss and no gain: not adopted either
+    adopted, reasons = loso.weight_average_verdict(
+        {"folds": {"busi": nothing, "bus-uclm": nothing}}
+    )
+    assert adopted is False and "gain" in reasons[0]
+
+    (tmp_path / "weight_average.json").write_text(json.dumps(one))
+    section = _weight_average_section(tmp_path)
+    assert "**Not yet judged**: 1 of at least 2 folds judged" in section
+    assert (
+        "| busi | best / avg | 13-15 (3) | 0.800 → 0.810 (+0.010 [-0.010, +0.030])"
+        in section
+    )
