@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from ml.config import IMAGE_SIZE
+from ml.metrics import MALIGNANT
 from ml.training.compare import compare_results
 from ml.training.evaluate import collect, with_intervals
+from ml.training.posthoc import patient_auc
 from ml.training.sources import SOURCES
 from ml.training.splits import SPLITS, load_split
 from ml.training.train import BEST_EPOCH_DIR, TrainConfig, train
@@ -206,10 +208,21 @@ def leave_one_source_out(
         if (best_dir / "model.json").is_file():
             # Averaged weights: the same run's best epoch on the same images, paired.
             best = Analyzer.load(best_dir)
+            best_results = collect(best, source, paths)
             report["folds"][source]["weight_average"] = {
                 "best_epoch_model": best.model_version,
                 "averaged_epochs": analyzer.meta.training["weight_average"]["epochs"],
-                **compare_results(collect(best, source, paths), results, rounds=rounds),
+                # Per patient: its most suspicious image (the product's study rule).
+                "patient_auc": {
+                    name: patient_auc(
+                        r["labels"],
+                        r["groups"],
+                        r["probabilities"][:, MALIGNANT],
+                        "max",
+                    )[0]
+                    for name, r in (("best_epoch", best_results), ("averaged", results))
+                },
+                **compare_results(best_results, results, rounds=rounds),
             }
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=2) + "\n")

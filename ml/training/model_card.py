@@ -558,8 +558,8 @@ def _weight_average_section(report_dir: Path) -> str:
     lines = [
         "| held out | run: best epoch / averaged | averaged epochs | "
         + " | ".join(names.values())
-        + " |",
-        "|---|---|---|" + "---|" * len(names),
+        + " | AUC m-vs-b per patient |",
+        "|---|---|---|" + "---|" * (len(names) + 1),
     ]
     for source, fold in report["folds"].items():
         paired = fold.get("weight_average")
@@ -575,10 +575,18 @@ def _weight_average_section(report_dir: Path) -> str:
                 f"({m['difference']:+.3f} [{low:+.3f}, {high:+.3f}])"
             )
         epochs = paired["averaged_epochs"]
+        patient = "–"
+        if "patient_auc" in paired:
+            patient = " → ".join(
+                _figure({"value": paired["patient_auc"][k]})
+                for k in ("best_epoch", "averaged")
+            )
         lines.append(
             f"| {source} | {paired['best_epoch_model'].removeprefix('busnet-lite0-')} / "
             f"{fold['model_version'].removeprefix('busnet-lite0-')} | "
-            f"{epochs[0]}-{epochs[-1]} ({len(epochs)}) | " + " | ".join(cells) + " |"
+            f"{epochs[0]}-{epochs[-1]} ({len(epochs)}) | "
+            + " | ".join(cells)
+            + f" | {patient} |"
         )
     adopted, reasons = weight_average_verdict(report)
     verdict = {
@@ -595,7 +603,8 @@ Cha et al. 2021, for unseen domains), and the same run's best epoch is kept besi
 calibrated and given its OOD statistics on the training sources' validation splits. Both are
 scored on every held-out image: "best epoch → averaged (difference [95% paired bootstrap
 interval by patient])", ECE's difference signed so that positive is better. Comparing within
-one run takes the training-to-training spread (see Ablation) out of the comparison. Rule,
+one run takes the training-to-training spread (see Ablation) out of the comparison. Per
+patient: the most suspicious image of each patient (or duplicate group), point figures. Rule,
 written before any fold was scored (`notes.md`): in every judged fold (at least two) the
 differences are at least {floors}, and the mean over folds of the AUC and Dice differences
 summed is positive. {verdict}: {"; ".join(reasons)}.

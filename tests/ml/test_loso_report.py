@@ -300,6 +300,9 @@ def test_averaged_fold_is_compared_with_the_same_runs_best_epoch(
     assert dice["difference"] == pytest.approx(0.1)  # averaged minus best epoch
     assert dice["verdict"] == "better"
     assert comparison["measures"]["auc_malignant_vs_benign"]["difference"] == 0.0
+    patient = comparison["patient_auc"]
+    assert patient["best_epoch"] == patient["averaged"]  # the same probabilities
+    assert 0.0 <= patient["averaged"] <= 1.0
     assert "weights averaged from epoch 13" in _loso_table(report)
 
 
@@ -327,6 +330,7 @@ def _averaged_fold(**differences) -> dict:
         "weight_average": {
             "best_epoch_model": "busnet-lite0-best",
             "averaged_epochs": [13, 14, 15],
+            "patient_auc": {"best_epoch": 0.8, "averaged": 0.85},
             "measures": measures,
         },
     }
