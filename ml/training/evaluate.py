@@ -297,6 +297,9 @@ def evaluate(
         ),
         "ood": {
             "threshold": threshold,
+            # The archive's own threshold (97.5th percentile of the validation images'
+            # scores); ``threshold`` is the caution's when model.json re-sets it.
+            "validation_threshold": analyzer.meta.ood_threshold,
             "corpus_images": len(corpus_scores),
             "corpus_flagged_rate": float(np.mean(list(flagged.values()))),
             "corpus_not_flagged": sorted(name for name, f in flagged.items() if not f),

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from ml.config import PACKAGE_DIR
+from ml.ood import FEATURE_BLOCKS
 from ml.training.sources import SOURCES
 
 LABELS = {
@@ -712,6 +713,22 @@ def _second_look_text(margin: float | None) -> str:
     )
 
 
+def _ood_threshold_text(ood: dict) -> str:
+    """Which threshold the flag applies: the archive's validation percentile, or the
+    caution's that model.json re-set from it (reports before that lack the percentile)."""
+    own = ood.get("validation_threshold")
+    if own is None or abs(ood["threshold"] - own) < 1e-9:
+        return (
+            f"Threshold {ood['threshold']:.1f}: the 97.5th percentile of the pooled "
+            "validation images' scores."
+        )
+    return (
+        f'Threshold {ood["threshold"]:.1f}: the caution\'s (see "Unusual for this model" '
+        f"below), {ood['threshold'] / own:.1f} times the 97.5th percentile of the pooled "
+        f"validation images' scores ({own:.1f}), the multiple set by leave-one-source-out."
+    )
+
+
 def write_model_card(report_dir: Path, card_path: Path) -> None:
     report = json.loads((report_dir / "metrics.json").read_text())
     loso = _report(report_dir, "loso.json")
@@ -829,10 +846,10 @@ Targets (pooled test):
 {loso_text}
 
 ## Out-of-distribution flag
-Score: squared Mahalanobis distance of the encoder's pooled features (`head_relu`, 1280
-values) from their mean on the training images, with a Ledoit-Wolf shrunk covariance (Lee et
-al., NeurIPS 2018). Threshold {ood["threshold"]:.1f}: the 97.5th percentile of the pooled
-validation images' scores. Pooled test images judged in distribution:
+Score: squared Mahalanobis distances of the spatial means of encoder blocks {", ".join(str(b) for b in FEATURE_BLOCKS)}
+and of the class layer (`head_relu`, 1280 values) from their means on the training images,
+each with a Ledoit-Wolf shrunk covariance and divided by its channel count, summed (Lee et
+al., NeurIPS 2018, feature ensemble). {_ood_threshold_text(ood)} Pooled test images judged in distribution:
 {ood["test_in_distribution_rate"]:.3f}. Corpus of {ood["corpus_images"]} images that are not breast ultrasound
 (`ml/training/ood_corpus.py`: documents, screenshots, blank frames, noise, gradients, colour
 bars, chest X-ray-like and CT-like synthetic images, and scikit-image's photographs and
