@@ -9,7 +9,11 @@ committed weights on a split (``python -m ml.training.posthoc dump``). Measured 
   offsets and under offsets fitted with an objective that weighs every source's classes
   (``fit_source_balanced_bias``);
 - hiding the outline when the label is normal and the mask is small or weak;
-- horizontal-flip test-time augmentation (logits and lesion probabilities averaged).
+- horizontal-flip test-time augmentation (logits and lesion probabilities averaged);
+- an ensemble of separately trained models of the same fold (``python -m ml.training.posthoc
+  ensemble SCORES.npz...``: a fold's ``heldout.npz`` or its kept scores in
+  ``ml/reports/fold_scores/``): each member's and the ensemble's malignant-vs-benign AUC per
+  image and per patient, and the paired difference ensemble minus each member.
 
 ``python -m ml.training.posthoc judge --fit VAL.npz... --test TEST.npz...`` prints the figures
 as JSON; the model card's ablation rows quote them with the command.
@@ -302,6 +306,78 @@ def judge(fit: dict, test: dict) -> dict:
     return report
 
 
+def ensemble(paths: list[Path], rounds: int = 1000, seed: int = 0) -> dict:
+    """Members (each with its own calibration) and their ensemble, the mean of the members'
+    calibrated probabilities, on the images every member scored (matched by path).
+    Intervals: 95% bootstrap resampling patients, the same draws for every member."""
+    members = []
+    for path in paths:
+        with np.load(path) as data:
+            members.append(
+                {
+                    "name": str(data["model"]) if "model" in data.files else str(path),
+                    "paths": data["paths"].astype(str),
+                    "labels": data["labels"],
+                    "groups": data["groups"].astype(str),
+                    "probabilities": probabilities(
+                        data["logits"].astype(np.float64),
+                        np.asarray(data["class_bias"], np.float64),
+                        float(data["temperature"]),
+                    ),
+                }
+            )
+    common = sorted(set.intersection(*(set(m["paths"]) for m in members)))
+    if not common:
+        raise ValueError("the score files share no image")
+    for member in members:
+        order = {path: i for i, path in enumerate(member["paths"])}
+        index = np.asarray([order[path] for path in common])
+        for key in ("paths", "labels", "groups", "probabilities"):
+            member[key] = member[key][index]
+    labels, groups = members[0]["labels"], members[0]["groups"]
+    for m in members:
+        # Files name the same patients differently (kept scores by a member's path,
+        # heldout.npz by source:group); the partition of the images must be the same.
+        pairs = set(zip(m["groups"], groups, strict=True))
+        if not np.array_equal(m["labels"], labels) or not (
+            len(pairs) == len(set(groups)) == len(set(m["groups"]))
+        ):
+            raise ValueError("the members disagree on the images' labels or patients")
+    scored = {m["name"]: m["probabilities"] for m in members}
+    scored["ensemble"] = np.mean([m["probabilities"] for m in members], axis=0)
+
+    def figures(indices: np.ndarray) -> dict[str, float]:
+        out = {}
+        for name, p in scored.items():
+            out[f"{name}:image"] = metrics.malignant_vs_benign_auc(
+                labels[indices], p[indices]
+            )
+            # Per patient: its most suspicious image (the product's study rule); in a
+            # bootstrap draw a patient drawn twice is one patient here.
+            out[f"{name}:patient"] = patient_auc(
+                labels[indices], groups[indices], p[indices][:, MALIGNANT], "max"
+            )[0]
+        for name in scored:
+            if name != "ensemble":
+                for level in ("image", "patient"):
+                    out[f"ensemble-{name}:{level}"] = (
+                        out[f"ensemble:{level}"] - out[f"{name}:{level}"]
+                    )
+        return out
+
+    point = figures(np.arange(len(labels)))
+    intervals = metrics.bootstrap_intervals(figures, groups, rounds=rounds, seed=seed)
+    return {
+        "images": len(labels),
+        "patients": len(np.unique(groups)),
+        "members": [m["name"] for m in members],
+        "figures": {
+            key: {"value": value, "ci95": intervals.get(key)}
+            for key, value in point.items()
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml.training.posthoc")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -314,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     judged.add_argument("--fit", type=Path, nargs="+", required=True)
     judged.add_argument("--test", type=Path, nargs="+", required=True)
+    together = commands.add_parser(
+        "ensemble", help="separately trained models of one fold, alone and averaged"
+    )
+    together.add_argument("scores", type=Path, nargs="+")
+    together.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.command == "dump":
@@ -333,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.out / f"{source}_{part}.npz",
                     **heldout_outputs(analyzer, source, paths, results),
                 )
+        return 0
+    if args.command == "ensemble":
+        print(json.dumps(ensemble(args.scores, args.bootstrap), indent=1))
         return 0
     report = judge(load(args.fit), load(args.test))
     report["flip_tta_dice"] = flip_dice(args.test)

@@ -54,3 +54,61 @@ def test_the_outline_is_hidden_only_for_normal_labels_with_small_or_weak_masks()
     assert shown.tolist() == [False, True, False, True]
     labels = np.array([0, 0, 0, 1])
     assert normals_with_lesion(labels, area, shown) == pytest.approx(1 / 3)
+
+
+def _scores(path, paths, labels, groups, logits, **extra):
+    np.savez(
+        path,
+        paths=np.asarray(paths),
+        labels=np.asarray(labels),
+        groups=np.asarray(groups),
+        logits=np.asarray(logits, np.float64),
+        class_bias=np.zeros(3),
+        temperature=np.float64(1.0),
+        **extra,
+    )
+    return path
+
+
+def test_an_ensemble_is_scored_on_the_images_both_members_scored(tmp_path):
+    from ml.training.posthoc import ensemble
+
+    # Four lesion images of four patients: benign, malignant, benign, malignant.
+    paths = ["a.png", "b.png", "c.png", "d.png"]
+    labels = [1, 2, 1, 2]
+    # Member one ranks a above b (AUC 0.75); member two, in another order and with
+    # another name for each patient, ranks c above d (AUC 0.75); their mean is right.
+    one = _scores(
+        tmp_path / "one.npz",
+        paths,
+        labels,
+        ["p1", "p2", "p3", "p4"],
+        [[0, 0, 0.9], [0, 0, 0.8], [0, 0, 0.1], [0, 0, 1.0]],
+        model=np.asarray("busnet-lite0-one"),
+    )
+    two = _scores(
+        tmp_path / "two.npz",
+        [*paths[::-1], "extra.png"],
+        [2, 1, 2, 1, 0],
+        ["fold:d", "fold:c", "fold:b", "fold:a", "fold:e"],
+        [[0, 0, 0.5], [0, 0, 0.6], [0, 0, 1.0], [0, 0, 0.1], [0, 0, 0]],
+    )
+    report = ensemble([one, two], rounds=20)
+    assert report["images"] == 4 and report["patients"] == 4
+    assert report["members"] == ["busnet-lite0-one", str(two)]
+    figures = report["figures"]
+    assert figures["busnet-lite0-one:image"]["value"] == 0.75
+    assert figures[f"{two}:image"]["value"] == 0.75
+    assert figures["ensemble:image"]["value"] == 1.0
+    assert figures["ensemble-busnet-lite0-one:image"]["value"] == 0.25
+    assert figures["ensemble:patient"]["value"] == 1.0  # one image a patient
+
+
+def test_an_ensemble_refuses_members_that_disagree_on_the_patients(tmp_path):
+    from ml.training.posthoc import ensemble
+
+    paths, labels, logits = ["a.png", "b.png"], [1, 2], [[0, 0, 0], [0, 0, 1]]
+    one = _scores(tmp_path / "one.npz", paths, labels, ["p1", "p1"], logits)
+    two = _scores(tmp_path / "two.npz", paths, labels, ["p1", "p2"], logits)
+    with pytest.raises(ValueError, match="disagree"):
+        ensemble([one, two], rounds=5)
