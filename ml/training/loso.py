@@ -10,7 +10,8 @@ Folds run one at a time (``--fold NAME``, hours apart if need be): each fold's r
 into the existing report and records the schedule that trained it. A fold whose weights exist
 is reused with ``--resume``. With ``--average-from EPOCH`` the fold model is the mean of its
 weights from that epoch on, and the row also compares it with the same run's best epoch on
-the same held-out images (paired bootstrap by patient). Every fold also leaves its held-out per-image outputs in
+the same held-out images (paired bootstrap by patient); the best epoch's held-out outputs
+are kept beside it too (``best-epoch/heldout.npz``). Every fold also leaves its held-out per-image outputs in
 ``<work>/without-<source>/heldout.npz`` (see :func:`heldout_outputs`) so that aggregates,
 offsets, test-time augmentation and ensembles can be judged without running the network again.
 """
@@ -209,6 +210,10 @@ def leave_one_source_out(
             # Averaged weights: the same run's best epoch on the same images, paired.
             best = Analyzer.load(best_dir)
             best_results = collect(best, source, paths)
+            np.savez_compressed(
+                best_dir / HELDOUT_FILE,
+                **heldout_outputs(best, source, paths, best_results),
+            )
             report["folds"][source]["weight_average"] = {
                 "best_epoch_model": best.model_version,
                 "averaged_epochs": analyzer.meta.training["weight_average"]["epochs"],

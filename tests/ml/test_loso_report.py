@@ -304,6 +304,8 @@ def test_averaged_fold_is_compared_with_the_same_runs_best_epoch(
     assert patient["best_epoch"] == patient["averaged"]  # the same probabilities
     assert 0.0 <= patient["averaged"] <= 1.0
     assert "weights averaged from epoch 13" in _loso_table(report)
+    for directory in (fold, fold / "best-epoch"):  # both models' held-out outputs kept
+        assert (directory / loso.HELDOUT_FILE).is_file()
 
 
 def _averaged_fold(**differences) -> dict:
