@@ -879,10 +879,12 @@ micrographs): {ood["corpus_flagged_rate"]:.3f} flagged. Not flagged: {", ".join(
 ```
 python -m ml split busi bus-uclm breast-lesions-usg   # the committed splits
 python -m ml train      # ml/weights/ (24 epochs: about 20 minutes on 2 CPU cores)
-python -m ml loso       # ml/reports/loso.json (three shorter trainings)
+python -m ml loso       # ml/reports/loso.json (three trainings on the same schedule: 30-45 minutes each)
 python -m ml evaluate   # ml/reports/ and this card
 ```
-or `make train loso evaluate`.
+or `make train loso evaluate`. `python -m ml loso` trains each fold on the production schedule
+(24 epochs, 2 frozen, patience 8); the ablation rows marked "12 epochs, 1 frozen" add
+`--epochs 12 --frozen-epochs 1 --patience 12`.
 """
     card_path.write_text(text)
 
