@@ -115,15 +115,12 @@ def refit_ood(weights: Path, cache_dir: Path | None = DEFAULT_CACHE_DIR) -> str:
     ).version
 
 
-@dataclass
-class _Finished:
-    meta: object  # weights_io.ModelMeta, calibrated, not yet versioned
-    ood: object
-
-
-def _save(model, config: TrainConfig, train_set, val_set, training: dict) -> _Finished:
-    """Calibration and out-of-distribution statistics of ``model``'s present weights, fitted
-    on the validation (and training) images, with the metadata to save them under."""
+def _calibrate_and_save(
+    model, out_dir: Path, config: TrainConfig, train_set, val_set, training: dict
+):
+    """Calibration (on the validation images) and out-of-distribution statistics (training
+    and validation images) of ``model``'s present weights, saved with them to ``out_dir``;
+    returns the saved, versioned metadata."""
     from ml import weights_io
     from ml.training.calibration import calibrate
     from ml.training.fit import predict_arrays
@@ -140,13 +137,13 @@ def _save(model, config: TrainConfig, train_set, val_set, training: dict) -> _Fi
         class_bias=class_bias.tolist(),
         training=training,
     )
-    return _Finished(meta, fit_ood(model, train_set, val_set, config.batch_size))
+    ood = fit_ood(model, train_set, val_set, config.batch_size)
+    return weights_io.save(model, out_dir, meta, ood=ood)
 
 
 def train(config: TrainConfig) -> dict:
     import keras
 
-    from ml import weights_io
     from ml.backbone import load_imagenet_weights
     from ml.config import imagenet_weights_path
     from ml.model import build_busnet
@@ -202,12 +199,16 @@ def train(config: TrainConfig) -> dict:
         },
         **config.extra,
     }
+    if config.average_from is not None and fitted["averaged"] is None:
+        logger.warning(
+            "training stopped before epoch %d: nothing averaged; the best epoch is saved",
+            config.average_from,
+        )
     if fitted.get("averaged") is not None:
         # The run's best epoch is kept beside the average, calibrated and saved the same
         # way, so the two can be compared on the same held-out images (python -m ml loso).
-        best_epoch = _save(model, config, train_set, val_set, training)
-        best_meta = weights_io.save(
-            model, config.out_dir / BEST_EPOCH_DIR, best_epoch.meta, ood=best_epoch.ood
+        best_meta = _calibrate_and_save(
+            model, config.out_dir / BEST_EPOCH_DIR, config, train_set, val_set, training
         )
         model.set_weights([w.astype(np.float32) for w in fitted["averaged"]])
         training = {
@@ -220,8 +221,9 @@ def train(config: TrainConfig) -> dict:
                 "best_epoch_model": best_meta.version,
             },
         }
-    saved = _save(model, config, train_set, val_set, training)
-    meta = weights_io.save(model, config.out_dir, saved.meta, ood=saved.ood)
+    meta = _calibrate_and_save(
+        model, config.out_dir, config, train_set, val_set, training
+    )
     summary = {"history": fitted["history"], "config": asdict(config), **meta.training}
     (config.out_dir / "training_summary.json").write_text(
         json.dumps(summary, indent=1, default=str)
