@@ -8,12 +8,15 @@ scored on every used image of the held-out source.
 
 Folds run one at a time (``--fold NAME``, hours apart if need be): each fold's row is merged
 into the existing report and records the schedule that trained it. A fold whose weights exist
-is reused with ``--resume``. With ``--average-from EPOCH`` the fold model is the mean of its
-weights from that epoch on, and the row also compares it with the same run's best epoch on
-the same held-out images (paired bootstrap by patient); the best epoch's held-out outputs
-are kept beside it too (``best-epoch/heldout.npz``). Every fold also leaves its held-out per-image outputs in
+is reused with ``--resume``. Every fold also leaves its held-out per-image outputs in
 ``<work>/without-<source>/heldout.npz`` (see :func:`heldout_outputs`) so that aggregates,
 offsets, test-time augmentation and ensembles can be judged without running the network again.
+
+With ``--average-from EPOCH`` the fold model is the mean of its weights from that epoch on,
+and the row also compares it with the same run's best epoch on the same held-out images
+(paired bootstrap by patient; :func:`weight_average_verdict` applies the rule fixed before
+the folds were scored); the best epoch's held-out outputs are kept beside it
+(``best-epoch/heldout.npz``).
 """
 
 from __future__ import annotations
