@@ -208,10 +208,17 @@ def leave_one_source_out(
             "images": len(results["labels"]),
             "metrics": with_intervals(results, rounds),
         }
-        best_dir = fold_dir / BEST_EPOCH_DIR
-        if (best_dir / "model.json").is_file():
+        averaged = analyzer.meta.training.get("weight_average")
+        if averaged is not None:
             # Averaged weights: the same run's best epoch on the same images, paired.
+            best_dir = fold_dir / BEST_EPOCH_DIR
             best = Analyzer.load(best_dir)
+            if best.model_version != averaged["best_epoch_model"]:
+                raise RuntimeError(
+                    f"{best_dir} holds {best.model_version}, not the best epoch of the "
+                    f"run that averaged {analyzer.model_version} "
+                    f"({averaged['best_epoch_model']})"
+                )
             best_results = collect(best, source, paths)
             np.savez_compressed(
                 best_dir / HELDOUT_FILE,
@@ -219,7 +226,7 @@ def leave_one_source_out(
             )
             report["folds"][source]["weight_average"] = {
                 "best_epoch_model": best.model_version,
-                "averaged_epochs": analyzer.meta.training["weight_average"]["epochs"],
+                "averaged_epochs": averaged["epochs"],
                 # Per patient: its most suspicious image (the product's study rule).
                 "patient_auc": {
                     name: patient_auc(

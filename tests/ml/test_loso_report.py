@@ -248,11 +248,9 @@ def test_fine_tuning_rows_name_their_recipe_and_k(tmp_path):
     ]
 
 
-def test_averaged_fold_is_compared_with_the_same_runs_best_epoch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fakes
-):
-    """With weight averaging the fold model is the average; the row also carries the paired
-    comparison with the best epoch kept beside it, on the same held-out images."""
+def _averaged_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, best_version: str):
+    """A trained, averaged busi fold with a best epoch beside it holding ``best_version``;
+    the averaged model scores every held-out image's Dice 0.1 higher."""
     fold = tmp_path / "work" / "without-busi"
     (fold / "best-epoch").mkdir(parents=True)
     for directory in (fold, fold / "best-epoch"):
@@ -263,11 +261,17 @@ def test_averaged_fold_is_compared_with_the_same_runs_best_epoch(
     averaged = SimpleNamespace(
         model_version="busnet-lite0-averaged",
         meta=SimpleNamespace(
-            training={"best_epoch": 15, "weight_average": {"epochs": [13, 14, 15]}}
+            training={
+                "best_epoch": 15,
+                "weight_average": {
+                    "epochs": [13, 14, 15],
+                    "best_epoch_model": "busnet-lite0-best",
+                },
+            }
         ),
         second_look=None,
     )
-    best = SimpleNamespace(model_version="busnet-lite0-best", second_look=None)
+    best = SimpleNamespace(model_version=best_version, second_look=None)
     import ml.inference
 
     monkeypatch.setattr(
@@ -282,6 +286,15 @@ def test_averaged_fold_is_compared_with_the_same_runs_best_epoch(
         "collect",
         lambda a, source, paths: better if a is averaged else worse,
     )
+    return fold
+
+
+def test_averaged_fold_is_compared_with_the_same_runs_best_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fakes
+):
+    """With weight averaging the fold model is the average; the row also carries the paired
+    comparison with the best epoch kept beside it, on the same held-out images."""
+    fold = _averaged_fold(tmp_path, monkeypatch, "busnet-lite0-best")
     report = loso.leave_one_source_out(
         tmp_path / "work",
         tmp_path / "loso.json",
@@ -308,7 +321,23 @@ def test_averaged_fold_is_compared_with_the_same_runs_best_epoch(
         assert (directory / loso.HELDOUT_FILE).is_file()
 
 
-def _averaged_fold(**differences) -> dict:
+def test_an_averaged_fold_is_not_compared_with_another_runs_best_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fakes
+):
+    """A best-epoch/ left by another run (the averaged model names its own) is refused, not
+    compared."""
+    _averaged_fold(tmp_path, monkeypatch, "busnet-lite0-an-earlier-run")
+    with pytest.raises(RuntimeError, match="not the best epoch"):
+        loso.leave_one_source_out(
+            tmp_path / "work",
+            tmp_path / "loso.json",
+            held_out=("busi",),
+            rounds=5,
+            resume=True,
+        )
+
+
+def _averaged_row(**differences) -> dict:
     measures = {
         name: {
             "baseline": 0.8,
@@ -343,17 +372,17 @@ def test_the_weight_averaging_rule_needs_two_folds_and_no_loss_beyond_its_floors
 ):
     from ml.training.model_card import _weight_average_section
 
-    gain = _averaged_fold(auc_malignant_vs_benign=0.01, dice_lesion_mean=0.002)
+    gain = _averaged_row(auc_malignant_vs_benign=0.01, dice_lesion_mean=0.002)
     one = {"folds": {"busi": gain}}
     assert loso.weight_average_verdict(one)[0] is None  # one fold is not enough
     assert loso.weight_average_verdict({"folds": {"busi": gain, "bus-uclm": gain}})[0]
-    dice_drop = _averaged_fold(auc_malignant_vs_benign=0.05, dice_lesion_mean=-0.006)
+    dice_drop = _averaged_row(auc_malignant_vs_benign=0.05, dice_lesion_mean=-0.006)
     adopted, reasons = loso.weight_average_verdict(
         {"folds": {"busi": gain, "bus-uclm": dice_drop}}
     )
     assert adopted is False
     assert reasons == ["dice_lesion_mean -0.006 < -0.005 when bus-uclm is held out"]
-    nothing = _averaged_fold()  # no loss and no gain: not adopted either
+    nothing = _averaged_row()  # no loss and no gain: not adopted either
     adopted, reasons = loso.weight_average_verdict(
         {"folds": {"busi": nothing, "bus-uclm": nothing}}
     )
