@@ -124,6 +124,13 @@ def _ablation_section(report_dir: Path, loso: dict | None) -> str:
     if loso:
         rows.append(("production recipe (all of the below)", loso))
     rows += list((_report(report_dir, "ablation.json") or {}).items())
+    averaged = _report(report_dir, "weight_average.json")
+    if averaged:
+        name = (
+            f"weights averaged from epoch {_average_from(averaged)} (SWA; the same "
+            "runs' best epochs in the weight-averaging section)"
+        )
+        rows.append((name, averaged))
     if len(rows) < 2:
         return (
             "Only the production recipe was measured by LOSO for these weights; no ablation "
@@ -542,6 +549,19 @@ trained in session 13, whose one-pass figures differ from the LOSO table's earli
 """
 
 
+def _average_from(report: dict) -> str:
+    """The epoch the folds of a weight-averaging report averaged from (as their schedules
+    record it; several if they differ)."""
+    epochs = sorted(
+        {
+            fold["schedule"]["average_from"]
+            for fold in report["folds"].values()
+            if fold.get("schedule", {}).get("average_from") is not None
+        }
+    )
+    return " / ".join(str(e) for e in epochs) or "?"
+
+
 def _weight_average_section(report_dir: Path) -> str:
     """From ``weight_average.json`` (``python -m ml loso --average-from EPOCH --out``)."""
     from ml.training.loso import AVERAGE_FLOORS, weight_average_verdict
@@ -596,10 +616,11 @@ def _weight_average_section(report_dir: Path) -> str:
         None: "**Not yet judged**",
     }[adopted]
     floors = ", ".join(f"{names[k]} {v:+.3f}" for k, v in AVERAGE_FLOORS.items())
+    start = _average_from(report)
     return f"""
 ## Weight averaging (LOSO, paired within each training run)
-`python -m ml loso --average-from 13` (`ml/training/fit.py`): the fold model is the uniform
-mean of its weights at the end of every epoch from 13 on (SWA, Izmailov et al. 2018; SWAD,
+`python -m ml loso --average-from {start}` (`ml/training/fit.py`): the fold model is the uniform
+mean of its weights at the end of every epoch from {start} on (SWA, Izmailov et al. 2018; SWAD,
 Cha et al. 2021, for unseen domains), and the same run's best epoch is kept beside it, each
 calibrated and given its OOD statistics on the training sources' validation splits. Both are
 scored on every held-out image: "best epoch → averaged (difference [95% paired bootstrap

@@ -358,6 +358,11 @@ def _averaged_row(**differences) -> dict:
     }
     return {
         "model_version": "busnet-lite0-avg",
+        "schedule": {"epochs": 24, "frozen_epochs": 2, "average_from": 13},
+        "metrics": {
+            name: {"value": m["candidate"], "ci95": None}
+            for name, m in measures.items()
+        },
         "weight_average": {
             "best_epoch_model": "busnet-lite0-best",
             "averaged_epochs": [13, 14, 15],
@@ -370,7 +375,7 @@ def _averaged_row(**differences) -> dict:
 def test_the_weight_averaging_rule_needs_two_folds_and_no_loss_beyond_its_floors(
     tmp_path: Path,
 ):
-    from ml.training.model_card import _weight_average_section
+    from ml.training.model_card import _ablation_section, _weight_average_section
 
     gain = _averaged_row(auc_malignant_vs_benign=0.01, dice_lesion_mean=0.002)
     one = {"folds": {"busi": gain}}
@@ -395,3 +400,11 @@ def test_the_weight_averaging_rule_needs_two_folds_and_no_loss_beyond_its_floors
         "| busi | best / avg | 13-15 (3) | 0.800 → 0.810 (+0.010 [-0.010, +0.030])"
         in section
     )
+    assert section.rstrip().endswith("| 0.800 → 0.850 |")  # per patient, last column
+    assert (
+        "`python -m ml loso --average-from 13`" in section
+    )  # from the folds' schedule
+    # The ablation table lists the averaged folds from the same report, not a copy.
+    ablation = _ablation_section(tmp_path, {"folds": {}})
+    assert "| weights averaged from epoch 13 (SWA;" in ablation
+    assert "| busi | 0.810 |" in ablation
