@@ -1,8 +1,12 @@
-"""EfficientNet-Lite0 in Keras, loadable from the ImageNet numpy archive in ``shared/weights``.
+"""EfficientNet-Lite0 and -Lite2 in Keras, loadable from the ImageNet numpy archives in
+``shared/weights``.
 
 Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs" (ICML 2019); the Lite variants
-(tensorflow/tpu, models/official/efficientnet/lite) drop squeeze-excitation and use ReLU6.
-Every layer has a deterministic name so explanations can find their layer by name.
+(tensorflow/tpu, models/official/efficientnet/lite) drop squeeze-excitation and use ReLU6,
+and keep the stem (32) and head (1280) of Lite0 at every size: Lite2 only has more blocks
+and wider ones. Every layer has a deterministic name so explanations can find their layer by
+name; a block is named by its index, so code that taps blocks asks :attr:`Backbone.skip_blocks`
+for the block at a stride instead of naming an index.
 """
 
 from __future__ import annotations
@@ -29,39 +33,86 @@ class BlockGroup:
     filters: int
 
 
-# (repeats, kernel, first stride, expand ratio, output channels); blocks are numbered 0..15.
-BLOCK_GROUPS: tuple[BlockGroup, ...] = (
-    BlockGroup(1, 3, 1, 1, 16),
-    BlockGroup(2, 3, 2, 6, 24),
-    BlockGroup(2, 5, 2, 6, 40),
-    BlockGroup(3, 3, 2, 6, 80),
-    BlockGroup(3, 5, 1, 6, 112),
-    BlockGroup(4, 5, 2, 6, 192),
-    BlockGroup(1, 3, 1, 6, 320),
-)
-NUM_BLOCKS = sum(g.repeats for g in BLOCK_GROUPS)
+# The strides at which a U-Net decoder (and the out-of-distribution features) tap the encoder.
+SKIP_STRIDES: tuple[int, ...] = (2, 4, 8, 16, 32)
 
-# Block outputs a U-Net decoder taps, by stride: 2, 4, 8, 16, 32.
-SKIP_BLOCKS: tuple[int, ...] = (0, 2, 4, 10, 15)
+
+@dataclass(frozen=True)
+class Backbone:
+    """One EfficientNet-Lite size: its block groups and its ImageNet archive's name."""
+
+    name: str
+    # (repeats, kernel, first stride, expand ratio, output channels) per group
+    groups: tuple[BlockGroup, ...]
+
+    @property
+    def archive(self) -> str:
+        """The ImageNet archive's directory and file stem in ``shared/weights``."""
+        return f"efficientnet_{self.name}_imagenet"
+
+    def block_specs(self) -> list[tuple[int, int, int, int, int]]:
+        """(kernel, stride, expand, filters_in, filters_out) for each block."""
+        specs = []
+        filters_in = STEM_FILTERS
+        for group in self.groups:
+            for repeat in range(group.repeats):
+                stride = group.stride if repeat == 0 else 1
+                specs.append(
+                    (group.kernel, stride, group.expand, filters_in, group.filters)
+                )
+                filters_in = group.filters
+        return specs
+
+    @property
+    def skip_blocks(self) -> dict[int, int]:
+        """Stride -> the last block whose output has that stride (the stem halves first)."""
+        blocks, stride = {}, 2
+        for index, (_, block_stride, *_rest) in enumerate(self.block_specs()):
+            stride *= block_stride
+            blocks[stride] = index
+        return {s: blocks[s] for s in SKIP_STRIDES}
+
+
+LITE0 = Backbone(
+    "lite0",
+    (
+        BlockGroup(1, 3, 1, 1, 16),
+        BlockGroup(2, 3, 2, 6, 24),
+        BlockGroup(2, 5, 2, 6, 40),
+        BlockGroup(3, 3, 2, 6, 80),
+        BlockGroup(3, 5, 1, 6, 112),
+        BlockGroup(4, 5, 2, 6, 192),
+        BlockGroup(1, 3, 1, 6, 320),
+    ),
+)
+# ``shared/weights/efficientnet_lite2_imagenet/README.md``: the groups read from the tensors.
+LITE2 = Backbone(
+    "lite2",
+    (
+        BlockGroup(1, 3, 1, 1, 16),
+        BlockGroup(3, 3, 2, 6, 24),
+        BlockGroup(3, 5, 2, 6, 48),
+        BlockGroup(4, 3, 2, 6, 88),
+        BlockGroup(4, 5, 1, 6, 120),
+        BlockGroup(5, 5, 2, 6, 208),
+        BlockGroup(1, 3, 1, 6, 352),
+    ),
+)
+BACKBONES: dict[str, Backbone] = {b.name: b for b in (LITE0, LITE2)}
+
+
+def backbone_named(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(
+            f"backbone must be one of {sorted(BACKBONES)}, got {name!r}"
+        ) from None
 
 
 def preprocess(images):
     """RGB in [0, 255] (arrays or tensors) to the encoder's input range (the official Lite scaling)."""
     return (keras.ops.cast(images, "float32") - 127.0) / 128.0
-
-
-def _block_specs() -> list[tuple[int, int, int, int, int]]:
-    """(kernel, stride, expand, filters_in, filters_out) for each of the 16 blocks."""
-    specs = []
-    filters_in = STEM_FILTERS
-    for group in BLOCK_GROUPS:
-        for repeat in range(group.repeats):
-            stride = group.stride if repeat == 0 else 1
-            specs.append(
-                (group.kernel, stride, group.expand, filters_in, group.filters)
-            )
-            filters_in = group.filters
-    return specs
 
 
 def _mbconv(
@@ -93,9 +144,9 @@ def _mbconv(
     return x
 
 
-def block_output_name(index: int) -> str:
+def block_output_name(index: int, backbone: Backbone = LITE0) -> str:
     """Name of the layer whose output is block ``index``'s output."""
-    _, stride, _, filters_in, filters_out = _block_specs()[index]
+    _, stride, _, filters_in, filters_out = backbone.block_specs()[index]
     return (
         f"block{index}_add"
         if stride == 1 and filters_in == filters_out
@@ -103,13 +154,14 @@ def block_output_name(index: int) -> str:
     )
 
 
-def build_efficientnet_lite0(
+def build_efficientnet_lite(
     input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
     *,
+    backbone: Backbone = LITE0,
     include_top: bool = True,
     dropout: float = 0.2,
 ) -> keras.Model:
-    """EfficientNet-Lite0. Input is preprocessed RGB (see :func:`preprocess`).
+    """EfficientNet-Lite of ``backbone``'s size. Input is preprocessed RGB (see :func:`preprocess`).
 
     With ``include_top`` the output is 1000 ImageNet logits; without it, the 1280-channel
     feature map after ``head_relu``.
@@ -126,7 +178,7 @@ def build_efficientnet_lite0(
     )(inputs)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
-    for index, spec in enumerate(_block_specs()):
+    for index, spec in enumerate(backbone.block_specs()):
         x = _mbconv(x, index, *spec)
     x = layers.Conv2D(HEAD_FILTERS, 1, use_bias=False, name="head_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name="head_bn")(x)
@@ -135,7 +187,7 @@ def build_efficientnet_lite0(
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dropout(dropout, name="top_dropout")(x)
         x = layers.Dense(IMAGENET_CLASSES, name="predictions")(x)
-    return keras.Model(inputs, x, name="efficientnet_lite0")
+    return keras.Model(inputs, x, name=f"efficientnet_{backbone.name}")
 
 
 def _bn(archive, prefix: str) -> list[np.ndarray]:
@@ -149,8 +201,11 @@ def _conv(weight: np.ndarray) -> np.ndarray:
     return weight.transpose(2, 3, 1, 0)
 
 
-def load_imagenet_weights(model: keras.Model, npz_path: str | Path) -> None:
-    """Assign the archive's tensors to a model built by :func:`build_efficientnet_lite0`.
+def load_imagenet_weights(
+    model: keras.Model, npz_path: str | Path, backbone: Backbone = LITE0
+) -> None:
+    """Assign the archive's tensors to a model built by :func:`build_efficientnet_lite`
+    with the same ``backbone``.
 
     Raises ``ValueError`` if a tensor is missing, has the wrong shape, or is left unused.
     The model may be a larger network containing these layers by name.
@@ -186,7 +241,7 @@ def load_imagenet_weights(model: keras.Model, npz_path: str | Path) -> None:
 
     assign("stem_conv", [_conv(take("_conv_stem.weight"))])
     assign_bn("stem_bn", "_bn0")
-    for index, (_, _, expand, _, _) in enumerate(_block_specs()):
+    for index, (_, _, expand, _, _) in enumerate(backbone.block_specs()):
         prefix = f"_blocks.{index}"
         if expand != 1:
             assign(

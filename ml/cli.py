@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ml.config import (
+    BACKBONE,
     CLASS_HEADS,
     IMAGE_SIZE,
     MODEL_CARD_PATH,
@@ -17,6 +18,11 @@ from ml.config import (
 )
 from ml.training.sources import SOURCES
 
+BACKBONE_OPTION = {
+    "choices": ("lite0", "lite2"),  # ml.backbone.BACKBONES (not imported: loads keras)
+    "default": BACKBONE,
+    "help": "the encoder: EfficientNet-Lite0, or the larger Lite2 (about twice the compute)",
+}
 AVERAGE_FROM = {
     "type": int,
     "default": None,
@@ -46,6 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         sources=tuple(args.sources),
         image_size=args.image_size,
         class_head=args.class_head,
+        backbone=args.backbone,
         epochs=args.epochs,
         frozen_epochs=min(args.frozen_epochs, args.epochs),
         batch_size=args.batch_size,
@@ -99,6 +106,7 @@ def cmd_loso(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         image_size=args.image_size,
         class_head=args.class_head,
+        backbone=args.backbone,
         held_out=tuple(dict.fromkeys(args.fold or args.held_out)),
         rounds=args.bootstrap,
         resume=args.resume,
@@ -437,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="global",
         help="what the classifier pools: the whole frame, or also the predicted lesion",
     )
+    train.add_argument("--backbone", **BACKBONE_OPTION)
     train.add_argument("--epochs", type=int, default=24)
     train.add_argument("--frozen-epochs", type=int, default=2)
     train.add_argument("--batch-size", type=int, default=16)
@@ -514,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     loso.add_argument(
         "--class-head", choices=CLASS_HEADS, default="global", help="ablation"
     )
+    loso.add_argument("--backbone", **BACKBONE_OPTION)
     loso.add_argument("--bootstrap", type=int, default=1000)
     loso.add_argument(
         "--resume", action="store_true", help="reuse folds already trained"

@@ -10,7 +10,14 @@ IMAGE_SIZE = 256
 # What the class head pools (ml.model): "global", the spatial mean of the last encoder
 # features; "lesion", also their mean weighted by the predicted lesion probability.
 CLASS_HEADS: tuple[str, ...] = ("global", "lesion")
+# The encoder (ml.backbone.BACKBONES); a model's name says which it was built on.
+BACKBONE = "lite0"
 MODEL_NAME = "busnet-lite0"
+
+
+def model_name(backbone: str = BACKBONE) -> str:
+    return f"busnet-{backbone}"
+
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -29,10 +36,13 @@ def busi_dir() -> Path:
     return dataset_dir("busi", "BUSI_DIR")
 
 
-def imagenet_weights_path() -> Path:
-    default = REPO_DIR.parent / "shared" / "weights" / "efficientnet_lite0_imagenet"
-    root = Path(os.environ.get("LITE0_WEIGHTS_DIR", default))
-    return root / "efficientnet_lite0_imagenet.npz"
+def imagenet_weights_path(backbone: str = BACKBONE) -> Path:
+    """The ImageNet archive of ``backbone``: ``$LITE0_WEIGHTS_DIR`` (``$LITE2_WEIGHTS_DIR``)
+    or ``../shared/weights/efficientnet_<backbone>_imagenet`` beside the repository."""
+    stem = f"efficientnet_{backbone}_imagenet"
+    default = REPO_DIR.parent / "shared" / "weights" / stem
+    root = Path(os.environ.get(f"{backbone.upper()}_WEIGHTS_DIR", default))
+    return root / f"{stem}.npz"
 
 
 def weights_dir() -> Path:

@@ -160,7 +160,7 @@ class Analyzer:
             seg_layer=SEG_GRADCAM_LAYER,
             seg_threshold=meta.seg_threshold,
             class_bias=meta.class_bias,
-            feature_layers=ood.feature_layers(),
+            feature_layers=ood.feature_layers(meta.backbone),
         )
         self.meta = meta
         self.model_version: str = meta.version
@@ -188,7 +188,7 @@ class Analyzer:
     @classmethod
     def load(cls, weights: str | Path | None = None) -> Analyzer:
         from ml import weights_io
-        from ml.model import build_busnet
+        from ml.model import build_for
 
         directory = Path(weights) if weights is not None else weights_dir()
         started = time.perf_counter()
@@ -197,7 +197,7 @@ class Analyzer:
             raise ModelLoadError(
                 f"{directory}: classes {meta.classes} do not match {list(CLASSES)}"
             )
-        model = build_busnet(meta.image_size, class_head=meta.class_head)
+        model = build_for(meta)
         meta = weights_io.load_into(
             model, directory
         )  # the archive's calibration is authoritative

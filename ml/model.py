@@ -1,4 +1,4 @@
-"""BUSNet: one EfficientNet-Lite0 encoder shared by a classification head and a U-Net decoder.
+"""BUSNet: one EfficientNet-Lite encoder shared by a classification head and a U-Net decoder.
 
 The encoder runs once per image for both tasks. The decoder follows U-Net (Ronneberger et
 al., MICCAI 2015): upsample, concatenate the encoder's skip features, convolve; it stops at
@@ -11,15 +11,16 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ml.backbone import SKIP_BLOCKS, block_output_name, build_efficientnet_lite0
-from ml.config import CLASS_HEADS, CLASSES, IMAGE_SIZE
+from ml.backbone import backbone_named, block_output_name, build_efficientnet_lite
+from ml.config import BACKBONE, CLASS_HEADS, CLASSES, IMAGE_SIZE
 
-# Decoder stages from stride 16 up to stride 2: (skip block, filters, convolutions).
+# Decoder stages from stride 16 up to stride 2: (the encoder's stride it joins, filters,
+# convolutions).
 DECODER_STAGES: tuple[tuple[int, int, int], ...] = (
-    (10, 96, 2),
-    (4, 64, 2),
-    (2, 32, 1),
-    (0, 24, 1),
+    (16, 96, 2),
+    (8, 64, 2),
+    (4, 32, 1),
+    (2, 24, 1),
 )
 CLASS_GRADCAM_LAYER = "head_relu"
 SEG_GRADCAM_LAYER = "decoder1_conv2_relu"  # the stride-8 decoder stage
@@ -63,11 +64,11 @@ def _class_head(features, seg_logits, dropout: float, kind: str):
 
 def _decoder(x, skips: dict):
     """U-Net decoder from the deepest features to the lesion logits."""
-    for stage, (skip_block, filters, convs) in enumerate(DECODER_STAGES):
+    for stage, (skip_stride, filters, convs) in enumerate(DECODER_STAGES):
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"decoder{stage}_up")(
             x
         )
-        x = layers.Concatenate(name=f"decoder{stage}_concat")([x, skips[skip_block]])
+        x = layers.Concatenate(name=f"decoder{stage}_concat")([x, skips[skip_stride]])
         for conv in range(convs):
             name = f"decoder{stage}_conv{conv + 1}"
             x = layers.Conv2D(
@@ -80,17 +81,24 @@ def _decoder(x, skips: dict):
 
 
 def build_busnet(
-    image_size: int = IMAGE_SIZE, *, class_head: str = "global", dropout: float = 0.3
+    image_size: int = IMAGE_SIZE,
+    *,
+    class_head: str = "global",
+    backbone: str = BACKBONE,
+    dropout: float = 0.3,
 ) -> keras.Model:
     """Outputs: ``class_logits`` (B, 3) and ``seg_logits`` (B, H, W, 1), both before activation."""
-    encoder = build_efficientnet_lite0((image_size, image_size, 3), include_top=False)
+    spec = backbone_named(backbone)
+    encoder = build_efficientnet_lite(
+        (image_size, image_size, 3), backbone=spec, include_top=False
+    )
     inputs = encoder.input
     skips = {
-        block: encoder.get_layer(block_output_name(block)).output
-        for block in SKIP_BLOCKS
+        stride: encoder.get_layer(block_output_name(block, spec)).output
+        for stride, block in spec.skip_blocks.items()
     }
 
-    seg_logits = _decoder(skips[SKIP_BLOCKS[-1]], skips)
+    seg_logits = _decoder(skips[max(skips)], skips)
     class_logits = _class_head(
         encoder.get_layer(CLASS_GRADCAM_LAYER).output, seg_logits, dropout, class_head
     )
@@ -99,7 +107,14 @@ def build_busnet(
     )
 
 
+def build_for(meta) -> keras.Model:
+    """The network ``meta`` (an ``ml.weights_io.ModelMeta``) describes, before its weights."""
+    return build_busnet(
+        meta.image_size, class_head=meta.class_head, backbone=meta.backbone
+    )
+
+
 def encoder_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers that came from EfficientNet-Lite0 (stem, blocks and head conv)."""
+    """The layers that came from EfficientNet-Lite (stem, blocks and head conv)."""
     prefixes = ("stem_", "block", "head_")
     return [layer for layer in model.layers if layer.name.startswith(prefixes)]

@@ -19,19 +19,23 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# Encoder blocks (strides 4, 8 and 16) whose spatial means join the class layer's.
-FEATURE_BLOCKS: tuple[int, ...] = (2, 4, 10)
+# The encoder's strides whose last block's spatial means join the class layer's (Lite0's
+# blocks 2, 4 and 10).
+FEATURE_STRIDES: tuple[int, ...] = (4, 8, 16)
 MEAN_KEY = "ood/mean"
 PRECISION_KEY = "ood/precision"
 BLOCKS_KEY = "ood/blocks"
 THRESHOLD_KEY = "ood/threshold"
 
 
-def feature_layers() -> list[str]:
+def feature_layers(backbone: str = "lite0") -> list[str]:
     """The layers whose spatial means, in this order, make the feature vector (class layer last)."""
-    from ml.backbone import block_output_name
+    from ml.backbone import backbone_named, block_output_name
 
-    return [block_output_name(block) for block in FEATURE_BLOCKS]
+    spec = backbone_named(backbone)
+    return [
+        block_output_name(spec.skip_blocks[stride], spec) for stride in FEATURE_STRIDES
+    ]
 
 
 @dataclass

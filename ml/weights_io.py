@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.config import CLASS_HEADS, CLASSES, IMAGE_SIZE, MODEL_NAME
+from ml.config import BACKBONE, CLASS_HEADS, CLASSES, IMAGE_SIZE, MODEL_NAME
 
 WEIGHTS_FILE = "weights.npz"
 META_FILE = "model.json"
@@ -35,6 +35,8 @@ class ModelMeta:
     classes: list[str]
     # ml.config.CLASS_HEADS; weights saved before the option existed are "global"
     class_head: str = "global"
+    # ml.backbone.BACKBONES; weights saved before the option existed are Lite0's
+    backbone: str = BACKBONE
     temperature: float = 1.0
     ood_threshold: float | None = None
     class_bias: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
@@ -117,6 +119,13 @@ def read_meta(weights_dir: Path) -> ModelMeta:
         raise ModelLoadError(
             f"model description {meta_path} is corrupt: {exc}"
         ) from exc
+    from ml.backbone import BACKBONES
+
+    if meta.backbone not in BACKBONES:
+        raise ModelLoadError(
+            f"model description {meta_path} names backbone {meta.backbone!r}; "
+            f"this code builds {sorted(BACKBONES)}"
+        )
     if meta.class_head not in CLASS_HEADS:
         raise ModelLoadError(
             f"model description {meta_path} names class head {meta.class_head!r}; "

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ml import metrics
-from ml.backbone import BLOCK_GROUPS, HEAD_FILTERS, block_output_name
+from ml.backbone import HEAD_FILTERS, LITE0, block_output_name
 from ml.config import REPO_DIR, imagenet_weights_path
 from ml.inference import bounding_box
 from ml.metrics import BENIGN, MALIGNANT
@@ -60,7 +60,7 @@ POOLED_BLOCKS = (4, 10, 15)
 
 
 def _block_channels(index: int) -> int:
-    for group in BLOCK_GROUPS:
+    for group in LITE0.groups:
         if index < group.repeats:
             return group.filters
         index -= group.repeats
@@ -83,9 +83,9 @@ class CropEncoder:
     def __init__(self, weights: Path | None = None):
         import keras
 
-        from ml.backbone import build_efficientnet_lite0, load_imagenet_weights
+        from ml.backbone import build_efficientnet_lite, load_imagenet_weights
 
-        encoder = build_efficientnet_lite0((CROP_SIDE, CROP_SIDE, 3), include_top=False)
+        encoder = build_efficientnet_lite((CROP_SIDE, CROP_SIDE, 3), include_top=False)
         load_imagenet_weights(encoder, weights or imagenet_weights_path())
         taps = [encoder.get_layer(block_output_name(b)).output for b in POOLED_BLOCKS]
         pooled = [

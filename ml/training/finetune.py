@@ -196,7 +196,7 @@ def finetune(config: FinetuneConfig) -> dict:
     import keras
 
     from ml import weights_io
-    from ml.model import build_busnet
+    from ml.model import build_for
     from ml.training.calibration import calibrate
     from ml.training.fit import (
         FitConfig,
@@ -211,7 +211,7 @@ def finetune(config: FinetuneConfig) -> dict:
     keras.utils.set_random_seed(config.seed)
     base_meta = weights_io.read_meta(config.base)
     size = base_meta.image_size
-    model = build_busnet(size, class_head=base_meta.class_head)
+    model = build_for(base_meta)
     base_meta = weights_io.load_into(model, config.base)
     original = list(
         config.original_sources or base_meta.training.get("sources") or list(SOURCES)
@@ -339,13 +339,16 @@ def finetune(config: FinetuneConfig) -> dict:
 
     logits, _ = predict_arrays(model, val_set.images, config.batch_size)
     class_bias, temperature = calibrate(logits, val_set.labels)
-    ood_model = fit_ood(model, train_set, val_set, config.batch_size)
+    ood_model = fit_ood(
+        model, train_set, val_set, config.batch_size, base_meta.backbone
+    )
     meta = weights_io.ModelMeta(
         name=base_meta.name,
         version="",
         image_size=size,
         classes=list(base_meta.classes),
         class_head=base_meta.class_head,
+        backbone=base_meta.backbone,
         temperature=temperature,
         class_bias=class_bias.tolist(),
         seg_threshold=base_meta.seg_threshold,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.config import IMAGE_SIZE
+from ml.config import BACKBONE, IMAGE_SIZE
 from ml.metrics import MALIGNANT
 from ml.training.compare import compare_results
 from ml.training.evaluate import collect, with_intervals
@@ -136,6 +136,7 @@ def leave_one_source_out(
     augment: bool = True,
     image_size: int = IMAGE_SIZE,
     class_head: str = "global",
+    backbone: str = BACKBONE,
     held_out: tuple[str, ...] = tuple(SOURCES),
     rounds: int = 1000,
     resume: bool = False,
@@ -158,6 +159,7 @@ def leave_one_source_out(
         "augment": augment,
         "image_size": image_size,
         "class_head": class_head,
+        "backbone": backbone,
     }
     if average_from is not None:
         schedule["average_from"] = average_from
@@ -186,6 +188,7 @@ def leave_one_source_out(
                     augment=augment,
                     image_size=image_size,
                     class_head=class_head,
+                    backbone=backbone,
                     average_from=average_from,
                     extra={"loso_held_out": source},
                 )

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from ml.config import PACKAGE_DIR
-from ml.ood import FEATURE_BLOCKS
+from ml.ood import FEATURE_STRIDES
 from ml.training.sources import SOURCES
 
 LABELS = {
@@ -94,6 +94,8 @@ def schedule_text(schedule: dict | None) -> str:
         parts.append(f"{schedule['image_size']} px")
     if schedule.get("class_head", "global") != "global":
         parts.append(f"{schedule['class_head']} head")
+    if schedule.get("backbone", "lite0") != "lite0":
+        parts.append(f"EfficientNet-{schedule['backbone'].capitalize()}")
     if not schedule.get("augment", True):
         parts.append("no augmentation")
     if schedule.get("second_look") is not None:
@@ -867,8 +869,8 @@ Targets (pooled test):
 {loso_text}
 
 ## Out-of-distribution flag
-Score: squared Mahalanobis distances of the spatial means of encoder blocks {", ".join(str(b) for b in FEATURE_BLOCKS)}
-and of the class layer (`head_relu`, 1280 values) from their means on the training images,
+Score: squared Mahalanobis distances of the spatial means of the encoder's last blocks at
+strides {", ".join(str(s) for s in FEATURE_STRIDES)} and of the class layer (`head_relu`, 1280 values) from their means on the training images,
 each with a Ledoit-Wolf shrunk covariance and divided by its channel count, summed (Lee et
 al., NeurIPS 2018, feature ensemble). {_ood_threshold_text(ood)} Pooled test images judged in distribution:
 {ood["test_in_distribution_rate"]:.3f}. Corpus of {ood["corpus_images"]} images that are not breast ultrasound

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.config import CLASSES, IMAGE_SIZE, MODEL_NAME
+from ml.config import BACKBONE, CLASSES, IMAGE_SIZE, model_name
 from ml.training.arrays import DEFAULT_CACHE_DIR, ArraySet, load_split_arrays
 from ml.training.sources import SOURCES
 
@@ -24,6 +24,7 @@ class TrainConfig:
     sources: tuple[str, ...] = tuple(SOURCES)
     image_size: int = IMAGE_SIZE
     class_head: str = "global"  # ml.config.CLASS_HEADS
+    backbone: str = BACKBONE  # ml.backbone.BACKBONES
     epochs: int = 24  # the schedule that trained the committed weights
     frozen_epochs: int = 2
     batch_size: int = 16
@@ -59,7 +60,7 @@ def _limited(arrays: ArraySet, limit: int | None) -> ArraySet:
 
 
 def encoder_features(
-    model, images: np.ndarray, batch_size: int = 16
+    model, images: np.ndarray, batch_size: int = 16, backbone: str = BACKBONE
 ) -> tuple[np.ndarray, list[int]]:
     """The features the out-of-distribution score uses, as the Analyzer computes them, and
     the number of channels each depth contributes."""
@@ -68,7 +69,7 @@ def encoder_features(
     from ml.ood import feature_layers
     from ml.preprocess import network_input
 
-    layers = feature_layers()
+    layers = feature_layers(backbone)
     explainer = Explainer(
         model,
         class_layer=CLASS_GRADCAM_LAYER,
@@ -88,12 +89,20 @@ def encoder_features(
     return features, sizes
 
 
-def fit_ood(model, train_set: ArraySet, val_set: ArraySet, batch_size: int = 16):
+def fit_ood(
+    model,
+    train_set: ArraySet,
+    val_set: ArraySet,
+    batch_size: int = 16,
+    backbone: str = BACKBONE,
+):
     """Out-of-distribution statistics on the training images, threshold on validation."""
     from ml import ood
 
-    train_features, sizes = encoder_features(model, train_set.images, batch_size)
-    val_features, _ = encoder_features(model, val_set.images, batch_size)
+    train_features, sizes = encoder_features(
+        model, train_set.images, batch_size, backbone
+    )
+    val_features, _ = encoder_features(model, val_set.images, batch_size, backbone)
     return ood.fit(train_features, val_features, sizes)
 
 
@@ -102,16 +111,16 @@ def refit_ood(weights: Path, cache_dir: Path | None = DEFAULT_CACHE_DIR) -> str:
     train and validation splits; the network and calibration are unchanged. Returns the new
     version (the statistics are part of the versioned archive)."""
     from ml import weights_io
-    from ml.model import build_busnet
+    from ml.model import build_for
 
     meta = weights_io.read_meta(weights)
-    model = build_busnet(meta.image_size, class_head=meta.class_head)
+    model = build_for(meta)
     meta = weights_io.load_into(model, weights)
     sources = meta.training.get("sources", list(SOURCES))
     train_set = load_split_arrays(sources, "train", meta.image_size, cache_dir)
     val_set = load_split_arrays(sources, "val", meta.image_size, cache_dir)
     return weights_io.save(
-        model, weights, meta, ood=fit_ood(model, train_set, val_set)
+        model, weights, meta, ood=fit_ood(model, train_set, val_set, 16, meta.backbone)
     ).version
 
 
@@ -128,23 +137,24 @@ def _calibrate_and_save(
     logits, _ = predict_arrays(model, val_set.images, config.batch_size)
     class_bias, temperature = calibrate(logits, val_set.labels)
     meta = weights_io.ModelMeta(
-        name=MODEL_NAME,
+        name=model_name(config.backbone),
         version="",
         image_size=config.image_size,
         classes=list(CLASSES),
         class_head=config.class_head,
+        backbone=config.backbone,
         temperature=temperature,
         class_bias=class_bias.tolist(),
         training=training,
     )
-    ood = fit_ood(model, train_set, val_set, config.batch_size)
+    ood = fit_ood(model, train_set, val_set, config.batch_size, config.backbone)
     return weights_io.save(model, out_dir, meta, ood=ood)
 
 
 def train(config: TrainConfig) -> dict:
     import keras
 
-    from ml.backbone import load_imagenet_weights
+    from ml.backbone import backbone_named, load_imagenet_weights
     from ml.config import imagenet_weights_path
     from ml.model import build_busnet
     from ml.training.fit import FitConfig, fit, validate, validation_score
@@ -166,8 +176,12 @@ def train(config: TrainConfig) -> dict:
         len(val_set),
         np.bincount(train_set.labels, minlength=len(CLASSES)).tolist(),
     )
-    model = build_busnet(config.image_size, class_head=config.class_head)
-    load_imagenet_weights(model, imagenet_weights_path())
+    model = build_busnet(
+        config.image_size, class_head=config.class_head, backbone=config.backbone
+    )
+    load_imagenet_weights(
+        model, imagenet_weights_path(config.backbone), backbone_named(config.backbone)
+    )
     # The fit's settings training has (fine-tuning's own, such as freezing every batch
     # norm, keep their defaults; a required one missing fails here).
     fit_config = FitConfig(

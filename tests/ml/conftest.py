@@ -29,11 +29,21 @@ def all_sources() -> dict[str, Path]:
     return {name: _source_root(name) for name in SOURCES}
 
 
-@pytest.fixture(scope="session")
-def imagenet_npz() -> Path:
-    path = imagenet_weights_path()
+def _imagenet_archive(backbone: str) -> Path:
+    path = imagenet_weights_path(backbone)
     if not path.is_file():
         pytest.skip(
-            f"EfficientNet-Lite0 ImageNet weights not found at {path} (set LITE0_WEIGHTS_DIR)"
+            f"EfficientNet-{backbone.capitalize()} ImageNet weights not found at {path} "
+            f"(set {backbone.upper()}_WEIGHTS_DIR)"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def imagenet_npz() -> Path:
+    return _imagenet_archive("lite0")
+
+
+@pytest.fixture(scope="session")
+def imagenet_npz_lite2() -> Path:
+    return _imagenet_archive("lite2")

@@ -9,14 +9,21 @@ from ml.inference import Analyzer
 from ml.training.train import TrainConfig, train
 
 
-@pytest.mark.parametrize("class_head", ["global", "lesion"])
+@pytest.mark.parametrize(
+    ("class_head", "backbone"),
+    [("global", "lite0"), ("lesion", "lite0"), ("global", "lite2")],
+)
 def test_one_epoch_on_a_handful_of_images_writes_loadable_weights(
-    all_sources, imagenet_npz, tmp_path, class_head
+    request, all_sources, tmp_path, class_head, backbone
 ):
+    request.getfixturevalue(
+        "imagenet_npz" if backbone == "lite0" else "imagenet_npz_lite2"
+    )
     config = TrainConfig(
         out_dir=tmp_path / "weights",
         image_size=128,
         class_head=class_head,
+        backbone=backbone,
         epochs=1,
         frozen_epochs=0,
         batch_size=4,
@@ -34,7 +41,10 @@ def test_one_epoch_on_a_handful_of_images_writes_loadable_weights(
     assert analyzer.class_bias[1] == 0.0
     assert analyzer.ood is not None and np.isfinite(analyzer.ood.threshold)
     assert analyzer.model_version == result["version"]
-    assert analyzer.meta.class_head == class_head  # the network is rebuilt as trained
+    # The network is rebuilt as trained, and named by its encoder.
+    assert analyzer.meta.class_head == class_head
+    assert analyzer.meta.backbone == backbone
+    assert analyzer.model_version.startswith(f"busnet-{backbone}-")
     assert analyzer.meta.training["sources"] == list(all_sources)
     (analysis,) = analyzer.analyze([np.full((100, 150, 3), 90, np.uint8)])
     assert analysis.lesion_mask.shape == (100, 150)

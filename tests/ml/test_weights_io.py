@@ -70,6 +70,29 @@ def test_weights_for_another_network_are_refused(tmp_path):
         weights_io.load_into(other, tmp_path)
 
 
+def test_a_backbone_this_code_cannot_build_is_refused(tmp_path):
+    meta = weights_io.ModelMeta(
+        name="tiny", version="", image_size=32, classes=["a", "b", "c"]
+    )
+    weights_io.save(tiny_model(), tmp_path, meta)
+    described = json.loads((tmp_path / "model.json").read_text())
+    assert described["backbone"] == "lite0"
+    (tmp_path / "model.json").write_text(json.dumps({**described, "backbone": "lite9"}))
+    with pytest.raises(weights_io.ModelLoadError, match="backbone 'lite9'"):
+        weights_io.read_meta(tmp_path)
+
+
+def test_weights_saved_before_the_backbone_was_recorded_are_lite0(tmp_path):
+    meta = weights_io.ModelMeta(
+        name="tiny", version="", image_size=32, classes=["a", "b", "c"]
+    )
+    weights_io.save(tiny_model(), tmp_path, meta)
+    described = json.loads((tmp_path / "model.json").read_text())
+    del described["backbone"]
+    (tmp_path / "model.json").write_text(json.dumps(described))
+    assert weights_io.read_meta(tmp_path).backbone == "lite0"
+
+
 def test_a_class_head_this_code_cannot_build_is_refused(tmp_path):
     meta = weights_io.ModelMeta(
         name="tiny", version="", image_size=32, classes=["a", "b", "c"]
