@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ml.config import (
     BACKBONE,
+    BACKBONE_NAMES,
     CLASS_HEADS,
     IMAGE_SIZE,
     MODEL_CARD_PATH,
@@ -19,7 +20,7 @@ from ml.config import (
 from ml.training.sources import SOURCES
 
 BACKBONE_OPTION = {
-    "choices": ("lite0", "lite2"),  # ml.backbone.BACKBONES (not imported: loads keras)
+    "choices": BACKBONE_NAMES,
     "default": BACKBONE,
     "help": "the encoder: EfficientNet-Lite0, or the larger Lite2 (about twice the compute)",
 }

@@ -10,7 +10,9 @@ IMAGE_SIZE = 256
 # What the class head pools (ml.model): "global", the spatial mean of the last encoder
 # features; "lesion", also their mean weighted by the predicted lesion probability.
 CLASS_HEADS: tuple[str, ...] = ("global", "lesion")
-# The encoder (ml.backbone.BACKBONES); a model's name says which it was built on.
+# The encoders ml.backbone builds (its BACKBONES, named here so that code reading model.json
+# need not import Keras) and the default; a model's name says which it was built on.
+BACKBONE_NAMES: tuple[str, ...] = ("lite0", "lite2")
 BACKBONE = "lite0"
 MODEL_NAME = "busnet-lite0"
 

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.config import BACKBONE, CLASS_HEADS, CLASSES, IMAGE_SIZE, MODEL_NAME
+from ml.config import (
+    BACKBONE,
+    BACKBONE_NAMES,
+    CLASS_HEADS,
+    CLASSES,
+    IMAGE_SIZE,
+    MODEL_NAME,
+)
 
 WEIGHTS_FILE = "weights.npz"
 META_FILE = "model.json"
@@ -119,12 +126,10 @@ def read_meta(weights_dir: Path) -> ModelMeta:
         raise ModelLoadError(
             f"model description {meta_path} is corrupt: {exc}"
         ) from exc
-    from ml.backbone import BACKBONES
-
-    if meta.backbone not in BACKBONES:
+    if meta.backbone not in BACKBONE_NAMES:
         raise ModelLoadError(
             f"model description {meta_path} names backbone {meta.backbone!r}; "
-            f"this code builds {sorted(BACKBONES)}"
+            f"this code builds {list(BACKBONE_NAMES)}"
         )
     if meta.class_head not in CLASS_HEADS:
         raise ModelLoadError(

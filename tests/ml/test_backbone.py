@@ -70,6 +70,13 @@ def test_the_tapped_blocks_are_the_last_at_each_stride(backbone, blocks, channel
         assert shape[1:] == (256 // stride, 256 // stride, width)
 
 
+def test_the_backbones_built_are_the_ones_model_json_may_name():
+    from ml.backbone import BACKBONES
+    from ml.config import BACKBONE_NAMES
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES
+
+
 def test_an_unknown_backbone_is_named_in_the_error():
     with pytest.raises(ValueError, match="lite0.*lite2.*'lite9'"):
         backbone_named("lite9")
