@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
-from ml.config import PACKAGE_DIR
+from ml.config import CLASSES, PACKAGE_DIR
 from ml.ood import FEATURE_STRIDES
 from ml.training.sources import SOURCES
 
@@ -637,6 +638,82 @@ summed is positive. {verdict}: {"; ".join(reasons)}.
 """
 
 
+def _backbone_section(report_dir: Path) -> str:
+    """From ``backbone_lite2.json`` (``python -m ml loso --backbone lite2 --out``)."""
+    from ml.training.loso import (
+        BACKBONE_AUC_MARGIN,
+        BACKBONE_DICE_FLOOR,
+        LITE0_TRAININGS,
+        backbone_bars,
+        backbone_verdict,
+    )
+
+    report = _report(report_dir, "backbone_lite2.json")
+    if not report:
+        return ""
+    auc, dice = "auc_malignant_vs_benign", "dice_lesion_mean"
+    bars = backbone_bars()
+    rows = []
+    for source, lite0 in LITE0_TRAININGS.items():
+        fold = report["folds"].get(source)
+        m = fold["metrics"] if fold else {}
+        rows.append(
+            (
+                source,
+                f"{statistics.fmean(lite0[auc]):.3f} "
+                + f"({min(lite0[auc]):.3f}–{max(lite0[auc]):.3f}, {len(lite0[auc])})",
+                f"{bars[source][auc]:.3f}",
+                _figure(m.get(auc)) if fold else "not run",
+                f"{fold['patient_auc']:.3f}" if fold and "patient_auc" in fold else "–",
+                f"{statistics.fmean(lite0[dice]):.3f}",
+                f"{bars[source][dice]:.3f}",
+                _figure(m.get(dice)) if fold else "not run",
+                " / ".join(_figure(m.get(f"recall_{c}")) for c in CLASSES)
+                if fold
+                else "–",
+                _figure(m.get("ece")) if fold else "–",
+                fold["model_version"] if fold else "–",
+            )
+        )
+    adopted, reasons = backbone_verdict(report)
+    verdict = {
+        True: "**Adopted**",
+        False: "**Not adopted**",
+        None: "**Not yet judged**",
+    }[adopted]
+    table = _table(
+        (
+            "held out",
+            "Lite0 AUC m-vs-b: mean (range, trainings)",
+            "bar",
+            "Lite2 AUC m-vs-b",
+            "Lite2 per patient",
+            "Lite0 Dice mean",
+            "bar",
+            "Lite2 Dice",
+            "Lite2 recall n / b / m",
+            "Lite2 ECE",
+            "Lite2 fold model",
+        ),
+        "lrrrrrrrlrl",
+        rows,
+    )
+    return f"""
+## A larger encoder: EfficientNet-Lite2 (LOSO)
+`python -m ml loso --backbone lite2 --fold SOURCE` (`ml/backbone.py`; ImageNet weights from
+`shared/weights/efficientnet_lite2_imagenet`): the production recipe and schedule at 256 px
+with Lite2's 21 blocks in place of Lite0's 16, one training per fold. The Lite0 columns are
+every production-schedule training of that fold the notes record (the same recipe and seed
+give a fold's AUC a spread of about 0.02-0.03), so one Lite2 training is judged against their
+mean: rule, written before any Lite2 fold was scored (`notes.md`), in every fold AUC m-vs-b at
+least the Lite0 mean {BACKBONE_AUC_MARGIN:+.2f} and Dice at least the Lite0 mean
+{BACKBONE_DICE_FLOOR:+.3f}, and `python -m bench ml` within 50 ms a scan. Per patient: the most
+suspicious image of each patient (or duplicate group). {verdict}: {"; ".join(reasons)}.
+
+{table}
+"""
+
+
 def _loso_finetune_section(report_dir: Path) -> str:
     report = _report(report_dir, "loso_finetune.json")
     if report is None:
@@ -877,7 +954,7 @@ al., NeurIPS 2018, feature ensemble). {_ood_threshold_text(ood)} Pooled test ima
 (`ml/training/ood_corpus.py`: documents, screenshots, blank frames, noise, gradients, colour
 bars, chest X-ray-like and CT-like synthetic images, and scikit-image's photographs and
 micrographs): {ood["corpus_flagged_rate"]:.3f} flagged. Not flagged: {", ".join(ood["corpus_not_flagged"]) or "none"}.
-{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}{_crop_stage_section(report_dir)}{_second_look_section(report_dir)}{_weight_average_section(report_dir)}{_loso_finetune_section(report_dir)}
+{_gate_section(report_dir)}{_caution_section(report_dir)}{_site_curve_section(report_dir)}{_crop_stage_section(report_dir)}{_second_look_section(report_dir)}{_weight_average_section(report_dir)}{_backbone_section(report_dir)}{_loso_finetune_section(report_dir)}
 ## Ablation (effect of each choice on LOSO)
 {_ablation_section(report_dir, loso)}
 

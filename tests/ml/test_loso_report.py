@@ -408,3 +408,57 @@ def test_the_weight_averaging_rule_needs_two_folds_and_no_loss_beyond_its_floors
     ablation = _ablation_section(tmp_path, {"folds": {}})
     assert "| weights averaged from epoch 13 (SWA;" in ablation
     assert "| busi | 0.810 |" in ablation
+
+
+def _backbone_row(auc: float, dice: float) -> dict:
+    return {
+        "model_version": "busnet-lite2-abc",
+        "schedule": {"epochs": 24, "frozen_epochs": 2, "backbone": "lite2"},
+        "patient_auc": auc + 0.01,
+        "metrics": {
+            "auc_malignant_vs_benign": {"value": auc, "ci95": [auc - 0.03, auc + 0.03]},
+            "dice_lesion_mean": {"value": dice, "ci95": None},
+            "recall_normal": {"value": 0.7, "ci95": None},
+            "recall_benign": {"value": 0.8, "ci95": None},
+            "recall_malignant": {"value": 0.9, "ci95": None},
+            "ece": {"value": 0.05, "ci95": None},
+        },
+    }
+
+
+def test_a_larger_backbone_must_clear_the_lite0_trainings_mean_in_every_fold(
+    tmp_path: Path,
+):
+    from ml.training.model_card import _backbone_section
+
+    bars = loso.backbone_bars()
+    # The bars are the recorded Lite0 trainings' means plus the rule's margins.
+    assert round(bars["busi"]["auc_malignant_vs_benign"], 3) == 0.906
+    assert round(bars["bus-uclm"]["auc_malignant_vs_benign"], 3) == 0.847
+    assert round(bars["breast-lesions-usg"]["dice_lesion_mean"], 3) == 0.557
+    clear = {
+        source: _backbone_row(
+            b["auc_malignant_vs_benign"] + 0.001, b["dice_lesion_mean"] + 0.001
+        )
+        for source, b in bars.items()
+    }
+    assert loso.backbone_verdict({"folds": clear}) == (
+        True,
+        ["every fold reaches both bars"],
+    )
+    two = {"folds": {k: v for k, v in clear.items() if k != "breast-lesions-usg"}}
+    assert loso.backbone_verdict(two)[0] is None  # all three folds are needed
+    short = dict(two["folds"], busi=_backbone_row(0.905, 0.70))
+    adopted, reasons = loso.backbone_verdict({"folds": short})
+    assert adopted is False  # one fold below its bar decides, whatever is missing
+    assert reasons == ["auc_malignant_vs_benign 0.905 < 0.906 when busi is held out"]
+
+    (tmp_path / "backbone_lite2.json").write_text(json.dumps({"folds": short}))
+    section = _backbone_section(tmp_path)
+    assert "**Not adopted**: auc_malignant_vs_benign 0.905 < 0.906" in section
+    assert "| busi | 0.886 (0.860–0.911, 5) | 0.906 | 0.905 (0.88–0.94) | 0.915 |" in (
+        section
+    )
+    assert (
+        "| breast-lesions-usg | 0.749 (0.738–0.764, 3) | 0.769 | not run |" in section
+    )
