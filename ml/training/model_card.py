@@ -565,6 +565,14 @@ def _average_from(report: dict) -> str:
     return " / ".join(str(e) for e in epochs) or "?"
 
 
+# A pre-registered rule's outcome (True, False, or None while folds are missing).
+VERDICT_WORDS = {
+    True: "**Adopted**",
+    False: "**Not adopted**",
+    None: "**Not yet judged**",
+}
+
+
 def _weight_average_section(report_dir: Path) -> str:
     """From ``weight_average.json`` (``python -m ml loso --average-from EPOCH --out``)."""
     from ml.training.loso import AVERAGE_FLOORS, weight_average_verdict
@@ -613,11 +621,7 @@ def _weight_average_section(report_dir: Path) -> str:
             + f" | {patient} |"
         )
     adopted, reasons = weight_average_verdict(report)
-    verdict = {
-        True: "**Adopted**",
-        False: "**Not adopted**",
-        None: "**Not yet judged**",
-    }[adopted]
+    verdict = VERDICT_WORDS[adopted]
     floors = ", ".join(f"{names[k]} {v:+.3f}" for k, v in AVERAGE_FLOORS.items())
     start = _average_from(report)
     return f"""
@@ -676,11 +680,7 @@ def _backbone_section(report_dir: Path) -> str:
             )
         )
     adopted, reasons = backbone_verdict(report)
-    verdict = {
-        True: "**Adopted**",
-        False: "**Not adopted**",
-        None: "**Not yet judged**",
-    }[adopted]
+    verdict = VERDICT_WORDS[adopted]
     table = _table(
         (
             "held out",
