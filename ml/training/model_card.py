@@ -134,6 +134,9 @@ def _ablation_section(report_dir: Path, loso: dict | None) -> str:
             "runs' best epochs in the weight-averaging section)"
         )
         rows.append((name, averaged))
+    lite2 = _report(report_dir, "backbone_lite2.json")
+    if lite2:
+        rows.append(("EfficientNet-Lite2 encoder, 256 px (its own section)", lite2))
     if len(rows) < 2:
         return (
             "Only the production recipe was measured by LOSO for these weights; no ablation "
@@ -706,8 +709,8 @@ with Lite2's 21 blocks in place of Lite0's 16, one training per fold. The Lite0 
 every production-schedule training of that fold the notes record (the same recipe and seed
 give a fold's AUC a spread of about 0.02-0.03), so one Lite2 training is judged against their
 mean: rule, written before any Lite2 fold was scored (`notes.md`), in every fold AUC m-vs-b at
-least the Lite0 mean {BACKBONE_AUC_MARGIN:+.2f} and Dice at least the Lite0 mean
-{BACKBONE_DICE_FLOOR:+.3f}, and `python -m bench ml` within 50 ms a scan. Per patient: the most
+least the Lite0 mean plus {BACKBONE_AUC_MARGIN:.2f} and Dice at least the Lite0 mean minus
+{-BACKBONE_DICE_FLOOR:.3f}, and `python -m bench ml` within 50 ms a scan. Per patient: the most
 suspicious image of each patient (or duplicate group). {verdict}: {"; ".join(reasons)}.
 
 {table}
