@@ -39,16 +39,11 @@ SKIP_STRIDES: tuple[int, ...] = (2, 4, 8, 16, 32)
 
 @dataclass(frozen=True)
 class Backbone:
-    """One EfficientNet-Lite size: its block groups and its ImageNet archive's name."""
+    """One EfficientNet-Lite size (its ImageNet archive: ``ml.config.imagenet_weights_path``)."""
 
     name: str
     # (repeats, kernel, first stride, expand ratio, output channels) per group
     groups: tuple[BlockGroup, ...]
-
-    @property
-    def archive(self) -> str:
-        """The ImageNet archive's directory and file stem in ``shared/weights``."""
-        return f"efficientnet_{self.name}_imagenet"
 
     def block_specs(self) -> list[tuple[int, int, int, int, int]]:
         """(kernel, stride, expand, filters_in, filters_out) for each block."""

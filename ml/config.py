@@ -14,11 +14,13 @@ CLASS_HEADS: tuple[str, ...] = ("global", "lesion")
 # need not import Keras) and the default; a model's name says which it was built on.
 BACKBONE_NAMES: tuple[str, ...] = ("lite0", "lite2")
 BACKBONE = "lite0"
-MODEL_NAME = "busnet-lite0"
 
 
 def model_name(backbone: str = BACKBONE) -> str:
     return f"busnet-{backbone}"
+
+
+MODEL_NAME = model_name()
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -120,7 +120,10 @@ def refit_ood(weights: Path, cache_dir: Path | None = DEFAULT_CACHE_DIR) -> str:
     train_set = load_split_arrays(sources, "train", meta.image_size, cache_dir)
     val_set = load_split_arrays(sources, "val", meta.image_size, cache_dir)
     return weights_io.save(
-        model, weights, meta, ood=fit_ood(model, train_set, val_set, 16, meta.backbone)
+        model,
+        weights,
+        meta,
+        ood=fit_ood(model, train_set, val_set, backbone=meta.backbone),
     ).version
 
 
