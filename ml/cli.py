@@ -22,7 +22,7 @@ from ml.training.sources import SOURCES
 BACKBONE_OPTION = {
     "choices": BACKBONE_NAMES,
     "default": BACKBONE,
-    "help": "the encoder: EfficientNet-Lite0, or the larger Lite2 (about twice the compute)",
+    "help": "the encoder: EfficientNet-Lite0, or the larger Lite2 (model card: not adopted)",
 }
 AVERAGE_FROM = {
     "type": int,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ml.config import BACKBONE
+
 logger = logging.getLogger(__name__)
 
 # The encoder's strides whose last block's spatial means join the class layer's (Lite0's
@@ -28,7 +30,7 @@ BLOCKS_KEY = "ood/blocks"
 THRESHOLD_KEY = "ood/threshold"
 
 
-def feature_layers(backbone: str = "lite0") -> list[str]:
+def feature_layers(backbone: str = BACKBONE) -> list[str]:
     """The layers whose spatial means, in this order, make the feature vector (class layer last)."""
     from ml.backbone import backbone_named, block_output_name
 

@@ -109,16 +109,23 @@ LITE0_TRAININGS = {
 }
 
 
+def lite0_means() -> dict[str, dict[str, float]]:
+    """Per fold, the mean AUC and Dice of the recorded Lite0 trainings."""
+    return {
+        source: {name: float(np.mean(values)) for name, values in t.items()}
+        for source, t in LITE0_TRAININGS.items()
+    }
+
+
 def backbone_bars() -> dict[str, dict[str, float]]:
     """Per fold, the AUC and Dice a new backbone's one training must reach."""
+    margins = {
+        "auc_malignant_vs_benign": BACKBONE_AUC_MARGIN,
+        "dice_lesion_mean": BACKBONE_DICE_FLOOR,
+    }
     return {
-        source: {
-            "auc_malignant_vs_benign": float(np.mean(t["auc_malignant_vs_benign"]))
-            + BACKBONE_AUC_MARGIN,
-            "dice_lesion_mean": float(np.mean(t["dice_lesion_mean"]))
-            + BACKBONE_DICE_FLOOR,
-        }
-        for source, t in LITE0_TRAININGS.items()
+        source: {name: mean + margins[name] for name, mean in means.items()}
+        for source, means in lite0_means().items()
     }
 
 
@@ -261,6 +268,7 @@ def leave_one_source_out(
                 )
             )
         analyzer = Analyzer.load(fold_dir)
+        fold_schedule["backbone"] = analyzer.meta.backbone  # what the weights are
         if analyzer.second_look is not None:  # how the held-out scans were analysed
             fold_schedule["second_look"] = analyzer.second_look
         paths = held_out_paths(source)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from pathlib import Path
 
 from ml.config import CLASSES, PACKAGE_DIR
@@ -653,13 +652,14 @@ def _backbone_section(report_dir: Path) -> str:
         LITE0_TRAININGS,
         backbone_bars,
         backbone_verdict,
+        lite0_means,
     )
 
     report = _report(report_dir, "backbone_lite2.json")
     if not report:
         return ""
     auc, dice = "auc_malignant_vs_benign", "dice_lesion_mean"
-    bars = backbone_bars()
+    bars, means = backbone_bars(), lite0_means()
     rows = []
     for source, lite0 in LITE0_TRAININGS.items():
         fold = report["folds"].get(source)
@@ -667,12 +667,12 @@ def _backbone_section(report_dir: Path) -> str:
         rows.append(
             (
                 source,
-                f"{statistics.fmean(lite0[auc]):.3f} "
+                f"{means[source][auc]:.3f} "
                 + f"({min(lite0[auc]):.3f}–{max(lite0[auc]):.3f}, {len(lite0[auc])})",
                 f"{bars[source][auc]:.3f}",
                 _figure(m.get(auc)) if fold else "not run",
                 f"{fold['patient_auc']:.3f}" if fold and "patient_auc" in fold else "–",
-                f"{statistics.fmean(lite0[dice]):.3f}",
+                f"{means[source][dice]:.3f}",
                 f"{bars[source][dice]:.3f}",
                 _figure(m.get(dice)) if fold else "not run",
                 " / ".join(_figure(m.get(f"recall_{c}")) for c in CLASSES)

@@ -24,7 +24,7 @@ class TrainConfig:
     sources: tuple[str, ...] = tuple(SOURCES)
     image_size: int = IMAGE_SIZE
     class_head: str = "global"  # ml.config.CLASS_HEADS
-    backbone: str = BACKBONE  # ml.backbone.BACKBONES
+    backbone: str = BACKBONE  # ml.config.BACKBONE_NAMES
     epochs: int = 24  # the schedule that trained the committed weights
     frozen_epochs: int = 2
     batch_size: int = 16

@@ -48,7 +48,9 @@ def fakes(monkeypatch: pytest.MonkeyPatch):
 
     analyzer = SimpleNamespace(
         model_version="busnet-lite0-fake",
-        meta=SimpleNamespace(training={"best_epoch": 20, "epochs_run": 24}),
+        meta=SimpleNamespace(
+            training={"best_epoch": 20, "epochs_run": 24}, backbone="lite2"
+        ),
         second_look=0.25,
     )
     import ml.inference
@@ -100,13 +102,18 @@ def test_one_fold_is_merged_with_its_schedule_and_the_others_kept(
     busi = saved["folds"]["busi"]
     assert busi["schedule"]["epochs"] == 24 and busi["schedule"]["patience"] == 8
     assert busi["schedule"]["second_look"] == 0.25  # how its held-out scans were read
+    # The encoder is the weights' own, not the command line's default.
+    assert busi["schedule"]["backbone"] == "lite2"
     assert busi["model_version"] == "busnet-lite0-fake" and busi["images"] == 12
     assert busi["metrics"]["n"]["value"] == 12
     with np.load(tmp_path / "work" / "without-busi" / loso.HELDOUT_FILE) as heldout:
         assert heldout["paths"].tolist() == [f"busi/{i}.png" for i in range(12)]
 
     table = _loso_table(saved)
-    assert "| busi | 24 epochs, 2 frozen; patience 8; second look 0.25 |" in table
+    assert (
+        "| busi | 24 epochs, 2 frozen; patience 8; EfficientNet-Lite2; second look 0.25 |"
+        in table
+    )
     assert "| bus-uclm | 12 epochs, 1 frozen |" in table
 
 
@@ -261,13 +268,14 @@ def _averaged_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, best_version
     averaged = SimpleNamespace(
         model_version="busnet-lite0-averaged",
         meta=SimpleNamespace(
+            backbone="lite0",
             training={
                 "best_epoch": 15,
                 "weight_average": {
                     "epochs": [13, 14, 15],
                     "best_epoch_model": "busnet-lite0-best",
                 },
-            }
+            },
         ),
         second_look=None,
     )
